@@ -1,0 +1,333 @@
+"""The experiment spec: YAML loaded with ``safe_load`` into validated, frozen pydantic models.
+
+A spec declares the whole grid: pre-training sources (or weighted mixtures), curation variants,
+label-noise rates, sizes, methods and seeds (as one or more grid blocks, each a cross product);
+the backbone and optimisation recipe; the downstream suite with protocols and shots; resources
+per job; and where the work and the results store live. An invalid spec fails before any work
+starts, with every error naming its field path and what would be valid.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal, Union
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FULL = "full"  # the spelling of "the whole training set" in a spec's shots list
+
+
+class SpecError(ValueError):
+    """An invalid spec; ``errors`` holds one ``(field path, message)`` per problem."""
+
+    def __init__(self, source: str, errors: list[tuple[str, str]]):
+        self.source = source
+        self.errors = errors
+        lines = [f"invalid spec {source}: {len(errors)} error(s)"]
+        lines += [f"  - {path}: {msg}" for path, msg in errors]
+        super().__init__("\n".join(lines))
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+def _check_names(values: list[str], registry, kind: str) -> list[str]:
+    bad = [v for v in values if v not in registry]
+    if bad:
+        raise ValueError("; ".join(registry.unknown_message(v) for v in bad))
+    return values
+
+
+class Mixture(_Model):
+    """A weighted mixture of sources, referred to by ``name`` in the grids."""
+
+    name: str
+    weights: dict[str, float]
+
+    @field_validator("weights")
+    @classmethod
+    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
+        from curation.sources import SOURCES
+
+        _check_names(list(v), SOURCES, "source")
+        if not v or any(w <= 0 for w in v.values()):
+            raise ValueError("weights must be positive numbers, one per source")
+        return v
+
+
+class CurationStep(_Model):
+    """One curation step: a registered filter name and its parameters."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    step: str
+
+    @field_validator("step")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        from curation.filters import FILTERS
+
+        return _check_names([v], FILTERS, "curation step")[0]
+
+    @property
+    def params(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class Optim(_Model):
+    lr: float = Field(2e-3, gt=0)
+    weight_decay: float = Field(0.05, ge=0)
+    warmup_epochs: float = Field(0.5, ge=0)
+    label_smoothing: float = Field(0.0, ge=0, lt=1)
+
+
+class PretrainGrid(_Model):
+    """One block of the pre-training grid: the cross product of its lists."""
+
+    sources: list[str] = Field(min_length=1)
+    sizes: list[int] = Field(min_length=1)
+    methods: list[str] = Field(default_factory=lambda: ["supervised"], min_length=1)
+    curation: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
+    label_noise: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+
+    @field_validator("sizes")
+    @classmethod
+    def _sizes(cls, v: list[int]) -> list[int]:
+        if any(s <= 0 for s in v):
+            raise ValueError(f"sizes must be positive sample counts, got {v}")
+        return v
+
+    @field_validator("label_noise")
+    @classmethod
+    def _noise(cls, v: list[float]) -> list[float]:
+        if any(not 0.0 <= r < 1.0 for r in v):
+            raise ValueError(f"label_noise rates must lie in [0, 1), got {v}")
+        return v
+
+    @field_validator("methods")
+    @classmethod
+    def _methods(cls, v: list[str]) -> list[str]:
+        from pretrain.methods import METHODS
+
+        return _check_names(v, METHODS, "method")
+
+
+class Pretrain(_Model):
+    backbone: str = "resnet_tiny"
+    image_size: int = Field(32, ge=16)
+    epochs: int = Field(3, ge=1)
+    checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
+    batch_size: int = Field(128, ge=1)
+    optim: Optim = Optim()
+    grids: list[PretrainGrid] = Field(min_length=1)
+    mixtures: list[Mixture] = Field(default_factory=list)
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        from pretrain.models import BACKBONES
+
+        return _check_names([v], BACKBONES, "backbone")[0]
+
+    @model_validator(mode="after")
+    def _epochs(self) -> "Pretrain":
+        if isinstance(self.checkpoint_epochs, list):
+            bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
+            if bad:
+                raise ValueError(
+                    f"checkpoint_epochs {bad} outside 1..{self.epochs} (epochs); "
+                    "give epochs in that range, 'last' or 'all'"
+                )
+        return self
+
+    def saved_epochs(self) -> list[int]:
+        if self.checkpoint_epochs == "last":
+            return [self.epochs]
+        if self.checkpoint_epochs == "all":
+            return list(range(1, self.epochs + 1))
+        return sorted(set(self.checkpoint_epochs) | {self.epochs})
+
+
+class Protocol(_Model):
+    """One evaluation protocol with its shot counts (``full`` = whole training set)."""
+
+    name: str
+    shots: list[Union[int, Literal["full"]]] = Field(default_factory=lambda: [FULL], min_length=1)
+    sets: list[str] | None = None  # default: every set of the suite
+    epochs: int = Field(5, ge=1)  # fine-tuning style protocols
+    lrs: list[float] = Field(default_factory=lambda: [1e-3, 3e-3])
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        from downstream.protocols import PROTOCOLS
+
+        return _check_names([v], PROTOCOLS, "protocol")[0]
+
+    @field_validator("shots")
+    @classmethod
+    def _shots(cls, v: list) -> list:
+        bad = [s for s in v if s != FULL and (not isinstance(s, int) or s < 0)]
+        if bad:
+            raise ValueError(f"shots must be non-negative integers or 'full', got {bad}")
+        return v
+
+    @field_validator("sets")
+    @classmethod
+    def _sets(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from downstream.sets import DOWNSTREAM
+
+        return _check_names(v, DOWNSTREAM, "downstream set")
+
+    @model_validator(mode="after")
+    def _zero_shot(self) -> "Protocol":
+        if self.name != "zeroshot" and 0 in self.shots:
+            raise ValueError(f"shots 0 is zero-shot; protocol {self.name!r} needs shots >= 1 or 'full'")
+        if self.name == "zeroshot" and self.shots != [0]:
+            raise ValueError("protocol 'zeroshot' takes shots [0]")
+        return self
+
+
+class Downstream(_Model):
+    sets: list[str] = Field(min_length=1)
+    protocols: list[Protocol] = Field(min_length=1)
+    eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
+    random_init_floor: bool = True  # evaluate `linear` on a randomly initialised encoder too
+
+    @field_validator("sets")
+    @classmethod
+    def _sets(cls, v: list[str]) -> list[str]:
+        from downstream.sets import DOWNSTREAM
+
+        return _check_names(v, DOWNSTREAM, "downstream set")
+
+
+class JobResources(_Model):
+    num_cpus: float = Field(1, gt=0)
+    num_gpus: float = Field(0, ge=0)
+
+
+class PretrainResources(_Model):
+    num_workers: int = Field(1, ge=1)
+    cpus_per_worker: float = Field(1, gt=0)
+    gpus_per_worker: float = Field(0, ge=0)
+
+
+class Resources(_Model):
+    pretrain: PretrainResources = PretrainResources()
+    eval: JobResources = JobResources()
+    view: JobResources = JobResources()
+    max_retries: int = Field(1, ge=0)
+
+
+class World(_Model):
+    """The embedded synthetic world (sources and downstream sets generated on disk)."""
+
+    seed: int = 0
+    scale: float = Field(1.0, gt=0, le=100)
+    dir: str | None = None  # default: <workdir>/world
+
+
+class Spec(_Model):
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
+    description: str = ""
+    world: World | None = World()
+    workdir: str = "tbench-out/{name}/work"
+    store: str = "tbench-out/{name}/store"
+    report: str = "tbench-out/{name}/report"
+    curation: dict[str, list[CurationStep]] = Field(default_factory=lambda: {"none": []})
+    pretrain: Pretrain
+    downstream: Downstream
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _cross(self) -> "Spec":
+        from curation.sources import SOURCES
+
+        mixtures = {m.name for m in self.pretrain.mixtures}
+        clash = mixtures & set(SOURCES.names())
+        if clash:
+            raise ValueError(f"mixture names {sorted(clash)} clash with source names")
+        problems = []
+        for i, grid in enumerate(self.pretrain.grids):
+            for s in grid.sources:
+                if s not in SOURCES and s not in mixtures:
+                    problems.append(
+                        f"pretrain.grids.{i}.sources: {SOURCES.unknown_message(s)}"
+                        + (f" (or a mixture: {', '.join(sorted(mixtures))})" if mixtures else "")
+                    )
+            for c in grid.curation:
+                if c not in self.curation:
+                    problems.append(
+                        f"pretrain.grids.{i}.curation: unknown curation variant {c!r}; "
+                        f"declared under 'curation': {', '.join(sorted(self.curation))}"
+                    )
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self
+
+    def path(self, which: Literal["workdir", "store", "report"], base: Path | None = None) -> Path:
+        p = Path(getattr(self, which).format(name=self.name))
+        return p if p.is_absolute() or base is None else base / p
+
+
+def _loc(loc: tuple) -> str:
+    return ".".join(str(x) for x in loc if not str(x).startswith("function-after")) or "(top level)"
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> Spec:
+    """Validate a spec given as plain data; raise :class:`SpecError` listing every problem."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [("(top level)", f"a spec is a mapping of fields, got {type(data).__name__}")])
+    try:
+        return Spec.model_validate(data)
+    except ValidationError as e:
+        errors = []
+        for err in e.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                parent = err["loc"][:-1]
+                msg = f"unknown field {err['loc'][-1]!r}; valid fields: {_valid_fields(parent)}"
+            errors.append((_loc(err["loc"]), msg))
+        raise SpecError(source, errors) from None
+
+
+def _valid_fields(loc: tuple) -> str:
+    model: Any = Spec
+    for part in loc:
+        if isinstance(part, int) or model is None:
+            continue
+        field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None:
+            return "(see docs)"
+        model = _inner_model(field.annotation)
+    return ", ".join(model.model_fields) if model is not None and hasattr(model, "model_fields") else "(see docs)"
+
+
+def _inner_model(ann: Any) -> Any:
+    import typing
+
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in typing.get_args(ann):
+        m = _inner_model(arg)
+        if m is not None:
+            return m
+    return None
+
+
+def load_spec(path: str | Path) -> Spec:
+    """Read a YAML spec with ``yaml.safe_load`` and validate it."""
+    p = Path(path)
+    if not p.is_file():
+        raise SpecError(str(p), [("(file)", f"no such spec file: {p}")])
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as e:
+        raise SpecError(str(p), [("(yaml)", f"not valid YAML: {e}")]) from None
+    return parse_spec(data, str(p))
