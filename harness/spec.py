@@ -120,6 +120,7 @@ class Pretrain(_Model):
     epochs: int = Field(3, ge=1)
     checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
     batch_size: int = Field(128, ge=1)
+    data_seed: int = 0  # selects the view's samples; fixed across training seeds so sizes nest
     optim: Optim = Optim()
     grids: list[PretrainGrid] = Field(min_length=1)
     mixtures: list[Mixture] = Field(default_factory=list)
@@ -199,6 +200,9 @@ class Downstream(_Model):
     checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
     random_init_floor: bool = True  # evaluate `linear` on a randomly initialised encoder too
 
+    def protocols_for(self, set_name: str) -> list[Protocol]:
+        return [p for p in self.protocols if p.sets is None or set_name in p.sets]
+
     @field_validator("sets")
     @classmethod
     def _sets(cls, v: list[str]) -> list[str]:
@@ -236,7 +240,7 @@ class World(_Model):
 class Spec(_Model):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     description: str = ""
-    world: World | None = World()
+    world: World = World()
     workdir: str = "tbench-out/{name}/work"
     store: str = "tbench-out/{name}/store"
     report: str = "tbench-out/{name}/report"
@@ -267,9 +271,27 @@ class Spec(_Model):
                         f"pretrain.grids.{i}.curation: unknown curation variant {c!r}; "
                         f"declared under 'curation': {', '.join(sorted(self.curation))}"
                     )
+        ckpt = self.downstream.checkpoint_epochs
+        if isinstance(ckpt, list):
+            saved = self.pretrain.saved_epochs()
+            missing = [e for e in ckpt if e not in saved]
+            if missing:
+                problems.append(
+                    f"downstream.checkpoint_epochs: epochs {missing} are not saved by pre-training; "
+                    f"saved epochs: {saved} (set pretrain.checkpoint_epochs)"
+                )
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+    def eval_epochs(self) -> list[int]:
+        """The checkpoint epochs every pre-training run is evaluated at."""
+        ckpt = self.downstream.checkpoint_epochs
+        if ckpt == "last":
+            return [self.pretrain.epochs]
+        if ckpt == "all":
+            return self.pretrain.saved_epochs()
+        return sorted(set(ckpt))
 
     def path(self, which: Literal["workdir", "store", "report"], base: Path | None = None) -> Path:
         p = Path(getattr(self, which).format(name=self.name))

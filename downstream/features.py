@@ -1,0 +1,207 @@
+"""Cached features: run a frozen encoder once per (checkpoint, downstream set).
+
+Every linear probe, shot count and seed reads the cache instead of the encoder. The cache is one
+``.npz`` per split in the folder the runner hands us::
+
+    out_dir/train.npz        features float32 [N, D], labels int64 [N], class_names str [C]
+    out_dir/validation.npz
+    out_dir/test.npz
+
+Images are preprocessed exactly as the checkpoint's metadata says: resized to
+``meta["image_size"]`` when they are not already that size (bilinear, antialiased), scaled to
+[0, 1] and normalised with ``meta["mean"]`` / ``meta["std"]``. Fine-tuning uses the same
+preprocessing (:func:`prepare_images`, :func:`normalise`) so both protocols see the same pixels.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import logging
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.models import load_encoder
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "validation", "test")
+_RESIZE_CHUNK = 1024  # images resized at a time, to bound the float copy's memory
+
+
+def downstream_sets():
+    """The ``downstream.sets`` module, imported when first needed (and patchable in tests)."""
+    return importlib.import_module("downstream.sets")
+
+
+@contextlib.contextmanager
+def torch_threads(num_threads: int) -> Iterator[None]:
+    """Run the body with ``torch.set_num_threads(num_threads)``, restoring the old value after."""
+    if int(num_threads) < 1:
+        raise ValueError(f"num_threads must be >= 1, got {num_threads}")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(int(num_threads))
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
+def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
+    """uint8 ``[N, H, W, 3]`` images -> uint8 ``[N, 3, S, S]`` tensor at ``S = image_size``.
+
+    Images already at the target size are only transposed; others are resized (bilinear,
+    antialiased) and rounded back to uint8, so a split is held in memory at one byte a pixel.
+    """
+    if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
+        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__} "
+                         f"{getattr(images, 'dtype', '')}")
+    if images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"images must have shape [N, H, W, 3], got {images.shape}")
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    if images.shape[1:3] == (image_size, image_size):
+        return x.contiguous()
+    out = torch.empty((len(x), 3, image_size, image_size), dtype=torch.uint8)
+    for start in range(0, len(x), _RESIZE_CHUNK):
+        chunk = x[start:start + _RESIZE_CHUNK].float()
+        chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
+                              align_corners=False, antialias=True)
+        out[start:start + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def normalise(x: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 ``[B, 3, S, S]`` -> float32, scaled to [0, 1] then ``(x - mean) / std`` per channel."""
+    return (x.float().div_(255.0) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def meta_stats(meta: dict[str, Any], device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
+    """The checkpoint's normalisation as two float32 tensors of 3 values."""
+    mean = torch.tensor([float(v) for v in meta["mean"]], dtype=torch.float32, device=device)
+    std = torch.tensor([float(v) for v in meta["std"]], dtype=torch.float32, device=device)
+    if mean.numel() != 3 or std.numel() != 3 or bool((std <= 0).any()):
+        raise ValueError(f"checkpoint meta needs 3 means and 3 positive stds, got {meta['mean']} / {meta['std']}")
+    return mean, std
+
+
+@torch.inference_mode()
+def encode(encoder: nn.Module, images: torch.Tensor, meta: dict[str, Any], *, batch_size: int = 256,
+           device: torch.device | str = "cpu") -> np.ndarray:
+    """Features (float32 ``[N, D]``) of prepared uint8 images from :func:`prepare_images`."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    mean, std = meta_stats(meta, device)
+    was_training = encoder.training
+    encoder.eval()
+    chunks = []
+    try:
+        for start in range(0, len(images), batch_size):
+            xb = normalise(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
+            chunks.append(encoder(xb).float().cpu())
+    finally:
+        encoder.train(was_training)
+    if not chunks:
+        return np.zeros((0, int(meta["feature_dim"])), dtype=np.float32)
+    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+
+
+def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append ".npz"
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: Path, *,
+                     batch_size: int = 256, num_threads: int = 1,
+                     device: torch.device | str | None = None) -> dict[str, Any]:
+    """Encode every split of ``set_name`` with the encoder in ``checkpoint``; write the cache.
+
+    Returns a summary: set, checkpoint, backbone, image_size, feature_dim, num_classes,
+    ``counts`` per split, ``seconds`` (total) and ``images_per_second``.
+    """
+    checkpoint, data_root, out_dir = Path(checkpoint), Path(data_root), Path(out_dir)
+    sets = downstream_sets()
+    device = torch.device(device) if device is not None else default_device()
+    started = time.perf_counter()
+    counts: dict[str, int] = {}
+    class_names: list[str] | None = None
+    encode_seconds = 0.0
+    with torch_threads(num_threads):
+        encoder, meta = load_encoder(checkpoint, map_location="cpu")
+        encoder.to(device)
+        image_size = int(meta["image_size"])
+        for split in SPLITS:
+            data = sets.load_split(set_name, split, data_root)
+            if class_names is None:
+                class_names = [str(c) for c in data.class_names]
+            elif list(map(str, data.class_names)) != class_names:
+                raise ValueError(f"downstream set {set_name!r}: split {split!r} has different class names "
+                                 "from the train split")
+            labels = np.asarray(data.labels, dtype=np.int64)
+            if len(labels) != len(data.images):
+                raise ValueError(f"downstream set {set_name!r} split {split!r}: {len(data.images)} images "
+                                 f"but {len(labels)} labels")
+            t0 = time.perf_counter()
+            feats = encode(encoder, prepare_images(data.images, image_size), meta,
+                           batch_size=batch_size, device=device)
+            encode_seconds += time.perf_counter() - t0
+            if feats.shape[1] != int(meta["feature_dim"]):
+                raise ValueError(f"{checkpoint}: encoder gives {feats.shape[1]} features, meta says "
+                                 f"{meta['feature_dim']}")
+            _atomic_savez(out_dir / f"{split}.npz", features=feats, labels=labels,
+                          class_names=np.asarray(class_names, dtype=str))
+            counts[split] = int(len(labels))
+            log.info("features %s/%s: %d x %d", set_name, split, *feats.shape)
+    seconds = time.perf_counter() - started
+    total = sum(counts.values())
+    return {
+        "set": set_name,
+        "checkpoint": str(checkpoint),
+        "backbone": meta["backbone"],
+        "image_size": image_size,
+        "feature_dim": int(meta["feature_dim"]),
+        "num_classes": len(class_names or []),
+        "counts": counts,
+        "seconds": seconds,
+        "images_per_second": total / encode_seconds if encode_seconds > 0 else float("nan"),
+    }
+
+
+def _open(out_dir: Path, split: str):
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; valid: {', '.join(SPLITS)}")
+    path = Path(out_dir) / f"{split}.npz"
+    if not path.is_file():
+        raise FileNotFoundError(f"no cached features at {path}; run extract_features first")
+    return np.load(path, allow_pickle=False)
+
+
+def load_features(out_dir: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(X float32 [N, D], y int64 [N])`` of one cached split."""
+    with _open(out_dir, split) as z:
+        return z["features"].astype(np.float32, copy=False), z["labels"].astype(np.int64, copy=False)
+
+
+def load_class_names(out_dir: Path, split: str = "train") -> list[str]:
+    """The class names stored with a cached split."""
+    with _open(out_dir, split) as z:
+        return [str(c) for c in z["class_names"]] if "class_names" in z.files else []

@@ -1,0 +1,60 @@
+"""Content keys and the on-disk layout of job outputs.
+
+Every job is a pure function of its resolved config and its inputs' keys; its key is a hash of
+both. Its outputs live under ``<workdir>/<kind>/<key>/`` and a finished job leaves a marker,
+``_DONE.json``, written last (atomically), so a folder without the marker is unfinished work
+that a re-run resumes or redoes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+KEY_VERSION = 1  # bump when the meaning of a job's outputs changes, so old outputs are not reused
+DONE = "_DONE.json"
+
+
+def canonical_json(obj: Any) -> str:
+    """JSON with sorted keys and no whitespace: the form that is hashed into keys."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def content_key(kind: str, config: dict[str, Any], deps: list[str] | tuple[str, ...] = ()) -> str:
+    """The key of a job: a hash of its kind, resolved config and the keys of its inputs."""
+    payload = canonical_json({"v": KEY_VERSION, "kind": kind, "config": config, "deps": list(deps)})
+    return hashlib.sha256(payload.encode()).hexdigest()[:20]
+
+
+def job_dir(workdir: Path, kind: str, key: str) -> Path:
+    return Path(workdir) / kind / key
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def is_done(directory: Path) -> bool:
+    return (Path(directory) / DONE).is_file()
+
+
+def read_done(directory: Path) -> dict[str, Any]:
+    return json.loads((Path(directory) / DONE).read_text())
+
+
+def mark_done(directory: Path, summary: dict[str, Any]) -> None:
+    """Write the completion marker; call it last, after every output is in place."""
+    atomic_write_text(Path(directory) / DONE, json.dumps(summary, indent=2, sort_keys=True, default=str))

@@ -1,0 +1,153 @@
+"""``tbench``: a thin command line over the harness's typed functions."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from harness.spec import SpecError, load_spec
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="transfer-bench: how does pre-training data shape transfer?")
+results_app = typer.Typer(no_args_is_help=True, help="Query the results store.")
+app.add_typer(results_app, name="results")
+console = Console()
+err = Console(stderr=True)
+
+
+def _load(spec_path: Path):
+    try:
+        return load_spec(spec_path)
+    except SpecError as e:
+        err.print(f"[bold red]error:[/] {e}", markup=True, highlight=False)
+        raise typer.Exit(2) from None
+
+
+@app.callback()
+def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at INFO level.")) -> None:
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
+         workdir: Optional[Path] = typer.Option(None, help="Override the spec's workdir."),
+         store: Optional[Path] = typer.Option(None, help="Override the spec's results store."),
+         jobs: bool = typer.Option(False, "--jobs", help="List every job, not only the counts.")) -> None:
+    """Print the job graph: counts per kind, resource asks, what is already finished, what was pruned."""
+    from harness.plan import KINDS, make_plan
+    from harness.runner import resolve_paths
+    from results.store import Store
+
+    s = _load(spec)
+    p = make_plan(s)
+    paths = resolve_paths(s, p, workdir=workdir, store=store)
+    done = p.done_keys(paths.workdir, Store(paths.store).part_keys("runs") if paths.store.exists() else set())
+    t = Table(title=f"plan of {s.name!r}: {len(p.jobs)} jobs, {p.planned_rows()} result rows")
+    for col in ("kind", "jobs", "done", "to run", "resources per job", "rows"):
+        t.add_column(col, justify="right" if col not in ("kind", "resources per job") else "left")
+    for kind in KINDS:
+        js = p.of_kind(kind)
+        if not js:
+            continue
+        res = sorted({", ".join(f"{k}={v:g}" for k, v in j.resources.items()) for j in js})
+        n_done = sum(j.key in done for j in js)
+        t.add_row(kind, str(len(js)), str(n_done), str(len(js) - n_done), "; ".join(res),
+                  str(sum(j.rows for j in js)) if kind == "eval" else "")
+    console.print(t)
+    console.print(f"workdir {paths.workdir}\nstore   {paths.store}\nworld   {paths.world}")
+    if p.pruned:
+        pt = Table(title=f"pruned combinations ({len(p.pruned)})")
+        pt.add_column("what")
+        pt.add_column("why")
+        seen = set()
+        for what, why in p.pruned:
+            if (what, why) not in seen:
+                seen.add((what, why))
+                pt.add_row(what, why)
+        console.print(pt)
+    if jobs:
+        jt = Table(title="jobs")
+        for col in ("kind", "key", "state", "what"):
+            jt.add_column(col)
+        for j in p.jobs.values():
+            jt.add_row(j.kind, j.key, "done" if j.key in done else "todo", j.label)
+        console.print(jt)
+
+
+@app.command()
+def run(spec: Path = typer.Argument(..., help="The YAML spec."),
+        store: Optional[Path] = typer.Option(None, help="Override the spec's results store."),
+        workdir: Optional[Path] = typer.Option(None, help="Override the spec's workdir."),
+        address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
+        num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
+        no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display.")) -> None:
+    """Run the spec on Ray (local or an existing cluster); finished jobs are skipped."""
+    from harness.plan import make_plan
+    from harness.runner import resolve_paths
+    from harness.runner import run as run_spec
+    from results.summary import results_table
+
+    s = _load(spec)
+    summary = run_spec(s, workdir=workdir, store=store, address=address, num_cpus=num_cpus,
+                       progress=not no_progress)
+    ran = sum(summary.ran.values())
+    console.print(f"{summary.planned_jobs} jobs planned, {summary.already_done} already finished, {ran} ran"
+                  f" ({', '.join(f'{k} {v}' for k, v in summary.ran.items()) or 'none'}), "
+                  f"{len(summary.failed)} failed; {summary.rows_written} rows written in {summary.seconds:.1f}s")
+    paths = resolve_paths(s, make_plan(s), workdir=workdir, store=store)
+    console.print(results_table(paths.store, s.name))
+    if summary.failed:
+        err.print(f"[bold red]{len(summary.failed)} job(s) failed[/]; their rows carry status='failed' and the error:")
+        for key, e in list(summary.failed.items())[:10]:
+            err.print(f"  {key}: {e}", highlight=False)
+        raise typer.Exit(1)
+
+
+@app.command()
+def world(out: Path = typer.Option(Path("tbench-out/world"), help="Where to write the world."),
+          seed: int = typer.Option(0), scale: float = typer.Option(1.0, help="Multiplies every pool and split size.")) -> None:
+    """Write the embedded world (sources as webdataset shards, downstream sets as HF datasets)."""
+    from curation.world import build_world
+
+    info = build_world(out, seed=seed, scale=scale)
+    console.print(f"world v{info.get('version')} (seed {seed}, scale {scale}) at {out}")
+
+
+@results_app.command("query")
+def results_query(sql: str = typer.Argument(..., help="SQL over the tables runs, curves, spectra, views."),
+                  store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store."),
+                  format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
+                  out: Optional[Path] = typer.Option(None, help="Output file (required for parquet).")) -> None:
+    """Answer SQL over the store with DuckDB."""
+    from results.query import format_frame
+    from results.store import Store
+
+    try:
+        df = Store(store).query(sql)
+        rendered = format_frame(df, format, out=out)
+    except (ValueError, RuntimeError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    if rendered is not None:
+        console.print(rendered) if not isinstance(rendered, str) else sys.stdout.write(rendered + "\n")
+
+
+@app.command()
+def report(store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store."),
+           out: Path = typer.Option(Path("tbench-out/quickstart/report"), help="Where to write index.html.")) -> None:
+    """Write the HTML report (scaling curves and the other figures)."""
+    from results.report import write_report
+
+    path = write_report(store, out)
+    console.print(f"report written to {path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -1,0 +1,258 @@
+"""What each kind of job does, as plain functions of (job, context).
+
+These run inside Ray tasks but know nothing of Ray themselves (pre-training reaches Ray Train
+through :mod:`harness.train_ray`). Each writes only under its own ``<workdir>/<kind>/<key>/``
+and marks itself done last; evaluation jobs instead return their rows, which the driver writes
+to the results store before marking them done, so a row exists exactly when its marker does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+from harness.artifacts import content_key, is_done, job_dir, mark_done, read_done
+from harness.plan import Job
+from harness.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """Plain values every job needs; built once by the driver and shipped to tasks."""
+
+    spec_name: str
+    workdir: Path
+    world_dir: Path
+    code_version: str
+    num_threads: int = 1
+
+
+Executor = Callable[[Job, RunContext], dict[str, Any]]
+EXECUTORS: Registry[Executor] = Registry("job kind")
+
+
+def out_dir(job: Job, ctx: RunContext) -> Path:
+    if job.kind == "world":
+        return ctx.world_dir
+    return job_dir(ctx.workdir, job.kind, job.key)
+
+
+def checkpoint_path(ctx: RunContext, pretrain_key: str, epoch: int) -> Path:
+    """Where the encoder of a pre-training (or init) job for ``epoch`` lives."""
+    kind = "init" if epoch == 0 else "pretrain"
+    return job_dir(ctx.workdir, kind, pretrain_key) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+
+
+def device_name() -> str:
+    import torch
+
+    return torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+
+
+def execute(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """Run ``job`` unless it is already finished; returns its summary (or rows for evals)."""
+    import torch
+
+    torch.set_num_threads(max(1, ctx.num_threads))
+    d = out_dir(job, ctx)
+    if job.kind != "eval" and is_done(d):
+        return read_done(d)
+    return EXECUTORS.get(job.kind)(job, ctx)
+
+
+@EXECUTORS.register("world")
+def _world(job: Job, ctx: RunContext) -> dict[str, Any]:
+    from curation.world import build_world
+
+    t0 = time.perf_counter()
+    info = build_world(ctx.world_dir, seed=job.config["seed"], scale=job.config["scale"])
+    summary = {"seconds": time.perf_counter() - t0, "version": info.get("version")}
+    mark_done(ctx.world_dir, summary)
+    return summary
+
+
+@EXECUTORS.register("view")
+def _view(job: Job, ctx: RunContext) -> dict[str, Any]:
+    from curation.views import ViewConfig, build_view
+
+    c = job.config
+    cfg = ViewConfig(
+        source=c["source"],
+        mixture=c["mixture"],
+        curation_name=c["curation_name"],
+        curation=tuple((s["step"], {k: v for k, v in s.items() if k != "step"}) for s in c["curation"]),
+        size=c["size"],
+        label_noise=c["label_noise"],
+        needs_labels=c["needs_labels"],
+        seed=c["seed"],
+    )
+    d = out_dir(job, ctx)
+    t0 = time.perf_counter()
+    manifest = build_view(cfg, ctx.world_dir, d)
+    summary = {"seconds": time.perf_counter() - t0, "size": manifest["size"]}
+    mark_done(d, summary)
+    return summary
+
+
+@EXECUTORS.register("pretrain")
+def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
+    from harness.train_ray import run_pretrain
+    from pretrain.loop import TrainConfig
+
+    c, r = job.config, job.resources
+    view = json.loads((job_dir(ctx.workdir, "view", job.deps[0]) / "manifest.json").read_text())
+    cfg = TrainConfig(
+        method=c["method"],
+        backbone=c["backbone"],
+        image_size=c["image_size"],
+        epochs=c["epochs"],
+        save_epochs=tuple(c["save_epochs"]),
+        batch_size=c["batch_size"],
+        lr=c["optim"]["lr"],
+        weight_decay=c["optim"]["weight_decay"],
+        warmup_epochs=c["optim"]["warmup_epochs"],
+        label_smoothing=c["optim"]["label_smoothing"],
+        seed=c["seed"],
+        num_classes=int(view["num_classes"]),
+        extra={"pretrain_key": job.key, "view_key": job.deps[0], "view_size": int(view["size"])},
+    )
+    d = out_dir(job, ctx)
+    summary = run_pretrain(
+        cfg, job_dir(ctx.workdir, "view", job.deps[0]), d,
+        num_workers=int(r.get("num_workers", 1)),
+        cpus_per_worker=float(r.get("cpus_per_worker", 1)),
+        gpus_per_worker=float(r.get("gpus_per_worker", 0)),
+    )
+    summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    mark_done(d, summary)
+    return summary
+
+
+@EXECUTORS.register("init")
+def _init(job: Job, ctx: RunContext) -> dict[str, Any]:
+    import torch
+
+    from pretrain.models import build_encoder, encoder_meta, save_encoder
+
+    c = job.config
+    torch.manual_seed(c["seed"])
+    encoder = build_encoder(c["backbone"], c["image_size"])
+    meta = encoder_meta(encoder, c["backbone"], c["image_size"], method="none", epoch=0, samples_seen=0,
+                        pretrain_key=job.key)
+    d = out_dir(job, ctx)
+    save_encoder(d / "checkpoints" / "epoch_000.pt", encoder, meta)
+    summary = {"feature_dim": meta["feature_dim"]}
+    mark_done(d, summary)
+    return summary
+
+
+@EXECUTORS.register("features")
+def _features(job: Job, ctx: RunContext) -> dict[str, Any]:
+    from downstream.features import extract_features
+
+    d = out_dir(job, ctx)
+    ckpt = checkpoint_path(ctx, job.deps[0], job.config["epoch"])
+    summary = extract_features(ckpt, job.config["downstream"], ctx.world_dir, d, num_threads=ctx.num_threads)
+    summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
+    mark_done(d, summary)
+    return summary
+
+
+@EXECUTORS.register("eval")
+def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """Run one protocol; return ``{"runs": rows, "curves": rows}`` for the driver to store."""
+    import torch
+
+    from downstream.protocols import PROTOCOLS, EvalRequest
+
+    c = job.config
+    ckpt = checkpoint_path(ctx, job.deps[0], c["epoch"])
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True)["meta"]
+    entry = PROTOCOLS.get(c["protocol"])
+    request = EvalRequest(
+        set_name=c["downstream"],
+        data_root=ctx.world_dir,
+        checkpoint=ckpt,
+        features_dir=job_dir(ctx.workdir, "features", job.deps[2]) if entry.needs_features else None,
+        shots=tuple(c["shots"]),
+        seeds=tuple(c["seeds"]),
+        epochs=c.get("epochs", 5),
+        lrs=tuple(c.get("lrs", (1e-3,))),
+        num_threads=ctx.num_threads,
+    )
+    results = entry.run(request)
+    pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0
+    base = base_row(job, ctx, pretrain_size=pretrain_size, samples_seen=int(meta.get("samples_seen", 0)),
+                    image_size=int(meta["image_size"]))
+    device = device_name()
+    runs, curves = [], []
+    for r in results:
+        key = row_key(job.key, r.shots, r.eval_seed)
+        runs.append({
+            **base, "key": key, "status": "ok", "error": None,
+            "shots": r.shots, "eval_seed": r.eval_seed, "num_classes": r.num_classes, "metric": r.metric,
+            "chance": r.chance, "top1": r.top1, "balanced_acc": r.balanced_acc, "score": r.score, "loss": r.loss,
+            "val_score": r.val_score, "train_seconds": r.train_seconds, "eval_seconds": r.eval_seconds,
+            "device": device, "hparams": json.dumps(r.hparams, sort_keys=True, default=str),
+        })
+        for point in r.curve:
+            curves.append({"key": key, "job_key": job.key, "protocol": c["protocol"], "downstream": c["downstream"],
+                           "shots": r.shots, "eval_seed": r.eval_seed, **point})
+    return {"runs": runs, "curves": curves}
+
+
+def row_key(job_key: str, shots: int | None, seed: int) -> str:
+    return content_key("row", {"job": job_key, "shots": shots, "seed": seed})
+
+
+def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
+             samples_seen: int | None = None, image_size: int | None = None) -> dict[str, Any]:
+    """The coordinates every row of an evaluation job shares."""
+    c = job.coords
+    return {
+        "spec": ctx.spec_name,
+        "created_at": datetime.now(timezone.utc),
+        "code_version": ctx.code_version,
+        "job_key": job.key,
+        "pretrain_key": c["pretrain_key"],
+        "view_key": c.get("view_key"),
+        "source": c["source"],
+        "curation": c["curation"],
+        "label_noise": c["label_noise"],
+        "pretrain_size": pretrain_size,
+        "method": c["method"],
+        "backbone": c["backbone"],
+        "pretrain_epochs": c["pretrain_epochs"],
+        "checkpoint_epoch": c["checkpoint_epoch"],
+        "pretrain_seed": c["pretrain_seed"],
+        "samples_seen": samples_seen,
+        "downstream": c["downstream"],
+        "protocol": c["protocol"],
+        "image_size": image_size,
+    }
+
+
+def failed_rows(job: Job, ctx: RunContext, error: str) -> list[dict[str, Any]]:
+    """One `failed` row per (shots, seed) of an evaluation that could not produce results."""
+    base = base_row(job, ctx)
+    return [
+        {**base, "key": row_key(job.key, s, seed), "status": "failed", "error": error[-4000:],
+         "shots": s, "eval_seed": seed}
+        for s in job.config["shots"]
+        for seed in job.config["seeds"]
+    ]
+
+
+def clean_unfinished(job: Job, ctx: RunContext) -> None:
+    """Remove a half-written output folder of a non-resumable job before it is redone."""
+    d = out_dir(job, ctx)
+    if job.kind in ("view", "features", "init") and d.exists() and not is_done(d):
+        shutil.rmtree(d, ignore_errors=True)

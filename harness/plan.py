@@ -1,0 +1,192 @@
+"""The planner: a spec expanded into a graph of jobs, each with a content key.
+
+Job kinds, in dependency order:
+
+- ``world``    writes the embedded world (sources as webdataset shards, downstream sets on disk);
+- ``view``     builds the exact pre-training data of a run (curation, labels, noise, size, mixture);
+- ``pretrain`` trains a method on a view and saves checkpoints at the requested epochs;
+- ``init``     a randomly initialised encoder, the floor every transfer number is read against;
+- ``features`` extracts an encoder's features once per (checkpoint epoch, downstream set);
+- ``eval``     one protocol on one set for one checkpoint, every shot count and seed.
+
+Combinations that make no sense are pruned with the reason kept, so ``tbench plan`` can show it.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from harness.artifacts import content_key, is_done, job_dir
+from harness.spec import FULL, Spec
+
+KINDS = ("world", "view", "pretrain", "init", "features", "eval")
+WORLD_SCHEMA = 1
+
+
+@dataclass(frozen=True)
+class Job:
+    """One node of the job graph."""
+
+    kind: str
+    key: str
+    config: dict[str, Any]
+    deps: tuple[str, ...] = ()
+    coords: dict[str, Any] = field(default_factory=dict)  # results coordinates carried into rows
+    resources: dict[str, float] = field(default_factory=dict)
+    rows: int = 0  # result rows this job writes to the `runs` table
+
+    @property
+    def label(self) -> str:
+        c = self.coords
+        if self.kind == "view":
+            return f"view {c['source']}/{c['curation']}/n={c['requested_size']}/noise={c['label_noise']}"
+        if self.kind == "pretrain":
+            return f"pretrain {c['method']} on {c['source']}/{c['curation']}/n={c['requested_size']} seed={c['pretrain_seed']}"
+        if self.kind in ("features", "eval"):
+            what = self.config.get("protocol", "features")
+            return f"{what} {c['downstream']} ← {c['method']}:{c['source']} ep{c['checkpoint_epoch']}"
+        return f"{self.kind} {self.key[:8]}"
+
+
+@dataclass
+class Plan:
+    spec: Spec
+    jobs: dict[str, Job]  # in dependency order
+    pruned: list[tuple[str, str]]  # (what, why)
+
+    def counts(self) -> Counter:
+        return Counter(j.kind for j in self.jobs.values())
+
+    def planned_rows(self) -> int:
+        return sum(j.rows for j in self.jobs.values())
+
+    def of_kind(self, kind: str) -> list[Job]:
+        return [j for j in self.jobs.values() if j.kind == kind]
+
+    def done_keys(self, workdir: Path, store_keys: set[str] | None = None) -> set[str]:
+        """Keys of finished jobs: marker present (and, for evals, their part in the store)."""
+        done = set()
+        for job in self.jobs.values():
+            if not is_done(job_dir(workdir, job.kind, job.key)):
+                continue
+            if job.kind == "eval" and store_keys is not None and job.key not in store_keys:
+                continue
+            done.add(job.key)
+        return done
+
+
+def _shots_value(s: int | str) -> int | None:
+    return None if s == FULL else int(s)
+
+
+def make_plan(spec: Spec) -> Plan:
+    """Expand ``spec`` into its job graph (no I/O; pure function of the spec)."""
+    from downstream.protocols import PROTOCOLS
+    from pretrain.methods import METHODS
+
+    jobs: dict[str, Job] = {}
+    pruned: list[tuple[str, str]] = []
+
+    def add(job: Job) -> Job:
+        jobs.setdefault(job.key, job)
+        return jobs[job.key]
+
+    res = spec.resources
+    world_cfg = {"seed": spec.world.seed, "scale": spec.world.scale, "schema": WORLD_SCHEMA}
+    world = add(Job("world", content_key("world", world_cfg), world_cfg, resources={"num_cpus": 1}))
+
+    mixtures = {m.name: m.weights for m in spec.pretrain.mixtures}
+    pt = spec.pretrain
+    checkpoints: list[tuple[Job, int]] = []  # (job providing encoders, epoch)
+
+    for grid in pt.grids:
+        for source in grid.sources:
+            for curation in grid.curation:
+                for method in grid.methods:
+                    entry = METHODS.get(method)
+                    for noise in grid.label_noise:
+                        if noise > 0 and not entry.needs_labels:
+                            pruned.append(
+                                (f"{method} on {source}/{curation} with label noise {noise}",
+                                 f"label noise applies to methods trained on labels; {method} uses none")
+                            )
+                            continue
+                        for size in grid.sizes:
+                            view_cfg = {
+                                "source": None if source in mixtures else source,
+                                "mixture": dict(sorted(mixtures[source].items())) if source in mixtures else None,
+                                "curation_name": curation,
+                                "curation": [s.model_dump() for s in spec.curation[curation]],
+                                "size": size,
+                                "label_noise": noise,
+                                "needs_labels": entry.needs_labels,
+                                "seed": pt.data_seed,
+                            }
+                            vcoords = {"source": source, "curation": curation, "requested_size": size,
+                                       "label_noise": noise}
+                            view = add(Job("view", content_key("view", view_cfg, [world.key]), view_cfg,
+                                           (world.key,), vcoords, {"num_cpus": res.view.num_cpus,
+                                                                   "num_gpus": res.view.num_gpus}))
+                            for seed in grid.seeds:
+                                pcfg = {
+                                    "method": method,
+                                    "backbone": pt.backbone,
+                                    "image_size": pt.image_size,
+                                    "epochs": pt.epochs,
+                                    "save_epochs": pt.saved_epochs(),
+                                    "batch_size": pt.batch_size,
+                                    "optim": pt.optim.model_dump(),
+                                    "seed": seed,
+                                }
+                                pcoords = {**vcoords, "method": method, "backbone": pt.backbone,
+                                           "pretrain_seed": seed, "pretrain_epochs": pt.epochs,
+                                           "view_key": view.key}
+                                pjob = add(Job("pretrain", content_key("pretrain", pcfg, [view.key]), pcfg,
+                                               (view.key,), pcoords,
+                                               {"num_workers": res.pretrain.num_workers,
+                                                "cpus_per_worker": res.pretrain.cpus_per_worker,
+                                                "gpus_per_worker": res.pretrain.gpus_per_worker}))
+                                for epoch in spec.eval_epochs():
+                                    checkpoints.append((pjob, epoch))
+
+    floor: Job | None = None
+    if spec.downstream.random_init_floor:
+        icfg = {"backbone": pt.backbone, "image_size": pt.image_size, "seed": 0}
+        icoords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
+                   "method": "none", "backbone": pt.backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
+                   "view_key": None}
+        floor = add(Job("init", content_key("init", icfg), icfg, (), icoords, {"num_cpus": 1}))
+        checkpoints.append((floor, 0))
+
+    eres = {"num_cpus": res.eval.num_cpus, "num_gpus": res.eval.num_gpus}
+    for src, epoch in checkpoints:
+        for set_name in spec.downstream.sets:
+            protocols = spec.downstream.protocols_for(set_name)
+            if src is floor:
+                skipped = [p.name for p in protocols if p.name != "linear"]
+                if skipped:
+                    pruned.append((f"{', '.join(skipped)} on {set_name} from the random-init floor",
+                                   "the floor is a frozen random encoder: only `linear` is evaluated on it "
+                                   "(`scratch` is the trained-from-random baseline)"))
+                protocols = [p for p in protocols if p.name == "linear"]
+            base = {**src.coords, "pretrain_key": src.key, "checkpoint_epoch": epoch, "downstream": set_name}
+            feats: Job | None = None
+            if any(PROTOCOLS.get(p.name).needs_features for p in protocols):
+                fcfg = {"downstream": set_name, "epoch": epoch}
+                feats = add(Job("features", content_key("features", fcfg, [src.key, world.key]), fcfg,
+                                (src.key, world.key), base, eres))
+            for proto in protocols:
+                pentry = PROTOCOLS.get(proto.name)
+                shots = [_shots_value(s) for s in proto.shots]
+                ecfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
+                                        "shots": shots, "seeds": list(spec.downstream.eval_seeds)}
+                if not pentry.needs_features:
+                    ecfg.update(epochs=proto.epochs, lrs=list(proto.lrs))
+                deps = (src.key, world.key) + ((feats.key,) if pentry.needs_features and feats else ())
+                add(Job("eval", content_key("eval", ecfg, list(deps)), ecfg, deps,
+                        {**base, "protocol": proto.name}, eres, rows=len(shots) * len(spec.downstream.eval_seeds)))
+
+    return Plan(spec, jobs, pruned)

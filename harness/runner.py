@@ -1,0 +1,203 @@
+"""The Ray runner: submits a plan's unfinished jobs as Ray tasks and lands every row in the store.
+
+Dependencies are expressed the way Ray expresses them: a job's task receives the object refs
+of its inputs' tasks, so Ray starts it when they are done (an evaluation starts as soon as its
+checkpoint exists) and fails it with the upstream error when one of them failed. Nothing here
+schedules, queues or pools workers by hand. Finished jobs are skipped before Ray even starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from harness.artifacts import job_dir, mark_done
+from harness.executors import RunContext, clean_unfinished, execute, failed_rows
+from harness.plan import KINDS, Job, Plan, make_plan
+from harness.spec import Spec
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RunSummary:
+    planned_jobs: int
+    already_done: int
+    ran: Counter = field(default_factory=Counter)
+    failed: dict[str, str] = field(default_factory=dict)  # job key -> error
+    rows_written: int = 0
+    planned_rows: int = 0
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+@dataclass(frozen=True)
+class Paths:
+    workdir: Path
+    store: Path
+    report: Path
+    world: Path
+
+
+def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workdir: str | Path | None = None,
+                  store: str | Path | None = None) -> Paths:
+    base = Path(base_dir) if base_dir is not None else Path.cwd()
+    wd = Path(workdir) if workdir is not None else spec.path("workdir", base)
+    st = Path(store) if store is not None else spec.path("store", base)
+    world_job = plan.of_kind("world")[0]
+    world = Path(spec.world.dir) if spec.world.dir else job_dir(wd, "world", world_job.key)
+    if not world.is_absolute():
+        world = base / world
+    return Paths(wd.absolute(), st.absolute(), spec.path("report", base).absolute(), world.absolute())
+
+
+def code_version() -> str:
+    """The git commit of the code that produced a row (with '+dirty' for local edits)."""
+    here = Path(__file__).resolve().parent.parent
+    try:
+        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+                             text=True, timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+        return rev + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        from importlib.metadata import version
+
+        return f"transfer-bench=={version('transfer-bench')}"
+
+
+def _short_error(exc: BaseException) -> str:
+    cause = getattr(exc, "cause", None) or exc
+    while getattr(cause, "cause", None) is not None and cause is not cause.cause:
+        cause = cause.cause
+    text = f"{type(cause).__name__}: {cause}"
+    return text.strip()[-2000:]
+
+
+def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None = None,
+        store: str | Path | None = None, address: str | None = None, num_cpus: int | None = None,
+        progress: bool = True) -> RunSummary:
+    """Run every unfinished job of ``spec``; rows of finished evaluations land in the store."""
+    from results.store import Store
+
+    t0 = time.perf_counter()
+    plan = make_plan(spec)
+    paths = resolve_paths(spec, plan, base_dir=base_dir, workdir=workdir, store=store)
+    paths.workdir.mkdir(parents=True, exist_ok=True)
+    st = Store(paths.store)
+    done = plan.done_keys(paths.workdir, st.part_keys("runs"))
+    todo = [j for j in plan.jobs.values() if j.key not in done]
+    summary = RunSummary(len(plan.jobs), len(done), planned_rows=plan.planned_rows())
+    if not todo:
+        summary.seconds = time.perf_counter() - t0
+        return summary
+
+    import ray
+
+    started_ray = False
+    if not ray.is_initialized():
+        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
+                                  "logging_level": logging.ERROR, "configure_logging": True}
+        if address:
+            ray.init(address=address, **kwargs)
+        else:
+            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+        started_ray = True
+    try:
+        _run_jobs(plan, todo, done, paths, st, summary, progress)
+    finally:
+        if started_ray:
+            ray.shutdown()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, summary: RunSummary,
+              progress: bool) -> None:
+    import ray
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    remote = ray.remote(_task)
+    version = code_version()
+    refs: dict[str, Any] = {}
+    pending: dict[Any, Job] = {}
+    retries = plan.spec.resources.max_retries
+    for job in todo:
+        ctx = RunContext(plan.spec.name, paths.workdir, paths.world, version,
+                         num_threads=max(1, int(job.resources.get("num_cpus", 1))))
+        if job.kind == "pretrain":
+            # Ray Train reserves the workers' CPUs/GPUs itself; the task that drives it holds none.
+            opts = {"num_cpus": 0, "max_retries": 0}
+        else:
+            opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
+                    "max_retries": retries, "retry_exceptions": True}
+        upstream = [refs[d] for d in job.deps if d in refs]
+        ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **opts).remote(job, ctx, *upstream)
+        refs[job.key] = ref
+        pending[ref] = (job, ctx)
+
+    kinds = Counter(j.kind for j in todo)
+    cols = [TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    with Progress(*cols, disable=not progress, transient=False) as bar:
+        tasks = {k: bar.add_task(k, total=kinds[k]) for k in KINDS if kinds[k]}
+        while pending:
+            ready, _ = ray.wait(list(pending), num_returns=1)
+            ref = ready[0]
+            job, ctx = pending.pop(ref)
+            try:
+                result = ray.get(ref)
+            except Exception as exc:  # the job (or one it depends on) failed: record it, go on
+                err = _short_error(exc)
+                summary.failed[job.key] = err
+                log.error("%s failed: %s", job.label, err)
+                if job.kind == "eval":
+                    rows = failed_rows(job, ctx, err)
+                    st.write_part("runs", job.key, rows)
+                    summary.rows_written += len(rows)
+            else:
+                if job.kind == "eval":
+                    st.write_part("curves", job.key, result["curves"])
+                    st.write_part("runs", job.key, result["runs"])  # the rows land before the marker
+                    mark_done(job_dir(paths.workdir, "eval", job.key), {"rows": len(result["runs"])})
+                    summary.rows_written += len(result["runs"])
+                elif job.kind == "view":
+                    _write_view_row(st, job, ctx, paths)
+                summary.ran[job.kind] += 1
+            bar.advance(tasks[job.kind])
+
+
+def _task(job: Job, ctx: RunContext, *upstream: Any) -> dict[str, Any]:
+    """The body of every Ray task: upstream results arrive as arguments only to order the work."""
+    logging.basicConfig(level=logging.WARNING)
+    clean_unfinished(job, ctx)
+    return execute(job, ctx)
+
+
+def _write_view_row(st, job: Job, ctx: RunContext, paths: Paths) -> None:
+    import json
+
+    manifest = json.loads((job_dir(paths.workdir, "view", job.key) / "manifest.json").read_text())
+    st.write_part("views", job.key, [{
+        "view_key": job.key,
+        "spec": ctx.spec_name,
+        "created_at": datetime.now(timezone.utc),
+        "source": job.coords["source"],
+        "curation": job.coords["curation"],
+        "requested_size": manifest.get("requested_size"),
+        "size": manifest.get("size"),
+        "label_noise": manifest.get("label_noise"),
+        "achieved_noise": manifest.get("achieved_noise"),
+        "label_accuracy": manifest.get("label_accuracy"),
+        "num_classes": manifest.get("num_classes"),
+        "funnel": json.dumps(manifest.get("funnel", {})),
+    }])
