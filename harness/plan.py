@@ -181,12 +181,13 @@ def make_plan(spec: Spec) -> Plan:
             for proto in protocols:
                 pentry = PROTOCOLS.get(proto.name)
                 shots = [_shots_value(s) for s in proto.shots]
+                seeds = list(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
                 ecfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
-                                        "shots": shots, "seeds": list(spec.downstream.eval_seeds)}
+                                        "shots": shots, "seeds": seeds}
                 if not pentry.needs_features:
                     ecfg.update(epochs=proto.epochs, lrs=list(proto.lrs))
                 deps = (src.key, world.key) + ((feats.key,) if pentry.needs_features and feats else ())
                 add(Job("eval", content_key("eval", ecfg, list(deps)), ecfg, deps,
-                        {**base, "protocol": proto.name}, eres, rows=len(shots) * len(spec.downstream.eval_seeds)))
+                        {**base, "protocol": proto.name}, eres, rows=len(shots) * len(seeds)))
 
     return Plan(spec, jobs, pruned)

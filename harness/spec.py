@@ -157,6 +157,7 @@ class Protocol(_Model):
     name: str
     shots: list[Union[int, Literal["full"]]] = Field(default_factory=lambda: [FULL], min_length=1)
     sets: list[str] | None = None  # default: every set of the suite
+    seeds: list[int] | None = None  # default: downstream.eval_seeds
     epochs: int = Field(5, ge=1)  # fine-tuning style protocols
     lrs: list[float] = Field(default_factory=lambda: [1e-3, 3e-3])
 

@@ -1,0 +1,56 @@
+from pathlib import Path
+
+import yaml
+
+from harness.plan import make_plan
+from harness.spec import load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tiny() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+
+
+def test_tiny_plan_counts_and_rows():
+    plan = make_plan(load_spec(ROOT / "configs" / "tiny.yaml"))
+    counts = plan.counts()
+    # views: imagenet 300 + laion {150, 300} x noise {0, 0.2}; one pre-training per view
+    assert counts["world"] == 1 and counts["view"] == 5 and counts["pretrain"] == 5 and counts["init"] == 1
+    # checkpoints: 5 runs x 2 saved epochs + the random-init floor = 11, on 2 sets
+    assert counts["features"] == 22
+    # linear on every checkpoint and set (22) + finetune on dtd from the 10 pre-trained checkpoints
+    assert counts["eval"] == 32
+    assert plan.planned_rows() == 22 * 3 * 2 + 10 * 1 * 1
+    # every dependency precedes its dependent
+    seen = set()
+    for job in plan.jobs.values():
+        assert all(d in seen for d in job.deps), job
+        seen.add(job.key)
+
+
+def test_keys_are_stable_and_propagate():
+    a = make_plan(parse_spec(_tiny()))
+    b = make_plan(parse_spec(_tiny()))
+    assert list(a.jobs) == list(b.jobs)
+    data = _tiny()
+    data["pretrain"]["optim"] = {"lr": 0.01}
+    c = make_plan(parse_spec(data))
+    kinds = lambda p, k: {j.key for j in p.of_kind(k)}  # noqa: E731
+    assert kinds(a, "view") == kinds(c, "view")  # the data did not change
+    assert kinds(a, "pretrain").isdisjoint(kinds(c, "pretrain"))
+    changed_evals = kinds(a, "eval") - kinds(c, "eval")
+    floor_evals = {j.key for j in a.of_kind("eval") if j.coords["method"] == "none"}
+    assert changed_evals == kinds(a, "eval") - floor_evals  # only the floor's evals survive
+
+
+def test_pruned_combinations_have_reasons():
+    plan = make_plan(load_spec(ROOT / "configs" / "tiny.yaml"))
+    assert any("random-init floor" in what and "only `linear`" in why for what, why in plan.pruned)
+
+
+def test_quickstart_plan_is_within_budget():
+    plan = make_plan(load_spec(ROOT / "configs" / "quickstart.yaml"))
+    counts = plan.counts()
+    assert counts["pretrain"] == 7 and counts["eval"] == 8 * 11 + 7 * 3
+    assert plan.planned_rows() == 8 * 11 * 5 * 3 + 7 * 3

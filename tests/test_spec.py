@@ -1,0 +1,94 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from harness.spec import SpecError, load_spec, parse_spec
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _quickstart() -> dict:
+    return yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_specs_validate(path):
+    spec = load_spec(path)
+    assert spec.name
+
+
+def _errors(data) -> list[tuple[str, str]]:
+    with pytest.raises(SpecError) as info:
+        parse_spec(data, "test.yaml")
+    return info.value.errors
+
+
+def test_unknown_source_names_field_and_valid_choices():
+    data = _quickstart()
+    data["pretrain"]["grids"][0]["sources"] = ["laoin"]
+    (path, msg), = _errors(data)
+    assert "pretrain.grids.0.sources" in path + msg
+    assert "laoin" in msg and "laion" in msg and "imagenet" in msg
+
+
+def test_negative_shots_and_typo_reported_together():
+    data = _quickstart()
+    data["downstream"]["protocols"][0]["shots"] = [5, -1]
+    data["pretrain"]["epocs"] = 3
+    errors = dict(_errors(data))
+    assert any("downstream.protocols.0.shots" in p for p in errors), errors
+    assert any("non-negative" in m for m in errors.values())
+    typo = [m for p, m in errors.items() if p == "pretrain.epocs"]
+    assert typo and "unknown field 'epocs'" in typo[0] and "epochs" in typo[0]
+
+
+def test_unknown_set_protocol_and_method():
+    data = _quickstart()
+    data["downstream"]["sets"] = ["cifar10"]
+    data["downstream"]["protocols"][0]["name"] = "linaer"
+    data["pretrain"]["grids"][0]["methods"] = ["supervized"]
+    errors = _errors(data)
+    text = "\n".join(f"{p}: {m}" for p, m in errors)
+    assert "downstream.sets" in text and "cifar100" in text
+    assert "downstream.protocols.0.name" in text and "'linear'" in text
+    assert "pretrain.grids.0.methods" in text and "supervised" in text
+
+
+def test_zero_shots_only_for_zeroshot_and_noise_range():
+    data = _quickstart()
+    data["downstream"]["protocols"][0]["shots"] = [0, 5]
+    data["pretrain"]["grids"][0]["label_noise"] = [1.5]
+    text = str(pytest.raises(SpecError, parse_spec, data).value)
+    assert "zero-shot" in text and "label_noise" in text
+
+
+def test_checkpoint_epochs_must_be_saved():
+    data = _quickstart()
+    data["downstream"]["checkpoint_epochs"] = [1]
+    text = str(pytest.raises(SpecError, parse_spec, data).value)
+    assert "not saved by pre-training" in text
+
+
+def test_yaml_errors_and_missing_file(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    assert "not valid YAML" in str(pytest.raises(SpecError, load_spec, bad).value)
+    assert "no such spec file" in str(pytest.raises(SpecError, load_spec, tmp_path / "nope.yaml").value)
+    bad.write_text("- a list\n")
+    assert "mapping" in str(pytest.raises(SpecError, load_spec, bad).value)
+
+
+def test_invalid_spec_does_no_work(tmp_path, run_tbench):
+    data = _quickstart()
+    data["pretrain"]["grids"][0]["sources"] = ["nope"]
+    data["downstream"]["protocols"][0]["shots"] = [-3]
+    data["workdir"] = str(tmp_path / "work")
+    data["store"] = str(tmp_path / "store")
+    spec = tmp_path / "bad.yaml"
+    spec.write_text(yaml.safe_dump(data))
+    for cmd in ("plan", "run"):
+        proc = run_tbench(cmd, str(spec))
+        assert proc.returncode == 2, proc.stderr
+        assert "pretrain.grids.0.sources" in proc.stderr and "downstream.protocols.0.shots" in proc.stderr
+    assert not (tmp_path / "work").exists() and not (tmp_path / "store").exists()
