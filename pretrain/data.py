@@ -1,0 +1,430 @@
+"""Webdataset pipelines for pre-training: a view folder in, per-rank batches out.
+
+A view folder holds ``shards/*.tar`` (webdataset samples with ``png``, ``txt``, ``json`` and,
+for labelled views, ``cls``) and ``sizes.json`` mapping each shard's file name to its sample
+count. The pipeline is a list of stages, as in open_clip's ``get_wds_dataset``:
+
+    shards (deterministic (seed, epoch) order, repeated, split by rank then loader worker)
+    -> tar samples -> [sample split, when there are fewer shards than readers]
+    -> deterministic shuffle buffer -> decode + augment (method's sample pipeline)
+    -> batch (counting skipped samples) -> ``with_epoch``
+
+Every rank yields exactly the same number of batches per epoch, computed from ``sizes.json`` and
+the global batch, so DDP never waits on a rank that ran out of data; a reader whose shards run
+dry starts over on them (in a fresh order) rather than stopping early. Bad samples (unreadable
+PNG, missing field, broken tar member) are logged, counted and skipped; the count travels with
+the batches, so it is correct with loader workers in other processes.
+
+Rank and world size are passed in, never read from ``torch.distributed`` globals.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import multiprocessing as mp
+import random
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Sequence
+
+import torch
+import webdataset as wds
+from torch.utils.data import DataLoader, get_worker_info
+from torchvision.io import ImageReadMode, decode_png
+from torchvision.transforms.v2 import functional as TF
+
+from harness.registry import Registry
+
+logger = logging.getLogger(__name__)
+
+SIZES_FILE = "sizes.json"
+SHARDS_DIR = "shards"
+
+
+# --------------------------------------------------------------------------- the view on disk
+
+
+@dataclass(frozen=True)
+class ViewShards:
+    """The shards of a view folder and their sample counts (from ``sizes.json``)."""
+
+    root: Path
+    shards: tuple[Path, ...]
+    sizes: Mapping[str, int]
+
+    @property
+    def num_samples(self) -> int:
+        return sum(self.sizes[p.name] for p in self.shards)
+
+
+def read_view(view_dir: str | Path) -> ViewShards:
+    """List ``<view_dir>/shards/*.tar`` and check them against ``<view_dir>/sizes.json``."""
+    root = Path(view_dir)
+    sizes_path = root / SIZES_FILE
+    if not sizes_path.is_file():
+        raise FileNotFoundError(f"{sizes_path} not found: a view folder needs {SIZES_FILE} and {SHARDS_DIR}/*.tar")
+    raw = json.loads(sizes_path.read_text())
+    if not isinstance(raw, dict) or not all(isinstance(v, int) and v >= 0 for v in raw.values()):
+        raise ValueError(f"{sizes_path} must map shard file names to sample counts (non-negative ints)")
+    # Tolerate keys written as paths relative to the view ("shards/x.tar") as well as bare names.
+    sizes = {Path(k).name: v for k, v in raw.items()}
+    shards = tuple(sorted((root / SHARDS_DIR).glob("*.tar")))
+    if not shards:
+        raise FileNotFoundError(f"no shards in {root / SHARDS_DIR} (expected *.tar)")
+    missing = [p.name for p in shards if p.name not in sizes]
+    if missing:
+        raise ValueError(f"{sizes_path} has no count for shard(s) {missing}")
+    absent = sorted(set(sizes) - {p.name for p in shards})
+    if absent:
+        raise ValueError(f"{sizes_path} lists shard(s) {absent} that are not in {root / SHARDS_DIR}")
+    return ViewShards(root, shards, sizes)
+
+
+def steps_per_epoch(num_samples: int, global_batch_size: int) -> int:
+    """Optimizer steps per epoch: whole global batches in the view (the remainder is dropped)."""
+    steps = num_samples // global_batch_size
+    if steps < 1:
+        raise ValueError(
+            f"the view has {num_samples} samples, fewer than one global batch of {global_batch_size}; "
+            "lower batch_size or use a bigger view"
+        )
+    return steps
+
+
+# --------------------------------------------------------------------------- determinism helpers
+
+
+def mix_seed(*parts: int | str) -> int:
+    """A stable 63-bit seed from ``parts`` (the same on every machine and Python run)."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") >> 1
+
+
+class SharedEpoch:
+    """The current epoch, shared with persistent loader workers (open_clip's ``SharedEpoch``)."""
+
+    def __init__(self, epoch: int = 0):
+        self.value = mp.Value("i", epoch)
+
+    def set_value(self, epoch: int) -> None:
+        self.value.value = epoch
+
+    def get_value(self) -> int:
+        return self.value.value
+
+
+def _worker() -> tuple[int, int]:
+    info = get_worker_info()
+    return (info.id, info.num_workers) if info is not None else (0, 1)
+
+
+class SkipCounter:
+    """A webdataset handler: log the bad sample, count it, carry on.
+
+    Each loader worker holds its own copy; :class:`Batcher` moves the worker's count into the
+    next batch so the main process can total it.
+    """
+
+    def __init__(self, max_logged: int = 20):
+        self.count = 0
+        self.max_logged = max_logged
+
+    def __call__(self, exn: BaseException) -> bool:
+        self.count += 1
+        if self.count <= self.max_logged:
+            logger.warning("skipping a bad sample: %s: %s", type(exn).__name__, exn)
+        elif self.count == self.max_logged + 1:
+            logger.warning("more bad samples; further skips in this reader are counted, not logged")
+        return True  # continue
+
+    def take(self) -> int:
+        n, self.count = self.count, 0
+        return n
+
+
+# --------------------------------------------------------------------------- stages
+
+
+class ShardStream(wds.PipelineStage):
+    """An endless stream of ``{"url": shard}`` for this reader (rank x loader worker).
+
+    Each pass over the shards uses a fresh order seeded by (seed, epoch, pass); all ranks draw
+    the same order and take disjoint slices. With fewer shards than readers, every reader gets
+    every shard and :class:`SampleSplit` divides the samples instead.
+    """
+
+    def __init__(self, urls: Sequence[str], *, seed: int, epoch: SharedEpoch, rank: int, world_size: int, split_shards: bool):
+        self.urls = list(urls)
+        self.seed, self.epoch = seed, epoch
+        self.rank, self.world_size = rank, world_size
+        self.split_shards = split_shards
+
+    def run(self) -> Iterator[dict[str, str]]:
+        worker, num_workers = _worker()
+        epoch = self.epoch.get_value()
+        for rep in range(1 << 62):
+            order = list(self.urls)
+            random.Random(mix_seed("shards", self.seed, epoch, rep)).shuffle(order)
+            mine = order[self.rank :: self.world_size][worker::num_workers] if self.split_shards else order
+            if not mine:
+                raise RuntimeError(f"reader rank={self.rank} worker={worker} got no shards (split_shards with too few shards)")
+            for url in mine:
+                yield {"url": url}
+
+
+class SampleSplit(wds.PipelineStage):
+    """Keep every n-th sample for this reader (used only when shards are fewer than readers)."""
+
+    def __init__(self, *, rank: int, world_size: int):
+        self.rank, self.world_size = rank, world_size
+
+    def run(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, num_workers = _worker()
+        readers = self.world_size * num_workers
+        return islice(src, self.rank * num_workers + worker, None, readers)
+
+
+class DetShuffle(wds.PipelineStage):
+    """A shuffle buffer seeded by (seed, epoch, reader), so an epoch replays exactly."""
+
+    def __init__(self, bufsize: int, initial: int, *, seed: int, epoch: SharedEpoch, rank: int):
+        self.bufsize, self.initial = bufsize, initial
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+
+    def run(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, _ = _worker()
+        rng = random.Random(mix_seed("samples", self.seed, self.epoch.get_value(), self.rank, worker))
+        return wds.shuffle(self.bufsize, self.initial, rng=rng)(src)
+
+
+class Decode(wds.PipelineStage):
+    """Turn raw samples into tensors with the method's sample function; bad samples go to ``handler``.
+
+    The augmentation draws from a ``torch.Generator`` seeded by (seed, epoch, reader), not from
+    the global RNG, so results do not depend on how many loader workers there are in the main
+    process or what else consumed random numbers.
+    """
+
+    def __init__(self, fn: Callable[..., dict], transform: Callable, *, seed: int, epoch: SharedEpoch, rank: int, handler: Callable):
+        self.fn, self.transform = fn, transform
+        self.seed, self.epoch, self.rank = seed, epoch, rank
+        self.handler = handler
+
+    def run(self, src: Iterator[dict]) -> Iterator[dict]:
+        worker, _ = _worker()
+        gen = torch.Generator().manual_seed(mix_seed("augment", self.seed, self.epoch.get_value(), self.rank, worker))
+
+        def decode(sample: dict) -> dict:
+            return self.fn(sample, self.transform, gen)
+
+        return wds.map(decode, handler=self.handler)(src)
+
+
+def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, tensorise ints and floats, keep anything else as a list."""
+    out: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], (int, float)):
+            out[key] = torch.tensor(values)
+        else:
+            out[key] = values
+    return out
+
+
+class Batcher(wds.PipelineStage):
+    """Collate fixed-size batches and attach ``skipped``: bad samples this reader dropped since its last batch."""
+
+    def __init__(self, batch_size: int, counter: SkipCounter):
+        self.batch_size, self.counter = batch_size, counter
+
+    def run(self, src: Iterator[dict]) -> Iterator[dict]:
+        buf: list[dict] = []
+        for sample in src:
+            buf.append(sample)
+            if len(buf) == self.batch_size:
+                batch = collate(buf)
+                batch["skipped"] = self.counter.take()
+                yield batch
+                buf = []
+
+
+# --------------------------------------------------------------------------- decoding and augmentation
+
+
+def decode_image(data: bytes) -> torch.Tensor:
+    """PNG bytes -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
+    return decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+
+
+class TrainTransform:
+    """Random resized crop + horizontal flip + normalisation for small (e.g. 32x32) images.
+
+    The crop keeps at least ``scale[0]`` of the area: timm's ImageNet default of 0.08 would leave
+    a handful of pixels of a 32x32 image.
+    """
+
+    def __init__(
+        self,
+        image_size: int,
+        mean: Sequence[float],
+        std: Sequence[float],
+        scale: tuple[float, float] = (0.35, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: float = 0.5,
+    ):
+        self.size = [int(image_size), int(image_size)]
+        self.scale, self.ratio, self.hflip = scale, ratio, hflip
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def crop_box(self, height: int, width: int, gen: torch.Generator) -> tuple[int, int, int, int]:
+        """torchvision's ``RandomResizedCrop.get_params``, drawing from ``gen``."""
+        area = height * width
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            u = torch.rand(2, generator=gen).tolist()
+            target_area = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
+            aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+            w = int(round(math.sqrt(target_area * aspect)))
+            h = int(round(math.sqrt(target_area / aspect)))
+            if 0 < w <= width and 0 < h <= height:
+                i = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+                j = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+                return i, j, h, w
+        return 0, 0, height, width  # fall back to the whole image
+
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        i, j, h, w = self.crop_box(img.shape[-2], img.shape[-1], gen)
+        img = TF.resized_crop(img, i, j, h, w, self.size, antialias=True)
+        if float(torch.rand(1, generator=gen)) < self.hflip:
+            img = TF.horizontal_flip(img)
+        return (img.float().div_(255.0) - self.mean) / self.std
+
+
+# --------------------------------------------------------------------------- sample pipelines per method
+
+
+@dataclass(frozen=True)
+class SamplePipeline:
+    """How raw webdataset samples become model inputs for one kind of method.
+
+    ``fn(sample, transform, generator) -> dict`` gets the raw sample (bytes per field) and
+    returns tensors/ints; it raises on a bad sample, which the handler counts and skips.
+    """
+
+    fn: Callable[[dict, Callable, torch.Generator], dict[str, Any]]
+    fields: tuple[str, ...]
+    description: str = ""
+
+
+PIPELINES: Registry[SamplePipeline] = Registry("sample pipeline")
+
+
+def _require(sample: dict, fields: Sequence[str]) -> None:
+    missing = [f for f in fields if f not in sample]
+    if missing:
+        raise KeyError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks field(s) {missing}")
+
+
+def image_label(sample: dict, transform: Callable, gen: torch.Generator) -> dict[str, Any]:
+    _require(sample, ("png", "cls"))
+    try:
+        image = decode_image(sample["png"])
+        label = int(sample["cls"])
+    except Exception as exn:  # name the sample: the handler only sees the exception
+        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')}: {exn}") from exn
+    return {"image": transform(image, gen), "label": label}
+
+
+PIPELINES.register("image_label", SamplePipeline(image_label, ("png", "cls"), "augmented image and its integer class"))
+
+
+# --------------------------------------------------------------------------- the loader
+
+
+class TrainLoader:
+    """Per-rank training batches: exactly ``num_batches`` per epoch; call ``set_epoch`` first.
+
+    Loader workers persist across epochs and read the epoch from shared memory, as in open_clip.
+    ``skipped`` totals the bad samples dropped so far (across workers).
+    """
+
+    def __init__(self, pipeline: wds.DataPipeline, *, num_batches: int, num_workers: int, shared_epoch: SharedEpoch, pin_memory: bool = False):
+        self.num_batches = num_batches
+        self.shared_epoch = shared_epoch
+        self.skipped = 0
+        self.loader = DataLoader(
+            pipeline,
+            batch_size=None,
+            num_workers=num_workers,
+            persistent_workers=num_workers > 0,
+            pin_memory=pin_memory,
+        )
+
+    def set_epoch(self, epoch: int) -> None:
+        self.shared_epoch.set_value(epoch)
+
+    def __len__(self) -> int:
+        return self.num_batches
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for batch in islice(self.loader, self.num_batches):
+            self.skipped += int(batch.pop("skipped"))
+            yield batch
+
+
+def make_train_loader(
+    view_dir: str | Path,
+    *,
+    pipeline: str,
+    batch_size: int,
+    num_batches: int,
+    image_size: int,
+    mean: Sequence[float],
+    std: Sequence[float],
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    shuffle_buffer: int = 1000,
+) -> TrainLoader:
+    """The training loader for one rank.
+
+    ``batch_size`` is this rank's (micro-)batch; ``num_batches`` how many of them this rank yields
+    per epoch (the same on every rank).
+    """
+    if not 0 <= rank < world_size:
+        raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
+    if batch_size < 1 or num_batches < 1:
+        raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
+    sample_pipeline = PIPELINES.get(pipeline)
+    view = read_view(view_dir)
+    readers = world_size * max(num_workers, 1)
+    split_shards = len(view.shards) >= readers
+    if not split_shards:
+        logger.info(
+            "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every %d-th sample",
+            len(view.shards), readers, readers,
+        )
+    epoch = SharedEpoch(0)
+    counter = SkipCounter()
+    transform = TrainTransform(image_size, mean, std)
+    dataset = wds.DataPipeline(
+        ShardStream([str(p) for p in view.shards], seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards),
+        wds.tarfile_to_samples(handler=counter),
+        None if split_shards else SampleSplit(rank=rank, world_size=world_size),
+        DetShuffle(shuffle_buffer, min(shuffle_buffer, 100), seed=seed, epoch=epoch, rank=rank),
+        Decode(sample_pipeline.fn, transform, seed=seed, epoch=epoch, rank=rank, handler=counter),
+        Batcher(batch_size, counter),
+    )
+    # Each worker yields its share (rounded up); TrainLoader cuts the epoch at num_batches.
+    dataset = dataset.with_epoch(math.ceil(num_batches / max(num_workers, 1)))
+    return TrainLoader(dataset, num_batches=num_batches, num_workers=num_workers, shared_epoch=epoch, pin_memory=pin_memory)

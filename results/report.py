@@ -1,0 +1,513 @@
+"""The HTML report: scaling curves, a linear-probe summary, failures and curated views.
+
+:func:`write_report` reads a store and writes ``out_dir/index.html`` with PNG figures beside
+it (relative links, so the folder can be copied or zipped as is). Sections:
+
+1. **Scaling curves**, one figure per protocol: downstream ``score`` against pre-training
+   samples (``pretrain_size``, log axis), one line per (source, method), panels per downstream
+   set (rows) x shots (columns; null shots = "full"). Each point is the mean over eval seeds and
+   pre-training seeds; the band is a t-based 95% confidence interval of that mean when there
+   are at least 3 values and the min-max range otherwise. Rows with ``method == 'none'`` are
+   the random-initialisation floor (dashed), the set's chance level is dotted. When curation,
+   label noise or backbone vary in the store they are added to the line identity instead of
+   being averaged over. Only each pre-training run's last evaluated checkpoint is plotted.
+2. **Linear-probe summary**: mean score per (source, method, pretrain_size) x downstream set,
+   one table per shot count.
+3. **Failed runs**: rows whose status is not ``ok``, with their error.
+4. **Curated views**: the ``views`` table with each curation funnel.
+
+Sections without data say so instead of failing, so the report renders from an empty store.
+Figures are drawn on :class:`matplotlib.figure.Figure` objects (Agg canvas), never through
+pyplot's global state.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import html
+import json
+import logging
+import math
+import os
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from results.schema import SCHEMA_VERSION, columns
+from results.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_SET_ROWS_PER_FIGURE = 12
+"""Downstream sets per scaling figure; more sets continue in a second figure."""
+PANEL_SIZE = (2.7, 2.1)
+"""Inches per scaling panel (width, height)."""
+FIGURE_DPI = 110
+FLOOR_METHOD = "none"
+SUMMARY_PROTOCOL = "linear"
+VARIANT_COLUMNS = ("curation", "label_noise", "backbone")
+"""Pre-training coordinates that become part of a line's identity when they vary."""
+
+_FIGURE_PREFIX = "scaling_"
+
+# Two-sided 95% Student-t quantiles, degrees of freedom 1..30.
+_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
+         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
+         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def spread(values: Sequence[float]) -> tuple[float, float, float]:
+    """(mean, low, high) of ``values``: a t-based 95% CI of the mean for n >= 3, min-max otherwise.
+
+    NaNs are ignored; all-NaN or empty input gives NaNs.
+    """
+    arr = np.asarray([v for v in values if v is not None], dtype=float)
+    arr = arr[~np.isnan(arr)]
+    if arr.size == 0:
+        return (math.nan, math.nan, math.nan)
+    mean = float(arr.mean())
+    if arr.size >= 3:
+        dof = arr.size - 1
+        t = _T975[dof - 1] if dof <= len(_T975) else 1.96 + (_T975[-1] - 1.96) * len(_T975) / dof
+        half = t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
+        return (mean, mean - half, mean + half)
+    return (mean, float(arr.min()), float(arr.max()))
+
+
+def shots_label(shots: Any) -> str:
+    """``None``/NA -> ``"full"``, otherwise the number as text."""
+    if shots is None or pd.isna(shots):
+        return "full"
+    return str(int(shots))
+
+
+def _shots_order(shots: Any) -> float:
+    return math.inf if shots is None or pd.isna(shots) else float(shots)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-") or "x"
+
+
+def _fmt_num(value: Any, digits: int = 3) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    if isinstance(value, (float, np.floating)):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _fmt_size(value: Any) -> str:
+    if value is None or pd.isna(value):
+        return ""
+    v = int(value)
+    for unit, scale in (("M", 1_000_000), ("k", 1_000)):
+        if v >= scale and v % (scale // 10 or 1) == 0:
+            return f"{v / scale:g}{unit}"
+    return f"{v:,}"
+
+
+def _esc(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    return html.escape(str(value))
+
+
+def final_checkpoints(runs: pd.DataFrame) -> pd.DataFrame:
+    """Keep, per pre-training run, only rows of its last evaluated checkpoint epoch.
+
+    Rows with no ``checkpoint_epoch`` (e.g. from-scratch rows) are kept.
+    """
+    if runs.empty or runs["checkpoint_epoch"].isna().all():
+        return runs
+    epoch = runs["checkpoint_epoch"].astype("Float64")
+    group = runs["pretrain_key"].astype(object).where(runs["pretrain_key"].notna(), "")
+    last = epoch.groupby(group).transform("max")
+    keep = epoch.isna() | (epoch == last)
+    return runs[keep.fillna(True).astype(bool)]
+
+
+def _varying(df: pd.DataFrame, cols: Iterable[str]) -> list[str]:
+    return [c for c in cols if c in df.columns and df[c].astype(object).nunique(dropna=False) > 1]
+
+
+@dataclass(frozen=True)
+class _Line:
+    source: str
+    method: str
+    variant: tuple[tuple[str, Any], ...]
+
+    @property
+    def label(self) -> str:
+        parts = [str(self.source), str(self.method)]
+        for name, value in self.variant:
+            short = {"label_noise": "noise", "curation": "cur"}.get(name, name)
+            parts.append(f"{short}={'∅' if value is None or pd.isna(value) else value}")
+        return " · ".join(parts)
+
+
+def _line_of(row: pd.Series, variant_cols: Sequence[str]) -> _Line:
+    return _Line(
+        str(row["source"]),
+        str(row["method"]),
+        tuple((c, None if pd.isna(row[c]) else row[c]) for c in variant_cols),
+    )
+
+
+# --------------------------------------------------------------------------- figures
+
+
+_MARKERS = {"supervised": "o", "clip": "s", "simclr": "^", "mae": "D", "radreg": "v"}
+_EXTRA_MARKERS = ["P", "X", "*", "h", "<", ">"]
+
+
+def _colour_map(lines: Sequence[_Line]) -> dict[_Line, Any]:
+    import matplotlib
+
+    cmap = matplotlib.colormaps["tab10" if len(lines) <= 10 else "tab20"]
+    return {line: cmap(i % cmap.N) for i, line in enumerate(lines)}
+
+
+def _marker(method: str) -> str:
+    if method in _MARKERS:
+        return _MARKERS[method]
+    return _EXTRA_MARKERS[sum(map(ord, method)) % len(_EXTRA_MARKERS)]
+
+
+def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, list[str], str]]:
+    """Draw the scaling figures; returns (protocol, [png names], note) per protocol."""
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    df = final_checkpoints(runs_ok)
+    df = df[df["score"].notna()]
+    if df.empty:
+        return []
+    df = df.assign(_shots=df["shots"].map(_shots_order))
+    is_floor = df["method"].astype(object) == FLOOR_METHOD
+    pre = df[~is_floor & df["pretrain_size"].notna()]
+    variant_cols = _varying(pre, VARIANT_COLUMNS)
+    all_lines = sorted({_line_of(r, variant_cols) for _, r in pre.iterrows()}, key=lambda ln: ln.label)
+    colours = _colour_map(all_lines)
+    chance = df.groupby("downstream")["chance"].mean()
+    metric = df.groupby("downstream")["metric"].agg(lambda s: next((m for m in s if isinstance(m, str)), ""))
+
+    out: list[tuple[str, list[str], str]] = []
+    for protocol in sorted(df["protocol"].dropna().unique()):
+        pdf = df[df["protocol"] == protocol]
+        sets = sorted(pdf["downstream"].dropna().unique())
+        shots = sorted(pdf["_shots"].unique())
+        curves = pdf[(pdf["method"].astype(object) != FLOOR_METHOD) & pdf["pretrain_size"].notna()]
+        floor = pdf[pdf["method"].astype(object) == FLOOR_METHOD]
+        lines_here = [ln for ln in all_lines if not curves.empty and ln in set(_line_of(r, variant_cols) for _, r in curves.iterrows())]
+        names: list[str] = []
+        chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
+        for chunk_index, chunk in enumerate(chunks):
+            nrows, ncols = len(chunk), len(shots)
+            fig = Figure(
+                figsize=(max(5.5, PANEL_SIZE[0] * ncols + 1.2), PANEL_SIZE[1] * nrows + 1.4),
+                dpi=FIGURE_DPI,
+                layout="constrained",
+            )
+            axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
+            xs_all = curves["pretrain_size"].dropna().astype(float)
+            for r, ds_name in enumerate(chunk):
+                for c, shot in enumerate(shots):
+                    ax = axes[r][c]
+                    cell = curves[(curves["downstream"] == ds_name) & (curves["_shots"] == shot)]
+                    if not cell.empty:
+                        keyed = cell.assign(_line=[_line_of(row, variant_cols) for _, row in cell.iterrows()])
+                        for line, part in keyed.groupby("_line", sort=False):
+                            stats = [
+                                (float(size), *spread(g["score"].tolist()))
+                                for size, g in part.groupby(part["pretrain_size"].astype(float))
+                            ]
+                            stats.sort()
+                            x = [s[0] for s in stats]
+                            ax.plot(x, [s[1] for s in stats], color=colours[line], marker=_marker(line.method),
+                                    markersize=3.5, linewidth=1.4, label=line.label)
+                            ax.fill_between(x, [s[2] for s in stats], [s[3] for s in stats],
+                                            color=colours[line], alpha=0.18, linewidth=0)
+                    fcell = floor[(floor["downstream"] == ds_name) & (floor["_shots"] == shot)]
+                    if not fcell.empty:
+                        ax.axhline(fcell["score"].mean(), color="0.35", linestyle="--", linewidth=1.1)
+                    ch = chance.get(ds_name)
+                    if ch is not None and not pd.isna(ch):
+                        ax.axhline(float(ch), color="0.2", linestyle=":", linewidth=1.0)
+                    if not xs_all.empty:
+                        ax.set_xscale("log")
+                    if cell.empty and fcell.empty:
+                        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center",
+                                color="0.5", fontsize=8)
+                    ax.tick_params(labelsize=7)
+                    ax.grid(True, which="major", alpha=0.3, linewidth=0.5)
+                    if r == 0:
+                        ax.set_title("full data" if shot == math.inf else f"{int(shot)} shots", fontsize=9)
+                    if c == 0:
+                        label = ds_name if not metric.get(ds_name) else f"{ds_name}\n{metric[ds_name]}"
+                        ax.set_ylabel(label, fontsize=8)
+                    if r == nrows - 1:
+                        ax.set_xlabel("pre-training samples", fontsize=8)
+            handles = [
+                Line2D([], [], color=colours[ln], marker=_marker(ln.method), markersize=4, label=ln.label)
+                for ln in lines_here
+            ]
+            if not floor.empty:
+                handles.append(Line2D([], [], color="0.35", linestyle="--", label="random init (method none)"))
+            if chance.notna().any():
+                handles.append(Line2D([], [], color="0.2", linestyle=":", label="chance"))
+            suffix = f" ({chunk_index + 1}/{len(chunks)})" if len(chunks) > 1 else ""
+            fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11)
+            if handles:
+                fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 4),
+                           fontsize=8, frameon=False)
+            name = f"{_FIGURE_PREFIX}{_slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
+            fig.savefig(out_dir / name)
+            names.append(name)
+        n_values = pdf.groupby(["downstream", "_shots", "pretrain_size", "source", "method"], dropna=False).size()
+        note = (
+            f"{len(pdf)} rows, {len(sets)} set(s), {len(shots)} shot setting(s), {len(lines_here)} line(s); "
+            f"up to {int(n_values.max()) if len(n_values) else 0} values per point."
+        )
+        out.append((str(protocol), names, note))
+    return out
+
+
+# --------------------------------------------------------------------------- tables
+
+
+def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]], classes: str = "") -> str:
+    """A table from pre-escaped cell HTML."""
+    head = "".join(f"<th>{h}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
+    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+
+
+def _shade(value: float, lo: float, hi: float) -> str:
+    if math.isnan(value) or not (hi > lo):
+        return ""
+    frac = (value - lo) / (hi - lo)
+    return f' style="background: rgba(46, 125, 200, {0.08 + 0.42 * frac:.2f})"'
+
+
+def _summary_section(runs_ok: pd.DataFrame) -> str:
+    df = final_checkpoints(runs_ok)
+    df = df[(df["protocol"] == SUMMARY_PROTOCOL) & df["score"].notna()]
+    if df.empty:
+        return f'<p class="empty">No rows yet for the {SUMMARY_PROTOCOL} protocol.</p>'
+    variant_cols = _varying(df[df["method"].astype(object) != FLOOR_METHOD], VARIANT_COLUMNS)
+    keys = ["source", "method", *variant_cols, "pretrain_size"]
+    sets = sorted(df["downstream"].dropna().unique())
+    parts = [
+        f"<p>Mean <code>score</code> over eval and pre-training seeds, {SUMMARY_PROTOCOL} protocol, "
+        "last checkpoint of each pre-training run. Shading is per column (darker is better). "
+        f"Rows with method <code>{FLOOR_METHOD}</code> are the random-initialisation floor.</p>"
+    ]
+    frame = df.assign(_shots=df["shots"].map(_shots_order))
+    for shot in sorted(frame["_shots"].unique()):
+        sdf = frame[frame["_shots"] == shot]
+        key_frame = sdf[keys].astype(object).where(sdf[keys].notna(), None)
+        sdf = sdf.assign(**{f"_k_{k}": key_frame[k].map(lambda v: "" if v is None else v) for k in keys})
+        kcols = [f"_k_{k}" for k in keys]
+        table = sdf.pivot_table(index=kcols, columns="downstream", values="score", aggfunc="mean")
+        table = table.reindex(columns=sets)
+        table["mean"] = table.mean(axis=1, skipna=True)
+        ranges = {c: (table[c].min(), table[c].max()) for c in table.columns}
+
+        def sort_key(idx: tuple) -> tuple:
+            row = dict(zip(keys, idx))
+            size = row["pretrain_size"]
+            return (row["method"] == FLOOR_METHOD, str(row["source"]), str(row["method"]),
+                    *(str(row[c]) for c in variant_cols), float(size) if size != "" else -1.0)
+
+        rows = []
+        for idx in sorted(table.index, key=sort_key):
+            vals = table.loc[idx]
+            cells = [_esc(v) for v in idx[:-1]] + [_esc(_fmt_size(idx[-1]) if idx[-1] != "" else "")]
+            for c in table.columns:
+                v = float(vals[c]) if not pd.isna(vals[c]) else math.nan
+                lo, hi = ranges[c]
+                cells.append(f"<span{_shade(v, float(lo), float(hi))}>{_fmt_num(v)}</span>" if not math.isnan(v) else "")
+            rows.append(cells)
+        header = [*keys[:-1], "samples", *(html.escape(s) for s in sets), "<b>mean</b>"]
+        title = "full data" if shot == math.inf else f"{int(shot)} shots"
+        parts.append(f"<h3>{title}</h3>")
+        parts.append(_html_table(header, rows, "summary"))
+    return "\n".join(parts)
+
+
+def _failed_section(runs: pd.DataFrame) -> str:
+    bad = runs[runs["status"].astype(object) != "ok"] if not runs.empty else runs
+    if bad.empty:
+        return '<p class="empty">No failed runs.</p>'
+    cols = ["key", "job_key", "source", "method", "pretrain_size", "downstream", "protocol", "shots",
+            "eval_seed", "status"]
+    rows = []
+    for _, r in bad.sort_values(["protocol", "downstream", "key"], na_position="last").iterrows():
+        cells = [_esc(r[c]) if c != "shots" else _esc(shots_label(r[c])) for c in cols]
+        err = "" if pd.isna(r["error"]) else str(r["error"])
+        first = err.strip().splitlines()[-1] if err.strip() else ""
+        if len(err) > 160 or "\n" in err.strip():
+            cells.append(f"<details><summary>{html.escape(first[:160])}</summary><pre>{html.escape(err)}</pre></details>")
+        else:
+            cells.append(html.escape(err))
+        rows.append(cells)
+    return f"<p>{len(bad)} row(s) with status other than <code>ok</code>.</p>" + _html_table([*cols, "error"], rows, "failed")
+
+
+def _funnel_html(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
+        return ""
+    try:
+        funnel = json.loads(value) if isinstance(value, str) else value
+    except json.JSONDecodeError:
+        return html.escape(str(value))
+    if not isinstance(funnel, dict) or not funnel:
+        return html.escape(str(value)) if not isinstance(funnel, dict) else "—"
+    return "<br>".join(f"{html.escape(str(k))}: −{html.escape(str(v))}" for k, v in funnel.items())
+
+
+def _views_section(views: pd.DataFrame) -> str:
+    if views.empty:
+        return '<p class="empty">No rows yet for views (no curated pre-training views recorded).</p>'
+    cols = ["view_key", "source", "curation", "requested_size", "size", "label_noise", "achieved_noise",
+            "label_accuracy", "num_classes"]
+    rows = []
+    for _, r in views.sort_values(["source", "curation", "requested_size"], na_position="last").iterrows():
+        cells = []
+        for c in cols:
+            v = r[c]
+            cells.append(_esc(_fmt_num(v) if isinstance(v, (float, np.floating)) else v))
+        cells.append(_funnel_html(r["funnel"]))
+        rows.append(cells)
+    return _html_table([*cols, "funnel (removed per step)"], rows, "views")
+
+
+# --------------------------------------------------------------------------- page
+
+
+_CSS = """
+body { font: 14px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
+       max-width: 1400px; margin: 2em auto; padding: 0 1.5em; }
+h1 { font-size: 1.6em; margin-bottom: .2em; } h2 { border-bottom: 1px solid #d0d7de; padding-bottom: .2em;
+       margin-top: 2em; } h3 { margin: 1.2em 0 .4em; font-size: 1.05em; }
+.meta { color: #57606a; } .empty { color: #57606a; font-style: italic; }
+nav a { margin-right: 1em; } code { background: #f6f8fa; padding: 0 .25em; border-radius: 3px; }
+table { border-collapse: collapse; margin: .5em 0 1em; font-size: 12.5px; }
+th, td { border: 1px solid #d0d7de; padding: 3px 8px; text-align: left; vertical-align: top; }
+th { background: #f6f8fa; } tbody tr:nth-child(even) { background: #fbfcfd; }
+table.summary td span { display: block; padding: 0 2px; text-align: right; }
+figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
+figcaption { color: #57606a; font-size: 12.5px; }
+details pre { white-space: pre-wrap; max-width: 70ch; font-size: 11.5px; }
+""".strip()
+
+
+def _overview(runs: pd.DataFrame, views: pd.DataFrame) -> str:
+    if runs.empty:
+        return '<p class="empty">The store has no rows yet for runs.</p>'
+    ok = runs[runs["status"].astype(object) == "ok"]
+    facts = [
+        ("rows", f"{len(runs)} ({len(ok)} ok, {len(runs) - len(ok)} not ok)"),
+        ("protocols", ", ".join(sorted(map(str, runs["protocol"].dropna().unique())))),
+        ("downstream sets", ", ".join(sorted(map(str, runs["downstream"].dropna().unique())))),
+        ("sources", ", ".join(sorted(map(str, runs["source"].dropna().unique())))),
+        ("methods", ", ".join(sorted(map(str, runs["method"].dropna().unique())))),
+        ("specs", ", ".join(sorted(map(str, runs["spec"].dropna().unique())))),
+        ("views", str(len(views))),
+    ]
+    return _html_table(["", ""], [[html.escape(k), html.escape(v)] for k, v in facts], "overview")
+
+
+def _read(store: Store, table: str) -> pd.DataFrame:
+    df = store.read(table)
+    for c in columns(table):
+        if c not in df.columns:
+            df[c] = pd.NA
+    return df
+
+
+def write_report(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], title: str | None = None) -> Path:
+    """Render the report for the store at ``store_root`` into ``out_dir``; return ``index.html``'s path.
+
+    ``out_dir`` is created if needed; scaling figures from an earlier report in the same folder
+    are replaced. The page links its PNGs relatively, so the folder is self-contained.
+    """
+    store = Store(store_root)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob(f"{_FIGURE_PREFIX}*.png"):
+        old.unlink()
+
+    runs = _read(store, "runs")
+    views = _read(store, "views")
+    runs_ok = runs[runs["status"].astype(object) == "ok"] if not runs.empty else runs
+
+    page_title = title or "transfer-bench report"
+    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+    figures = _scaling_figures(runs_ok, out) if not runs_ok.empty else []
+    if figures:
+        fig_html = [
+            "<p>Mean downstream <code>score</code> against pre-training samples (log scale), one line per "
+            "(source, method); panels are downstream sets (rows) × shots per class (columns). Bands: 95% "
+            "confidence interval of the mean over eval and pre-training seeds when there are ≥3 values, "
+            "min–max otherwise. Dashed: random-initialisation floor (<code>method = 'none'</code>); "
+            "dotted: chance.</p>"
+        ]
+        for protocol, names, note in figures:
+            fig_html.append(f'<h3 id="scaling-{_slug(protocol)}">{html.escape(protocol)}</h3>')
+            for name in names:
+                fig_html.append(
+                    f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" '
+                    f'alt="scaling curves, {html.escape(protocol)}"></a>'
+                    f"<figcaption>{html.escape(note)}</figcaption></figure>"
+                )
+        scaling = "\n".join(fig_html)
+    else:
+        scaling = '<p class="empty">No rows yet for scaling curves (no runs with status ok and a score).</p>'
+
+    summary = _summary_section(runs_ok) if not runs_ok.empty else (
+        f'<p class="empty">No rows yet for the {SUMMARY_PROTOCOL} protocol.</p>'
+    )
+    sections = [
+        ("overview", "Overview", _overview(runs, views)),
+        ("scaling", "Scaling curves", scaling),
+        ("summary", f"Summary ({SUMMARY_PROTOCOL} protocol)", summary),
+        ("failed", "Failed runs", _failed_section(runs)),
+        ("views", "Curated views", _views_section(views)),
+    ]
+    nav = " ".join(f'<a href="#{sid}">{html.escape(name)}</a>' for sid, name, _ in sections)
+    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>\n{content}\n</section>' for sid, name, content in sections)
+    page = f"""<!doctype html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>{html.escape(page_title)}</title>
+<style>
+{_CSS}
+</style>
+</head>
+<body>
+<h1>{html.escape(page_title)}</h1>
+<p class="meta">Store <code>{html.escape(store.root)}</code> · generated {now} · results schema v{SCHEMA_VERSION}</p>
+<nav>{nav}</nav>
+{body}
+</body>
+</html>
+"""
+    index = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, index)
+    log.info("wrote report %s (%d scaling figure(s))", index, sum(len(n) for _, n, _ in figures))
+    return index
