@@ -180,7 +180,8 @@ def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
                       "iterations": info["iterations"], "seconds": time.perf_counter() - t0})
         if best is None or score > best[1]:  # strict: on a tie the earlier (stronger) strength stays
             best = (lam, score, W, b)
-    assert best is not None
+    if best is None:  # unreachable: the grid is non-empty
+        raise RuntimeError("the probe sweep produced no candidate")
     lam, score, W, b = best
     seconds = time.perf_counter() - started
     log.debug("probe: %d x %d, %d classes, chose l2=%g (val %s %.4f) in %.3fs",

@@ -115,7 +115,7 @@ class PretrainGrid(_Model):
 
 
 class Pretrain(_Model):
-    backbone: str = "resnet_tiny"
+    backbone: str = "test_resnet"
     image_size: int = Field(32, ge=16)
     epochs: int = Field(3, ge=1)
     checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"

@@ -21,6 +21,7 @@ Rank and world size are passed in, never read from ``torch.distributed`` globals
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -33,8 +34,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import torch
 import webdataset as wds
+import numpy as np
+from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
-from torchvision.io import ImageReadMode, decode_png
 from torchvision.transforms.v2 import functional as TF
 
 from harness.registry import Registry
@@ -188,6 +190,16 @@ class SampleSplit(wds.PipelineStage):
         return islice(src, self.rank * num_workers + worker, None, readers)
 
 
+class FieldFilter:
+    """Read only the tar members a pipeline uses (e.g. skip ``txt``/``json`` for ``image_label``)."""
+
+    def __init__(self, fields: Sequence[str]):
+        self.suffixes = tuple(f".{f}" for f in fields)
+
+    def __call__(self, fname: str) -> bool:
+        return fname.endswith(self.suffixes)
+
+
 class DetShuffle(wds.PipelineStage):
     """A shuffle buffer seeded by (seed, epoch, reader), so an epoch replays exactly."""
 
@@ -259,8 +271,10 @@ class Batcher(wds.PipelineStage):
 
 
 def decode_image(data: bytes) -> torch.Tensor:
-    """PNG bytes -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
-    return decode_png(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+    """Image bytes (PNG, or any format PIL reads) -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
+    with Image.open(io.BytesIO(data)) as img:
+        array = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 class TrainTransform:
@@ -414,14 +428,18 @@ def make_train_loader(
             "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every %d-th sample",
             len(view.shards), readers, readers,
         )
+    # The buffer reads two samples per output until full and is dropped at the epoch's end, so
+    # keep it to a quarter of what a reader yields per epoch: at most 25% extra reading.
+    per_reader = batch_size * math.ceil(num_batches / max(num_workers, 1))
+    bufsize = max(1, min(shuffle_buffer, per_reader // 4))
     epoch = SharedEpoch(0)
     counter = SkipCounter()
     transform = TrainTransform(image_size, mean, std)
     dataset = wds.DataPipeline(
         ShardStream([str(p) for p in view.shards], seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards),
-        wds.tarfile_to_samples(handler=counter),
+        wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(sample_pipeline.fields)),
         None if split_shards else SampleSplit(rank=rank, world_size=world_size),
-        DetShuffle(shuffle_buffer, min(shuffle_buffer, 100), seed=seed, epoch=epoch, rank=rank),
+        DetShuffle(bufsize, min(bufsize, 100), seed=seed, epoch=epoch, rank=rank),
         Decode(sample_pipeline.fn, transform, seed=seed, epoch=epoch, rank=rank, handler=counter),
         Batcher(batch_size, counter),
     )

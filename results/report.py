@@ -93,6 +93,13 @@ def _shots_order(shots: Any) -> float:
     return math.inf if shots is None or pd.isna(shots) else float(shots)
 
 
+def _shots_title(order: float) -> str:
+    if order == math.inf:
+        return "full data"
+    n = int(order)
+    return "zero-shot" if n == 0 else f"{n} shot{'s' if n != 1 else ''}"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-") or "x"
 
@@ -154,12 +161,16 @@ class _Line:
         return " · ".join(parts)
 
 
-def _line_of(row: pd.Series, variant_cols: Sequence[str]) -> _Line:
-    return _Line(
-        str(row["source"]),
-        str(row["method"]),
-        tuple((c, None if pd.isna(row[c]) else row[c]) for c in variant_cols),
-    )
+def _line_keys(df: pd.DataFrame, variant_cols: Sequence[str]) -> list[_Line]:
+    """The line identity of every row of ``df`` (source, method and the varying coordinates)."""
+    def clean(v: Any) -> Any:
+        return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
+
+    cols = [df[c].astype(object).tolist() for c in variant_cols]
+    return [
+        _Line(str(src), str(meth), tuple((c, clean(vals[i])) for c, vals in zip(variant_cols, cols)))
+        for i, (src, meth) in enumerate(zip(df["source"].astype(object), df["method"].astype(object)))
+    ]
 
 
 # --------------------------------------------------------------------------- figures
@@ -195,7 +206,8 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
     is_floor = df["method"].astype(object) == FLOOR_METHOD
     pre = df[~is_floor & df["pretrain_size"].notna()]
     variant_cols = _varying(pre, VARIANT_COLUMNS)
-    all_lines = sorted({_line_of(r, variant_cols) for _, r in pre.iterrows()}, key=lambda ln: ln.label)
+    df = df.assign(_line=_line_keys(df, variant_cols))
+    all_lines = sorted(set(df.loc[pre.index, "_line"]), key=lambda ln: ln.label)
     colours = _colour_map(all_lines)
     chance = df.groupby("downstream")["chance"].mean()
     metric = df.groupby("downstream")["metric"].agg(lambda s: next((m for m in s if isinstance(m, str)), ""))
@@ -207,7 +219,8 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
         shots = sorted(pdf["_shots"].unique())
         curves = pdf[(pdf["method"].astype(object) != FLOOR_METHOD) & pdf["pretrain_size"].notna()]
         floor = pdf[pdf["method"].astype(object) == FLOOR_METHOD]
-        lines_here = [ln for ln in all_lines if not curves.empty and ln in set(_line_of(r, variant_cols) for _, r in curves.iterrows())]
+        present = set(curves["_line"])
+        lines_here = [ln for ln in all_lines if ln in present]
         names: list[str] = []
         chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
         for chunk_index, chunk in enumerate(chunks):
@@ -217,15 +230,14 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                 dpi=FIGURE_DPI,
                 layout="constrained",
             )
-            axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True)
+            axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey="row")
             xs_all = curves["pretrain_size"].dropna().astype(float)
             for r, ds_name in enumerate(chunk):
                 for c, shot in enumerate(shots):
                     ax = axes[r][c]
                     cell = curves[(curves["downstream"] == ds_name) & (curves["_shots"] == shot)]
                     if not cell.empty:
-                        keyed = cell.assign(_line=[_line_of(row, variant_cols) for _, row in cell.iterrows()])
-                        for line, part in keyed.groupby("_line", sort=False):
+                        for line, part in cell.groupby("_line", sort=False):
                             stats = [
                                 (float(size), *spread(g["score"].tolist()))
                                 for size, g in part.groupby(part["pretrain_size"].astype(float))
@@ -250,7 +262,7 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                     ax.tick_params(labelsize=7)
                     ax.grid(True, which="major", alpha=0.3, linewidth=0.5)
                     if r == 0:
-                        ax.set_title("full data" if shot == math.inf else f"{int(shot)} shots", fontsize=9)
+                        ax.set_title(_shots_title(shot), fontsize=9)
                     if c == 0:
                         label = ds_name if not metric.get(ds_name) else f"{ds_name}\n{metric[ds_name]}"
                         ax.set_ylabel(label, fontsize=8)
@@ -267,7 +279,7 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
             suffix = f" ({chunk_index + 1}/{len(chunks)})" if len(chunks) > 1 else ""
             fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11)
             if handles:
-                fig.legend(handles=handles, loc="outside upper center", ncol=min(len(handles), 4),
+                fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
                            fontsize=8, frameon=False)
             name = f"{_FIGURE_PREFIX}{_slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
             fig.savefig(out_dir / name)
@@ -338,7 +350,7 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
                 cells.append(f"<span{_shade(v, float(lo), float(hi))}>{_fmt_num(v)}</span>" if not math.isnan(v) else "")
             rows.append(cells)
         header = [*keys[:-1], "samples", *(html.escape(s) for s in sets), "<b>mean</b>"]
-        title = "full data" if shot == math.inf else f"{int(shot)} shots"
+        title = _shots_title(shot)
         parts.append(f"<h3>{title}</h3>")
         parts.append(_html_table(header, rows, "summary"))
     return "\n".join(parts)

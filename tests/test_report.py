@@ -103,7 +103,7 @@ def test_report_from_synthetic_store(synthetic_report):
         png = index.parent / name
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # summary: one table per shot count, floor row present, both sets as columns
-    for heading in ("<h3>1 shots</h3>", "<h3>10 shots</h3>", "<h3>full data</h3>"):
+    for heading in ("<h3>1 shot</h3>", "<h3>10 shots</h3>", "<h3>full data</h3>"):
         assert heading in page
     assert "cifar100" in page and "pets" in page and ">none<" in page
     # failed run with its escaped error, and the view funnel

@@ -1,0 +1,243 @@
+"""Full fine-tuning: the whole encoder plus a new linear head, selected on validation.
+
+For each learning rate of the grid, starting each time from the same pre-trained weights:
+
+- a new linear head (zero-initialised, so every run starts from the same function and the
+  encoder's first updates come through a head that has begun to fit);
+- AdamW with weight decay 0.1 (as in the core study) on weight matrices and convolution
+  kernels; biases and normalisation parameters (every 1-d parameter) are not decayed;
+- a per-step schedule: linear warm-up over ``min(warmup_steps, warmup_fraction * total)`` steps
+  (the study's 500 steps, capped so short runs are not all warm-up), then cosine decay to 0;
+- gradient-norm clipping at 1.0;
+- light augmentation for small images: a random crop after padding by ``image_size // 8``
+  pixels (4 at 32x32, black padding) and a horizontal flip with probability 1/2;
+- batches of ``batch_size`` (128, or the whole training set when it is smaller); an epoch splits
+  a fresh permutation into ``ceil(N / batch_size)`` near-equal batches so every example is seen
+  once per epoch and no batch is a lone leftover;
+- after every epoch, the headline metric on the validation split.
+
+The (learning rate, epoch) with the best validation score is selected (ties: the earlier
+learning rate of the grid, then the earlier epoch); its weights are then scored on test once.
+Shuffling and augmentation come from one generator seeded with ``seed`` (the same for every
+learning rate, so the runs of a grid see the same batches), so a run is deterministic on CPU for a given seed and
+thread count (on GPU, up to cuDNN's choice of kernels).
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from downstream.features import default_device, meta_stats, normalise, prepare_images, torch_threads
+from downstream.metrics import all_metrics, check_metric
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    epochs: int = 5
+    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    batch_size: int = 128
+    weight_decay: float = 0.1
+    warmup_steps: int = 500
+    warmup_fraction: float = 0.1
+    grad_clip: float = 1.0
+    augment: bool = True
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {self.epochs}")
+        if not self.lrs or any(not (lr > 0) for lr in self.lrs):
+            raise ValueError(f"lrs must be a non-empty list of positive learning rates, got {list(self.lrs)}")
+        if self.batch_size < 2:
+            raise ValueError(f"batch_size must be >= 2 (batch norm needs two examples), got {self.batch_size}")
+        if self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.warmup_fraction <= 1:
+            raise ValueError("weight_decay must be >= 0, grad_clip > 0 and warmup_fraction in [0, 1]")
+
+
+@dataclass
+class FinetuneResult:
+    lr: float  # selected learning rate
+    epoch: int  # selected epoch (1-based)
+    val_score: float  # validation headline metric at the selection
+    test: dict[str, float]  # top1, balanced_acc, score, loss of the selected weights
+    curve: list[dict[str, Any]]  # per epoch of the selected lr: epoch, train_loss, val_score, val_loss, lr, last_lr, seconds
+    per_lr: list[dict[str, Any]] = field(default_factory=list)  # lr, best_epoch, best_val_score
+    train_seconds: float = 0.0  # every lr's training and validation
+    eval_seconds: float = 0.0  # the one test evaluation
+    hparams: dict[str, Any] = field(default_factory=dict)
+
+
+def _check_split(name: str, data: tuple[np.ndarray, np.ndarray], num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    images, labels = data
+    labels = np.asarray(labels)
+    if len(images) != len(labels):
+        raise ValueError(f"{name}: {len(images)} images but {len(labels)} labels")
+    if len(labels) == 0:
+        raise ValueError(f"{name} split is empty")
+    if not np.issubdtype(labels.dtype, np.integer) or labels.min() < 0 or labels.max() >= num_classes:
+        raise ValueError(f"{name} labels must be integers in [0, {num_classes})")
+    return images, labels.astype(np.int64, copy=False)
+
+
+def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor]:
+    num = math.ceil(n / batch_size)
+    if n // num < 2:  # never leave a batch of one (batch norm cannot train on it)
+        num = max(1, n // 2)
+    return list(torch.tensor_split(torch.randperm(n, generator=gen), num))
+
+
+def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
+    """Random crop after zero-padding by ``pad`` pixels, then a random horizontal flip (uint8 [B,3,S,S])."""
+    b, _, s, _ = x.shape
+    if pad > 0:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
+        ar = torch.arange(s)
+        rows = (oy[:, None] + ar)[:, None, :, None]  # [B, 1, S, 1]
+        cols = (ox[:, None] + ar)[:, None, None, :]  # [B, 1, 1, S]
+        x = padded[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
+    flip = torch.rand(b, generator=gen) < 0.5
+    return torch.where(flip[:, None, None, None], x.flip(-1), x)
+
+
+def _zero_head(in_features: int, num_classes: int) -> nn.Linear:
+    head = nn.utils.skip_init(nn.Linear, int(in_features), int(num_classes))  # leaves the global RNG alone
+    with torch.no_grad():
+        head.weight.zero_()
+        head.bias.zero_()
+    return head
+
+
+def _schedule(total: int, warmup: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = (step - warmup) / max(1, total - warmup)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return factor
+
+
+@torch.inference_mode()
+def _evaluate(model: nn.Module, images: torch.Tensor, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
+              metric: str, batch_size: int, device: torch.device) -> dict[str, float]:
+    model.eval()
+    logits = torch.cat([model(normalise(images[i:i + batch_size].to(device), mean, std)).float().cpu()
+                        for i in range(0, len(images), batch_size)])
+    out = all_metrics(labels, logits.argmax(dim=1).numpy())
+    out["score"] = out[metric]
+    out["loss"] = float(F.cross_entropy(logits, torch.from_numpy(labels)))
+    return out
+
+
+def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
+             validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
+             num_classes: int, metric: str = "top1", config: FinetuneConfig = FinetuneConfig(),
+             device: torch.device | str | None = None, num_threads: int = 1) -> FinetuneResult:
+    """Fine-tune ``encoder`` (left unmodified; each lr trains a copy) and score the selection on test.
+
+    ``train``, ``validation`` and ``test`` are ``(images uint8 [N, H, W, 3], labels int64 [N])``;
+    images are resized and normalised as ``meta`` says (see :mod:`downstream.features`).
+    """
+    check_metric(metric)
+    if int(num_classes) < 2:
+        raise ValueError(f"fine-tuning needs at least 2 classes, got num_classes={num_classes}")
+    train = _check_split("train", train, num_classes)
+    validation = _check_split("validation", validation, num_classes)
+    test = _check_split("test", test, num_classes)
+    if len(train[1]) < 2:
+        raise ValueError("fine-tuning needs at least 2 training examples")
+    device = torch.device(device) if device is not None else default_device()
+    cfg = config
+    size = int(meta["image_size"])
+    feature_dim = int(meta["feature_dim"])
+
+    with torch_threads(num_threads):
+        mean, std = meta_stats(meta, device)
+        x_train = prepare_images(train[0], size)
+        x_val = prepare_images(validation[0], size)
+        y_train = torch.from_numpy(train[1])
+        n = len(y_train)
+        batch_size = min(cfg.batch_size, n)
+        steps_per_epoch = len(_batches(n, batch_size, torch.Generator().manual_seed(0)))
+        total_steps = cfg.epochs * steps_per_epoch
+        warmup = min(cfg.warmup_steps, math.ceil(cfg.warmup_fraction * total_steps))
+        pad = size // 8 if cfg.augment else 0
+
+        started = time.perf_counter()
+        best: dict[str, Any] | None = None
+        per_lr: list[dict[str, Any]] = []
+        for lr in cfg.lrs:
+            gen = torch.Generator().manual_seed(int(cfg.seed))
+            model = nn.Sequential(copy.deepcopy(encoder), _zero_head(feature_dim, num_classes)).to(device)
+            decay = [p for p in model.parameters() if p.ndim > 1]
+            no_decay = [p for p in model.parameters() if p.ndim <= 1]
+            opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                     {"params": no_decay, "weight_decay": 0.0}], lr=float(lr))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_steps, warmup))
+            curve: list[dict[str, Any]] = []
+            lr_best: tuple[int, float] | None = None
+            for epoch in range(1, cfg.epochs + 1):
+                t0 = time.perf_counter()
+                model.train()
+                loss_sum = 0.0
+                for idx in _batches(n, batch_size, gen):
+                    xb = x_train[idx]
+                    if cfg.augment:
+                        xb = augment_batch(xb, gen, pad)
+                    xb = normalise(xb.to(device), mean, std)
+                    yb = y_train[idx].to(device)
+                    loss = F.cross_entropy(model(xb), yb)
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                    opt.step()
+                    sched.step()
+                    loss_sum += float(loss.detach()) * len(idx)
+                if not math.isfinite(loss_sum):
+                    log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
+                val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device)
+                curve.append({"epoch": epoch, "train_loss": loss_sum / n, "val_score": val["score"],
+                              "val_loss": val["loss"], "lr": float(lr), "last_lr": float(sched.get_last_lr()[0]),
+                              "seconds": time.perf_counter() - t0})
+                log.debug("finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch,
+                          loss_sum / n, metric, val["score"])
+                if lr_best is None or val["score"] > lr_best[1]:
+                    lr_best = (epoch, val["score"])
+                if best is None or val["score"] > best["val_score"]:
+                    best = {"lr": float(lr), "epoch": epoch, "val_score": val["score"],
+                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                if best["lr"] == float(lr):
+                    best["curve"] = curve
+            per_lr.append({"lr": float(lr), "best_epoch": lr_best[0], "best_val_score": lr_best[1]})
+        train_seconds = time.perf_counter() - started
+
+        if best is None:  # unreachable: at least one lr and one epoch ran
+            raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
+        t0 = time.perf_counter()
+        model = nn.Sequential(copy.deepcopy(encoder), _zero_head(feature_dim, num_classes)).to(device)
+        model.load_state_dict(best["state"])
+        test_metrics = _evaluate(model, prepare_images(test[0], size), test[1], mean, std, metric,
+                                 cfg.eval_batch_size, device)
+        eval_seconds = time.perf_counter() - t0
+
+    hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": cfg.epochs,
+               "batch_size": batch_size, "weight_decay": cfg.weight_decay, "warmup_steps": warmup,
+               "total_steps": total_steps, "grad_clip": cfg.grad_clip, "augment": cfg.augment,
+               "num_train": n, "per_lr": per_lr}
+    return FinetuneResult(lr=best["lr"], epoch=best["epoch"], val_score=best["val_score"], test=test_metrics,
+                          curve=best["curve"], per_lr=per_lr, train_seconds=train_seconds,
+                          eval_seconds=eval_seconds, hparams=hparams)

@@ -1,0 +1,344 @@
+"""The pre-training loop: one loop for every method, plain torch, resumable at epoch boundaries.
+
+``train_loop`` is called once per rank (directly for a single process, or by the Ray edge in
+``harness/train_ray.py``); the distributed context comes in as a :class:`DistInfo`, never from
+globals. Outputs under ``out_dir``:
+
+- ``checkpoints/epoch_{e:03d}.pt`` for each ``e`` in ``save_epochs`` (encoder only, via
+  :func:`pretrain.models.save_encoder`; epoch 0 is the initialisation),
+- ``state/last.pt``: model, optimizer, scheduler, RNG state and history after the last finished
+  epoch (plain tensors and containers, loadable with ``weights_only=True``),
+- ``metrics.json``: one record per epoch and the summary of the latest call.
+
+Everything is written by rank 0, atomically. A call that finds ``state/last.pt`` resumes from it
+and trains only the missing epochs; with ``num_workers_loader=0`` on CPU the result is bitwise the
+same as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.distributed as torch_dist
+from torch import nn
+
+from pretrain.data import make_train_loader, read_view, steps_per_epoch
+from pretrain.methods import METHODS, unwrap
+from pretrain.models import BACKBONES, atomic_torch_save, encoder_meta, save_encoder
+
+logger = logging.getLogger(__name__)
+
+STATE_FORMAT = 1
+# Fields that must match for a saved state to be resumed (the rest only changes outputs' metadata).
+_RESUME_FIELDS = (
+    "method", "backbone", "image_size", "epochs", "batch_size", "lr", "weight_decay",
+    "warmup_epochs", "label_smoothing", "seed", "num_classes", "grad_accum",
+)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a pre-training run (the harness hashes it into the run's key).
+
+    ``batch_size`` is the global batch: per step, summed over ranks and accumulation micro-steps,
+    whatever the number of workers. ``save_epochs`` lists the epochs whose encoder is kept
+    (0 = the initialisation). ``extra`` is stored in every checkpoint's meta (e.g. ``pretrain_key``).
+    """
+
+    method: str
+    backbone: str
+    image_size: int
+    epochs: int
+    save_epochs: tuple[int, ...] = ()
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.05
+    warmup_epochs: float = 1.0
+    label_smoothing: float = 0.0
+    seed: int = 0
+    num_classes: int = 0
+    num_workers_loader: int = 0
+    grad_accum: int = 1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        METHODS.get(self.method)  # unknown names raise with the valid ones
+        BACKBONES.get(self.backbone)
+        for name in ("image_size", "epochs", "batch_size", "grad_accum"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.num_workers_loader < 0:
+            raise ValueError(f"TrainConfig.num_workers_loader must be >= 0, got {self.num_workers_loader}")
+        if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
+            raise ValueError("TrainConfig needs lr > 0, weight_decay >= 0 and warmup_epochs >= 0")
+        save = tuple(sorted({int(e) for e in self.save_epochs}))
+        bad = [e for e in save if not 0 <= e <= self.epochs]
+        if bad:
+            raise ValueError(f"TrainConfig.save_epochs {bad} outside 0..epochs={self.epochs}")
+        object.__setattr__(self, "save_epochs", save)
+        if METHODS.get(self.method).needs_labels and self.num_classes < 2:
+            raise ValueError(f"method {self.method!r} trains on labels: TrainConfig.num_classes must be >= 2, got {self.num_classes}")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits in the job: plain values read once at the edge."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: str = "cpu"
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+# --------------------------------------------------------------------------- optimisation
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: no weight decay on biases, norm weights and other 0-d/1-d parameters (timm's rule)."""
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
+    """LR multiplier per optimizer step: linear warm-up to 1, then cosine decay to 0."""
+
+    def factor(step: int) -> float:
+        if step < warmup_steps:
+            return (step + 1) / warmup_steps
+        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
+        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+
+    return factor
+
+
+# --------------------------------------------------------------------------- files
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2)
+    os.replace(tmp, path)
+
+
+def state_path(out_dir: str | Path) -> Path:
+    return Path(out_dir) / "state" / "last.pt"
+
+
+def checkpoint_path(out_dir: str | Path, epoch: int) -> Path:
+    return Path(out_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+
+
+def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if state.get("format") != STATE_FORMAT:
+        raise ValueError(f"{path}: unknown state format {state.get('format')!r} (expected {STATE_FORMAT})")
+    saved, now = state["config"], asdict(cfg)
+    diff = [k for k in _RESUME_FIELDS if saved.get(k) != now[k]]
+    if diff:
+        raise ValueError(
+            f"{path} was written by a different run (fields {diff} differ: "
+            f"{ {k: saved.get(k) for k in diff} } vs { {k: now[k] for k in diff} }); use a fresh out_dir"
+        )
+    return state
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def train_loop(
+    cfg: TrainConfig,
+    view_dir: str | Path,
+    out_dir: str | Path,
+    dist: DistInfo = DistInfo(),
+    report: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Pre-train ``cfg.method`` on the view at ``view_dir``; returns a summary of this call.
+
+    With ``dist.world_size > 1`` the default process group must exist (Ray Train sets it up) or
+    is created from the ``env://`` variables; the model is wrapped in DDP. ``report`` is called on
+    every rank after every epoch with that epoch's metrics (averaged over ranks).
+    """
+    t_start = time.perf_counter()
+    out_dir = Path(out_dir)
+    method = METHODS.get(cfg.method)
+    device = torch.device(dist.device)
+    on_cuda = device.type == "cuda"
+    if on_cuda:
+        torch.cuda.set_device(device)
+    if dist.world_size > 1 and not torch_dist.is_initialized():
+        torch_dist.init_process_group("nccl" if on_cuda else "gloo", rank=dist.rank, world_size=dist.world_size)
+
+    # Batches: the global batch is fixed; ranks x accumulation steps share it evenly.
+    shares = dist.world_size * cfg.grad_accum
+    if cfg.batch_size % shares:
+        raise ValueError(
+            f"batch_size={cfg.batch_size} must divide evenly over world_size={dist.world_size} x grad_accum={cfg.grad_accum}"
+        )
+    micro_batch = cfg.batch_size // shares
+    view = read_view(view_dir)
+    steps = steps_per_epoch(view.num_samples, cfg.batch_size)
+    total_steps = steps * cfg.epochs
+    warmup_steps = min(round(cfg.warmup_epochs * steps), total_steps)
+
+    # Model, optimizer, schedule (seeded identically on every rank; DDP also broadcasts rank 0's weights).
+    torch.manual_seed(cfg.seed)
+    model = method.build(cfg.backbone, cfg.image_size, cfg.num_classes, label_smoothing=cfg.label_smoothing)
+    meta_base = encoder_meta(model.encoder, cfg.backbone, cfg.image_size)
+    model.to(device)
+    if on_cuda:
+        model.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
+
+    start_epoch, samples_seen, history = 0, 0, []
+    state = _load_state(state_path(out_dir), cfg)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        if on_cuda and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
+        start_epoch, samples_seen, history = int(state["epoch"]), int(state["samples_seen"]), list(state["history"])
+        if dist.is_main:
+            logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, start_epoch, cfg.epochs, state_path(out_dir))
+    resumed_from = start_epoch if state is not None else None
+    del state
+
+    def meta(epoch: int, train_loss: float | None) -> dict[str, Any]:
+        return {**meta_base, "method": cfg.method, "epoch": epoch, "samples_seen": samples_seen, "train_loss": train_loss, **cfg.extra}
+
+    if start_epoch == 0 and 0 in cfg.save_epochs and dist.is_main:
+        save_encoder(checkpoint_path(out_dir, 0), model.encoder, meta(0, None))
+
+    ddp_model: nn.Module = model
+    if dist.world_size > 1:
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
+
+    loader = make_train_loader(
+        view_dir,
+        pipeline=method.pipeline,
+        batch_size=micro_batch,
+        num_batches=steps * cfg.grad_accum,
+        image_size=cfg.image_size,
+        mean=meta_base["mean"],
+        std=meta_base["std"],
+        seed=cfg.seed,
+        rank=dist.rank,
+        world_size=dist.world_size,
+        num_workers=cfg.num_workers_loader,
+        pin_memory=on_cuda,
+    )
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else contextlib.nullcontext
+
+    epoch_loss = float("nan")
+    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+        t0 = time.perf_counter()
+        ddp_model.train()
+        loader.set_epoch(epoch)
+        skipped_before = loader.skipped
+        sums: dict[str, torch.Tensor] = {}
+        optimizer.zero_grad(set_to_none=True)
+        for i, batch in enumerate(loader):
+            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            if on_cuda and "image" in batch:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            last_micro = (i + 1) % cfg.grad_accum == 0
+            # Skip the gradient all-reduce on all but the last micro-step of an accumulation.
+            sync = contextlib.nullcontext() if last_micro or ddp_model is model else ddp_model.no_sync()
+            with sync, autocast():
+                out = method.loss(ddp_model, batch)
+                (out["loss"] / cfg.grad_accum).backward()
+            for k, v in out.items():
+                v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device)
+                sums[k] = sums.get(k, 0) + v
+            if last_micro:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+                scheduler.step()
+        n = len(loader)
+        means = torch.stack([sums[k] for k in sorted(sums)]) / n
+        skipped = torch.tensor([float(loader.skipped - skipped_before)], device=device)
+        if dist.world_size > 1:
+            torch_dist.all_reduce(means)
+            means /= dist.world_size
+            torch_dist.all_reduce(skipped)
+        values = dict(zip(sorted(sums), means.tolist()))
+        epoch_loss = values["loss"]
+        if not math.isfinite(epoch_loss):
+            raise FloatingPointError(f"{cfg.method} loss is {epoch_loss} in epoch {epoch}; lower lr or check the data")
+        samples_seen += steps * cfg.batch_size
+        seconds = time.perf_counter() - t0
+        record = {
+            "epoch": epoch,
+            **values,
+            "lr": scheduler.get_last_lr()[0],
+            "seconds": seconds,
+            "samples_per_second": steps * cfg.batch_size / seconds,
+            "samples_seen": samples_seen,
+            "skipped": int(skipped.item()),
+        }
+        history.append(record)
+        if dist.is_main:
+            logger.info("%s epoch %d/%d: %s", cfg.method, epoch, cfg.epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+            if epoch in cfg.save_epochs:
+                save_encoder(checkpoint_path(out_dir, epoch), model.encoder, meta(epoch, epoch_loss))
+            rng = {"torch": torch.get_rng_state()}
+            if on_cuda:
+                rng["cuda"] = torch.cuda.get_rng_state(device)
+            atomic_torch_save(
+                {
+                    "format": STATE_FORMAT,
+                    "config": asdict(cfg),
+                    "epoch": epoch,
+                    "samples_seen": samples_seen,
+                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                    "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(),
+                    "rng": rng,
+                    "history": history,
+                },
+                state_path(out_dir),
+            )
+            _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history})
+        if report is not None:
+            report(record)
+
+    if history:
+        epoch_loss = history[-1]["loss"]
+    summary = {
+        "epochs_trained": cfg.epochs - start_epoch,
+        "epochs": cfg.epochs,
+        "final_loss": epoch_loss,
+        "samples_seen": samples_seen,
+        "seconds": time.perf_counter() - t_start,
+        "resumed_from": resumed_from,
+        "steps_per_epoch": steps,
+        "skipped": sum(r.get("skipped", 0) for r in history),
+        "checkpoints": [str(checkpoint_path(out_dir, e)) for e in cfg.save_epochs],
+    }
+    if dist.is_main:
+        _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history, "summary": summary})
+    return summary

@@ -1,0 +1,269 @@
+"""Pre-training: methods, the webdataset pipeline, the loop (checkpoints, resume) and the Ray edge.
+
+The views here are built in the test, in the format the view builder writes: ``shards/*.tar``
+with ``png``/``txt``/``json``/``cls`` per sample and ``sizes.json``. Their class is the image's
+colour, so a few steps of supervised training must lower the loss.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import webdataset as wds
+from PIL import Image
+
+from pretrain.data import make_train_loader, read_view, steps_per_epoch
+from pretrain.loop import DistInfo, TrainConfig, state_path, train_loop
+from pretrain.methods import METHODS
+from pretrain.models import load_encoder
+
+COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 70, 230], [220, 210, 40]], dtype=np.float32)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def _png(array: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(array).save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def write_view(root: Path, n: int = 256, shards: int = 2, seed: int = 0, corrupt: tuple[int, ...] = ()) -> Path:
+    """A tiny labelled view: 32x32 noisy colour patches, class = colour; ``corrupt`` indices get broken PNG bytes."""
+    rng = np.random.default_rng(seed)
+    (root / "shards").mkdir(parents=True)
+    sizes, per_shard = {}, -(-n // shards)
+    for s in range(shards):
+        name = f"shard-{s:06d}.tar"
+        idx = range(s * per_shard, min(n, (s + 1) * per_shard))
+        with wds.TarWriter(str(root / "shards" / name), mtime=0) as sink:  # integer mtime: no pax headers
+            for i in idx:
+                label = int(rng.integers(len(COLOURS)))
+                img = np.clip(COLOURS[label] + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
+                png = b"\x89PNG-not-really" if i in corrupt else _png(img)
+                meta = {"width": 32, "height": 32}
+                sink.write({"__key__": f"{i:08d}", "png": png, "txt": f"a colour {label}", "json": json.dumps(meta), "cls": str(label)})
+        sizes[name] = len(idx)
+    (root / "sizes.json").write_text(json.dumps(sizes))
+    return root
+
+
+@pytest.fixture(scope="module")
+def view(tmp_path_factory) -> Path:
+    return write_view(tmp_path_factory.mktemp("view"), n=256, shards=2)
+
+
+def small_cfg(**kw) -> TrainConfig:
+    base = dict(
+        method="supervised", backbone="test_resnet", image_size=32, epochs=2, save_epochs=(), batch_size=32,
+        lr=3e-3, weight_decay=0.05, warmup_epochs=0.5, label_smoothing=0.0, seed=0, num_classes=4,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+# --------------------------------------------------------------------------- methods
+
+
+@pytest.mark.parametrize("name", METHODS.names())
+def test_method_builds_encoder_and_returns_loss_dict(name):
+    method = METHODS.get(name)
+    model = method.build("test_resnet", 32, 4, label_smoothing=0.1)
+    assert hasattr(model, "encoder") and model.encoder.num_features > 0
+    if method.pipeline == "image_label":
+        batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 3])}
+    else:  # pragma: no cover - later pipelines bring their own fake batches
+        pytest.skip(f"no fake batch for pipeline {method.pipeline!r} yet")
+    out = method.loss(model, batch)
+    assert out["loss"].ndim == 0 and out["loss"].requires_grad
+    out["loss"].backward()
+
+
+def test_config_errors_name_the_field():
+    with pytest.raises(KeyError, match="supervised"):
+        small_cfg(method="supervized")
+    with pytest.raises(ValueError, match="save_epochs"):
+        small_cfg(save_epochs=(3,))
+    with pytest.raises(ValueError, match="num_classes"):
+        small_cfg(num_classes=0)
+
+
+# --------------------------------------------------------------------------- data
+
+
+def test_read_view_checks_sizes(view, tmp_path):
+    info = read_view(view)
+    assert info.num_samples == 256 and len(info.shards) == 2
+    assert steps_per_epoch(info.num_samples, 100) == 2
+    with pytest.raises(ValueError, match="fewer than one global batch"):
+        steps_per_epoch(info.num_samples, 512)
+    with pytest.raises(FileNotFoundError, match="sizes.json"):
+        read_view(tmp_path)
+
+
+@pytest.mark.parametrize("world_size", [1, 2, 3])  # 3 ranks > 2 shards: samples are split instead
+def test_every_rank_yields_the_same_number_of_batches(view, world_size):
+    batch = 48 // world_size
+    steps = steps_per_epoch(256, 48)
+    seen = []
+    for rank in range(world_size):
+        loader = make_train_loader(
+            view, pipeline="image_label", batch_size=batch, num_batches=steps, image_size=32,
+            mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, rank=rank, world_size=world_size,
+        )
+        loader.set_epoch(1)
+        batches = list(loader)
+        assert len(batches) == steps
+        assert all(b["image"].shape == (batch, 3, 32, 32) and b["label"].dtype == torch.int64 for b in batches)
+        seen.append(torch.cat([b["image"].flatten(1)[:, :8] for b in batches]))
+    if world_size > 1:  # ranks read different samples
+        assert not torch.equal(seen[0], seen[1])
+
+
+def test_epochs_are_deterministic_and_differ(view):
+    def first_batch(epoch: int, workers: int) -> torch.Tensor:
+        loader = make_train_loader(
+            view, pipeline="image_label", batch_size=16, num_batches=2, image_size=32,
+            mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, num_workers=workers,
+        )
+        loader.set_epoch(epoch)
+        return next(iter(loader))["image"]
+
+    assert torch.equal(first_batch(1, 0), first_batch(1, 0))
+    assert not torch.equal(first_batch(1, 0), first_batch(2, 0))
+
+
+def test_loader_workers_split_shards(view):
+    loader = make_train_loader(
+        view, pipeline="image_label", batch_size=16, num_batches=5, image_size=32,
+        mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, num_workers=2,
+    )
+    for epoch in (1, 2):  # persistent workers pick up the new epoch
+        loader.set_epoch(epoch)
+        assert len(list(loader)) == 5
+
+
+def test_bad_sample_is_logged_skipped_and_counted(tmp_path, caplog):
+    bad_view = write_view(tmp_path / "bad", n=64, shards=1, corrupt=(5,))
+    loader = make_train_loader(
+        bad_view, pipeline="image_label", batch_size=21, num_batches=3, image_size=32,
+        mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, shuffle_buffer=4,  # so sample 5 is decoded early
+    )
+    loader.set_epoch(1)
+    with caplog.at_level("WARNING", logger="pretrain.data"):
+        batches = list(loader)
+    assert len(batches) == 3 and all(len(b["label"]) == 21 for b in batches)  # 63 good samples
+    assert loader.skipped == 1
+    assert "00000005" in caplog.text
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def test_supervised_loss_falls_and_checkpoints_load(view, tmp_path):
+    cfg = small_cfg(epochs=3, save_epochs=(0, 1, 3), extra={"pretrain_key": "abc123"})
+    seen = []
+    summary = train_loop(cfg, view, tmp_path, DistInfo(), seen.append)
+    assert [r["epoch"] for r in seen] == [1, 2, 3]
+    assert seen[-1]["loss"] < 0.6 * seen[0]["loss"], seen
+    assert seen[-1]["acc"] > 0.5
+    assert summary["epochs_trained"] == 3 and summary["resumed_from"] is None
+    assert summary["samples_seen"] == 3 * 8 * 32
+
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["summary"]["epochs"] == 3
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.pt", "epoch_001.pt", "epoch_003.pt"]
+    encoder, meta = load_encoder(tmp_path / "checkpoints" / "epoch_003.pt")
+    assert meta["method"] == "supervised" and meta["epoch"] == 3 and meta["pretrain_key"] == "abc123"
+    assert meta["samples_seen"] == 3 * 8 * 32 and meta["train_loss"] == pytest.approx(seen[-1]["loss"])
+    assert encoder(torch.zeros(2, 3, 32, 32)).shape == (2, meta["feature_dim"])
+    _, meta0 = load_encoder(tmp_path / "checkpoints" / "epoch_000.pt")
+    assert meta0["epoch"] == 0 and meta0["samples_seen"] == 0
+
+    state = torch.load(state_path(tmp_path), weights_only=True)
+    assert state["epoch"] == 3 and set(state) >= {"model", "optimizer", "scheduler", "rng"}
+
+
+class Crash(RuntimeError):
+    pass
+
+
+def test_resume_trains_only_missing_epochs_and_matches_uninterrupted(view, tmp_path):
+    cfg = small_cfg(epochs=3, save_epochs=(2, 3), batch_size=64)
+    train_loop(cfg, view, tmp_path / "full")
+
+    def crash_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise Crash("killed")
+
+    with pytest.raises(Crash):
+        train_loop(cfg, view, tmp_path / "cut", DistInfo(), crash_after_first_epoch)
+    assert torch.load(state_path(tmp_path / "cut"), weights_only=True)["epoch"] == 1
+
+    epochs = []
+    summary = train_loop(cfg, view, tmp_path / "cut", DistInfo(), epochs.append)
+    assert summary["resumed_from"] == 1 and summary["epochs_trained"] == 2
+    assert [r["epoch"] for r in epochs] == [2, 3]
+    for e in (2, 3):
+        a = torch.load(tmp_path / "full" / "checkpoints" / f"epoch_{e:03d}.pt", weights_only=True)
+        b = torch.load(tmp_path / "cut" / "checkpoints" / f"epoch_{e:03d}.pt", weights_only=True)
+        assert a["meta"] == b["meta"]
+        for k in a["state_dict"]:
+            assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    full = json.loads((tmp_path / "full" / "metrics.json").read_text())["epochs"]
+    cut = json.loads((tmp_path / "cut" / "metrics.json").read_text())["epochs"]
+    assert [r["loss"] for r in full] == [r["loss"] for r in cut]
+
+    # A finished run called again trains nothing; a different config refuses to resume.
+    assert train_loop(cfg, view, tmp_path / "cut")["epochs_trained"] == 0
+    with pytest.raises(ValueError, match="lr"):
+        train_loop(small_cfg(epochs=3, save_epochs=(2, 3), batch_size=64, lr=1e-2), view, tmp_path / "cut")
+
+
+def test_grad_accum_keeps_the_global_batch(view, tmp_path):
+    summary = train_loop(small_cfg(epochs=1, batch_size=64, grad_accum=2), view, tmp_path)
+    assert summary["steps_per_epoch"] == 4 and summary["samples_seen"] == 256
+    with pytest.raises(ValueError, match="divide"):
+        train_loop(small_cfg(epochs=1, batch_size=63, grad_accum=2), view, tmp_path / "x")
+
+
+# --------------------------------------------------------------------------- Ray
+
+
+@pytest.fixture
+def local_ray():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.mark.slow
+def test_run_pretrain_on_local_ray(view, tmp_path, local_ray):
+    """Two runs at once from num_cpus=0 tasks (as the runner calls it) on 2 CPUs: 1 CPU each, no deadlock."""
+    from harness.train_ray import run_pretrain
+
+    cfg = small_cfg(epochs=1, save_epochs=(1,), batch_size=64)
+
+    @local_ray.remote(num_cpus=0)
+    def job(out: str) -> dict:
+        return run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0)
+
+    summaries = local_ray.get([job.remote(str(tmp_path / name)) for name in ("a", "b")], timeout=400)
+    for name, summary in zip(("a", "b"), summaries):
+        assert summary["epochs_trained"] == 1 and summary["samples_seen"] == 256
+        _, meta = load_encoder(tmp_path / name / "checkpoints" / "epoch_001.pt")
+        assert meta["epoch"] == 1 and meta["method"] == "supervised"
+        assert (tmp_path / name / "ray").is_dir()
+    # Same config, same data, same seed: the two runs agree.
+    assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
