@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal, Union
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 FULL = "full"  # the spelling of "the whole training set" in a spec's shots list
 
@@ -112,6 +112,27 @@ class PretrainGrid(_Model):
         from pretrain.methods import METHODS
 
         return _check_names(v, METHODS, "method")
+
+    @field_validator("sources")
+    @classmethod
+    def _sources(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        from curation.sources import SOURCES
+
+        mixtures = sorted((info.context or {}).get("mixtures", ()))
+        bad = [s for s in v if s not in SOURCES and s not in mixtures]
+        if bad:
+            extra = f" (or a declared mixture: {', '.join(mixtures)})" if mixtures else ""
+            raise ValueError("; ".join(SOURCES.unknown_message(s) + extra for s in bad))
+        return v
+
+    @field_validator("curation")
+    @classmethod
+    def _curation(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        declared = sorted((info.context or {}).get("curation", ("none",)))
+        bad = [c for c in v if c not in declared]
+        if bad:
+            raise ValueError(f"unknown curation variant(s) {bad}; declared under 'curation': {', '.join(declared)}")
+        return v
 
 
 class Pretrain(_Model):
@@ -259,19 +280,6 @@ class Spec(_Model):
         if clash:
             raise ValueError(f"mixture names {sorted(clash)} clash with source names")
         problems = []
-        for i, grid in enumerate(self.pretrain.grids):
-            for s in grid.sources:
-                if s not in SOURCES and s not in mixtures:
-                    problems.append(
-                        f"pretrain.grids.{i}.sources: {SOURCES.unknown_message(s)}"
-                        + (f" (or a mixture: {', '.join(sorted(mixtures))})" if mixtures else "")
-                    )
-            for c in grid.curation:
-                if c not in self.curation:
-                    problems.append(
-                        f"pretrain.grids.{i}.curation: unknown curation variant {c!r}; "
-                        f"declared under 'curation': {', '.join(sorted(self.curation))}"
-                    )
         ckpt = self.downstream.checkpoint_epochs
         if isinstance(ckpt, list):
             saved = self.pretrain.saved_epochs()
@@ -307,8 +315,15 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     """Validate a spec given as plain data; raise :class:`SpecError` listing every problem."""
     if not isinstance(data, dict):
         raise SpecError(source, [("(top level)", f"a spec is a mapping of fields, got {type(data).__name__}")])
+    pretrain = data.get("pretrain") if isinstance(data.get("pretrain"), dict) else {}
+    mixtures = pretrain.get("mixtures") if isinstance(pretrain.get("mixtures"), list) else []
+    curation = data.get("curation", {"none": []})
+    context = {
+        "mixtures": {m["name"] for m in mixtures if isinstance(m, dict) and isinstance(m.get("name"), str)},
+        "curation": set(curation) if isinstance(curation, dict) else {"none"},
+    }
     try:
-        return Spec.model_validate(data)
+        return Spec.model_validate(data, context=context)
     except ValidationError as e:
         errors = []
         for err in e.errors():

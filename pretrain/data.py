@@ -251,7 +251,10 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 class Batcher(wds.PipelineStage):
-    """Collate fixed-size batches and attach ``skipped``: bad samples this reader dropped since its last batch."""
+    """Collate fixed-size batches and attach ``skipped``: bad samples this reader dropped since its last batch.
+
+    Skips after a reader's last batch of an epoch are not counted (that batch is never built).
+    """
 
     def __init__(self, batch_size: int, counter: SkipCounter):
         self.batch_size, self.counter = batch_size, counter

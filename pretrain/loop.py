@@ -33,7 +33,7 @@ import torch.distributed as torch_dist
 from torch import nn
 
 from pretrain.data import make_train_loader, read_view, steps_per_epoch
-from pretrain.methods import METHODS, unwrap
+from pretrain.methods import METHODS
 from pretrain.models import BACKBONES, atomic_torch_save, encoder_meta, save_encoder
 
 logger = logging.getLogger(__name__)
@@ -52,7 +52,8 @@ class TrainConfig:
 
     ``batch_size`` is the global batch: per step, summed over ranks and accumulation micro-steps,
     whatever the number of workers. ``save_epochs`` lists the epochs whose encoder is kept
-    (0 = the initialisation). ``extra`` is stored in every checkpoint's meta (e.g. ``pretrain_key``).
+    (0 = the initialisation). ``extra`` is stored in every checkpoint's meta (e.g. ``pretrain_key``);
+    keep it to JSON-like values, as it is also written to ``metrics.json`` and the resumable state.
     """
 
     method: str
@@ -235,7 +236,7 @@ def train_loop(
 
     ddp_model: nn.Module = model
     if dist.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if on_cuda else None)
+        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
 
     loader = make_train_loader(
         view_dir,

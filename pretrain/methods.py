@@ -50,7 +50,9 @@ METHODS: Registry[Method] = Registry("pre-training method")
 def unwrap(model: nn.Module) -> nn.Module:
     """The module under a DDP (or ``torch.compile``) wrapper, to reach its attributes."""
     while True:
-        inner = getattr(model, "module", None) or getattr(model, "_orig_mod", None)
+        inner = getattr(model, "module", None)
+        if not isinstance(inner, nn.Module):
+            inner = getattr(model, "_orig_mod", None)
         if not isinstance(inner, nn.Module):
             return model
         model = inner

@@ -8,7 +8,7 @@
 - ``csv``: a string, header first, no index, empty field for null.
 - ``json``: a string holding one JSON array of records (``null`` for missing values,
   timestamps in ISO 8601).
-- ``parquet``: writes the frame to ``path`` and returns that :class:`~pathlib.Path`.
+- ``parquet``: writes the frame to ``out`` and returns that :class:`~pathlib.Path`.
 
 :func:`print_frame` is the CLI's one call: it formats and writes to a console or stream.
 """
@@ -24,8 +24,6 @@ from pathlib import Path
 from typing import IO, Any
 
 import pandas as pd
-import pyarrow as pa
-import pyarrow.parquet as pq
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
@@ -112,25 +110,25 @@ def frame_to_json(df: pd.DataFrame) -> str:
     return json.dumps(records, ensure_ascii=False, allow_nan=False)
 
 
-def frame_to_parquet(df: pd.DataFrame, path: str | Path) -> Path:
-    """Write ``df`` to the Parquet file ``path`` (parent folders created); return the path."""
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pandas(df, preserve_index=False), out)
-    return out
+def frame_to_parquet(df: pd.DataFrame, out: str | Path) -> Path:
+    """Write ``df`` to the Parquet file ``out`` (parent folders created); return its path."""
+    target = Path(out)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    df.to_parquet(target, engine="pyarrow", index=False)
+    return target
 
 
 def format_frame(
     df: pd.DataFrame,
     fmt: str,
-    path: str | Path | None = None,
+    out: str | Path | None = None,
     *,
     max_rows: int | None = 200,
 ) -> Table | str | Path:
     """Format ``df`` as ``fmt`` (one of :data:`FORMATS`).
 
     Returns a rich :class:`~rich.table.Table` for ``table``, a string for ``csv`` and ``json``,
-    and for ``parquet`` writes ``path`` (required) and returns it as a :class:`~pathlib.Path`.
+    and for ``parquet`` writes ``out`` (required) and returns it as a :class:`~pathlib.Path`.
     """
     name = _check_format(fmt)
     if name == "table":
@@ -139,15 +137,15 @@ def format_frame(
         return frame_to_csv(df)
     if name == "json":
         return frame_to_json(df)
-    if path is None:
+    if out is None:
         raise FormatError("format 'parquet' writes a file: give an output path (e.g. --out result.parquet)")
-    return frame_to_parquet(df, path)
+    return frame_to_parquet(df, out)
 
 
 def print_frame(
     df: pd.DataFrame,
     fmt: str = "table",
-    path: str | Path | None = None,
+    out: str | Path | None = None,
     *,
     file: IO[str] | None = None,
     console: Console | None = None,
@@ -156,13 +154,13 @@ def print_frame(
     """Format ``df`` and write it to ``file`` (stdout by default).
 
     ``table`` goes through a rich console (``console`` or one on ``file``); ``csv`` and ``json``
-    are written verbatim; ``parquet`` writes ``path`` and prints one line saying so.
+    are written verbatim; ``parquet`` writes ``out`` and prints one line saying so.
     """
-    out = format_frame(df, fmt, path, max_rows=max_rows)
+    rendered = format_frame(df, fmt, out, max_rows=max_rows)
     stream = file if file is not None else sys.stdout
-    if isinstance(out, Table):
-        (console or Console(file=stream)).print(out)
-    elif isinstance(out, Path):
-        stream.write(f"wrote {len(df)} row(s) to {out}\n")
+    if isinstance(rendered, Table):
+        (console or Console(file=stream)).print(rendered)
+    elif isinstance(rendered, Path):
+        stream.write(f"wrote {len(df)} row(s) to {rendered}\n")
     else:
-        stream.write(out if out.endswith("\n") else out + "\n")
+        stream.write(rendered if rendered.endswith("\n") else rendered + "\n")

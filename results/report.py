@@ -48,6 +48,7 @@ MAX_SET_ROWS_PER_FIGURE = 12
 PANEL_SIZE = (2.7, 2.1)
 """Inches per scaling panel (width, height)."""
 FIGURE_DPI = 110
+_LEGEND_COLUMNS = 4
 FLOOR_METHOD = "none"
 SUMMARY_PROTOCOL = "linear"
 VARIANT_COLUMNS = ("curation", "label_noise", "backbone")
@@ -193,10 +194,53 @@ def _marker(method: str) -> str:
     return _EXTRA_MARKERS[sum(map(ord, method)) % len(_EXTRA_MARKERS)]
 
 
+_Cell = list[tuple[_Line, list[float], list[float], list[float], list[float]]]
+
+
+def _aggregate_cells(curves: pd.DataFrame) -> dict[tuple[str, float], _Cell]:
+    """(set, shots order) -> per line: sizes, mean, band low, band high (sorted by size)."""
+    cells: dict[tuple[str, float], _Cell] = {}
+    if curves.empty:
+        return cells
+    frame = curves.assign(_size=curves["pretrain_size"].astype(float))
+    for (ds_name, shot, line), part in frame.groupby(["downstream", "_shots", "_line"], sort=False):
+        stats = sorted((size, *spread(g.tolist())) for size, g in part.groupby("_size")["score"])
+        cells.setdefault((ds_name, shot), []).append(
+            (line, [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats], [s[3] for s in stats])
+        )
+    for drawn in cells.values():
+        drawn.sort(key=lambda item: item[0].label)
+    return cells
+
+
+def _row_ylim(ds_name: str, shots: Sequence[float], cells: dict, floor_means: dict, chance: Any) -> tuple[float, float]:
+    """A shared y range for one set's row of panels (data, bands, floor and chance included)."""
+    values: list[float] = []
+    for shot in shots:
+        for _, _, mean, lo, hi in cells.get((ds_name, shot), []):
+            values += mean + lo + hi
+        if (ds_name, shot) in floor_means:
+            values.append(floor_means[(ds_name, shot)])
+    if chance is not None and not pd.isna(chance):
+        values.append(float(chance))
+    finite = [v for v in values if v is not None and math.isfinite(v)]
+    if not finite:
+        return (0.0, 1.0)
+    lo, hi = min(finite), max(finite)
+    pad = (hi - lo) * 0.06 or max(abs(hi) * 0.05, 0.01)
+    lo, hi = lo - pad, hi + pad
+    means = [v for shot in shots for _, _, mean, _, _ in cells.get((ds_name, shot), []) for v in mean]
+    if means and all(0.0 <= v <= 1.0 for v in means if math.isfinite(v)):
+        # Scores are fractions: a wide confidence band should not push the axis past [0, 1].
+        lo, hi = max(lo, -0.02), min(hi, 1.02)
+    return (lo, hi)
+
+
 def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, list[str], str]]:
     """Draw the scaling figures; returns (protocol, [png names], note) per protocol."""
     from matplotlib.figure import Figure
     from matplotlib.lines import Line2D
+    from matplotlib.ticker import NullLocator
 
     df = final_checkpoints(runs_ok)
     df = df[df["score"].notna()]
@@ -214,53 +258,72 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
 
     out: list[tuple[str, list[str], str]] = []
     for protocol in sorted(df["protocol"].dropna().unique()):
-        pdf = df[df["protocol"] == protocol]
-        sets = sorted(pdf["downstream"].dropna().unique())
+        every = df[df["protocol"] == protocol]
+        floor_mask = every["method"].astype(object) == FLOOR_METHOD
+        plottable = floor_mask | every["pretrain_size"].notna()
+        pdf = every[plottable & every["downstream"].notna()]
+        if pdf.empty:
+            out.append((str(protocol), [], f"{len(every)} row(s) but none with a pretrain_size to plot against."))
+            continue
+        sets = sorted(pdf["downstream"].unique())
         shots = sorted(pdf["_shots"].unique())
-        curves = pdf[(pdf["method"].astype(object) != FLOOR_METHOD) & pdf["pretrain_size"].notna()]
-        floor = pdf[pdf["method"].astype(object) == FLOOR_METHOD]
+        curves = pdf[~floor_mask[pdf.index]]
+        floor = pdf[floor_mask[pdf.index]]
         present = set(curves["_line"])
         lines_here = [ln for ln in all_lines if ln in present]
+        cells = _aggregate_cells(curves)
+        floor_means = floor.groupby(["downstream", "_shots"])["score"].mean().to_dict()
+        sizes = curves["pretrain_size"].dropna().astype(float)
+        sizes = sizes[sizes > 0]
+        xlim = (float(sizes.min()) / 1.4, float(sizes.max()) * 1.4) if not sizes.empty else None
         names: list[str] = []
         chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
         for chunk_index, chunk in enumerate(chunks):
             nrows, ncols = len(chunk), len(shots)
-            fig = Figure(
-                figsize=(max(5.5, PANEL_SIZE[0] * ncols + 1.2), PANEL_SIZE[1] * nrows + 1.4),
-                dpi=FIGURE_DPI,
-                layout="constrained",
+            legend_rows = math.ceil((len(lines_here) + 2) / _LEGEND_COLUMNS)
+            margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
+            width = max(5.5, PANEL_SIZE[0] * ncols + margins["left"] + margins["right"])
+            height = PANEL_SIZE[1] * nrows + margins["top"] + margins["bottom"]
+            # A fixed layout in inches: constrained layout measured every tick label of every
+            # panel and cost as much as the drawing itself on 60+ panel grids.
+            fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
+            fig.subplots_adjust(
+                left=margins["left"] / width,
+                right=1 - margins["right"] / width,
+                top=1 - margins["top"] / height,
+                bottom=margins["bottom"] / height,
+                wspace=0.06,
+                hspace=0.08,
             )
-            axes = fig.subplots(nrows, ncols, squeeze=False, sharex=True, sharey="row")
-            xs_all = curves["pretrain_size"].dropna().astype(float)
+            # Axes are not shared and limits are set by hand: matplotlib's shared-axis autoscaling
+            # is quadratic in the number of panels and dominated the report's run time.
+            axes = fig.subplots(nrows, ncols, squeeze=False)
             for r, ds_name in enumerate(chunk):
+                ylim = _row_ylim(ds_name, shots, cells, floor_means, chance.get(ds_name))
                 for c, shot in enumerate(shots):
                     ax = axes[r][c]
-                    cell = curves[(curves["downstream"] == ds_name) & (curves["_shots"] == shot)]
-                    if not cell.empty:
-                        for line, part in cell.groupby("_line", sort=False):
-                            stats = [
-                                (float(size), *spread(g["score"].tolist()))
-                                for size, g in part.groupby(part["pretrain_size"].astype(float))
-                            ]
-                            stats.sort()
-                            x = [s[0] for s in stats]
-                            ax.plot(x, [s[1] for s in stats], color=colours[line], marker=_marker(line.method),
-                                    markersize=3.5, linewidth=1.4, label=line.label)
-                            ax.fill_between(x, [s[2] for s in stats], [s[3] for s in stats],
-                                            color=colours[line], alpha=0.18, linewidth=0)
-                    fcell = floor[(floor["downstream"] == ds_name) & (floor["_shots"] == shot)]
-                    if not fcell.empty:
-                        ax.axhline(fcell["score"].mean(), color="0.35", linestyle="--", linewidth=1.1)
+                    ax.set_autoscale_on(False)
+                    if xlim is not None:
+                        ax.set_xscale("log")
+                        ax.set_xlim(*xlim)
+                    ax.set_ylim(*ylim)
+                    drawn = cells.get((ds_name, shot), [])
+                    for line, x, mean, lo, hi in drawn:
+                        ax.plot(x, mean, color=colours[line], marker=_marker(line.method),
+                                markersize=3.5, linewidth=1.4, label=line.label)
+                        ax.fill_between(x, lo, hi, color=colours[line], alpha=0.18, linewidth=0)
+                    fl = floor_means.get((ds_name, shot))
+                    if fl is not None:
+                        ax.axhline(fl, color="0.35", linestyle="--", linewidth=1.1)
                     ch = chance.get(ds_name)
                     if ch is not None and not pd.isna(ch):
                         ax.axhline(float(ch), color="0.2", linestyle=":", linewidth=1.0)
-                    if not xs_all.empty:
-                        ax.set_xscale("log")
-                    if cell.empty and fcell.empty:
+                    if not drawn and fl is None:
                         ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center",
                                 color="0.5", fontsize=8)
-                    ax.tick_params(labelsize=7)
+                    ax.tick_params(labelsize=7, labelleft=(c == 0), labelbottom=(r == nrows - 1))
                     ax.grid(True, which="major", alpha=0.3, linewidth=0.5)
+                    ax.xaxis.set_minor_locator(NullLocator())
                     if r == 0:
                         ax.set_title(_shots_title(shot), fontsize=9)
                     if c == 0:
@@ -277,16 +340,19 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
             if chance.notna().any():
                 handles.append(Line2D([], [], color="0.2", linestyle=":", label="chance"))
             suffix = f" ({chunk_index + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-            fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11)
+            fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11,
+                         y=1 - 0.12 / height, va="top")
             if handles:
-                fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4),
-                           fontsize=8, frameon=False)
+                fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / height),
+                           ncol=min(len(handles), _LEGEND_COLUMNS), fontsize=8, frameon=False)
             name = f"{_FIGURE_PREFIX}{_slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
             fig.savefig(out_dir / name)
             names.append(name)
-        n_values = pdf.groupby(["downstream", "_shots", "pretrain_size", "source", "method"], dropna=False).size()
+        n_values = pdf.groupby(["downstream", "_shots", "pretrain_size", "_line"], dropna=False, sort=False).size()
+        skipped = len(every) - len(pdf)
         note = (
-            f"{len(pdf)} rows, {len(sets)} set(s), {len(shots)} shot setting(s), {len(lines_here)} line(s); "
+            (f"{skipped} row(s) without a pretrain_size not plotted; " if skipped else "")
+            + f"{len(pdf)} rows, {len(sets)} set(s), {len(shots)} shot setting(s), {len(lines_here)} line(s); "
             f"up to {int(n_values.max()) if len(n_values) else 0} values per point."
         )
         out.append((str(protocol), names, note))
@@ -296,11 +362,11 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
 # --------------------------------------------------------------------------- tables
 
 
-def _html_table(header: Sequence[str], rows: Iterable[Sequence[str]], classes: str = "") -> str:
-    """A table from pre-escaped cell HTML."""
-    head = "".join(f"<th>{h}</th>" for h in header)
+def _html_table(header: Sequence[str] | None, rows: Iterable[Sequence[str]], classes: str = "") -> str:
+    """A table from pre-escaped cell HTML (no header row when ``header`` is None)."""
+    head = "" if header is None else "<thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>"
     body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{classes}"><thead><tr>{head}</tr></thead><tbody>\n{body}\n</tbody></table>'
+    return f'<table class="{classes}">{head}<tbody>\n{body}\n</tbody></table>'
 
 
 def _shade(value: float, lo: float, hi: float) -> str:
@@ -436,7 +502,7 @@ def _overview(runs: pd.DataFrame, views: pd.DataFrame) -> str:
         ("specs", ", ".join(sorted(map(str, runs["spec"].dropna().unique())))),
         ("views", str(len(views))),
     ]
-    return _html_table(["", ""], [[html.escape(k), html.escape(v)] for k, v in facts], "overview")
+    return _html_table(None, [[f"<b>{html.escape(k)}</b>", html.escape(v)] for k, v in facts], "overview")
 
 
 def _read(store: Store, table: str) -> pd.DataFrame:
@@ -477,6 +543,8 @@ def write_report(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[
         ]
         for protocol, names, note in figures:
             fig_html.append(f'<h3 id="scaling-{_slug(protocol)}">{html.escape(protocol)}</h3>')
+            if not names:
+                fig_html.append(f'<p class="empty">No rows yet to plot for {html.escape(protocol)}: {html.escape(note)}</p>')
             for name in names:
                 fig_html.append(
                     f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" '

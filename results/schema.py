@@ -104,6 +104,10 @@ CURVES = _schema(
         ("train_loss", _F64),
         ("val_score", _F64),
         ("lr", _F64),
+        # additions: what downstream.finetune records per epoch
+        ("val_loss", _F64),
+        ("last_lr", _F64),  # the scheduler's lr at the epoch's end (``lr`` is the selected base lr)
+        ("seconds", _F64),  # wall time since the start of training
     ],
 )
 
