@@ -111,7 +111,8 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
         if address:
             ray.init(address=address, **kwargs)
         else:
-            ray.init(num_cpus=num_cpus or os.cpu_count() or 1, **kwargs)
+            cpus = num_cpus or os.cpu_count() or 1
+            ray.init(num_cpus=cpus, resources={TRAINER_SLOT: _trainer_slots(spec, cpus)}, **kwargs)
         started_ray = True
     try:
         _run_jobs(plan, todo, done, paths, st, summary, progress)
@@ -120,6 +121,21 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
             ray.shutdown()
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+TRAINER_SLOT = "tbench_trainer_slot"
+
+
+def _trainer_slots(spec: Spec, cpus: int) -> int:
+    """How many Ray Train runs fit side by side on a local Ray of ``cpus`` CPUs.
+
+    The task that drives a Ray Train run holds no CPU (its workers reserve their own), so on a
+    local machine it holds one of these slots instead: without them every pre-training would
+    start its controller and worker processes at once and wait for CPUs, crowding the machine.
+    On a cluster the autoscaler decides and no slot is asked for.
+    """
+    r = spec.resources.pretrain
+    return max(1, int(cpus // max(r.num_workers * r.cpus_per_worker, 1e-9)))
 
 
 def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, summary: RunSummary,
@@ -138,6 +154,8 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
         if job.kind == "pretrain":
             # Ray Train reserves the workers' CPUs/GPUs itself; the task that drives it holds none.
             opts = {"num_cpus": 0, "max_retries": 0}
+            if TRAINER_SLOT in ray.cluster_resources():
+                opts["resources"] = {TRAINER_SLOT: 1}
         else:
             opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
                     "max_retries": retries, "retry_exceptions": True}

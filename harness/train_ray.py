@@ -101,7 +101,7 @@ def run_pretrain(
             name="pretrain",
             storage_path=str(out_dir / RAY_DIR),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            logging_config=ray.train.LoggingConfig(log_level=log_level),
+            **({"logging_config": ray.train.LoggingConfig(log_level=log_level)} if hasattr(ray.train, "LoggingConfig") else {}),
         ),
     )
     t0 = time.perf_counter()

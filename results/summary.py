@@ -8,20 +8,33 @@ import pandas as pd
 from rich.table import Table
 
 
+def config_label(row: pd.Series) -> str:
+    """A short name for a pre-training configuration, e.g. ``supervised laion n=4000 noise=0.2``."""
+    if row["method"] == "none":
+        return "random init"
+    label = f"{row['method']} {row['source']} n={int(row['pretrain_size'])}"
+    if row["curation"] not in ("none", None):
+        label += f" [{row['curation']}]"
+    if row["label_noise"] and row["label_noise"] > 0:
+        label += f" noise={row['label_noise']:g}"
+    return label
+
+
 def summary_frame(runs: pd.DataFrame) -> pd.DataFrame:
-    """Mean headline score (x100) over sets and seeds, per (protocol, method, source, size) x shots."""
+    """Mean headline score (x100) over sets and seeds, per (protocol, configuration, epoch) x shots."""
     ok = runs[runs["status"] == "ok"].copy()
     if ok.empty:
         return pd.DataFrame()
     ok["shots"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else str(int(s)))
     ok["pretrain_size"] = ok["pretrain_size"].fillna(0).astype(int)
-    ok["checkpoint_epoch"] = ok["checkpoint_epoch"].fillna(0).astype(int)
-    index = ["protocol", "method", "source", "curation", "label_noise", "pretrain_size", "checkpoint_epoch"]
+    ok["epoch"] = ok["checkpoint_epoch"].fillna(0).astype(int)
+    ok["pre-training"] = ok.apply(config_label, axis=1)
+    index = ["protocol", "pre-training", "epoch"]
     table = ok.pivot_table(index=index, columns="shots", values="score", aggfunc="mean") * 100
     order = sorted((c for c in table.columns if c != "full"), key=int) + (["full"] if "full" in table.columns else [])
-    table = table[order].round(1).reset_index()
-    table["sets"] = ok.groupby(index)["downstream"].nunique().values
-    return table.sort_values(index).reset_index(drop=True)
+    table = table[order].round(1)
+    table["sets"] = ok.groupby(index)["downstream"].nunique()
+    return table.reset_index().sort_values(index).reset_index(drop=True)
 
 
 def results_table(store_root: str | Path, spec: str | None = None) -> Table | str:
@@ -35,11 +48,12 @@ def results_table(store_root: str | Path, spec: str | None = None) -> Table | st
     if frame.empty:
         return "no results in the store yet"
     n_failed = int((runs["status"] != "ok").sum())
-    title = (f"mean score x100 over sets and eval seeds ({len(runs)} rows"
+    title = (f"mean score x100 over sets and eval seeds, by shots per class ({len(runs)} rows"
              + (f", {n_failed} failed" if n_failed else "") + ")")
     t = Table(title=title)
     for c in frame.columns:
-        t.add_column(str(c), justify="right" if c not in ("protocol", "method", "source", "curation") else "left")
+        t.add_column(str(c), justify="left" if c in ("protocol", "pre-training") else "right",
+                     no_wrap=c == "pre-training", min_width=8 if c == "protocol" else None)
     for _, row in frame.iterrows():
-        t.add_row(*["" if pd.isna(v) else f"{v:g}" if isinstance(v, float) else str(v) for v in row])
+        t.add_row(*["" if pd.isna(v) else f"{v:.1f}" if isinstance(v, float) else str(v) for v in row])
     return t
