@@ -44,13 +44,20 @@ def downstream_sets():
 
 @contextlib.contextmanager
 def torch_threads(num_threads: int) -> Iterator[None]:
-    """Run the body with ``torch.set_num_threads(num_threads)``, restoring the old value after."""
+    """Run the body with torch's and the BLAS libraries' thread pools limited to ``num_threads``.
+
+    numpy's BLAS otherwise starts one thread per core in every process, and on a machine whose
+    cores are shared by several Ray tasks small matrix products then slow down tenfold.
+    """
+    from threadpoolctl import threadpool_limits
+
     if int(num_threads) < 1:
         raise ValueError(f"num_threads must be >= 1, got {num_threads}")
     previous = torch.get_num_threads()
     torch.set_num_threads(int(num_threads))
     try:
-        yield
+        with threadpool_limits(limits=int(num_threads)):
+            yield
     finally:
         torch.set_num_threads(previous)
 

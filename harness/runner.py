@@ -104,6 +104,10 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
 
     import ray
 
+    # A Ray Train run waits for its workers' CPUs while evaluations hold them; by default Train
+    # gives up after 60 s and restarts its worker group (new processes, torch imported again),
+    # which on a small machine costs more than the wait. Let it wait instead.
+    os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3600")
     started_ray = False
     if not ray.is_initialized():
         kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
