@@ -34,7 +34,7 @@ from downstream.metrics import all_metrics, check_metric, headline
 
 log = logging.getLogger(__name__)
 
-DEFAULT_L2_GRID: tuple[float, ...] = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0)
+DEFAULT_L2_GRID: tuple[float, ...] = (1e-4, 1e-3, 1e-2, 1e-1, 1.0)
 
 
 @dataclass
