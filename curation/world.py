@@ -42,7 +42,7 @@ from curation import render as R
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 SHARD_SIZE = 1000
 RENDER_BATCH = 512
 SPLITS = ("train", "validation", "test")
@@ -164,11 +164,11 @@ _CC_FILLER = ("the", "with", "on", "in", "person", "view", "beautiful", "at", "d
 SOURCE_DECLS: tuple[SourceDecl, ...] = (
     SourceDecl(
         "imagenet", "labelled",
-        "curated, class-balanced photographs of every concept, one label each (ImageNet-style)",
+        "curated, class-balanced, object-centric photographs of every concept, one label each (ImageNet-style)",
         6000,
         Distribution(_concepts(), _w(T, plain=3), _w(C), _w(B, night=0.3, fields=0),
                      _only(S, {"photo": 0.88, "clipart": 0.04, "sketch": 0.04, "closeup": 0.04}),
-                     scale=(0.35, 0.8), jitter=0.25, rotation=25, clutter=0.6, noise=(0.0, 0.02)),
+                     scale=(0.4, 0.85), jitter=0.15, rotation=15, clutter=0.3, noise=(0.0, 0.02)),
         CaptionModel(1.0, 0.0, 0.0, p_texture=0, p_colour=0, p_style=0, p_clutter=0, score_noise=0.02),
     ),
     SourceDecl(

@@ -18,6 +18,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 results_app = typer.Typer(no_args_is_help=True, help="Query the results store.")
 app.add_typer(results_app, name="results")
 console = Console()
+if not console.is_terminal:  # piped or logged: rich would assume 80 columns and cut the tables
+    console = Console(width=140)
 err = Console(stderr=True)
 
 

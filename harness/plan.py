@@ -23,7 +23,6 @@ from harness.artifacts import content_key, is_done, job_dir
 from harness.spec import FULL, Spec
 
 KINDS = ("world", "view", "pretrain", "init", "features", "eval")
-WORLD_SCHEMA = 1
 
 
 @dataclass(frozen=True)
@@ -94,8 +93,10 @@ def make_plan(spec: Spec) -> Plan:
         jobs.setdefault(job.key, job)
         return jobs[job.key]
 
+    from curation.world import WORLD_VERSION
+
     res = spec.resources
-    world_cfg = {"seed": spec.world.seed, "scale": spec.world.scale, "schema": WORLD_SCHEMA}
+    world_cfg = {"seed": spec.world.seed, "scale": spec.world.scale, "version": WORLD_VERSION}
     world = add(Job("world", content_key("world", world_cfg), world_cfg, resources={"num_cpus": 1}))
 
     mixtures = {m.name: m.weights for m in spec.pretrain.mixtures}
