@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import io
+import decimal
 import json
 import math
 import sys
@@ -51,6 +52,8 @@ def _plain(value: Any) -> Any:
         return None if math.isnan(value) or math.isinf(value) else value
     if isinstance(value, (pd.Timestamp, _dt.datetime, _dt.date)):
         return value.isoformat()
+    if isinstance(value, decimal.Decimal):  # DuckDB's SUM over integers and booleans is a DECIMAL
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, pd.Timedelta):
         return value.total_seconds()
     item = getattr(value, "item", None)

@@ -233,3 +233,14 @@ def test_print_frame_plain_text_and_errors(frame, tmp_path):
         rq.format_frame(frame, "xlsx")
     with pytest.raises(rq.FormatError, match="output path"):
         rq.format_frame(frame, "parquet")
+
+
+def test_json_format_handles_duckdb_decimals(tmp_path):
+    from results.query import format_frame
+    from results.store import Store
+
+    store = Store(tmp_path / "store")
+    frame = store.query("SELECT sum(x) AS s, sum(x) / 3 AS f FROM (SELECT 1 AS x UNION ALL SELECT 2)")
+    import json
+
+    assert json.loads(format_frame(frame, "json")) == [{"s": 3, "f": 1.0}]
