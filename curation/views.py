@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from curation.filters import step_names, validate_steps
+from harness.artifacts import replaceable_dir
 from curation.sources import SOURCES
 
 logger = logging.getLogger(__name__)
@@ -206,15 +207,6 @@ def _curate_source(name: str, cfg: ViewConfig, data_root: Path, n_wanted: int, r
     return chosen, info
 
 
-def _replaceable(d: Path) -> bool:
-    if not d.exists():
-        return True
-    if not d.is_dir():
-        return False
-    entries = [e.name for e in d.iterdir()]
-    return not entries or MANIFEST in entries or all(e.startswith((".", "_")) for e in entries)
-
-
 def _config_matches(manifest: dict, cfg: ViewConfig) -> bool:
     return manifest.get("version") == VIEW_VERSION and \
         json.loads(json.dumps(manifest.get("config"))) == json.loads(json.dumps(cfg.to_dict()))
@@ -238,7 +230,7 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
             existing = None
         if existing is not None and _config_matches(existing, cfg):
             return existing
-    if not _replaceable(out_dir):
+    if not replaceable_dir(out_dir, MANIFEST):
         raise FileExistsError(f"{out_dir} exists and is not a view folder (no {MANIFEST}); choose an empty folder")
 
     resolved = validate_steps(cfg.curation)

@@ -39,6 +39,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from curation import render as R
+from harness.artifacts import replaceable_dir
 
 logger = logging.getLogger(__name__)
 
@@ -830,16 +831,6 @@ def _read_world(world_dir: Path) -> dict | None:
         return None
 
 
-def _replaceable(d: Path) -> bool:
-    """A folder we may replace: absent, empty, or an earlier world (has world.json)."""
-    if not d.exists():
-        return True
-    if not d.is_dir():
-        return False
-    entries = [e.name for e in d.iterdir()]
-    return not entries or WORLD_FILE in entries or all(e.startswith((".", "_")) for e in entries)
-
-
 def build_world(world_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0) -> dict[str, Any]:
     """Write the embedded world to ``world_dir`` and return its ``world.json`` contents.
 
@@ -858,7 +849,7 @@ def build_world(world_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0)
     if existing is not None and _matches(existing, seed, scale):
         logger.info("world at %s is up to date (version %s, seed %s, scale %s)", world_dir, WORLD_VERSION, seed, scale)
         return existing
-    if not _replaceable(world_dir):
+    if not replaceable_dir(world_dir, WORLD_FILE):
         raise FileExistsError(f"{world_dir} exists and is not a world folder (no {WORLD_FILE}); "
                               "choose an empty or new folder for the world")
     world_dir.parent.mkdir(parents=True, exist_ok=True)

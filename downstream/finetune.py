@@ -39,6 +39,7 @@ from torch import nn
 
 from downstream.features import default_device, meta_stats, normalise, prepare_images, torch_threads
 from downstream.metrics import all_metrics, check_metric
+from pretrain.optim import cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -122,15 +123,6 @@ def _zero_head(in_features: int, num_classes: int) -> nn.Linear:
     return head
 
 
-def _schedule(total: int, warmup: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        progress = (step - warmup) / max(1, total - warmup)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-    return factor
-
-
 @torch.inference_mode()
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
               metric: str, batch_size: int, device: torch.device) -> dict[str, float]:
@@ -183,11 +175,8 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         for lr in cfg.lrs:
             gen = torch.Generator().manual_seed(int(cfg.seed))
             model = nn.Sequential(copy.deepcopy(encoder), _zero_head(feature_dim, num_classes)).to(device)
-            decay = [p for p in model.parameters() if p.ndim > 1]
-            no_decay = [p for p in model.parameters() if p.ndim <= 1]
-            opt = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
-                                     {"params": no_decay, "weight_decay": 0.0}], lr=float(lr))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, _schedule(total_steps, warmup))
+            opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=float(lr))
+            sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warmup, total_steps))
             curve: list[dict[str, Any]] = []
             lr_best: tuple[int, float] | None = None
             for epoch in range(1, cfg.epochs + 1):

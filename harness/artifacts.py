@@ -58,3 +58,15 @@ def read_done(directory: Path) -> dict[str, Any]:
 def mark_done(directory: Path, summary: dict[str, Any]) -> None:
     """Write the completion marker; call it last, after every output is in place."""
     atomic_write_text(Path(directory) / DONE, json.dumps(summary, indent=2, sort_keys=True, default=str))
+
+
+def replaceable_dir(directory: Path, marker: str) -> bool:
+    """Whether an output folder may be replaced wholesale: absent, empty, holding only hidden or
+    temporary entries, or an earlier output of the same kind (it has ``marker``)."""
+    d = Path(directory)
+    if not d.exists():
+        return True
+    if not d.is_dir():
+        return False
+    entries = [e.name for e in d.iterdir()]
+    return not entries or marker in entries or all(e.startswith((".", "_")) for e in entries)

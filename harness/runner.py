@@ -18,7 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import job_dir, mark_done
+from harness.artifacts import is_done, job_dir, mark_done
 from harness.executors import RunContext, clean_unfinished, execute, failed_rows
 from harness.plan import KINDS, Job, Plan, make_plan
 from harness.spec import Spec
@@ -99,6 +99,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     todo = [j for j in plan.jobs.values() if j.key not in done]
     summary = RunSummary(len(plan.jobs), len(done), planned_rows=plan.planned_rows())
     if not todo:
+        _backfill_views(plan, paths, st)
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -123,6 +124,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     finally:
         if started_ray:
             ray.shutdown()
+    _backfill_views(plan, paths, st)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -193,7 +195,7 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                     mark_done(job_dir(paths.workdir, "eval", job.key), {"rows": len(result["runs"])})
                     summary.rows_written += len(result["runs"])
                 elif job.kind == "view":
-                    _write_view_row(st, job, ctx, paths)
+                    _write_view_row(st, job, ctx.spec_name, paths)
                 summary.ran[job.kind] += 1
             bar.advance(tasks[job.kind])
 
@@ -205,13 +207,21 @@ def _task(job: Job, ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     return execute(job, ctx)
 
 
-def _write_view_row(st, job: Job, ctx: RunContext, paths: Paths) -> None:
+def _backfill_views(plan: Plan, paths: Paths, st) -> None:
+    """Give every finished view its `views` row (e.g. after the store was moved or wiped)."""
+    have = st.part_keys("views")
+    for job in plan.of_kind("view"):
+        if job.key not in have and is_done(job_dir(paths.workdir, "view", job.key)):
+            _write_view_row(st, job, plan.spec.name, paths)
+
+
+def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:
     import json
 
     manifest = json.loads((job_dir(paths.workdir, "view", job.key) / "manifest.json").read_text())
     st.write_part("views", job.key, [{
         "view_key": job.key,
-        "spec": ctx.spec_name,
+        "spec": spec_name,
         "created_at": datetime.now(timezone.utc),
         "source": job.coords["source"],
         "curation": job.coords["curation"],

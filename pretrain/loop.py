@@ -34,6 +34,7 @@ from torch import nn
 
 from pretrain.data import make_train_loader, read_view, steps_per_epoch
 from pretrain.methods import METHODS
+from pretrain.optim import cosine_with_warmup, param_groups
 from pretrain.models import BACKBONES, atomic_torch_save, encoder_meta, save_encoder
 
 logger = logging.getLogger(__name__)
@@ -106,28 +107,6 @@ class DistInfo:
 
 
 # --------------------------------------------------------------------------- optimisation
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: no weight decay on biases, norm weights and other 0-d/1-d parameters (timm's rule)."""
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], float]:
-    """LR multiplier per optimizer step: linear warm-up to 1, then cosine decay to 0."""
-
-    def factor(step: int) -> float:
-        if step < warmup_steps:
-            return (step + 1) / warmup_steps
-        progress = (step - warmup_steps) / max(1, total_steps - warmup_steps)
-        return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
-
-    return factor
 
 
 # --------------------------------------------------------------------------- files
