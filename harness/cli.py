@@ -15,7 +15,7 @@ from harness.spec import SpecError, load_spec
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="transfer-bench: how does pre-training data shape transfer?")
-results_app = typer.Typer(no_args_is_help=True, help="Query the results store.")
+results_app = typer.Typer(no_args_is_help=True, help="Query, list and compact the results store.")
 app.add_typer(results_app, name="results")
 console = Console()
 if not console.is_terminal:  # piped or logged: rich would assume 80 columns and cut the tables
@@ -139,6 +139,66 @@ def results_query(sql: str = typer.Argument(..., help="SQL over the tables runs,
         raise typer.Exit(2) from None
     if rendered is not None:
         console.print(rendered) if not isinstance(rendered, str) else sys.stdout.write(rendered + "\n")
+
+
+@results_app.command("ls")
+def results_ls(store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store.")) -> None:
+    """Per table: part files (loose and compacted), keys and rows; per spec: runs, failed, last write."""
+    from results.schema import TABLES
+    from results.store import Store
+
+    try:
+        st = Store(store)
+        t = Table(title=f"results store {store}")
+        for col in ("table", "part files", "compacted files", "keys", "rows"):
+            t.add_column(col, justify="left" if col == "table" else "right")
+        for table in TABLES:
+            n_rows = st.query(f'SELECT count(*) AS n FROM "{table}"')["n"].iloc[0]
+            t.add_row(table, str(len(st.part_files(table))), str(len(st.compacted_files(table))),
+                      str(len(st.part_keys(table))), str(int(n_rows)))
+        specs = st.query(
+            "SELECT spec, count(*) AS rows, count(*) FILTER (WHERE status = 'failed') AS failed, "
+            "max(created_at) AS last_created_at FROM runs GROUP BY spec ORDER BY spec NULLS LAST"
+        )
+    except (ValueError, RuntimeError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    console.print(t)
+    if len(specs):
+        sp = Table(title="runs per spec")
+        for col in ("spec", "rows", "failed", "last created_at"):
+            sp.add_column(col, justify="left" if col in ("spec", "last created_at") else "right")
+        import pandas as pd
+
+        for row in specs.itertuples(index=False):
+            last = row.last_created_at
+            sp.add_row("(none)" if pd.isna(row.spec) else str(row.spec), str(int(row.rows)), str(int(row.failed)),
+                       "" if pd.isna(last) else str(last))
+        console.print(sp)
+
+
+@results_app.command("compact")
+def results_compact(store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store."),
+                    table: Optional[str] = typer.Option(None, help="Compact only this table (default: all)."),
+                    min_parts: int = typer.Option(2, help="Leave a table alone with fewer loose parts than this."),
+                    target_rows: Optional[int] = typer.Option(None, help="Rows per compacted file.")) -> None:
+    """Merge small part files into larger compacted files (safe while others read and write)."""
+    from results.schema import TABLES
+    from results.store import DEFAULT_TARGET_ROWS, Store
+
+    try:
+        st = Store(store)
+        tables = [table] if table is not None else list(TABLES)
+        reports = [st.compact(name, min_parts=min_parts, target_rows=target_rows or DEFAULT_TARGET_ROWS)
+                   for name in tables]
+    except (ValueError, RuntimeError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    for r in reports:
+        kept = f", {len(r['parts_kept'])} re-written meanwhile and kept" if r["parts_kept"] else ""
+        console.print(f"{r['table']}: {r['parts_merged']} part(s) with {r['rows']} row(s) merged into "
+                      f"{len(r['files_written'])} file(s), {r['parts_removed']} part(s) removed{kept}",
+                      highlight=False)
 
 
 @app.command()
