@@ -146,19 +146,8 @@ class Store:
         """
         data = conform(table, list(rows))
         final = self.part_path(table, key)
-        folder = self.table_dir(table)
-        self.fs.create_dir(folder, recursive=True)
-        tmp = f"{folder}/.{key}{PART_SUFFIX}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
-        try:
-            pq.write_table(data, tmp, filesystem=self.fs, compression="zstd")
-            # LocalFileSystem.move is rename(2): atomic, and replaces an existing file.
-            self.fs.move(tmp, final)
-        except BaseException:
-            try:
-                self.fs.delete_file(tmp)
-            except (OSError, FileNotFoundError):
-                pass
-            raise
+        self.fs.create_dir(self.table_dir(table), recursive=True)
+        self._write_atomic(data, final)
         log.debug("wrote %d row(s) to %s", data.num_rows, final)
         if self.is_local or "://" not in self.root:
             return final
@@ -494,9 +483,16 @@ class Store:
         folder = self.table_dir(table)
         name = f"{COMPACT_PREFIX}{self._next_generation(table):020d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
         final = f"{folder}/{name}"
+        self._write_atomic(merged, final)
+        return final, merged.num_rows
+
+    def _write_atomic(self, data: pa.Table, final: str) -> None:
+        """Write ``data`` to a hidden temporary file beside ``final``, then rename it over ``final``."""
+        folder, name = final.rsplit("/", 1)
         tmp = f"{folder}/.{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
         try:
-            pq.write_table(merged, tmp, filesystem=self.fs, compression="zstd")
+            pq.write_table(data, tmp, filesystem=self.fs, compression="zstd")
+            # LocalFileSystem.move is rename(2): atomic, and replaces an existing file.
             self.fs.move(tmp, final)
         except BaseException:
             try:
@@ -504,7 +500,6 @@ class Store:
             except (OSError, FileNotFoundError):
                 pass
             raise
-        return final, merged.num_rows
 
     def _remove_merged(self, batch: list[tuple[pafs.FileInfo, str, pa.Table]]) -> tuple[int, list[str]]:
         """Delete the loose parts of a compacted batch, except those re-written since they
