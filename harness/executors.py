@@ -121,7 +121,11 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         warmup_epochs=c["optim"]["warmup_epochs"],
         label_smoothing=c["optim"]["label_smoothing"],
         seed=c["seed"],
-        num_classes=int(view["num_classes"]),
+        num_classes=int(view["num_classes"] or 0),
+        grad_accum=int(c.get("grad_accum", 1)),
+        precision=c.get("precision", "auto"),
+        hparams=dict(c.get("hparams", {})),
+        num_workers_loader=int(r.get("loader_workers", 0)),
         extra={"pretrain_key": job.key, "view_key": job.deps[0], "view_size": int(view["size"])},
     )
     d = out_dir(job, ctx)
@@ -175,7 +179,7 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
 
     c = job.config
     ckpt = checkpoint_path(ctx, job.deps[0], c["epoch"])
-    meta = torch.load(ckpt, map_location="cpu", weights_only=True)["meta"]
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]
     entry = PROTOCOLS.get(c["protocol"])
     request = EvalRequest(
         set_name=c["downstream"],

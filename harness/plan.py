@@ -142,6 +142,14 @@ def make_plan(spec: Spec) -> Plan:
                                     "optim": pt.optim.model_dump(),
                                     "seed": seed,
                                 }
+                                # Only non-default training settings join the key, so adding a
+                                # setting later keeps the keys (and finished runs) of older specs.
+                                if pt.args_for(method):
+                                    pcfg["hparams"] = pt.args_for(method)
+                                if pt.grad_accum != 1:
+                                    pcfg["grad_accum"] = pt.grad_accum
+                                if pt.precision != "auto":
+                                    pcfg["precision"] = pt.precision
                                 pcoords = {**vcoords, "method": method, "backbone": pt.backbone,
                                            "pretrain_seed": seed, "pretrain_epochs": pt.epochs,
                                            "view_key": view.key}
@@ -149,7 +157,8 @@ def make_plan(spec: Spec) -> Plan:
                                                (view.key,), pcoords,
                                                {"num_workers": res.pretrain.num_workers,
                                                 "cpus_per_worker": res.pretrain.cpus_per_worker,
-                                                "gpus_per_worker": res.pretrain.gpus_per_worker}))
+                                                "gpus_per_worker": res.pretrain.gpus_per_worker,
+                                                "loader_workers": res.pretrain.loader_workers}))
                                 for epoch in spec.eval_epochs():
                                     checkpoints.append((pjob, epoch))
 

@@ -143,8 +143,25 @@ class Pretrain(_Model):
     batch_size: int = Field(128, ge=1)
     data_seed: int = 0  # selects the view's samples; fixed across training seeds so sizes nest
     optim: Optim = Optim()
+    grad_accum: int = Field(1, ge=1)  # micro-batches per step; the global batch stays batch_size
+    precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
+    method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method, e.g. clip: {model: ViT-B-32}
     grids: list[PretrainGrid] = Field(min_length=1)
     mixtures: list[Mixture] = Field(default_factory=list)
+
+    @field_validator("method_args")
+    @classmethod
+    def _method_args(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from pretrain.methods import METHODS
+
+        _check_names(list(v), METHODS, "method")
+        for name, args in v.items():
+            METHODS.get(name).resolve(args, name)  # unknown settings raise, naming the valid ones
+        return v
+
+    def args_for(self, method: str) -> dict[str, Any]:
+        """The spec's settings for ``method`` (only those given: defaults live with the method)."""
+        return dict(sorted(self.method_args.get(method, {}).items()))
 
     @field_validator("backbone")
     @classmethod
@@ -239,9 +256,10 @@ class JobResources(_Model):
 
 
 class PretrainResources(_Model):
-    num_workers: int = Field(1, ge=1)
+    num_workers: int = Field(1, ge=1)  # DDP workers (Ray Train); the global batch does not change
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
+    loader_workers: int = Field(0, ge=0)  # decoding processes per worker (0: decode in the training process)
 
 
 class Resources(_Model):

@@ -191,10 +191,10 @@ class SampleSplit(wds.PipelineStage):
 
 
 class FieldFilter:
-    """Read only the tar members a pipeline uses (e.g. skip ``txt``/``json`` for ``image_label``)."""
+    """Read only the tar members a pipeline uses (e.g. skip ``txt``/``json`` for ``image_label``); images always."""
 
     def __init__(self, fields: Sequence[str]):
-        self.suffixes = tuple(f".{f}" for f in fields)
+        self.suffixes = tuple(f".{f}" for f in (*IMAGE_FIELDS, *fields))
 
     def __call__(self, fname: str) -> bool:
         return fname.endswith(self.suffixes)
@@ -214,15 +214,15 @@ class DetShuffle(wds.PipelineStage):
 
 
 class Decode(wds.PipelineStage):
-    """Turn raw samples into tensors with the method's sample function; bad samples go to ``handler``.
+    """Turn raw samples into tensors with the pipeline's sample function; bad samples go to ``handler``.
 
     The augmentation draws from a ``torch.Generator`` seeded by (seed, epoch, reader), not from
     the global RNG, so results do not depend on how many loader workers there are in the main
     process or what else consumed random numbers.
     """
 
-    def __init__(self, fn: Callable[..., dict], transform: Callable, *, seed: int, epoch: SharedEpoch, rank: int, handler: Callable):
-        self.fn, self.transform = fn, transform
+    def __init__(self, fn: Callable[[dict, torch.Generator], dict], *, seed: int, epoch: SharedEpoch, rank: int, handler: Callable):
+        self.fn = fn
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.handler = handler
 
@@ -231,7 +231,7 @@ class Decode(wds.PipelineStage):
         gen = torch.Generator().manual_seed(mix_seed("augment", self.seed, self.epoch.get_value(), self.rank, worker))
 
         def decode(sample: dict) -> dict:
-            return self.fn(sample, self.transform, gen)
+            return self.fn(sample, gen)
 
         return wds.map(decode, handler=self.handler)(src)
 
@@ -272,57 +272,105 @@ class Batcher(wds.PipelineStage):
 
 # --------------------------------------------------------------------------- decoding and augmentation
 
+#: Image fields a sample may carry, in order of preference: what the view builder writes (``png``)
+#: and what img2dataset writes for real sources (``jpg``; ``webp`` and ``jpeg`` on request).
+IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp")
+
 
 def decode_image(data: bytes) -> torch.Tensor:
-    """Image bytes (PNG, or any format PIL reads) -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
+    """Image bytes (PNG, JPEG, WebP: anything PIL reads) -> ``uint8`` tensor ``[3, H, W]`` (RGB)."""
     with Image.open(io.BytesIO(data)) as img:
         array = np.asarray(img.convert("RGB"))
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
+def image_bytes(sample: dict) -> bytes:
+    """The encoded image of a raw webdataset sample, whichever of :data:`IMAGE_FIELDS` it uses."""
+    for field in IMAGE_FIELDS:
+        if field in sample:
+            return sample[field]
+    raise KeyError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image (looked for {', '.join(IMAGE_FIELDS)})")
+
+
+def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """``uint8 [B, 3, H, W]`` -> float, scaled to [0, 1] and standardised per channel.
+
+    The loop calls this on the device, after the copy: the loader ships ``uint8`` (a quarter of
+    the bytes of float32) and the GPU does the arithmetic, as timm's prefetcher does.
+    """
+    return (images.float().div_(255.0) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
+
+
+def _crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
+              gen: torch.Generator) -> tuple[int, int, int, int]:
+    """torchvision's ``RandomResizedCrop.get_params``, drawing from ``gen``."""
+    area = height * width
+    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        u = torch.rand(2, generator=gen).tolist()
+        target_area = area * (scale[0] + u[0] * (scale[1] - scale[0]))
+        aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
+        w = int(round(math.sqrt(target_area * aspect)))
+        h = int(round(math.sqrt(target_area / aspect)))
+        if 0 < w <= width and 0 < h <= height:
+            i = int(torch.randint(0, height - h + 1, (1,), generator=gen))
+            j = int(torch.randint(0, width - w + 1, (1,), generator=gen))
+            return i, j, h, w
+    return 0, 0, height, width  # fall back to the whole image
+
+
 class TrainTransform:
-    """Random resized crop + horizontal flip + normalisation for small (e.g. 32x32) images.
+    """Random resized crop + horizontal flip on a ``uint8`` image; the output stays ``uint8``.
 
     The crop keeps at least ``scale[0]`` of the area: timm's ImageNet default of 0.08 would leave
-    a handful of pixels of a 32x32 image.
+    a handful of pixels of a 32x32 image. Normalisation happens on the device (:func:`normalize`).
     """
 
     def __init__(
         self,
         image_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
         scale: tuple[float, float] = (0.35, 1.0),
         ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: float = 0.5,
     ):
         self.size = [int(image_size), int(image_size)]
         self.scale, self.ratio, self.hflip = scale, ratio, hflip
-        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
-        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
-
-    def crop_box(self, height: int, width: int, gen: torch.Generator) -> tuple[int, int, int, int]:
-        """torchvision's ``RandomResizedCrop.get_params``, drawing from ``gen``."""
-        area = height * width
-        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
-        for _ in range(10):
-            u = torch.rand(2, generator=gen).tolist()
-            target_area = area * (self.scale[0] + u[0] * (self.scale[1] - self.scale[0]))
-            aspect = math.exp(log_ratio[0] + u[1] * (log_ratio[1] - log_ratio[0]))
-            w = int(round(math.sqrt(target_area * aspect)))
-            h = int(round(math.sqrt(target_area / aspect)))
-            if 0 < w <= width and 0 < h <= height:
-                i = int(torch.randint(0, height - h + 1, (1,), generator=gen))
-                j = int(torch.randint(0, width - w + 1, (1,), generator=gen))
-                return i, j, h, w
-        return 0, 0, height, width  # fall back to the whole image
 
     def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        i, j, h, w = self.crop_box(img.shape[-2], img.shape[-1], gen)
+        i, j, h, w = _crop_box(img.shape[-2], img.shape[-1], self.scale, self.ratio, gen)
         img = TF.resized_crop(img, i, j, h, w, self.size, antialias=True)
         if float(torch.rand(1, generator=gen)) < self.hflip:
             img = TF.horizontal_flip(img)
-        return (img.float().div_(255.0) - self.mean) / self.std
+        return img
+
+
+class SimCLRTransform(TrainTransform):
+    """SimCLR's augmentation (Chen et al. 2020, appendix A), drawn from ``gen``; ``uint8`` out.
+
+    Random resized crop and flip, then colour distortion with probability 0.8 (brightness,
+    contrast and saturation by up to ``0.8 * strength``, hue by up to ``0.2 * strength``, in a
+    random order) and grayscale with probability 0.2. Gaussian blur is left out, as the paper does
+    for CIFAR-sized images.
+    """
+
+    def __init__(self, image_size: int, scale: tuple[float, float] = (0.2, 1.0), strength: float = 0.5,
+                 p_jitter: float = 0.8, p_gray: float = 0.2):
+        super().__init__(image_size, scale=scale)
+        self.strength, self.p_jitter, self.p_gray = strength, p_jitter, p_gray
+
+    def __call__(self, img: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
+        img = super().__call__(img, gen)
+        u = torch.rand(6, generator=gen).tolist()
+        if u[0] < self.p_jitter:
+            s = self.strength
+            factors = [1 + (2 * u[1] - 1) * 0.8 * s, 1 + (2 * u[2] - 1) * 0.8 * s, 1 + (2 * u[3] - 1) * 0.8 * s,
+                       (2 * u[4] - 1) * 0.2 * s]
+            ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
+            for k in torch.randperm(4, generator=gen).tolist():
+                img = ops[k](img, factors[k])
+        if u[5] < self.p_gray:
+            img = TF.rgb_to_grayscale(img, num_output_channels=3)
+        return img
 
 
 # --------------------------------------------------------------------------- sample pipelines per method
@@ -332,16 +380,27 @@ class TrainTransform:
 class SamplePipeline:
     """How raw webdataset samples become model inputs for one kind of method.
 
-    ``fn(sample, transform, generator) -> dict`` gets the raw sample (bytes per field) and
-    returns tensors/ints; it raises on a bad sample, which the handler counts and skips.
+    ``make(image_size, **options)`` returns ``fn(sample, generator) -> dict``: it gets the raw
+    sample (bytes per field) and returns tensors/ints, raising on a bad sample (the handler counts
+    and skips it). ``fields`` are the non-image tar members it reads; ``image_keys`` the outputs
+    that hold ``uint8`` images, which the loop normalises on the device.
     """
 
-    fn: Callable[[dict, Callable, torch.Generator], dict[str, Any]]
+    make: Callable[..., Callable[[dict, torch.Generator], dict[str, Any]]]
     fields: tuple[str, ...]
+    image_keys: tuple[str, ...] = ("image",)
     description: str = ""
 
 
 PIPELINES: Registry[SamplePipeline] = Registry("sample pipeline")
+
+
+def _named(sample: dict, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Run ``fn``; a failure names the sample (the handler only sees the exception)."""
+    try:
+        return fn()
+    except Exception as exn:
+        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')}: {type(exn).__name__}: {exn}") from exn
 
 
 def _require(sample: dict, fields: Sequence[str]) -> None:
@@ -350,17 +409,63 @@ def _require(sample: dict, fields: Sequence[str]) -> None:
         raise KeyError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks field(s) {missing}")
 
 
-def image_label(sample: dict, transform: Callable, gen: torch.Generator) -> dict[str, Any]:
-    _require(sample, ("png", "cls"))
-    try:
-        image = decode_image(sample["png"])
-        label = int(sample["cls"])
-    except Exception as exn:  # name the sample: the handler only sees the exception
-        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')}: {exn}") from exn
-    return {"image": transform(image, gen), "label": label}
+class ImageLabel:
+    """An augmented image and its integer class (``cls``)."""
+
+    def __init__(self, image_size: int, **_: Any):
+        self.transform = TrainTransform(image_size)
+
+    def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
+        _require(sample, ("cls",))
+        data = image_bytes(sample)
+        return _named(sample, lambda: {"image": self.transform(decode_image(data), gen), "label": int(sample["cls"])})
 
 
-PIPELINES.register("image_label", SamplePipeline(image_label, ("png", "cls"), "augmented image and its integer class"))
+class ImageText:
+    """An augmented image and its caption (``txt``) as token ids from ``tokenizer``.
+
+    ``tokenizer`` maps a list of strings to a ``[n, context_length]`` tensor, as open_clip's
+    tokenizers do; tokenising in the loader workers keeps it off the training step.
+    """
+
+    def __init__(self, image_size: int, tokenizer: Callable[[list[str]], torch.Tensor] | None = None, **_: Any):
+        if tokenizer is None:
+            raise ValueError("the image_text pipeline needs a tokenizer")
+        self.transform = TrainTransform(image_size, scale=(0.5, 1.0))
+        self.tokenizer = tokenizer
+
+    def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
+        _require(sample, ("txt",))
+        data = image_bytes(sample)
+
+        def make() -> dict[str, Any]:
+            caption = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
+            if not caption.strip():
+                raise ValueError("empty caption")
+            return {"image": self.transform(decode_image(data), gen), "text": self.tokenizer([caption])[0]}
+
+        return _named(sample, make)
+
+
+class TwoViews:
+    """Two independent SimCLR augmentations of one image (``view1``, ``view2``)."""
+
+    def __init__(self, image_size: int, strength: float = 0.5, **_: Any):
+        self.transform = SimCLRTransform(image_size, strength=strength)
+
+    def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
+        data = image_bytes(sample)
+
+        def make() -> dict[str, Any]:
+            image = decode_image(data)
+            return {"view1": self.transform(image, gen), "view2": self.transform(image, gen)}
+
+        return _named(sample, make)
+
+
+PIPELINES.register("image_label", SamplePipeline(ImageLabel, ("cls",), ("image",), "augmented image and its integer class"))
+PIPELINES.register("image_text", SamplePipeline(ImageText, ("txt",), ("image",), "augmented image and its tokenised caption"))
+PIPELINES.register("two_views", SamplePipeline(TwoViews, (), ("view1", "view2"), "two SimCLR augmentations of one image"))
 
 
 # --------------------------------------------------------------------------- the loader
@@ -404,19 +509,19 @@ def make_train_loader(
     batch_size: int,
     num_batches: int,
     image_size: int,
-    mean: Sequence[float],
-    std: Sequence[float],
     seed: int,
     rank: int = 0,
     world_size: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
     shuffle_buffer: int = 1000,
+    pipeline_options: Mapping[str, Any] | None = None,
 ) -> TrainLoader:
     """The training loader for one rank.
 
     ``batch_size`` is this rank's (micro-)batch; ``num_batches`` how many of them this rank yields
-    per epoch (the same on every rank).
+    per epoch (the same on every rank). ``pipeline_options`` go to the sample pipeline's ``make``
+    (e.g. the tokenizer for ``image_text``). Images come out ``uint8``; see :func:`normalize`.
     """
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
@@ -437,13 +542,13 @@ def make_train_loader(
     bufsize = max(1, min(shuffle_buffer, per_reader // 4))
     epoch = SharedEpoch(0)
     counter = SkipCounter()
-    transform = TrainTransform(image_size, mean, std)
+    sample_fn = sample_pipeline.make(image_size, **dict(pipeline_options or {}))
     dataset = wds.DataPipeline(
         ShardStream([str(p) for p in view.shards], seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards),
         wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(sample_pipeline.fields)),
         None if split_shards else SampleSplit(rank=rank, world_size=world_size),
         DetShuffle(bufsize, min(bufsize, 100), seed=seed, epoch=epoch, rank=rank),
-        Decode(sample_pipeline.fn, transform, seed=seed, epoch=epoch, rank=rank, handler=counter),
+        Decode(sample_fn, seed=seed, epoch=epoch, rank=rank, handler=counter),
         Batcher(batch_size, counter),
     )
     # Each worker yields its share (rounded up); TrainLoader cuts the epoch at num_batches.

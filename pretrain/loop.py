@@ -4,15 +4,23 @@
 ``harness/train_ray.py``); the distributed context comes in as a :class:`DistInfo`, never from
 globals. Outputs under ``out_dir``:
 
-- ``checkpoints/epoch_{e:03d}.pt`` for each ``e`` in ``save_epochs`` (encoder only, via
-  :func:`pretrain.models.save_encoder`; epoch 0 is the initialisation),
-- ``state/last.pt``: model, optimizer, scheduler, RNG state and history after the last finished
-  epoch (plain tensors and containers, loadable with ``weights_only=True``),
+- ``checkpoints/epoch_{e:03d}.pt`` for each ``e`` in ``save_epochs`` (epoch 0 is the
+  initialisation), written by :func:`pretrain.models.save_encoder`: the encoder and the metadata
+  evaluations need (method, normalisation, resolution, feature width; CLIP's tokenizer and text
+  tower), plus under ``train`` the whole training state of that epoch, as below;
+- ``state/last.pt``: the training state after the last finished epoch: the whole model (heads
+  too), optimizer, schedule, gradient scaler, RNG state, epoch, data position and history (plain
+  tensors and containers, loadable with ``weights_only=True``),
 - ``metrics.json``: one record per epoch and the summary of the latest call.
 
 Everything is written by rank 0, atomically. A call that finds ``state/last.pt`` resumes from it
 and trains only the missing epochs; with ``num_workers_loader=0`` on CPU the result is bitwise the
-same as an uninterrupted run.
+same as an uninterrupted run. The data position is the epoch: an epoch's sample order and
+augmentations are a function of (seed, epoch) alone (see :mod:`pretrain.data`), so a resumed run
+reads exactly what the uninterrupted one would have.
+
+Precision: ``auto`` is bf16 autocast on a GPU (with channels-last memory) and fp32 on a CPU;
+``fp16`` adds a gradient scaler (GPUs without bf16); ``fp32`` turns autocast off.
 """
 
 from __future__ import annotations
@@ -32,19 +40,20 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
-from pretrain.data import make_train_loader, read_view, steps_per_epoch
-from pretrain.methods import METHODS
+from pretrain.data import PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
+from pretrain.methods import METHODS, LossContext
 from pretrain.optim import cosine_with_warmup, param_groups
-from pretrain.models import BACKBONES, atomic_torch_save, encoder_meta, save_encoder
+from pretrain.models import BACKBONES, atomic_torch_save, save_encoder
 
 logger = logging.getLogger(__name__)
 
-STATE_FORMAT = 1
+STATE_FORMAT = 2
 # Fields that must match for a saved state to be resumed (the rest only changes outputs' metadata).
 _RESUME_FIELDS = (
     "method", "backbone", "image_size", "epochs", "batch_size", "lr", "weight_decay",
-    "warmup_epochs", "label_smoothing", "seed", "num_classes", "grad_accum",
+    "warmup_epochs", "label_smoothing", "seed", "num_classes", "grad_accum", "hparams", "precision",
 )
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass(frozen=True)
@@ -52,7 +61,9 @@ class TrainConfig:
     """Everything that defines a pre-training run (the harness hashes it into the run's key).
 
     ``batch_size`` is the global batch: per step, summed over ranks and accumulation micro-steps,
-    whatever the number of workers. ``save_epochs`` lists the epochs whose encoder is kept
+    whatever the number of workers. ``hparams`` are the method's own settings (see
+    :attr:`pretrain.methods.Method.hparams`); contrastive methods draw negatives from one
+    micro-batch across workers, so ``grad_accum > 1`` gives them fewer negatives. ``save_epochs`` lists the epochs whose encoder is kept
     (0 = the initialisation). ``extra`` is stored in every checkpoint's meta (e.g. ``pretrain_key``);
     keep it to JSON-like values, as it is also written to ``metrics.json`` and the resumable state.
     """
@@ -71,11 +82,16 @@ class TrainConfig:
     num_classes: int = 0
     num_workers_loader: int = 0
     grad_accum: int = 1
+    hparams: dict[str, Any] = field(default_factory=dict)
+    precision: str = "auto"
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        METHODS.get(self.method)  # unknown names raise with the valid ones
+        method = METHODS.get(self.method)  # unknown names raise with the valid ones
         BACKBONES.get(self.backbone)
+        object.__setattr__(self, "hparams", method.resolve(self.hparams, self.method))
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         for name in ("image_size", "epochs", "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
@@ -126,6 +142,15 @@ def state_path(out_dir: str | Path) -> Path:
 
 def checkpoint_path(out_dir: str | Path, epoch: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+
+
+def _amp_dtype(precision: str, on_cuda: bool) -> torch.dtype | None:
+    """The autocast dtype for a precision setting (``None``: no autocast)."""
+    if precision == "auto":
+        return torch.bfloat16 if on_cuda else None
+    if precision == "fp16" and not on_cuda:
+        raise ValueError("precision 'fp16' needs a GPU (its gradient scaler is CUDA's); use 'bf16' or 'fp32' on a CPU")
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": None}[precision]
 
 
 def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
@@ -184,13 +209,17 @@ def train_loop(
 
     # Model, optimizer, schedule (seeded identically on every rank; DDP also broadcasts rank 0's weights).
     torch.manual_seed(cfg.seed)
-    model = method.build(cfg.backbone, cfg.image_size, cfg.num_classes, label_smoothing=cfg.label_smoothing)
-    meta_base = encoder_meta(model.encoder, cfg.backbone, cfg.image_size)
+    model = method.build(cfg.backbone, cfg.image_size, cfg.num_classes, label_smoothing=cfg.label_smoothing, **cfg.hparams)
+    meta_base = method.meta(model, cfg.backbone, cfg.image_size)
+    if dist.world_size > 1 and on_cuda and method.sync_batchnorm:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if on_cuda:
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
+    amp_dtype = _amp_dtype(cfg.precision, on_cuda)
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start_epoch, samples_seen, history = 0, 0, []
     state = _load_state(state_path(out_dir), cfg)
@@ -198,6 +227,8 @@ def train_loop(
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
         if on_cuda and "cuda" in state["rng"]:
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
@@ -208,30 +239,42 @@ def train_loop(
     del state
 
     def meta(epoch: int, train_loss: float | None) -> dict[str, Any]:
-        return {**meta_base, "method": cfg.method, "epoch": epoch, "samples_seen": samples_seen, "train_loss": train_loss, **cfg.extra}
+        return {**meta_base, "method": cfg.method, "epoch": epoch, "samples_seen": samples_seen, "train_loss": train_loss,
+                "hparams": dict(cfg.hparams), **cfg.extra}
 
     if start_epoch == 0 and 0 in cfg.save_epochs and dist.is_main:
-        save_encoder(checkpoint_path(out_dir, 0), model.encoder, meta(0, None))
+        save_encoder(checkpoint_path(out_dir, 0), model.encoder, meta(0, None), **method.export(model))
 
     ddp_model: nn.Module = model
     if dist.world_size > 1:
         ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
 
+    pipeline = PIPELINES.get(method.pipeline)
     loader = make_train_loader(
         view_dir,
         pipeline=method.pipeline,
         batch_size=micro_batch,
         num_batches=steps * cfg.grad_accum,
         image_size=cfg.image_size,
-        mean=meta_base["mean"],
-        std=meta_base["std"],
         seed=cfg.seed,
         rank=dist.rank,
         world_size=dist.world_size,
         num_workers=cfg.num_workers_loader,
         pin_memory=on_cuda,
+        pipeline_options=method.pipeline_options(model, cfg.hparams),
     )
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if on_cuda else contextlib.nullcontext
+    mean = torch.tensor(meta_base["mean"], dtype=torch.float32, device=device)
+    std = torch.tensor(meta_base["std"], dtype=torch.float32, device=device)
+    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
+    loss_ctx = LossContext(rank=dist.rank, world_size=dist.world_size)
+
+    def to_device(batch: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for k in pipeline.image_keys:  # uint8 over the bus, normalised on the device
+            out[k] = normalize(out[k], mean, std)
+            if on_cuda:
+                out[k] = out[k].contiguous(memory_format=torch.channels_last)
+        return out
 
     epoch_loss = float("nan")
     for epoch in range(start_epoch + 1, cfg.epochs + 1):
@@ -242,22 +285,24 @@ def train_loop(
         sums: dict[str, torch.Tensor] = {}
         optimizer.zero_grad(set_to_none=True)
         for i, batch in enumerate(loader):
-            batch = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-            if on_cuda and "image" in batch:
-                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            batch = to_device(batch)
             last_micro = (i + 1) % cfg.grad_accum == 0
             # Skip the gradient all-reduce on all but the last micro-step of an accumulation.
             sync = contextlib.nullcontext() if last_micro or ddp_model is model else ddp_model.no_sync()
-            with sync, autocast():
-                out = method.loss(ddp_model, batch)
-                (out["loss"] / cfg.grad_accum).backward()
+            with sync:
+                with autocast():
+                    out = method.loss(ddp_model, batch, loss_ctx)
+                scaler.scale(out["loss"] / cfg.grad_accum).backward()
             for k, v in out.items():
                 v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device)
                 sums[k] = sums.get(k, 0) + v
             if last_micro:
-                optimizer.step()
+                scaler.step(optimizer)
+                scaler.update()
                 optimizer.zero_grad(set_to_none=True)
                 scheduler.step()
+                if method.after_step is not None:
+                    method.after_step(model)
         n = len(loader)
         means = torch.stack([sums[k] for k in sorted(sums)]) / n
         skipped = torch.tensor([float(loader.skipped - skipped_before)], device=device)
@@ -283,25 +328,28 @@ def train_loop(
         history.append(record)
         if dist.is_main:
             logger.info("%s epoch %d/%d: %s", cfg.method, epoch, cfg.epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-            if epoch in cfg.save_epochs:
-                save_encoder(checkpoint_path(out_dir, epoch), model.encoder, meta(epoch, epoch_loss))
             rng = {"torch": torch.get_rng_state()}
             if on_cuda:
                 rng["cuda"] = torch.cuda.get_rng_state(device)
-            atomic_torch_save(
-                {
-                    "format": STATE_FORMAT,
-                    "config": asdict(cfg),
-                    "epoch": epoch,
-                    "samples_seen": samples_seen,
-                    "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "rng": rng,
-                    "history": history,
-                },
-                state_path(out_dir),
-            )
+            train_state = {
+                "format": STATE_FORMAT,
+                "config": asdict(cfg),
+                "epoch": epoch,
+                "samples_seen": samples_seen,
+                # Where the data stream stands: epoch e is finished; epoch e + 1 replays from (seed, e + 1).
+                "data": {"seed": cfg.seed, "epochs_done": epoch, "steps_per_epoch": steps,
+                         "micro_batches_per_epoch": steps * cfg.grad_accum, "skipped": sum(r["skipped"] for r in history)},
+                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+                "rng": rng,
+                "history": history,
+            }
+            if epoch in cfg.save_epochs:
+                save_encoder(checkpoint_path(out_dir, epoch), model.encoder, meta(epoch, epoch_loss),
+                             **method.export(model), train=train_state)
+            atomic_torch_save(train_state, state_path(out_dir))
             _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history})
         if report is not None:
             report(record)

@@ -56,6 +56,7 @@ def encoder_meta(encoder: nn.Module, backbone: str, image_size: int, **extra: An
     cfg = getattr(encoder, "pretrained_cfg", {}) or {}
     meta = {
         "format": CHECKPOINT_FORMAT,
+        "arch": "timm",
         "backbone": backbone,
         "image_size": int(image_size),
         "mean": [float(x) for x in cfg.get("mean", (0.5, 0.5, 0.5))],
@@ -80,10 +81,15 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
         raise
 
 
-def save_encoder(path: Path, encoder: nn.Module, meta: dict[str, Any]) -> None:
-    """Write an encoder checkpoint: ``{"meta": ..., "state_dict": ...}`` (plain tensors and data)."""
+def save_encoder(path: Path, encoder: nn.Module, meta: dict[str, Any], **extra: Any) -> None:
+    """Write an encoder checkpoint: ``{"meta": ..., "state_dict": ..., **extra}`` (plain tensors and data).
+
+    ``extra`` adds what some consumers need beyond the encoder: CLIP's text tower
+    (``clip_state_dict``), the resumable training state (``train``). Readers load with
+    ``mmap=True``, so an evaluation reads the encoder's bytes and not the rest.
+    """
     state = {k: v.detach().cpu() for k, v in encoder.state_dict().items()}
-    atomic_torch_save({"meta": dict(meta), "state_dict": state}, path)
+    atomic_torch_save({"meta": dict(meta), "state_dict": state, **extra}, path)
 
 
 def load_encoder(path: Path, map_location: str | torch.device = "cpu") -> tuple[nn.Module, dict[str, Any]]:
@@ -91,11 +97,16 @@ def load_encoder(path: Path, map_location: str | torch.device = "cpu") -> tuple[
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no encoder checkpoint at {path}")
-    blob = torch.load(path, map_location=map_location, weights_only=True)
+    blob = torch.load(path, map_location=map_location, weights_only=True, mmap=True)
     if not isinstance(blob, dict) or "meta" not in blob or "state_dict" not in blob:
         raise ValueError(f"{path} is not an encoder checkpoint (expected keys 'meta' and 'state_dict')")
     meta = blob["meta"]
-    encoder = build_encoder(meta["backbone"], meta["image_size"])
+    if meta.get("arch", "timm") == "open_clip":  # a CLIP image tower
+        from pretrain.clip import visual_from_meta
+
+        encoder = visual_from_meta(meta)
+    else:
+        encoder = build_encoder(meta["backbone"], meta["image_size"])
     encoder.load_state_dict(blob["state_dict"])
     encoder.eval()
     return encoder, meta

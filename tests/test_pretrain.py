@@ -19,7 +19,7 @@ from PIL import Image
 
 from pretrain.data import make_train_loader, read_view, steps_per_epoch
 from pretrain.loop import DistInfo, TrainConfig, state_path, train_loop
-from pretrain.methods import METHODS
+from pretrain.methods import METHODS, LossContext
 from pretrain.models import load_encoder
 
 COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 70, 230], [220, 210, 40]], dtype=np.float32)
@@ -78,15 +78,20 @@ def small_cfg(**kw) -> TrainConfig:
 @pytest.mark.parametrize("name", METHODS.names())
 def test_method_builds_encoder_and_returns_loss_dict(name):
     method = METHODS.get(name)
-    model = method.build("test_resnet", 32, 4, label_smoothing=0.1)
-    assert hasattr(model, "encoder") and model.encoder.num_features > 0
-    if method.pipeline == "image_label":
-        batch = {"image": torch.randn(4, 3, 32, 32), "label": torch.tensor([0, 1, 2, 3])}
-    else:  # pragma: no cover - later pipelines bring their own fake batches
-        pytest.skip(f"no fake batch for pipeline {method.pipeline!r} yet")
-    out = method.loss(model, batch)
-    assert out["loss"].ndim == 0 and out["loss"].requires_grad
+    torch.manual_seed(0)
+    model = method.build("test_resnet", 32, 4, label_smoothing=0.1, **method.resolve({}))
+    assert hasattr(model, "encoder") and isinstance(model.encoder, torch.nn.Module)
+    images = torch.randn(4, 3, 32, 32)
+    fake = {
+        "image_label": {"image": images, "label": torch.tensor([0, 1, 2, 3])},
+        "image_text": {"image": images, "text": torch.randint(1, 400, (4, 32))},
+        "two_views": {"view1": images, "view2": images.flip(-1)},
+    }[method.pipeline]
+    out = method.loss(model, fake, LossContext())
+    assert out["loss"].ndim == 0 and out["loss"].requires_grad and torch.isfinite(out["loss"])
     out["loss"].backward()
+    meta = method.meta(model, "test_resnet", 32)
+    assert model.encoder(images).shape == (4, meta["feature_dim"])
 
 
 def test_config_errors_name_the_field():
@@ -119,12 +124,13 @@ def test_every_rank_yields_the_same_number_of_batches(view, world_size):
     for rank in range(world_size):
         loader = make_train_loader(
             view, pipeline="image_label", batch_size=batch, num_batches=steps, image_size=32,
-            mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, rank=rank, world_size=world_size,
+            seed=0, rank=rank, world_size=world_size,
         )
         loader.set_epoch(1)
         batches = list(loader)
         assert len(batches) == steps
-        assert all(b["image"].shape == (batch, 3, 32, 32) and b["label"].dtype == torch.int64 for b in batches)
+        assert all(b["image"].shape == (batch, 3, 32, 32) and b["image"].dtype == torch.uint8 for b in batches)
+        assert all(b["label"].dtype == torch.int64 for b in batches)
         seen.append(torch.cat([b["image"].flatten(1)[:, :8] for b in batches]))
     if world_size > 1:  # ranks read different samples
         assert not torch.equal(seen[0], seen[1])
@@ -134,7 +140,7 @@ def test_epochs_are_deterministic_and_differ(view):
     def first_batch(epoch: int, workers: int) -> torch.Tensor:
         loader = make_train_loader(
             view, pipeline="image_label", batch_size=16, num_batches=2, image_size=32,
-            mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, num_workers=workers,
+            seed=0, num_workers=workers,
         )
         loader.set_epoch(epoch)
         return next(iter(loader))["image"]
@@ -146,7 +152,7 @@ def test_epochs_are_deterministic_and_differ(view):
 def test_loader_workers_split_shards(view):
     loader = make_train_loader(
         view, pipeline="image_label", batch_size=16, num_batches=5, image_size=32,
-        mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, num_workers=2,
+        seed=0, num_workers=2,
     )
     for epoch in (1, 2):  # persistent workers pick up the new epoch
         loader.set_epoch(epoch)
@@ -157,7 +163,7 @@ def test_bad_sample_is_logged_skipped_and_counted(tmp_path, caplog):
     bad_view = write_view(tmp_path / "bad", n=64, shards=1, corrupt=(5,))
     loader = make_train_loader(
         bad_view, pipeline="image_label", batch_size=21, num_batches=3, image_size=32,
-        mean=(0.5,) * 3, std=(0.5,) * 3, seed=0, shuffle_buffer=4,  # so sample 5 is decoded early
+        seed=0, shuffle_buffer=4,  # so sample 5 is decoded early
     )
     loader.set_epoch(1)
     with caplog.at_level("WARNING", logger="pretrain.data"):
