@@ -17,9 +17,13 @@ same process:
 and prints, per method, samples/s of each and ``real / in-memory``: the fraction of the model's
 speed the data pipeline lets training reach (1.0: the loader keeps up). Each phase runs
 ``--warmup`` untimed steps, then ``--steps`` timed steps between two ``torch.cuda.synchronize``
-calls. The loader keeps up to ``2 x --loader-workers`` batches prefetched; when the loader is the
-bottleneck those are drained in the first timed steps, so use ``--steps`` well above that.
-``--loader-alone`` adds (c): the loader iterated with no training, its own ceiling.
+calls. The loader keeps up to ``2 x --loader-workers`` batches prefetched, which would flatter a
+loader-bound rate if the timed window began with that backlog: (a) therefore continues its
+warm-up (by at most that many steps) until a batch has to be waited for (``--drain-wait-ms``),
+and reports whether that happened (loader-bound) or not (model-bound: the queue stays full).
+``--loader-alone`` adds (c): the loader iterated with no training, its own ceiling. The machine's
+CPUs serve both the loader workers and (on CPU) the model; ``--threads`` defaults there to the
+cores the workers leave.
 
 Data: the embedded world's ``imagenet`` source (it has ``cls``) for supervised and ``laion`` for
 clip and simclr, 32x32 PNGs written into ``tbench-out/bench`` on first use (``--world-dir`` reads
@@ -31,8 +35,8 @@ Run from the repository root:
 
     .venv/bin/python bench/pretrain_throughput.py                       # CPU, test_resnet, 32 px, ~1 min
     .venv/bin/python bench/pretrain_throughput.py --backbone resnet50 --image-size 224 \\
-        --batch-size 256 --loader-workers 12 --synthetic-shards 20000 --warmup 10 --steps 60 \\
-        --json tbench-out/bench/pretrain_resnet50.json               # a GPU machine
+        --batch-size 256 --loader-workers 12 --synthetic-shards 20000 --warmup 10 --steps 100 \\
+        --loader-alone --json tbench-out/bench/pretrain_resnet50.json    # a GPU machine
 """
 
 from __future__ import annotations
@@ -77,10 +81,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="distinct pre-decoded batches cycled in (b), taken from the warm-up of (a) (default: %(default)s)")
     p.add_argument("--memory-on-device", action="store_true",
                    help="keep (b)'s batches on the device (no host-to-device copy): the model alone")
+    p.add_argument("--drain-wait-ms", type=float, default=5.0,
+                   help="a wait for a batch this long in the extra warm-up of (a) means the loader's queue ran dry (default: %(default)s)")
     p.add_argument("--loader-alone", action="store_true", help="also time (c): the loader with no training")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="as TrainConfig.precision: auto = bf16 autocast on CUDA, fp32 on CPU")
+    p.add_argument("--threads", type=int, default=0,
+                   help="torch intra-op threads in the main process (default: on CPU, the cores left after the loader workers, at "
+                        "least 1: an OpenMP team sharing cores with busy workers spin-waits; on CUDA, torch's choice)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
     p.add_argument("--num-classes", type=int, default=0, help="supervised head width (default: the world's 30 concepts)")
@@ -118,7 +127,7 @@ class Trainer:
         self.device = device
         self.on_cuda = device.type == "cuda"
         self.hparams = self.method.resolve({}, method_name)
-        num_classes = args.num_classes or _world_classes() if self.method.needs_labels else 0
+        num_classes = (args.num_classes or _world_classes()) if self.method.needs_labels else 0
         torch.manual_seed(args.seed)
         self.model = self.method.build(args.backbone, args.image_size, num_classes, **self.hparams)
         meta = self.method.meta(self.model, args.backbone, args.image_size)
@@ -215,27 +224,39 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     C.log(f"\n[{name}] {args.backbone} ({trainer.params / 1e6:.2f}M params{', open_clip ' + trainer.model.name if name == 'clip' else ''}), "
           f"pipeline {trainer.method.pipeline}, view {view} ({C.view_size(view)} samples); built in {build_s:.1f}s")
 
-    # (a) real: the method's loader, decode + augment in worker processes.
+    # (a) real: the method's loader, decode + augment in worker processes. After the fixed warm-up,
+    # up to one prefetch depth of extra warm-up steps run until a batch had to be waited for (the
+    # queue ran dry: the loader is the bottleneck and the timed window starts with an empty queue,
+    # not with a backlog that would flatter it); a model-bound run never waits and keeps a full
+    # queue at both ends of the window, which is unbiased too.
+    extra_max = 2 * args.loader_workers
     loader = make_train_loader(
-        view, pipeline=trainer.method.pipeline, batch_size=bs, num_batches=warmup + steps, image_size=args.image_size,
-        seed=args.seed, num_workers=args.loader_workers, pin_memory=trainer.on_cuda, pipeline_options=trainer.pipeline_options(),
+        view, pipeline=trainer.method.pipeline, batch_size=bs, num_batches=warmup + extra_max + steps,
+        image_size=args.image_size, seed=args.seed, num_workers=args.loader_workers, pin_memory=trainer.on_cuda,
+        pipeline_options=trainer.pipeline_options(),
     )
     loader.set_epoch(1)
     it = iter(loader)
     kept: list[dict[str, Any]] = []
+    drained = False
+    warm_steps = 0
     t0 = time.perf_counter()
-    for _ in range(warmup):
+    for i in range(warmup + extra_max):
+        t_wait = time.perf_counter()
         batch = next(it)
+        waited_ms = 1e3 * (time.perf_counter() - t_wait)
         if len(kept) < n_mem:
             kept.append(batch)
         trainer.step(batch)
+        warm_steps += 1
+        if i >= warmup and waited_ms >= args.drain_wait_ms:
+            drained = True
+            break
     C.synchronize(device)
     warm_real_s = time.perf_counter() - t0
     real_s = timed(device, steps, lambda: trainer.step(next(it)))
     skipped = loader.skipped
-    for _ in it:  # nothing should be left; keeps the loader's bookkeeping clean
-        pass
-    shutdown_loader(loader)
+    shutdown_loader(loader)  # batches left over from the extra warm-up allowance are dropped
     del loader, it
 
     shapes = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in kept[0].items() if isinstance(v, torch.Tensor)}
@@ -283,6 +304,8 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
         "batch_shapes": {k: [list(s), d] for k, (s, d) in shapes.items()},
         "memory_batches": len(kept),
         "warmup_real_seconds": warm_real_s,
+        "warmup_real_steps": warm_steps,
+        "queue_ran_dry_in_warmup": drained,
         "real_seconds": real_s,
         "memory_seconds": memory_s,
         "real_samples_per_s": samples / real_s,
@@ -301,6 +324,7 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     C.log(f"[{name}] real {res['real_samples_per_s']:.1f} samples/s ({res['real_ms_per_step']:.1f} ms/step), "
           f"in-memory {res['memory_samples_per_s']:.1f} samples/s ({res['memory_ms_per_step']:.1f} ms/step), "
           f"real/in-memory {res['ratio']:.2f}{extra}; skipped {skipped}, mean loss {res['mean_loss']:.3f}")
+    C.log(f"[{name}] real warm-up {warm_steps} steps ({'loader queue ran dry: loader-bound' if drained else 'never waited for a batch: model-bound or balanced'})")
     del trainer, kept
     gc.collect()
     if device.type == "cuda":
@@ -327,17 +351,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             C.log(f"note: {m}'s view has {C.view_size(v)} samples, fewer than a reader's {per_reader}: readers start over on it")
 
     device = C.pick_device(args.device)
+    if not args.threads and device.type == "cpu":
+        args.threads = max(1, (os.cpu_count() or 1) - args.loader_workers)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     env = C.environment(device)
     C.log(f"device: {env['device']}")
     C.log(f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, python {env['python']}, "
           f"{env['cpu_count']} CPUs")
-    prefetched = 2 * args.loader_workers
     C.log(f"backbone {args.backbone}, {args.image_size}px, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps "
           f"per phase, {args.loader_workers} loader workers, precision {args.precision} "
           f"(autocast {_amp_dtype(args.precision, device.type == 'cuda')})")
-    if args.loader_workers and args.steps < 4 * prefetched:
-        C.log(f"note: the loader holds up to {prefetched} prefetched batches; with {args.steps} timed steps a loader-bound "
-              f"real rate can read up to {prefetched / args.steps:.0%} high: raise --steps for a steady-state figure")
 
     results = []
     for m in args.methods:

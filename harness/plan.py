@@ -104,6 +104,7 @@ def make_plan(spec: Spec) -> Plan:
     checkpoints: list[tuple[Job, int]] = []  # (job providing encoders, epoch)
 
     for grid in pt.grids:
+        epochs = grid.epochs or pt.epochs
         for source in grid.sources:
             for curation in grid.curation:
                 for method in grid.methods:
@@ -136,8 +137,8 @@ def make_plan(spec: Spec) -> Plan:
                                     "method": method,
                                     "backbone": pt.backbone,
                                     "image_size": pt.image_size,
-                                    "epochs": pt.epochs,
-                                    "save_epochs": pt.saved_epochs(),
+                                    "epochs": epochs,
+                                    "save_epochs": pt.saved_epochs(epochs),
                                     "batch_size": pt.batch_size,
                                     "optim": pt.optim.model_dump(),
                                     "seed": seed,
@@ -151,7 +152,7 @@ def make_plan(spec: Spec) -> Plan:
                                 if pt.precision != "auto":
                                     pcfg["precision"] = pt.precision
                                 pcoords = {**vcoords, "method": method, "backbone": pt.backbone,
-                                           "pretrain_seed": seed, "pretrain_epochs": pt.epochs,
+                                           "pretrain_seed": seed, "pretrain_epochs": epochs,
                                            "view_key": view.key}
                                 pjob = add(Job("pretrain", content_key("pretrain", pcfg, [view.key]), pcfg,
                                                (view.key,), pcoords,
@@ -159,7 +160,7 @@ def make_plan(spec: Spec) -> Plan:
                                                 "cpus_per_worker": res.pretrain.cpus_per_worker,
                                                 "gpus_per_worker": res.pretrain.gpus_per_worker,
                                                 "loader_workers": res.pretrain.loader_workers}))
-                                for epoch in spec.eval_epochs():
+                                for epoch in spec.eval_epochs(epochs):
                                     checkpoints.append((pjob, epoch))
 
     floor: Job | None = None

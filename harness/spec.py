@@ -91,6 +91,7 @@ class PretrainGrid(_Model):
     curation: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
     label_noise: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    epochs: int | None = Field(None, ge=1)  # overrides pretrain.epochs for this block (e.g. longer contrastive runs)
 
     @field_validator("sizes")
     @classmethod
@@ -173,20 +174,29 @@ class Pretrain(_Model):
     @model_validator(mode="after")
     def _epochs(self) -> "Pretrain":
         if isinstance(self.checkpoint_epochs, list):
-            bad = [e for e in self.checkpoint_epochs if not 1 <= e <= self.epochs]
-            if bad:
-                raise ValueError(
-                    f"checkpoint_epochs {bad} outside 1..{self.epochs} (epochs); "
-                    "give epochs in that range, 'last' or 'all'"
-                )
+            for where, epochs in [("epochs", self.epochs)] + [
+                (f"grids.{i}.epochs", g.epochs) for i, g in enumerate(self.grids) if g.epochs is not None
+            ]:
+                bad = [e for e in self.checkpoint_epochs if not 1 <= e <= epochs]
+                if bad:
+                    raise ValueError(
+                        f"checkpoint_epochs {bad} outside 1..{epochs} ({where}); "
+                        "give epochs in that range, 'last' or 'all'"
+                    )
         return self
 
-    def saved_epochs(self) -> list[int]:
+    def saved_epochs(self, epochs: int | None = None) -> list[int]:
+        """Epochs whose checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps."""
+        epochs = epochs or self.epochs
         if self.checkpoint_epochs == "last":
-            return [self.epochs]
+            return [epochs]
         if self.checkpoint_epochs == "all":
-            return list(range(1, self.epochs + 1))
-        return sorted(set(self.checkpoint_epochs) | {self.epochs})
+            return list(range(1, epochs + 1))
+        return sorted(set(self.checkpoint_epochs) | {epochs})
+
+    def all_epochs(self) -> list[int]:
+        """Every run length in the grid."""
+        return sorted({g.epochs or self.epochs for g in self.grids})
 
 
 class Protocol(_Model):
@@ -300,7 +310,7 @@ class Spec(_Model):
         problems = []
         ckpt = self.downstream.checkpoint_epochs
         if isinstance(ckpt, list):
-            saved = self.pretrain.saved_epochs()
+            saved = sorted(set.intersection(*(set(self.pretrain.saved_epochs(e)) for e in self.pretrain.all_epochs())))
             missing = [e for e in ckpt if e not in saved]
             if missing:
                 problems.append(
@@ -311,13 +321,14 @@ class Spec(_Model):
             raise ValueError("\n".join(problems))
         return self
 
-    def eval_epochs(self) -> list[int]:
-        """The checkpoint epochs every pre-training run is evaluated at."""
+    def eval_epochs(self, epochs: int | None = None) -> list[int]:
+        """The checkpoint epochs a pre-training run of ``epochs`` (default: ``pretrain.epochs``) is evaluated at."""
+        epochs = epochs or self.pretrain.epochs
         ckpt = self.downstream.checkpoint_epochs
         if ckpt == "last":
-            return [self.pretrain.epochs]
+            return [epochs]
         if ckpt == "all":
-            return self.pretrain.saved_epochs()
+            return self.pretrain.saved_epochs(epochs)
         return sorted(set(ckpt))
 
     def path(self, which: Literal["workdir", "store", "report"], base: Path | None = None) -> Path:

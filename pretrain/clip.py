@@ -5,11 +5,13 @@ scratch. Which one is a setting: ``pretrain.method_args.clip.model`` names any o
 config (``RN50``, ``ViT-B-32``, ... from ``open_clip.list_models()``) or one of the small configs
 shipped in ``pretrain/clip_configs`` (registered with ``open_clip.add_model_config``) that train on
 the embedded world on a CPU. Without a name, the backbone picks one (:data:`DEFAULT_MODELS`): the
-test backbones get a same-trunk timm image tower with a 2-layer text transformer, ``resnet50`` and
-``vit_b32`` get open_clip's ``RN50`` and ``ViT-B-32``.
+test backbones and ``resnet18``/``resnet50``/``vit_b32`` get a timm image tower around that very
+backbone with a text transformer (tiny for the test backbones, ``RN50``/``ViT-B-32``-sized for the
+others); open_clip's own ``RN50`` or ``ViT-B-32`` can be named instead.
 
-The image tower (``clip.visual``) is the transferred encoder; its output is the CLIP image
-embedding. A checkpoint also carries the rest of the model (text tower, projections, learned
+The transferred encoder is the image tower's timm trunk when it has one (the same network the
+other methods train on that backbone; features before CLIP's projection), else open_clip's whole
+image tower (its output is the CLIP image embedding). A checkpoint also carries the rest of the model (text tower, projections, learned
 temperature) and the tokenizer's name and context length, for zero-shot evaluation. Models are
 built from their config dict (stored in the checkpoint), never downloaded.
 """
@@ -23,6 +25,7 @@ from typing import Any, Mapping
 import open_clip
 import torch
 from open_clip.loss import ClipLoss
+from open_clip.timm_model import TimmModel
 from torch import nn
 
 from pretrain.models import CHECKPOINT_FORMAT
@@ -36,8 +39,8 @@ DEFAULT_MODELS = {
     "test_vit": "tbench-test-vit",
     "test_convnext": "tbench-test-convnext",
     "resnet18": "tbench-resnet18",
-    "resnet50": "RN50",
-    "vit_b32": "ViT-B-32",
+    "resnet50": "tbench-resnet50",
+    "vit_b32": "tbench-vit-b32",
 }
 
 
@@ -75,19 +78,62 @@ def tokenizer_for(cfg: Mapping[str, Any]):
     return open_clip.SimpleTokenizer(context_length=int(text_cfg.get("context_length", 77)))
 
 
-class ClipPretrainer(nn.Module):
-    """An open_clip model for pre-training; ``forward(image, text)`` returns unit-norm features and the scale."""
+def _timm_trunk_backbone(cfg: Mapping[str, Any]) -> str | None:
+    """The registered backbone whose timm model a config's image tower wraps, if any."""
+    from pretrain.models import BACKBONES
 
-    def __init__(self, name: str, cfg: Mapping[str, Any]):
+    name = cfg.get("vision_cfg", {}).get("timm_model_name")
+    for backbone in BACKBONES.names():
+        if name and BACKBONES.get(backbone).timm_name == name:
+            return backbone
+    return None
+
+
+def assemble(cfg: Mapping[str, Any], image_size: int) -> nn.Module:
+    """An untrained open_clip model whose timm image trunk (if any) is built like every other method's.
+
+    open_clip's ``TimmModel`` creates its trunk without backbone-specific arguments (a ViT's
+    resolution and patch size); when the tower wraps a registered backbone, the trunk is replaced
+    by :func:`pretrain.models.build_encoder`'s, so the transferred encoder of a CLIP run is the
+    same network as a supervised or SimCLR run's on that backbone.
+    """
+    from pretrain.models import build_encoder
+
+    model = clip_from_config(cfg)
+    backbone = _timm_trunk_backbone(cfg)
+    if backbone is not None and isinstance(model.visual, TimmModel):
+        trunk = build_encoder(backbone, image_size)
+        if trunk.num_features != model.visual.trunk.num_features:
+            raise ValueError(f"{backbone} at {image_size}px has {trunk.num_features} features, the tower expects "
+                             f"{model.visual.trunk.num_features}")
+        model.visual.trunk = trunk
+    return model
+
+
+def transfers_trunk(model: nn.Module) -> bool:
+    """Whether the transferred encoder is the tower's timm trunk (True) or the whole open_clip tower."""
+    return isinstance(model.visual, TimmModel)
+
+
+class ClipPretrainer(nn.Module):
+    """An open_clip model for pre-training; ``forward(image, text)`` returns unit-norm features and the scale.
+
+    ``encoder`` (what is transferred) is the image tower's timm trunk when it has one (the
+    backbone's pooled features, before CLIP's projection, as the CLIP paper probes ViTs), else
+    the whole open_clip image tower (e.g. ``RN50``'s attention pool output).
+    """
+
+    def __init__(self, name: str, cfg: Mapping[str, Any], backbone: str, image_size: int):
         super().__init__()
         self.name = name
         self.cfg = dict(cfg)
-        self.clip = clip_from_config(cfg)
+        self.backbone = backbone
+        self.clip = assemble(cfg, image_size)
         self.tokenizer = tokenizer_for(cfg)
 
     @property
     def encoder(self) -> nn.Module:
-        return self.clip.visual
+        return self.clip.visual.trunk if transfers_trunk(self.clip) else self.clip.visual
 
     def forward(self, image: torch.Tensor, text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         image_features = self.clip.encode_image(image, normalize=True)
@@ -95,23 +141,27 @@ class ClipPretrainer(nn.Module):
         return image_features, text_features, self.clip.logit_scale.exp()
 
     def encoder_meta(self, backbone: str, image_size: int) -> dict[str, Any]:
-        return {
-            "format": CHECKPOINT_FORMAT,
-            "arch": "open_clip",
-            "backbone": backbone,
+        from pretrain.models import encoder_meta
+
+        text_cfg = self.cfg.get("text_cfg", {})
+        clip_meta = {
             "clip_model": self.name,
             "clip_cfg": copy.deepcopy(self.cfg),
-            "image_size": int(image_size),
+            "clip_encoder": "trunk" if transfers_trunk(self.clip) else "tower",
+            "tokenizer": f"hf:{text_cfg['hf_tokenizer_name']}" if "hf_tokenizer_name" in text_cfg else "open_clip_bpe",
+            "context_length": int(text_cfg.get("context_length", 77)),
             "mean": [float(x) for x in open_clip.OPENAI_DATASET_MEAN],
             "std": [float(x) for x in open_clip.OPENAI_DATASET_STD],
-            "feature_dim": int(self.cfg["embed_dim"]),
-            "tokenizer": "hf:" + self.cfg["text_cfg"]["hf_tokenizer_name"] if "hf_tokenizer_name" in self.cfg.get("text_cfg", {}) else "open_clip_bpe",
-            "context_length": int(self.cfg["text_cfg"].get("context_length", 77)),
         }
+        if transfers_trunk(self.clip):  # a plain timm encoder, loadable like any other method's
+            return {**encoder_meta(self.encoder, backbone, image_size), **clip_meta}
+        return {"format": CHECKPOINT_FORMAT, "arch": "open_clip", "backbone": backbone, "image_size": int(image_size),
+                "feature_dim": int(self.cfg["embed_dim"]), **clip_meta}
 
     def export(self) -> dict[str, Any]:
-        """The non-image part of the model (text tower, projections, temperature) for zero-shot."""
-        return {"clip_state_dict": {k: v.detach().cpu() for k, v in self.clip.state_dict().items() if not k.startswith("visual.")}}
+        """The rest of the model (text tower, projections, temperature) for zero-shot evaluation."""
+        prefix = "visual.trunk." if transfers_trunk(self.clip) else "visual."
+        return {"clip_state_dict": {k: v.detach().cpu() for k, v in self.clip.state_dict().items() if not k.startswith(prefix)}}
 
 
 def build_clip_pretrainer(backbone: str, image_size: int, *, model: str | None = None,
@@ -122,7 +172,7 @@ def build_clip_pretrainer(backbone: str, image_size: int, *, model: str | None =
             f"no default open_clip model for backbone {backbone!r}; set pretrain.method_args.clip.model "
             f"(defaults exist for {', '.join(DEFAULT_MODELS)})"
         )
-    return ClipPretrainer(name, model_config(name, image_size, context_length))
+    return ClipPretrainer(name, model_config(name, image_size, context_length), backbone, image_size)
 
 
 def clip_loss(model: nn.Module, batch: Mapping[str, Any], ctx: Any) -> dict[str, Any]:
@@ -146,10 +196,11 @@ def load_clip(path: str | Path, map_location: str | torch.device = "cpu") -> tup
     """The whole CLIP model of a ``clip`` checkpoint, its tokenizer and meta (for zero-shot)."""
     blob = torch.load(Path(path), map_location=map_location, weights_only=True, mmap=True)
     meta = blob["meta"]
-    if meta.get("arch") != "open_clip" or "clip_state_dict" not in blob:
+    if "clip_cfg" not in meta or "clip_state_dict" not in blob:
         raise ValueError(f"{path} is not a CLIP checkpoint (method {meta.get('method')!r})")
-    model = clip_from_config(meta["clip_cfg"])
-    state = {f"visual.{k}": v for k, v in blob["state_dict"].items()}
+    model = assemble(meta["clip_cfg"], int(meta["image_size"]))
+    prefix = "visual.trunk." if meta.get("clip_encoder") == "trunk" else "visual."
+    state = {f"{prefix}{k}": v for k, v in blob["state_dict"].items()}
     state.update(blob["clip_state_dict"])
     model.load_state_dict(state)
     model.eval()
@@ -158,5 +209,4 @@ def load_clip(path: str | Path, map_location: str | torch.device = "cpu") -> tup
 
 def visual_from_meta(meta: Mapping[str, Any]) -> nn.Module:
     """An untrained CLIP image tower matching a checkpoint's meta (``load_encoder`` fills its weights)."""
-    return clip_from_config(meta["clip_cfg"]).visual
-
+    return assemble(meta["clip_cfg"], int(meta["image_size"])).visual

@@ -273,3 +273,58 @@ def test_run_pretrain_on_local_ray(view, tmp_path, local_ray):
         assert (tmp_path / name / "ray").is_dir()
     # Same config, same data, same seed: the two runs agree.
     assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
+
+
+def _ray_train_worker_pids() -> list[int]:
+    """Processes whose title Ray set to a Train worker actor (``ray::RayTrainWorker...``)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:
+            continue
+        if b"RayTrainWorker" in cmdline:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_ray_train_restores_a_killed_worker_from_the_last_epoch(view, tmp_path, local_ray):
+    """SIGKILL the Train worker after its first epoch: Ray Train starts a new worker group, whose
+    loop resumes from ``state/last.pt``; the run ends where an uninterrupted one ends."""
+    import os
+    import signal
+    import time
+
+    from harness.train_ray import run_pretrain
+
+    cfg = small_cfg(epochs=4, save_epochs=(4,), batch_size=32)
+    out = tmp_path / "run"
+
+    @local_ray.remote(num_cpus=0)
+    def job() -> dict:
+        return run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, max_failures=2)
+
+    ref = job.remote()
+    deadline, killed = time.monotonic() + 300, None
+    while time.monotonic() < deadline and killed is None:
+        if state_path(out).is_file():
+            pids = _ray_train_worker_pids()
+            if pids:
+                killed = torch.load(state_path(out), weights_only=True)["epoch"]
+                for pid in pids:
+                    os.kill(pid, signal.SIGKILL)
+        time.sleep(0.02)
+    assert killed is not None, "the run never reached its first epoch"
+    summary = local_ray.get(ref, timeout=400)
+    assert summary["resumed_from"] is not None and summary["resumed_from"] >= killed
+    assert summary["epochs_trained"] == 4 - summary["resumed_from"] and summary["samples_seen"] == 4 * 256
+
+    reference = train_loop(cfg, view, tmp_path / "reference")
+    a = torch.load(tmp_path / "reference" / "checkpoints" / "epoch_004.pt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "epoch_004.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert reference["final_loss"] == summary["final_loss"]
