@@ -57,8 +57,8 @@ from bench import _common as C  # noqa: E402
 
 import torch  # noqa: E402
 
-from pretrain.data import PIPELINES, make_train_loader, normalize  # noqa: E402
-from pretrain.loop import _amp_dtype  # noqa: E402  (the loop's precision rule, reused rather than copied)
+from pretrain.data import PIPELINES, make_train_loader  # noqa: E402
+from pretrain.loop import ToDevice, amp_dtype_for  # noqa: E402  (the loop's own pieces, reused rather than copied)
 from pretrain.methods import METHODS, LossContext  # noqa: E402
 from pretrain.models import BACKBONES  # noqa: E402
 from pretrain.optim import cosine_with_warmup, param_groups  # noqa: E402
@@ -138,26 +138,16 @@ class Trainer:
         self.params = sum(p.numel() for p in self.model.parameters())
         self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(max(1, total_steps // 10), total_steps))
-        self.amp_dtype = _amp_dtype(args.precision, self.on_cuda)
+        self.amp_dtype = amp_dtype_for(args.precision, self.on_cuda)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.pipeline = PIPELINES.get(self.method.pipeline)
-        self.mean = torch.tensor(meta["mean"], dtype=torch.float32, device=device)
-        self.std = torch.tensor(meta["std"], dtype=torch.float32, device=device)
+        self.to_device = ToDevice(self.pipeline.image_keys, meta["mean"], meta["std"], device)
         self.loss_ctx = LossContext()
         self.sums: dict[str, torch.Tensor] = {}
         self.steps_done = 0
 
     def pipeline_options(self) -> dict[str, Any]:
         return self.method.pipeline_options(self.model, self.hparams)
-
-    def to_device(self, batch: dict[str, Any]) -> dict[str, Any]:
-        """As the loop's ``to_device``: copy (non-blocking), normalise image keys on the device, channels-last on CUDA."""
-        out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        for k in self.pipeline.image_keys:
-            out[k] = normalize(out[k], self.mean, self.std)
-            if self.on_cuda:
-                out[k] = out[k].contiguous(memory_format=torch.channels_last)
-        return out
 
     def step(self, batch: dict[str, Any]) -> None:
         """One optimizer step as in the loop (grad_accum 1), metrics summed on the device without a sync."""
@@ -361,7 +351,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
           f"{env['cpu_count']} CPUs")
     C.log(f"backbone {args.backbone}, {args.image_size}px, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps "
           f"per phase, {args.loader_workers} loader workers, precision {args.precision} "
-          f"(autocast {_amp_dtype(args.precision, device.type == 'cuda')})")
+          f"(autocast {amp_dtype_for(args.precision, device.type == 'cuda')})")
 
     results = []
     for m in args.methods:

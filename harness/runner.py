@@ -116,6 +116,13 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
         if address:
             ray.init(address=address, **kwargs)
         else:
+            # A Ray instance of our own, on this machine: no node is ever preempted, so Train's
+            # preemption watcher (one more actor process importing Ray Train) is not started,
+            # and the controller polls its workers every 0.5 s rather than 2 s. Measured on 2
+            # cores: about 4 s less per pre-training run (27 s -> 23 s of Ray Train overhead).
+            os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
+            os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
+            os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
             cpus = num_cpus or os.cpu_count() or 1
             ray.init(num_cpus=cpus, resources={TRAINER_SLOT: _trainer_slots(spec, cpus)}, **kwargs)
         started_ray = True

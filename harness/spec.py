@@ -155,9 +155,15 @@ class Pretrain(_Model):
     def _method_args(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
         from pretrain.methods import METHODS
 
-        _check_names(list(v), METHODS, "method")
+        problems = [METHODS.unknown_message(name) for name in v if name not in METHODS]
         for name, args in v.items():
-            METHODS.get(name).resolve(args, name)  # unknown settings raise, naming the valid ones
+            if name in METHODS:
+                try:
+                    METHODS.get(name).resolve(args, name)  # unknown settings raise, naming the valid ones
+                except ValueError as exc:
+                    problems.append(f"{name}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
         return v
 
     def args_for(self, method: str) -> dict[str, Any]:

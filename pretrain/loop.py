@@ -144,7 +144,28 @@ def checkpoint_path(out_dir: str | Path, epoch: int) -> Path:
     return Path(out_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
 
 
-def _amp_dtype(precision: str, on_cuda: bool) -> torch.dtype | None:
+class ToDevice:
+    """A loader batch onto the device: tensors copied (non-blocking), ``uint8`` images normalised there.
+
+    Images cross the bus as ``uint8`` (a quarter of float32's bytes) and become float on the
+    device; on CUDA they are made channels-last, the layout the convolutions run fastest in.
+    """
+
+    def __init__(self, image_keys: tuple[str, ...], mean: list[float], std: list[float], device: torch.device):
+        self.image_keys, self.device = tuple(image_keys), device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        for k in self.image_keys:
+            out[k] = normalize(out[k], self.mean, self.std)
+            if self.device.type == "cuda":
+                out[k] = out[k].contiguous(memory_format=torch.channels_last)
+        return out
+
+
+def amp_dtype_for(precision: str, on_cuda: bool) -> torch.dtype | None:
     """The autocast dtype for a precision setting (``None``: no autocast)."""
     if precision == "auto":
         return torch.bfloat16 if on_cuda else None
@@ -218,7 +239,7 @@ def train_loop(
         model.to(memory_format=torch.channels_last)
     optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
-    amp_dtype = _amp_dtype(cfg.precision, on_cuda)
+    amp_dtype = amp_dtype_for(cfg.precision, on_cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
 
     start_epoch, samples_seen, history = 0, 0, []
@@ -263,18 +284,9 @@ def train_loop(
         pin_memory=on_cuda,
         pipeline_options=method.pipeline_options(model, cfg.hparams),
     )
-    mean = torch.tensor(meta_base["mean"], dtype=torch.float32, device=device)
-    std = torch.tensor(meta_base["std"], dtype=torch.float32, device=device)
+    to_device = ToDevice(pipeline.image_keys, meta_base["mean"], meta_base["std"], device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
     loss_ctx = LossContext(rank=dist.rank, world_size=dist.world_size)
-
-    def to_device(batch: dict[str, Any]) -> dict[str, Any]:
-        out = {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
-        for k in pipeline.image_keys:  # uint8 over the bus, normalised on the device
-            out[k] = normalize(out[k], mean, std)
-            if on_cuda:
-                out[k] = out[k].contiguous(memory_format=torch.channels_last)
-        return out
 
     epoch_loss = float("nan")
     for epoch in range(start_epoch + 1, cfg.epochs + 1):

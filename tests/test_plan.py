@@ -55,3 +55,24 @@ def test_quickstart_plan_is_within_budget():
     # 4 pre-trainings + the floor, linear on 11 sets; fine-tuning from the 4 on 2 sets, one seed
     assert counts["pretrain"] == 4 and counts["eval"] == 5 * 11 + 4 * 2
     assert plan.planned_rows() == 5 * 11 * 5 * 3 + 4 * 2
+
+
+def test_methods_settings_and_grid_epochs_reach_the_pretraining_jobs():
+    data = _tiny()
+    data["pretrain"]["grids"].append({"sources": ["shutterstock"], "sizes": [300], "methods": ["clip", "simclr"],
+                                      "epochs": 3})
+    data["pretrain"]["method_args"] = {"simclr": {"temperature": 0.2}}
+    data["pretrain"]["checkpoint_epochs"] = "last"
+    plan = make_plan(parse_spec(data))
+    runs = {j.config["method"]: j for j in plan.of_kind("pretrain") if j.coords["source"] == "shutterstock"}
+    assert runs["simclr"].config["hparams"] == {"temperature": 0.2} and "hparams" not in runs["clip"].config
+    assert runs["clip"].config["epochs"] == 3 and runs["clip"].config["save_epochs"] == [3]
+    assert runs["clip"].coords["pretrain_epochs"] == 3
+    evals = [j for j in plan.of_kind("eval") if j.coords["pretrain_key"] == runs["clip"].key]
+    assert evals and {j.config["epoch"] for j in evals} == {3}
+    # contrastive methods read unlabelled views; an older spec keeps its keys (no new fields in them)
+    views = {j.key: j for j in plan.of_kind("view")}
+    assert views[runs["clip"].deps[0]].config["needs_labels"] is False
+    base = _tiny()
+    base["pretrain"]["checkpoint_epochs"] = "last"
+    assert {j.key for j in make_plan(parse_spec(base)).of_kind("pretrain")} <= {j.key for j in plan.of_kind("pretrain")}

@@ -92,3 +92,17 @@ def test_invalid_spec_does_no_work(tmp_path, run_tbench):
         assert proc.returncode == 2, proc.stderr
         assert "pretrain.grids.0.sources" in proc.stderr and "downstream.protocols.0.shots" in proc.stderr
     assert not (tmp_path / "work").exists() and not (tmp_path / "store").exists()
+
+
+def test_method_args_are_checked_against_each_method():
+    data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
+    data["pretrain"]["method_args"] = {"simclr": {"temprature": 0.1}, "clipp": {}}
+    with pytest.raises(SpecError) as err:
+        parse_spec(data)
+    text = str(err.value)
+    assert "pretrain.method_args" in text and "temperature" in text and "clipp" in text
+    data["pretrain"]["method_args"] = {"clip": {"model": "ViT-B-32"}}
+    data["pretrain"]["grids"][0]["epochs"] = 1
+    data["pretrain"]["checkpoint_epochs"] = [2]
+    with pytest.raises(SpecError, match=r"grids\.0\.epochs"):
+        parse_spec(data)
