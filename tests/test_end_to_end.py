@@ -39,11 +39,11 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     parts = sorted((tmp_path / "store" / "runs").glob("*.parquet"))
     mtimes = {p: p.stat().st_mtime_ns for p in parts}
     views = query("SELECT source, requested_size, size, label_noise, achieved_noise FROM views ORDER BY 1, 2, 4")
-    assert len(views) == 5 and all(v["size"] > 0 for v in views)
+    assert len(views) == 6 and all(v["size"] > 0 for v in views)
 
     # every row carries its coordinates; scores are probabilities; full data is null shots
     rows = query("SELECT * FROM runs")
-    assert {r["method"] for r in rows} == {"supervised", "none"}
+    assert {r["method"] for r in rows} == {"supervised", "clip", "simclr", "none"}
     assert all(0.0 <= r["score"] <= 1.0 and r["chance"] > 0 for r in rows)
     assert {r["shots"] for r in rows if r["protocol"] == "linear"} == {1, 5, None}
     assert {r["checkpoint_epoch"] for r in rows} == {0, 1, 2}

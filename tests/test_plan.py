@@ -15,13 +15,14 @@ def _tiny() -> dict:
 def test_tiny_plan_counts_and_rows():
     plan = make_plan(load_spec(ROOT / "configs" / "tiny.yaml"))
     counts = plan.counts()
-    # views: imagenet 300 + laion {150, 300} x noise {0, 0.2}; one pre-training per view
-    assert counts["world"] == 1 and counts["view"] == 5 and counts["pretrain"] == 5 and counts["init"] == 1
-    # checkpoints: 5 runs x 2 saved epochs + the random-init floor = 11, on 2 sets
-    assert counts["features"] == 22
-    # linear on every checkpoint and set (22) + finetune on dtd from the 10 pre-trained checkpoints
-    assert counts["eval"] == 32
-    assert plan.planned_rows() == 22 * 3 * 2 + 10 * 1 * 1
+    # views: imagenet 300 + laion {150, 300} x noise {0, 0.2} + shutterstock 150 (unlabelled, for clip
+    # and simclr); one pre-training per labelled view, two on the unlabelled one
+    assert counts["world"] == 1 and counts["view"] == 6 and counts["pretrain"] == 7 and counts["init"] == 1
+    # checkpoints: 7 runs x 2 saved epochs + the random-init floor = 15, on 2 sets
+    assert counts["features"] == 30
+    # linear on every checkpoint and set (30) + finetune on dtd from the 14 pre-trained checkpoints
+    assert counts["eval"] == 44
+    assert plan.planned_rows() == 30 * 3 * 2 + 14 * 1 * 1
     # every dependency precedes its dependent
     seen = set()
     for job in plan.jobs.values():
