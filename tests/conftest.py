@@ -18,3 +18,14 @@ def tbench(*args: str, cwd: Path | None = None, timeout: int = 900) -> subproces
 @pytest.fixture
 def run_tbench():
     return tbench
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one torch thread (as the harness's jobs do), then restore the setting."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

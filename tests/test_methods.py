@@ -26,12 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 SCALE = 0.1  # the session's shared world (see test_world.py)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="session")

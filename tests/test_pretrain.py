@@ -25,12 +25,7 @@ from pretrain.models import load_encoder
 COLOURS = np.array([[230, 40, 40], [40, 200, 60], [50, 70, 230], [220, 210, 40]], dtype=np.float32)
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _png(array: np.ndarray) -> bytes:
