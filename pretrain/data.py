@@ -27,6 +27,7 @@ import logging
 import math
 import multiprocessing as mp
 import random
+import warnings
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -37,8 +38,11 @@ import webdataset as wds
 import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
-from torchvision.io import ImageReadMode
-from torchvision.io import decode_image as decode_image_tv
+try:
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as decode_image_tv
+except ImportError:  # a torchvision without its decoders: PIL does it all
+    ImageReadMode, decode_image_tv = None, None
 from torchvision.transforms.v2 import functional as TF
 
 from harness.registry import Registry
@@ -279,6 +283,13 @@ class Batcher(wds.PipelineStage):
 IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp")
 
 
+# torchvision 0.29 marks its decoders deprecated in favour of TorchCodec (not a dependency here)
+# and warns on every call; the pinned torchvision keeps them. When the pin moves past their
+# removal, decode_image falls back to PIL (see below) until it is ported to TorchCodec.
+warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
+                        category=DeprecationWarning)
+
+
 def decode_image(data: bytes) -> torch.Tensor:
     """Image bytes -> ``uint8`` tensor ``[3, H, W]`` (RGB).
 
@@ -287,6 +298,8 @@ def decode_image(data: bytes) -> torch.Tensor:
     ``bench/loader_throughput.py --breakdown``); anything else PIL reads falls back to PIL.
     """
     try:
+        if decode_image_tv is None:
+            raise RuntimeError("torchvision has no image decoder")
         return decode_image_tv(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
     except RuntimeError:
         with Image.open(io.BytesIO(data)) as img:

@@ -121,12 +121,15 @@ def test_clip_checkpoint_carries_the_encoder_text_tower_and_tokenizer(views, tmp
     train_loop(cfg, views["image_text"], tmp_path)
     ckpt = checkpoint_path(tmp_path, 1)
     encoder, meta = load_encoder(ckpt)
-    assert meta["arch"] == "open_clip" and meta["clip_model"] == "tbench-test-resnet"
-    assert meta["tokenizer"] == "open_clip_bpe" and meta["context_length"] == 32 and meta["feature_dim"] == 64
+    # The transferred encoder is the tower's timm trunk: the same network a supervised run trains.
+    assert meta["arch"] == "timm" and meta["clip_encoder"] == "trunk" and meta["clip_model"] == "tbench-test-resnet"
+    assert meta["tokenizer"] == "open_clip_bpe" and meta["context_length"] == 32 and meta["feature_dim"] == 96
+    assert type(encoder).__name__ == "ResNet" and meta["mean"] != [0.485, 0.456, 0.406]  # CLIP's normalisation
     model, tokenizer, meta2 = load_clip(ckpt)
     x = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        torch.testing.assert_close(encoder(x), model.visual(x))
+        torch.testing.assert_close(encoder(x), model.visual.trunk(x))
+        assert model.encode_image(x).shape == (3, 64)
         text = model.encode_text(tokenizer(["a photo of a dog", "a cat", "a bird"]), normalize=True)
     assert text.shape == (3, 64)
     blob = torch.load(ckpt, weights_only=True)  # the whole training state rides along
