@@ -193,6 +193,34 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the loop
 
 
+@contextlib.contextmanager
+def exclusive_out_dir(out_dir: Path, held: bool = True):
+    """Hold an exclusive lock on ``out_dir`` (``fcntl.flock`` on ``out_dir/.train.lock``) while training.
+
+    A driver killed mid-run can leave its Ray instance finishing the pre-training it had started;
+    a new run of the same job must not train into the same folder at the same time. The second
+    trainer waits here until the first ends (the lock dies with its process), then resumes from
+    (or finds finished) what the first wrote. ``flock`` is advisory and node-local: on a shared
+    file system across nodes it only protects trainers on the same node.
+    """
+    if not held:
+        yield
+        return
+    import fcntl
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with open(out_dir / ".train.lock", "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.warning("another process is training into %s; waiting for it to finish", out_dir)
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def train_loop(
     cfg: TrainConfig,
     view_dir: str | Path,
@@ -206,6 +234,17 @@ def train_loop(
     is created from the ``env://`` variables; the model is wrapped in DDP. ``report`` is called on
     every rank after every epoch with that epoch's metrics (averaged over ranks).
     """
+    with exclusive_out_dir(Path(out_dir), dist.is_main):
+        return _train_loop(cfg, view_dir, out_dir, dist, report)
+
+
+def _train_loop(
+    cfg: TrainConfig,
+    view_dir: str | Path,
+    out_dir: str | Path,
+    dist: DistInfo,
+    report: Callable[[dict[str, Any]], None] | None,
+) -> dict[str, Any]:
     t_start = time.perf_counter()
     out_dir = Path(out_dir)
     method = METHODS.get(cfg.method)

@@ -208,3 +208,24 @@ def test_fake_batches_match_the_pipelines():
     for name in ("image_label", "image_text", "two_views"):
         batch = fake_batch(name, 4, 32)
         assert all(v.shape[0] == 4 for v in batch.values())
+
+
+@pytest.mark.slow
+def test_a_second_trainer_on_the_same_run_waits_instead_of_racing(views, tmp_path):
+    """A killed driver's Ray instance may still be finishing a run when the job is started again:
+    the second trainer waits for the first's lock, then finds the run finished (or resumes it)."""
+    cfg = dict(method="simclr", backbone="test_resnet", image_size=32, epochs=15, save_epochs=[15], batch_size=32,
+               lr=2e-3, seed=0)  # long enough to outlast the second process's start-up
+    out = tmp_path / "run"
+    first = _train_process(cfg, views["image_text"], out)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and not state_path(out).is_file() and first.poll() is None:
+        time.sleep(0.02)
+    second = _train_process(cfg, views["image_text"], out)
+    out1, err1 = first.communicate(timeout=300)
+    out2, err2 = second.communicate(timeout=300)
+    assert first.returncode == 0 and second.returncode == 0, err1 + err2
+    one, two = (json.loads(o.strip().splitlines()[-1]) for o in (out1, out2))
+    assert one["epochs_trained"] == 15 and two["epochs_trained"] == 0 and two["resumed_from"] == 15
+    assert "waiting for it to finish" in err2
+    assert [r["epoch"] for r in json.loads((out / "metrics.json").read_text())["epochs"]] == list(range(1, 16))
