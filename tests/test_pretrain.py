@@ -323,3 +323,25 @@ def test_ray_train_restores_a_killed_worker_from_the_last_epoch(view, tmp_path, 
     for k in a["state_dict"]:
         assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
     assert reference["final_loss"] == summary["final_loss"]
+
+
+@pytest.mark.slow
+def test_two_ray_train_workers_train_one_run_with_the_global_batch(view, tmp_path, local_ray):
+    """DDP over two Ray Train workers (gloo on CPU): same steps and samples as one worker, one
+    set of checkpoints written by rank 0, each rank reading its own shard."""
+    from harness.train_ray import run_pretrain
+
+    cfg = TrainConfig(method="simclr", backbone="test_resnet", image_size=32, epochs=2, save_epochs=(2,), batch_size=64,
+                      lr=2e-3, seed=0)
+
+    @local_ray.remote(num_cpus=0)
+    def job() -> dict:
+        return run_pretrain(cfg, view, tmp_path / "ddp", num_workers=2, cpus_per_worker=1.0)
+
+    summary = local_ray.get(job.remote(), timeout=400)
+    assert summary["num_workers"] == 2 and summary["epochs_trained"] == 2
+    assert summary["steps_per_epoch"] == 4 and summary["samples_seen"] == 2 * 4 * 64
+    _, meta = load_encoder(tmp_path / "ddp" / "checkpoints" / "epoch_002.pt")
+    assert meta["method"] == "simclr" and meta["epoch"] == 2
+    history = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["epochs"]
+    assert history[-1]["loss"] < history[0]["loss"] + 0.5 and all(r["skipped"] == 0 for r in history)
