@@ -89,6 +89,20 @@ def _timm_trunk_backbone(cfg: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _own_trunk(visual: nn.Module, cfg: Mapping[str, Any], image_size: int) -> nn.Module:
+    """Replace a ``TimmModel`` tower's trunk by :func:`pretrain.models.build_encoder`'s (see :func:`assemble`)."""
+    from pretrain.models import build_encoder
+
+    backbone = _timm_trunk_backbone(cfg)
+    if backbone is not None and isinstance(visual, TimmModel):
+        trunk = build_encoder(backbone, image_size)
+        if trunk.num_features != visual.trunk.num_features:
+            raise ValueError(f"{backbone} at {image_size}px has {trunk.num_features} features, the tower expects "
+                             f"{visual.trunk.num_features}")
+        visual.trunk = trunk
+    return visual
+
+
 def assemble(cfg: Mapping[str, Any], image_size: int) -> nn.Module:
     """An untrained open_clip model whose timm image trunk (if any) is built like every other method's.
 
@@ -97,16 +111,8 @@ def assemble(cfg: Mapping[str, Any], image_size: int) -> nn.Module:
     by :func:`pretrain.models.build_encoder`'s, so the transferred encoder of a CLIP run is the
     same network as a supervised or SimCLR run's on that backbone.
     """
-    from pretrain.models import build_encoder
-
     model = clip_from_config(cfg)
-    backbone = _timm_trunk_backbone(cfg)
-    if backbone is not None and isinstance(model.visual, TimmModel):
-        trunk = build_encoder(backbone, image_size)
-        if trunk.num_features != model.visual.trunk.num_features:
-            raise ValueError(f"{backbone} at {image_size}px has {trunk.num_features} features, the tower expects "
-                             f"{model.visual.trunk.num_features}")
-        model.visual.trunk = trunk
+    _own_trunk(model.visual, cfg, image_size)
     return model
 
 
@@ -208,5 +214,13 @@ def load_clip(path: str | Path, map_location: str | torch.device = "cpu") -> tup
 
 
 def visual_from_meta(meta: Mapping[str, Any]) -> nn.Module:
-    """An untrained CLIP image tower matching a checkpoint's meta (``load_encoder`` fills its weights)."""
-    return assemble(meta["clip_cfg"], int(meta["image_size"])).visual
+    """An untrained CLIP image tower matching a checkpoint's meta (``load_encoder`` fills its weights).
+
+    Only the image tower is built (open_clip's own builder for it; open_clip is pinned): an
+    evaluation loading an encoder has no use for the text tower.
+    """
+    from open_clip.model import _build_vision_tower
+
+    cfg = meta["clip_cfg"]
+    visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], bool(cfg.get("quick_gelu", False)))
+    return _own_trunk(visual, cfg, int(meta["image_size"]))

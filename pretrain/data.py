@@ -297,14 +297,14 @@ def decode_image(data: bytes) -> torch.Tensor:
     into a tensor: 40-45% faster than PIL + numpy per image, measured in
     ``bench/loader_throughput.py --breakdown``); anything else PIL reads falls back to PIL.
     """
-    try:
-        if decode_image_tv is None:
-            raise RuntimeError("torchvision has no image decoder")
-        return decode_image_tv(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
-    except RuntimeError:
-        with Image.open(io.BytesIO(data)) as img:
-            array = np.asarray(img.convert("RGB"))
-        return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    if decode_image_tv is not None:
+        try:
+            return decode_image_tv(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB)
+        except RuntimeError:
+            pass  # not a format torchvision decodes (or broken): let PIL try, and name the error
+    with Image.open(io.BytesIO(data)) as img:
+        array = np.asarray(img.convert("RGB"))
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
 def image_bytes(sample: dict) -> bytes:

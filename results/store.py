@@ -38,7 +38,7 @@ import time
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pandas as pd
 import pyarrow as pa
@@ -155,29 +155,18 @@ class Store:
 
     # ---------------------------------------------------------------- reading
 
-    def _part_infos(self, table: str) -> list[pafs.FileInfo]:
+    def _files(self, table: str, keep: Callable[[str], bool]) -> list[pafs.FileInfo]:
+        """The table folder's plain files whose name ``keep`` accepts, sorted by name."""
         selector = pafs.FileSelector(self.table_dir(table), allow_not_found=True, recursive=False)
-        infos = [
-            info
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-            and info.base_name.endswith(PART_SUFFIX)
-            and not info.base_name.startswith((".", "_"))
-        ]
+        infos = [i for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File and keep(i.base_name)]
         return sorted(infos, key=lambda i: i.base_name)
 
+    def _part_infos(self, table: str) -> list[pafs.FileInfo]:
+        return self._files(table, lambda n: n.endswith(PART_SUFFIX) and not n.startswith((".", "_")))
+
     def _compacted_infos(self, table: str) -> list[pafs.FileInfo]:
-        """Compacted files of ``table``, oldest generation first."""
-        selector = pafs.FileSelector(self.table_dir(table), allow_not_found=True, recursive=False)
-        infos = [
-            info
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.File
-            and info.base_name.startswith(COMPACT_PREFIX)
-            and info.base_name.endswith(PART_SUFFIX)
-            and _TMP_MARK not in info.base_name
-        ]
-        return sorted(infos, key=lambda i: i.base_name)  # zero-padded generation sorts by age
+        """Compacted files of ``table``, oldest generation first (zero-padded generations sort by age)."""
+        return self._files(table, lambda n: n.startswith(COMPACT_PREFIX) and n.endswith(PART_SUFFIX) and _TMP_MARK not in n)
 
     def part_files(self, table: str) -> list[str]:
         """Paths of ``table``'s loose (not compacted) finished parts, sorted; temporary and
