@@ -43,11 +43,15 @@ from harness.artifacts import replaceable_dir
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3  # 3: validation and test splits of 25 and 50 per class (were 10 and 20)
 SHARD_SIZE = 1000
 RENDER_BATCH = 512
 SPLITS = ("train", "validation", "test")
-SPLIT_PER_CLASS = {"train": 40, "validation": 10, "test": 20}  # at scale 1.0
+# Per class at scale 1.0. Validation and test are larger than the full training split's share
+# would suggest: every choice is made on validation and every number read on test, and at 10 and
+# 20 per class their sampling noise (about 4 points at 100 test images) drowned the differences
+# between neighbouring shot counts.
+SPLIT_PER_CLASS = {"train": 40, "validation": 25, "test": 50}
 WORLD_FILE = "world.json"
 
 # --------------------------------------------------------------------------- declarations

@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -77,7 +78,9 @@ def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
                          f"{getattr(images, 'dtype', '')}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape [N, H, W, 3], got {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
+    with warnings.catch_warnings():  # cached splits are read-only; x is only read (copied below)
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
     if images.shape[1:3] == (image_size, image_size):
         return x.contiguous()
     out = torch.empty((len(x), 3, image_size, image_size), dtype=torch.uint8)
@@ -139,14 +142,18 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 
 def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: Path, *,
                      batch_size: int = 256, num_threads: int = 1,
-                     device: torch.device | str | None = None) -> dict[str, Any]:
+                     device: torch.device | str | None = None, set_config: dict[str, Any] | None = None,
+                     data_dir: Path | None = None) -> dict[str, Any]:
     """Encode every split of ``set_name`` with the encoder in ``checkpoint``; write the cache.
 
+    ``set_config`` is the definition of a set declared in a spec (see ``downstream.sets``);
+    ``data_dir`` is where real and declared sets with relative paths live.
     Returns a summary: set, checkpoint, backbone, image_size, feature_dim, num_classes,
     ``counts`` per split, ``seconds`` (total) and ``images_per_second``.
     """
     checkpoint, data_root, out_dir = Path(checkpoint), Path(data_root), Path(out_dir)
     sets = downstream_sets()
+    entry = sets.resolve_set(set_name, {set_name: dict(set_config)} if set_config else None)
     device = torch.device(device) if device is not None else default_device()
     started = time.perf_counter()
     counts: dict[str, int] = {}
@@ -157,7 +164,7 @@ def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: 
         encoder.to(device)
         image_size = int(meta["image_size"])
         for split in SPLITS:
-            data = sets.load_split(set_name, split, data_root)
+            data = sets.load_split(entry, split, data_root, data_dir=data_dir, image_size=image_size)
             if class_names is None:
                 class_names = [str(c) for c in data.class_names]
             elif list(map(str, data.class_names)) != class_names:

@@ -2,8 +2,9 @@
 
 For each learning rate of the grid, starting each time from the same pre-trained weights:
 
-- a new linear head (zero-initialised, so every run starts from the same function and the
-  encoder's first updates come through a head that has begun to fit);
+- a new linear head, zero-initialised (so every run starts from the same function and the
+  encoder's first updates come through a head that has begun to fit) unless ``head_init``
+  gives its starting weights: a fitted linear probe (LP-FT) or CLIP's zero-shot classifier;
 - AdamW with weight decay 0.1 (as in the core study) on weight matrices and convolution
   kernels; biases and normalisation parameters (every 1-d parameter) are not decayed;
 - a per-step schedule: linear warm-up over ``min(warmup_steps, warmup_fraction * total)`` steps
@@ -14,6 +15,9 @@ For each learning rate of the grid, starting each time from the same pre-trained
 - batches of ``batch_size`` (128, or the whole training set when it is smaller); an epoch splits
   a fresh permutation into ``ceil(N / batch_size)`` near-equal batches so every example is seen
   once per epoch and no batch is a lone leftover;
+- the loss is cross-entropy; for a set whose headline metric is balanced accuracy
+  (``class_weight="balanced"``) each class is weighted ``n / (C * n_c)`` over the training
+  examples, so every class weighs the same in the loss as in the metric;
 - after every epoch, the headline metric on the validation split.
 
 The (learning rate, epoch) with the best validation score is selected (ties: the earlier
@@ -115,12 +119,37 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def _zero_head(in_features: int, num_classes: int) -> nn.Linear:
+def _head(in_features: int, num_classes: int, init: tuple[np.ndarray, np.ndarray] | None = None) -> nn.Linear:
+    """A linear head: zeros, or the given ``(W [C, D], b [C])``."""
     head = nn.utils.skip_init(nn.Linear, int(in_features), int(num_classes))  # leaves the global RNG alone
     with torch.no_grad():
-        head.weight.zero_()
-        head.bias.zero_()
+        if init is None:
+            head.weight.zero_()
+            head.bias.zero_()
+        else:
+            W, b = (np.asarray(v, dtype=np.float32) for v in init)
+            if W.shape != (num_classes, in_features) or b.shape != (num_classes,):
+                raise ValueError(f"head_init must be W [{num_classes}, {in_features}] and b [{num_classes}], "
+                                 f"got {W.shape} and {b.shape}")
+            head.weight.copy_(torch.from_numpy(W))
+            head.bias.copy_(torch.from_numpy(b))
     return head
+
+
+CLASS_WEIGHTS = (None, "balanced")
+
+
+def loss_weights(labels: np.ndarray, num_classes: int, class_weight: str | None) -> torch.Tensor | None:
+    """Per-class cross-entropy weights: None, or ``n / (C_present * n_c)`` for "balanced"."""
+    if class_weight not in CLASS_WEIGHTS:
+        raise ValueError(f"class_weight {class_weight!r} is not valid; valid: None, 'balanced'")
+    if class_weight is None:
+        return None
+    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
+    present = counts > 0
+    w = np.zeros(num_classes)
+    w[present] = counts.sum() / (present.sum() * counts[present])
+    return torch.tensor(w, dtype=torch.float32)
 
 
 @torch.inference_mode()
@@ -138,11 +167,15 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: np.ndarray, mean: 
 def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
              validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
              num_classes: int, metric: str = "top1", config: FinetuneConfig = FinetuneConfig(),
-             device: torch.device | str | None = None, num_threads: int = 1) -> FinetuneResult:
+             device: torch.device | str | None = None, num_threads: int = 1,
+             head_init: tuple[np.ndarray, np.ndarray] | None = None, feature_dim: int | None = None,
+             class_weight: str | None = None) -> FinetuneResult:
     """Fine-tune ``encoder`` (left unmodified; each lr trains a copy) and score the selection on test.
 
     ``train``, ``validation`` and ``test`` are ``(images uint8 [N, H, W, 3], labels int64 [N])``;
     images are resized and normalised as ``meta`` says (see :mod:`downstream.features`).
+    ``head_init`` starts the head from ``(W [C, D], b [C])`` instead of zeros; ``feature_dim``
+    (default ``meta["feature_dim"]``) is the width of what ``encoder`` returns.
     """
     check_metric(metric)
     if int(num_classes) < 2:
@@ -155,7 +188,8 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     device = torch.device(device) if device is not None else default_device()
     cfg = config
     size = int(meta["image_size"])
-    feature_dim = int(meta["feature_dim"])
+    feature_dim = int(feature_dim if feature_dim is not None else meta["feature_dim"])
+    weights = loss_weights(train[1], num_classes, class_weight)
 
     with torch_threads(num_threads):
         mean, std = meta_stats(meta, device)
@@ -174,7 +208,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         per_lr: list[dict[str, Any]] = []
         for lr in cfg.lrs:
             gen = torch.Generator().manual_seed(int(cfg.seed))
-            model = nn.Sequential(copy.deepcopy(encoder), _zero_head(feature_dim, num_classes)).to(device)
+            model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)).to(device)
             opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=float(lr))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warmup, total_steps))
             curve: list[dict[str, Any]] = []
@@ -189,7 +223,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
                         xb = augment_batch(xb, gen, pad)
                     xb = normalise(xb.to(device), mean, std)
                     yb = y_train[idx].to(device)
-                    loss = F.cross_entropy(model(xb), yb)
+                    loss = F.cross_entropy(model(xb), yb, weight=None if weights is None else weights.to(device))
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -200,6 +234,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
                     log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
                 val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device)
                 curve.append({"epoch": epoch, "train_loss": loss_sum / n, "val_score": val["score"],
+                              "val_top1": val["top1"],
                               "val_loss": val["loss"], "lr": float(lr), "last_lr": float(sched.get_last_lr()[0]),
                               "seconds": time.perf_counter() - t0})
                 log.debug("finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch,
@@ -217,7 +252,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         if best is None:  # unreachable: at least one lr and one epoch ran
             raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
         t0 = time.perf_counter()
-        model = nn.Sequential(copy.deepcopy(encoder), _zero_head(feature_dim, num_classes)).to(device)
+        model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes)).to(device)
         model.load_state_dict(best["state"])
         test_metrics = _evaluate(model, prepare_images(test[0], size), test[1], mean, std, metric,
                                  cfg.eval_batch_size, device)
@@ -226,7 +261,8 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": cfg.epochs,
                "batch_size": batch_size, "weight_decay": cfg.weight_decay, "warmup_steps": warmup,
                "total_steps": total_steps, "grad_clip": cfg.grad_clip, "augment": cfg.augment,
-               "num_train": n, "per_lr": per_lr}
+               "num_train": n, "per_lr": per_lr, "head_init": "zero" if head_init is None else "given",
+               "class_weight": class_weight}
     return FinetuneResult(lr=best["lr"], epoch=best["epoch"], val_score=best["val_score"], test=test_metrics,
                           curve=best["curve"], per_lr=per_lr, train_seconds=train_seconds,
                           eval_seconds=eval_seconds, hparams=hparams)

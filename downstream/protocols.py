@@ -3,13 +3,23 @@
 A protocol takes one :class:`EvalRequest` (a checkpoint or its cached features, a downstream set,
 shot counts and seeds) and returns one :class:`EvalResult` per (shots, seed), in the order
 ``for shots in request.shots: for seed in request.seeds``. Every choice of hyper-parameter is
-made on the set's full validation split; test is scored once per result, with the selection.
+made on the set's validation split; test is scored once per result, with the selection. No
+protocol passes test data to anything that selects.
 
 - ``linear``: a multinomial logistic-regression probe on frozen features read from
   ``features_dir`` (written by :func:`downstream.features.extract_features`), L2 strength chosen
   on validation (:mod:`downstream.probe`).
 - ``finetune``: the whole encoder plus a new linear head, learning rate and epoch chosen on
-  validation (:mod:`downstream.finetune`).
+  validation (:mod:`downstream.finetune`); the head starts at zero, or, for a CLIP checkpoint
+  with ``head_init: zeroshot``, at the zero-shot classifier (:mod:`downstream.zeroshot`).
+- ``lp_ft``: a linear probe first (as ``linear``, on the cached features), then fine-tuning of
+  the whole network with the head started from the probe (Kumar et al., 2022).
+- ``zeroshot``: CLIP checkpoints only; class-name prompts through the text tower, shots = 0.
+- ``scratch``: the same backbone from random initialisation (seeded by the evaluation seed)
+  with the fine-tuning recipe: the baseline every fine-tuning number is read against.
+
+Where the set's headline metric is balanced accuracy, probes and fine-tuning weight classes
+equally in their loss (``class_weight="balanced"``).
 
 k-shot training sets are drawn by :func:`downstream.fewshot.sample_shots` (nested across k for a
 seed; ``shots=None`` is the full training split).
@@ -22,19 +32,21 @@ import logging
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from downstream.features import default_device, downstream_sets, load_class_names, load_features, torch_threads
+from downstream.features import (default_device, downstream_sets, load_class_names, load_features,
+                                 prepare_images, torch_threads)
 from downstream.fewshot import sample_shots
 from downstream.finetune import FinetuneConfig, finetune
-from downstream.metrics import chance_level, check_metric
+from downstream.metrics import all_metrics, chance_level, check_metric
 from downstream.probe import DEFAULT_L2_GRID, fit_probe
 from harness.registry import Registry
-from pretrain.models import load_encoder
 
 log = logging.getLogger(__name__)
+
+HEAD_INITS = ("zero", "zeroshot")
 
 
 @dataclass(frozen=True)
@@ -43,11 +55,14 @@ class EvalRequest:
     data_root: Path
     checkpoint: Path
     features_dir: Path | None
-    shots: tuple[int | None, ...]  # None = the full training split
+    shots: tuple[int | None, ...]  # None = the full training split, 0 = zero-shot
     seeds: tuple[int, ...]
     epochs: int = 5  # fine-tuning style protocols
-    lrs: tuple[float, ...] = (1e-3, 3e-3)
+    lrs: tuple[float, ...] = (1e-4, 3e-4, 1e-3, 3e-3)
     num_threads: int = 1
+    set_config: Mapping[str, Any] | None = None  # a set declared in the spec travels as its config
+    data_dir: Path | None = None  # where real and spec-declared sets with relative paths live
+    head_init: str = "zero"  # finetune: "zero" or "zeroshot" (CLIP checkpoints)
 
 
 @dataclass
@@ -70,26 +85,99 @@ class EvalResult:
 
 @dataclass(frozen=True)
 class ProtocolEntry:
-    needs_features: bool
     run: Callable[[EvalRequest], list[EvalResult]]
     description: str
+    needs_features: bool = False  # reads the (checkpoint, set) feature cache
+    trains: bool = False  # a fine-tuning recipe: takes epochs and a learning-rate grid, records curves
+    needs_text_tower: bool = False  # only for checkpoints of methods with a text tower (zero-shot)
+    from_scratch: bool = False  # ignores the checkpoint's weights: evaluated once per backbone
 
 
 PROTOCOLS: Registry[ProtocolEntry] = Registry("protocol")
 
 
-def _check_request(req: EvalRequest) -> None:
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _entry(req: EvalRequest):
+    sets = downstream_sets()
+    custom = {req.set_name: dict(req.set_config)} if req.set_config else None
+    return sets.resolve_set(req.set_name, custom)
+
+
+def _split(req: EvalRequest, split: str, image_size: int | None = None):
+    return downstream_sets().load_split(_entry(req), split, req.data_root, data_dir=req.data_dir,
+                                        image_size=image_size)
+
+
+def _headline_metric(req: EvalRequest) -> str:
+    return check_metric(_entry(req).metric)
+
+
+def _class_weight(metric: str) -> str | None:
+    return "balanced" if metric == "balanced_acc" else None
+
+
+def _check_request(req: EvalRequest, *, zero_shot: bool = False) -> None:
     if not req.shots:
         raise ValueError("EvalRequest.shots is empty; give shot counts (positive integers) or None for the full set")
     if not req.seeds:
         raise ValueError("EvalRequest.seeds is empty; give at least one evaluation seed")
     for k in req.shots:
-        if k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
+        if zero_shot:
+            if k != 0:
+                raise ValueError(f"protocol 'zeroshot' takes shots 0 only, got {k!r}")
+        elif k is not None and (isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1):
             raise ValueError(f"EvalRequest.shots entries must be positive integers or None (full set), got {k!r}")
+    if req.head_init not in HEAD_INITS:
+        raise ValueError(f"head_init {req.head_init!r} is not valid; valid: {', '.join(HEAD_INITS)}")
 
 
-def _headline_metric(set_name: str) -> str:
-    return check_metric(downstream_sets().DOWNSTREAM.get(set_name).metric)
+def _image_size(checkpoint: Path) -> int:
+    import torch
+
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["meta"]["image_size"])
+
+
+@dataclass
+class _Images:
+    train: Any
+    val: Any
+    test: Any
+    num_classes: int
+    provenance: dict[str, Any]
+
+
+def _load_images(req: EvalRequest, image_size: int) -> _Images:
+    train = _split(req, "train", image_size)
+    val = _split(req, "validation", image_size)
+    test = _split(req, "test", image_size)
+    info = dict(getattr(train, "info", {}) or {})
+    return _Images(train, val, test, len(train.class_names), info)
+
+
+def _labels(split) -> np.ndarray:
+    return np.asarray(split.labels, dtype=np.int64)
+
+
+# ------------------------------------------------------------------------------------------ linear
+
+
+def _fit_probes(req: EvalRequest, metric: str, X_train, y_train, X_val, y_val, num_classes: int):
+    """One probe per (shots, seed), fitted on the k-shot subset; identical subsets are fitted once."""
+    fits: dict[str, tuple[Any, float]] = {}
+    for shots in req.shots:
+        for seed in req.seeds:
+            idx = sample_shots(y_train, shots, seed)
+            key = hashlib.sha1(idx.tobytes()).hexdigest()
+            reused = key in fits
+            if not reused:
+                t0 = time.perf_counter()
+                probe = fit_probe(X_train[idx], y_train[idx], X_val, y_val, num_classes=num_classes, metric=metric,
+                                  l2_grid=DEFAULT_L2_GRID, class_weight=_class_weight(metric))
+                fits[key] = (probe, time.perf_counter() - t0)
+            probe, seconds = fits[key]
+            yield shots, seed, idx, probe, seconds, reused
 
 
 def run_linear(req: EvalRequest) -> list[EvalResult]:
@@ -98,81 +186,208 @@ def run_linear(req: EvalRequest) -> list[EvalResult]:
     if req.features_dir is None:
         raise ValueError(f"protocol 'linear' reads cached features, but EvalRequest.features_dir is None "
                          f"(set {req.set_name!r}); run extract_features first and pass its out_dir")
-    metric = _headline_metric(req.set_name)
+    metric = _headline_metric(req)
     X_train, y_train = load_features(req.features_dir, "train")
     X_val, y_val = load_features(req.features_dir, "validation")
-    X_test, y_test = load_features(req.features_dir, "test")
-    num_classes = len(load_class_names(req.features_dir)) or int(max(y_train.max(), y_val.max(), y_test.max()) + 1)
+    num_classes = len(load_class_names(req.features_dir)) or int(max(y_train.max(), y_val.max()) + 1)
     chance = chance_level(metric, num_classes)
 
     results: list[EvalResult] = []
-    fits: dict[str, tuple[Any, float]] = {}  # identical training subsets (e.g. the full set) are fitted once
+    with torch_threads(req.num_threads):
+        fitted = list(_fit_probes(req, metric, X_train, y_train, X_val, y_val, num_classes))
+        X_test, y_test = load_features(req.features_dir, "test")  # read only after every choice is made
+        for shots, seed, idx, probe, train_seconds, reused in fitted:
+            t0 = time.perf_counter()
+            test = probe.evaluate(X_test, y_test)
+            eval_seconds = time.perf_counter() - t0
+            hparams = {"l2": probe.l2, "l2_grid": list(DEFAULT_L2_GRID), "solver": "lbfgs",
+                       "num_train": int(len(idx)), "feature_dim": int(X_train.shape[1]),
+                       "class_weight": _class_weight(metric), "sweep": probe.sweep, "reused_fit": reused}
+            results.append(EvalResult(shots=shots, eval_seed=int(seed), top1=test["top1"],
+                                      balanced_acc=test["balanced_acc"], score=test["score"], loss=test["loss"],
+                                      val_score=probe.val_score, num_classes=num_classes, metric=metric,
+                                      chance=chance, train_seconds=train_seconds, eval_seconds=eval_seconds,
+                                      hparams=hparams, curve=[]))
+            log.info("linear %s shots=%s seed=%d: val %.4f test %s %.4f (l2=%g, n=%d)", req.set_name,
+                     shots, seed, probe.val_score, metric, test["score"], probe.l2, len(idx))
+    return results
+
+
+# ------------------------------------------------------------------------------------------ fine-tuning
+
+
+def _finetune_runs(req: EvalRequest, protocol: str, make_encoder: Callable[[int], tuple[Any, dict, dict]],
+                   image_size: int, head_for: Callable[[int, np.ndarray], tuple[Any, dict]] | None = None
+                   ) -> list[EvalResult]:
+    """The shared body of finetune, lp_ft and scratch.
+
+    ``make_encoder(seed)`` gives ``(encoder, meta, extra)`` where ``extra`` may hold
+    ``feature_dim`` and ``head_init``; ``head_for(seed, idx)`` gives ``(head_init, hparams)``
+    for a k-shot subset (LP-FT's probe).
+    """
+    metric = _headline_metric(req)
+    data = _load_images(req, image_size)
+    num_classes = data.num_classes
+    chance = chance_level(metric, num_classes)
+    y_train, y_val, y_test = _labels(data.train), _labels(data.val), _labels(data.test)
+    device = default_device()
+    results: list[EvalResult] = []
     with torch_threads(req.num_threads):
         for shots in req.shots:
             for seed in req.seeds:
                 idx = sample_shots(y_train, shots, seed)
-                key = hashlib.sha1(idx.tobytes()).hexdigest()
-                reused = key in fits
-                if not reused:
-                    t0 = time.perf_counter()
-                    probe = fit_probe(X_train[idx], y_train[idx], X_val, y_val, num_classes=num_classes, metric=metric,
-                                      l2_grid=DEFAULT_L2_GRID)
-                    fits[key] = (probe, time.perf_counter() - t0)
-                probe, train_seconds = fits[key]
-                t0 = time.perf_counter()
-                test = probe.evaluate(X_test, y_test)
-                eval_seconds = time.perf_counter() - t0
-                hparams = {"l2": probe.l2, "l2_grid": list(DEFAULT_L2_GRID), "solver": "lbfgs",
-                           "num_train": int(len(idx)), "feature_dim": int(X_train.shape[1]),
-                           "sweep": probe.sweep, "reused_fit": reused}
-                results.append(EvalResult(shots=shots, eval_seed=int(seed), top1=test["top1"],
-                                          balanced_acc=test["balanced_acc"], score=test["score"], loss=test["loss"],
-                                          val_score=probe.val_score, num_classes=num_classes, metric=metric,
-                                          chance=chance, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                                          hparams=hparams, curve=[]))
-                log.info("linear %s shots=%s seed=%d: val %.4f test %s %.4f (l2=%g, n=%d)", req.set_name,
-                         shots, seed, probe.val_score, metric, test["score"], probe.l2, len(idx))
+                encoder, meta, extra = make_encoder(int(seed))
+                head_init, head_hparams = (extra.get("head_init"), {})
+                if head_for is not None:
+                    head_init, head_hparams = head_for(int(seed), idx)
+                cfg = FinetuneConfig(epochs=int(req.epochs), lrs=tuple(float(v) for v in req.lrs), seed=int(seed))
+                out = finetune(encoder, meta, (data.train.images[idx], y_train[idx]), (data.val.images, y_val),
+                               (data.test.images, y_test), num_classes=num_classes, metric=metric, config=cfg,
+                               device=device, num_threads=req.num_threads, head_init=head_init,
+                               feature_dim=extra.get("feature_dim"), class_weight=_class_weight(metric))
+                hparams = {**out.hparams, **head_hparams, **extra.get("hparams", {})}
+                if data.provenance:
+                    hparams["data"] = data.provenance
+                results.append(EvalResult(shots=shots, eval_seed=int(seed), top1=out.test["top1"],
+                                          balanced_acc=out.test["balanced_acc"], score=out.test["score"],
+                                          loss=out.test["loss"], val_score=out.val_score, num_classes=num_classes,
+                                          metric=metric, chance=chance, train_seconds=out.train_seconds,
+                                          eval_seconds=out.eval_seconds, hparams=hparams, curve=out.curve))
+                log.info("%s %s shots=%s seed=%d: lr=%g epoch %d, val %.4f test %s %.4f", protocol, req.set_name,
+                         shots, seed, out.lr, out.epoch, out.val_score, metric, out.test["score"])
     return results
 
 
 def run_finetune(req: EvalRequest) -> list[EvalResult]:
     """Full fine-tuning from ``checkpoint`` on raw images, one result per (shots, seed)."""
     _check_request(req)
-    metric = _headline_metric(req.set_name)
-    sets = downstream_sets()
-    train = sets.load_split(req.set_name, "train", req.data_root)
-    val = sets.load_split(req.set_name, "validation", req.data_root)
-    test = sets.load_split(req.set_name, "test", req.data_root)
-    num_classes = len(train.class_names)
-    chance = chance_level(metric, num_classes)
-    train_labels = np.asarray(train.labels, dtype=np.int64)
-    device = default_device()
+    from pretrain.models import load_encoder
 
-    results: list[EvalResult] = []
+    if req.head_init == "zeroshot":
+        from downstream.zeroshot import ClipImageFeatures, class_weights, load_zeroshot_model, templates_for, zeroshot_head
+
+        model, tokenizer, meta = load_zeroshot_model(req.checkpoint)
+        names = _split(req, "train", int(meta["image_size"])).class_names
+        templates = templates_for(req.set_name)
+        with torch_threads(req.num_threads):
+            head = zeroshot_head(model, class_weights(model, tokenizer, names, templates))
+        encoder = ClipImageFeatures(model.visual)
+        extra = {"feature_dim": int(head[0].shape[1]), "head_init": head,
+                 "hparams": {"head_init": "zeroshot", "templates": list(templates)}}
+        return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, extra), int(meta["image_size"]))
+
+    encoder, meta = load_encoder(req.checkpoint, map_location="cpu")
+    return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, {}), int(meta["image_size"]))
+
+
+def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
+    """Linear probe on cached features, then fine-tuning with the head started from the probe."""
+    _check_request(req)
+    if req.features_dir is None:
+        raise ValueError(f"protocol 'lp_ft' starts from a probe on cached features, but EvalRequest.features_dir "
+                         f"is None (set {req.set_name!r}); run extract_features first and pass its out_dir")
+    from downstream.probe import probe_to_linear
+    from pretrain.models import load_encoder
+
+    metric = _headline_metric(req)
+    X_train, y_train = load_features(req.features_dir, "train")
+    X_val, y_val = load_features(req.features_dir, "validation")
+    num_classes = len(load_class_names(req.features_dir)) or int(max(y_train.max(), y_val.max()) + 1)
+    encoder, meta = load_encoder(req.checkpoint, map_location="cpu")
+    probes: dict[str, Any] = {}
+
+    def head_for(seed: int, idx: np.ndarray):
+        key = hashlib.sha1(idx.tobytes()).hexdigest()
+        if key not in probes:
+            with torch_threads(req.num_threads):
+                probes[key] = fit_probe(X_train[idx], y_train[idx], X_val, y_val, num_classes=num_classes,
+                                        metric=metric, l2_grid=DEFAULT_L2_GRID, class_weight=_class_weight(metric))
+        probe = probes[key]
+        return probe_to_linear(probe), {"head_init": "probe", "probe_l2": probe.l2,
+                                        "probe_val_score": probe.val_score}
+
+    return _finetune_runs(req, "lp_ft", lambda seed: (encoder, meta, {}), int(meta["image_size"]), head_for)
+
+
+def run_scratch(req: EvalRequest) -> list[EvalResult]:
+    """The checkpoint's backbone from random initialisation, fine-tuned with the same recipe."""
+    _check_request(req)
+    import torch
+
+    from pretrain.models import build_encoder, encoder_meta
+
+    meta0 = torch.load(req.checkpoint, map_location="cpu", weights_only=True, mmap=True)["meta"]
+    backbone, size = meta0["backbone"], int(meta0["image_size"])
+
+    def make(seed: int):
+        state = torch.random.get_rng_state()
+        try:
+            torch.manual_seed(seed)
+            encoder = build_encoder(backbone, size)
+        finally:
+            torch.random.set_rng_state(state)
+        meta = encoder_meta(encoder, backbone, size, method="none")
+        return encoder, meta, {"hparams": {"init": "random", "init_seed": seed}}
+
+    return _finetune_runs(req, "scratch", make, size)
+
+
+# ------------------------------------------------------------------------------------------ zero-shot
+
+
+def run_zeroshot(req: EvalRequest) -> list[EvalResult]:
+    """CLIP zero-shot: one result per seed (all identical: nothing is drawn), shots = 0."""
+    _check_request(req, zero_shot=True)
+    import torch
+    import torch.nn.functional as F
+
+    from downstream.zeroshot import class_weights, load_zeroshot_model, templates_for, zeroshot_logits
+
+    metric = _headline_metric(req)
+    model, tokenizer, meta = load_zeroshot_model(req.checkpoint)
+    size = int(meta["image_size"])
+    device = default_device()
+    templates = templates_for(req.set_name)
     with torch_threads(req.num_threads):
-        encoder, meta = load_encoder(req.checkpoint, map_location="cpu")
-        for shots in req.shots:
-            for seed in req.seeds:
-                idx = sample_shots(train_labels, shots, seed)
-                cfg = FinetuneConfig(epochs=int(req.epochs), lrs=tuple(float(v) for v in req.lrs), seed=int(seed))
-                out = finetune(encoder, meta, (train.images[idx], train_labels[idx]),
-                               (val.images, np.asarray(val.labels, dtype=np.int64)),
-                               (test.images, np.asarray(test.labels, dtype=np.int64)),
-                               num_classes=num_classes, metric=metric, config=cfg, device=device,
-                               num_threads=req.num_threads)
-                results.append(EvalResult(shots=shots, eval_seed=int(seed), top1=out.test["top1"],
-                                          balanced_acc=out.test["balanced_acc"], score=out.test["score"],
-                                          loss=out.test["loss"], val_score=out.val_score, num_classes=num_classes,
-                                          metric=metric, chance=chance, train_seconds=out.train_seconds,
-                                          eval_seconds=out.eval_seconds, hparams=out.hparams, curve=out.curve))
-                log.info("finetune %s shots=%s seed=%d: lr=%g epoch %d, val %.4f test %s %.4f", req.set_name,
-                         shots, seed, out.lr, out.epoch, out.val_score, metric, out.test["score"])
-    return results
+        model.to(device)
+        val = _split(req, "validation", size)
+        names = list(val.class_names)
+        t0 = time.perf_counter()
+        weights = class_weights(model, tokenizer, names, templates, device=device)
+        val_logits = zeroshot_logits(model, prepare_images(val.images, size), weights, meta, device=device)
+        build_seconds = time.perf_counter() - t0
+        val_metrics = all_metrics(_labels(val), val_logits.argmax(1).numpy())
+        test = _split(req, "test", size)
+        t0 = time.perf_counter()
+        logits = zeroshot_logits(model, prepare_images(test.images, size), weights, meta, device=device)
+        y = torch.from_numpy(_labels(test))
+        scores = all_metrics(_labels(test), logits.argmax(1).numpy())
+        loss = float(F.cross_entropy(logits, y))
+        eval_seconds = time.perf_counter() - t0
+    num_classes = len(names)
+    hparams = {"templates": list(templates), "class_prompts": [n.replace("_", " ") for n in names],
+               "logit_scale": float(model.logit_scale.detach().exp())}
+    log.info("zeroshot %s: test %s %.4f (chance %.4f)", req.set_name, metric, scores[metric], 1 / num_classes)
+    return [EvalResult(shots=0, eval_seed=int(seed), top1=scores["top1"], balanced_acc=scores["balanced_acc"],
+                       score=scores[metric], loss=loss, val_score=val_metrics[metric], num_classes=num_classes,
+                       metric=metric, chance=chance_level(metric, num_classes), train_seconds=build_seconds,
+                       eval_seconds=eval_seconds, hparams=hparams, curve=[])
+            for seed in req.seeds]
 
 
 PROTOCOLS.register("linear", ProtocolEntry(
-    needs_features=True, run=run_linear,
+    run=run_linear, needs_features=True,
     description="multinomial logistic regression on frozen features; L2 strength chosen on validation"))
 PROTOCOLS.register("finetune", ProtocolEntry(
-    needs_features=False, run=run_finetune,
-    description="whole encoder + new linear head, AdamW wd 0.1, cosine; lr and epoch chosen on validation"))
+    run=run_finetune, trains=True,
+    description="whole encoder + new linear head (zero, or CLIP's zero-shot classifier), AdamW wd 0.1, cosine; "
+                "lr and epoch chosen on validation"))
+PROTOCOLS.register("lp_ft", ProtocolEntry(
+    run=run_lp_ft, needs_features=True, trains=True,
+    description="linear probe on frozen features, then fine-tuning of the whole network from it"))
+PROTOCOLS.register("zeroshot", ProtocolEntry(
+    run=run_zeroshot, needs_text_tower=True,
+    description="CLIP checkpoints: class-name prompts through the text tower (shots 0)"))
+PROTOCOLS.register("scratch", ProtocolEntry(
+    run=run_scratch, trains=True, from_scratch=True,
+    description="the same backbone from random initialisation, fine-tuned with the same recipe"))

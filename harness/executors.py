@@ -33,6 +33,7 @@ class RunContext:
     world_dir: Path
     code_version: str
     num_threads: int = 1
+    data_dir: Path | None = None  # real and spec-declared sets with relative paths
 
 
 Executor = Callable[[Job, RunContext], dict[str, Any]]
@@ -164,10 +165,45 @@ def _features(job: Job, ctx: RunContext) -> dict[str, Any]:
 
     d = out_dir(job, ctx)
     ckpt = checkpoint_path(ctx, job.deps[0], job.config["epoch"])
-    summary = extract_features(ckpt, job.config["downstream"], ctx.world_dir, d, num_threads=ctx.num_threads)
+    summary = extract_features(ckpt, job.config["downstream"], ctx.world_dir, d, num_threads=ctx.num_threads,
+                               set_config=job.config.get("set_config"), data_dir=ctx.data_dir)
+    write_spectra(d)
     summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
     mark_done(d, summary)
     return summary
+
+
+SPECTRA_FILE = "spectra.json"
+
+
+def write_spectra(features_dir: Path) -> dict[str, Any]:
+    """The singular-value spectrum of every cached split's features, saved beside them."""
+    from downstream.features import SPLITS, load_features
+    from downstream.spectra import summarise
+
+    out = {split: summarise(load_features(features_dir, split)[0]) for split in SPLITS}
+    tmp = features_dir / f".{SPECTRA_FILE}.tmp"
+    tmp.write_text(json.dumps(out))
+    tmp.replace(features_dir / SPECTRA_FILE)
+    return out
+
+
+def spectra_rows(job: Job, ctx: RunContext) -> list[dict[str, Any]]:
+    """The `spectra` rows of a finished features job (computing its spectra if an older run did not)."""
+    d = out_dir(job, ctx)
+    path = d / SPECTRA_FILE
+    data = json.loads(path.read_text()) if path.is_file() else write_spectra(d)
+    c = job.coords
+    rows = []
+    for split, spec in data.items():
+        key = content_key("spectrum", {"features": job.key, "split": split})
+        for i, value in enumerate(spec["singular_values"], start=1):
+            rows.append({"key": key, "job_key": job.key, "pretrain_key": c["pretrain_key"],
+                         "checkpoint_epoch": c["checkpoint_epoch"], "downstream": c["downstream"], "split": split,
+                         "rank_index": i, "singular_value": float(value), "k80": int(spec["k80"]),
+                         "effective_rank": float(spec["effective_rank"]), "num_examples": int(spec["n"]),
+                         "feature_dim": int(spec["dim"]), "method": c["method"], "source": c["source"]})
+    return rows
 
 
 @EXECUTORS.register("eval")
@@ -191,6 +227,9 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
         epochs=c.get("epochs", 5),
         lrs=tuple(c.get("lrs", (1e-3,))),
         num_threads=ctx.num_threads,
+        set_config=c.get("set_config"),
+        data_dir=ctx.data_dir,
+        head_init=c.get("head_init", "zero"),
     )
     results = entry.run(request)
     pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0

@@ -5,9 +5,11 @@ Job kinds, in dependency order:
 - ``world``    writes the embedded world (sources as webdataset shards, downstream sets on disk);
 - ``view``     builds the exact pre-training data of a run (curation, labels, noise, size, mixture);
 - ``pretrain`` trains a method on a view and saves checkpoints at the requested epochs;
-- ``init``     a randomly initialised encoder, the floor every transfer number is read against;
+- ``init``     a randomly initialised encoder: the `linear` floor every transfer number is read
+               against, and the start of every `scratch` run;
 - ``features`` extracts an encoder's features once per (checkpoint epoch, downstream set);
-- ``eval``     one protocol on one set for one checkpoint, every shot count and seed.
+- ``eval``     one protocol on one set for one checkpoint, every shot count and seed
+               (``zeroshot`` only on checkpoints with a text tower, ``scratch`` only from ``init``).
 
 Combinations that make no sense are pruned with the reason kept, so ``tbench plan`` can show it.
 """
@@ -163,8 +165,9 @@ def make_plan(spec: Spec) -> Plan:
                                 for epoch in spec.eval_epochs(epochs):
                                     checkpoints.append((pjob, epoch))
 
+    wants_scratch = any(p.name == "scratch" for p in spec.downstream.protocols)
     floor: Job | None = None
-    if spec.downstream.random_init_floor:
+    if spec.downstream.random_init_floor or wants_scratch:
         icfg = {"backbone": pt.backbone, "image_size": pt.image_size, "seed": 0}
         icoords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
                    "method": "none", "backbone": pt.backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
@@ -172,31 +175,62 @@ def make_plan(spec: Spec) -> Plan:
         floor = add(Job("init", content_key("init", icfg), icfg, (), icoords, {"num_cpus": 1}))
         checkpoints.append((floor, 0))
 
+    def prune(what: str, why: str) -> None:
+        if (what, why) not in pruned:
+            pruned.append((what, why))
+
     eres = {"num_cpus": res.eval.num_cpus, "num_gpus": res.eval.num_gpus}
     for src, epoch in checkpoints:
+        method = src.coords["method"]
+        has_text = method != "none" and METHODS.get(method).zero_shot
         for set_name in spec.downstream.sets:
-            protocols = spec.downstream.protocols_for(set_name)
-            if src is floor:
-                skipped = [p.name for p in protocols if p.name != "linear"]
-                if skipped:
-                    pruned.append((f"{', '.join(skipped)} on {set_name} from the random-init floor",
-                                   "the floor is a frozen random encoder: only `linear` is evaluated on it "
-                                   "(`scratch` is the trained-from-random baseline)"))
-                protocols = [p for p in protocols if p.name == "linear"]
+            protocols = []
+            for p in spec.downstream.protocols_for(set_name):
+                entry = PROTOCOLS.get(p.name)
+                if src is floor:
+                    if entry.from_scratch or (p.name == "linear" and spec.downstream.random_init_floor):
+                        protocols.append(p)
+                    else:
+                        prune(f"{p.name} from the random-init encoder",
+                              "the random-init job serves `scratch` (trained from random weights) and the "
+                              "`linear` floor (random_init_floor); other protocols need a pre-trained checkpoint")
+                    continue
+                if entry.from_scratch:
+                    prune(f"{p.name} on pre-trained checkpoints",
+                          "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job")
+                elif (entry.needs_text_tower or p.head_init == "zeroshot") and not has_text:
+                    prune(f"{p.name}{' (head_init: zeroshot)' if p.head_init == 'zeroshot' else ''} on {method} "
+                          "checkpoints", f"needs a text tower; method {method!r} has none (CLIP does)")
+                else:
+                    protocols.append(p)
+            if not protocols:
+                continue
             base = {**src.coords, "pretrain_key": src.key, "checkpoint_epoch": epoch, "downstream": set_name}
+            set_cfg = spec.downstream.set_config(set_name)
             feats: Job | None = None
             if any(PROTOCOLS.get(p.name).needs_features for p in protocols):
-                fcfg = {"downstream": set_name, "epoch": epoch}
+                fcfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch}
+                if set_cfg is not None:
+                    fcfg["set_config"] = set_cfg
                 feats = add(Job("features", content_key("features", fcfg, [src.key, world.key]), fcfg,
                                 (src.key, world.key), base, eres))
             for proto in protocols:
                 pentry = PROTOCOLS.get(proto.name)
                 shots = [_shots_value(s) for s in proto.shots]
                 seeds = list(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
+                if pentry.needs_text_tower:
+                    seeds = seeds[:1]  # zero-shot draws nothing: one seed says it all
                 ecfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
                                         "shots": shots, "seeds": seeds}
-                if not pentry.needs_features:
+                if pentry.trains:
                     ecfg.update(epochs=proto.epochs, lrs=list(proto.lrs))
+                head_init = proto.head_init
+                if head_init == "auto":
+                    head_init = "zeroshot" if has_text else "zero"
+                if head_init != "zero":  # only non-default settings join the key
+                    ecfg["head_init"] = head_init
+                if set_cfg is not None:
+                    ecfg["set_config"] = set_cfg
                 deps = (src.key, world.key) + ((feats.key,) if pentry.needs_features and feats else ())
                 add(Job("eval", content_key("eval", ecfg, list(deps)), ecfg, deps,
                         {**base, "protocol": proto.name}, eres, rows=len(shots) * len(seeds)))

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.artifacts import is_done, job_dir, mark_done
-from harness.executors import RunContext, clean_unfinished, execute, failed_rows
+from harness.executors import RunContext, clean_unfinished, execute, failed_rows, spectra_rows
 from harness.plan import KINDS, Job, Plan, make_plan
 from harness.spec import Spec
 
@@ -47,6 +47,7 @@ class Paths:
     store: Path
     report: Path
     world: Path
+    data: Path | None = None  # real and declared sets with relative paths (None: $TBENCH_DATA or ~/tbench-data)
 
 
 def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workdir: str | Path | None = None,
@@ -58,7 +59,11 @@ def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workd
     world = Path(spec.world.dir) if spec.world.dir else job_dir(wd, "world", world_job.key)
     if not world.is_absolute():
         world = base / world
-    return Paths(wd.absolute(), st.absolute(), spec.path("report", base).absolute(), world.absolute())
+    data = None
+    if spec.downstream.data_dir:
+        data = Path(spec.downstream.data_dir).expanduser()
+        data = data if data.is_absolute() else base / data
+    return Paths(wd.absolute(), st.absolute(), spec.path("report", base).absolute(), world.absolute(), data)
 
 
 def code_version() -> str:
@@ -99,7 +104,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     todo = [j for j in plan.jobs.values() if j.key not in done]
     summary = RunSummary(len(plan.jobs), len(done), planned_rows=plan.planned_rows())
     if not todo:
-        _backfill_views(plan, paths, st)
+        _backfill(plan, paths, st)
         summary.seconds = time.perf_counter() - t0
         return summary
 
@@ -131,7 +136,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     finally:
         if started_ray:
             ray.shutdown()
-    _backfill_views(plan, paths, st)
+    _backfill(plan, paths, st)
     summary.seconds = time.perf_counter() - t0
     return summary
 
@@ -163,7 +168,7 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
     retries = plan.spec.resources.max_retries
     for job in todo:
         ctx = RunContext(plan.spec.name, paths.workdir, paths.world, version,
-                         num_threads=max(1, int(job.resources.get("num_cpus", 1))))
+                         num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data)
         if job.kind == "pretrain":
             # Ray Train reserves the workers' CPUs/GPUs itself; the task that drives it holds none.
             opts = {"num_cpus": 0, "max_retries": 0}
@@ -203,6 +208,8 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                     summary.rows_written += len(result["runs"])
                 elif job.kind == "view":
                     _write_view_row(st, job, ctx.spec_name, paths)
+                elif job.kind == "features":
+                    st.write_part("spectra", job.key, spectra_rows(job, ctx))
                 summary.ran[job.kind] += 1
             bar.advance(tasks[job.kind])
 
@@ -214,12 +221,18 @@ def _task(job: Job, ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     return execute(job, ctx)
 
 
-def _backfill_views(plan: Plan, paths: Paths, st) -> None:
-    """Give every finished view its `views` row (e.g. after the store was moved or wiped)."""
+def _backfill(plan: Plan, paths: Paths, st) -> None:
+    """Give every finished view its `views` row and every finished feature cache its `spectra`
+    rows (e.g. after the store was moved or wiped, or the work was done by an older version)."""
     have = st.part_keys("views")
     for job in plan.of_kind("view"):
         if job.key not in have and is_done(job_dir(paths.workdir, "view", job.key)):
             _write_view_row(st, job, plan.spec.name, paths)
+    have = st.part_keys("spectra")
+    for job in plan.of_kind("features"):
+        if job.key not in have and is_done(job_dir(paths.workdir, "features", job.key)):
+            ctx = RunContext(plan.spec.name, paths.workdir, paths.world, "", data_dir=paths.data)
+            st.write_part("spectra", job.key, spectra_rows(job, ctx))
 
 
 def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:

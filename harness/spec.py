@@ -213,7 +213,10 @@ class Protocol(_Model):
     sets: list[str] | None = None  # default: every set of the suite
     seeds: list[int] | None = None  # default: downstream.eval_seeds
     epochs: int = Field(5, ge=1)  # fine-tuning style protocols
-    lrs: list[float] = Field(default_factory=lambda: [1e-3, 3e-3])
+    lrs: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # the core study's grid
+    # finetune: the head starts at zero, at CLIP's zero-shot classifier ("zeroshot": CLIP
+    # checkpoints only), or "auto": zero-shot where the checkpoint has a text tower, else zero.
+    head_init: Literal["zero", "zeroshot", "auto"] = "zero"
 
     @field_validator("name")
     @classmethod
@@ -232,20 +235,39 @@ class Protocol(_Model):
 
     @field_validator("sets")
     @classmethod
-    def _sets(cls, v: list[str] | None) -> list[str] | None:
+    def _sets(cls, v: list[str] | None, info: ValidationInfo) -> list[str] | None:
         if v is None:
             return v
-        from downstream.sets import DOWNSTREAM
+        return _check_sets(v, info)
 
-        return _check_names(v, DOWNSTREAM, "downstream set")
+    @field_validator("lrs")
+    @classmethod
+    def _lrs(cls, v: list[float]) -> list[float]:
+        if not v or any(not lr > 0 for lr in v):
+            raise ValueError(f"lrs must be a non-empty list of positive learning rates, got {v}")
+        return v
 
     @model_validator(mode="after")
     def _zero_shot(self) -> "Protocol":
+        if self.head_init != "zero" and self.name != "finetune":
+            raise ValueError(f"head_init applies to protocol 'finetune' only, not {self.name!r}")
         if self.name != "zeroshot" and 0 in self.shots:
             raise ValueError(f"shots 0 is zero-shot; protocol {self.name!r} needs shots >= 1 or 'full'")
         if self.name == "zeroshot" and self.shots != [0]:
             raise ValueError("protocol 'zeroshot' takes shots [0]")
         return self
+
+
+def _check_sets(v: list[str], info: ValidationInfo) -> list[str]:
+    """Registered set names, or names declared under ``downstream.custom_sets``."""
+    from downstream.sets import DOWNSTREAM
+
+    declared = sorted((info.context or {}).get("custom_sets", ()))
+    bad = [s for s in v if s not in DOWNSTREAM and s not in declared]
+    if bad:
+        extra = f" (or a set declared under downstream.custom_sets: {', '.join(declared)})" if declared else ""
+        raise ValueError("; ".join(DOWNSTREAM.unknown_message(s) + extra for s in bad))
+    return v
 
 
 class Downstream(_Model):
@@ -254,16 +276,49 @@ class Downstream(_Model):
     eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
     random_init_floor: bool = True  # evaluate `linear` on a randomly initialised encoder too
+    # Sets of your own, by name: {format: hf_disk|hf_hub|imagefolder|wds, path: ..., metric: ...}
+    # (see downstream.sets.DownstreamSet.from_config); list their names under `sets`.
+    custom_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)
+    # Where real sets (real.cifar100, ...) and custom sets with relative paths are read from;
+    # default: $TBENCH_DATA, else ~/tbench-data.
+    data_dir: str | None = None
 
     def protocols_for(self, set_name: str) -> list[Protocol]:
         return [p for p in self.protocols if p.sets is None or set_name in p.sets]
 
+    def set_config(self, set_name: str) -> dict[str, Any] | None:
+        """The canonical definition of a declared set (None for a registered one)."""
+        if set_name not in self.custom_sets:
+            return None
+        from downstream.sets import DownstreamSet
+
+        return DownstreamSet.from_config(set_name, self.custom_sets[set_name]).to_config(docs=False)
+
     @field_validator("sets")
     @classmethod
-    def _sets(cls, v: list[str]) -> list[str]:
-        from downstream.sets import DOWNSTREAM
+    def _sets(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        return _check_sets(v, info)
 
-        return _check_names(v, DOWNSTREAM, "downstream set")
+    @field_validator("custom_sets")
+    @classmethod
+    def _custom(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from downstream.sets import DOWNSTREAM, DownstreamSet
+
+        problems = []
+        for name, cfg in v.items():
+            if name in DOWNSTREAM:
+                problems.append(f"{name!r} is already a registered set; give your set another name")
+                continue
+            if not isinstance(cfg, dict):
+                problems.append(f"{name}: a set is a mapping of fields (format, path, ...), got {type(cfg).__name__}")
+                continue
+            try:
+                DownstreamSet.from_config(name, cfg)
+            except ValueError as exc:
+                problems.append(f"{name}: {exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
 
 class JobResources(_Model):
@@ -353,9 +408,12 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
     pretrain = data.get("pretrain") if isinstance(data.get("pretrain"), dict) else {}
     mixtures = pretrain.get("mixtures") if isinstance(pretrain.get("mixtures"), list) else []
     curation = data.get("curation", {"none": []})
+    downstream = data.get("downstream") if isinstance(data.get("downstream"), dict) else {}
+    custom = downstream.get("custom_sets") if isinstance(downstream.get("custom_sets"), dict) else {}
     context = {
         "mixtures": {m["name"] for m in mixtures if isinstance(m, dict) and isinstance(m.get("name"), str)},
         "curation": set(curation) if isinstance(curation, dict) else {"none"},
+        "custom_sets": {str(k) for k in custom},
     }
     try:
         return Spec.model_validate(data, context=context)

@@ -63,7 +63,9 @@ class Method:
     - ``export(model)``: extra tensors saved beside the encoder (CLIP's text tower);
     - ``after_step(model)``: called after each optimizer step (CLIP clamps its temperature);
     - ``sync_batchnorm``: convert BatchNorm to SyncBatchNorm when training on several GPUs, so
-      batch statistics span the global batch (SimCLR's "global BN").
+      batch statistics span the global batch (SimCLR's "global BN");
+    - ``zero_shot``: its checkpoints carry a text tower, so the ``zeroshot`` protocol (and a
+      fine-tuning head started from zero-shot weights) applies to them.
     """
 
     build: Callable[..., nn.Module]
@@ -77,6 +79,7 @@ class Method:
     export: Callable[[nn.Module], dict[str, Any]] = lambda model: {}
     after_step: Callable[[nn.Module], None] | None = None
     sync_batchnorm: bool = False
+    zero_shot: bool = False
 
     def resolve(self, given: Mapping[str, Any] | None, name: str = "method") -> dict[str, Any]:
         """The method's settings: defaults overridden by ``given``; unknown names raise."""
@@ -289,5 +292,6 @@ METHODS.register(
         meta=_clip_meta,
         export=_clip_export,
         after_step=_clip_after_step,
+        zero_shot=True,
     ),
 )

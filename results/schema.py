@@ -108,6 +108,7 @@ CURVES = _schema(
         ("val_loss", _F64),
         ("last_lr", _F64),  # the scheduler's lr at the epoch's end (``lr`` is the selected base lr)
         ("seconds", _F64),  # wall time since the start of training
+        ("val_top1", _F64),  # validation top-1 (``val_score`` is the set's headline metric)
     ],
 )
 
@@ -124,6 +125,11 @@ SPECTRA = _schema(
         ("singular_value", _F64),
         ("k80", _I64),
         ("effective_rank", _F64),
+        # additions
+        ("num_examples", _I64),
+        ("feature_dim", _I64),
+        ("method", _STR),
+        ("source", _STR),
     ],
 )
 

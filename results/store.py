@@ -300,6 +300,10 @@ class Store:
         con = duckdb.connect(database=":memory:")
         # Timestamps come back as UTC (as stored) rather than in the machine's zone.
         con.execute("SET TimeZone = 'UTC'")
+        # Joins push bloom filters into their scans, which DuckDB (1.5) cannot hand to the Arrow
+        # tables and datasets registered below ("Pushdown Filter Type BLOOM_FILTER is not
+        # currently supported in PyArrow Scans"): any join over runs and curves failed.
+        con.execute("SET disabled_optimizers = 'join_filter_pushdown'")
         for table, schema in TABLES.items():
             empty_name = f"__empty_{table}"
             con.register(empty_name, schema.empty_table())
@@ -339,6 +343,15 @@ class Store:
                 data_name = f"__rows_{table}"
                 con.register(data_name, self.read_arrow(table))
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "{data_name}"')
+        from results.convergence import define_views
+
+        try:
+            define_views(con)  # derived views: convergence, convergence_gaps (binding opens the files)
+        except duckdb.IOException as exc:
+            con.close()
+            if self._vanished(exc):
+                raise FileNotFoundError(str(exc)) from exc
+            raise StoreQueryError(f"cannot define the derived views of store {self.root}: {exc}") from exc
         return con
 
     def describe(self) -> str:

@@ -42,8 +42,11 @@ def world(monkeypatch):
     splits: dict[tuple[str, str], SimpleNamespace] = {}
     calls: list[tuple[str, str]] = []
 
-    def load_split(name, split, data_root):
-        registry.get(name)
+    def resolve_set(name, custom=None):
+        return name if isinstance(name, SimpleNamespace) else registry.get(name)
+
+    def load_split(name, split, data_root, data_dir=None, image_size=None):
+        name = resolve_set(name).name
         calls.append((name, split))
         return splits[(name, split)]
 
@@ -55,6 +58,7 @@ def world(monkeypatch):
 
     monkeypatch.setattr(sets_mod, "DOWNSTREAM", registry, raising=False)
     monkeypatch.setattr(sets_mod, "load_split", load_split, raising=False)
+    monkeypatch.setattr(sets_mod, "resolve_set", resolve_set, raising=False)
     return SimpleNamespace(add=add, calls=calls)
 
 
@@ -294,3 +298,171 @@ def test_finetune_protocol_plumbing(world, tmp_path):
         assert r.score == r.top1 and len(r.curve) == 1 and r.train_seconds > 0
     with pytest.raises(ValueError, match="features_dir"):
         PROTOCOLS.get("linear").run(req)
+
+
+# --------------------------------------------------------------------------------------------- lp_ft, scratch, zero-shot
+
+def _colour_set(world, tmp_path, name="colours", size=16, metric="top1", seed=6):
+    rng = np.random.default_rng(seed)
+    data = {}
+    for split, n in (("train", 36), ("validation", 18), ("test", 18)):
+        y = np.tile(np.arange(3), n // 3)
+        data[split] = (colour_images(y, size, rng), y)
+    world.add(name, metric, data, ["red", "green", "blue"])
+    return data
+
+
+def _checkpoint(tmp_path, size=16):
+    torch.manual_seed(0)
+    encoder = build_encoder("test_resnet", size)
+    ckpt = tmp_path / "ckpt.pt"
+    save_encoder(ckpt, encoder, encoder_meta(encoder, "test_resnet", size))
+    return ckpt
+
+
+def _poison(world, name, data, rng):
+    """The same set under another name, with test images and labels replaced by noise."""
+    x, y = data["test"]
+    bad = {**data, "test": (rng.integers(0, 256, size=x.shape, dtype=np.uint8), rng.permutation(y))}
+    world.add(name, "top1", bad, ["red", "green", "blue"])
+
+
+@pytest.mark.parametrize("protocol", ["finetune", "lp_ft", "scratch"])
+def test_fine_tuning_protocols_never_select_on_test(world, tmp_path, protocol):
+    """A poisoned test split changes the test score, never the learning rate, epoch or probe chosen."""
+    data = _colour_set(world, tmp_path)
+    _poison(world, "poisoned", data, np.random.default_rng(9))
+    ckpt = _checkpoint(tmp_path)
+    feats = None
+    if PROTOCOLS.get(protocol).needs_features:
+        feats = tmp_path / "feats"
+        feat.extract_features(ckpt, "colours", tmp_path, feats)
+        assert PROTOCOLS.get(protocol).needs_features and PROTOCOLS.get(protocol).trains
+
+    def run(name):
+        req = EvalRequest(set_name=name, data_root=tmp_path, checkpoint=ckpt, features_dir=feats,
+                          shots=(4,), seeds=(0,), epochs=2, lrs=(1e-3, 1e-2))
+        return PROTOCOLS.get(protocol).run(req)[0]
+
+    clean, poisoned = run("colours"), run("poisoned")
+    for k in ("lr", "epoch", "probe_l2", "init_seed"):
+        assert clean.hparams.get(k) == poisoned.hparams.get(k)
+    assert clean.val_score == poisoned.val_score
+    assert [c["val_score"] for c in clean.curve] == [c["val_score"] for c in poisoned.curve]
+    assert clean.score != poisoned.score or clean.loss != poisoned.loss
+    assert len(clean.curve) == 2 and all("val_top1" in c for c in clean.curve)
+    if protocol == "lp_ft":
+        assert clean.hparams["head_init"] == "probe" and clean.hparams["probe_l2"] > 0
+    if protocol == "scratch":
+        assert clean.hparams["init"] == "random" and clean.hparams["init_seed"] == 0
+
+
+def test_lp_ft_head_starts_from_the_probe(tmp_path):
+    """At step 0 the LP-FT network computes exactly the probe's logits on raw features."""
+    from downstream.finetune import _head
+    from downstream.probe import probe_to_linear
+
+    rng = np.random.default_rng(0)
+    centres = rng.normal(0, 2.0, size=(3, 12))
+    (Xt, yt), (Xv, yv) = (gaussian_features(n, centres, rng) for n in (30, 30))
+    probe = fit_probe(Xt, yt, Xv, yv, num_classes=3)
+    head = _head(12, 3, probe_to_linear(probe))
+    with torch.no_grad():
+        got = head(torch.from_numpy(Xv.astype(np.float32))).double().numpy()
+    np.testing.assert_allclose(got, probe.logits(Xv), rtol=1e-4, atol=1e-4)
+
+
+def test_scratch_is_seeded_by_the_eval_seed(world, tmp_path):
+    _colour_set(world, tmp_path)
+    ckpt = _checkpoint(tmp_path)
+    req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None,
+                      shots=(2,), seeds=(0, 1, 0), epochs=2, lrs=(1e-2,))
+    a, b, c = PROTOCOLS.get("scratch").run(req)
+    assert (a.hparams["init_seed"], b.hparams["init_seed"]) == (0, 1)
+    # the first epoch's loss is ln(3) for any encoder (the head starts at zero); the second is not
+    assert a.curve[0]["train_loss"] == pytest.approx(np.log(3))
+    assert a.curve[1]["train_loss"] == c.curve[1]["train_loss"] != b.curve[1]["train_loss"]
+    assert PROTOCOLS.get("scratch").from_scratch
+
+
+def _clip_checkpoint(path: Path, size: int = 32) -> Path:
+    from pretrain.methods import METHODS
+
+    method = METHODS.get("clip")
+    torch.manual_seed(0)
+    model = method.build("test_resnet", size, 0, **method.resolve({}))
+    meta = {**method.meta(model, "test_resnet", size), "epoch": 0, "samples_seen": 0}
+    save_encoder(path, model.encoder, meta, **method.export(model))
+    return path
+
+
+def test_zeroshot_scores_prompts_through_the_text_tower(world, tmp_path):
+    from downstream.zeroshot import (ClipImageFeatures, class_weights, load_zeroshot_model, templates_for,
+                                     zeroshot_head, zeroshot_logits)
+
+    data = _colour_set(world, tmp_path, size=32)
+    ckpt = _clip_checkpoint(tmp_path / "clip.pt")
+    req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None,
+                      shots=(0,), seeds=(0,))
+    (r,) = PROTOCOLS.get("zeroshot").run(req)
+    assert r.shots == 0 and r.num_classes == 3 and r.chance == pytest.approx(1 / 3)
+    assert r.hparams["templates"] == list(templates_for("colours")) and r.hparams["class_prompts"] == ["red", "green", "blue"]
+    # The score is what the text tower's class weights give, computed by hand.
+    model, tok, meta = load_zeroshot_model(ckpt)
+    w = class_weights(model, tok, ["red", "green", "blue"], templates_for("colours"))
+    x = feat.prepare_images(data["test"][0], 32)
+    logits = zeroshot_logits(model, x, w, meta)
+    assert r.top1 == pytest.approx(float((logits.argmax(1).numpy() == data["test"][1]).mean()))
+    # A fine-tuning head started from zero-shot weights reproduces those logits before any step.
+    W, b = zeroshot_head(model, w)
+    mean, std = feat.meta_stats(meta)
+    with torch.no_grad():
+        net = torch.nn.Sequential(ClipImageFeatures(model.visual).eval(), torch.nn.Linear(W.shape[1], 3))
+        net[1].weight.copy_(torch.from_numpy(W)), net[1].bias.copy_(torch.from_numpy(b))
+        torch.testing.assert_close(net(feat.normalise(x, mean, std)), logits, rtol=1e-4, atol=1e-3)
+    with pytest.raises(ValueError, match="shots 0"):
+        PROTOCOLS.get("zeroshot").run(EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt,
+                                                  features_dir=None, shots=(1,), seeds=(0,)))
+    with pytest.raises(ValueError, match="text tower"):
+        PROTOCOLS.get("zeroshot").run(EvalRequest(set_name="colours", data_root=tmp_path,
+                                                  checkpoint=_checkpoint(tmp_path, 32), features_dir=None,
+                                                  shots=(0,), seeds=(0,)))
+    ft = PROTOCOLS.get("finetune").run(EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt,
+                                                   features_dir=None, shots=(2,), seeds=(0,), epochs=1,
+                                                   lrs=(1e-4,), head_init="zeroshot"))[0]
+    assert ft.hparams["head_init"] == "zeroshot" and ft.hparams["templates"] == list(templates_for("colours"))
+
+
+def test_balanced_sets_weight_classes_equally_in_fine_tuning():
+    from downstream.finetune import loss_weights
+
+    w = loss_weights(np.array([0, 0, 0, 1]), 3, "balanced")
+    assert w.tolist() == pytest.approx([4 / 6, 2.0, 0.0])
+    assert loss_weights(np.array([0, 1]), 2, None) is None
+    with pytest.raises(ValueError, match="balanced"):
+        loss_weights(np.array([0, 1]), 2, "inverse")
+
+
+# --------------------------------------------------------------------------------------------- spectra
+
+def test_spectra_k80_and_effective_rank():
+    from downstream.spectra import effective_rank, k_mass, spectrum, summarise
+
+    assert k_mass([4.0, 3.0, 2.0, 1.0]) == 3  # 4+3 = 70% < 80% <= 4+3+2 = 90%
+    assert k_mass([1.0, 1.0, 1.0, 1.0, 1.0]) == 4
+    assert k_mass([5.0, 0.0]) == 1 and k_mass([0.0, 0.0]) == 0
+    assert effective_rank([1.0, 1.0, 1.0, 1.0]) == pytest.approx(4.0)
+    assert effective_rank([2.0, 0.0, 0.0]) == pytest.approx(1.0)
+    rng = np.random.default_rng(0)
+    U, _ = np.linalg.qr(rng.normal(size=(50, 6)))
+    V, _ = np.linalg.qr(rng.normal(size=(10, 6)))
+    s_true = np.array([10.0, 5.0, 2.0, 1.0, 0.5, 0.0])
+    X = (U * s_true) @ V.T
+    np.testing.assert_allclose(spectrum(X)[:6], s_true, atol=1e-9)
+    out = summarise(X)
+    assert out["k80"] == 2 and len(out["singular_values"]) == 10 and out["dim"] == 10
+    with pytest.raises(ValueError, match="NaN"):
+        spectrum(np.array([[np.nan, 1.0]]))
+    # Centring removes the mean's direction: a constant offset adds one large singular value.
+    shifted = X + 100.0
+    assert spectrum(shifted)[0] > 100 * spectrum(shifted, center=True)[0] / 10

@@ -17,6 +17,10 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     data = yaml.safe_load((ROOT / "configs" / "tiny.yaml").read_text())
     data["workdir"] = str(tmp_path / "work")
     data["store"] = str(tmp_path / "store")
+    # a set of one's own, declared in the spec: an image folder with train and test only
+    _image_folder(tmp_path / "squares")
+    data["downstream"]["sets"].append("squares")
+    data["downstream"]["custom_sets"] = {"squares": {"format": "imagefolder", "path": str(tmp_path / "squares")}}
     spec_path = tmp_path / "tiny.yaml"
     spec_path.write_text(yaml.safe_dump(data))
     planned = make_plan(parse_spec(data)).planned_rows()
@@ -47,6 +51,20 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert all(0.0 <= r["score"] <= 1.0 and r["chance"] > 0 for r in rows)
     assert {r["shots"] for r in rows if r["protocol"] == "linear"} == {1, 5, None}
     assert {r["checkpoint_epoch"] for r in rows} == {0, 1, 2}
+    assert {r["protocol"] for r in rows} == {"linear", "finetune", "lp_ft", "zeroshot", "scratch"}
+    assert {r["method"] for r in rows if r["protocol"] == "zeroshot"} == {"clip"}
+    assert {r["method"] for r in rows if r["protocol"] == "scratch"} == {"none"}
+    squares = [r for r in rows if r["downstream"] == "squares"]
+    assert len(squares) == 15 * 3 * 2 and all(r["num_classes"] == 2 for r in squares)
+    assert json.loads(squares[0]["hparams"])["num_train"] > 0
+    # spectra: every feature cache, every split; convergence against scratch for finetune and lp_ft
+    (spec_counts,) = query("SELECT count(DISTINCT job_key) AS caches, count(DISTINCT key) AS spectra, "
+                           "min(k80) AS k80, min(effective_rank) AS erank FROM spectra")
+    assert spec_counts["caches"] == 15 * 3 and spec_counts["spectra"] == 15 * 3 * 3
+    assert spec_counts["k80"] >= 1 and spec_counts["erank"] >= 1
+    gaps = query("SELECT protocol, count(*) AS n FROM convergence_gaps GROUP BY protocol ORDER BY protocol")
+    assert gaps == [{"protocol": "finetune", "n": 14}, {"protocol": "lp_ft", "n": 14}]
+    assert len(query("SELECT * FROM convergence WHERE epochs_to_95 = 1")) == 14 + 14 + 1
 
     report = tmp_path / "report"
     proc = run_tbench("report", "--store", str(tmp_path / "store"), "--out", str(report))
@@ -60,3 +78,20 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     (again,) = query("SELECT count(*) AS n, count(DISTINCT key) AS k FROM runs")
     assert again == {"n": planned, "k": planned}
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "store" / "runs").glob("*.parquet")} == mtimes
+
+
+def _image_folder(root: Path) -> None:
+    """Two classes of coloured squares on noise, PNGs of two sizes, in train/ and test/."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 6)):
+        for c, colour in enumerate(((220, 40, 40), (40, 40, 220))):
+            d = root / split / ("red" if c == 0 else "blue")
+            d.mkdir(parents=True)
+            for i in range(n):
+                size = 24 if i % 2 else 40
+                img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
+                img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = colour
+                Image.fromarray(img).save(d / f"{i:03d}.png")

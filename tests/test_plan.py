@@ -20,9 +20,10 @@ def test_tiny_plan_counts_and_rows():
     assert counts["world"] == 1 and counts["view"] == 6 and counts["pretrain"] == 7 and counts["init"] == 1
     # checkpoints: 7 runs x 2 saved epochs + the random-init floor = 15, on 2 sets
     assert counts["features"] == 30
-    # linear on every checkpoint and set (30) + finetune on dtd from the 14 pre-trained checkpoints
-    assert counts["eval"] == 44
-    assert plan.planned_rows() == 30 * 3 * 2 + 14 * 1 * 1
+    # linear on every checkpoint and set (30) + finetune and lp_ft on dtd from the 14 pre-trained
+    # checkpoints + zero-shot from the 2 CLIP checkpoints + scratch once
+    assert counts["eval"] == 30 + 14 + 14 + 2 + 1
+    assert plan.planned_rows() == 30 * 3 * 2 + 14 + 14 + 2 + 1
     # every dependency precedes its dependent
     seen = set()
     for job in plan.jobs.values():
@@ -47,15 +48,16 @@ def test_keys_are_stable_and_propagate():
 
 def test_pruned_combinations_have_reasons():
     plan = make_plan(load_spec(ROOT / "configs" / "tiny.yaml"))
-    assert any("random-init floor" in what and "only `linear`" in why for what, why in plan.pruned)
+    assert any("random-init encoder" in what and "`linear` floor" in why for what, why in plan.pruned)
 
 
 def test_quickstart_plan_is_within_budget():
     plan = make_plan(load_spec(ROOT / "configs" / "quickstart.yaml"))
     counts = plan.counts()
-    # 4 pre-trainings + the floor, linear on 11 sets; fine-tuning from the 4 on 2 sets, one seed
-    assert counts["pretrain"] == 4 and counts["eval"] == 5 * 11 + 4 * 2
-    assert plan.planned_rows() == 5 * 11 * 5 * 3 + 4 * 2
+    # 5 pre-trainings + the floor, linear on 11 sets; CLIP zero-shot on the 9 world sets; fine-tuning
+    # and LP-FT from the 5 on 2 sets and scratch on those 2, one seed
+    assert counts["pretrain"] == 5 and counts["eval"] == 6 * 11 + 9 + 5 * 2 * 2 + 2
+    assert plan.planned_rows() == 6 * 11 * 5 * 3 + 9 + 5 * 2 * 2 + 2
 
 
 def test_methods_settings_and_grid_epochs_reach_the_pretraining_jobs():
@@ -78,3 +80,85 @@ def test_methods_settings_and_grid_epochs_reach_the_pretraining_jobs():
     base["pretrain"]["checkpoint_epochs"] = "last"
     unchanged = {j.key for j in make_plan(parse_spec(base)).of_kind("pretrain") if j.config["method"] != "simclr"}
     assert unchanged <= {j.key for j in plan.of_kind("pretrain")}
+
+
+def test_protocol_rules_zero_shot_scratch_and_head_init():
+    data = _tiny()
+    data["downstream"]["checkpoint_epochs"] = "last"
+    data["downstream"]["protocols"] = [
+        {"name": "linear", "shots": [5]},
+        {"name": "zeroshot", "shots": [0]},
+        {"name": "scratch", "shots": [5], "sets": ["dtd"], "epochs": 2},
+        {"name": "lp_ft", "shots": [5], "sets": ["dtd"], "epochs": 2},
+        {"name": "finetune", "shots": [5], "sets": ["dtd"], "head_init": "auto"},
+    ]
+    plan = make_plan(parse_spec(data))
+    evals = plan.of_kind("eval")
+    by = lambda proto: [j for j in evals if j.config["protocol"] == proto]  # noqa: E731
+    # zero-shot only on the CLIP run, one seed (nothing is drawn), on both sets
+    assert {j.coords["method"] for j in by("zeroshot")} == {"clip"} and len(by("zeroshot")) == 2
+    assert all(j.config["seeds"] == [0] and j.config["shots"] == [0] and j.rows == 1 for j in by("zeroshot"))
+    # scratch only from the random-init job, once per set it names
+    assert [(j.coords["method"], j.coords["downstream"]) for j in by("scratch")] == [("none", "dtd")]
+    assert by("scratch")[0].config["epochs"] == 2 and by("scratch")[0].config["lrs"] == [1e-4, 3e-4, 1e-3, 3e-3]
+    # lp_ft reads the feature cache; fine-tuning's head starts from zero-shot weights on CLIP only
+    assert all(any(d in {f.key for f in plan.of_kind("features")} for d in j.deps) for j in by("lp_ft"))
+    heads = {j.coords["method"]: j.config.get("head_init", "zero") for j in by("finetune")}
+    assert heads["clip"] == "zeroshot" and heads["supervised"] == "zero" and heads["simclr"] == "zero"
+    assert "none" not in heads and "none" not in {j.coords["method"] for j in by("lp_ft")}
+    reasons = " | ".join(f"{w}: {y}" for w, y in plan.pruned)
+    assert "zeroshot on supervised checkpoints" in reasons and "text tower" in reasons
+    assert "scratch on pre-trained checkpoints" in reasons
+    # without the floor, the init job still exists for scratch, and evaluates nothing else
+    data["downstream"]["random_init_floor"] = False
+    plan = make_plan(parse_spec(data))
+    assert {j.config["protocol"] for j in plan.of_kind("eval") if j.coords["method"] == "none"} == {"scratch"}
+
+
+def test_protocol_settings_are_checked():
+    import pytest
+
+    from harness.spec import SpecError
+
+    data = _tiny()
+    data["downstream"]["protocols"] = [{"name": "linear", "shots": [5], "head_init": "zeroshot"}]
+    with pytest.raises(SpecError, match="head_init applies to protocol 'finetune' only"):
+        parse_spec(data)
+    data["downstream"]["protocols"] = [{"name": "zeroshot", "shots": [1]}]
+    with pytest.raises(SpecError, match="protocol 'zeroshot' takes shots"):
+        parse_spec(data)
+    data["downstream"]["protocols"] = [{"name": "finetune", "lrs": []}]
+    with pytest.raises(SpecError, match="lrs"):
+        parse_spec(data)
+
+
+def test_sets_declared_in_the_spec_travel_with_their_jobs(tmp_path):
+    import pytest
+
+    from harness.spec import SpecError
+
+    data = _tiny()
+    data["downstream"]["sets"] = ["dtd", "my_leaves"]
+    data["downstream"]["custom_sets"] = {"my_leaves": {"format": "imagefolder", "path": str(tmp_path / "leaves"),
+                                                       "metric": "balanced_acc"}}
+    plan = make_plan(parse_spec(data))
+    jobs = [j for j in plan.jobs.values() if j.kind in ("features", "eval") and j.config["downstream"] == "my_leaves"]
+    assert jobs and all(j.config["set_config"]["path"] == str(tmp_path / "leaves") for j in jobs)
+    assert all("set_config" not in j.config for j in plan.jobs.values()
+               if j.kind in ("features", "eval") and j.config["downstream"] == "dtd")
+    # moving the data changes the jobs' keys; rewording its description does not
+    data["downstream"]["custom_sets"]["my_leaves"]["description"] = "leaves from the garden"
+    assert {j.key for j in make_plan(parse_spec(data)).jobs.values()} == set(plan.jobs)
+    data["downstream"]["custom_sets"]["my_leaves"]["path"] = str(tmp_path / "elsewhere")
+    assert not {j.key for j in jobs} & set(make_plan(parse_spec(data)).jobs)
+    # errors name the set and the field
+    data["downstream"]["custom_sets"]["my_leaves"]["format"] = "zip"
+    with pytest.raises(SpecError, match="my_leaves.*format 'zip'.*valid"):
+        parse_spec(data)
+    data["downstream"]["custom_sets"] = {"dtd": {"format": "imagefolder", "path": "x"}}
+    with pytest.raises(SpecError, match="'dtd' is already a registered set"):
+        parse_spec(data)
+    data["downstream"]["custom_sets"] = {}
+    data["downstream"]["sets"] = ["dtd", "my_leavs"]
+    with pytest.raises(SpecError, match="unknown downstream set 'my_leavs'"):
+        parse_spec(data)
