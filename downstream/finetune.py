@@ -136,20 +136,12 @@ def _head(in_features: int, num_classes: int, init: tuple[np.ndarray, np.ndarray
     return head
 
 
-CLASS_WEIGHTS = (None, "balanced")
-
-
 def loss_weights(labels: np.ndarray, num_classes: int, class_weight: str | None) -> torch.Tensor | None:
-    """Per-class cross-entropy weights: None, or ``n / (C_present * n_c)`` for "balanced"."""
-    if class_weight not in CLASS_WEIGHTS:
-        raise ValueError(f"class_weight {class_weight!r} is not valid; valid: None, 'balanced'")
-    if class_weight is None:
-        return None
-    counts = np.bincount(np.asarray(labels, dtype=np.int64), minlength=num_classes).astype(np.float64)
-    present = counts > 0
-    w = np.zeros(num_classes)
-    w[present] = counts.sum() / (present.sum() * counts[present])
-    return torch.tensor(w, dtype=torch.float32)
+    """Per-class cross-entropy weights (the probe's: None, or ``n / (C_present * n_c)`` for "balanced")."""
+    from downstream.probe import class_weights
+
+    w = class_weights(labels, num_classes, class_weight)
+    return None if w is None else torch.tensor(w, dtype=torch.float32)
 
 
 @torch.inference_mode()

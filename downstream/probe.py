@@ -156,15 +156,22 @@ def check_class_weight(class_weight: str | None) -> str | None:
     return class_weight
 
 
-def sample_weights(y: np.ndarray, num_classes: int, class_weight: str | None) -> np.ndarray | None:
-    """Per-example loss weights: None, or ``n / (C_present * n_c)`` for "balanced" (they sum to ``n``)."""
+def class_weights(y: np.ndarray, num_classes: int, class_weight: str | None) -> np.ndarray | None:
+    """Per-class loss weights: None, or ``n / (C_present * n_c)`` for "balanced" (0 for absent classes)."""
     if check_class_weight(class_weight) is None:
         return None
+    y = np.asarray(y, dtype=np.int64)
     counts = np.bincount(y, minlength=int(num_classes)).astype(np.float64)
     present = counts > 0
     per_class = np.zeros(int(num_classes))
     per_class[present] = len(y) / (present.sum() * counts[present])
-    return per_class[y]
+    return per_class
+
+
+def sample_weights(y: np.ndarray, num_classes: int, class_weight: str | None) -> np.ndarray | None:
+    """Per-example loss weights: None, or the class's "balanced" weight (they sum to ``n``)."""
+    per_class = class_weights(y, num_classes, class_weight)
+    return None if per_class is None else per_class[y]
 
 
 # --------------------------------------------------------------------------------------- the solver

@@ -180,16 +180,21 @@ def _fit_probes(req: EvalRequest, metric: str, X_train, y_train, X_val, y_val, n
             yield shots, seed, idx, probe, seconds, reused
 
 
-def run_linear(req: EvalRequest) -> list[EvalResult]:
-    """Linear probe on cached features, one result per (shots, seed)."""
+def _cached_train_val(req: EvalRequest, protocol: str):
+    """``(metric, X_train, y_train, X_val, y_val, num_classes)`` from the feature cache (never test)."""
     _check_request(req)
     if req.features_dir is None:
-        raise ValueError(f"protocol 'linear' reads cached features, but EvalRequest.features_dir is None "
+        raise ValueError(f"protocol {protocol!r} reads cached features, but EvalRequest.features_dir is None "
                          f"(set {req.set_name!r}); run extract_features first and pass its out_dir")
-    metric = _headline_metric(req)
     X_train, y_train = load_features(req.features_dir, "train")
     X_val, y_val = load_features(req.features_dir, "validation")
     num_classes = len(load_class_names(req.features_dir)) or int(max(y_train.max(), y_val.max()) + 1)
+    return _headline_metric(req), X_train, y_train, X_val, y_val, num_classes
+
+
+def run_linear(req: EvalRequest) -> list[EvalResult]:
+    """Linear probe on cached features, one result per (shots, seed)."""
+    metric, X_train, y_train, X_val, y_val, num_classes = _cached_train_val(req, "linear")
     chance = chance_level(metric, num_classes)
 
     results: list[EvalResult] = []
@@ -282,17 +287,10 @@ def run_finetune(req: EvalRequest) -> list[EvalResult]:
 
 def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
     """Linear probe on cached features, then fine-tuning with the head started from the probe."""
-    _check_request(req)
-    if req.features_dir is None:
-        raise ValueError(f"protocol 'lp_ft' starts from a probe on cached features, but EvalRequest.features_dir "
-                         f"is None (set {req.set_name!r}); run extract_features first and pass its out_dir")
     from downstream.probe import probe_to_linear
     from pretrain.models import load_encoder
 
-    metric = _headline_metric(req)
-    X_train, y_train = load_features(req.features_dir, "train")
-    X_val, y_val = load_features(req.features_dir, "validation")
-    num_classes = len(load_class_names(req.features_dir)) or int(max(y_train.max(), y_val.max()) + 1)
+    metric, X_train, y_train, X_val, y_val, num_classes = _cached_train_val(req, "lp_ft")
     encoder, meta = load_encoder(req.checkpoint, map_location="cpu")
     probes: dict[str, Any] = {}
 
