@@ -14,6 +14,9 @@ Data the benchmarks read, all cached under ``tbench-out/bench`` (``--cache-dir``
 - ``views/<name>/``: a view folder (``shards/*.tar`` + ``sizes.json``, what
   :func:`pretrain.data.read_view` reads) of symlinks to a world source's shards; a world source
   has its shards at the top level, not under ``shards/``, so ``read_view`` does not take it as is.
+- ``downstream-sets/downstream/<set>/``: downstream sets of the world (saved ``DatasetDict``s), written
+  with the world's own writers by :func:`downstream_sets`; ``encoders/``: randomly initialised
+  encoder checkpoints (:func:`encoder_checkpoint`).
 - ``synthetic/<tag>/``: a view folder of synthetic img2dataset-like shards (``jpg`` 256x256 at
   quality 95, ``txt``, ``cls``, ``json``), made from world images upscaled and given natural-image
   (1/f) detail, so that JPEG sizes and decode times resemble real web images (see
@@ -291,3 +294,72 @@ def write_json(path: str | Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, default=str))
     log(f"wrote {path}")
+
+
+# --------------------------------------------------------------------------- downstream sets and encoders
+
+DOWNSTREAM_FORMAT = 1  # bump when the way the sets below are written changes
+
+
+def downstream_sets(names: list[str] | tuple[str, ...], world_dir: str | Path | None = None,
+                    cache_dir: Path = DEFAULT_CACHE, scale: float = 1.0, seed: int = 0) -> Path:
+    """A data root holding ``downstream/<name>/`` for every set in ``names`` (written if absent).
+
+    ``world_dir``: an existing world folder (``tbench world --out DIR``) that must hold the sets.
+    Otherwise each set is written once into ``<cache_dir>/downstream-sets`` with the world's own
+    writers (nine world sets, ``digits``, ``textures``) and rewritten when the world version,
+    scale or seed changes.
+    """
+    if world_dir is not None:
+        root = Path(world_dir)
+        for name in names:
+            if not (root / "downstream" / name / "dataset_dict.json").is_file():
+                raise FileNotFoundError(f"{root}/downstream/{name}/dataset_dict.json not found: --world-dir must be a "
+                                        "world folder (tbench world --out DIR) holding the set")
+        return root
+    from curation import world as W
+
+    root = cache_dir / "downstream-sets"
+    for name in names:
+        out = root / "downstream" / name
+        marker = out / "bench_set.json"
+        want = {"set": name, "scale": float(scale), "seed": int(seed), "world_version": W.WORLD_VERSION,
+                "format": DOWNSTREAM_FORMAT}
+        if (out / "dataset_dict.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == want:
+            continue
+        t0 = time.perf_counter()
+        tmp = out.with_name(f".{name}.tmp")
+        _rmtree(tmp)
+        if name in W.SETS_BY_NAME:
+            sizes = W.write_set(W.SETS_BY_NAME[name], tmp, seed, scale)
+        elif name == "digits":
+            sizes = W.write_digits(tmp, seed, scale)
+        elif name == "textures":
+            sizes = W.write_textures(tmp, seed, scale)
+        else:
+            raise ValueError(f"no writer for downstream set {name!r}")
+        (tmp / "bench_set.json").write_text(json.dumps(want))
+        _rmtree(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp.rename(out)
+        log(f"wrote downstream set {name} {sizes} (scale {scale}) to {out} in {time.perf_counter() - t0:.1f}s")
+    return root
+
+
+def encoder_checkpoint(checkpoint: str | Path | None, backbone: str, image_size: int,
+                       cache_dir: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
+    """``checkpoint`` if given (it must exist), else a randomly initialised ``backbone`` saved once."""
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise FileNotFoundError(f"--checkpoint {path} does not exist")
+        return path
+    from pretrain.models import build_encoder, encoder_meta, save_encoder
+
+    path = cache_dir / "encoders" / f"{backbone}-{image_size}px-seed{seed}.pt"
+    if not path.is_file():
+        torch.manual_seed(seed)
+        enc = build_encoder(backbone, image_size)
+        save_encoder(path, enc, encoder_meta(enc, backbone, image_size, method="none", epoch=0))
+        log(f"wrote a randomly initialised {backbone} encoder ({image_size}px) to {path}")
+    return path

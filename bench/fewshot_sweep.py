@@ -17,7 +17,7 @@ the features once). Both paths give the same scores (checked).
 
 The checkpoint is ``--checkpoint`` (any encoder checkpoint the harness wrote), else a randomly
 initialised ``--backbone`` at ``--image-size`` (timing does not depend on the weights). The world's
-downstream sets are written under ``tbench-out/bench/world-sets`` on first use (``--world-dir``
+downstream sets are written under ``tbench-out/bench/downstream-sets`` on first use (``--world-dir``
 reads an existing world).
 
     .venv/bin/python bench/fewshot_sweep.py                    # resnet18 at 64 px, 9 sets: ~20 min on 2 cores
@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_CACHE, REPO_ROOT, log  # noqa: F401  (puts the repository on sys.path)
+from _common import DEFAULT_CACHE, downstream_sets, encoder_checkpoint, log  # puts the repository on sys.path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -44,39 +44,6 @@ WORLD_SETS = ("cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domain
               "cameratraps", "cassava")
 SHOTS = (1, 5, 10, 20, None)
 SEEDS = (0, 1, 2)
-
-
-def world_sets(world_dir: Path | None, cache: Path, scale: float) -> Path:
-    """A folder with ``downstream/<set>/`` for every world set (written once, then reused)."""
-    from curation import world as W
-
-    if world_dir is not None:
-        return world_dir
-    out = cache / f"world-sets-v{W.WORLD_VERSION}-s{scale:g}"
-    if not (out / "downstream" / "cassava" / "dataset_dict.json").is_file():
-        log(f"writing the world's downstream sets to {out} ...")
-        t0 = time.perf_counter()
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        for decl in W.SET_DECLS:
-            W.write_set(decl, tmp / "downstream" / decl.name, 0, scale)
-        shutil.rmtree(out, ignore_errors=True)
-        tmp.rename(out)
-        log(f"  done in {time.perf_counter() - t0:.1f}s")
-    return out
-
-
-def make_checkpoint(args, cache: Path) -> Path:
-    from pretrain.models import build_encoder, encoder_meta, save_encoder
-
-    if args.checkpoint:
-        return Path(args.checkpoint)
-    path = cache / "fewshot" / f"init-{args.backbone}-{args.image_size}.pt"
-    if not path.is_file():
-        torch.manual_seed(0)
-        enc = build_encoder(args.backbone, args.image_size)
-        save_encoder(path, enc, encoder_meta(enc, args.backbone, args.image_size, method="none", epoch=0))
-    return path
 
 
 def main() -> None:
@@ -98,8 +65,8 @@ def main() -> None:
     from downstream.protocols import EvalRequest, run_linear
 
     names = tuple(args.sets) if args.sets else ("dtd", "cassava") if args.quick else WORLD_SETS
-    root = world_sets(args.world_dir, args.cache_dir, args.scale)
-    ckpt = make_checkpoint(args, args.cache_dir)
+    root = downstream_sets(names, args.world_dir, args.cache_dir, args.scale)
+    ckpt = encoder_checkpoint(args.checkpoint, args.backbone, args.image_size, args.cache_dir)
     meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]
     runs = len(SHOTS) * len(SEEDS)
     log(f"checkpoint {ckpt.name}: {meta['backbone']} at {meta['image_size']} px, {meta['feature_dim']} features; "

@@ -24,7 +24,7 @@ stopped at its iteration limit. Both are also compared with a reference: the sam
 gradient of 1e-6 (ours at ``tol=1e-6``, untimed), the answer both approximate.
 
 Features: the embedded world's downstream sets (the nine world sets and the two package sets,
-written into ``tbench-out/bench/probe/world`` on first use with the world's own writers, or read
+written into ``tbench-out/bench/downstream-sets`` on first use with the world's own writers, or read
 from ``--world-dir``), encoded by a frozen ``--backbone`` (randomly initialised, seeded) or by the
 encoder in ``--checkpoint``, through :func:`downstream.features.extract_features` (cached). The
 few-shot grid: shots ``1,5,10,20,full`` x ``--seeds`` seeds drawn by
@@ -69,7 +69,6 @@ SK_TOL = 1e-4
 REF_TOL = 1e-6  # the reference: the same sweep solved this tightly
 REF_MAX_ITER = 3000
 QUICK_SETS = ("cifar100", "cameratraps", "dtd")
-WORLD_FORMAT = 1
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -122,61 +121,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 # --------------------------------------------------------------------------- data and features
-
-
-def world_sets(names: list[str], world_dir: str | None, cache: Path, scale: float, seed: int = 0) -> Path:
-    """A data root holding ``downstream/<name>/`` for every set in ``names`` (written if absent)."""
-    if world_dir is not None:
-        root = Path(world_dir)
-        for name in names:
-            if not (root / "downstream" / name / "dataset_dict.json").is_file():
-                raise FileNotFoundError(f"{root}/downstream/{name}/dataset_dict.json not found: --world-dir must be a world "
-                                        "folder (tbench world --out DIR) holding the set")
-        return root
-    from curation import world as W
-
-    root = cache / "probe" / "world"
-    for name in names:
-        out = root / "downstream" / name
-        marker = out / "bench_set.json"
-        want = {"set": name, "scale": float(scale), "seed": int(seed), "world_version": W.WORLD_VERSION,
-                "format": WORLD_FORMAT}
-        if (out / "dataset_dict.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == want:
-            continue
-        t0 = time.perf_counter()
-        tmp = out.with_name(f".{name}.tmp")
-        C._rmtree(tmp)
-        if name in W.SETS_BY_NAME:
-            sizes = W.write_set(W.SETS_BY_NAME[name], tmp, seed, scale)
-        elif name == "digits":
-            sizes = W.write_digits(tmp, seed, scale)
-        elif name == "textures":
-            sizes = W.write_textures(tmp, seed, scale)
-        else:
-            raise ValueError(f"no writer for downstream set {name!r}")
-        (tmp / "bench_set.json").write_text(json.dumps(want))
-        C._rmtree(out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp.rename(out)
-        C.log(f"wrote downstream set {name} {sizes} (scale {scale}) to {out} in {time.perf_counter() - t0:.1f}s")
-    return root
-
-
-def encoder_checkpoint(args: argparse.Namespace, cache: Path) -> Path:
-    if args.checkpoint:
-        path = Path(args.checkpoint)
-        if not path.is_file():
-            raise FileNotFoundError(f"--checkpoint {path} does not exist")
-        return path
-    from pretrain.models import build_encoder, encoder_meta, save_encoder
-
-    path = cache / "probe" / "encoders" / f"{args.backbone}-{args.image_size}px-seed{args.encoder_seed}.pt"
-    if not path.is_file():
-        torch.manual_seed(args.encoder_seed)
-        enc = build_encoder(args.backbone, args.image_size)
-        save_encoder(path, enc, encoder_meta(enc, args.backbone, args.image_size, method="random_init"))
-        C.log(f"wrote a randomly initialised {args.backbone} encoder ({args.image_size}px) to {path}")
-    return path
 
 
 def cached_features(checkpoint: Path, name: str, data_root: Path, cache: Path, args: argparse.Namespace) -> Path:
@@ -309,8 +253,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     cache = Path(args.cache_dir)
     t_start = time.perf_counter()
-    data_root = world_sets(args.sets, args.world_dir, cache, args.world_scale)
-    checkpoint = encoder_checkpoint(args, cache)
+    data_root = C.downstream_sets(args.sets, args.world_dir, cache, args.world_scale)
+    checkpoint = C.encoder_checkpoint(args.checkpoint, args.backbone, args.image_size, cache, args.encoder_seed)
     feature_dirs = {name: cached_features(checkpoint, name, data_root, cache, args) for name in args.sets}
     grid = sorted({float(v) for v in DEFAULT_L2_GRID}, reverse=True)
     env = C.environment(torch.device("cpu"))

@@ -86,6 +86,15 @@ class Source:
         return {"format": self.kind, "location": self.location}
 
 
+class _PathSource(Source):
+    """A source read from a folder on disk."""
+
+    def __init__(self, entry: "DownstreamSet", path: Path):
+        self.entry = entry
+        self.path = path
+        self.location = str(path)
+
+
 # --------------------------------------------------------------------------------------- helpers
 
 def _mtime(p: Path) -> int:
@@ -410,15 +419,13 @@ def looks_like_imagefolder(path: Path) -> bool:
     return any(_subdirs(s) for s in _subdirs(path))
 
 
-class FolderSource(Source):
+class FolderSource(_PathSource):
     """``<path>/<split>/<class name>/<image files>``."""
 
     kind = "imagefolder"
 
     def __init__(self, entry: "DownstreamSet", path: Path):
-        self.entry = entry
-        self.path = path
-        self.location = str(path)
+        super().__init__(entry, path)
         if not path.is_dir():
             raise DataNotFoundError(f"downstream set {entry.name!r}: image folder {path} does not exist; "
                                     f"provide {path}/<split>/<class name>/<image files>")
@@ -513,15 +520,13 @@ class _Shards:
     keys: list[str] = field(default_factory=list)
 
 
-class WdsSource(Source):
+class WdsSource(_PathSource):
     """webdataset shards per split: ``<path>/<split>/*.tar`` or a brace pattern relative to ``<path>``."""
 
     kind = "wds"
 
     def __init__(self, entry: "DownstreamSet", path: Path):
-        self.entry = entry
-        self.path = path
-        self.location = str(path)
+        super().__init__(entry, path)
         self.image_exts = [x.strip().lower().lstrip(".") for x in (entry.image_key or DEFAULT_WDS_IMAGE_KEY).split(";")
                            if x.strip()]
         self.label_ext = (entry.label_key or DEFAULT_WDS_LABEL_KEY).lower().lstrip(".")

@@ -133,12 +133,6 @@ def _check_request(req: EvalRequest, *, zero_shot: bool = False) -> None:
         raise ValueError(f"head_init {req.head_init!r} is not valid; valid: {', '.join(HEAD_INITS)}")
 
 
-def _image_size(checkpoint: Path) -> int:
-    import torch
-
-    return int(torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)["meta"]["image_size"])
-
-
 @dataclass
 class _Images:
     train: Any

@@ -119,12 +119,9 @@ def zeroshot_head(model: nn.Module, weights: torch.Tensor) -> tuple[np.ndarray, 
 
 def load_zeroshot_model(checkpoint: str | Path) -> tuple[nn.Module, Any, dict[str, Any]]:
     """The CLIP model, tokenizer and meta of ``checkpoint``; a clear error for any other method."""
-    import torch as _torch
-
-    blob_meta = _torch.load(Path(checkpoint), map_location="cpu", weights_only=True, mmap=True)["meta"]
-    if "clip_cfg" not in blob_meta:
-        raise ValueError(f"zero-shot needs a checkpoint with a text tower (method clip); {checkpoint} was "
-                         f"trained with method {blob_meta.get('method')!r}")
     from pretrain.clip import load_clip
 
-    return load_clip(checkpoint)
+    try:
+        return load_clip(checkpoint)
+    except ValueError as exc:
+        raise ValueError(f"zero-shot needs a checkpoint with a text tower (method clip): {exc}") from None
