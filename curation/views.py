@@ -1,21 +1,38 @@
 """Views: the exact pre-training data of one run, built from source shards.
 
-A view is a source (or a weighted mixture of sources) passed through a curation funnel:
+A view is a source (or a weighted mixture of sources) passed through a curation funnel. It is
+built in three phases, so that the part that touches every sample runs in parallel over shards
+(as a Ray Data job when Ray is running, else a loop in this process) and the rest works on a
+compact table of one row per sample:
 
-1. the curation steps (registered filters, in order);
-2. for labelled training: labels. A labelled source gives ``.cls``; for an image-text source a
-   caption naming exactly one concept of the vocabulary gets that concept's label and every
-   other sample is dropped (the ``labels_from_captions`` step);
-3. a nested size subset: samples are ranked by a hash of (key, seed) and the first ``size``
-   are kept, so for the same seed and curation a smaller view is always inside a larger one.
-   A mixture takes from each source a share of ``size`` proportional to its weight;
-4. symmetric label noise: exactly ``round(rate * size)`` samples (the lowest by another hash
-   of (key, seed)) get a label drawn uniformly from the other classes.
+1. **scan** (per shard): read every sample through :func:`curation.sources.open_source`, apply
+   the per-sample curation steps (recording which pass), compute what the global steps need (a
+   CLIP score from the source's precomputed field or from a CLIP checkpoint; a perceptual hash
+   for ``dedup``), the caption-derived label (a caption naming exactly one concept of the
+   vocabulary gets that concept; labelled sources give ``.cls``) and a rank = hash(key, seed);
+2. **select** (the whole table, in step order): each step removes samples from the survivors
+   of the previous ones and records how many (the funnel): sample steps by their recorded
+   verdict; ``clip_score`` with ``top_fraction`` keeps the best-scored fraction of the
+   survivors; ``dedup`` removes near-duplicates within the survivors (one per cluster is kept:
+   the lowest rank) and every survivor that matches a downstream test image, reporting the
+   overlap per set. Then ``labels_from_captions`` (labelled training only) drops unlabelled
+   samples, ``size_subset`` keeps the ``size`` lowest-ranked samples, and label noise flips
+   exactly ``round(rate * size)`` labels chosen by another hash of (key, seed):
+   ``symmetric`` to a uniformly drawn other class, ``class_dependent`` to the class's fixed
+   confusable partner (the next class of its concept group in a seeded cycle);
+3. **materialise**: new webdataset shards (``materialize: shards``, one output shard per input
+   shard that kept samples) or an index over the original shards (``materialize: index``:
+   ``index.parquet`` with the kept keys and their labels; the pre-training loader reads the
+   original shards and keeps those keys).
 
-The view is written as webdataset shards to ``out_dir/shards/`` with ``sizes.json``, then
-``manifest.json`` last. The whole folder is built next to ``out_dir`` and renamed into place,
-so an interrupted build leaves nothing half-written. The manifest records what happened:
-``funnel`` (step -> samples removed; ``pool_size == size + sum(funnel.values())``),
+Nesting: every step before the size subset is independent of ``size`` and the subset takes
+the lowest ranks, so for the same seed a smaller view is always inside a larger one. A mixture
+merges its sources' ranked survivors by a divisor rule (the j-th sample of a source of weight
+w has priority (j + 1/2) / w), which is also size-monotone.
+
+The folder is built next to ``out_dir`` and renamed into place with ``manifest.json`` (written
+last), so an interrupted build leaves nothing half-written. The manifest records the funnel
+(``pool_size == size + sum(funnel.values())``), per-source funnels, the dedup report,
 ``label_accuracy`` (derived labels against the world's ground truth, before noise) and
 ``achieved_noise``. A pool smaller than the request gives a smaller view, recorded as such.
 """
@@ -31,28 +48,37 @@ import re
 import shutil
 import tarfile
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
-from curation.filters import step_names, validate_steps
+import numpy as np
+
+from curation.filters import FILTERS, step_names, validate_steps
 from harness.artifacts import replaceable_dir
-from curation.sources import SOURCES
 
 logger = logging.getLogger(__name__)
 
-VIEW_VERSION = 1
-SHARD_SIZE = 1000
+VIEW_VERSION = 2
 MANIFEST = "manifest.json"
 SIZES_FILE = "sizes.json"
+INDEX_FILE = "index.parquet"
 LABEL_STEP = "labels_from_captions"
 SUBSET_STEP = "size_subset"
+NOISE_MODELS = ("symmetric", "class_dependent")
+MATERIALIZE = ("shards", "index")
+ENGINES = ("local", "ray")
 _WORD = re.compile(r"[a-z]+")
 
 
 @dataclass(frozen=True)
 class ViewConfig:
-    """What a view is made of. Exactly one of ``source`` and ``mixture`` is given."""
+    """What a view is made of. Exactly one of ``source`` and ``mixture`` is given.
+
+    ``sources``: declared sources (name -> config, see :class:`curation.sources.SourceEntry`)
+    the view may read besides the registered ones. ``against``: the downstream sets ``dedup``
+    steps with ``against: all`` compare with.
+    """
 
     source: str | None
     mixture: dict[str, float] | None
@@ -62,21 +88,30 @@ class ViewConfig:
     label_noise: float
     needs_labels: bool
     seed: int
+    noise_model: str = "symmetric"
+    materialize: str = "shards"
+    sources: dict[str, dict] | None = None
+    against: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
+        from curation.sources import resolve_source
+
         if (self.source is None) == (self.mixture is None):
             raise ValueError("ViewConfig: give exactly one of 'source' and 'mixture' "
                              f"(got source={self.source!r}, mixture={self.mixture!r})")
-        if self.source is not None and self.source not in SOURCES:
-            raise ValueError(f"ViewConfig.source: {SOURCES.unknown_message(self.source)}")
+        names = [self.source] if self.source is not None else list(self.mixture or {})
         if self.mixture is not None:
             if not isinstance(self.mixture, dict) or not self.mixture:
                 raise ValueError("ViewConfig.mixture: a non-empty mapping of source name -> positive weight")
             for name, w in self.mixture.items():
-                if name not in SOURCES:
-                    raise ValueError(f"ViewConfig.mixture: {SOURCES.unknown_message(name)}")
                 if isinstance(w, bool) or not isinstance(w, (int, float)) or not (w > 0 and math.isfinite(w)):
                     raise ValueError(f"ViewConfig.mixture[{name!r}]: weights must be positive numbers, got {w!r}")
+        for name in names:
+            try:
+                resolve_source(name, self.sources)
+            except (KeyError, ValueError) as exc:
+                raise ValueError(f"ViewConfig.{'source' if self.source is not None else 'mixture'}: "
+                                 f"{exc.args[0] if exc.args else exc}") from None
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
             raise ValueError(f"ViewConfig.size: a positive sample count, got {self.size!r}")
         if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)) \
@@ -85,6 +120,10 @@ class ViewConfig:
         if self.label_noise > 0 and not self.needs_labels:
             raise ValueError(f"ViewConfig.label_noise: {self.label_noise} asks for noisy labels, but needs_labels is "
                              "False (the view carries no labels); use label_noise 0 for label-free methods")
+        if self.noise_model not in NOISE_MODELS:
+            raise ValueError(f"ViewConfig.noise_model: one of {', '.join(NOISE_MODELS)}, got {self.noise_model!r}")
+        if self.materialize not in MATERIALIZE:
+            raise ValueError(f"ViewConfig.materialize: one of {', '.join(MATERIALIZE)}, got {self.materialize!r}")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int):
             raise ValueError(f"ViewConfig.seed: an integer, got {self.seed!r}")
         if not isinstance(self.curation, tuple):
@@ -106,6 +145,7 @@ class ViewConfig:
         d = asdict(self)
         d["curation"] = [[name, dict(params)] for name, params in self.curation]
         d["mixture"] = dict(sorted(self.mixture.items())) if self.mixture else None
+        d["against"] = list(self.against)
         return d
 
 
@@ -115,14 +155,22 @@ def _hash(*parts: Any) -> int:
 
 
 def allocate(size: int, weights: dict[str, float]) -> dict[str, int]:
-    """Split ``size`` over sources in proportion to ``weights`` (largest remainder, sums to ``size``)."""
-    total = sum(weights.values())
-    exact = {k: size * w / total for k, w in weights.items()}
-    out = {k: int(math.floor(v)) for k, v in exact.items()}
-    rest = size - sum(out.values())
-    for k in sorted(exact, key=lambda k: (-(exact[k] - out[k]), k))[:rest]:
+    """Split ``size`` over sources in proportion to ``weights`` by the divisor rule of
+    :func:`mixture_order` (sums to ``size``; never decreases as ``size`` grows)."""
+    order = mixture_order({k: size for k in weights}, weights)[:size]
+    out = {k: 0 for k in weights}
+    for k in order:
         out[k] += 1
     return out
+
+
+def mixture_order(available: dict[str, int], weights: dict[str, float]) -> list[str]:
+    """The source of each successive sample of a mixture: the j-th sample of source s has
+    priority (j + 1/2) / w_s (Sainte-Laguë), ties by name; a source stops when it runs out."""
+    total = sum(weights.values())
+    items = [((j + 0.5) / (weights[s] / total), s) for s, n in available.items() for j in range(n)]
+    items.sort()
+    return [s for _, s in items]
 
 
 def read_vocabulary(data_root: str | Path) -> list[str] | None:
@@ -137,23 +185,11 @@ def read_vocabulary(data_root: str | Path) -> list[str] | None:
     return [str(c) for c in concepts]
 
 
-def _iter_source(name: str, data_root: Path):
-    import webdataset as wds
-
-    paths = SOURCES.get(name).shard_paths(data_root)
-    # Every shard, in order, whatever process or loader worker this runs in.
-    ds = wds.WebDataset(paths, shardshuffle=False, empty_check=False, nodesplitter=None, workersplitter=None)
-    for raw in ds:
-        key = raw["__key__"]
-        for ext in ("png", "txt", "json"):
-            if ext not in raw:
-                raise ValueError(f"source {name!r}: sample {key!r} in {raw.get('__url__')} has no .{ext}")
-        try:
-            meta = json.loads(raw["json"])
-        except json.JSONDecodeError as e:
-            raise ValueError(f"source {name!r}: sample {key!r} has invalid .json ({e})") from None
-        yield {"key": key, "txt": raw["txt"].decode("utf-8", "replace"), "json": meta, "png": raw["png"],
-               "cls": raw.get("cls"), "source": name}
+def read_concept_groups(data_root: str | Path) -> dict[str, str]:
+    p = Path(data_root) / "world.json"
+    if not p.is_file():
+        return {}
+    return dict((json.loads(p.read_text()).get("factors") or {}).get("concept_groups") or {})
 
 
 def _label_from_caption(txt: str, vocab_index: dict[str, int]) -> int | None:
@@ -161,50 +197,300 @@ def _label_from_caption(txt: str, vocab_index: dict[str, int]) -> int | None:
     return named.pop() if len(named) == 1 else None
 
 
-def _curate_source(name: str, cfg: ViewConfig, data_root: Path, n_wanted: int, resolved, names,
-                   vocab: list[str] | None) -> tuple[list[dict], dict[str, Any]]:
-    entry = SOURCES.get(name)
-    vocab_index = {c: i for i, c in enumerate(vocab or [])}
-    funnel = {n: 0 for n in names}
-    label_step = cfg.needs_labels and entry.kind != "labelled"
-    if label_step:
-        funnel[LABEL_STEP] = 0
-    kept: list[dict] = []
-    pool = 0
-    for s in _iter_source(name, data_root):
-        pool += 1
-        dropped = False
-        for (fe, params), step in zip(resolved, names):
-            if not fe.fn(s, **params):
-                funnel[step] += 1
-                dropped = True
-                break
-        if dropped:
-            continue
-        if cfg.needs_labels:
-            if entry.kind == "labelled":
-                if s["cls"] is None:
-                    raise ValueError(f"labelled source {name!r}: sample {s['key']!r} has no .cls")
-                label = int(s["cls"])
-                if vocab is not None and not 0 <= label < len(vocab):
-                    raise ValueError(f"source {name!r}: sample {s['key']!r} has .cls {label} outside "
-                                     f"0..{len(vocab) - 1} (the vocabulary in world.json)")
+# --------------------------------------------------------------------------- scan
+
+
+@dataclass(frozen=True)
+class ScanTask:
+    """Everything one shard's scan needs (plain data: it travels to Ray Data workers)."""
+
+    source: str
+    url: str
+    seed: int
+    steps: tuple[tuple[str, dict], ...]  # resolved parameters
+    needs_labels: bool
+    vocab: tuple[str, ...] | None
+    data_root: str
+    data_dir: str | None
+    sources: dict[str, dict] | None = None
+
+
+def _open(name: str, data_root: str | Path, data_dir: str | Path | None, sources: dict | None):
+    from curation.sources import open_source
+
+    return open_source(name, world_root=data_root, data_dir=data_dir, custom=sources)
+
+
+_SCORERS: dict[str, Any] = {}
+
+
+def _checkpoint_scorer(path: str):
+    """``score(images: list[bytes], captions: list[str]) -> np.ndarray`` for a CLIP checkpoint (cached per process)."""
+    if path not in _SCORERS:
+        import torch
+
+        from downstream.features import meta_stats, normalise, prepare_images
+        from downstream.sets import resize_center_crop
+        from pretrain.data import decode_image
+        from downstream.zeroshot import load_zeroshot_model
+
+        model, tokenizer, meta = load_zeroshot_model(path)
+        model.eval()
+        mean, std = meta_stats(meta)
+        size = int(meta["image_size"])
+
+        @torch.inference_mode()
+        def score(images: list[bytes], captions: list[str]) -> np.ndarray:
+            arr = np.stack([resize_center_crop(decode_image(b).permute(1, 2, 0).numpy(), size) for b in images])
+            x = normalise(prepare_images(arr, size), mean, std)
+            img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
+            txt = torch.nn.functional.normalize(model.encode_text(tokenizer(captions)), dim=-1)
+            return (img * txt).sum(-1).float().numpy()
+
+        _SCORERS[path] = score
+    return _SCORERS[path]
+
+
+def scan_shard(task: ScanTask) -> dict[str, list]:
+    """One shard's rows: key, url, rank, label, truth, and per step its verdict or score."""
+    src = _open(task.source, task.data_root, task.data_dir, task.sources)
+    kind = src.entry.kind
+    vocab_index = {c: i for i, c in enumerate(task.vocab or ())}
+    resolved = [(FILTERS.get(n), p) for n, p in task.steps]
+    cols: dict[str, list] = {"key": [], "url": [], "source": [], "rank": [], "label": [], "truth": []}
+    for i, (entry, params) in enumerate(resolved):
+        cols[f"s{i}"] = []
+    need_hash = any(e.name == "dedup" for e, _ in resolved)
+    if need_hash:
+        from curation.dedup import hash_image
+
+        cols["h0"], cols["h1"] = [], []
+    model_steps = [i for i, (e, p) in enumerate(resolved) if e.name == "clip_score" and p["scorer"] == "checkpoint"]
+    pending_images: list[bytes] = []
+    pending_caps: list[str] = []
+    for s in src.iter_shard(task.url):
+        sample = {"key": s["key"], "txt": s.get("txt") or "", "json": s.get("json") or {}}
+        cols["key"].append(s["key"])
+        cols["url"].append(task.url)
+        cols["source"].append(task.source)
+        cols["rank"].append(_hash(s["key"], task.seed, "subset") >> 1)  # fits int64
+        truth = sample["json"].get("concept_id")
+        cols["truth"].append(int(truth) if isinstance(truth, int) and not isinstance(truth, bool) else -1)
+        label = -1
+        if task.needs_labels:
+            if kind == "labelled":
+                label = -1 if s.get("cls") is None else int(s["cls"])
+                if task.vocab is not None and not 0 <= label < len(task.vocab):
+                    label = -1
             else:
-                label = _label_from_caption(s["txt"], vocab_index)
-                if label is None:
-                    funnel[LABEL_STEP] += 1
-                    continue
-            s["label"] = label
-        s["rank"] = _hash(s["key"], cfg.seed, "subset")
-        kept.append(s)
-    kept.sort(key=lambda s: s["rank"])
-    chosen = kept[:n_wanted]
-    funnel[SUBSET_STEP] = len(kept) - len(chosen)
-    if len(chosen) < n_wanted:
-        logger.warning("source %s: %d samples survive curation %r, fewer than the %d requested; the view keeps %d",
-                       name, len(kept), cfg.curation_name, n_wanted, len(chosen))
-    info = {"pool_size": pool, "requested_size": n_wanted, "size": len(chosen), "funnel": funnel}
-    return chosen, info
+                got = _label_from_caption(sample["txt"], vocab_index)
+                label = -1 if got is None else got
+        cols["label"].append(label)
+        for i, (entry, params) in enumerate(resolved):
+            if entry.name == "clip_score":
+                if params["scorer"] == "field":
+                    v = sample["json"].get(params["field"])
+                    cols[f"s{i}"].append(float(v) if isinstance(v, (int, float)) else float("nan"))
+                else:
+                    cols[f"s{i}"].append(float("nan"))  # filled by the batch below
+            elif entry.name == "dedup":
+                cols[f"s{i}"].append(True)
+            elif entry.name == "caption_concept" and params.get("words") is None:
+                cols[f"s{i}"].append(bool(entry.fn(sample, words=list(task.vocab or ()))))
+            else:
+                cols[f"s{i}"].append(bool(entry.fn(sample, **params)))
+        if need_hash:
+            h0, h1 = hash_image(s["image"])
+            cols["h0"].append(int(h0))
+            cols["h1"].append(int(h1))
+        if model_steps:
+            pending_images.append(s["image"])
+            pending_caps.append(sample["txt"])
+    for i in model_steps:
+        score = _checkpoint_scorer(resolved[i][1]["checkpoint"])
+        out: list[float] = []
+        for b0 in range(0, len(pending_images), 256):
+            out.extend(score(pending_images[b0:b0 + 256], pending_caps[b0:b0 + 256]).tolist())
+        cols[f"s{i}"] = out
+    cols["skipped"] = [int(sum(getattr(src, "skipped", {}).values()))] * len(cols["key"])
+    return cols
+
+
+def _scan_tasks(cfg: ViewConfig, data_root: Path, data_dir: Path | None, steps, vocab) -> list[ScanTask]:
+    tasks = []
+    for name in cfg.weights:
+        src = _open(name, data_root, data_dir, cfg.sources)
+        for url in src.urls:
+            tasks.append(ScanTask(name, url, cfg.seed, steps, cfg.needs_labels, tuple(vocab) if vocab else None,
+                                  str(data_root), str(data_dir) if data_dir else None, cfg.sources))
+    return tasks
+
+
+def _concat(parts: Iterable[dict[str, list]]):
+    import pandas as pd
+
+    frames = [pd.DataFrame(p) for p in parts if p and p["key"]]
+    if not frames:
+        return pd.DataFrame()
+    return pd.concat(frames, ignore_index=True)
+
+
+def scan(tasks: list[ScanTask], engine: str = "local"):
+    """The scan table of every shard: a pandas DataFrame, one row per sample."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "local" or not tasks:
+        return _concat(scan_shard(t) for t in tasks)
+    import ray
+
+    if not ray.is_initialized():
+        raise RuntimeError("engine 'ray' needs a running Ray (ray.init() or `tbench run`); use engine 'local'")
+    data = _ray_data()
+    ds = data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
+    ds = ds.map(_scan_row)
+    return _concat(r["cols"] for r in ds.iter_rows())
+
+
+def _scan_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"cols": scan_shard(row["task"])}
+
+
+def _ray_data():
+    import ray.data
+
+    ctx = ray.data.DataContext.get_current()
+    ctx.enable_progress_bars = False
+    ctx.print_on_execution_start = False
+    return ray.data
+
+
+# --------------------------------------------------------------------------- select
+
+
+def _reference_hashes(names: Iterable[str], data_root: Path, data_dir: Path | None,
+                      sets_config: dict | None) -> dict[str, np.ndarray]:
+    from curation.dedup import hash_images
+    from downstream.sets import load_split, resolve_set
+
+    out = {}
+    for name in names:
+        entry = resolve_set(name, sets_config)
+        try:
+            split = load_split(entry, "test", data_root, data_dir=data_dir)
+        except ValueError as exc:  # images of mixed sizes: hash them at one size (pHash resizes anyway)
+            if "differ in size" not in str(exc):
+                raise
+            split = load_split(entry, "test", data_root, data_dir=data_dir, image_size=64)
+        out[name] = hash_images(split.images)
+    return out
+
+
+def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[str, np.ndarray] | None = None
+           ) -> tuple[np.ndarray, dict[str, int], dict[str, Any]]:
+    """Apply the steps in order to the scan table; return (surviving mask, funnel, reports)."""
+    n = len(table)
+    alive = np.ones(n, dtype=bool)
+    funnel: dict[str, int] = {}
+    reports: dict[str, Any] = {}
+    rank = table["rank"].to_numpy() if n else np.zeros(0, np.int64)
+    for i, ((name, params), step) in enumerate(zip(steps, names)):
+        before = int(alive.sum())
+        col = table[f"s{i}"].to_numpy() if n else np.zeros(0)
+        if name == "clip_score":
+            score = col.astype(np.float64)
+            if np.isnan(score[alive]).any():
+                bad = table["key"].to_numpy()[alive & np.isnan(score)][:3].tolist()
+                raise ValueError(f"curation step {step!r}: samples {bad} have no score (json field "
+                                 f"{params['field']!r} missing); use scorer: checkpoint or another field")
+            if params["threshold"] is not None:
+                alive &= score >= float(params["threshold"])
+            else:
+                idx = np.nonzero(alive)[0]
+                keep = int(math.ceil(float(params["top_fraction"]) * len(idx)))
+                order = idx[np.lexsort((rank[idx], -score[idx]))]  # best score first, ties by rank
+                mask = np.zeros(n, dtype=bool)
+                mask[order[:keep]] = True
+                alive &= mask
+                reports[step] = {"kept_fraction": params["top_fraction"],
+                                 "score_cutoff": float(score[order[keep - 1]]) if keep else None}
+        elif name == "dedup":
+            from curation.dedup import DEFAULT_THRESHOLD, matches_reference, near_duplicates
+
+            threshold = int(params["threshold"] if params["threshold"] is not None else DEFAULT_THRESHOLD)
+            hashes = np.stack([table["h0"].to_numpy(np.uint64), table["h1"].to_numpy(np.uint64)], axis=1) \
+                if n else np.zeros((0, 2), np.uint64)
+            rep: dict[str, Any] = {"threshold": threshold}
+            if params["within"]:
+                idx = np.nonzero(alive)[0]
+                res = near_duplicates(hashes[idx], threshold=threshold, order=rank[idx])
+                alive[idx[res.remove]] = False
+                rep.update(within_removed=int(res.remove.sum()), clusters=int(res.num_clusters))
+            against = _against(params, cfg)
+            if against:
+                overlap = {}
+                for set_name in against:
+                    ref = (references or {}).get(set_name)
+                    if ref is None:
+                        raise ValueError(f"curation step {step!r}: no reference hashes for downstream set {set_name!r}")
+                    idx = np.nonzero(alive)[0]
+                    hit = matches_reference(hashes[idx], ref, threshold=threshold) if len(idx) else np.zeros(0, bool)
+                    overlap[set_name] = int(hit.sum())
+                    alive[idx[hit]] = False
+                rep["overlap"] = overlap
+            reports[step] = rep
+        else:
+            alive &= col.astype(bool)
+        funnel[step] = before - int(alive.sum())
+    return alive, funnel, reports
+
+
+def _against(params: dict[str, Any], cfg: ViewConfig) -> list[str]:
+    a = params.get("against")
+    if not a:
+        return []
+    if a == "all":
+        return list(cfg.against)
+    if isinstance(a, str):
+        return [a]
+    return list(a)
+
+
+def class_partners(num_classes: int, groups: dict[str, str], vocab: list[str] | None, seed: int) -> np.ndarray:
+    """Each class's confusable partner for ``class_dependent`` noise: the next class of its
+    concept group in a seeded cycle (classes alone in their group, or without groups: c + 1)."""
+    partner = (np.arange(num_classes) + 1) % num_classes
+    if vocab and groups:
+        by_group: dict[str, list[int]] = {}
+        for c, name in enumerate(vocab):
+            by_group.setdefault(groups.get(name, ""), []).append(c)
+        for g, members in by_group.items():
+            if len(members) < 2:
+                continue
+            cyc = sorted(members, key=lambda c: (_hash(seed, "partner", vocab[c]), c))
+            for j, c in enumerate(cyc):
+                partner[c] = cyc[(j + 1) % len(cyc)]
+    return partner
+
+
+def add_label_noise(keys: list[str], labels: np.ndarray, num_classes: int, rate: float, seed: int,
+                    model: str = "symmetric", partners: np.ndarray | None = None) -> np.ndarray:
+    """Flip exactly ``round(rate * n)`` labels (the lowest by hash(key, seed)); return the new labels."""
+    labels = np.asarray(labels, dtype=np.int64)
+    out = labels.copy()
+    n = len(labels)
+    if num_classes < 2 or n == 0 or rate <= 0:
+        return out
+    n_flip = int(round(rate * n))
+    order = sorted(range(n), key=lambda i: (_hash(keys[i], seed, "noise"), i))[:n_flip]
+    for i in order:
+        if model == "symmetric":
+            out[i] = (labels[i] + 1 + _hash(keys[i], seed, "noise-label") % (num_classes - 1)) % num_classes
+        else:
+            out[i] = int(partners[labels[i]])
+    return out
+
+
+# --------------------------------------------------------------------------- build
 
 
 def _config_matches(manifest: dict, cfg: ViewConfig) -> bool:
@@ -212,16 +498,20 @@ def _config_matches(manifest: dict, cfg: ViewConfig) -> bool:
         json.loads(json.dumps(manifest.get("config"))) == json.loads(json.dumps(cfg.to_dict()))
 
 
-def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike) -> dict[str, Any]:
+def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
+               engine: str = "local", data_dir: str | os.PathLike | None = None,
+               sets_config: dict | None = None) -> dict[str, Any]:
     """Build the view ``cfg`` from the sources under ``data_root`` into ``out_dir``; return its manifest.
 
+    ``engine``: ``local`` (this process) or ``ray`` (scan and write as Ray Data jobs over the
+    shards; needs a running Ray). ``data_dir``: where real and declared sources and sets with
+    relative paths live. ``sets_config``: declared downstream sets (for ``dedup`` against them).
     Idempotent (an existing view with the same config is returned as is) and atomic.
     """
-    import webdataset as wds
-
     if not isinstance(cfg, ViewConfig):
         raise TypeError(f"build_view expects a ViewConfig, got {type(cfg).__name__}")
     data_root, out_dir = Path(data_root), Path(out_dir)
+    data_dir = Path(data_dir) if data_dir is not None else None
     mpath = out_dir / MANIFEST
     if mpath.is_file():
         try:
@@ -234,70 +524,83 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
         raise FileExistsError(f"{out_dir} exists and is not a view folder (no {MANIFEST}); choose an empty folder")
 
     resolved = validate_steps(cfg.curation)
+    steps = tuple((e.name, p) for e, p in resolved)
     names = step_names(cfg.curation)
     vocab = read_vocabulary(data_root)
     if cfg.needs_labels and vocab is None:
         raise FileNotFoundError(f"labelled views need the class vocabulary in {data_root / 'world.json'} "
                                 "('concepts'); write the world there with `tbench world`")
-    weights = cfg.weights
-    alloc = allocate(cfg.size, weights)
+    if any(n == "caption_concept" and p.get("words") is None for n, p in steps) and vocab is None:
+        raise ValueError("curation step caption_concept without 'words' uses the world's vocabulary, but "
+                         f"{data_root / 'world.json'} is missing; give words: [...]")
 
-    chosen: list[dict] = []
-    per_source: dict[str, Any] = {}
-    for name in weights:
-        samples, info = _curate_source(name, cfg, data_root, alloc[name], resolved, names, vocab)
-        chosen.extend(samples)
-        per_source[name] = info
-    chosen.sort(key=lambda s: (s["rank"], s["key"]))
-    funnel: dict[str, int] = {}
-    for info in per_source.values():
-        for k, v in info["funnel"].items():
-            funnel[k] = funnel.get(k, 0) + v
+    table = scan(_scan_tasks(cfg, data_root, data_dir, steps, vocab), engine)
+    pool = len(table)
+    against = sorted({s for n, p in steps if n == "dedup" for s in _against(p, cfg)})
+    references = _reference_hashes(against, data_root, data_dir, sets_config) if against else {}
+    alive, funnel, reports = select(table, cfg, steps, names, references=references)
 
+    labels = table["label"].to_numpy(np.int64) if pool else np.zeros(0, np.int64)
+    if cfg.needs_labels:
+        from curation.sources import resolve_source
+
+        removed = alive & (labels < 0)
+        if any(resolve_source(name, cfg.sources).kind != "labelled" for name in cfg.weights):
+            funnel[LABEL_STEP] = int(removed.sum())
+        elif removed.any():  # a labelled source's sample without a usable .cls
+            funnel["invalid_label"] = int(removed.sum())
+        alive &= labels >= 0
+    # size subset: per source the lowest ranks; a mixture merges them by the divisor rule
+    src_col = table["source"].to_numpy() if pool else np.zeros(0, object)
+    rank = table["rank"].to_numpy() if pool else np.zeros(0, np.int64)
+    ranked = {name: np.nonzero(alive & (src_col == name))[0] for name in cfg.weights}
+    ranked = {k: v[np.argsort(rank[v], kind="stable")] for k, v in ranked.items()}
+    order = mixture_order({k: len(v) for k, v in ranked.items()}, cfg.weights)[:cfg.size]
+    take = {k: 0 for k in ranked}
+    for k in order:
+        take[k] += 1
+    chosen_idx = np.sort(np.concatenate([ranked[k][:take[k]] for k in ranked] or [np.zeros(0, np.int64)]))
+    funnel[SUBSET_STEP] = int(alive.sum()) - len(chosen_idx)
+    if len(chosen_idx) < cfg.size:
+        logger.warning("view %s/%s: %d samples survive curation, fewer than the %d requested",
+                       cfg.source_label, cfg.curation_name, len(chosen_idx), cfg.size)
+    per_source = {}
+    for name in cfg.weights:
+        m = src_col == name
+        per_source[name] = {"pool_size": int(m.sum()), "size": int(take[name]),
+                            "requested_size": int(allocate(cfg.size, cfg.weights)[name])}
+
+    chosen = table.iloc[chosen_idx].reset_index(drop=True) if pool else table
+    keys = chosen["key"].tolist() if len(chosen) else []
     label_accuracy = achieved = None
-    if cfg.needs_labels and chosen:
-        truth = [s["json"].get("concept_id") for s in chosen]
-        if all(isinstance(t, int) for t in truth):
-            label_accuracy = sum(int(s["label"] == t) for s, t in zip(chosen, truth)) / len(chosen)
+    per_class_noise = None
+    noisy = clean = None
+    if cfg.needs_labels and len(chosen):
+        clean = chosen["label"].to_numpy(np.int64)
+        truth = chosen["truth"].to_numpy(np.int64)
+        if (truth >= 0).all():
+            label_accuracy = float((clean == truth).mean())
         k = len(vocab)
-        n_flip = int(round(cfg.label_noise * len(chosen))) if k > 1 else 0
-        order = sorted(range(len(chosen)), key=lambda i: (_hash(chosen[i]["key"], cfg.seed, "noise"), i))
-        flip = set(order[:n_flip])
-        for i, s in enumerate(chosen):
-            s["clean_label"] = s["label"]
-            if i in flip:
-                s["label"] = (s["label"] + 1 + _hash(s["key"], cfg.seed, "noise-label") % (k - 1)) % k
-        achieved = sum(int(s["label"] != s["clean_label"]) for s in chosen) / len(chosen)
+        partners = class_partners(k, read_concept_groups(data_root), vocab, cfg.seed)
+        noisy = add_label_noise(keys, clean, k, float(cfg.label_noise), cfg.seed, cfg.noise_model, partners)
+        achieved = float((noisy != clean).mean())
+        per_class_noise = {vocab[c]: round(float((noisy[clean == c] != c).mean()), 4)
+                           for c in np.unique(clean)}
     elif cfg.needs_labels:
         achieved = 0.0
 
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
-        shard_dir = tmp / "shards"
-        shard_dir.mkdir(parents=True)
-        sizes: dict[str, int] = {}
-        for s0 in range(0, max(len(chosen), 1), SHARD_SIZE):
-            part = chosen[s0:s0 + SHARD_SIZE]
-            if not part and s0 > 0:
-                break
-            name = f"shard-{s0 // SHARD_SIZE:06d}.tar"
-            with wds.TarWriter(str(shard_dir / name), encoder=False, mtime=0, format=tarfile.USTAR_FORMAT) as tw:
-                for s in part:
-                    meta = dict(s["json"])
-                    if cfg.needs_labels:
-                        meta["view"] = {"label": s["label"], "clean_label": s["clean_label"],
-                                        "noisy": s["label"] != s["clean_label"]}
-                    sample = {"__key__": s["key"], "png": s["png"], "txt": s["txt"].encode(),
-                              "json": json.dumps(meta, sort_keys=True).encode()}
-                    if cfg.needs_labels:
-                        sample["cls"] = str(int(s["label"])).encode()
-                    tw.write(sample)
-            sizes[name] = len(part)
-        sizes_text = json.dumps(sizes, indent=1, sort_keys=True)
-        (tmp / SIZES_FILE).write_text(sizes_text)
-        (shard_dir / SIZES_FILE).write_text(sizes_text)
-        pool = sum(i["pool_size"] for i in per_source.values())
+        tmp.mkdir(parents=True)
+        if cfg.materialize == "shards":
+            sizes = _write_shards(cfg, chosen, noisy, clean, tmp, data_root, data_dir, engine)
+            shard_list = [f"shards/{n}" for n in sorted(sizes)]
+        else:
+            sizes = _write_index(chosen, noisy, clean, tmp)
+            shard_list = sorted(sizes)
+        (tmp / SIZES_FILE).write_text(json.dumps(sizes, indent=1, sort_keys=True))
+        skipped = int(table.groupby("url")["skipped"].first().sum()) if pool else 0
         manifest = {
             "version": VIEW_VERSION,
             "config": cfg.to_dict(),
@@ -306,22 +609,28 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
             "curation": cfg.curation_name,
             "curation_steps": cfg.to_dict()["curation"],
             "requested_size": cfg.size,
-            "size": len(chosen),
-            "pool_size": pool,
+            "size": int(len(chosen)),
+            "pool_size": int(pool),
+            "skipped_samples": skipped,
             "needs_labels": cfg.needs_labels,
             "label_noise": float(cfg.label_noise),
+            "noise_model": cfg.noise_model,
             "achieved_noise": achieved,
+            "achieved_noise_per_class": per_class_noise,
             "label_accuracy": label_accuracy,
             "num_classes": len(vocab) if vocab else 0,
             "class_names": list(vocab) if vocab else [],
             "funnel": funnel,
+            "steps": reports,
             "per_source": per_source,
             "seed": cfg.seed,
-            "shards": [f"shards/{n}" for n in sorted(sizes)],
+            "materialize": cfg.materialize,
+            "engine": engine,
+            "shards": shard_list,
         }
         if pool - sum(funnel.values()) != len(chosen):  # pragma: no cover - an internal invariant
             raise RuntimeError(f"view funnel does not add up: pool {pool}, removed {funnel}, kept {len(chosen)}")
-        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True))
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # key order kept: the funnel is in step order
         _swap_into_place(tmp, out_dir, cfg)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -329,6 +638,108 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     logger.info("view %s/%s: %d of %d requested (pool %d, funnel %s)", cfg.source_label, cfg.curation_name,
                 len(chosen), cfg.size, pool, funnel)
     return json.loads((out_dir / MANIFEST).read_text())
+
+
+@dataclass(frozen=True)
+class WriteTask:
+    source: str
+    url: str
+    out: str
+    labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (label, clean label); {} = all kept, unlabelled
+    keys: tuple[str, ...] = ()
+    data_root: str = ""
+    data_dir: str | None = None
+    sources: dict[str, dict] | None = None
+    needs_labels: bool = False
+
+
+def write_shard(task: WriteTask) -> int:
+    """Copy the kept samples of one source shard into a new shard; return how many were written."""
+    import webdataset as wds
+
+    src = _open(task.source, task.data_root, task.data_dir, task.sources)
+    want = set(task.keys)
+    n = 0
+    with wds.TarWriter(task.out, encoder=False, mtime=0, format=tarfile.USTAR_FORMAT) as tw:
+        for s in src.iter_shard(task.url):
+            if s["key"] not in want:
+                continue
+            meta = dict(s.get("json") or {})
+            out = {"__key__": s["key"], s.get("image_ext") or "png": s["image"],
+                   "txt": (s.get("txt") or "").encode()}
+            if task.needs_labels:
+                label, clean = task.labels[s["key"]]
+                meta["view"] = {"label": label, "clean_label": clean, "noisy": label != clean}
+                out["cls"] = str(int(label)).encode()
+            out["json"] = json.dumps(meta, sort_keys=True).encode()
+            tw.write(out)
+            n += 1
+    return n
+
+
+def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, data_root: Path, data_dir: Path | None,
+                  engine: str) -> dict[str, int]:
+    shard_dir = tmp / "shards"
+    shard_dir.mkdir()
+    tasks = []
+    if len(chosen):
+        for j, ((source, url), grp) in enumerate(chosen.groupby(["source", "url"], sort=True)):
+            labels = {}
+            if cfg.needs_labels:
+                idx = grp.index.to_numpy()
+                labels = {k: (int(noisy[i]), int(clean[i])) for k, i in zip(grp["key"], idx)}
+            tasks.append(WriteTask(source, url, str(shard_dir / f"shard-{j:06d}.tar"), labels,
+                                   tuple(grp["key"]), str(data_root), str(data_dir) if data_dir else None,
+                                   cfg.sources, cfg.needs_labels))
+    if engine == "ray" and tasks:
+        data = _ray_data()
+        ds = data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map(_write_row)
+        counts = {Path(r["out"]).name: int(r["n"]) for r in ds.iter_rows()}
+    else:
+        counts = {Path(t.out).name: write_shard(t) for t in tasks}
+    for t in tasks:
+        if counts[Path(t.out).name] != len(t.keys):
+            raise RuntimeError(f"shard {t.url}: wrote {counts[Path(t.out).name]} of {len(t.keys)} kept samples "
+                               "(the source changed while the view was built?)")
+    if not tasks:  # an empty view still has one (empty) shard, so readers find the folder well-formed
+        import webdataset as wds
+
+        with wds.TarWriter(str(shard_dir / "shard-000000.tar"), encoder=False, mtime=0, format=tarfile.USTAR_FORMAT):
+            pass
+        counts = {"shard-000000.tar": 0}
+    (shard_dir / SIZES_FILE).write_text(json.dumps(counts, indent=1, sort_keys=True))
+    return counts
+
+
+def _write_row(row: dict[str, Any]) -> dict[str, Any]:
+    return {"out": row["task"].out, "n": write_shard(row["task"])}
+
+
+def _write_index(chosen, noisy, clean, tmp: Path) -> dict[str, int]:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    n = len(chosen)
+    table = pa.table({
+        "url": pa.array(chosen["url"].tolist() if n else [], pa.string()),
+        "key": pa.array(chosen["key"].tolist() if n else [], pa.string()),
+        "source": pa.array(chosen["source"].tolist() if n else [], pa.string()),
+        "label": pa.array(noisy.tolist() if noisy is not None else [None] * n, pa.int64()),
+        "clean_label": pa.array(clean.tolist() if clean is not None else [None] * n, pa.int64()),
+    })
+    pq.write_table(table, tmp / INDEX_FILE)
+    return {u: int(c) for u, c in chosen.groupby("url").size().items()} if n else {}
+
+
+def read_index(view_dir: str | Path) -> dict[str, dict[str, int | None]]:
+    """An index view's kept samples: shard URL -> {key: label (None when unlabelled)}."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(Path(view_dir) / INDEX_FILE).to_pydict()
+    out: dict[str, dict[str, int | None]] = {}
+    for url, key, label in zip(t["url"], t["key"], t["label"]):
+        out.setdefault(url, {})[key] = label
+    return out
 
 
 def _swap_into_place(tmp: Path, out_dir: Path, cfg: ViewConfig) -> None:

@@ -7,7 +7,10 @@ source and every downstream set is *declared* below as a distribution over those
 * a **source** adds a caption model: how often its caption names the right concept, a
   hypernym ("an animal"), a wrong concept, or none at all; how often it mentions texture,
   colour, style and clutter; what filler words it carries. Each sample gets a precomputed
-  image-text ``similarity`` (a noisy function of caption faithfulness, like a CLIP score);
+  image-text ``similarity`` (a noisy function of caption faithfulness, like a CLIP score). A
+  share of its captions is in German, Spanish or French (json ``lang`` holds the truth), and
+  each sample records the size its image had before resizing (``original_width``/
+  ``original_height``, as img2dataset does), from a source-specific distribution;
 * a **downstream set** adds a labelling rule: each class fixes some factors (the concept, the
   texture, or a texture-colour pair) and the rest are drawn from the set's distribution.
 
@@ -43,7 +46,12 @@ from harness.artifacts import replaceable_dir
 
 logger = logging.getLogger(__name__)
 
-WORLD_VERSION = 3  # 3: validation and test splits of 25 and 50 per class (were 10 and 20)
+# 3: validation and test splits of 25 and 50 per class (were 10 and 20).
+# 4: source samples' json gains img2dataset's ``original_width``/``original_height`` (a seeded,
+#    source-specific distribution of pre-resize sizes, panoramas included) and ``lang``; a
+#    per-source fraction of captions (``CaptionModel.p_foreign``) is German, Spanish or French.
+#    Both come from their own seeded generators, so English captions and images are unchanged.
+WORLD_VERSION = 4
 SHARD_SIZE = 1000
 RENDER_BATCH = 512
 SPLITS = ("train", "validation", "test")
@@ -88,6 +96,24 @@ class CaptionModel:
     filler: tuple[str, ...] = ()
     n_filler: tuple[int, int] = (0, 2)
     score_noise: float = 0.025  # std of the noise on the precomputed image-text similarity
+    # Share of captions written in another language (German, Spanish or French, equally): they
+    # name no concept in English, so they yield no label; json ``lang`` records the truth.
+    p_foreign: float = 0.0
+
+
+@dataclass(frozen=True)
+class ImageSizeModel:
+    """The size images had before they were resized to the world's 32x32 (img2dataset's
+    ``original_width``/``original_height``): a log-normal shorter side, a common aspect ratio
+    (or, for a few, an extreme panorama), landscape or portrait."""
+
+    median_short: float  # median shorter side in pixels
+    sigma: float = 0.45  # std of log(shorter side)
+    aspects: tuple[tuple[str, float], ...] = (("4:3", 0.4), ("3:2", 0.25), ("1:1", 0.2), ("16:9", 0.15))
+    p_portrait: float = 0.25  # of the non-square images
+    p_panorama: float = 0.03  # longer side 3x to 6x the shorter
+    min_side: int = 16
+    max_side: int = 12000
 
 
 @dataclass(frozen=True)
@@ -98,6 +124,7 @@ class SourceDecl:
     pool: int  # samples at scale 1.0
     dist: Distribution
     caption: CaptionModel
+    image_size: ImageSizeModel = ImageSizeModel(400.0)
 
 
 @dataclass(frozen=True)
@@ -162,6 +189,51 @@ SCENE_WORDS = {
     "indoor": "room", "water": "lake", "sand": "beach", "fields": "farmland", "foliage": "forest", "night": "night",
 }
 
+# Captions in other languages (CaptionModel.p_foreign): an opener, a colour now and then, a noun
+# that names no concept, where the scene is, and filler. None of these words is an English concept
+# name (checked below), so such captions never yield a label.
+FOREIGN_LANGS = ("de", "es", "fr")
+FOREIGN_VOCAB: dict[str, dict[str, Any]] = {
+    "de": {
+        "opener": ("ein foto von", "ein bild von", "eine aufnahme mit", "eine zeichnung von", "die ansicht von"),
+        "noun": ("einem motiv", "einem gegenstand", "einer szene", "etwas", "einem muster", "der sache"),
+        "colour": {"red": "rot", "orange": "orangefarben", "yellow": "gelb", "green": "grün", "blue": "blau",
+                   "purple": "lila", "pink": "rosa", "brown": "braun", "black": "schwarz", "white": "weiß",
+                   "gray": "grau", "teal": "türkis"},
+        "scene": {"plain": "vor dem hintergrund", "studio": "im studio", "gradient": "mit farbverlauf",
+                  "sky": "unter dem himmel", "grass": "auf der wiese", "indoor": "in der wohnung",
+                  "water": "am see", "sand": "am strand", "fields": "über den feldern", "foliage": "im wald",
+                  "night": "in der nacht"},
+        "filler": ("schön", "neu", "günstig", "kaufen", "urlaub", "sommer", "und", "mit", "kostenlos",
+                   "hochwertig"),
+    },
+    "es": {
+        "opener": ("una foto de", "una imagen de", "un dibujo de", "la vista de", "una ilustración de"),
+        "noun": ("un objeto", "una escena", "algo", "un motivo", "un patrón", "una cosa"),
+        "colour": {"red": "rojo", "orange": "naranja", "yellow": "amarillo", "green": "verde", "blue": "azul",
+                   "purple": "morado", "pink": "rosado", "brown": "marrón", "black": "negro", "white": "blanco",
+                   "gray": "gris", "teal": "turquesa"},
+        "scene": {"plain": "sobre el fondo", "studio": "en el estudio", "gradient": "con degradado",
+                  "sky": "bajo el cielo", "grass": "sobre la hierba", "indoor": "en la casa",
+                  "water": "junto al lago", "sand": "en la playa", "fields": "sobre los campos",
+                  "foliage": "en el bosque", "night": "por la noche"},
+        "filler": ("bonito", "nuevo", "barato", "comprar", "vacaciones", "verano", "gratis", "calidad", "y", "con"),
+    },
+    "fr": {
+        "opener": ("une photographie de", "un dessin de", "une illustration de", "la vue de", "un cliché de"),
+        "noun": ("un objet", "une scène", "quelque chose", "un motif", "une chose", "un sujet"),
+        "colour": {"red": "rouge", "orange": "orangé", "yellow": "jaune", "green": "vert", "blue": "bleu",
+                   "purple": "violet", "pink": "rose", "brown": "marron", "black": "noir", "white": "blanc",
+                   "gray": "gris", "teal": "turquoise"},
+        "scene": {"plain": "sur le fond", "studio": "en studio", "gradient": "avec un dégradé",
+                  "sky": "sous le ciel", "grass": "sur la pelouse", "indoor": "dans la maison",
+                  "water": "au bord du lac", "sand": "sur la plage", "fields": "au-dessus des champs",
+                  "foliage": "dans la forêt", "night": "pendant la nuit"},
+        "filler": ("beau", "nouveau", "pas", "cher", "acheter", "vacances", "été", "gratuit",
+                   "qualité", "et", "avec"),
+    },
+}
+
 _LAION_FILLER = ("free", "download", "hd", "wallpaper", "stock", "image", "best", "cheap", "sale", "png",
                  "high", "quality", "new", "2019", "buy", "online")
 _CC_FILLER = ("the", "with", "on", "in", "person", "view", "beautiful", "at", "during", "some")
@@ -175,6 +247,8 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
                      _only(S, {"photo": 0.88, "clipart": 0.04, "sketch": 0.04, "closeup": 0.04}),
                      scale=(0.4, 0.85), jitter=0.15, rotation=15, clutter=0.3, noise=(0.0, 0.02)),
         CaptionModel(1.0, 0.0, 0.0, p_texture=0, p_colour=0, p_style=0, p_clutter=0, score_noise=0.02),
+        ImageSizeModel(375, sigma=0.2, aspects=(("4:3", 0.7), ("3:2", 0.1), ("1:1", 0.15), ("16:9", 0.05)),
+                       p_panorama=0.005),
     ),
     SourceDecl(
         "laion", "image-text",
@@ -185,7 +259,9 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
                                "closeup": 0.1}),
                      scale=(0.25, 1.3), jitter=0.4, rotation=90, clutter=1.0, noise=(0.0, 0.04)),
         CaptionModel(0.5, 0.1, 0.15, p_texture=0.25, p_colour=0.35, p_style=0.3, p_clutter=0.25,
-                     filler=_LAION_FILLER, n_filler=(1, 6), score_noise=0.035),
+                     filler=_LAION_FILLER, n_filler=(1, 6), score_noise=0.035, p_foreign=0.10),
+        ImageSizeModel(240, sigma=0.6, aspects=(("4:3", 0.3), ("3:2", 0.2), ("1:1", 0.35), ("16:9", 0.15)),
+                       p_panorama=0.04),
     ),
     SourceDecl(
         "shutterstock", "image-text",
@@ -196,7 +272,9 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
                      scale=(0.5, 0.85), jitter=0.08, rotation=10, clutter=0.1, noise=(0.0, 0.01)),
         CaptionModel(0.88, 0.05, 0.02, p_texture=0.5, p_colour=0.7, p_style=0.5, p_clutter=0.0,
                      filler=("isolated", "on", "white", "background", "studio", "shot", "design", "element", "vector"),
-                     n_filler=(1, 4), score_noise=0.02),
+                     n_filler=(1, 4), score_noise=0.02, p_foreign=0.01),
+        ImageSizeModel(500, sigma=0.3, aspects=(("3:2", 0.45), ("4:3", 0.25), ("1:1", 0.15), ("16:9", 0.15)),
+                       p_portrait=0.3, p_panorama=0.02),
     ),
     SourceDecl(
         "redcaps", "image-text",
@@ -210,7 +288,9 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
         CaptionModel(0.7, 0.12, 0.05, p_texture=0.15, p_colour=0.4, p_style=0.05, p_clutter=0.15,
                      filler=("my", "our", "meet", "he", "she", "loves", "today", "finally", "little", "buddy", "good",
                              "boy", "girl", "this", "is"),
-                     n_filler=(1, 5), score_noise=0.03),
+                     n_filler=(1, 5), score_noise=0.03, p_foreign=0.01),
+        ImageSizeModel(450, sigma=0.4, aspects=(("4:3", 0.5), ("1:1", 0.15), ("16:9", 0.2), ("3:2", 0.15)),
+                       p_portrait=0.45, p_panorama=0.02),
     ),
     SourceDecl(
         "yfcc", "image-text",
@@ -224,7 +304,9 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
         CaptionModel(0.22, 0.08, 0.1, p_texture=0.05, p_colour=0.1, p_style=0.05, p_clutter=0.1,
                      filler=("img", "dsc", "jpg", "vacation", "trip", "2008", "canon", "nikon", "summer", "family",
                              "flickr", "untitled"),
-                     n_filler=(1, 5), score_noise=0.03),
+                     n_filler=(1, 5), score_noise=0.03, p_foreign=0.08),
+        ImageSizeModel(260, sigma=0.5, aspects=(("4:3", 0.5), ("3:2", 0.3), ("1:1", 0.1), ("16:9", 0.1)),
+                       p_portrait=0.3, p_panorama=0.05),
     ),
     SourceDecl(
         "wit", "image-text",
@@ -237,7 +319,8 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
         CaptionModel(0.68, 0.12, 0.05, p_texture=0.3, p_colour=0.3, p_style=0.45, p_clutter=0.05,
                      filler=("illustration", "of", "the", "from", "encyclopedia", "article", "historical", "diagram",
                              "plate", "museum", "specimen"),
-                     n_filler=(1, 4), score_noise=0.025),
+                     n_filler=(1, 4), score_noise=0.025, p_foreign=0.40),
+        ImageSizeModel(480, sigma=0.45, p_portrait=0.35, p_panorama=0.03),
     ),
     SourceDecl(
         "cc3m", "image-text",
@@ -247,7 +330,8 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
                      _only(S, {"photo": 0.75, "clipart": 0.15, "sketch": 0.05, "closeup": 0.05}),
                      scale=(0.3, 0.8), jitter=0.3, rotation=25, clutter=0.8, noise=(0.0, 0.02)),
         CaptionModel(0.4, 0.35, 0.05, p_texture=0.15, p_colour=0.3, p_style=0.2, p_clutter=0.2,
-                     filler=_CC_FILLER, n_filler=(1, 4), score_noise=0.025),
+                     filler=_CC_FILLER, n_filler=(1, 4), score_noise=0.025, p_foreign=0.0),
+        ImageSizeModel(420, sigma=0.35, p_panorama=0.02),
     ),
     SourceDecl(
         "cc12m", "image-text",
@@ -258,7 +342,8 @@ SOURCE_DECLS: tuple[SourceDecl, ...] = (
                                "closeup": 0.08}),
                      scale=(0.3, 1.0), jitter=0.35, rotation=40, clutter=0.9, noise=(0.0, 0.03)),
         CaptionModel(0.48, 0.25, 0.08, p_texture=0.2, p_colour=0.3, p_style=0.25, p_clutter=0.2,
-                     filler=_CC_FILLER + ("stock", "image"), n_filler=(1, 5), score_noise=0.03),
+                     filler=_CC_FILLER + ("stock", "image"), n_filler=(1, 5), score_noise=0.03, p_foreign=0.02),
+        ImageSizeModel(400, sigma=0.4, p_panorama=0.03),
     ),
 )
 
@@ -385,6 +470,15 @@ def _check_vocabulary() -> None:
     clash = sorted(words & concepts)
     if clash:
         raise RuntimeError(f"caption words {clash} are also concept names; captions would mislabel samples")
+    foreign: set[str] = set()
+    for lang, v in FOREIGN_VOCAB.items():
+        if set(v["colour"]) != set(C) or set(v["scene"]) != set(B):
+            raise RuntimeError(f"FOREIGN_VOCAB[{lang!r}] must translate every colour and background")
+        for phrase in (*v["opener"], *v["noun"], *v["colour"].values(), *v["scene"].values(), *v["filler"]):
+            foreign.update(phrase.replace("-", " ").split())
+    clash = sorted(foreign & concepts)
+    if clash:
+        raise RuntimeError(f"foreign caption words {clash} are English concept names; they would yield labels")
 
 
 _check_vocabulary()
@@ -467,14 +561,52 @@ def render_all(f: R.Factors, seed_parts: tuple, log_every: int = 0) -> list[byte
 # --------------------------------------------------------------------------- captions
 
 
-def make_captions(decl: SourceDecl, f: R.Factors, rng: np.random.Generator) -> tuple[list[str], list[dict], np.ndarray]:
-    """Captions, per-sample caption facts, and the precomputed image-text similarity."""
+def sample_original_sizes(model: ImageSizeModel, n: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """(width, height) of ``n`` images before resizing, drawn from ``model``."""
+    short = np.exp(np.log(model.median_short) + model.sigma * rng.standard_normal(n))
+    labels = [a for a, _ in model.aspects]
+    w = np.array([x for _, x in model.aspects], float)
+    ratio_of = {a: (float(a.split(":")[0]) / float(a.split(":")[1])) for a in labels}
+    ratio = np.array([ratio_of[labels[j]] for j in rng.choice(len(labels), n, p=w / w.sum())])
+    pano = rng.random(n) < model.p_panorama
+    ratio = np.where(pano, rng.uniform(3.0, 6.0, n), ratio)
+    portrait = rng.random(n) < model.p_portrait
+    short = np.clip(np.round(short), model.min_side, model.max_side).astype(np.int64)
+    long = np.clip(np.round(short * ratio), short, model.max_side).astype(np.int64)
+    width = np.where(portrait, short, long)
+    height = np.where(portrait, long, short)
+    return width, height
+
+
+def _foreign_caption(lang: str, f: R.Factors, i: int, cm: CaptionModel, rng: np.random.Generator) -> tuple[str, bool]:
+    """A caption in ``lang`` for sample ``i`` (and whether it names the colour); draws only from ``rng``."""
+    v = FOREIGN_VOCAB[lang]
+    words = [v["opener"][int(rng.integers(len(v["opener"])))], v["noun"][int(rng.integers(len(v["noun"])))]]
+    colour = bool(rng.random() < cm.p_colour)
+    if colour:
+        words.append(v["colour"][C[f.colour[i]]])
+    words.append(v["scene"][B[f.background[i]]])
+    nf = int(rng.integers(0, 3))
+    if nf:
+        words += [v["filler"][j] for j in rng.integers(0, len(v["filler"]), nf)]
+    return " ".join(words), colour
+
+
+def make_captions(decl: SourceDecl, f: R.Factors, rng: np.random.Generator,
+                  lang_rng: np.random.Generator | None = None) -> tuple[list[str], list[dict], np.ndarray]:
+    """Captions, per-sample caption facts (with ``lang``), and the precomputed image-text similarity.
+
+    With ``lang_rng``, a share ``decl.caption.p_foreign`` of the captions is replaced by one in
+    another language, drawn from ``lang_rng`` alone (``rng`` is consumed exactly as without it).
+    Such a caption names no concept, and its similarity is that of a caption an English image-text
+    model cannot read: near the floor.
+    """
     cm = decl.caption
     n = len(f)
     concepts = R.CONCEPT_NAMES
     if decl.kind == "labelled":
         caps = [concepts[c] for c in f.concept]
-        facts = [{"names": "correct", "concepts": [concepts[c]]} for c in f.concept]
+        facts = [{"names": "correct", "concepts": [concepts[c]], "lang": "en"} for c in f.concept]
         sim = np.clip(0.32 + cm.score_noise * rng.standard_normal(n), 0, 1)
         return caps, facts, sim
     u = rng.random((n, 8))
@@ -526,7 +658,13 @@ def make_captions(decl: SourceDecl, f: R.Factors, rng: np.random.Generator) -> t
             words = fill[:cut] + words + fill[cut:]
             score[i] -= 0.004 * nf
         caps.append(" ".join(words))
-        facts.append({"names": ("correct", "hypernym", "wrong", "none")[k], "concepts": named})
+        facts.append({"names": ("correct", "hypernym", "wrong", "none")[k], "concepts": named, "lang": "en"})
+    if lang_rng is not None and cm.p_foreign > 0:
+        for i in np.nonzero(lang_rng.random(n) < cm.p_foreign)[0]:
+            lang = FOREIGN_LANGS[int(lang_rng.integers(len(FOREIGN_LANGS)))]
+            caps[i], colour = _foreign_caption(lang, f, int(i), cm, lang_rng)
+            facts[i] = {"names": "none", "concepts": [], "lang": lang}
+            score[i] = 0.17 + 0.02 * colour
     sim = np.clip(score + cm.score_noise * rng.standard_normal(n), 0, 1)
     return caps, facts, sim
 
@@ -635,7 +773,10 @@ def write_source(decl: SourceDecl, out: Path, seed: int, scale: float) -> dict[s
     n = _pool_size(decl, scale)
     rng = np.random.default_rng(_stable_seed(seed, "source", decl.name))
     f = sample_factors(decl.dist, n, rng)
-    caps, facts, sim = make_captions(decl, f, rng)
+    # Drawn from their own generators so that every other draw is what it was before world v4.
+    caps, facts, sim = make_captions(decl, f, rng, np.random.default_rng(_stable_seed(seed, "source", decl.name, "lang")))
+    orig_w, orig_h = sample_original_sizes(decl.image_size, n,
+                                           np.random.default_rng(_stable_seed(seed, "source", decl.name, "size")))
     pngs = render_all(f, (seed, "source", decl.name))
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -644,7 +785,9 @@ def write_source(decl: SourceDecl, out: Path, seed: int, scale: float) -> dict[s
         with wds.TarWriter(str(out / name), encoder=False, mtime=0, format=tarfile.USTAR_FORMAT) as tw:
             for i in range(s0, min(n, s0 + SHARD_SIZE)):
                 meta = _meta(f, i)
-                meta.update(source=decl.name, similarity=round(float(sim[i]), 4), caption=facts[i])
+                meta.update(source=decl.name, similarity=round(float(sim[i]), 4), lang=facts[i]["lang"],
+                            caption={k: v for k, v in facts[i].items() if k != "lang"},
+                            original_width=int(orig_w[i]), original_height=int(orig_h[i]))
                 sample = {
                     "__key__": f"{decl.name}-{i:07d}",
                     "png": pngs[i],
@@ -657,7 +800,8 @@ def write_source(decl: SourceDecl, out: Path, seed: int, scale: float) -> dict[s
         sizes[name] = min(n, s0 + SHARD_SIZE) - s0
     (out / "sizes.json").write_text(json.dumps(sizes, indent=1, sort_keys=True))
     counts = {k: int(v) for k, v in zip(*np.unique([x["names"] for x in facts], return_counts=True))}
-    return {"num_samples": n, "shards": sorted(sizes), "caption_counts": counts}
+    langs = {str(k): int(v) for k, v in zip(*np.unique([x["lang"] for x in facts], return_counts=True))}
+    return {"num_samples": n, "shards": sorted(sizes), "caption_counts": counts, "lang_counts": langs}
 
 
 def _save_hf(path: Path, splits: dict[str, tuple[list[bytes], np.ndarray]], class_names: list[str]) -> None:
@@ -800,7 +944,8 @@ def world_description(seed: int, scale: float) -> dict[str, Any]:
         "concepts": R.CONCEPT_NAMES,  # the label vocabulary of supervised pre-training (class index = position)
         "sources": {
             d.name: {"kind": d.kind, "description": d.description, "pool_size": _pool_size(d, scale),
-                     "path": f"sources/{d.name}", "distribution": asdict(d.dist), "caption_model": asdict(d.caption)}
+                     "path": f"sources/{d.name}", "distribution": asdict(d.dist), "caption_model": asdict(d.caption),
+                     "image_size_model": asdict(d.image_size)}
             for d in SOURCE_DECLS
         },
         "downstream": {
@@ -866,7 +1011,7 @@ def build_world(world_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0)
             t = time.perf_counter()
             res = write_source(d, tmp / "sources" / d.name, seed, scale)
             info["sources"][d.name].update(num_samples=res["num_samples"], shards=res["shards"],
-                                           caption_counts=res["caption_counts"])
+                                           caption_counts=res["caption_counts"], lang_counts=res["lang_counts"])
             logger.info("source %-12s %6d samples in %.1fs", d.name, res["num_samples"], time.perf_counter() - t)
         for d in SET_DECLS:
             t = time.perf_counter()

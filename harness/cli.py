@@ -17,6 +17,8 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
                   help="transfer-bench: how does pre-training data shape transfer?")
 results_app = typer.Typer(no_args_is_help=True, help="Query, list and compact the results store.")
 app.add_typer(results_app, name="results")
+data_app = typer.Typer(no_args_is_help=True, help="Inspect pre-training sources and build curated views.")
+app.add_typer(data_app, name="data")
 console = Console()
 if not console.is_terminal:  # piped or logged: rich would assume 80 columns and cut the tables
     console = Console(width=140)
@@ -58,7 +60,7 @@ def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
         js = p.of_kind(kind)
         if not js:
             continue
-        res = sorted({", ".join(f"{k}={v:g}" for k, v in j.resources.items()) for j in js})
+        res = sorted({", ".join(f"{k}={v:g}" if isinstance(v, (int, float)) else f"{k}={v}" for k, v in j.resources.items()) for j in js})
         n_done = sum(j.key in done for j in js)
         t.add_row(kind, str(len(js)), str(n_done), str(len(js) - n_done), "; ".join(res),
                   str(sum(j.rows for j in js)) if kind == "eval" else "")
@@ -74,6 +76,7 @@ def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
                 seen.add((what, why))
                 pt.add_row(what, why)
         console.print(pt)
+    _views_table(p, paths)
     if jobs:
         jt = Table(title="jobs")
         for col in ("kind", "key", "state", "what"):
@@ -81,6 +84,36 @@ def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
         for j in p.jobs.values():
             jt.add_row(j.kind, j.key, "done" if j.key in done else "todo", j.label)
         console.print(jt)
+
+
+def _views_table(p, paths) -> None:
+    """Each view of the plan: its curation steps and, once built, its funnel (step -> removed)."""
+    import json
+
+    from harness.artifacts import job_dir
+
+    views = p.of_kind("view")
+    if not views:
+        return
+    vt = Table(title=f"views ({len(views)}): the funnel of each built view, step -> samples removed")
+    for col in ("source", "curation", "size", "noise", "pool", "funnel", "kept", "label acc.", "achieved noise"):
+        vt.add_column(col, justify="right" if col in ("size", "noise", "pool", "kept") else "left")
+    for j in views:
+        c = j.config
+        mpath = job_dir(paths.workdir, "view", j.key) / "manifest.json"
+        noise = f"{c['label_noise']:g}" + (f" {c['noise_model']}" if c.get("noise_model") else "")
+        if mpath.is_file():
+            m = json.loads(mpath.read_text())
+            funnel = ", ".join(f"{k} -{v}" for k, v in m["funnel"].items())
+            acc = "" if m.get("label_accuracy") is None else f"{m['label_accuracy']:.3f}"
+            ach = "" if m.get("achieved_noise") is None else f"{m['achieved_noise']:.3f}"
+            vt.add_row(j.coords["source"], c["curation_name"], str(c["size"]), noise, str(m["pool_size"]), funnel,
+                       str(m["size"]), acc, ach)
+        else:
+            steps = " -> ".join(s["step"] for s in c["curation"]) or "(no steps)"
+            vt.add_row(j.coords["source"], c["curation_name"], str(c["size"]), noise, "", f"not built: {steps}",
+                       "", "", "")
+    console.print(vt)
 
 
 @app.command()
@@ -120,6 +153,65 @@ def world(out: Path = typer.Option(Path("tbench-out/world"), help="Where to writ
 
     info = build_world(out, seed=seed, scale=scale)
     console.print(f"world v{info.get('version')} (seed {seed}, scale {scale}) at {out}")
+
+
+@data_app.command("inspect")
+def data_inspect(source: str = typer.Argument(..., help="A registered source (world: cc3m, laion, ...; real: "
+                                              "real.laion, ...) or a folder, brace pattern, glob or URL of shards."),
+                 world: Path = typer.Option(Path("tbench-out/world"), help="The embedded world's root (world sources)."),
+                 data_dir: Optional[Path] = typer.Option(None, help="The data dir for real sources "
+                                                         "(default: $TBENCH_DATA, else ~/tbench-data)."),
+                 out: Optional[Path] = typer.Option(None, help="Where to write inspect.json and contact_sheet.png "
+                                                    "(default: tbench-out/inspect/<source>)."),
+                 sample: int = typer.Option(64, min=0, help="Images on the contact sheet (seeded random)."),
+                 max_samples: Optional[int] = typer.Option(None, min=1, help="Scan at most this many samples."),
+                 seed: int = typer.Option(0, help="Seed of the contact sheet's draw.")) -> None:
+    """Counts, field coverage, caption/size/similarity distributions and a contact sheet of a source."""
+    import re
+
+    from rich.markup import escape
+
+    from curation.inspect import inspect_source, report_tables
+    from curation.sources import SourceError, open_source
+    from harness.registry import UnknownNameError
+
+    try:
+        opened = open_source(source, world_root=world, data_dir=data_dir)
+        if out is None:
+            slug = re.sub(r"[^A-Za-z0-9._-]+", "_", source.strip("/")).strip("_") or "source"
+            out = Path("tbench-out/inspect") / slug[-80:]
+        result = inspect_source(opened, out, sample=sample, seed=seed, max_samples=max_samples,
+                                progress=console.is_terminal)
+    except (SourceError, UnknownNameError, ValueError) as e:
+        err.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
+        raise typer.Exit(2) from None
+    for t in report_tables(result):
+        console.print(t)
+
+
+@data_app.command("curate")
+def data_curate(spec: Path = typer.Argument(..., help="The YAML spec."),
+                workdir: Optional[Path] = typer.Option(None, help="Override the spec's workdir."),
+                store: Optional[Path] = typer.Option(None, help="Override the spec's results store."),
+                address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
+                num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all).")) -> None:
+    """Build the spec's curated views only (world and view jobs); their funnels land in the views table."""
+    from harness.plan import make_plan
+    from harness.runner import resolve_paths
+    from harness.runner import run as run_spec
+
+    s = _load(spec)
+    summary = run_spec(s, workdir=workdir, store=store, address=address, num_cpus=num_cpus, progress=False,
+                       kinds=("world", "view"))
+    p = make_plan(s)
+    paths = resolve_paths(s, p, workdir=workdir, store=store)
+    console.print(f"{summary.ran.get('view', 0)} view(s) built, {len(summary.failed)} failed "
+                  f"in {summary.seconds:.1f}s")
+    _views_table(p, paths)
+    if summary.failed:
+        for key, e in list(summary.failed.items())[:10]:
+            err.print(f"  {key}: {e}", highlight=False)
+        raise typer.Exit(1)
 
 
 @results_app.command("query")

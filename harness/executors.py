@@ -82,10 +82,23 @@ def _world(job: Job, ctx: RunContext) -> dict[str, Any]:
 
 @EXECUTORS.register("view")
 def _view(job: Job, ctx: RunContext) -> dict[str, Any]:
-    from curation.views import ViewConfig, build_view
+    from curation.views import build_view
 
-    c = job.config
-    cfg = ViewConfig(
+    cfg = view_config(job.config)
+    d = out_dir(job, ctx)
+    t0 = time.perf_counter()
+    manifest = build_view(cfg, ctx.world_dir, d, engine=view_engine(job), data_dir=ctx.data_dir,
+                          sets_config=job.config.get("sets_config"))
+    summary = {"seconds": time.perf_counter() - t0, "size": manifest["size"], "engine": manifest.get("engine")}
+    mark_done(d, summary)
+    return summary
+
+
+def view_config(c: dict[str, Any]):
+    """The :class:`curation.views.ViewConfig` of a view job's config."""
+    from curation.views import ViewConfig
+
+    return ViewConfig(
         source=c["source"],
         mixture=c["mixture"],
         curation_name=c["curation_name"],
@@ -94,13 +107,24 @@ def _view(job: Job, ctx: RunContext) -> dict[str, Any]:
         label_noise=c["label_noise"],
         needs_labels=c["needs_labels"],
         seed=c["seed"],
+        noise_model=c.get("noise_model", "symmetric"),
+        materialize=c.get("materialize", "shards"),
+        sources=c.get("sources"),
+        against=tuple(c.get("against", ())),
     )
-    d = out_dir(job, ctx)
-    t0 = time.perf_counter()
-    manifest = build_view(cfg, ctx.world_dir, d)
-    summary = {"seconds": time.perf_counter() - t0, "size": manifest["size"]}
-    mark_done(d, summary)
-    return summary
+
+
+def view_engine(job: Job) -> str:
+    """Ray Data over the shards when this runs under Ray (``resources.view.engine``), else this process."""
+    want = job.resources.get("engine", "auto")
+    if want != "auto":
+        return want
+    try:
+        import ray
+
+        return "ray" if ray.is_initialized() else "local"
+    except ImportError:  # pragma: no cover - ray is a dependency
+        return "local"
 
 
 @EXECUTORS.register("pretrain")

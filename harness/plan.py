@@ -83,6 +83,14 @@ def _shots_value(s: int | str) -> int | None:
     return None if s == FULL else int(s)
 
 
+def _as_list(against: Any, all_sets: list[str]) -> list[str]:
+    if not against:
+        return []
+    if against == "all":
+        return list(all_sets)
+    return [against] if isinstance(against, str) else list(against)
+
+
 def make_plan(spec: Spec) -> Plan:
     """Expand ``spec`` into its job graph (no I/O; pure function of the spec)."""
     from downstream.protocols import PROTOCOLS
@@ -129,11 +137,31 @@ def make_plan(spec: Spec) -> Plan:
                                 "needs_labels": entry.needs_labels,
                                 "seed": pt.data_seed,
                             }
+                            # Settings added later join the key only when not at their default,
+                            # so the keys (and finished views) of older specs stay.
+                            if grid.noise_model != "symmetric" and noise > 0:
+                                view_cfg["noise_model"] = grid.noise_model
+                            if pt.view_format != "shards":
+                                view_cfg["materialize"] = pt.view_format
+                            declared = {n: spec.sources[n] for n in (mixtures.get(source) or {source: 1})
+                                        if n in spec.sources}
+                            if declared:
+                                view_cfg["sources"] = declared
+                            if any(st.params.get("against") == "all" for st in spec.curation[curation]
+                                   if st.step == "dedup"):
+                                view_cfg["against"] = sorted(spec.downstream.sets)
+                            against = sorted({a for st in spec.curation[curation] if st.step == "dedup"
+                                              for a in _as_list(st.params.get("against"), spec.downstream.sets)})
+                            custom = {a: spec.downstream.set_config(a) for a in against
+                                      if spec.downstream.set_config(a) is not None}
+                            if custom:
+                                view_cfg["sets_config"] = custom
                             vcoords = {"source": source, "curation": curation, "requested_size": size,
                                        "label_noise": noise}
                             view = add(Job("view", content_key("view", view_cfg, [world.key]), view_cfg,
                                            (world.key,), vcoords, {"num_cpus": res.view.num_cpus,
-                                                                   "num_gpus": res.view.num_gpus}))
+                                                                   "num_gpus": res.view.num_gpus,
+                                                                   "engine": res.view.engine}))
                             for seed in grid.seeds:
                                 pcfg = {
                                     "method": method,

@@ -91,8 +91,11 @@ def _short_error(exc: BaseException) -> str:
 
 def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None = None,
         store: str | Path | None = None, address: str | None = None, num_cpus: int | None = None,
-        progress: bool = True) -> RunSummary:
-    """Run every unfinished job of ``spec``; rows of finished evaluations land in the store."""
+        progress: bool = True, kinds: tuple[str, ...] | None = None) -> RunSummary:
+    """Run every unfinished job of ``spec``; rows of finished evaluations land in the store.
+
+    ``kinds``: run only jobs of these kinds (e.g. ``("world", "view")`` for `tbench data curate`).
+    """
     from results.store import Store
 
     t0 = time.perf_counter()
@@ -101,7 +104,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     paths.workdir.mkdir(parents=True, exist_ok=True)
     st = Store(paths.store)
     done = plan.done_keys(paths.workdir, st.part_keys("runs"))
-    todo = [j for j in plan.jobs.values() if j.key not in done]
+    todo = [j for j in plan.jobs.values() if j.key not in done and (kinds is None or j.kind in kinds)]
     summary = RunSummary(len(plan.jobs), len(done), planned_rows=plan.planned_rows())
     if not todo:
         _backfill(plan, paths, st)
@@ -174,6 +177,10 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
             opts = {"num_cpus": 0, "max_retries": 0}
             if TRAINER_SLOT in ray.cluster_resources():
                 opts["resources"] = {TRAINER_SLOT: 1}
+        elif job.kind == "view" and job.resources.get("engine", "auto") != "local":
+            # The view task coordinates a Ray Data job whose tasks take the CPUs; holding one
+            # itself could starve them on a small machine.
+            opts = {"num_cpus": 0, "max_retries": retries, "retry_exceptions": True}
         else:
             opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
                     "max_retries": retries, "retry_exceptions": True}
@@ -252,4 +259,10 @@ def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:
         "label_accuracy": manifest.get("label_accuracy"),
         "num_classes": manifest.get("num_classes"),
         "funnel": json.dumps(manifest.get("funnel", {})),
+        "pool_size": manifest.get("pool_size"),
+        "noise_model": manifest.get("noise_model", "symmetric"),
+        "materialize": manifest.get("materialize", "shards"),
+        "details": json.dumps({"steps": manifest.get("steps", {}), "per_source": manifest.get("per_source", {}),
+                               "achieved_noise_per_class": manifest.get("achieved_noise_per_class"),
+                               "skipped_samples": manifest.get("skipped_samples", 0)}),
     }])

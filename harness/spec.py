@@ -40,6 +40,23 @@ def _check_names(values: list[str], registry, kind: str) -> list[str]:
     return values
 
 
+def _unknown_sources(names: list[str], info: ValidationInfo | None) -> list[str]:
+    """Problems for names that are neither registered (world or real.*) nor declared under ``sources``."""
+    from curation.sources import SOURCES, resolve_source
+
+    declared = dict((info.context or {}).get("sources", {})) if info is not None else {}
+    bad = []
+    for name in names:
+        if name in declared:
+            continue
+        try:
+            resolve_source(name)
+        except (KeyError, ValueError):
+            extra = f"; declared under 'sources': {', '.join(sorted(declared))}" if declared else ""
+            bad.append(SOURCES.unknown_message(name) + " (or a real.* source)" + extra)
+    return bad
+
+
 class Mixture(_Model):
     """A weighted mixture of sources, referred to by ``name`` in the grids."""
 
@@ -48,10 +65,10 @@ class Mixture(_Model):
 
     @field_validator("weights")
     @classmethod
-    def _weights(cls, v: dict[str, float]) -> dict[str, float]:
-        from curation.sources import SOURCES
-
-        _check_names(list(v), SOURCES, "source")
+    def _weights(cls, v: dict[str, float], info: ValidationInfo) -> dict[str, float]:
+        bad = _unknown_sources(list(v), info)
+        if bad:
+            raise ValueError("; ".join(bad))
         if not v or any(w <= 0 for w in v.values()):
             raise ValueError("weights must be positive numbers, one per source")
         return v
@@ -92,6 +109,8 @@ class PretrainGrid(_Model):
     label_noise: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
     epochs: int | None = Field(None, ge=1)  # overrides pretrain.epochs for this block (e.g. longer contrastive runs)
+    # how label noise flips: to a uniformly drawn other class, or to the class's confusable partner
+    noise_model: Literal["symmetric", "class_dependent"] = "symmetric"
 
     @field_validator("sizes")
     @classmethod
@@ -117,13 +136,11 @@ class PretrainGrid(_Model):
     @field_validator("sources")
     @classmethod
     def _sources(cls, v: list[str], info: ValidationInfo) -> list[str]:
-        from curation.sources import SOURCES
-
         mixtures = sorted((info.context or {}).get("mixtures", ()))
-        bad = [s for s in v if s not in SOURCES and s not in mixtures]
+        bad = _unknown_sources([s for s in v if s not in mixtures], info)
         if bad:
             extra = f" (or a declared mixture: {', '.join(mixtures)})" if mixtures else ""
-            raise ValueError("; ".join(SOURCES.unknown_message(s) + extra for s in bad))
+            raise ValueError("; ".join(b + extra for b in bad))
         return v
 
     @field_validator("curation")
@@ -143,6 +160,8 @@ class Pretrain(_Model):
     checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
     batch_size: int = Field(128, ge=1)
     data_seed: int = 0  # selects the view's samples; fixed across training seeds so sizes nest
+    # a view is new shards (copies of the kept samples) or an index over the source's own shards
+    view_format: Literal["shards", "index"] = "shards"
     optim: Optim = Optim()
     grad_accum: int = Field(1, ge=1)  # micro-batches per step; the global batch stays batch_size
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
@@ -326,6 +345,12 @@ class JobResources(_Model):
     num_gpus: float = Field(0, ge=0)
 
 
+class ViewResources(JobResources):
+    # ray: scan and write shards as Ray Data jobs (the view task only coordinates); local: one
+    # process; auto: ray under `tbench run`, local otherwise
+    engine: Literal["auto", "ray", "local"] = "auto"
+
+
 class PretrainResources(_Model):
     num_workers: int = Field(1, ge=1)  # DDP workers (Ray Train); the global batch does not change
     cpus_per_worker: float = Field(1, gt=0)
@@ -336,7 +361,7 @@ class PretrainResources(_Model):
 class Resources(_Model):
     pretrain: PretrainResources = PretrainResources()
     eval: JobResources = JobResources()
-    view: JobResources = JobResources()
+    view: ViewResources = ViewResources()
     max_retries: int = Field(1, ge=0)
 
 
@@ -356,16 +381,48 @@ class Spec(_Model):
     store: str = "tbench-out/{name}/store"
     report: str = "tbench-out/{name}/report"
     curation: dict[str, list[CurationStep]] = Field(default_factory=lambda: {"none": []})
+    # sources declared here (name -> {shards, kind, size, description, ...}; see curation.sources)
+    sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
     pretrain: Pretrain
     downstream: Downstream
     resources: Resources = Resources()
+
+    @field_validator("sources")
+    @classmethod
+    def _declared_sources(cls, v: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+        from curation.sources import SourceEntry
+
+        problems = []
+        for name, cfg in v.items():
+            try:
+                SourceEntry.from_config(name, cfg)
+            except (TypeError, ValueError, KeyError) as exc:
+                problems.append(f"{name}: {exc.args[0] if exc.args else exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+    @field_validator("curation")
+    @classmethod
+    def _curation_params(cls, v: dict[str, list[CurationStep]]) -> dict[str, list[CurationStep]]:
+        from curation.filters import validate_steps
+
+        problems = []
+        for variant, steps in v.items():
+            try:
+                validate_steps([(s.step, s.params) for s in steps])
+            except (TypeError, ValueError, KeyError) as exc:
+                problems.append(f"{variant}: {exc.args[0] if exc.args else exc}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
 
     @model_validator(mode="after")
     def _cross(self) -> "Spec":
         from curation.sources import SOURCES
 
         mixtures = {m.name for m in self.pretrain.mixtures}
-        clash = mixtures & set(SOURCES.names())
+        clash = mixtures & (set(SOURCES.names()) | set(self.sources))
         if clash:
             raise ValueError(f"mixture names {sorted(clash)} clash with source names")
         problems = []
@@ -414,6 +471,7 @@ def parse_spec(data: Any, source: str = "<spec>") -> Spec:
         "mixtures": {m["name"] for m in mixtures if isinstance(m, dict) and isinstance(m.get("name"), str)},
         "curation": set(curation) if isinstance(curation, dict) else {"none"},
         "custom_sets": {str(k) for k in custom},
+        "sources": dict(data["sources"]) if isinstance(data.get("sources"), dict) else {},
     }
     try:
         return Spec.model_validate(data, context=context)

@@ -58,23 +58,39 @@ SHARDS_DIR = "shards"
 
 @dataclass(frozen=True)
 class ViewShards:
-    """The shards of a view folder and their sample counts (from ``sizes.json``)."""
+    """The shards of a view folder and their sample counts (from ``sizes.json``).
+
+    An index view (``index.parquet``, see :mod:`curation.views`) reads the source's own shards:
+    ``shards`` are their URLs and ``index`` maps each to the kept keys and their labels.
+    """
 
     root: Path
-    shards: tuple[Path, ...]
+    shards: tuple[Path | str, ...]
     sizes: Mapping[str, int]
+    index: Mapping[str, Mapping[str, int | None]] | None = None
 
     @property
     def num_samples(self) -> int:
+        if self.index is not None:
+            return sum(len(v) for v in self.index.values())
         return sum(self.sizes[p.name] for p in self.shards)
 
 
 def read_view(view_dir: str | Path) -> ViewShards:
-    """List ``<view_dir>/shards/*.tar`` and check them against ``<view_dir>/sizes.json``."""
+    """List ``<view_dir>/shards/*.tar`` and check them against ``<view_dir>/sizes.json``
+    (or, for an index view, read ``index.parquet``)."""
     root = Path(view_dir)
     sizes_path = root / SIZES_FILE
     if not sizes_path.is_file():
         raise FileNotFoundError(f"{sizes_path} not found: a view folder needs {SIZES_FILE} and {SHARDS_DIR}/*.tar")
+    if (root / "index.parquet").is_file():
+        from curation.views import read_index
+
+        index = read_index(root)
+        if not index:
+            raise FileNotFoundError(f"{root / 'index.parquet'} keeps no samples")
+        sizes = {u: len(k) for u, k in index.items()}
+        return ViewShards(root, tuple(sorted(index)), sizes, index)
     raw = json.loads(sizes_path.read_text())
     if not isinstance(raw, dict) or not all(isinstance(v, int) and v >= 0 for v in raw.values()):
         raise ValueError(f"{sizes_path} must map shard file names to sample counts (non-negative ints)")
@@ -204,6 +220,24 @@ class FieldFilter:
 
     def __call__(self, fname: str) -> bool:
         return fname.endswith(self.suffixes)
+
+
+class IndexSelect(wds.PipelineStage):
+    """An index view's filter: keep the indexed keys of each shard and give them the view's label."""
+
+    def __init__(self, index: Mapping[str, Mapping[str, int | None]]):
+        self.index = index
+
+    def run(self, src: Iterator[dict]) -> Iterator[dict]:
+        for sample in src:
+            keep = self.index.get(sample.get("__url__"), {})
+            key = sample.get("__key__")
+            if key not in keep:
+                continue
+            label = keep[key]
+            if label is not None:
+                sample["cls"] = str(int(label)).encode()
+            yield sample
 
 
 class DetShuffle(wds.PipelineStage):
@@ -569,6 +603,7 @@ def make_train_loader(
     dataset = wds.DataPipeline(
         ShardStream([str(p) for p in view.shards], seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards),
         wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(sample_pipeline.fields)),
+        None if view.index is None else IndexSelect(view.index),
         None if split_shards else SampleSplit(rank=rank, world_size=world_size),
         DetShuffle(bufsize, min(bufsize, 100), seed=seed, epoch=epoch, rank=rank),
         Decode(sample_fn, seed=seed, epoch=epoch, rank=rank, handler=counter),

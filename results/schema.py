@@ -148,6 +148,11 @@ VIEWS = _schema(
         ("label_accuracy", _F64),
         ("num_classes", _I64),
         ("funnel", _STR),  # JSON object: step -> removed
+        # additions
+        ("pool_size", _I64),
+        ("noise_model", _STR),
+        ("materialize", _STR),
+        ("details", _STR),  # JSON: per-step reports (dedup overlap, score cut-off), per-source funnels, per-class noise
     ],
 )
 
@@ -157,7 +162,7 @@ TABLES: dict[str, pa.Schema] = {"runs": RUNS, "curves": CURVES, "spectra": SPECT
 # Columns that hold JSON text; dict/list values given for them are serialised by :func:`conform`.
 JSON_COLUMNS: dict[str, frozenset[str]] = {
     "runs": frozenset({"hparams"}),
-    "views": frozenset({"funnel"}),
+    "views": frozenset({"funnel", "details"}),
 }
 
 

@@ -42,8 +42,19 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert counts == {"n": planned, "k": planned, "ok": planned}
     parts = sorted((tmp_path / "store" / "runs").glob("*.parquet"))
     mtimes = {p: p.stat().st_mtime_ns for p in parts}
-    views = query("SELECT source, requested_size, size, label_noise, achieved_noise FROM views ORDER BY 1, 2, 4")
+    views = query("SELECT source, curation, requested_size, size, label_noise, achieved_noise, label_accuracy, "
+                  "funnel, noise_model, details FROM views ORDER BY 1, 3, 5")
     assert len(views) == 6 and all(v["size"] > 0 for v in views)
+    curated = [v for v in views if v["curation"] == "clean"]
+    assert len(curated) == 4 and {v["label_noise"] for v in curated} == {0.0, 0.2}
+    for v in curated:  # the funnel in step order, label accuracy against the world's truth, the noise achieved
+        assert list(json.loads(v["funnel"])) == ["caption_language", "clip_score", "dedup", "labels_from_captions",
+                                                 "size_subset"]
+        assert json.loads(v["funnel"])["caption_language"] > 0 and 0 < v["label_accuracy"] < 1
+        assert abs(v["achieved_noise"] - v["label_noise"]) <= 0.01
+        overlap = json.loads(v["details"])["steps"]["dedup"]["overlap"]
+        assert set(overlap) == {"dtd", "digits", "squares"}
+    assert {v["noise_model"] for v in curated if v["label_noise"] > 0} == {"class_dependent"}
 
     # every row carries its coordinates; scores are probabilities; full data is null shots
     rows = query("SELECT * FROM runs")
