@@ -426,6 +426,15 @@ class Spec(_Model):
         if clash:
             raise ValueError(f"mixture names {sorted(clash)} clash with source names")
         problems = []
+        for variant, steps in self.curation.items():
+            for i, st in enumerate(steps):
+                against = st.params.get("against") if st.step == "dedup" else None
+                if against and against != "all":
+                    names = [against] if isinstance(against, str) else list(against)
+                    unknown = [n for n in names if n not in self.downstream.sets]
+                    if unknown:
+                        problems.append(f"curation.{variant}.{i}: dedup against {unknown}: not sets of this spec; "
+                                        f"valid: 'all' or names from downstream.sets: {', '.join(self.downstream.sets)}")
         ckpt = self.downstream.checkpoint_epochs
         if isinstance(ckpt, list):
             saved = sorted(set.intersection(*(set(self.pretrain.saved_epochs(e)) for e in self.pretrain.all_epochs())))
