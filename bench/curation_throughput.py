@@ -35,7 +35,7 @@ CHAIN = (
     ("min_resolution", {"min_side": 128}),
     ("aspect_ratio", {"max_ratio": 3.0}),
     ("clip_score", {"top_fraction": 0.7}),
-    ("dedup", {"threshold": 6}),
+    ("dedup", {}),
 )
 
 

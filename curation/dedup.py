@@ -34,9 +34,9 @@ most ``t // m`` bits of some band (pigeonhole). With m = t + 1 bands, candidates
 sharing a band value exactly; for large sets fewer, wider bands with every band value within
 radius 1-2 probed are cheaper (:func:`_plan` picks m by estimated cost). Each hash and each
 mirrored hash is looked up this way, candidates are verified with a popcount, and identical rows
-are merged first (masses of identical hashes cost nothing). Measured: 16100 hashes in 0.06 s
-(brute force 3.4 s), 1e6 hashes in about 15 s on one core. Each cluster keeps its member with the
-smallest ``order`` (then the smallest index).
+are merged first (masses of identical hashes cost nothing). Measured at threshold 5: 16100 hashes
+in 0.08 s, 45x faster than brute force; 1e6 hashes in about 13 s on one core (brute force: about
+4 hours). Each cluster keeps its member with the smallest ``order`` (then the smallest index).
 """
 
 from __future__ import annotations

@@ -188,7 +188,7 @@ def _check_languages(p: dict[str, Any], where: str) -> None:
 
 
 def _check_dedup(p: dict[str, Any], where: str) -> None:
-    if not 0 <= p["threshold"] <= 32:
+    if p["threshold"] is not None and not 0 <= p["threshold"] <= 32:
         raise ValueError(f"{where}: threshold is a Hamming distance between 64-bit hashes in [0, 32], got "
                          f"{p['threshold']!r}")
     if not p["within"] and not p["against"]:
@@ -223,9 +223,10 @@ FILTERS.register("caption_language", FilterEntry(
     "the caption's language by a function-word rule is one of 'languages' (default ['en'])",
     validate=_check_languages))
 FILTERS.register("dedup", FilterEntry(
-    "dedup", _dedup_unapplied, {"threshold": 6, "within": True, "against": None},
+    "dedup", _dedup_unapplied, {"threshold": None, "within": True, "against": None},
     {"threshold": int, "within": bool, "against": (list, tuple, str)},
-    "near-duplicate removal by perceptual hash: within the view (keeps one per cluster) and against "
+    "near-duplicate removal by perceptual hash (threshold: Hamming distance, default "
+    "curation.dedup.DEFAULT_THRESHOLD): within the view (keeps one per cluster) and against "
     "downstream test sets ('against': names or 'all')", kind="global", validate=_check_dedup))
 
 

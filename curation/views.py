@@ -44,6 +44,7 @@ import json
 import logging
 import math
 import os
+import pickle
 import re
 import shutil
 import tarfile
@@ -346,13 +347,14 @@ def scan(tasks: list[ScanTask], engine: str = "local"):
     if not ray.is_initialized():
         raise RuntimeError("engine 'ray' needs a running Ray (ray.init() or `tbench run`); use engine 'local'")
     data = _ray_data()
-    ds = data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks))
+    # tasks travel as pickled bytes: Arrow cannot type their nested parameters
+    ds = data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
     ds = ds.map(_scan_row)
     return _concat(r["cols"] for r in ds.iter_rows())
 
 
 def _scan_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"cols": scan_shard(row["task"])}
+    return {"cols": scan_shard(pickle.loads(row["task"]))}
 
 
 def _ray_data():
@@ -693,7 +695,7 @@ def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, data_root: P
                                    cfg.sources, cfg.needs_labels))
     if engine == "ray" and tasks:
         data = _ray_data()
-        ds = data.from_items([{"task": t} for t in tasks], override_num_blocks=len(tasks)).map(_write_row)
+        ds = data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks)).map(_write_row)
         counts = {Path(r["out"]).name: int(r["n"]) for r in ds.iter_rows()}
     else:
         counts = {Path(t.out).name: write_shard(t) for t in tasks}
@@ -712,7 +714,8 @@ def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, data_root: P
 
 
 def _write_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"out": row["task"].out, "n": write_shard(row["task"])}
+    task = pickle.loads(row["task"])
+    return {"out": task.out, "n": write_shard(task)}
 
 
 def _write_index(chosen, noisy, clean, tmp: Path) -> dict[str, int]:

@@ -171,7 +171,7 @@ def test_label_noise_rate_within_one_point_on_10000_samples():
 
 
 CURATED = (("caption_length", {"min_words": 2}), ("clip_score", {"top_fraction": 0.8}),
-           ("dedup", {"threshold": 6}), ("aspect_ratio", {"max_ratio": 3.0}))
+           ("dedup", {}), ("aspect_ratio", {"max_ratio": 3.0}))
 
 
 @pytest.mark.parametrize("mixture", [None, {"laion": 2.0, "cc12m": 1.0, "yfcc": 1.0}])
