@@ -8,6 +8,7 @@ to the results store before marking them done, so a row exists exactly when its 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import shutil
@@ -133,7 +134,8 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
     from pretrain.loop import TrainConfig
 
     c, r = job.config, job.resources
-    view = json.loads((job_dir(ctx.workdir, "view", job.deps[0]) / "manifest.json").read_text())
+    manifest_bytes = (job_dir(ctx.workdir, "view", job.deps[0]) / "manifest.json").read_bytes()
+    view = json.loads(manifest_bytes)
     cfg = TrainConfig(
         method=c["method"],
         backbone=c["backbone"],
@@ -151,7 +153,9 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         precision=c.get("precision", "auto"),
         hparams=dict(c.get("hparams", {})),
         num_workers_loader=int(r.get("loader_workers", 0)),
-        extra={"pretrain_key": job.key, "view_key": job.deps[0], "view_size": int(view["size"])},
+        extra={"pretrain_key": job.key, "view_key": job.deps[0], "view_size": int(view["size"]),
+               # the exact data: a resumed run refuses a view rebuilt with other samples
+               "view_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()},
     )
     d = out_dir(job, ctx)
     summary = run_pretrain(

@@ -182,6 +182,11 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
         raise ValueError(f"{path}: unknown state format {state.get('format')!r} (expected {STATE_FORMAT})")
     saved, now = state["config"], asdict(cfg)
     diff = [k for k in _RESUME_FIELDS if saved.get(k) != now[k]]
+    data = "view_manifest_sha256"
+    saved_data = (saved.get("extra") or {}).get(data, now["extra"].get(data))
+    if saved_data != now["extra"].get(data):
+        raise ValueError(f"{path} was trained on another build of its view (manifest sha256 {saved_data} vs "
+                         f"{now['extra'].get(data)}: the view was rebuilt with other samples); use a fresh out_dir")
     if diff:
         raise ValueError(
             f"{path} was written by a different run (fields {diff} differ: "

@@ -231,6 +231,14 @@ def test_resume_trains_only_missing_epochs_and_matches_uninterrupted(view, tmp_p
         train_loop(small_cfg(epochs=3, save_epochs=(2, 3), batch_size=64, lr=1e-2), view, tmp_path / "cut")
 
 
+def test_resume_refuses_a_rebuilt_view(view, tmp_path):
+    a = small_cfg(epochs=1, batch_size=64, extra={"view_manifest_sha256": "a" * 64})
+    train_loop(a, view, tmp_path)
+    assert train_loop(a, view, tmp_path)["epochs_trained"] == 0
+    with pytest.raises(ValueError, match="another build of its view"):
+        train_loop(small_cfg(epochs=1, batch_size=64, extra={"view_manifest_sha256": "b" * 64}), view, tmp_path)
+
+
 def test_grad_accum_keeps_the_global_batch(view, tmp_path):
     summary = train_loop(small_cfg(epochs=1, batch_size=64, grad_accum=2), view, tmp_path)
     assert summary["steps_per_epoch"] == 4 and summary["samples_seen"] == 256
