@@ -132,7 +132,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
             os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.5")
             os.environ.setdefault("RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION", "0")
             cpus = num_cpus or os.cpu_count() or 1
-            ray.init(num_cpus=cpus, resources={TRAINER_SLOT: _trainer_slots(spec, cpus)}, **kwargs)
+            ray.init(num_cpus=cpus, resources={TRAINER_SLOT: _trainer_slots(spec, cpus), VIEW_SLOT: 1}, **kwargs)
         started_ray = True
     try:
         _run_jobs(plan, todo, done, paths, st, summary, progress)
@@ -145,6 +145,10 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
 
 
 TRAINER_SLOT = "tbench_trainer_slot"
+# A view built with Ray Data spreads over every CPU by itself; on a local Ray one is built at a
+# time (each asks for this slot), or every view's coordinator would start its own Ray Data job
+# at once and crowd the machine with worker processes. A cluster has no slot: no limit.
+VIEW_SLOT = "tbench_view_slot"
 
 
 def _trainer_slots(spec: Spec, cpus: int) -> int:
@@ -181,6 +185,8 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
             # The view task coordinates a Ray Data job whose tasks take the CPUs; holding one
             # itself could starve them on a small machine.
             opts = {"num_cpus": 0, "max_retries": retries, "retry_exceptions": True}
+            if VIEW_SLOT in ray.cluster_resources():
+                opts["resources"] = {VIEW_SLOT: 1}
         else:
             opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
                     "max_retries": retries, "retry_exceptions": True}

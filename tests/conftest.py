@@ -6,6 +6,21 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+WORLD_SCALE = 0.1  # the session's embedded world: every test file shares it
+
+
+@pytest.fixture(scope="session")
+def world_info(tmp_path_factory) -> tuple[Path, dict]:
+    """The session's world folder and its description (build_world is idempotent)."""
+    from curation import world as W
+
+    d = tmp_path_factory.getbasetemp() / f"tbench-world-{WORLD_SCALE}"
+    return d, W.build_world(d, seed=0, scale=WORLD_SCALE)
+
+
+@pytest.fixture(scope="session")
+def world(world_info) -> Path:
+    return world_info[0]
 
 
 def tbench(*args: str, cwd: Path | None = None, timeout: int = 900) -> subprocess.CompletedProcess:

@@ -12,18 +12,10 @@ import numpy as np
 import pytest
 import yaml
 
-from curation import world as W
 from curation.views import ViewConfig, build_view
 from harness.spec import SpecError, parse_spec
 
 SCALE = 0.1
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    W.build_world(d, seed=0, scale=SCALE)
-    return d
 
 
 def _cfg(**kw) -> ViewConfig:
@@ -130,10 +122,10 @@ def test_spec_validates_curation(tmp_path):
     assert {v.config.get("noise_model") for v in laion if v.config["label_noise"] > 0} == {"class_dependent"}
 
 
-def test_data_curate_builds_views_and_plan_shows_funnels(tmp_path, run_tbench):
+def test_data_curate_builds_views_and_plan_shows_funnels(world, tmp_path, run_tbench):
     spec = {
         "name": "curate",
-        "world": {"seed": 0, "scale": SCALE},
+        "world": {"seed": 0, "scale": SCALE, "dir": str(world)},  # the session's world: built already
         "workdir": str(tmp_path / "work"),
         "store": str(tmp_path / "store"),
         "curation": {"none": [], "english": [{"step": "caption_language"}, {"step": "dedup"}]},
@@ -143,17 +135,22 @@ def test_data_curate_builds_views_and_plan_shows_funnels(tmp_path, run_tbench):
     }
     path = tmp_path / "curate.yaml"
     path.write_text(yaml.safe_dump(spec))
-    proc = run_tbench("plan", str(path))
-    assert proc.returncode == 0, proc.stderr
-    assert "not built: caption_language -> dedup" in proc.stdout
-    proc = run_tbench("data", "curate", str(path))
+    from typer.testing import CliRunner
+
+    from harness.cli import app
+
+    plan = CliRunner().invoke(app, ["plan", str(path)], env={"COLUMNS": "200"})  # no Ray: in this process
+    assert plan.exit_code == 0, plan.output
+    assert "not built: caption_language -> dedup" in plan.output
+    proc = run_tbench("data", "curate", str(path))  # Ray: in a process of its own
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "4 view(s) built, 0 failed" in proc.stdout
-    proc = run_tbench("plan", str(path))
-    assert "caption_language -" in proc.stdout and "not built" not in proc.stdout
-    proc = run_tbench("results", "query", "SELECT curation, label_noise, achieved_noise, label_accuracy, funnel "
-                      "FROM views ORDER BY 1, 2", "--store", str(tmp_path / "store"), "--format", "json")
-    rows = json.loads(proc.stdout)
+    assert "4 view(s) built, 0 failed" in proc.stdout and "caption_language -" in proc.stdout
+    plan = CliRunner().invoke(app, ["plan", str(path)], env={"COLUMNS": "200"})
+    assert "caption_language -" in plan.output and "not built" not in plan.output
+    from results.store import Store
+
+    rows = Store(tmp_path / "store").query("SELECT curation, label_noise, achieved_noise, label_accuracy, funnel "
+                                           "FROM views ORDER BY 1, 2").to_dict("records")
     assert len(rows) == 4 and all(r["label_accuracy"] > 0 for r in rows)
     assert [abs(r["achieved_noise"] - r["label_noise"]) <= 0.01 for r in rows] == [True] * 4
     assert list(json.loads(rows[0]["funnel"])) == ["caption_language", "dedup", "labels_from_captions", "size_subset"]

@@ -14,18 +14,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from curation import dedup as D
-from curation import world as W
 
-SCALE = 0.1
 SOURCES = ("cc12m", "cc3m", "imagenet", "laion", "redcaps", "shutterstock", "wit", "yfcc")
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    """The session's world (shared with the other test files: build_world is idempotent)."""
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    W.build_world(d, seed=0, scale=SCALE)
-    return d
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from curation import world as W
 from curation.views import ViewConfig, build_view
 from pretrain.loop import DistInfo, TrainConfig, checkpoint_path, state_path, train_loop
 from pretrain.methods import METHODS, LossContext, nt_xent
@@ -23,17 +22,9 @@ from pretrain.models import load_encoder
 from pretrain.parity import fake_batch, loss_and_grads
 
 ROOT = Path(__file__).resolve().parent.parent
-SCALE = 0.1  # the session's shared world (see test_world.py)
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    W.build_world(d, seed=0, scale=SCALE)
-    return d
 
 
 @pytest.fixture(scope="module")

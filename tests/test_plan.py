@@ -54,10 +54,11 @@ def test_pruned_combinations_have_reasons():
 def test_quickstart_plan_is_within_budget():
     plan = make_plan(load_spec(ROOT / "configs" / "quickstart.yaml"))
     counts = plan.counts()
-    # 5 pre-trainings + the floor, linear on 11 sets; CLIP zero-shot on the 9 world sets; fine-tuning
-    # and LP-FT from the 5 on 2 sets and scratch on those 2, one seed
-    assert counts["pretrain"] == 5 and counts["eval"] == 6 * 11 + 9 + 5 * 2 * 2 + 2
-    assert plan.planned_rows() == 6 * 11 * 5 * 3 + 9 + 5 * 2 * 2 + 2
+    # 8 pre-trainings (3 of them on curated LAION views) + the floor, linear on 11 sets; CLIP zero-shot
+    # on the 9 world sets; fine-tuning and LP-FT from the 8 on 2 sets and scratch on those 2, one seed
+    assert counts["pretrain"] == 8 and counts["view"] == 8
+    assert counts["eval"] == 9 * 11 + 9 + 8 * 2 * 2 + 2
+    assert plan.planned_rows() == 9 * 11 * 5 * 3 + 9 + 8 * 2 * 2 + 2
 
 
 def test_methods_settings_and_grid_epochs_reach_the_pretraining_jobs():

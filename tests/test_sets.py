@@ -16,22 +16,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation import world as W
 from downstream import sets
 from downstream.sets import DOWNSTREAM, DataFormatError, DataNotFoundError, DownstreamSet, load_split, resolve_set
 
-SCALE = 0.1
 WORLD_SETS = {"cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
               "cameratraps", "cassava"}
 REAL = {f"real.{n}" for n in WORLD_SETS}
-
-
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    """The session's world (shared with the other test files: build_world is idempotent)."""
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    W.build_world(d, seed=0, scale=SCALE)
-    return d
 
 
 @pytest.fixture

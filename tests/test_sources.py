@@ -12,21 +12,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from curation import world as W
 from curation.inspect import CELL_PX, HEADER_PX, inspect_source
 from curation.sources import (REAL_SOURCES, SOURCES, SourceConfigError, SourceEntry, SourceError, SourceFormatError,
                               SourceNotFoundError, open_source, resolve_source)
 from harness.registry import UnknownNameError
 
-SCALE = 0.1
 WORLD_NAMES = sorted(["cc3m", "cc12m", "redcaps", "yfcc", "laion", "wit", "shutterstock", "imagenet"])
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> tuple[Path, dict]:
-    """The session's world (shared with the other test files: build_world is idempotent)."""
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    return d, W.build_world(d, seed=0, scale=SCALE)
+def world(world_info) -> tuple[Path, dict]:
+    """The session's world folder and description (this file reads both)."""
+    return world_info
 
 
 # ----------------------------------------------------------------------------- writing shards

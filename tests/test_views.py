@@ -19,14 +19,6 @@ CONTRACT_KEYS = {"source", "curation", "requested_size", "size", "label_noise", 
 CLEAN = (("caption_length", {"min_words": 2, "max_words": 30}), ("clip_score", {"threshold": 0.25}))
 
 
-@pytest.fixture(scope="session")
-def world(tmp_path_factory) -> Path:
-    """The session's world (shared with the other test files: build_world is idempotent)."""
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    W.build_world(d, seed=0, scale=SCALE)
-    return d
-
-
 def cfg(source="laion", size=100, curation=(), name="none", noise=0.0, labels=False, seed=0, mixture=None):
     return ViewConfig(source=None if mixture else source, mixture=mixture, curation_name=name,
                       curation=tuple(curation), size=size, label_noise=noise, needs_labels=labels, seed=seed)

@@ -17,10 +17,9 @@ SCALE = 0.1
 
 
 @pytest.fixture(scope="session")
-def world(tmp_path_factory) -> tuple[Path, dict]:
-    """One world per test session (build_world is idempotent, so every test file shares it)."""
-    d = tmp_path_factory.getbasetemp() / f"tbench-world-{SCALE}"
-    return d, W.build_world(d, seed=0, scale=SCALE)
+def world(world_info) -> tuple[Path, dict]:
+    """The session's world folder and description (this file reads both)."""
+    return world_info
 
 
 def _tar_members(path: Path) -> dict[str, bytes]:
