@@ -27,7 +27,7 @@ import os
 import time
 from pathlib import Path
 
-from _common import DEFAULT_CACHE, log, world_source  # puts the repository on sys.path
+from _common import DEFAULT_CACHE, log, world_source, write_json  # puts the repository on sys.path
 
 CHAIN = (
     ("caption_length", {"min_words": 2}),
@@ -102,8 +102,7 @@ def main() -> None:
                "select_seconds": round(select_s, 3), "same_table": bool(same), "chain": [n for n, _ in CHAIN],
                "baseline": "the same scan in one process"}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
     print(json.dumps(figures), flush=True)
 
 

@@ -35,7 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_CACHE, downstream_sets, encoder_checkpoint, log  # puts the repository on sys.path
+from _common import DEFAULT_CACHE, downstream_sets, encoder_checkpoint, log, write_json  # puts the repository on sys.path
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -136,8 +136,7 @@ def main() -> None:
                "threads": args.threads, "same_scores": bool(same),
                "device": "cuda" if torch.cuda.is_available() else "cpu"}
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(figures, indent=2))
+        write_json(args.json, figures)
     print(json.dumps(figures), flush=True)
 
 
