@@ -9,12 +9,12 @@ from rich.table import Table
 
 
 def config_label(row: pd.Series) -> str:
-    """A short name for a pre-training configuration, e.g. ``supervised laion n=4000 noise=0.2``."""
+    """A short name for a pre-training configuration, e.g. ``supervised laion/clean n=4000 noise=0.2``
+    (the curation variant after a slash unless it is ``none``; no brackets: rich reads them as markup)."""
     if row["method"] == "none":
         return "random init"
-    label = f"{row['method']} {row['source']} n={int(row['pretrain_size'])}"
-    if row["curation"] not in ("none", None):
-        label += f" [{row['curation']}]"
+    source = row["source"] if row["curation"] in ("none", None) else f"{row['source']}/{row['curation']}"
+    label = f"{row['method']} {source} n={int(row['pretrain_size'])}"
     if row["label_noise"] and row["label_noise"] > 0:
         label += f" noise={row['label_noise']:g}"
     return label
