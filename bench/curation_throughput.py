@@ -49,7 +49,7 @@ def main() -> None:
     args = ap.parse_args()
 
     from curation.filters import step_names, validate_steps
-    from curation.views import ViewConfig, _scan_tasks, scan, select
+    from curation.views import ViewConfig, _scan_tasks, open_sources, scan, select
 
     tag = f"curation-{args.scale:g}"
     root = None
@@ -59,7 +59,7 @@ def main() -> None:
     cfg = ViewConfig(source=None, mixture={s: 1.0 for s in args.sources}, curation_name="bench", curation=CHAIN,
                      size=10 ** 9, label_noise=0.0, needs_labels=False, seed=0)
     steps = tuple((e.name, p) for e, p in validate_steps(cfg.curation))
-    tasks = _scan_tasks(cfg, root, None, steps, None)
+    tasks = _scan_tasks(cfg, open_sources(cfg, root, None), steps, None)
     log(f"{len(tasks)} shards of {', '.join(args.sources)} (scale {args.scale:g}); chain: "
         f"{' -> '.join(n for n, _ in CHAIN)}")
 

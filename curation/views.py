@@ -44,7 +44,6 @@ import json
 import logging
 import math
 import os
-import pickle
 import re
 import shutil
 import tarfile
@@ -211,15 +210,25 @@ class ScanTask:
     steps: tuple[tuple[str, dict], ...]  # resolved parameters
     needs_labels: bool
     vocab: tuple[str, ...] | None
-    data_root: str
-    data_dir: str | None
+    size: int  # the shard's sample count, as the driver's validation found it
+    counted_by: str
     sources: dict[str, dict] | None = None
 
 
-def _open(name: str, data_root: str | Path, data_dir: str | Path | None, sources: dict | None):
+def open_sources(cfg: ViewConfig, data_root: str | Path, data_dir: str | Path | None) -> dict[str, Any]:
+    """Each source of the view, opened (and so validated) once: name -> OpenedSource."""
     from curation.sources import open_source
 
-    return open_source(name, world_root=data_root, data_dir=data_dir, custom=sources)
+    return {name: open_source(name, world_root=data_root, data_dir=data_dir, custom=cfg.sources)
+            for name in cfg.weights}
+
+
+def _shard_reader(source: str, url: str, size: int, counted_by: str, sources: dict | None):
+    """A reader of one shard of a source the driver has validated: no listing or probing again."""
+    from curation.sources import OpenedSource, resolve_source
+
+    return OpenedSource(entry=resolve_source(source, sources), location=url, urls=[url], sizes={url: size},
+                        num_samples=size, counted_by=counted_by, fields={})
 
 
 _SCORERS: dict[str, Any] = {}
@@ -254,7 +263,7 @@ def _checkpoint_scorer(path: str):
 
 def scan_shard(task: ScanTask) -> dict[str, list]:
     """One shard's rows: key, url, rank, label, truth, and per step its verdict or score."""
-    src = _open(task.source, task.data_root, task.data_dir, task.sources)
+    src = _shard_reader(task.source, task.url, task.size, task.counted_by, task.sources)
     kind = src.entry.kind
     vocab_index = {c: i for i, c in enumerate(task.vocab or ())}
     resolved = [(FILTERS.get(n), p) for n, p in task.steps]
@@ -317,14 +326,10 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
     return cols
 
 
-def _scan_tasks(cfg: ViewConfig, data_root: Path, data_dir: Path | None, steps, vocab) -> list[ScanTask]:
-    tasks = []
-    for name in cfg.weights:
-        src = _open(name, data_root, data_dir, cfg.sources)
-        for url in src.urls:
-            tasks.append(ScanTask(name, url, cfg.seed, steps, cfg.needs_labels, tuple(vocab) if vocab else None,
-                                  str(data_root), str(data_dir) if data_dir else None, cfg.sources))
-    return tasks
+def _scan_tasks(cfg: ViewConfig, opened: dict[str, Any], steps, vocab) -> list[ScanTask]:
+    return [ScanTask(name, url, cfg.seed, steps, cfg.needs_labels, tuple(vocab) if vocab else None,
+                     src.sizes[url], src.counted_by, cfg.sources)
+            for name, src in opened.items() for url in src.urls]
 
 
 def _concat(parts: Iterable[dict[str, list]]):
@@ -336,10 +341,24 @@ def _concat(parts: Iterable[dict[str, list]]):
     return pd.concat(frames, ignore_index=True)
 
 
+def resolve_engine(engine: str, num_shards: int) -> str:
+    """``auto``: Ray Data when Ray is running and there are at least :data:`RAY_MIN_SHARDS` shards
+    (below that a Ray Data job costs more than it saves), else this process."""
+    if engine not in ENGINES + ("auto",):
+        raise ValueError(f"engine must be one of {', '.join(ENGINES)} or auto, got {engine!r}")
+    if engine != "auto":
+        return engine
+    import ray
+
+    return "ray" if ray.is_initialized() and num_shards >= RAY_MIN_SHARDS else "local"
+
+
+RAY_MIN_SHARDS = 2
+
+
 def scan(tasks: list[ScanTask], engine: str = "local"):
     """The scan table of every shard: a pandas DataFrame, one row per sample."""
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    engine = resolve_engine(engine, len(tasks))
     if engine == "local" or not tasks:
         return _concat(scan_shard(t) for t in tasks)
     import ray
@@ -347,14 +366,14 @@ def scan(tasks: list[ScanTask], engine: str = "local"):
     if not ray.is_initialized():
         raise RuntimeError("engine 'ray' needs a running Ray (ray.init() or `tbench run`); use engine 'local'")
     data = _ray_data()
-    # tasks travel as pickled bytes: Arrow cannot type their nested parameters
-    ds = data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks))
+    # tasks travel as JSON text: Arrow cannot type their nested parameters
+    ds = data.from_items([{"task": json.dumps(asdict(t))} for t in tasks], override_num_blocks=len(tasks))
     ds = ds.map(_scan_row)
     return _concat(r["cols"] for r in ds.iter_rows())
 
 
 def _scan_row(row: dict[str, Any]) -> dict[str, Any]:
-    return {"cols": scan_shard(pickle.loads(row["task"]))}
+    return {"cols": scan_shard(ScanTask(**json.loads(row["task"])))}
 
 
 def _ray_data():
@@ -505,8 +524,8 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
                sets_config: dict | None = None) -> dict[str, Any]:
     """Build the view ``cfg`` from the sources under ``data_root`` into ``out_dir``; return its manifest.
 
-    ``engine``: ``local`` (this process) or ``ray`` (scan and write as Ray Data jobs over the
-    shards; needs a running Ray). ``data_dir``: where real and declared sources and sets with
+    ``engine``: ``local`` (this process), ``ray`` (scan and write as Ray Data jobs over the
+    shards; needs a running Ray) or ``auto`` (:func:`resolve_engine`). ``data_dir``: where real and declared sources and sets with
     relative paths live. ``sets_config``: declared downstream sets (for ``dedup`` against them).
     Idempotent (an existing view with the same config is returned as is) and atomic.
     """
@@ -536,7 +555,10 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
         raise ValueError("curation step caption_concept without 'words' uses the world's vocabulary, but "
                          f"{data_root / 'world.json'} is missing; give words: [...]")
 
-    table = scan(_scan_tasks(cfg, data_root, data_dir, steps, vocab), engine)
+    opened = open_sources(cfg, data_root, data_dir)
+    tasks = _scan_tasks(cfg, opened, steps, vocab)
+    engine = resolve_engine(engine, len(tasks))
+    table = scan(tasks, engine)
     pool = len(table)
     against = sorted({s for n, p in steps if n == "dedup" for s in _against(p, cfg)})
     references = _reference_hashes(against, data_root, data_dir, sets_config) if against else {}
@@ -566,11 +588,9 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     if len(chosen_idx) < cfg.size:
         logger.warning("view %s/%s: %d samples survive curation, fewer than the %d requested",
                        cfg.source_label, cfg.curation_name, len(chosen_idx), cfg.size)
-    per_source = {}
-    for name in cfg.weights:
-        m = src_col == name
-        per_source[name] = {"pool_size": int(m.sum()), "size": int(take[name]),
-                            "requested_size": int(allocate(cfg.size, cfg.weights)[name])}
+    requested = allocate(cfg.size, cfg.weights)
+    per_source = {name: {"pool_size": int((src_col == name).sum()), "size": int(take[name]),
+                         "requested_size": int(requested[name])} for name in cfg.weights}
 
     chosen = table.iloc[chosen_idx].reset_index(drop=True) if pool else table
     keys = chosen["key"].tolist() if len(chosen) else []
@@ -596,7 +616,7 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     try:
         tmp.mkdir(parents=True)
         if cfg.materialize == "shards":
-            sizes = _write_shards(cfg, chosen, noisy, clean, tmp, data_root, data_dir, engine)
+            sizes = _write_shards(cfg, chosen, noisy, clean, tmp, opened, engine)
             shard_list = [f"shards/{n}" for n in sorted(sizes)]
         else:
             sizes = _write_index(chosen, noisy, clean, tmp)
@@ -649,8 +669,8 @@ class WriteTask:
     out: str
     labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (label, clean label); {} = all kept, unlabelled
     keys: tuple[str, ...] = ()
-    data_root: str = ""
-    data_dir: str | None = None
+    size: int = 0  # the source shard's sample count
+    counted_by: str = ""
     sources: dict[str, dict] | None = None
     needs_labels: bool = False
 
@@ -659,7 +679,7 @@ def write_shard(task: WriteTask) -> int:
     """Copy the kept samples of one source shard into a new shard; return how many were written."""
     import webdataset as wds
 
-    src = _open(task.source, task.data_root, task.data_dir, task.sources)
+    src = _shard_reader(task.source, task.url, task.size, task.counted_by, task.sources)
     want = set(task.keys)
     n = 0
     with wds.TarWriter(task.out, encoder=False, mtime=0, format=tarfile.USTAR_FORMAT) as tw:
@@ -679,7 +699,7 @@ def write_shard(task: WriteTask) -> int:
     return n
 
 
-def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, data_root: Path, data_dir: Path | None,
+def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, opened: dict[str, Any],
                   engine: str) -> dict[str, int]:
     shard_dir = tmp / "shards"
     shard_dir.mkdir()
@@ -690,12 +710,13 @@ def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, data_root: P
             if cfg.needs_labels:
                 idx = grp.index.to_numpy()
                 labels = {k: (int(noisy[i]), int(clean[i])) for k, i in zip(grp["key"], idx)}
-            tasks.append(WriteTask(source, url, str(shard_dir / f"shard-{j:06d}.tar"), labels,
-                                   tuple(grp["key"]), str(data_root), str(data_dir) if data_dir else None,
-                                   cfg.sources, cfg.needs_labels))
+            tasks.append(WriteTask(source, url, str(shard_dir / f"shard-{j:06d}.tar"), labels, tuple(grp["key"]),
+                                   opened[source].sizes[url], opened[source].counted_by, cfg.sources,
+                                   cfg.needs_labels))
     if engine == "ray" and tasks:
         data = _ray_data()
-        ds = data.from_items([{"task": pickle.dumps(t)} for t in tasks], override_num_blocks=len(tasks)).map(_write_row)
+        rows = [{"task": json.dumps(asdict(t))} for t in tasks]
+        ds = data.from_items(rows, override_num_blocks=len(tasks)).map(_write_row)
         counts = {Path(r["out"]).name: int(r["n"]) for r in ds.iter_rows()}
     else:
         counts = {Path(t.out).name: write_shard(t) for t in tasks}
@@ -714,7 +735,7 @@ def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, data_root: P
 
 
 def _write_row(row: dict[str, Any]) -> dict[str, Any]:
-    task = pickle.loads(row["task"])
+    task = WriteTask(**json.loads(row["task"]))
     return {"out": task.out, "n": write_shard(task)}
 
 

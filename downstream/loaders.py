@@ -696,11 +696,9 @@ def open_source(entry: "DownstreamSet", data_dir: Path) -> Source:
     looked: list[str] = []
     fmt = entry.format
     if fmt == "hf_hub":
-        src = open_hub_cached(entry, entry.location, entry.config_name)
+        src = _from_hub_cache(entry, entry.location, looked)
         if src is not None:
             return src
-        looked.append(f"the Hugging Face datasets cache {hub_cache_path(entry.location)} (dataset {entry.location!r}; "
-                      f"read offline, nothing is downloaded): not there")
         raise DataNotFoundError(_absent_message(entry, data_dir, looked, None))
     path = resolve_path(entry.location, data_dir)
     if fmt == "imagefolder":
@@ -728,12 +726,19 @@ def open_source(entry: "DownstreamSet", data_dir: Path) -> Source:
     else:
         raise ValueError(f"downstream set {entry.name!r}: format {fmt!r} has no reader")
     if entry.hub:
-        src = open_hub_cached(entry, entry.hub, entry.config_name)
+        src = _from_hub_cache(entry, entry.hub, looked)
         if src is not None:
             return src
-        looked.append(f"the Hugging Face datasets cache {hub_cache_path(entry.hub)} (dataset {entry.hub!r}; read "
-                      f"offline, nothing is downloaded): not there")
     raise DataNotFoundError(_absent_message(entry, data_dir, looked, path))
+
+
+def _from_hub_cache(entry: "DownstreamSet", dataset_id: str, looked: list[str]) -> Source | None:
+    """The set from the local Hugging Face cache (read offline), else None with the place noted in ``looked``."""
+    src = open_hub_cached(entry, dataset_id, entry.config_name)
+    if src is None:
+        looked.append(f"the Hugging Face datasets cache {hub_cache_path(dataset_id)} (dataset {dataset_id!r}; "
+                      f"read offline, nothing is downloaded): not there")
+    return src
 
 
 def _absent_message(entry: "DownstreamSet", data_dir: Path, looked: list[str], path: Path | None) -> str:

@@ -88,7 +88,7 @@ def _view(job: Job, ctx: RunContext) -> dict[str, Any]:
     cfg = view_config(job.config)
     d = out_dir(job, ctx)
     t0 = time.perf_counter()
-    manifest = build_view(cfg, ctx.world_dir, d, engine=view_engine(job, ctx), data_dir=ctx.data_dir,
+    manifest = build_view(cfg, ctx.world_dir, d, engine=job.resources.get("engine", "auto"), data_dir=ctx.data_dir,
                           sets_config=job.config.get("sets_config"))
     summary = {"seconds": time.perf_counter() - t0, "size": manifest["size"], "engine": manifest.get("engine")}
     mark_done(d, summary)
@@ -115,27 +115,6 @@ def view_config(c: dict[str, Any]):
     )
 
 
-def view_engine(job: Job, ctx: RunContext) -> str:
-    """``resources.view.engine``; ``auto``: Ray Data over the shards when this runs under Ray and
-    the view reads at least :data:`RAY_MIN_SHARDS` shards (below that a Ray Data job costs more
-    than it saves), else this process."""
-    want = job.resources.get("engine", "auto")
-    if want != "auto":
-        return want
-    import ray
-
-    if not ray.is_initialized():
-        return "local"
-    from curation.sources import open_source
-
-    c = job.config
-    names = [c["source"]] if c["source"] is not None else list(c["mixture"])
-    shards = sum(len(open_source(n, world_root=ctx.world_dir, data_dir=ctx.data_dir, custom=c.get("sources")).urls)
-                 for n in names)
-    return "ray" if shards >= RAY_MIN_SHARDS else "local"
-
-
-RAY_MIN_SHARDS = 2
 
 
 @EXECUTORS.register("pretrain")
