@@ -6,12 +6,12 @@ SPEC    ?= configs/quickstart.yaml
 OUT     ?= tbench-out/quickstart
 PYTEST_ARGS ?=
 
-.PHONY: demo test test-fast venv clean
+.PHONY: demo test test-fast venv browser clean
 
 $(BIN)/tbench: pyproject.toml
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e .
+	$(BIN)/python -m pip install --quiet -e '.[test]'
 	@touch $(BIN)/tbench
 
 venv: $(BIN)/tbench
@@ -22,8 +22,17 @@ demo: venv
 	$(BIN)/tbench run $(SPEC)
 	$(BIN)/tbench report --store $(OUT)/store --out $(OUT)/report
 
+# The report's browser test drives Chromium from the system packages (Debian: chromium).
+# Installed here when missing (as root, or through sudo); playwright comes with .[test].
+browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || { \
+	  echo "installing Chromium (system package) for the report's browser test"; \
+	  if [ "$$(id -u)" = 0 ]; then SUDO=; else SUDO=sudo; fi; \
+	  $$SUDO apt-get update -qq && \
+	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
+
 # The whole suite, slow end-to-end tests included (CI runs this).
-test: venv
+test: venv browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Everything but the tests marked slow.
