@@ -20,7 +20,7 @@ venv: $(BIN)/tbench
 # -> results store -> table -> report. A second run finds every job finished.
 demo: venv
 	$(BIN)/tbench run $(SPEC)
-	$(BIN)/tbench report --store $(OUT)/store --out $(OUT)/report
+	$(BIN)/tbench report --store $(OUT)/store --out $(OUT)/report --spec $(SPEC)
 
 # The report's browser test drives Chromium from the system packages (Debian: chromium).
 # Installed here when missing (as root, or through sudo); playwright comes with .[test].

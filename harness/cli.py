@@ -294,14 +294,59 @@ def results_compact(store: Path = typer.Option(Path("tbench-out/quickstart/store
 
 
 @app.command()
-def report(store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store."),
-           out: Path = typer.Option(Path("tbench-out/quickstart/report"), help="Where to write index.html.")) -> None:
-    """Write the HTML report (scaling curves and the other figures)."""
-    from results.report import write_report
+def report(store: str = typer.Option("tbench-out/quickstart/store",
+                                     help="The results store (a folder, or an object-storage URI such as s3://bucket/store)."),
+           out: Path = typer.Option(Path("tbench-out/quickstart/report"), help="Where to write index.html."),
+           spec: Optional[Path] = typer.Option(None, help="The spec whose plan the missing-runs table is checked against."),
+           multiplier: Optional[list[str]] = typer.Option(
+               None, "--multiplier", "-m",
+               help="A data-multiplier pair 'A vs B[@N]', each side column=value pairs, e.g. "
+                    "'source=laion,method=supervised vs source=imagenet,method=supervised@3000' (repeatable; "
+                    "default: every configuration with 3+ sizes against the labelled source under supervised)."),
+           heatmap_shots: Optional[str] = typer.Option(
+               None, help="Shot counts of the heatmap, comma-separated, 'full' for full data (default: fewest and full)."),
+           n_boot: int = typer.Option(200, help="Bootstrap draws of the data-multiplier intervals."),
+           title: Optional[str] = typer.Option(None, help="The page title.")) -> None:
+    """Write the HTML report: scaling curves, data multiplier, few-shot spread, heatmaps, checkpoints,
+    spectra, convergence, curation funnels, missing and failed runs."""
+    import pandas as pd
 
-    path = write_report(store, out)
+    from results.report import write_report
+    from results.sections import MultiplierPair, ReportError
+
+    try:
+        pairs = [MultiplierPair.parse(text) for text in multiplier] if multiplier else None
+        shots = None
+        if heatmap_shots:
+            shots = []
+            for item in (x.strip() for x in heatmap_shots.split(",") if x.strip()):
+                if item == "full":
+                    shots.append(None)
+                elif item.isdigit():
+                    shots.append(int(item))
+                else:
+                    raise ReportError(f"--heatmap-shots: {item!r} is not a shot count; give numbers or 'full', e.g. 5,full")
+        if n_boot < 10:
+            raise ReportError(f"--n-boot must be at least 10, got {n_boot}")
+    except ReportError as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
+    expected = pruned = None
+    if spec is not None:
+        from harness.plan import make_plan
+
+        p = make_plan(_load(spec))
+        expected, pruned = pd.DataFrame(p.expected_rows()), p.pruned
+    try:
+        path = write_report(store, out, title=title or (f"transfer-bench report: {spec.stem}" if spec else None),
+                            expected=expected, pruned=pruned, multipliers=pairs, heatmap_shots=shots, n_boot=n_boot)
+    except (ValueError, RuntimeError) as e:
+        err.print(f"[bold red]error:[/] {e}", highlight=False)
+        raise typer.Exit(2) from None
     console.print(f"report written to {path}")
 
+
+import harness.cli_cluster  # noqa: E402,F401  (registers submit, status, logs, stop, jobs on app)
 
 if __name__ == "__main__":
     app()

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.artifacts import content_key, is_done, job_dir, mark_done, read_done
-from harness.plan import Job
+from harness.plan import Job, row_key
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -267,10 +267,6 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
             curves.append({"key": key, "job_key": job.key, "protocol": c["protocol"], "downstream": c["downstream"],
                            "shots": r.shots, "eval_seed": r.eval_seed, **point})
     return {"runs": runs, "curves": curves}
-
-
-def row_key(job_key: str, shots: int | None, seed: int) -> str:
-    return content_key("row", {"job": job_key, "shots": shots, "seed": seed})
 
 
 def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,

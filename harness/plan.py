@@ -67,6 +67,20 @@ class Plan:
     def of_kind(self, kind: str) -> list[Job]:
         return [j for j in self.jobs.values() if j.kind == kind]
 
+    def expected_rows(self) -> list[dict[str, Any]]:
+        """Every `runs` row the plan will write, one per (evaluation job, shots, seed): its row
+        key and coordinates (the report lists those missing from the store)."""
+        out = []
+        for job in self.of_kind("eval"):
+            c = job.coords
+            for shots in job.config["shots"]:
+                for seed in job.config["seeds"]:
+                    out.append({"key": row_key(job.key, shots, seed), "job_key": job.key, "label": job.label,
+                                "protocol": job.config["protocol"], "downstream": c.get("downstream"),
+                                "shots": shots, "eval_seed": seed, "method": c.get("method"),
+                                "source": c.get("source"), "checkpoint_epoch": c.get("checkpoint_epoch")})
+        return out
+
     def done_keys(self, workdir: Path, store_keys: set[str] | None = None) -> set[str]:
         """Keys of finished jobs: marker present (and, for evals, their part in the store)."""
         done = set()
@@ -77,6 +91,11 @@ class Plan:
                 continue
             done.add(job.key)
         return done
+
+
+def row_key(job_key: str, shots: int | None, seed: int) -> str:
+    """The key of the `runs` row an evaluation job writes for one (shots, seed)."""
+    return content_key("row", {"job": job_key, "shots": shots, "seed": seed})
 
 
 def _shots_value(s: int | str) -> int | None:

@@ -23,7 +23,6 @@ of every size with replacement and refitting both curves.
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Union
@@ -34,7 +33,6 @@ Points = Union[Sequence[tuple[float, float]], Mapping[float, Sequence[float]], n
 """(samples, score) points: pairs (one per seed replicate), a mapping samples -> replicate
 scores, or an ``(N, 2)`` array."""
 
-_START_EXPONENTS = (0.1, 0.3, 0.7, 1.5)
 _MAX_EXPONENT = 5.0
 
 
@@ -106,54 +104,98 @@ def _as_list(scores, name, n) -> list[float]:
     raise MultiplierError(f"{name}: scores for samples={n!r} must be a number or a list of numbers")
 
 
+def _profile(z: np.ndarray, s: np.ndarray, a_lo: np.ndarray | float, a_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Least squares of ``s ≈ a - b0 * z`` in ``(a, b0)`` for each exponent's ``z = (n/n0) ** -c``,
+    under ``a_lo <= a <= a_max`` and ``b0 >= 0``; returns ``(a, b0, sse)``.
+
+    ``z`` has shape ``(..., G, N)`` (G exponents, N points) and ``s`` ``(..., 1, N)``; ``a_lo``
+    broadcasts against ``(..., G)``. The model is linear in ``(a, b0)`` once ``c`` is fixed, so
+    the constrained optimum is the unconstrained one when feasible, else lies on a bound: ``a``
+    clipped to ``[a_lo, a_max]`` with ``b0`` re-solved, or ``b0 = 0`` with ``a`` the mean.
+    """
+    zm, sm = z.mean(axis=-1), s.mean(axis=-1)
+    dz, ds = z - zm[..., None], s - sm[..., None]
+    var = (dz * dz).sum(axis=-1)
+    cov = (dz * ds).sum(axis=-1)
+    zz = (z * z).sum(axis=-1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        b = np.maximum(np.where(var > 0, -cov / var, 0.0), 0.0)
+        a = sm + b * zm
+        for bound, off in ((a_max, a > a_max), (a_lo, None)):
+            if off is None:
+                off = a < a_lo
+            b_fixed = np.maximum(np.where(zz > 0, ((np.asarray(bound)[..., None] - s) * z).sum(axis=-1) / zz, 0.0), 0.0)
+            a = np.where(off, bound, a)
+            b = np.where(off, b_fixed, b)
+    resid = a[..., None] - b[..., None] * z - s
+    return a, b, (resid * resid).sum(axis=-1)
+
+
+_C_GRID = np.geomspace(1e-3, _MAX_EXPONENT, 120)
+_ZOOM = 25
+
+
+def _fit_many(x: np.ndarray, scores: np.ndarray, a_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Fit ``scores[d] ≈ a - b0 * exp(-c * x)`` for every row ``d`` at once; returns
+    ``(a, b0, c, sse)``, each of shape ``(D,)``. ``x = log(n / n0)``."""
+    d = scores.shape[0]
+    s = scores[:, None, :]
+    s_min, s_max = scores.min(axis=1), scores.max(axis=1)
+    a_lo = (s_min - 10 * np.maximum(s_max - s_min, 1e-6))[:, None]  # keep the asymptote from running away down
+    grid = np.broadcast_to(_C_GRID, (d, len(_C_GRID)))
+    rows = np.arange(d)
+    c = grid[:, 0]
+    for _ in range(3):  # the global grid, then two zooms into the bracket around each row's best point
+        with np.errstate(over="ignore", invalid="ignore"):
+            sse = _profile(np.exp(-grid[:, :, None] * x), s, a_lo, a_max)[2]
+        sse = np.where(np.isfinite(sse), sse, np.inf)
+        i = np.argmin(sse, axis=1)
+        c = grid[rows, i]
+        lo = grid[rows, np.maximum(i - 1, 0)]
+        hi = grid[rows, np.minimum(i + 1, grid.shape[1] - 1)]
+        grid = np.exp(np.linspace(np.log(lo), np.log(hi), _ZOOM, axis=1))
+    a, b0, sse = _profile(np.exp(-c[:, None, None] * x), s, a_lo, a_max)
+    return a[:, 0], b0[:, 0], c, sse[:, 0]
+
+
 def fit_power_law(points: Points, *, a_max: float = 1.0, name: str = "points") -> PowerLawFit:
     """Fit ``score(n) = a - b * n ** (-c)`` (``a <= a_max``, ``b > 0``, ``0 < c <= 5``) to
-    ``points`` by least squares (scipy's ``curve_fit``, trust-region with bounds).
+    ``points`` by least squares.
 
-    Raises :class:`MultiplierError` when the points are unusable or no start converges.
+    Variable projection: for a fixed exponent ``c`` the best ``(a, b)`` has a closed form (see
+    :func:`_profile`), so the fit is a one-dimensional search over ``c`` — a log-spaced grid
+    over ``(0, 5]``, then two finer grids inside the bracket around its best point (``c`` to
+    about 0.01%), all vectorised. This finds the global optimum over ``c`` (no start values to
+    get stuck from), and :func:`bootstrap_multiplier` fits all its draws in one batch.
+
+    Raises :class:`MultiplierError` when the points are unusable.
     """
-    from scipy.optimize import curve_fit
-
     n, s = as_points(points, name=name)
+    log_n0, x = _check_scale(n, s, a_max, name)
+    a, b0, c, sse = _fit_many(x, s[None, :], a_max)
+    return _as_fit(a[0], b0[0], c[0], sse[0], log_n0, len(s), name)
+
+
+def _check_scale(n: np.ndarray, s: np.ndarray, a_max: float, name: str) -> tuple[float, np.ndarray]:
+    """(log n0, log(n / n0)) after checking that the scores fit under ``a_max``."""
     if not math.isfinite(a_max):
         raise MultiplierError(f"a_max must be finite, got {a_max!r}")
-    log_n0 = float(np.mean(np.log(n)))
-    x = np.log(n) - log_n0  # log(n / n0)
-
-    def model(x, a, b0, c):
-        return a - b0 * np.exp(-c * x)
-
-    s_max, s_min = float(s.max()), float(s.min())
-    spread = max(s_max - s_min, 1e-6)
-    a_lo = s_min - 10 * spread  # the asymptote lies above the data; keep it from running away downwards
-    if a_lo >= a_max:
+    s_min, s_max = float(s.min()), float(s.max())
+    if s_min - 10 * max(s_max - s_min, 1e-6) >= a_max:
         raise MultiplierError(
             f"{name}: scores (min {s_min:.4g}) exceed the asymptote bound a_max={a_max}; "
             "scores must be on a scale where higher is better and at most a_max"
         )
-    a0 = min(a_max - 1e-9, s_max + 0.1 * spread)
-    best = None
-    for c0 in _START_EXPONENTS:
-        b00 = max(a0 - float(np.mean(s)), 1e-6)
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                params, _ = curve_fit(
-                    model, x, s, p0=(a0, b00, c0),
-                    bounds=((a_lo, 1e-12, 1e-6), (a_max, np.inf, _MAX_EXPONENT)),
-                    method="trf", maxfev=4000,
-                )
-        except (RuntimeError, ValueError):
-            continue
-        sse = float(np.sum((model(x, *params) - s) ** 2))
-        if best is None or sse < best[0]:
-            best = (sse, params)
-    if best is None:
-        raise MultiplierError(f"{name}: the power-law fit did not converge from any start")
-    sse, (a, b0, c) = best
+    log_n0 = float(np.mean(np.log(n)))
+    return log_n0, np.log(n) - log_n0
+
+
+def _as_fit(a: float, b0: float, c: float, sse: float, log_n0: float, n_points: int, name: str) -> PowerLawFit:
+    if not (np.isfinite(sse) and np.isfinite(a) and np.isfinite(c)):
+        raise MultiplierError(f"{name}: the power-law fit did not converge")
     # b0 * (n / n0) ** -c == b * n ** -c  with  b = b0 * n0 ** c
-    b = float(b0 * math.exp(c * log_n0))
-    return PowerLawFit(a=float(a), b=b, c=float(c), rmse=math.sqrt(sse / len(s)), n_points=len(s))
+    b = float(max(float(b0), 1e-12) * math.exp(float(c) * log_n0))
+    return PowerLawFit(a=float(a), b=b, c=float(c), rmse=math.sqrt(float(sse) / n_points), n_points=n_points)
 
 
 def multiplier(curve_a: PowerLawFit, curve_b: PowerLawFit, at_n_b: float) -> float:
@@ -171,14 +213,14 @@ def multiplier(curve_a: PowerLawFit, curve_b: PowerLawFit, at_n_b: float) -> flo
     return curve_a.samples_for(curve_b(float(at_n_b))) / float(at_n_b)
 
 
-def _resample(n: np.ndarray, s: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Resample the replicates of each sample count with replacement (every size is kept)."""
-    out = []
+def _resample_index(n: np.ndarray, draws: int, rng: np.random.Generator) -> np.ndarray:
+    """``(draws, len(n))`` indices: each draw resamples the replicates of every sample count with
+    replacement (every size keeps its number of points, so the fits' ``x`` stays the same)."""
+    out = np.empty((draws, len(n)), dtype=np.int64)
     for size in np.unique(n):
-        scores = s[n == size]
-        picked = rng.choice(scores, size=len(scores), replace=True)
-        out.extend((size, v) for v in picked)
-    return np.asarray(out, dtype=float)
+        where = np.flatnonzero(n == size)
+        out[:, where] = rng.choice(where, size=(draws, len(where)), replace=True)
+    return out
 
 
 def bootstrap_multiplier(
@@ -195,8 +237,9 @@ def bootstrap_multiplier(
 
     Each bootstrap draw resamples, independently for A and for B and within each sample count,
     that size's seed replicates with replacement, refits both curves and recomputes the
-    multiplier (draws whose fit fails are dropped; more than half failing is an error).
-    Bounds can be ``inf`` when A's asymptote falls short of the target in some draws.
+    multiplier; all draws are fitted in one vectorised batch. Draws whose fit is not finite are
+    dropped (more than half dropped is an error). Bounds can be ``inf`` when A's asymptote
+    falls short of the target in some draws.
     """
     if not isinstance(n_boot, int) or n_boot < 10:
         raise MultiplierError(f"n_boot must be an integer >= 10, got {n_boot!r}")
@@ -208,19 +251,22 @@ def bootstrap_multiplier(
         at_n_b,
     )
     rng = np.random.default_rng(seed)
-    draws = []
-    for _ in range(n_boot):
-        try:
-            fa = fit_power_law(_resample(na, sa, rng), a_max=a_max, name="points_a (bootstrap)")
-            fb = fit_power_law(_resample(nb, sb, rng), a_max=a_max, name="points_b (bootstrap)")
-        except MultiplierError:
-            continue
-        draws.append(multiplier(fa, fb, at_n_b))
-    if len(draws) < n_boot / 2:
+    log_a, xa = _check_scale(na, sa, a_max, "points_a")
+    log_b, xb = _check_scale(nb, sb, a_max, "points_b")
+    aa, ba0, ca, ssea = _fit_many(xa, sa[_resample_index(na, n_boot, rng)], a_max)
+    ab, bb0, cb, sseb = _fit_many(xb, sb[_resample_index(nb, n_boot, rng)], a_max)
+    # B's fitted score at at_n_b, then the samples A's fit needs for it: (b_A / (a_A - target)) ** (1 / c_A)
+    target = ab - bb0 * np.exp(-cb * (math.log(float(at_n_b)) - log_b))
+    gap = aa - target
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        log_n = log_a + np.log(np.maximum(ba0, 1e-12) / gap) / ca
+        draws = np.where(gap > 0, np.exp(log_n) / float(at_n_b), np.inf)
+    ok = np.isfinite(ssea) & np.isfinite(sseb) & ~np.isnan(draws)
+    if ok.sum() < n_boot / 2:
         raise MultiplierError(
-            f"only {len(draws)} of {n_boot} bootstrap fits converged; add points or seeds per size"
+            f"only {int(ok.sum())} of {n_boot} bootstrap fits converged; add points or seeds per size"
         )
-    ordered = np.sort(np.asarray(draws, dtype=float))  # inf sorts last
+    ordered = np.sort(draws[ok])  # inf sorts last
     m = len(ordered)
     lo = float(ordered[int(math.floor(0.025 * (m - 1)))])
     hi = float(ordered[int(math.ceil(0.975 * (m - 1)))])

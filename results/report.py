@@ -29,172 +29,57 @@ import json
 import logging
 import math
 import os
-import re
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import pandas as pd
 
+from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkpoints: public API here too)
+    FIGURE_DPI,
+    FLOOR_METHOD,
+    LEGEND_COLUMNS,
+    MAX_SET_ROWS_PER_FIGURE,
+    PANEL_SIZE,
+    SUMMARY_PROTOCOL,
+    VARIANT_COLUMNS,
+    Line,
+    colour_map,
+    esc,
+    final_checkpoints,
+    fmt_num,
+    fmt_size,
+    html_table,
+    line_keys,
+    marker,
+    shade,
+    shots_label,
+    shots_order,
+    shots_title,
+    slug,
+    spread,
+    varying,
+)
+from results.plotting import FIGURE_PREFIXES, empty_note, figure_html
 from results.schema import SCHEMA_VERSION, columns
+from results.sections import (
+    MultiplierPair,
+    checkpoints_section,
+    convergence_section,
+    fewshot_section,
+    funnel_section,
+    heatmap_section,
+    missing_section,
+    multiplier_section,
+    spectra_section,
+)
 from results.store import Store
 
 log = logging.getLogger(__name__)
 
-MAX_SET_ROWS_PER_FIGURE = 12
-"""Downstream sets per scaling figure; more sets continue in a second figure."""
-PANEL_SIZE = (2.7, 2.1)
-"""Inches per scaling panel (width, height)."""
-FIGURE_DPI = 110
-_LEGEND_COLUMNS = 4
-FLOOR_METHOD = "none"
-SUMMARY_PROTOCOL = "linear"
-VARIANT_COLUMNS = ("curation", "label_noise", "backbone")
-"""Pre-training coordinates that become part of a line's identity when they vary."""
-
 _FIGURE_PREFIX = "scaling_"
-
-# Two-sided 95% Student-t quantiles, degrees of freedom 1..30.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
-
-
-# --------------------------------------------------------------------------- helpers
-
-
-def spread(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high) of ``values``: a t-based 95% CI of the mean for n >= 3, min-max otherwise.
-
-    NaNs are ignored; all-NaN or empty input gives NaNs.
-    """
-    arr = np.asarray([v for v in values if v is not None], dtype=float)
-    arr = arr[~np.isnan(arr)]
-    if arr.size == 0:
-        return (math.nan, math.nan, math.nan)
-    mean = float(arr.mean())
-    if arr.size >= 3:
-        dof = arr.size - 1
-        t = _T975[dof - 1] if dof <= len(_T975) else 1.96 + (_T975[-1] - 1.96) * len(_T975) / dof
-        half = t * float(arr.std(ddof=1)) / math.sqrt(arr.size)
-        return (mean, mean - half, mean + half)
-    return (mean, float(arr.min()), float(arr.max()))
-
-
-def shots_label(shots: Any) -> str:
-    """``None``/NA -> ``"full"``, otherwise the number as text."""
-    if shots is None or pd.isna(shots):
-        return "full"
-    return str(int(shots))
-
-
-def _shots_order(shots: Any) -> float:
-    return math.inf if shots is None or pd.isna(shots) else float(shots)
-
-
-def _shots_title(order: float) -> str:
-    if order == math.inf:
-        return "full data"
-    n = int(order)
-    return "zero-shot" if n == 0 else f"{n} shot{'s' if n != 1 else ''}"
-
-
-def _slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_-]+", "-", str(text)).strip("-") or "x"
-
-
-def _fmt_num(value: Any, digits: int = 3) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    if isinstance(value, (float, np.floating)):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
-def _fmt_size(value: Any) -> str:
-    if value is None or pd.isna(value):
-        return ""
-    v = int(value)
-    for unit, scale in (("M", 1_000_000), ("k", 1_000)):
-        if v >= scale and v % (scale // 10 or 1) == 0:
-            return f"{v / scale:g}{unit}"
-    return f"{v:,}"
-
-
-def _esc(value: Any) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)) or value is pd.NA:
-        return ""
-    return html.escape(str(value))
-
-
-def final_checkpoints(runs: pd.DataFrame) -> pd.DataFrame:
-    """Keep, per pre-training run, only rows of its last evaluated checkpoint epoch.
-
-    Rows with no ``checkpoint_epoch`` (e.g. from-scratch rows) are kept.
-    """
-    if runs.empty or runs["checkpoint_epoch"].isna().all():
-        return runs
-    epoch = runs["checkpoint_epoch"].astype("Float64")
-    group = runs["pretrain_key"].astype(object).where(runs["pretrain_key"].notna(), "")
-    last = epoch.groupby(group).transform("max")
-    keep = epoch.isna() | (epoch == last)
-    return runs[keep.fillna(True).astype(bool)]
-
-
-def _varying(df: pd.DataFrame, cols: Iterable[str]) -> list[str]:
-    return [c for c in cols if c in df.columns and df[c].astype(object).nunique(dropna=False) > 1]
-
-
-@dataclass(frozen=True)
-class _Line:
-    source: str
-    method: str
-    variant: tuple[tuple[str, Any], ...]
-
-    @property
-    def label(self) -> str:
-        parts = [str(self.source), str(self.method)]
-        for name, value in self.variant:
-            short = {"label_noise": "noise", "curation": "cur"}.get(name, name)
-            parts.append(f"{short}={'∅' if value is None or pd.isna(value) else value}")
-        return " · ".join(parts)
-
-
-def _line_keys(df: pd.DataFrame, variant_cols: Sequence[str]) -> list[_Line]:
-    """The line identity of every row of ``df`` (source, method and the varying coordinates)."""
-    def clean(v: Any) -> Any:
-        return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
-
-    cols = [df[c].astype(object).tolist() for c in variant_cols]
-    return [
-        _Line(str(src), str(meth), tuple((c, clean(vals[i])) for c, vals in zip(variant_cols, cols)))
-        for i, (src, meth) in enumerate(zip(df["source"].astype(object), df["method"].astype(object)))
-    ]
-
-
-# --------------------------------------------------------------------------- figures
-
-
-_MARKERS = {"supervised": "o", "clip": "s", "simclr": "^", "mae": "D", "radreg": "v"}
-_EXTRA_MARKERS = ["P", "X", "*", "h", "<", ">"]
-
-
-def _colour_map(lines: Sequence[_Line]) -> dict[_Line, Any]:
-    import matplotlib
-
-    cmap = matplotlib.colormaps["tab10" if len(lines) <= 10 else "tab20"]
-    return {line: cmap(i % cmap.N) for i, line in enumerate(lines)}
-
-
-def _marker(method: str) -> str:
-    if method in _MARKERS:
-        return _MARKERS[method]
-    return _EXTRA_MARKERS[sum(map(ord, method)) % len(_EXTRA_MARKERS)]
-
-
-_Cell = list[tuple[_Line, list[float], list[float], list[float], list[float]]]
+_Cell = list[tuple[Line, list[float], list[float], list[float], list[float]]]
 
 
 def _aggregate_cells(curves: pd.DataFrame) -> dict[tuple[str, float], _Cell]:
@@ -246,13 +131,13 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
     df = df[df["score"].notna()]
     if df.empty:
         return []
-    df = df.assign(_shots=df["shots"].map(_shots_order))
+    df = df.assign(_shots=df["shots"].map(shots_order))
     is_floor = df["method"].astype(object) == FLOOR_METHOD
     pre = df[~is_floor & df["pretrain_size"].notna()]
-    variant_cols = _varying(pre, VARIANT_COLUMNS)
-    df = df.assign(_line=_line_keys(df, variant_cols))
+    variant_cols = varying(pre, VARIANT_COLUMNS)
+    df = df.assign(_line=line_keys(df, variant_cols))
     all_lines = sorted(set(df.loc[pre.index, "_line"]), key=lambda ln: ln.label)
-    colours = _colour_map(all_lines)
+    colours = colour_map(all_lines)
     chance = df.groupby("downstream")["chance"].mean()
     metric = df.groupby("downstream")["metric"].agg(lambda s: next((m for m in s if isinstance(m, str)), ""))
 
@@ -280,7 +165,7 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
         chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
         for chunk_index, chunk in enumerate(chunks):
             nrows, ncols = len(chunk), len(shots)
-            legend_rows = math.ceil((len(lines_here) + 2) / _LEGEND_COLUMNS)
+            legend_rows = math.ceil((len(lines_here) + 2) / LEGEND_COLUMNS)
             margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
             width = max(5.5, PANEL_SIZE[0] * ncols + margins["left"] + margins["right"])
             height = PANEL_SIZE[1] * nrows + margins["top"] + margins["bottom"]
@@ -309,7 +194,7 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                     ax.set_ylim(*ylim)
                     drawn = cells.get((ds_name, shot), [])
                     for line, x, mean, lo, hi in drawn:
-                        ax.plot(x, mean, color=colours[line], marker=_marker(line.method),
+                        ax.plot(x, mean, color=colours[line], marker=marker(line.method),
                                 markersize=3.5, linewidth=1.4, label=line.label)
                         ax.fill_between(x, lo, hi, color=colours[line], alpha=0.18, linewidth=0)
                     fl = floor_means.get((ds_name, shot))
@@ -325,14 +210,14 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                     ax.grid(True, which="major", alpha=0.3, linewidth=0.5)
                     ax.xaxis.set_minor_locator(NullLocator())
                     if r == 0:
-                        ax.set_title(_shots_title(shot), fontsize=9)
+                        ax.set_title(shots_title(shot), fontsize=9)
                     if c == 0:
                         label = ds_name if not metric.get(ds_name) else f"{ds_name}\n{metric[ds_name]}"
                         ax.set_ylabel(label, fontsize=8)
                     if r == nrows - 1:
                         ax.set_xlabel("pre-training samples", fontsize=8)
             handles = [
-                Line2D([], [], color=colours[ln], marker=_marker(ln.method), markersize=4, label=ln.label)
+                Line2D([], [], color=colours[ln], marker=marker(ln.method), markersize=4, label=ln.label)
                 for ln in lines_here
             ]
             if not floor.empty:
@@ -344,8 +229,8 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                          y=1 - 0.12 / height, va="top")
             if handles:
                 fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / height),
-                           ncol=min(len(handles), _LEGEND_COLUMNS), fontsize=8, frameon=False)
-            name = f"{_FIGURE_PREFIX}{_slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
+                           ncol=min(len(handles), LEGEND_COLUMNS), fontsize=8, frameon=False)
+            name = f"{_FIGURE_PREFIX}{slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
             fig.savefig(out_dir / name)
             names.append(name)
         n_values = pdf.groupby(["downstream", "_shots", "pretrain_size", "_line"], dropna=False, sort=False).size()
@@ -362,26 +247,13 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
 # --------------------------------------------------------------------------- tables
 
 
-def _html_table(header: Sequence[str] | None, rows: Iterable[Sequence[str]], classes: str = "") -> str:
-    """A table from pre-escaped cell HTML (no header row when ``header`` is None)."""
-    head = "" if header is None else "<thead><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr></thead>"
-    body = "\n".join("<tr>" + "".join(f"<td>{c}</td>" for c in row) + "</tr>" for row in rows)
-    return f'<table class="{classes}">{head}<tbody>\n{body}\n</tbody></table>'
-
-
-def _shade(value: float, lo: float, hi: float) -> str:
-    if math.isnan(value) or not (hi > lo):
-        return ""
-    frac = (value - lo) / (hi - lo)
-    return f' style="background: rgba(46, 125, 200, {0.08 + 0.42 * frac:.2f})"'
-
 
 def _summary_section(runs_ok: pd.DataFrame) -> str:
     df = final_checkpoints(runs_ok)
     df = df[(df["protocol"] == SUMMARY_PROTOCOL) & df["score"].notna()]
     if df.empty:
         return f'<p class="empty">No rows yet for the {SUMMARY_PROTOCOL} protocol.</p>'
-    variant_cols = _varying(df[df["method"].astype(object) != FLOOR_METHOD], VARIANT_COLUMNS)
+    variant_cols = varying(df[df["method"].astype(object) != FLOOR_METHOD], VARIANT_COLUMNS)
     keys = ["source", "method", *variant_cols, "pretrain_size"]
     sets = sorted(df["downstream"].dropna().unique())
     parts = [
@@ -389,7 +261,7 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
         "last checkpoint of each pre-training run. Shading is per column (darker is better). "
         f"Rows with method <code>{FLOOR_METHOD}</code> are the random-initialisation floor.</p>"
     ]
-    frame = df.assign(_shots=df["shots"].map(_shots_order))
+    frame = df.assign(_shots=df["shots"].map(shots_order))
     for shot in sorted(frame["_shots"].unique()):
         sdf = frame[frame["_shots"] == shot]
         key_frame = sdf[keys].astype(object).where(sdf[keys].notna(), None)
@@ -409,16 +281,16 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
         rows = []
         for idx in sorted(table.index, key=sort_key):
             vals = table.loc[idx]
-            cells = [_esc(v) for v in idx[:-1]] + [_esc(_fmt_size(idx[-1]) if idx[-1] != "" else "")]
+            cells = [esc(v) for v in idx[:-1]] + [esc(fmt_size(idx[-1]) if idx[-1] != "" else "")]
             for c in table.columns:
                 v = float(vals[c]) if not pd.isna(vals[c]) else math.nan
                 lo, hi = ranges[c]
-                cells.append(f"<span{_shade(v, float(lo), float(hi))}>{_fmt_num(v)}</span>" if not math.isnan(v) else "")
+                cells.append(f"<span{shade(v, float(lo), float(hi))}>{fmt_num(v)}</span>" if not math.isnan(v) else "")
             rows.append(cells)
         header = [*keys[:-1], "samples", *(html.escape(s) for s in sets), "<b>mean</b>"]
-        title = _shots_title(shot)
+        title = shots_title(shot)
         parts.append(f"<h3>{title}</h3>")
-        parts.append(_html_table(header, rows, "summary"))
+        parts.append(html_table(header, rows, "summary"))
     return "\n".join(parts)
 
 
@@ -430,7 +302,7 @@ def _failed_section(runs: pd.DataFrame) -> str:
             "eval_seed", "status"]
     rows = []
     for _, r in bad.sort_values(["protocol", "downstream", "key"], na_position="last").iterrows():
-        cells = [_esc(r[c]) if c != "shots" else _esc(shots_label(r[c])) for c in cols]
+        cells = [esc(r[c]) if c != "shots" else esc(shots_label(r[c])) for c in cols]
         err = "" if pd.isna(r["error"]) else str(r["error"])
         first = err.strip().splitlines()[-1] if err.strip() else ""
         if len(err) > 160 or "\n" in err.strip():
@@ -438,7 +310,7 @@ def _failed_section(runs: pd.DataFrame) -> str:
         else:
             cells.append(html.escape(err))
         rows.append(cells)
-    return f"<p>{len(bad)} row(s) with status other than <code>ok</code>.</p>" + _html_table([*cols, "error"], rows, "failed")
+    return f"<p>{len(bad)} row(s) with status other than <code>ok</code>.</p>" + html_table([*cols, "error"], rows, "failed")
 
 
 def _funnel_html(value: Any) -> str:
@@ -463,10 +335,10 @@ def _views_section(views: pd.DataFrame) -> str:
         cells = []
         for c in cols:
             v = r[c]
-            cells.append(_esc(_fmt_num(v) if isinstance(v, (float, np.floating)) else v))
+            cells.append(esc(fmt_num(v) if isinstance(v, (float, np.floating)) else v))
         cells.append(_funnel_html(r["funnel"]))
         rows.append(cells)
-    return _html_table([*cols, "funnel (removed per step)"], rows, "views")
+    return html_table([*cols, "funnel (removed per step)"], rows, "views")
 
 
 # --------------------------------------------------------------------------- page
@@ -485,6 +357,7 @@ th { background: #f6f8fa; } tbody tr:nth-child(even) { background: #fbfcfd; }
 table.summary td span { display: block; padding: 0 2px; text-align: right; }
 figure { margin: 1em 0 2em; } figure img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 figcaption { color: #57606a; font-size: 12.5px; }
+.error { color: #b42318; font-weight: 600; }
 details pre { white-space: pre-wrap; max-width: 70ch; font-size: 11.5px; }
 """.strip()
 
@@ -502,7 +375,7 @@ def _overview(runs: pd.DataFrame, views: pd.DataFrame) -> str:
         ("specs", ", ".join(sorted(map(str, runs["spec"].dropna().unique())))),
         ("views", str(len(views))),
     ]
-    return _html_table(None, [[f"<b>{html.escape(k)}</b>", html.escape(v)] for k, v in facts], "overview")
+    return html_table(None, [[f"<b>{html.escape(k)}</b>", html.escape(v)] for k, v in facts], "overview")
 
 
 def _read(store: Store, table: str) -> pd.DataFrame:
@@ -513,27 +386,58 @@ def _read(store: Store, table: str) -> pd.DataFrame:
     return df
 
 
-def write_report(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[str], title: str | None = None) -> Path:
+def _guarded(name: str, build: Callable[[], str]) -> str:
+    """Build one section; a bug in one section is shown in its place instead of losing the page."""
+    try:
+        return build()
+    except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth writing
+        log.exception("report section %r failed", name)
+        return (f'<p class="error">This section could not be drawn: {html.escape(type(exc).__name__)}: '
+                f"{html.escape(str(exc))}</p>")
+
+
+def write_report(
+    store_root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    expected: pd.DataFrame | None = None,
+    pruned: Sequence[tuple[str, str]] | None = None,
+    multipliers: Sequence[MultiplierPair] | None = None,
+    heatmap_shots: Sequence[int | None] | None = None,
+    n_boot: int = 200,
+) -> Path:
     """Render the report for the store at ``store_root`` into ``out_dir``; return ``index.html``'s path.
 
-    ``out_dir`` is created if needed; scaling figures from an earlier report in the same folder
-    are replaced. The page links its PNGs relatively, so the folder is self-contained.
+    ``expected`` (the planned rows: ``key, job_key, label, protocol, downstream, shots, ...``, see
+    :func:`harness.plan.expected_rows`) and ``pruned`` (the planner's left-out combinations) fill
+    the missing-runs table; ``multipliers`` chooses the data-multiplier pairs (default: every
+    configuration with three or more sizes against the labelled source under supervised
+    training); ``heatmap_shots`` the heatmap's shot counts (``None`` = full data; default: the
+    fewest shots and full data); ``n_boot`` the multiplier's bootstrap draws.
+
+    ``out_dir`` is created if needed; figures from an earlier report in the same folder are
+    replaced. The page links its PNGs relatively, so the folder is self-contained.
     """
     store = Store(store_root)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob(f"{_FIGURE_PREFIX}*.png"):
-        old.unlink()
+    for prefix in FIGURE_PREFIXES:
+        for old in out.glob(f"{prefix}*.png"):
+            old.unlink()
 
     runs = _read(store, "runs")
     views = _read(store, "views")
+    spectra = _read(store, "spectra")
     runs_ok = runs[runs["status"].astype(object) == "ok"] if not runs.empty else runs
 
     page_title = title or "transfer-bench report"
     now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
 
-    figures = _scaling_figures(runs_ok, out) if not runs_ok.empty else []
-    if figures:
+    def scaling() -> str:
+        figures = _scaling_figures(runs_ok, out) if not runs_ok.empty else []
+        if not figures:
+            return empty_note("No data yet for scaling curves (no runs with status ok and a score).")
         fig_html = [
             "<p>Mean downstream <code>score</code> against pre-training samples (log scale), one line per "
             "(source, method); panels are downstream sets (rows) × shots per class (columns). Bands: 95% "
@@ -542,31 +446,46 @@ def write_report(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[
             "dotted: chance.</p>"
         ]
         for protocol, names, note in figures:
-            fig_html.append(f'<h3 id="scaling-{_slug(protocol)}">{html.escape(protocol)}</h3>')
+            fig_html.append(f'<h3 id="scaling-{slug(protocol)}">{html.escape(protocol)}</h3>')
             if not names:
-                fig_html.append(f'<p class="empty">No rows yet to plot for {html.escape(protocol)}: {html.escape(note)}</p>')
+                fig_html.append(empty_note(f"No data yet to plot for {protocol}: {note}"))
             for name in names:
-                fig_html.append(
-                    f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" '
-                    f'alt="scaling curves, {html.escape(protocol)}"></a>'
-                    f"<figcaption>{html.escape(note)}</figcaption></figure>"
-                )
-        scaling = "\n".join(fig_html)
-    else:
-        scaling = '<p class="empty">No rows yet for scaling curves (no runs with status ok and a score).</p>'
+                fig_html.append(figure_html(name, f"scaling curves, {protocol}", note))
+        return "\n".join(fig_html)
 
-    summary = _summary_section(runs_ok) if not runs_ok.empty else (
-        f'<p class="empty">No rows yet for the {SUMMARY_PROTOCOL} protocol.</p>'
-    )
-    sections = [
-        ("overview", "Overview", _overview(runs, views)),
+    def summary() -> str:
+        if runs_ok.empty:
+            return empty_note(f"No data yet for the {SUMMARY_PROTOCOL} protocol.")
+        return _summary_section(runs_ok)
+
+    def curation() -> str:
+        return funnel_section(views, out) + _views_section(views)
+
+    def missing_and_failed() -> str:
+        return ("<h3>Missing</h3>" + missing_section(runs, expected, pruned)
+                + "<h3>Failed</h3>" + _failed_section(runs))
+
+    builders: list[tuple[str, str, Callable[[], str]]] = [
+        ("overview", "Overview", lambda: _overview(runs, views)),
         ("scaling", "Scaling curves", scaling),
-        ("summary", f"Summary ({SUMMARY_PROTOCOL} protocol)", summary),
-        ("failed", "Failed runs", _failed_section(runs)),
-        ("views", "Curated views", _views_section(views)),
+        ("multiplier", "Data multiplier", lambda: multiplier_section(runs_ok, out, multipliers, n_boot=n_boot)),
+        ("fewshot", "Few-shot versus full data", lambda: fewshot_section(runs_ok, out)),
+        ("heatmap", "Configurations × downstream sets", lambda: heatmap_section(runs_ok, out, heatmap_shots)),
+        ("summary", f"Summary table ({SUMMARY_PROTOCOL} protocol)", summary),
+        ("checkpoints", "Mid-training checkpoints: feature extractor versus fine-tuning start",
+         lambda: checkpoints_section(runs_ok, out)),
+        ("spectra", "Feature spectra", lambda: spectra_section(spectra, runs_ok, out)),
+        ("convergence", "Convergence against training from scratch", lambda: convergence_section(store, runs_ok, out)),
+        ("views", "Curation: funnels and label accuracy", curation),
+        ("missing", "Missing and failed runs", missing_and_failed),
     ]
-    nav = " ".join(f'<a href="#{sid}">{html.escape(name)}</a>' for sid, name, _ in sections)
-    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>\n{content}\n</section>' for sid, name, content in sections)
+    sections = [(sid, name, _guarded(sid, build)) for sid, name, build in builders]
+    no_data = [name for _, name, content in sections if _only_empty(content)]
+    status = (f'<p class="meta">Sections without data yet: {html.escape(", ".join(no_data))}.</p>'
+              if no_data else "")
+    nav = " ".join(f'<a href="#{sid}">{html.escape(name.split(":")[0])}</a>' for sid, name, _ in sections)
+    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>\n{content}\n</section>'
+                     for sid, name, content in sections)
     page = f"""<!doctype html>
 <html lang="en">
 <head>
@@ -581,6 +500,7 @@ def write_report(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[
 <h1>{html.escape(page_title)}</h1>
 <p class="meta">Store <code>{html.escape(store.root)}</code> · generated {now} · results schema v{SCHEMA_VERSION}</p>
 <nav>{nav}</nav>
+{status}
 {body}
 </body>
 </html>
@@ -589,5 +509,10 @@ def write_report(store_root: str | os.PathLike[str], out_dir: str | os.PathLike[
     tmp = out / ".index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)
-    log.info("wrote report %s (%d scaling figure(s))", index, sum(len(n) for _, n, _ in figures))
+    log.info("wrote report %s (%d figure(s))", index, page.count("<figure>"))
     return index
+
+
+def _only_empty(content: str) -> bool:
+    """Whether a section holds nothing but notes that its data is missing."""
+    return "<figure>" not in content and "<table" not in content and 'class="empty"' in content

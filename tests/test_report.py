@@ -2,23 +2,37 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import math
 import re
 
-import numpy as np
 import pytest
 
-from results.report import final_checkpoints, shots_label, spread, write_report
+import pandas as pd
+
+from results.report import final_checkpoints, spread, write_report
+from results.sections import MultiplierPair, ReportError, compute_multiplier, missing_section
 from results.store import Store
-from synthetic_store import SETS, SHOTS, SIZES, SOURCES, METHODS, SEEDS, build_synthetic_store
+from synthetic_store import LABELLED_SIZES, PLANTED_MULTIPLIER, build_synthetic_store
+
+SECTIONS = ("overview", "scaling", "multiplier", "fewshot", "heatmap", "summary", "checkpoints", "spectra",
+            "convergence", "views", "missing")
+
 
 @pytest.fixture(scope="module")
-def synthetic_report(tmp_path_factory):
+def synthetic_store_root(tmp_path_factory):
     root = tmp_path_factory.mktemp("store")
     build_synthetic_store(root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def synthetic_report(synthetic_store_root, tmp_path_factory):
     out = tmp_path_factory.mktemp("report")
-    return write_report(root, out, title="Synthetic <study>")
+    return write_report(synthetic_store_root, out, title="Synthetic <study>", n_boot=50)
+
+
+def _sections(page: str) -> dict[str, str]:
+    return dict(re.findall(r'<section id="([^"]+)">(.*?)</section>', page, flags=re.S))
 
 
 def test_report_from_synthetic_store(synthetic_report):
@@ -26,30 +40,108 @@ def test_report_from_synthetic_store(synthetic_report):
     assert index.name == "index.html" and index.exists()
     page = index.read_text()
     assert "Synthetic &lt;study&gt;" in page
+    assert 'class="error"' not in page  # no section failed
+    sections = _sections(page)
+    assert tuple(sections) == SECTIONS
     images = re.findall(r'<img src="([^"]+)"', page)
-    assert images == ["scaling_linear.png"]
     for name in images:
         assert "/" not in name  # relative, self-contained
-        png = index.parent / name
-        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert (index.parent / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    by_section = {sid: re.findall(r'<img src="([^"]+)"', body) for sid, body in sections.items()}
+    assert by_section["scaling"] == ["scaling_finetune.png", "scaling_linear.png", "scaling_scratch.png"]
+    # every analysis section has its figure: one multiplier per configuration with 3+ sizes against the
+    # labelled source, the few-shot picture, heatmaps at the fewest shots and full data, and the rest
+    assert len(by_section["multiplier"]) == 4
+    assert by_section["fewshot"] == ["fewshot_linear.png"]
+    assert by_section["heatmap"] == ["heatmap_linear_1.png", "heatmap_linear_full.png"]
+    for sid in ("checkpoints", "spectra", "convergence", "views"):
+        assert len(by_section[sid]) == 1, sid
+    # only the missing-runs table needs a plan; every other section has data
+    assert "Sections without data yet: Missing and failed runs" not in page
+    for sid in SECTIONS:
+        if sid != "missing":
+            assert 'class="empty"' not in sections[sid], sid
+    assert "tbench report --spec SPEC" in sections["missing"]
     # summary: one table per shot count, floor row present, both sets as columns
     for heading in ("<h3>1 shot</h3>", "<h3>10 shots</h3>", "<h3>full data</h3>"):
-        assert heading in page
+        assert heading in sections["summary"]
     assert "cifar100" in page and "pets" in page and ">none<" in page
     # failed run with its escaped error, and the view funnel
-    assert "bad-1" in page and "CUDA &lt;oom&gt;" in page
-    assert "clip_score: −340" in page and "v-laion-1000" in page
-    assert "No rows yet" not in page
+    assert "bad-1" in sections["missing"] and "CUDA &lt;oom&gt;" in sections["missing"]
+    assert "clip_score: −340" in sections["views"] and "v-laion-1000" in sections["views"]
+    # the planted mid-training peak: linear (FE) peaks at epoch 2 of 4, fine-tuning (FT) at the last
+    assert "FE peaks before the last evaluated epoch in 4 of 4" in sections["checkpoints"]
+    assert "FT peaks before the last evaluated epoch in 0 of 2" in sections["checkpoints"]
+    # the headline sentence of the data multiplier
+    assert "At full data, A needs" in sections["multiplier"]
+
+
+def test_report_recovers_the_planted_multiplier(synthetic_store_root):
+    """laion/clip needs PLANTED_MULTIPLIER (8) x the samples of imagenet/supervised at every shot count."""
+    runs = Store(synthetic_store_root).read("runs")
+    runs = runs[runs["status"] == "ok"]
+    pair = MultiplierPair.parse("source=laion,method=clip vs source=imagenet,method=supervised")
+    results, desc_a, desc_b = compute_multiplier(runs, pair, n_boot=100)
+    assert (desc_a, desc_b) == ("laion · clip", "imagenet · supervised")
+    assert [r.shot for r in results] == [1, 10, math.inf]
+    for r in results:
+        assert r.at == max(LABELLED_SIZES) and not r.note
+        assert r.estimate == pytest.approx(PLANTED_MULTIPLIER, rel=0.10)
+        assert r.lo <= r.estimate <= r.hi
+    # at another reference size, and the other way round
+    pair = MultiplierPair.parse("source=imagenet,method=supervised vs source=laion,method=clip @ 16000")
+    (full,) = [r for r in compute_multiplier(runs, pair, n_boot=20)[0] if r.shot == math.inf]
+    assert full.estimate == pytest.approx(1 / PLANTED_MULTIPLIER, rel=0.10)
+
+
+def test_multiplier_pair_errors(synthetic_store_root):
+    runs = Store(synthetic_store_root).read("runs")
+    for text, message in [
+        ("source=laion", "expected 'A vs B[@N]'"),
+        ("source=laion vs method", "is not column=value"),
+        ("source=laion vs source=imagenet @ many", "is not a sample count"),
+    ]:
+        with pytest.raises(ReportError, match=re.escape(message)):
+            MultiplierPair.parse(text)
+    with pytest.raises(ReportError, match="cannot select on 'colour'"):
+        compute_multiplier(runs, MultiplierPair.parse("colour=red vs source=imagenet"))
+    with pytest.raises(ReportError, match="selects 2 configurations"):
+        compute_multiplier(runs, MultiplierPair.parse("source=laion vs source=imagenet"))
+    with pytest.raises(ReportError, match="selects no linear rows"):
+        compute_multiplier(runs, MultiplierPair.parse("source=wit,method=clip vs source=imagenet"))
 
 
 def test_report_from_empty_store(tmp_path):
     index = write_report(tmp_path / "store", tmp_path / "report")
     page = index.read_text()
-    assert "No rows yet for scaling curves" in page
-    assert "No rows yet for the linear protocol" in page
+    sections = _sections(page)
+    assert tuple(sections) == SECTIONS
+    for sid in SECTIONS:
+        if sid not in ("missing",):
+            assert 'class="empty"' in sections[sid], sid
+            assert "<figure>" not in sections[sid], sid
+    assert "No data yet for scaling curves" in page
+    assert "No data yet for the data multiplier" in page
     assert "No failed runs" in page
     assert "No rows yet for views" in page
+    assert "Sections without data yet: Overview, Scaling curves" in page
     assert not list((tmp_path / "report").glob("*.png"))
+
+
+def test_missing_runs_against_a_plan(synthetic_store_root):
+    expected = pd.DataFrame([
+        {"key": "pt-laion-clip-1000-e4-pets-1-0", "job_key": "ev-a", "label": "linear pets", "protocol": "linear",
+         "downstream": "pets", "shots": 1, "eval_seed": 0},
+        {"key": "bad-1", "job_key": "broken", "label": "finetune pets", "protocol": "finetune",
+         "downstream": "pets", "shots": None, "eval_seed": 0},
+        {"key": "never-ran", "job_key": "ev-b", "label": "linear dtd ← clip", "protocol": "linear",
+         "downstream": "dtd", "shots": 5, "eval_seed": 2},
+    ])
+    runs = Store(synthetic_store_root).read("runs")
+    missing = missing_section(runs, expected, [("zeroshot on x", "no text tower")])
+    assert "3 planned row(s): 1 ok, 1 failed, <b>1 missing</b>" in missing
+    assert "linear dtd ← clip" in missing and "1 / 1" in missing
+    assert "zeroshot on x: no text tower" in missing
 
 
 def test_spread_uses_interval_or_range():

@@ -1,0 +1,852 @@
+"""The report's analysis sections beyond the scaling curves.
+
+Each ``*_section`` function reads DataFrames of the store (and sometimes the store itself for
+its SQL views), draws its figures into ``out_dir`` and returns the section's HTML. A section
+without data returns a ``p.empty`` note saying what it needs, never an error.
+
+- :func:`fewshot_section`: how the spread between pre-training configurations changes with shots.
+- :func:`heatmap_section`: configuration x downstream set at chosen shot counts.
+- :func:`multiplier_section`: the data multiplier between two configurations, per shot count,
+  from saturating power-law fits with bootstrap intervals (:mod:`results.multiplier`).
+- :func:`checkpoints_section`: mid-training checkpoints as frozen feature extractors (linear)
+  versus fine-tuning starts (Deng et al., ICCV 2023).
+- :func:`spectra_section`: singular-value spectra of penultimate features, k80 and effective rank.
+- :func:`convergence_section`: fine-tuning from pre-trained weights versus from scratch, per
+  epoch (Pu et al., 2023), from the store's ``convergence`` and ``convergence_gaps`` views.
+- :func:`funnel_section`: the curation funnels and label accuracy of the ``views`` table.
+- :func:`missing_section`: planned rows without a result, against the spec's plan.
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from results.multiplier import MultiplierError, bootstrap_multiplier, fit_power_law
+from results.plotting import (
+    FLOOR_METHOD,
+    SUMMARY_PROTOCOL,
+    Line,
+    annotate,
+    colour_map,
+    config_label,
+    empty_note,
+    esc,
+    figure_html,
+    final_checkpoints,
+    fmt_num,
+    fmt_size,
+    html_table,
+    marker,
+    percent_scale,
+    save_figure,
+    shots_order,
+    shots_title,
+    slug,
+    spread,
+)
+
+FE_PROTOCOL = "linear"
+"""The protocol that uses a checkpoint as a frozen feature extractor."""
+FT_PROTOCOLS = ("finetune", "lp_ft")
+"""Protocols that use a checkpoint as a fine-tuning start."""
+LABELLED_SOURCES = ("imagenet", "real.imagenet")
+"""Sources taken as the labelled reference of the default multiplier pairs (under ``supervised``)."""
+MIN_SIZES = 3
+"""A saturating power law has three parameters: a curve needs at least this many sizes."""
+
+
+class ReportError(ValueError):
+    """A report option that cannot be honoured (bad selector, unknown column...)."""
+
+
+def _figure(width: float, height: float):
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _layout(fig, *, left: float = 0.75, right: float = 0.25, top: float = 0.65, bottom: float = 0.6,
+            wspace: float = 0.28, hspace: float = 0.5) -> None:
+    """Fixed margins in inches (tight_layout measures every label and costs seconds per figure)."""
+    width, height = fig.get_size_inches()
+    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
+                        bottom=bottom / height, wspace=wspace, hspace=hspace)
+
+
+def _pct(value: float, scaled: bool) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return ""
+    return f"{100 * value:.1f}" if scaled else f"{value:.3g}"
+
+
+def _shot_cols(shots: Sequence[float]) -> list[str]:
+    return ["full" if s == math.inf else str(int(s)) for s in shots]
+
+
+def _grid(n: int, max_cols: int = 4) -> tuple[int, int]:
+    cols = min(n, max_cols)
+    return math.ceil(n / cols), cols
+
+
+# --------------------------------------------------------------------------- few-shot vs full
+
+
+def fewshot_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
+    """Mean score per configuration against shots, and the spread between configurations."""
+    df = annotate(final_checkpoints(runs_ok))
+    if df.empty:
+        return empty_note("No data yet for the few-shot picture (no runs with a score).")
+    protocols = [p for p in sorted(df["protocol"].dropna().unique())
+                 if p not in ("zeroshot", "scratch") and df.loc[df["protocol"] == p, "_shots"].nunique() >= 2]
+    if not protocols:
+        return empty_note("No data yet for the few-shot picture: it needs a protocol (e.g. linear) "
+                          "evaluated at two or more shot counts.")
+    parts = ["<p>How far apart the pre-training configurations are at each shot count: mean score "
+             "over the downstream sets every configuration has (each set weighs the same), bands over seeds. "
+             "Configurations are compared at a matched pre-training size, the one most of them share.</p>"]
+    for protocol in protocols:
+        parts.append(_fewshot_protocol(df[df["protocol"] == protocol], protocol, out_dir))
+    return "\n".join(parts)
+
+
+def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
+    title = f'<h3 id="fewshot-{slug(protocol)}">{html.escape(protocol)}</h3>'
+    is_floor = d["method"].astype(object) == FLOOR_METHOD
+    pre = d[~is_floor & d["pretrain_size"].notna()]
+    if pre.empty:
+        return title + empty_note(f"No pre-trained rows yet for {protocol}.")
+    per_size = pre.groupby("pretrain_size")["_line"].nunique()
+    size, n_lines = max(per_size.items(), key=lambda kv: (kv[1], kv[0]))
+    if n_lines >= 2:
+        sel = pre[pre["pretrain_size"] == size]
+        size_note = f"matched pre-training size n={fmt_size(size)} ({n_lines} configurations)"
+    else:
+        largest = pre.groupby("_line")["pretrain_size"].transform("max")
+        sel = pre[pre["pretrain_size"] == largest]
+        size_note = "each configuration at its largest size (no size is shared by two configurations)"
+    have = sel.groupby(["_line", "_shots"])["downstream"].agg(lambda s: frozenset(s))
+    common = frozenset.intersection(*have.tolist()) if len(have) else frozenset()
+    if not common:
+        return title + empty_note(f"No downstream set has rows for every configuration at every shot count ({protocol}).")
+    sel = sel[sel["downstream"].isin(common)]
+    shots = sorted(sel["_shots"].unique())
+    lines = sorted(set(sel["_line"]), key=lambda ln: ln.label)
+    per_set = sel.groupby(["_line", "_shots", "downstream"])["score"].mean()
+    line_mean = per_set.groupby(level=[0, 1]).mean()
+    reps = sel.groupby(["_line", "_shots", "pretrain_seed", "eval_seed"], dropna=False)["score"].mean()
+    floor = d[is_floor & d["downstream"].isin(common)].groupby("_shots")["score"].mean()
+    scaled = percent_scale(sel["score"])
+
+    rows, spread_range, spread_sets, spread_std = [], [], [], []
+    for shot in shots:
+        means = line_mean.xs(shot, level=1)
+        rng = float(means.max() - means.min())
+        within = per_set.xs(shot, level=1).groupby(level="downstream").agg(lambda s: s.max() - s.min())
+        spread_range.append(rng)
+        spread_sets.append(float(within.mean()))
+        spread_std.append(float(means.std(ddof=0)))
+        best, worst = means.idxmax(), means.idxmin()
+        rows.append([html.escape(shots_title(shot)), _pct(rng, scaled), _pct(float(within.mean()), scaled),
+                     _pct(spread_std[-1], scaled), f"{esc(best.label)} ({_pct(float(means.max()), scaled)})",
+                     f"{esc(worst.label)} ({_pct(float(means.min()), scaled)})"])
+
+    x = np.arange(len(shots))
+    fig = _figure(11.0, 4.2)
+    ax1, ax2 = fig.subplots(1, 2)
+    colours = colour_map(lines)
+    for line in lines:
+        stats = [spread(reps.xs((line, shot), level=[0, 1]).tolist()) for shot in shots]
+        mean = [line_mean.get((line, shot), math.nan) for shot in shots]
+        ax1.plot(x, mean, color=colours[line], marker=marker(line.method), label=line.label, linewidth=1.5)
+        ax1.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], color=colours[line], alpha=0.15, linewidth=0)
+    if not floor.empty:
+        ax1.plot(x, [floor.get(s, math.nan) for s in shots], color="0.35", linestyle="--", label="random init")
+    ax1.set_title(f"mean score over {len(common)} set(s)", fontsize=10)
+    ax2.plot(x, spread_range, marker="o", color="C3", label="range of the configurations' means")
+    ax2.plot(x, spread_sets, marker="s", color="C0", linestyle="--", label="range within a set, mean over sets")
+    ax2.plot(x, spread_std, marker="^", color="C2", linestyle=":", label="std of the configurations' means")
+    ax2.set_title("spread between configurations", fontsize=10)
+    ax2.set_ylim(bottom=0)
+    for ax in (ax1, ax2):
+        ax.set_xticks(x, _shot_cols(shots))
+        ax.set_xlabel("shots per class")
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7, loc="best")
+    fig.suptitle(f"{protocol}: few-shot versus full data, {size_note}", fontsize=11)
+    _layout(fig, top=0.75, bottom=0.65, wspace=0.22)
+    name = save_figure(fig, out_dir, f"fewshot_{slug(protocol)}.png")
+    unit = " (x100)" if scaled else ""
+    table = html_table(["shots", f"range{unit}", f"mean per-set range{unit}", f"std{unit}", "best", "worst"], rows)
+    caption = (f"{size_note}; sets: {', '.join(sorted(common))}. Range: best minus worst configuration mean; "
+               "per-set range: the same within each set, averaged over sets.")
+    return title + figure_html(name, f"few-shot versus full data, {protocol}", caption) + table
+
+
+# --------------------------------------------------------------------------- heatmap
+
+
+def heatmap_section(runs_ok: pd.DataFrame, out_dir: Path, shots: Sequence[int | None] | None = None,
+                    protocol: str = SUMMARY_PROTOCOL) -> str:
+    """Configuration x downstream set at the chosen shot counts (default: the fewest shots and full data)."""
+    df = annotate(final_checkpoints(runs_ok))
+    d = df[df["protocol"] == protocol] if not df.empty else df
+    if d.empty:
+        return empty_note(f"No data yet for the heatmap: no {protocol} rows with a score.")
+    available = sorted(d["_shots"].unique())
+    if shots is None:
+        few = [s for s in available if 0 < s < math.inf]
+        wanted = sorted({*(few[:1]), *([math.inf] if math.inf in available else [])}) or available[:1]
+    else:
+        wanted = [shots_order(s) for s in shots]
+    parts = [f"<p>Mean {html.escape(protocol)} score per pre-training configuration (last checkpoint) and "
+             "downstream set. Colour: the score minus the set's mean over configurations (blue above, red below), "
+             "so each column reads as a ranking; numbers are the scores.</p>"]
+    for shot in wanted:
+        s = d[d["_shots"] == shot]
+        if s.empty:
+            parts.append(empty_note(f"No {protocol} rows at {shots_title(shot)} "
+                                    f"(available: {', '.join(_shot_cols(available))})."))
+            continue
+        parts.append(_heatmap(s, protocol, shot, out_dir))
+    return "\n".join(parts)
+
+
+def _heatmap(s: pd.DataFrame, protocol: str, shot: float, out_dir: Path) -> str:
+    from matplotlib import colormaps
+
+    labels = [config_label(line, size) for line, size in zip(s["_line"], s["pretrain_size"])]
+    table = s.assign(_config=labels).pivot_table(index="_config", columns="downstream", values="score", aggfunc="mean")
+    table["mean"] = table.mean(axis=1, skipna=True)
+    table = table.sort_values("mean", ascending=False)
+    values = table.to_numpy(dtype=float)
+    centred = values - np.nanmean(values, axis=0, keepdims=True)
+    vmax = float(np.nanmax(np.abs(centred))) if np.isfinite(centred).any() else 1.0
+    scaled = percent_scale(s["score"])
+    nrows, ncols = values.shape
+    label_w = 0.075 * max(len(str(i)) for i in table.index) + 0.4
+    fig = _figure(label_w + 0.62 * ncols + 1.2, 1.4 + 0.32 * nrows)
+    ax = fig.add_axes([label_w / (label_w + 0.62 * ncols + 1.2), 1.05 / (1.4 + 0.32 * nrows),
+                       0.62 * ncols / (label_w + 0.62 * ncols + 1.2), 0.32 * nrows / (1.4 + 0.32 * nrows)])
+    image = ax.imshow(centred, cmap=colormaps["RdBu"], vmin=-(vmax or 1), vmax=vmax or 1, aspect="auto")
+    for i in range(nrows):
+        for j in range(ncols):
+            if np.isfinite(values[i, j]):
+                ax.text(j, i, _pct(values[i, j], scaled), ha="center", va="center", fontsize=7,
+                        color="white" if abs(centred[i, j]) > 0.6 * (vmax or 1) else "black")
+    ax.set_xticks(range(ncols), [str(c) for c in table.columns], rotation=40, ha="right", fontsize=8)
+    ax.set_yticks(range(nrows), [str(i) for i in table.index], fontsize=8)
+    ax.axvline(ncols - 1.5, color="black", linewidth=1.0)
+    fig.colorbar(image, ax=ax, fraction=0.04, pad=0.02).ax.tick_params(labelsize=7)
+    title = f"{protocol}, {shots_title(shot)}" + (" (score x100)" if scaled else "")
+    ax.set_title(title, fontsize=10)
+    name = save_figure(fig, out_dir, f"heatmap_{slug(protocol)}_{_shot_cols([shot])[0]}.png")
+    return (f'<h3 id="heatmap-{slug(protocol)}-{_shot_cols([shot])[0]}">{html.escape(shots_title(shot))}</h3>'
+            + figure_html(name, f"heatmap {protocol} {shots_title(shot)}",
+                          f"{nrows} configuration(s) x {ncols - 1} set(s); the last column is the mean over sets."))
+
+
+# --------------------------------------------------------------------------- data multiplier
+
+
+@dataclass(frozen=True)
+class MultiplierPair:
+    """Configuration A against reference B: how many times B's samples A needs for B's score.
+
+    ``a`` and ``b`` select rows of ``runs`` by column value (e.g. ``{"source": "laion",
+    "method": "clip"}``); ``at`` is B's sample count the comparison is made at (default: B's
+    largest size); ``protocol`` the evaluation protocol.
+    """
+
+    a: Mapping[str, str]
+    b: Mapping[str, str]
+    at: float | None = None
+    protocol: str = SUMMARY_PROTOCOL
+    label: str = field(default="", compare=False)
+
+    @classmethod
+    def parse(cls, text: str, protocol: str = SUMMARY_PROTOCOL) -> "MultiplierPair":
+        """``"source=laion,method=clip vs source=imagenet,method=supervised[@8000]"``."""
+        body, at = text, None
+        if "@" in text:
+            body, at_text = text.rsplit("@", 1)
+            try:
+                at = float(at_text.strip().replace("_", ""))
+            except ValueError:
+                raise ReportError(f"--multiplier {text!r}: {at_text.strip()!r} after '@' is not a sample count") from None
+            if not (math.isfinite(at) and at > 0):
+                raise ReportError(f"--multiplier {text!r}: the sample count after '@' must be > 0")
+        halves = body.split(" vs ")
+        if len(halves) != 2:
+            raise ReportError(f"--multiplier {text!r}: expected 'A vs B[@N]', e.g. "
+                              "'source=laion,method=clip vs source=imagenet,method=supervised@3000'")
+        return cls(_parse_selector(halves[0], text), _parse_selector(halves[1], text), at, protocol, text.strip())
+
+
+def _parse_selector(text: str, whole: str) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise ReportError(f"--multiplier {whole!r}: {item!r} is not column=value")
+        k, v = (x.strip() for x in item.split("=", 1))
+        out[k] = v
+    if not out:
+        raise ReportError(f"--multiplier {whole!r}: an empty side; give column=value pairs such as source=laion")
+    return out
+
+
+_SELECTABLE = ("source", "method", "curation", "label_noise", "backbone", "pretrain_seed", "view_key")
+
+
+def _select(runs: pd.DataFrame, selector: Mapping[str, str], what: str) -> pd.DataFrame:
+    mask = pd.Series(True, index=runs.index)
+    for col, value in selector.items():
+        if col not in _SELECTABLE:
+            raise ReportError(f"{what}: cannot select on {col!r}; valid columns: {', '.join(_SELECTABLE)}")
+        column = runs[col]
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ReportError(f"{what}: {col} is numeric, got {value!r}") from None
+            mask &= column.astype(float).sub(number).abs().lt(1e-9).fillna(False).astype(bool)
+        else:
+            mask &= column.astype(object).astype(str).eq(value)
+    return runs[mask]
+
+
+def default_pairs(runs_ok: pd.DataFrame, protocol: str = SUMMARY_PROTOCOL) -> list[MultiplierPair]:
+    """Every configuration with >= 3 sizes against the labelled source under supervised training."""
+    df = annotate(final_checkpoints(runs_ok))
+    df = df[(df["protocol"] == protocol) & df["pretrain_size"].notna() & (df["method"].astype(object) != FLOOR_METHOD)]
+    if df.empty:
+        return []
+    sizes = df.groupby("_line")["pretrain_size"].nunique()
+    curves = [ln for ln, n in sizes.items() if n >= MIN_SIZES]
+    refs = [ln for ln in curves if ln.method == "supervised" and ln.source in LABELLED_SOURCES]
+    if not refs:
+        return []
+    ref = sorted(refs, key=lambda ln: ln.label)[0]
+
+    def selector(line: Line) -> dict[str, str]:
+        return {"source": line.source, "method": line.method, **{k: str(v) for k, v in line.variant if v is not None}}
+
+    return [MultiplierPair(selector(ln), selector(ref), None, protocol, f"{ln.label} vs {ref.label}")
+            for ln in sorted(curves, key=lambda ln: ln.label) if ln != ref]
+
+
+@dataclass
+class MultiplierResult:
+    shot: float
+    estimate: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    target: float = math.nan
+    at: float = math.nan
+    note: str = ""
+    fits: tuple = ()
+    points: tuple = ()
+
+
+def _replicates(rows: pd.DataFrame, sets: frozenset) -> dict[float, list[float]]:
+    """size -> mean score over ``sets`` of each (pre-training seed, eval seed) replicate that has them all."""
+    sub = rows[rows["downstream"].isin(sets)]
+    per_set = sub.groupby(["pretrain_size", "pretrain_seed", "eval_seed", "downstream"], dropna=False)["score"].mean()
+    rep = per_set.groupby(level=[0, 1, 2], dropna=False).agg(["mean", "count"])
+    rep = rep[rep["count"] == len(sets)]
+    out: dict[float, list[float]] = {}
+    for (size, _, _), value in rep["mean"].items():
+        out.setdefault(float(size), []).append(float(value))
+    return out
+
+
+def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int = 200) -> tuple[list[MultiplierResult], str, str]:
+    """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% bootstrap
+    interval. Returns (results, A's description, B's description)."""
+    df = final_checkpoints(runs_ok)
+    df = df[(df["protocol"] == pair.protocol) & df["score"].notna() & df["pretrain_size"].notna()]
+    rows_a = _select(df, pair.a, f"--multiplier {pair.label or 'A'} (A)")
+    rows_b = _select(df, pair.b, f"--multiplier {pair.label or 'B'} (B)")
+    desc = []
+    for name, rows in (("A", rows_a), ("B", rows_b)):
+        if rows.empty:
+            raise ReportError(f"multiplier {pair.label!r}: side {name} selects no {pair.protocol} rows")
+        idents = rows[["source", "method", "curation", "label_noise", "backbone"]].astype(object).drop_duplicates()
+        if len(idents) > 1:
+            shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in idents.to_dict("records")[:4])
+            raise ReportError(f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
+                              f"({shown}); add curation=, label_noise= or backbone= to pick one")
+        ident = idents.iloc[0]
+        parts = [str(ident["source"]), str(ident["method"])]
+        if ident["curation"] not in (None, "none") and not pd.isna(ident["curation"]):
+            parts.append(f"curation={ident['curation']}")
+        if ident["label_noise"] is not None and not pd.isna(ident["label_noise"]) and float(ident["label_noise"]) > 0:
+            parts.append(f"noise={float(ident['label_noise']):g}")
+        desc.append(" · ".join(parts))
+    if len(set(pd.concat([rows_a["backbone"], rows_b["backbone"]]).astype(object).dropna())) > 1:
+        desc = [f"{d} · {rows['backbone'].iloc[0]}" for d, rows in zip(desc, (rows_a, rows_b))]
+    results = []
+    for shot in sorted(set(rows_a["shots"].map(shots_order)) & set(rows_b["shots"].map(shots_order))):
+        a = rows_a[rows_a["shots"].map(shots_order) == shot]
+        b = rows_b[rows_b["shots"].map(shots_order) == shot]
+        sets = frozenset(a["downstream"]) & frozenset(b["downstream"])
+        for rows in (a, b):
+            for _, g in rows.groupby("pretrain_size"):
+                sets &= frozenset(g["downstream"])
+        res = MultiplierResult(shot=shot)
+        results.append(res)
+        if not sets:
+            res.note = "no downstream set is evaluated at every size of both"
+            continue
+        pa_, pb_ = _replicates(a, sets), _replicates(b, sets)
+        res.points = (pa_, pb_)
+        res.at = float(pair.at) if pair.at else max(pb_) if pb_ else math.nan
+        if len(pa_) < MIN_SIZES or len(pb_) < MIN_SIZES:
+            res.note = (f"needs >= {MIN_SIZES} pre-training sizes on both sides; A has "
+                        f"{', '.join(fmt_size(s) for s in sorted(pa_)) or 'none'}, B has "
+                        f"{', '.join(fmt_size(s) for s in sorted(pb_)) or 'none'}")
+            continue
+        try:
+            fa, fb = fit_power_law(pa_, name="A"), fit_power_law(pb_, name="B")
+            res.fits = (fa, fb)
+            res.target = float(fb(res.at))
+            res.estimate, res.lo, res.hi = bootstrap_multiplier(pa_, pb_, res.at, n_boot=n_boot, seed=0)
+        except MultiplierError as exc:
+            res.note = str(exc)
+            continue
+        n_a = res.estimate * res.at
+        if not math.isfinite(n_a):
+            res.note = "A's fitted asymptote stays below B's score: no amount of A's data matches it"
+        elif n_a > 2 * max(pa_) or n_a < min(pa_) / 2:
+            res.note = (f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
+                        f"{fmt_size(min(pa_))}-{fmt_size(max(pa_))}")
+    return results, desc[0], desc[1]
+
+
+def _fmt_mult(value: float) -> str:
+    if math.isnan(value):
+        return ""
+    if math.isinf(value):
+        return "∞"
+    return f"{value:.3g}"
+
+
+def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[MultiplierPair] | None = None,
+                       n_boot: int = 200) -> str:
+    """The data multiplier per pair and shot count, with fits and bootstrap intervals."""
+    explain = ("<p>For configuration A against reference B: each curve (mean score over the sets both have, "
+               "per seed replicate) is fitted with a saturating power law <code>score(n) = a − b·n<sup>−c</sup></code>; "
+               "the multiplier is the factor of B's samples that A needs to reach B's score at n<sub>B</sub> "
+               f"(B's largest size unless set). Interval: 95% bootstrap over seed replicates ({n_boot} draws). "
+               "Choose pairs with <code>tbench report --multiplier 'source=laion,method=clip vs "
+               "source=imagenet,method=supervised@3000'</code>.</p>")
+    if runs_ok.empty:
+        return empty_note("No data yet for the data multiplier (no runs).")
+    if pairs is None:
+        pairs = default_pairs(runs_ok)
+        if not pairs:
+            return explain + empty_note(
+                "No data yet for the data multiplier: by default it compares every configuration with "
+                f">= {MIN_SIZES} pre-training sizes against the labelled source ({', '.join(LABELLED_SOURCES)}) "
+                f"under supervised training with >= {MIN_SIZES} sizes; the store has no such pair "
+                "(name one with --multiplier).")
+    parts = [explain]
+    for index, pair in enumerate(pairs):
+        try:
+            results, desc_a, desc_b = compute_multiplier(runs_ok, pair, n_boot=n_boot)
+        except ReportError as exc:
+            parts.append(f"<h3>{esc(pair.label)}</h3>" + empty_note(str(exc)))
+            continue
+        parts.append(_multiplier_html(pair, results, desc_a, desc_b, index, out_dir))
+    return "\n".join(parts)
+
+
+def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str,
+                     index: int, out_dir: Path) -> str:
+    head = f"<h3>A = {esc(desc_a)} &nbsp;vs&nbsp; B = {esc(desc_b)} ({esc(pair.protocol)})</h3>"
+    rows, headline = [], ""
+    for r in results:
+        interval = f"{_fmt_mult(r.lo)} – {_fmt_mult(r.hi)}" if not math.isnan(r.lo) else ""
+        n_a = r.estimate * r.at if math.isfinite(r.estimate) and math.isfinite(r.at) else math.nan
+        rows.append([html.escape(shots_title(r.shot)), esc(fmt_size(r.at) if math.isfinite(r.at) else ""),
+                     fmt_num(r.target), esc(fmt_size(round(n_a)) if math.isfinite(n_a) else ("∞" if math.isinf(n_a) else "")),
+                     f"<b>{_fmt_mult(r.estimate)}</b>", interval,
+                     f"{fmt_num(r.fits[0].rmse, 4)} / {fmt_num(r.fits[1].rmse, 4)}" if r.fits else "",
+                     esc(r.note)])
+    good = [r for r in results if not math.isnan(r.estimate)]
+    if good:
+        r = good[-1]  # full data when present, else the most shots
+        headline = (f"<p><b>At {html.escape(shots_title(r.shot))}, A needs {_fmt_mult(r.estimate)}× "
+                    f"(95% interval {_fmt_mult(r.lo)}–{_fmt_mult(r.hi)}) the samples of B</b> to match B's score "
+                    f"{fmt_num(r.target)} at n<sub>B</sub>={esc(fmt_size(r.at))}.</p>")
+    table = html_table(["shots", "n<sub>B</sub>", "B's score", "n<sub>A</sub> to match", "multiplier",
+                        "95% interval", "fit rmse A / B", "note"], rows)
+    drawn = [r for r in results if r.points]
+    if not drawn:
+        return head + headline + table
+    nrows, ncols = _grid(len(drawn), 3)
+    fig = _figure(4.0 * ncols, 3.3 * nrows + 0.5)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, r in zip(axes, drawn):
+        pa_, pb_ = r.points
+        every = [*pa_, *pb_]
+        if math.isfinite(r.estimate) and math.isfinite(r.at):
+            every.append(r.estimate * r.at)
+        grid = np.logspace(math.log10(min(every) / 1.5), math.log10(max(every) * 1.5), 80)
+        for (pts, colour, name), fit in zip(((pa_, "C0", "A"), (pb_, "C3", "B")), r.fits or (None, None)):
+            xs = sorted(pts)
+            stats = [spread(pts[x]) for x in xs]
+            ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
+                        fmt="o", color=colour, markersize=4, capsize=2, label=name)
+            if fit is not None:
+                ax.plot(grid, fit(grid), color=colour, linewidth=1.2, alpha=0.8)
+        if math.isfinite(r.target):
+            ax.axhline(r.target, color="0.3", linestyle=":", linewidth=1)
+            ax.axvline(r.at, color="C3", linestyle="--", linewidth=0.8)
+            if math.isfinite(r.estimate):
+                ax.axvline(r.estimate * r.at, color="C0", linestyle="--", linewidth=0.8)
+        ax.set_xscale("log")
+        ax.set_title(f"{shots_title(r.shot)}: ×{_fmt_mult(r.estimate)}" if not math.isnan(r.estimate)
+                     else f"{shots_title(r.shot)}: not estimated", fontsize=9)
+        ax.set_xlabel("pre-training samples", fontsize=8)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        ax.legend(fontsize=7)
+    for ax in axes[len(drawn):]:
+        ax.set_visible(False)
+    fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
+    _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
+    name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
+    caption = ("Points: mean over seed replicates with 95% intervals; lines: the fitted power laws; dotted: "
+               "B's score at n_B (red dashed); blue dashed: the n at which A's fit reaches it.")
+    return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
+
+
+# --------------------------------------------------------------------------- mid-training checkpoints
+
+
+def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
+    """Checkpoints from the middle of pre-training: frozen features (linear) versus fine-tuning starts."""
+    df = annotate(runs_ok)
+    if df.empty:
+        return empty_note("No data yet for mid-training checkpoints (no runs).")
+    pre = df[(df["method"].astype(object) != FLOOR_METHOD) & df["pretrain_key"].notna() & df["checkpoint_epoch"].notna()]
+    counts = pre.groupby("pretrain_key")["checkpoint_epoch"].nunique()
+    keys = sorted(counts[counts >= 2].index)
+    if not keys:
+        return empty_note("No data yet for mid-training checkpoints: evaluate a pre-training run at two or more "
+                          "checkpoint epochs (pretrain.checkpoint_epochs with downstream.checkpoint_epochs: all).")
+    parts = ["<p>Each pre-training run evaluated at several checkpoint epochs: as a frozen feature extractor "
+             f"(<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
+             f"(<code>{'</code>, <code>'.join(FT_PROTOCOLS)}</code>, FT). Stars mark each curve's best epoch; "
+             "bands are over seeds. Deng et al. (ICCV 2023) found FE can peak before the end of pre-training "
+             "while FT keeps improving.</p>"]
+    table_rows, summary = [], {"FE": [0, 0], "FT": [0, 0]}
+    for index, pkey in enumerate(keys):
+        run = pre[pre["pretrain_key"] == pkey]
+        label = config_label(run["_line"].iloc[0], run["pretrain_size"].iloc[0])
+        series = _checkpoint_series(run)
+        sets = sorted({ds for (_, ds) in series})
+        if not sets:
+            continue
+        nrows, ncols = _grid(len(sets), 4)
+        fig = _figure(3.3 * ncols, 2.8 * nrows + 0.6)
+        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+        names = sorted({name for (name, _) in series})
+        colours = {name: f"C{i}" for i, name in enumerate(names)}
+        for ax, ds_name in zip(axes, sets):
+            for name in names:
+                points = series.get((name, ds_name))
+                if not points:
+                    continue
+                epochs = sorted(points)
+                stats = [spread(points[e]) for e in epochs]
+                means = [s[0] for s in stats]
+                style = "-" if name.startswith("FE") else "--"
+                ax.plot(epochs, means, style, color=colours[name], marker="o", markersize=3, label=name)
+                ax.fill_between(epochs, [s[1] for s in stats], [s[2] for s in stats], color=colours[name],
+                                alpha=0.15, linewidth=0)
+                best = int(np.nanargmax(means))
+                ax.plot([epochs[best]], [means[best]], marker="*", markersize=11, color=colours[name])
+                kind = "FE" if name.startswith("FE") else "FT"
+                summary[kind][0] += epochs[best] < epochs[-1]
+                summary[kind][1] += 1
+                table_rows.append([esc(label), esc(ds_name), esc(name), str(epochs[best]), fmt_num(means[best]),
+                                   str(epochs[-1]), fmt_num(means[-1]), fmt_num(means[best] - means[-1])])
+            ax.set_title(ds_name, fontsize=9)
+            ax.set_xlabel("checkpoint epoch", fontsize=8)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+            ax.legend(fontsize=6)
+        for ax in axes[len(sets):]:
+            ax.set_visible(False)
+        fig.suptitle(f"{label}: score by checkpoint epoch", fontsize=10)
+        _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.6)
+        name = save_figure(fig, out_dir, f"checkpoints_{index + 1}.png")
+        parts.append(f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}",
+                                                            f"pre-training run {pkey}"))
+    lines = [f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
+             for kind, (n, total) in summary.items() if total]
+    parts.append(f"<p>{html.escape('; '.join(lines))}.</p>")
+    parts.append(html_table(["run", "set", "curve", "best epoch", "score", "last epoch", "score", "best − last"],
+                            table_rows))
+    return "\n".join(parts)
+
+
+def _checkpoint_series(run: pd.DataFrame) -> dict[tuple[str, str], dict[int, list[float]]]:
+    """(curve name, set) -> epoch -> scores over seeds; FE at full data and at the fewest shots, FT at full data."""
+    out: dict[tuple[str, str], dict[int, list[float]]] = {}
+    fe = run[run["protocol"] == FE_PROTOCOL]
+    fe_shots = sorted(fe["_shots"].unique())
+    chosen = {s for s in fe_shots if s == math.inf} | {s for s in fe_shots if 0 < s < math.inf and s == min(
+        [x for x in fe_shots if 0 < x < math.inf], default=None)}
+    for shot in sorted(chosen):
+        for (ds_name, epoch), g in fe[fe["_shots"] == shot].groupby(["downstream", "checkpoint_epoch"]):
+            out.setdefault((f"FE {FE_PROTOCOL}, {_shot_cols([shot])[0]}", ds_name), {})[int(epoch)] = g["score"].tolist()
+    for protocol in FT_PROTOCOLS:
+        ft = run[run["protocol"] == protocol]
+        for (ds_name, shot, epoch), g in ft.groupby(["downstream", "_shots", "checkpoint_epoch"]):
+            out.setdefault((f"FT {protocol}, {_shot_cols([shot])[0]}", ds_name), {})[int(epoch)] = g["score"].tolist()
+    return {k: v for k, v in out.items() if len(v) >= 2}
+
+
+# --------------------------------------------------------------------------- spectra
+
+
+def spectra_section(spectra: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) -> str:
+    """Singular-value spectra of penultimate features: k80 and effective rank by checkpoint, and the spectra."""
+    if spectra.empty:
+        return empty_note("No data yet for feature spectra: the features jobs write them to the spectra table.")
+    split = "train" if (spectra["split"] == "train").any() else str(spectra["split"].dropna().iloc[0])
+    sp = spectra[spectra["split"] == split]
+    labels = _run_labels(runs)
+    sp = sp.assign(_run=[labels.get(k) or f"{m} · {s}" for k, m, s in zip(sp["pretrain_key"], sp["method"], sp["source"])])
+    summary = (sp.groupby(["_run", "pretrain_key", "downstream", "checkpoint_epoch"])
+               [["k80", "effective_rank", "feature_dim", "num_examples"]].first().reset_index())
+    sets = sorted(summary["downstream"].unique())
+    runs_here = sorted(summary["_run"].unique())
+    colours = {r: f"C{i % 10}" for i, r in enumerate(runs_here)}
+    shown_sets = sets[:8]
+    parts = [f"<p>Singular values of the penultimate features of each checkpoint on each set ({html.escape(split)} "
+             "split). k80: the smallest number of singular values holding 80% of their sum (Deng et al., ICCV 2023); "
+             "effective rank: exp of the entropy of the normalised singular values.</p>"]
+
+    fig = _figure(3.4 * len(shown_sets), 5.6)
+    axes = fig.subplots(2, len(shown_sets), squeeze=False)
+    for c, ds_name in enumerate(shown_sets):
+        s = summary[summary["downstream"] == ds_name]
+        for run_label, g in s.groupby("_run"):
+            g = g.sort_values("checkpoint_epoch")
+            axes[0][c].plot(g["checkpoint_epoch"], g["k80"], marker="o", markersize=3, color=colours[run_label],
+                            label=run_label)
+        axes[0][c].set_title(ds_name, fontsize=9)
+        axes[0][c].set_xlabel("checkpoint epoch", fontsize=8)
+        axes[0][c].set_ylabel("k80" if c == 0 else "", fontsize=8)
+        last = sp[(sp["downstream"] == ds_name)]
+        last = last[last["checkpoint_epoch"] == last.groupby("pretrain_key")["checkpoint_epoch"].transform("max")]
+        for (run_label, _), g in last.groupby(["_run", "pretrain_key"]):
+            sv = g.sort_values("rank_index")["singular_value"].to_numpy(dtype=float)
+            if sv.size and sv[0] > 0:
+                axes[1][c].plot(np.arange(1, sv.size + 1), sv / sv[0], color=colours[run_label], linewidth=1.1)
+        axes[1][c].set_xscale("log")
+        axes[1][c].set_yscale("log")
+        axes[1][c].set_xlabel("rank", fontsize=8)
+        axes[1][c].set_ylabel("σ_i / σ_1 (last checkpoint)" if c == 0 else "", fontsize=8)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="lower center", ncol=min(3, len(names)), fontsize=7, frameon=False)
+    _layout(fig, top=0.45, bottom=0.6 + 0.2 * math.ceil(len(names) / 3), left=0.85, wspace=0.3, hspace=0.45)
+    name = save_figure(fig, out_dir, "spectra_1.png")
+    caption = f"{len(runs_here)} run(s), {len(sets)} set(s)" + (f"; first {len(shown_sets)} sets shown" if len(sets) > len(shown_sets) else "")
+    parts.append(figure_html(name, "feature spectra", caption))
+    rows = []
+    for (run_label, ds_name), g in summary.groupby(["_run", "downstream"]):
+        g = g.sort_values("checkpoint_epoch")
+        rows.append([esc(run_label), esc(ds_name),
+                     " · ".join(f"e{int(e)}: {int(k)}" for e, k in zip(g["checkpoint_epoch"], g["k80"])),
+                     " · ".join(f"e{int(e)}: {r:.1f}" for e, r in zip(g["checkpoint_epoch"], g["effective_rank"])),
+                     esc(g["feature_dim"].iloc[-1])])
+    parts.append(html_table(["run", "set", "k80 by epoch", "effective rank by epoch", "feature dim"], rows))
+    return "\n".join(parts)
+
+
+def _run_labels(runs: pd.DataFrame) -> dict[str, str]:
+    """pretrain_key -> configuration label (with size) from the runs rows."""
+    df = annotate(runs)
+    if df.empty:
+        return {}
+    first = df[df["pretrain_key"].notna()].drop_duplicates("pretrain_key")
+    return {k: config_label(line, size) for k, line, size in zip(first["pretrain_key"], first["_line"], first["pretrain_size"])}
+
+
+# --------------------------------------------------------------------------- convergence
+
+
+def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str:
+    """Fine-tuning from pre-trained checkpoints against training from scratch, epoch by epoch."""
+    conv = store.query("SELECT * FROM convergence")
+    if conv.empty:
+        return empty_note("No data yet for convergence: it needs finetune, lp_ft or scratch runs with per-epoch "
+                          "curves (the curves table).")
+    gaps = store.query("SELECT * FROM convergence_gaps")
+    labels = _run_labels(runs_ok)
+    parts = ["<p>Validation score per epoch of fine-tuning (each run's selected learning rate) from pre-trained "
+             "checkpoints against training from scratch with the same backbone, set, shots and seed, and the "
+             "relative gaps <code>(pre-trained − scratch) / scratch</code> in validation accuracy and training "
+             "loss (Pu et al., 2023). Only each run's last checkpoint is drawn.</p>"]
+    last = conv.groupby("pretrain_key", dropna=False)["checkpoint_epoch"].transform("max")
+    conv = conv[conv["checkpoint_epoch"].isna() | (conv["checkpoint_epoch"] == last)]
+    curves = store.query("SELECT key, epoch, val_score, train_loss FROM curves")
+    sets = sorted(conv["downstream"].dropna().unique())
+    shown = sets[:6]
+    fig = _figure(11.5, 2.7 * len(shown) + 0.9)
+    axes = fig.subplots(len(shown), 3, squeeze=False)
+    run_names = {}
+    for key, proto, pkey in zip(conv["key"], conv["protocol"], conv["pretrain_key"]):
+        run_names[key] = "scratch" if proto == "scratch" else f"{proto} ← {labels.get(pkey, pkey)}"
+    colours = {n: f"C{i % 10}" for i, n in enumerate(sorted(set(run_names.values()) - {"scratch"}))}
+    keep_gaps = gaps[gaps["key"].isin(set(conv["key"]))] if not gaps.empty else gaps
+    for r, ds_name in enumerate(shown):
+        keys = conv.loc[conv["downstream"] == ds_name, "key"]
+        for key in keys:
+            c = curves[curves["key"] == key].sort_values("epoch")
+            name = run_names[key]
+            axes[r][0].plot(c["epoch"], c["val_score"], color="black" if name == "scratch" else colours[name],
+                            linestyle="--" if name == "scratch" else "-", linewidth=1.3, label=name)
+        g = keep_gaps[keep_gaps["downstream"] == ds_name] if not keep_gaps.empty else keep_gaps
+        for key, part in (g.groupby("key") if not g.empty else []):
+            part = part.sort_values("epoch")
+            axes[r][1].plot(part["epoch"], part["rel_acc_gap"], color=colours[run_names[key]], marker="o", markersize=3)
+            axes[r][2].plot(part["epoch"], part["rel_loss_gap"], color=colours[run_names[key]], marker="o", markersize=3)
+        for c_, title in enumerate(("validation score", "relative accuracy gap", "relative train-loss gap")):
+            ax = axes[r][c_]
+            if c_:
+                ax.axhline(0, color="0.3", linewidth=0.8)
+            ax.set_title(f"{ds_name}: {title}", fontsize=9)
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+            if r == len(shown) - 1:
+                ax.set_xlabel("epoch", fontsize=8)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    by_name = dict(zip(names, handles))
+    for r in range(1, len(shown)):
+        h, n = axes[r][0].get_legend_handles_labels()
+        by_name.update(zip(n, h))
+    fig.legend(list(by_name.values()), list(by_name), loc="lower center", ncol=min(3, len(by_name)), fontsize=7,
+               frameon=False)
+    _layout(fig, top=0.4, bottom=0.55 + 0.2 * math.ceil(len(by_name) / 3), wspace=0.25, hspace=0.55)
+    name = save_figure(fig, out_dir, "convergence_1.png")
+    caption = f"{len(conv)} run(s) on {len(sets)} set(s)" + (f"; first {len(shown)} sets shown" if len(sets) > len(shown) else "")
+    if gaps.empty:
+        caption += "; no scratch run matches a pre-trained one (same backbone, set, shots, seed), so no gaps"
+    parts.append(figure_html(name, "convergence against scratch", caption))
+    scratch_e95 = {(b, d, s if not pd.isna(s) else None, e): v for b, d, s, e, v, p in zip(
+        conv["backbone"], conv["downstream"], conv["shots"], conv["eval_seed"], conv["epochs_to_95"], conv["protocol"])
+        if p == "scratch"}
+    rows = []
+    for rec in conv.sort_values(["downstream", "protocol", "key"]).to_dict("records"):
+        shots = None if pd.isna(rec["shots"]) else rec["shots"]
+        ref = scratch_e95.get((rec["backbone"], rec["downstream"], shots, rec["eval_seed"]))
+        speedup = "" if rec["protocol"] == "scratch" or not ref or not rec["epochs_to_95"] else f"{ref / rec['epochs_to_95']:.2g}×"
+        rows.append([esc(rec["downstream"]), esc(run_names[rec["key"]]), esc(rec["epochs"]), esc(rec["epochs_to_95"]),
+                     fmt_num(rec["final_val_score"]), fmt_num(rec["test_score"]), speedup])
+    parts.append(html_table(["set", "run", "epochs", "epochs to 95% of final", "final val", "test score",
+                             "speed-up vs scratch"], rows))
+    return "\n".join(parts)
+
+
+# --------------------------------------------------------------------------- curation funnels
+
+
+def funnel_section(views: pd.DataFrame, out_dir: Path) -> str:
+    """A bar per curated view: what each step removed and what was kept, with label accuracy."""
+    if views.empty or views["funnel"].isna().all():
+        return ""
+    records = []
+    for rec in views.sort_values(["source", "curation", "requested_size", "label_noise"], na_position="last").to_dict("records"):
+        try:
+            funnel = json.loads(rec["funnel"]) if isinstance(rec["funnel"], str) else {}
+        except json.JSONDecodeError:
+            funnel = {}
+        if not isinstance(funnel, dict):
+            continue
+        records.append((rec, {str(k): float(v) for k, v in funnel.items() if isinstance(v, (int, float))}))
+    if not records:
+        return ""
+    steps = list(dict.fromkeys(k for _, f in records for k in f))
+    colours = {s: f"C{i % 10}" for i, s in enumerate(steps)}
+    fig = _figure(10.0, 0.9 + 0.42 * len(records) + 0.3 * math.ceil((len(steps) + 1) / 5))
+    ax = fig.add_subplot()
+    ticks = []
+    for i, (rec, funnel) in enumerate(records):
+        kept = float(rec["size"]) if not pd.isna(rec["size"]) else 0.0
+        left = 0.0
+        ax.barh(i, kept, left=left, color="0.25", height=0.6)
+        left += kept
+        for step, removed in funnel.items():
+            ax.barh(i, removed, left=left, color=colours[step], height=0.6)
+            left += removed
+        acc = rec.get("label_accuracy")
+        noise = rec.get("label_noise")
+        note = ("" if acc is None or pd.isna(acc) else f"label acc. {acc:.2f}") + (
+            "" if noise is None or pd.isna(noise) or not noise else f", noise {noise:g}")
+        ax.text(left, i, f"  {note}", va="center", fontsize=7)
+        ticks.append(f"{rec['source']}/{rec['curation']} n={fmt_size(rec['requested_size'])}"
+                     + ("" if noise is None or pd.isna(noise) or not noise else f" noise={noise:g}"))
+    ax.set_yticks(range(len(records)), ticks, fontsize=7)
+    ax.invert_yaxis()
+    ax.set_xlabel("samples of the pool", fontsize=8)
+    ax.tick_params(axis="x", labelsize=7)
+    from matplotlib.patches import Patch
+
+    handles = [Patch(color="0.25", label="kept")] + [Patch(color=colours[s], label=f"removed by {s}") for s in steps]
+    fig.legend(handles=handles, loc="lower center", ncol=5, fontsize=7, frameon=False)
+    ax.set_title("curation funnels: kept (dark) and removed per step", fontsize=10)
+    label_w = 0.065 * max(len(t) for t in ticks) + 0.3
+    _layout(fig, left=label_w, right=1.6, top=0.45, bottom=0.55 + 0.2 * math.ceil((len(steps) + 1) / 5))
+    name = save_figure(fig, out_dir, "funnel_1.png")
+    return figure_html(name, "curation funnels", f"{len(records)} view(s); bars add up to the pool each view drew from")
+
+
+# --------------------------------------------------------------------------- missing runs
+
+
+def missing_section(runs: pd.DataFrame, expected: pd.DataFrame | None, pruned: Sequence[tuple[str, str]] | None) -> str:
+    """Planned rows without any row in the store, grouped by evaluation job."""
+    if expected is None:
+        return empty_note("Missing runs are found against a plan: give the spec (tbench report --spec SPEC) "
+                          "to list planned rows that have no result yet.")
+    have_ok = set(runs.loc[runs["status"].astype(object) == "ok", "key"]) if not runs.empty else set()
+    have_bad = set(runs.loc[runs["status"].astype(object) != "ok", "key"]) if not runs.empty else set()
+    exp = expected.assign(_state=["ok" if k in have_ok else "failed" if k in have_bad else "missing" for k in expected["key"]])
+    counts = exp["_state"].value_counts()
+    parts = [f"<p>{len(exp)} planned row(s): {int(counts.get('ok', 0))} ok, {int(counts.get('failed', 0))} failed, "
+             f"<b>{int(counts.get('missing', 0))} missing</b> (no row in the store: not run yet, or interrupted).</p>"]
+    missing = exp[exp["_state"] == "missing"]
+    if not missing.empty:
+        rows = []
+        for job_key, g in missing.groupby("job_key", sort=False):
+            first = g.iloc[0]
+            total = int((exp["job_key"] == job_key).sum())
+            rows.append([esc(job_key), esc(first.get("label", "")), esc(first.get("protocol", "")),
+                         esc(first.get("downstream", "")), f"{len(g)} / {total}",
+                         esc(", ".join(sorted({_shot_cols([shots_order(s)])[0] for s in g["shots"]})))])
+        parts.append(html_table(["eval job", "what", "protocol", "set", "missing / planned", "shots"], rows[:500], "missing"))
+        if len(rows) > 500:
+            parts.append(f"<p>… and {len(rows) - 500} more job(s).</p>")
+    if pruned:
+        items = "".join(f"<li>{esc(what)}: {esc(why)}</li>" for what, why in pruned)
+        parts.append(f"<details><summary>{len(pruned)} combination(s) the planner left out on purpose</summary>"
+                     f"<ul>{items}</ul></details>")
+    return "\n".join(parts)
