@@ -36,7 +36,7 @@ test: venv browser
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
 # Everything but the tests marked slow.
-test-fast: venv
+test-fast: venv browser
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 clean:

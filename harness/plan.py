@@ -187,7 +187,7 @@ def make_plan(spec: Spec) -> Plan:
                                     "backbone": pt.backbone,
                                     "image_size": pt.image_size,
                                     "epochs": epochs,
-                                    "save_epochs": pt.saved_epochs(epochs),
+                                    "save_epochs": pt.saved_epochs(epochs, grid),
                                     "batch_size": pt.batch_size,
                                     "optim": pt.optim.model_dump(),
                                     "seed": seed,
@@ -209,7 +209,7 @@ def make_plan(spec: Spec) -> Plan:
                                                 "cpus_per_worker": res.pretrain.cpus_per_worker,
                                                 "gpus_per_worker": res.pretrain.gpus_per_worker,
                                                 "loader_workers": res.pretrain.loader_workers}))
-                                for epoch in spec.eval_epochs(epochs):
+                                for epoch in spec.eval_epochs(epochs, grid):
                                     checkpoints.append((pjob, epoch))
 
     wants_scratch = any(p.name == "scratch" for p in spec.downstream.protocols)

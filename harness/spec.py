@@ -111,6 +111,9 @@ class PretrainGrid(_Model):
     epochs: int | None = Field(None, ge=1)  # overrides pretrain.epochs for this block (e.g. longer contrastive runs)
     # how label noise flips: to a uniformly drawn other class, or to the class's confusable partner
     noise_model: Literal["symmetric", "class_dependent"] = "symmetric"
+    # checkpoints this block's runs save AND are evaluated at (the last epoch always), overriding
+    # pretrain.checkpoint_epochs and downstream.checkpoint_epochs: mid-training checkpoints of a few runs
+    checkpoint_epochs: Union[Literal["last", "all"], list[int], None] = None
 
     @field_validator("sizes")
     @classmethod
@@ -208,16 +211,25 @@ class Pretrain(_Model):
                         f"checkpoint_epochs {bad} outside 1..{epochs} ({where}); "
                         "give epochs in that range, 'last' or 'all'"
                     )
+        for i, g in enumerate(self.grids):
+            if isinstance(g.checkpoint_epochs, list):
+                epochs = g.epochs or self.epochs
+                bad = [e for e in g.checkpoint_epochs if not 1 <= e <= epochs]
+                if bad:
+                    raise ValueError(f"grids.{i}.checkpoint_epochs {bad} outside 1..{epochs}; "
+                                     "give epochs in that range, 'last' or 'all'")
         return self
 
-    def saved_epochs(self, epochs: int | None = None) -> list[int]:
-        """Epochs whose checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps."""
+    def saved_epochs(self, epochs: int | None = None, grid: "PretrainGrid | None" = None) -> list[int]:
+        """Epochs whose checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps
+        (``grid.checkpoint_epochs`` when that block sets it, else ``pretrain.checkpoint_epochs``)."""
         epochs = epochs or self.epochs
-        if self.checkpoint_epochs == "last":
+        which = grid.checkpoint_epochs if grid is not None and grid.checkpoint_epochs is not None else self.checkpoint_epochs
+        if which == "last":
             return [epochs]
-        if self.checkpoint_epochs == "all":
+        if which == "all":
             return list(range(1, epochs + 1))
-        return sorted(set(self.checkpoint_epochs) | {epochs})
+        return sorted(set(which) | {epochs})
 
     def all_epochs(self) -> list[int]:
         """Every run length in the grid."""
@@ -448,9 +460,12 @@ class Spec(_Model):
             raise ValueError("\n".join(problems))
         return self
 
-    def eval_epochs(self, epochs: int | None = None) -> list[int]:
-        """The checkpoint epochs a pre-training run of ``epochs`` (default: ``pretrain.epochs``) is evaluated at."""
+    def eval_epochs(self, epochs: int | None = None, grid: PretrainGrid | None = None) -> list[int]:
+        """The checkpoint epochs a pre-training run of ``epochs`` (default: ``pretrain.epochs``) is
+        evaluated at; a grid block with its own ``checkpoint_epochs`` is evaluated at each it saves."""
         epochs = epochs or self.pretrain.epochs
+        if grid is not None and grid.checkpoint_epochs is not None:
+            return self.pretrain.saved_epochs(epochs, grid)
         ckpt = self.downstream.checkpoint_epochs
         if ckpt == "last":
             return [epochs]

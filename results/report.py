@@ -158,6 +158,10 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
         lines_here = [ln for ln in all_lines if ln in present]
         cells = _aggregate_cells(curves)
         floor_means = floor.groupby(["downstream", "_shots"])["score"].mean().to_dict()
+        if not lines_here:
+            out.append((str(protocol), [], f"{len(pdf)} row(s), all from the random-init encoder "
+                        "(no pre-training size to plot against)."))
+            continue
         sizes = curves["pretrain_size"].dropna().astype(float)
         sizes = sizes[sizes > 0]
         xlim = (float(sizes.min()) / 1.4, float(sizes.max()) * 1.4) if not sizes.empty else None
@@ -165,9 +169,12 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
         chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
         for chunk_index, chunk in enumerate(chunks):
             nrows, ncols = len(chunk), len(shots)
-            legend_rows = math.ceil((len(lines_here) + 2) / LEGEND_COLUMNS)
+            width = max(5.5, PANEL_SIZE[0] * ncols + 1.05)
+            # as many legend columns as the widest label lets fit across the figure
+            label_inches = 0.075 * max(len(ln.label) for ln in lines_here) + 0.55
+            legend_cols = max(1, min(LEGEND_COLUMNS, int((width - 0.3) // label_inches)))
+            legend_rows = math.ceil((len(lines_here) + 2) / legend_cols)
             margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
-            width = max(5.5, PANEL_SIZE[0] * ncols + margins["left"] + margins["right"])
             height = PANEL_SIZE[1] * nrows + margins["top"] + margins["bottom"]
             # A fixed layout in inches: constrained layout measured every tick label of every
             # panel and cost as much as the drawing itself on 60+ panel grids.
@@ -229,7 +236,7 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                          y=1 - 0.12 / height, va="top")
             if handles:
                 fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / height),
-                           ncol=min(len(handles), LEGEND_COLUMNS), fontsize=8, frameon=False)
+                           ncol=min(len(handles), legend_cols), fontsize=8, frameon=False)
             name = f"{_FIGURE_PREFIX}{slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
             fig.savefig(out_dir / name)
             names.append(name)
@@ -370,7 +377,8 @@ def _overview(runs: pd.DataFrame, views: pd.DataFrame) -> str:
         ("rows", f"{len(runs)} ({len(ok)} ok, {len(runs) - len(ok)} not ok)"),
         ("protocols", ", ".join(sorted(map(str, runs["protocol"].dropna().unique())))),
         ("downstream sets", ", ".join(sorted(map(str, runs["downstream"].dropna().unique())))),
-        ("sources", ", ".join(sorted(map(str, runs["source"].dropna().unique())))),
+        ("sources", ", ".join(sorted(map(str, runs.loc[runs["method"].astype(object) != FLOOR_METHOD, "source"]
+                                        .dropna().unique())))),
         ("methods", ", ".join(sorted(map(str, runs["method"].dropna().unique())))),
         ("specs", ", ".join(sorted(map(str, runs["spec"].dropna().unique())))),
         ("views", str(len(views))),

@@ -14,9 +14,41 @@ Four tables live in the store, each a folder of Parquet part files:
 ``views``
     one row per curated pre-training view (its manifest, with the curation funnel as JSON).
 
+Versions
+--------
+
 :data:`SCHEMA_VERSION` is stored in every part file's Parquet key-value metadata under
 ``transfer_bench.schema_version`` (together with the table name), so readers can tell which
-layout wrote a part. Bump it when a column changes meaning or type.
+layout wrote a part. A part with no version in its metadata was written before versioning
+existed: it is version 0 (the same tables with fewer columns). The policy:
+
+- **Adding a column** (at the end of a table's list) needs no version bump and no step: parts
+  written before it read back with nulls in it, through :meth:`results.store.Store.read` and
+  SQL alike. So a part of version ``v`` may lack columns added while ``v`` was current.
+- **Changing a column's type, unit or meaning** (or dropping a later addition; the design
+  columns are never renamed) needs a bump of :data:`SCHEMA_VERSION` to ``v + 1`` *and* an
+  upgrade step for every table whose parts change, registered with :func:`upgrade_step`::
+
+      @upgrade_step(1, "runs")          # parts of runs written at version 1 -> version 2
+      def _runs_scores_in_percent(data: pa.Table) -> pa.Table:
+          i = data.schema.get_field_index("score")
+          if i < 0:                      # a step must accept parts that lack the column
+              return data
+          return data.set_column(i, "score", pc.multiply(data["score"], 100.0))
+
+  A step is a function of a :class:`pyarrow.Table` holding one part's rows as written at ``v``
+  that returns the same rows, in the same order, as ``v + 1`` would have written them. It must
+  keep the columns it does not touch (including ones it does not know) and accept parts that
+  lack some columns. A table with no step at a bump is unchanged by it.
+
+Readers apply the steps from a part's version up to :data:`SCHEMA_VERSION`
+(:func:`upgrade`): ``Store.read`` part by part, SQL by serving a table that has any part
+needing a step through Arrow (tables needing none are read in place). ``tbench results
+compact`` writes upgraded rows at the current version, which takes the table back to the
+in-place path. A part written by a *newer* version than this code is refused with an error
+naming it: its meaning cannot be guessed, so the code must be upgraded.
+
+There are no steps yet: version 0 -> 1 only added columns.
 """
 
 from __future__ import annotations
@@ -24,15 +56,21 @@ from __future__ import annotations
 import datetime as _dt
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 
 SCHEMA_VERSION: int = 1
-"""Version of the table layouts below; stored in each part file's metadata."""
+"""Version of the table layouts below; stored in each part file's metadata. Read it as
+``results.schema.SCHEMA_VERSION`` at the time of use (tests change it)."""
 
 META_VERSION_KEY = b"transfer_bench.schema_version"
 META_TABLE_KEY = b"transfer_bench.table"
+
+Upgrade = Callable[[pa.Table], pa.Table]
+UPGRADES: dict[tuple[str, int], Upgrade] = {}
+"""Upgrade steps: ``UPGRADES[(table, v)]`` turns rows of ``table`` written at version ``v``
+into version ``v + 1`` (register with :func:`upgrade_step`; see the module's policy)."""
 
 _TS = pa.timestamp("us", tz="UTC")
 _STR = pa.string()
@@ -178,6 +216,69 @@ def schema_for(table: str) -> pa.Schema:
         raise SchemaError(
             f"unknown results table {table!r}; valid tables: {', '.join(TABLES)}"
         ) from None
+
+
+def upgrade_step(from_version: int, *tables: str) -> Callable[[Upgrade], Upgrade]:
+    """Register the decorated function as the step from ``from_version`` to ``from_version + 1``
+    for each of ``tables`` (see the module docstring for what a step must do)."""
+    if not isinstance(from_version, int) or from_version < 0:
+        raise SchemaError(f"upgrade_step: from_version must be an integer >= 0, got {from_version!r}")
+    if not tables:
+        raise SchemaError("upgrade_step: name at least one table")
+    for table in tables:
+        schema_for(table)
+
+    def register(fn: Upgrade) -> Upgrade:
+        for table in tables:
+            if (table, from_version) in UPGRADES:
+                raise SchemaError(f"an upgrade step for table {table!r} from version {from_version} is already registered")
+            UPGRADES[(table, from_version)] = fn
+        return fn
+
+    return register
+
+
+def version_of(metadata: Mapping[bytes, bytes] | None) -> int:
+    """The schema version recorded in a part's Parquet key-value ``metadata`` (0 when absent:
+    the layout from before versioning). Raises :class:`SchemaError` for a malformed value."""
+    raw = (metadata or {}).get(META_VERSION_KEY)
+    if raw is None:
+        return 0
+    try:
+        version = int(raw)
+    except ValueError:
+        version = -1
+    if version < 0:
+        raise SchemaError(f"malformed {META_VERSION_KEY.decode()!r} metadata {raw!r}: expected an integer >= 0")
+    return version
+
+
+def upgrade_steps(table: str, version: int) -> list[tuple[int, Upgrade]]:
+    """The registered steps, in order, that bring a part of ``table`` written at ``version`` to
+    :data:`SCHEMA_VERSION` (empty when none is needed; versions newer than the code have none)."""
+    return [(v, UPGRADES[(table, v)]) for v in range(version, SCHEMA_VERSION) if (table, v) in UPGRADES]
+
+
+def upgrade(table: str, data: pa.Table, version: int) -> pa.Table:
+    """``data`` (rows of ``table`` as written at ``version``) brought to :data:`SCHEMA_VERSION`
+    by the registered steps; unchanged when no step applies."""
+    for v, step in upgrade_steps(table, version):
+        rows = data.num_rows
+        data = step(data)
+        if not isinstance(data, pa.Table) or data.num_rows != rows:
+            raise SchemaError(
+                f"upgrade step of table {table!r} from version {v} must return a pyarrow.Table with "
+                f"the same rows ({rows}), got {type(data).__name__}"
+                + (f" with {data.num_rows}" if isinstance(data, pa.Table) else "")
+            )
+    return data
+
+
+def part_metadata(table: str) -> dict[bytes, bytes]:
+    """The Parquet key-value metadata a part of ``table`` is written with: the current
+    :data:`SCHEMA_VERSION` and the table name."""
+    schema_for(table)
+    return {META_VERSION_KEY: str(SCHEMA_VERSION).encode(), META_TABLE_KEY: table.encode()}
 
 
 def columns(table: str) -> list[str]:

@@ -82,6 +82,12 @@ def _layout(fig, *, left: float = 0.75, right: float = 0.25, top: float = 0.65, 
                         bottom=bottom / height, wspace=wspace, hspace=hspace)
 
 
+def _integer_ticks(ax) -> None:
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
 def _pct(value: float, scaled: bool) -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
@@ -583,6 +589,7 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
                                    str(epochs[-1]), fmt_num(means[-1]), fmt_num(means[best] - means[-1])])
             ax.set_title(ds_name, fontsize=9)
             ax.set_xlabel("checkpoint epoch", fontsize=8)
+            _integer_ticks(ax)
             ax.tick_params(labelsize=7)
             ax.grid(True, alpha=0.3)
             ax.legend(fontsize=6)
@@ -633,43 +640,18 @@ def spectra_section(spectra: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) ->
                [["k80", "effective_rank", "feature_dim", "num_examples"]].first().reset_index())
     sets = sorted(summary["downstream"].unique())
     runs_here = sorted(summary["_run"].unique())
-    colours = {r: f"C{i % 10}" for i, r in enumerate(runs_here)}
-    shown_sets = sets[:8]
+    from matplotlib import colormaps
+
+    cmap = colormaps["tab10" if len(runs_here) <= 10 else "tab20"]
+    colours = {r: cmap(i % cmap.N) for i, r in enumerate(runs_here)}
     parts = [f"<p>Singular values of the penultimate features of each checkpoint on each set ({html.escape(split)} "
              "split). k80: the smallest number of singular values holding 80% of their sum (Deng et al., ICCV 2023); "
-             "effective rank: exp of the entropy of the normalised singular values.</p>"]
-
-    fig = _figure(3.4 * len(shown_sets), 5.6)
-    axes = fig.subplots(2, len(shown_sets), squeeze=False)
-    for c, ds_name in enumerate(shown_sets):
-        s = summary[summary["downstream"] == ds_name]
-        for run_label, g in s.groupby("_run"):
-            g = g.sort_values("checkpoint_epoch")
-            axes[0][c].plot(g["checkpoint_epoch"], g["k80"], marker="o", markersize=3, color=colours[run_label],
-                            label=run_label)
-        axes[0][c].set_title(ds_name, fontsize=9)
-        axes[0][c].set_xlabel("checkpoint epoch", fontsize=8)
-        axes[0][c].set_ylabel("k80" if c == 0 else "", fontsize=8)
-        last = sp[(sp["downstream"] == ds_name)]
-        last = last[last["checkpoint_epoch"] == last.groupby("pretrain_key")["checkpoint_epoch"].transform("max")]
-        for (run_label, _), g in last.groupby(["_run", "pretrain_key"]):
-            sv = g.sort_values("rank_index")["singular_value"].to_numpy(dtype=float)
-            if sv.size and sv[0] > 0:
-                axes[1][c].plot(np.arange(1, sv.size + 1), sv / sv[0], color=colours[run_label], linewidth=1.1)
-        axes[1][c].set_xscale("log")
-        axes[1][c].set_yscale("log")
-        axes[1][c].set_xlabel("rank", fontsize=8)
-        axes[1][c].set_ylabel("σ_i / σ_1 (last checkpoint)" if c == 0 else "", fontsize=8)
-        for ax in axes[:, c]:
-            ax.tick_params(labelsize=7)
-            ax.grid(True, alpha=0.3)
-    handles, names = axes[0][0].get_legend_handles_labels()
-    if handles:
-        fig.legend(handles, names, loc="lower center", ncol=min(3, len(names)), fontsize=7, frameon=False)
-    _layout(fig, top=0.45, bottom=0.6 + 0.2 * math.ceil(len(names) / 3), left=0.85, wspace=0.3, hspace=0.45)
-    name = save_figure(fig, out_dir, "spectra_1.png")
-    caption = f"{len(runs_here)} run(s), {len(sets)} set(s)" + (f"; first {len(shown_sets)} sets shown" if len(sets) > len(shown_sets) else "")
-    parts.append(figure_html(name, "feature spectra", caption))
+             "effective rank: exp of the entropy of the normalised singular values. Top row: k80 by checkpoint "
+             "epoch; bottom row: the spectrum of each run's last checkpoint, relative to its largest value.</p>"]
+    per_figure = 4
+    for index in range(0, len(sets), per_figure):
+        chunk = sets[index:index + per_figure]
+        parts.append(_spectra_figure(summary, sp, chunk, colours, out_dir, index // per_figure + 1))
     rows = []
     for (run_label, ds_name), g in summary.groupby(["_run", "downstream"]):
         g = g.sort_values("checkpoint_epoch")
@@ -679,6 +661,57 @@ def spectra_section(spectra: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) ->
                      esc(g["feature_dim"].iloc[-1])])
     parts.append(html_table(["run", "set", "k80 by epoch", "effective rank by epoch", "feature dim"], rows))
     return "\n".join(parts)
+
+
+def _spectra_figure(summary: pd.DataFrame, sp: pd.DataFrame, sets: Sequence[str], colours: dict[str, Any],
+                    out_dir: Path, number: int) -> str:
+    fig = _figure(3.3 * max(len(sets), 2), 6.0)
+    axes = fig.subplots(2, len(sets), squeeze=False)
+    names: list[str] = []
+    for c, ds_name in enumerate(sets):
+        s = summary[summary["downstream"] == ds_name]
+        for run_label, g in s.groupby("_run"):
+            g = g.sort_values("checkpoint_epoch")
+            axes[0][c].plot(g["checkpoint_epoch"], g["k80"], marker="o", markersize=3, color=colours[run_label],
+                            label=run_label)
+        axes[0][c].set_title(ds_name, fontsize=9)
+        axes[0][c].set_xlabel("checkpoint epoch", fontsize=8)
+        _integer_ticks(axes[0][c])
+        last = sp[sp["downstream"] == ds_name]
+        last = last[last["checkpoint_epoch"] == last.groupby("pretrain_key")["checkpoint_epoch"].transform("max")]
+        floor = 1.0
+        for (run_label, _), g in last.groupby(["_run", "pretrain_key"]):
+            sv = g.sort_values("rank_index")["singular_value"].to_numpy(dtype=float)
+            if sv.size and sv[0] > 0:
+                rel = sv / sv[0]
+                # values below 1e-6 of the largest are numerical noise: keep them off the axis range
+                rel = np.where(rel > 1e-6, rel, np.nan)
+                floor = min(floor, float(np.nanmin(rel)))
+                axes[1][c].plot(np.arange(1, sv.size + 1), rel, color=colours[run_label], linewidth=1.1)
+        axes[1][c].set_xscale("log")
+        axes[1][c].set_yscale("log")
+        axes[1][c].set_ylim(max(floor, 1e-6) / 1.5, 1.5)
+        axes[1][c].set_xlabel("rank", fontsize=8)
+        for ax in axes[:, c]:
+            ax.tick_params(labelsize=7)
+            ax.grid(True, alpha=0.3)
+        for h_label in axes[0][c].get_legend_handles_labels()[1]:
+            if h_label not in names:
+                names.append(h_label)
+    axes[0][0].set_ylabel("k80", fontsize=8)
+    axes[1][0].set_ylabel("σ_i / σ_1 (last checkpoint)", fontsize=8)
+    for c in range(len(sets), axes.shape[1]):
+        axes[0][c].set_visible(False)
+        axes[1][c].set_visible(False)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=colours[n], marker="o", markersize=3, label=n) for n in names]
+    legend_rows = math.ceil(len(names) / 2) if names else 0
+    if handles:
+        fig.legend(handles=handles, loc="lower center", ncol=2, fontsize=7, frameon=False)
+    _layout(fig, top=0.4, bottom=0.6 + 0.18 * legend_rows, left=0.85, wspace=0.3, hspace=0.45)
+    name = save_figure(fig, out_dir, f"spectra_{number}.png")
+    return figure_html(name, f"feature spectra: {', '.join(sets)}", f"sets: {', '.join(sets)}")
 
 
 def _run_labels(runs: pd.DataFrame) -> dict[str, str]:
@@ -734,6 +767,7 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
             if c_:
                 ax.axhline(0, color="0.3", linewidth=0.8)
             ax.set_title(f"{ds_name}: {title}", fontsize=9)
+            _integer_ticks(ax)
             ax.tick_params(labelsize=7)
             ax.grid(True, alpha=0.3)
             if r == len(shown) - 1:
@@ -804,6 +838,8 @@ def funnel_section(views: pd.DataFrame, out_dir: Path) -> str:
         ax.text(left, i, f"  {note}", va="center", fontsize=7)
         ticks.append(f"{rec['source']}/{rec['curation']} n={fmt_size(rec['requested_size'])}"
                      + ("" if noise is None or pd.isna(noise) or not noise else f" noise={noise:g}"))
+    seen = {t: ticks.count(t) for t in ticks}
+    ticks = [t if seen[t] == 1 else f"{t} ({str(rec['view_key'])[:6]})" for t, (rec, _) in zip(ticks, records)]
     ax.set_yticks(range(len(records)), ticks, fontsize=7)
     ax.invert_yaxis()
     ax.set_xlabel("samples of the pool", fontsize=8)

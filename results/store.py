@@ -1,10 +1,28 @@
 """The append-only Parquet results store.
 
 Layout: ``<root>/<table>/<key>.parquet``, one part file per finished job, for the tables in
-:data:`results.schema.TABLES`. A part is written to a temporary file in the same folder and
-then renamed over its final name, so a reader never sees half a file and re-writing a key
-replaces its rows instead of duplicating them. Temporary files (``.<key>.parquet.tmp-*``) are
-ignored by every reader; a crash can leave one behind, never a partial part.
+:data:`results.schema.TABLES`. Readers never see half a file, and re-writing a key replaces
+its rows instead of duplicating them:
+
+- on a local (or any non object-store) filesystem a part is written to a temporary file in
+  the same folder and then renamed over its final name (``rename(2)`` is atomic and replaces).
+  Temporary files (``.<key>.parquet.tmp-*``) are ignored by every reader; a crash can leave
+  one behind, never a partial part;
+- on an object store (``s3://``, ``gs://``, ``abfs://``) there is no rename: pyarrow's
+  ``move`` is a server-side copy plus a delete. But a single PUT is atomic per object (a GET
+  sees the old object or the new one, and a multipart upload only appears when completed),
+  so the part is serialised completely in memory first and then uploaded to its final key in
+  one request. Nothing is ever visible under a part's name until the whole file is, and no
+  temporary objects are left behind by a crash.
+
+Every part carries, in its Parquet key-value metadata, the schema version that wrote it
+(``transfer_bench.schema_version``, see :mod:`results.schema`) and a random write id
+(``transfer_bench.write_id``). Readers bring parts of older versions up to date with the
+registered upgrade steps (:func:`results.schema.upgrade`) and refuse parts written by a newer
+version, naming them. SQL reads a table's files in place unless one of them needs a step; then
+that table is served through Arrow, upgraded (slower; compaction writes the current version
+and ends it). Versions are read from the footers with a byte search (no Thrift parsing) and
+cached per :class:`Store` by (path, size, modification time), so this costs little.
 
 Compaction (:meth:`Store.compact`) merges many small parts into few larger files named
 ``<root>/<table>/_compact-<generation>-<id>.parquet``. A compacted file holds, besides the
@@ -18,14 +36,19 @@ key it absorbed (zero-row parts included) in its Parquet metadata under
 
 So ``write_part`` on a compacted key still replaces its rows, and neither :meth:`Store.read`
 nor the DuckDB views ever show a row twice, including between a compacted file's rename and
-the deletion of the parts it absorbed. Keys never start with ``_``, so compacted files cannot
-collide with parts. Run one compaction per table at a time; writers and readers may run
-concurrently with it.
+the deletion of the parts it absorbed. Compaction deletes a merged part only if it is still
+the file it read: same size, modification time *and write id* (object stores keep modification
+times to the second, so size and time alone miss a quick re-write of the same size). A re-write
+landing between that check and the delete (microseconds locally, one round trip on object
+storage) is lost to the older compacted copy; re-running its job restores it. Keys never start
+with ``_``, so compacted files cannot collide with parts. Run one compaction per table at a
+time; writers and readers may run concurrently with it.
 
 The root is a local directory or any URI :mod:`pyarrow.fs` understands (``s3://bucket/prefix``,
-``gs://...``, ``file:///...``). Local stores are queried by DuckDB in place with
-``read_parquet``; remote ones are handed to DuckDB as Arrow datasets, so no DuckDB extension
-is needed.
+``gs://...``, ``file:///...``; options such as
+``s3://bucket/prefix?endpoint_override=host:9000&scheme=http`` go in the query string).
+Local stores are queried by DuckDB in place with ``read_parquet``; remote ones are handed to
+DuckDB as Arrow datasets, so no DuckDB extension is needed.
 """
 
 from __future__ import annotations
@@ -35,10 +58,11 @@ import logging
 import os
 import re
 import time
+import urllib.parse
 import uuid
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -47,6 +71,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from results import schema as S
 from results.schema import TABLES, conform, schema_for
 
 log = logging.getLogger(__name__)
@@ -59,10 +84,16 @@ PART_COLUMN = "_part"
 """Column, present only inside compacted files, naming the part key each row came from."""
 META_PARTS_KEY = b"transfer_bench.parts"
 """Parquet metadata key of a compacted file: JSON list of every part key it absorbed."""
+META_WRITE_ID_KEY = b"transfer_bench.write_id"
+"""Parquet metadata key of a part: a random id of the write that made it (compaction checks it)."""
+OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
+"""``pyarrow.fs`` type names written with one PUT per file instead of temporary file + rename."""
 DEFAULT_TARGET_ROWS = 200_000
 """Default row budget of one compacted file."""
 _READ_RETRIES = 20  # re-list this many times when a listed file vanished (a compaction moved it)
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
+_FOOTER_TAIL = 64 * 1024  # bytes read from a part's end to find its footer (more when it is longer)
+_THREADED_READ_BYTES = 4 << 20  # read files at least this large with Arrow's thread pool
 
 
 class StoreError(RuntimeError):
@@ -98,6 +129,63 @@ def _check_key(key: str) -> None:
         )
 
 
+class _Served(NamedTuple):
+    """A compacted file and the part keys it serves (those no loose part or newer file has)."""
+
+    path: str
+    keys: set[str]
+    version: int
+
+
+class _Ambiguous(Exception):
+    """The byte search cannot tell a footer's metadata value for sure: parse the footer instead."""
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte, n = n & 0x7F, n >> 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+def _footer_value(footer: bytes, key: bytes) -> bytes | None:
+    """The value of ``key`` in a Parquet footer's key-value metadata, found without parsing it.
+
+    The footer is Thrift compact protocol; a ``KeyValue`` entry is encoded as ``0x18`` (field 1,
+    binary), the key's length as a varint, the key, ``0x18`` (field 2, binary), the value's
+    length and the value. The key is looked up framed like that; when its bare bytes occur
+    anywhere else as well (say, as a string column's min/max statistic) or the framing is not
+    the expected one, :class:`_Ambiguous` is raised and the caller parses the footer properly.
+    ``None``: the key is not in the footer at all.
+    """
+    bare = footer.count(key)
+    if bare == 0:
+        return None
+    needle = b"\x18" + _varint(len(key)) + key
+    at = footer.find(needle)
+    if bare != 1 or at < 0:
+        raise _Ambiguous(key)
+    i = at + len(needle)
+    if i >= len(footer) or footer[i] != 0x18:
+        raise _Ambiguous(key)
+    i += 1
+    length = shift = 0
+    while i < len(footer):
+        byte = footer[i]
+        i += 1
+        length |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    else:
+        raise _Ambiguous(key)
+    if i + length > len(footer):
+        raise _Ambiguous(key)
+    return footer[i:i + length]
+
+
 def _resolve(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bool]:
     """(filesystem, base path inside it, whether it is the local filesystem)."""
     text = os.fspath(root)
@@ -118,6 +206,11 @@ class Store:
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.fspath(root)
         self.fs, self.base, self.is_local = _resolve(root)
+        self.is_object_store = self.fs.type_name in OBJECT_STORES
+        # Footer facts by path, valid while (size, mtime_ns) are unchanged: loose parts'
+        # (version, write id) and compacted files' (part keys, version).
+        self._part_meta: dict[str, tuple[tuple[int, int | None], tuple[int, bytes | None]]] = {}
+        self._compacted_meta: dict[str, tuple[tuple[int, int | None], tuple[list[str], int]]] = {}
 
     def __repr__(self) -> str:
         return f"Store({self.root!r})"
@@ -140,18 +233,28 @@ class Store:
         """Write ``rows`` as the one part file of ``key`` in ``table``; return its path.
 
         The rows are conformed to the table's schema first (unknown columns are rejected), then
-        written to a temporary file beside the target and renamed over it: readers see either
-        the old part or the new one, never a partial file, and a re-run replaces instead of
-        appending. Zero rows still write an (empty) part, so ``has_part`` marks the job done.
+        written atomically (see the module docstring): readers see either the old part or the
+        new one, never a partial file, and a re-run replaces instead of appending. The part
+        records the current schema version. Zero rows still write an (empty) part, so
+        ``has_part`` marks the job done.
         """
         data = conform(table, list(rows))
+        meta = {**(data.schema.metadata or {}), **S.part_metadata(table), META_WRITE_ID_KEY: uuid.uuid4().hex.encode()}
+        data = data.replace_schema_metadata(meta)
         final = self.part_path(table, key)
-        self.fs.create_dir(self.table_dir(table), recursive=True)
+        if not self.is_object_store:  # object stores have no folders (the call would PUT a marker)
+            self.fs.create_dir(self.table_dir(table), recursive=True)
         self._write_atomic(data, final)
         log.debug("wrote %d row(s) to %s", data.num_rows, final)
-        if self.is_local or "://" not in self.root:
+        if "://" not in self.root:
             return final
-        return f"{self.root.rstrip('/')}/{table}/{key}{PART_SUFFIX}"
+        return self._uri(f"{table}/{key}{PART_SUFFIX}")
+
+    def _uri(self, relative: str) -> str:
+        """The URI of ``relative`` (a path below the root) for a root given as a URI, keeping the
+        root's query string (``?endpoint_override=...``) at the end."""
+        parts = urllib.parse.urlsplit(self.root)
+        return urllib.parse.urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{relative}"))
 
     # ---------------------------------------------------------------- reading
 
@@ -179,23 +282,93 @@ class Store:
 
     def _compacted_keys(self, path: str) -> list[str]:
         """The part keys a compacted file absorbed (from its Parquet metadata)."""
+        return self._compacted_facts(self.fs.get_file_info(path))[0]
+
+    def _compacted_facts(self, info: pafs.FileInfo) -> tuple[list[str], int]:
+        """(part keys it absorbed, schema version) of a compacted file, from its Parquet
+        metadata; cached (compacted files are never re-written under the same name)."""
+        stamp = (info.size, info.mtime_ns)
+        cached = self._compacted_meta.get(info.path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        if info.type != pafs.FileType.File:
+            raise FileNotFoundError(info.path)
         try:
-            with self.fs.open_input_file(path) as f:
+            with self.fs.open_input_file(info.path) as f:
                 meta = pq.read_metadata(f).metadata or {}
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowInvalid) as exc:
-            raise StoreError(f"cannot read compacted file {path!r}: {exc}") from exc
+            raise StoreError(f"cannot read compacted file {info.path!r}: {exc}") from exc
         raw = meta.get(META_PARTS_KEY)
         if raw is None:
             raise StoreError(
-                f"compacted file {path!r} has no {META_PARTS_KEY.decode()!r} metadata; "
+                f"compacted file {info.path!r} has no {META_PARTS_KEY.decode()!r} metadata; "
                 f"files named {COMPACT_PREFIX}*{PART_SUFFIX} are reserved for Store.compact"
             )
-        return list(json.loads(raw))
+        facts = (list(json.loads(raw)), self._version(info.path, meta))
+        if info.mtime_ns is not None:
+            self._compacted_meta[info.path] = (stamp, facts)
+        return facts
 
-    def _resolve_sources(self, table: str) -> tuple[list[pafs.FileInfo], list[tuple[str, set[str]]]]:
-        """Which file serves each key: (loose part infos, [(compacted path, keys it serves)]).
+    def _version(self, path: str, metadata: Mapping[bytes, bytes] | None) -> int:
+        """The schema version in a file's ``metadata``; :class:`StoreError` when it is malformed
+        or newer than this code's (such a file cannot be read correctly)."""
+        try:
+            version = S.version_of(metadata)
+        except S.SchemaError as exc:
+            raise StoreError(f"cannot read {path!r}: {exc}") from None
+        if version > S.SCHEMA_VERSION:
+            raise StoreError(
+                f"{path!r} was written by results schema version {version}, newer than this code's "
+                f"version {S.SCHEMA_VERSION}: upgrade transfer-bench to read this store"
+            )
+        return version
+
+    def _footer(self, path: str) -> bytes:
+        """The raw (Thrift) footer of the Parquet file at ``path``, in one or two reads."""
+        try:
+            with self.fs.open_input_file(path) as f:
+                size = f.size()
+                n = min(size, _FOOTER_TAIL)
+                tail = f.read_at(n, size - n)
+                length = int.from_bytes(tail[-8:-4], "little") if size >= 12 else -1
+                if tail[-4:] != b"PAR1" or not 0 < length <= size - 12:
+                    raise StoreError(f"{path!r} is not a Parquet file (no footer)")
+                if length + 8 > n:
+                    tail = f.read_at(length + 8, size - length - 8)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            if self.fs.get_file_info(path).type != pafs.FileType.File:
+                raise FileNotFoundError(path) from exc
+            raise StoreError(f"cannot read {path!r}: {exc}") from exc
+        return bytes(tail[-8 - length:-8])
+
+    def _part_facts(self, info: pafs.FileInfo) -> tuple[int, bytes | None]:
+        """(schema version, write id) of a loose part, from its footer; cached by
+        (path, size, mtime). The footer is searched, not parsed (see :func:`_footer_value`):
+        parsing one costs about 20 times as much as reading it."""
+        stamp = (info.size, info.mtime_ns)
+        cached = self._part_meta.get(info.path)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        footer = self._footer(info.path)
+        try:
+            raw_version = _footer_value(footer, S.META_VERSION_KEY)
+            write_id = _footer_value(footer, META_WRITE_ID_KEY)
+            meta = {} if raw_version is None else {S.META_VERSION_KEY: raw_version}
+        except _Ambiguous:
+            with self.fs.open_input_file(info.path) as f:
+                meta = pq.read_metadata(f).metadata or {}
+            write_id = meta.get(META_WRITE_ID_KEY)
+        facts = (self._version(info.path, meta), write_id)
+        if info.mtime_ns is not None:
+            self._part_meta[info.path] = (stamp, facts)
+        return facts
+
+    def _resolve_sources(self, table: str) -> tuple[list[pafs.FileInfo], list[_Served]]:
+        """Which file serves each key: (loose part infos, compacted files with the keys they serve).
 
         Loose parts are listed *before* compacted files: a key absent from the loose listing
         was already in a compacted file (compacted files are never removed), so no key is
@@ -205,14 +378,23 @@ class Store:
         """
         loose = self._part_infos(table)
         taken = {info.base_name[: -len(PART_SUFFIX)] for info in loose}
-        served: list[tuple[str, set[str]]] = []
+        served: list[_Served] = []
         for info in reversed(self._compacted_infos(table)):  # newest first
-            keys = set(self._compacted_keys(info.path)) - taken
+            absorbed, version = self._compacted_facts(info)
+            keys = set(absorbed) - taken
             taken |= keys
             if keys:
-                served.append((info.path, keys))
+                served.append(_Served(info.path, keys, version))
         served.reverse()
         return loose, served
+
+    def _needs_upgrade(self, table: str, loose: list[pafs.FileInfo], served: list[_Served]) -> bool:
+        """Whether any of these files needs an upgrade step to be read in the current schema
+        (:class:`StoreError` if one was written by a newer version). Reads loose parts' footers
+        (cached)."""
+        versions = {s.version for s in served}
+        versions.update(self._part_facts(info)[0] for info in loose)
+        return any(S.upgrade_steps(table, v) for v in versions)
 
     def _retrying(self, fn):
         """Call ``fn()``, re-trying when a listed file vanished under it (a concurrent compaction)."""
@@ -230,8 +412,8 @@ class Store:
 
         def keys() -> set[str]:
             found = {info.base_name[: -len(PART_SUFFIX)] for info in self._part_infos(table)}
-            for path in self.compacted_files(table):
-                found.update(self._compacted_keys(path))
+            for info in self._compacted_infos(table):
+                found.update(self._compacted_facts(info)[0])
             return found
 
         return self._retrying(keys)
@@ -255,8 +437,11 @@ class Store:
         return self._retrying(lambda: self._read_arrow_once(table))
 
     def _read_file(self, table: str, path: str) -> pa.Table:
+        """The file at ``path`` as written (no upgrade); ``FileNotFoundError`` if it vanished."""
         try:
-            return pq.read_table(path, filesystem=self.fs)
+            with self.fs.open_input_file(path) as f:
+                # Arrow's thread pool costs more than it gains on the small files parts are.
+                return pq.ParquetFile(f).read(use_threads=f.size() >= _THREADED_READ_BYTES)
         except FileNotFoundError:
             raise
         except (OSError, pa.ArrowInvalid) as exc:
@@ -264,22 +449,43 @@ class Store:
                 raise FileNotFoundError(path) from exc
             raise StoreError(f"cannot read part {path!r} of table {table!r}: {exc}") from exc
 
+    def _upgraded(self, table: str, path: str, data: pa.Table, version: int) -> pa.Table:
+        """``data`` (read from ``path``, written at ``version``) with the upgrade steps applied."""
+        try:
+            return S.upgrade(table, data, version)
+        except Exception as exc:
+            raise StoreError(
+                f"cannot upgrade {path!r} of table {table!r} from schema version {version} to "
+                f"{S.SCHEMA_VERSION}: {type(exc).__name__}: {exc}"
+            ) from exc
+
+    def _read_part(self, table: str, path: str) -> pa.Table:
+        """A loose part's rows in the current schema version (columns as the part has them)."""
+        data = self._read_file(table, path)
+        return self._upgraded(table, path, data, self._version(path, data.schema.metadata))
+
+    def _read_served(self, table: str, served: _Served, keep_part: bool = False) -> pa.Table:
+        """The rows of the keys a compacted file serves, in the current schema version, without
+        the ``_part`` column (or with it at the end: ``keep_part``)."""
+        data = self._read_file(table, served.path)
+        version = self._version(served.path, data.schema.metadata)
+        if PART_COLUMN not in data.column_names:
+            raise StoreError(f"compacted file {served.path!r} of table {table!r} lacks its {PART_COLUMN!r} column")
+        keep = pc.is_in(data[PART_COLUMN], value_set=pa.array(sorted(served.keys), pa.string()))
+        data = data.filter(keep)
+        rows = self._upgraded(table, served.path, data.drop_columns([PART_COLUMN]), version)
+        if not keep_part:
+            return rows
+        return _arrange(table, [schema_for(table).empty_table(), rows.append_column(PART_COLUMN, data[PART_COLUMN])],
+                        tail=[PART_COLUMN])
+
     def _read_arrow_once(self, table: str) -> pa.Table:
         schema = schema_for(table)
         loose, served = self._resolve_sources(table)
         pieces = [schema.empty_table()]
-        for info in loose:
-            pieces.append(self._read_file(table, info.path))
-        for path, keys in served:
-            data = self._read_file(table, path)
-            if PART_COLUMN not in data.column_names:
-                raise StoreError(f"compacted file {path!r} of table {table!r} lacks its {PART_COLUMN!r} column")
-            keep = pc.is_in(data[PART_COLUMN], value_set=pa.array(sorted(keys), pa.string()))
-            pieces.append(data.filter(keep).drop_columns([PART_COLUMN]))
-        merged = pa.concat_tables(pieces, promote_options="permissive")
-        extra = [n for n in merged.column_names if n not in schema.names]
-        merged = merged.select(schema.names + extra)
-        return merged.cast(pa.schema(list(schema) + [merged.schema.field(n) for n in extra]))
+        pieces.extend(self._read_part(table, info.path) for info in loose)
+        pieces.extend(self._read_served(table, src) for src in served)
+        return _arrange(table, pieces)
 
     def read(self, table: str) -> pd.DataFrame:
         """All rows of ``table`` as a DataFrame (empty, with the schema's columns, when no parts)."""
@@ -294,16 +500,33 @@ class Store:
         Compacted rows are filtered by the same newest-wins rule as :meth:`read_arrow` (a
         registered table of the (file, key) pairs that serve each key), so SQL sees every row
         once. The views name the files listed now; a file a compaction removes afterwards
-        makes a query on this connection fail (:meth:`query_arrow` re-lists and retries)."""
+        makes a query on this connection fail (:meth:`query_arrow` re-lists and retries).
+
+        A table with a part of an older schema version that needs an upgrade step is served
+        from :meth:`read_arrow` (upgraded rows, in memory) instead of in place; a part of a
+        newer version raises :class:`StoreError` naming it."""
         import duckdb
 
         con = duckdb.connect(database=":memory:")
+        try:
+            self._define_tables(con)
+        except BaseException:
+            con.close()
+            raise
+        return con
+
+    def _define_tables(self, con) -> None:
+        import duckdb
+
         # Timestamps come back as UTC (as stored) rather than in the machine's zone.
         con.execute("SET TimeZone = 'UTC'")
         # Joins push bloom filters into their scans, which DuckDB (1.5) cannot hand to the Arrow
         # tables and datasets registered below ("Pushdown Filter Type BLOOM_FILTER is not
         # currently supported in PyArrow Scans"): any join over runs and curves failed.
         con.execute("SET disabled_optimizers = 'join_filter_pushdown'")
+        # Every view over a table re-binds its read_parquet, reading all footers again (the
+        # derived views name runs and curves several times): keep them for this connection.
+        con.execute("SET parquet_metadata_cache = true")
         for table, schema in TABLES.items():
             empty_name = f"__empty_{table}"
             con.register(empty_name, schema.empty_table())
@@ -311,6 +534,12 @@ class Store:
             files = [info.path for info in loose]
             if not files and not served:
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "{empty_name}"')
+            elif self._needs_upgrade(table, loose, served) or (served and not self.is_local):
+                # Some part needs an upgrade step (or a remote store has compacted files):
+                # resolve, upgrade and filter in Arrow.
+                data_name = f"__rows_{table}"
+                con.register(data_name, self.read_arrow(table))
+                con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "{data_name}"')
             elif self.is_local:
                 sql = f'SELECT * FROM "{empty_name}"'
                 if files:
@@ -319,10 +548,10 @@ class Store:
                 if served:
                     live_name = f"__compacted_{table}"
                     con.register(live_name, pa.table({
-                        "__file": [path for path, keys in served for _ in keys],
-                        "__key": [k for _, keys in served for k in sorted(keys)],
+                        "__file": [src.path for src in served for _ in src.keys],
+                        "__key": [k for src in served for k in sorted(src.keys)],
                     }))
-                    listing = ", ".join(_sql_str(path) for path, _ in served)
+                    listing = ", ".join(_sql_str(src.path) for src in served)
                     sql += (
                         f" UNION ALL BY NAME SELECT c.* EXCLUDE (filename, {PART_COLUMN}) FROM "
                         f"read_parquet([{listing}], union_by_name=true, filename=true) AS c "
@@ -331,28 +560,21 @@ class Store:
                 try:
                     con.execute(f'CREATE VIEW "{table}" AS {sql}')  # binds (opens) the files now
                 except duckdb.IOException as exc:
-                    con.close()
                     if self._vanished(exc):  # a compaction moved a listed part: let the caller re-list
                         raise FileNotFoundError(str(exc)) from exc
                     raise StoreQueryError(f"cannot read table {table!r} of store {self.root}: {exc}") from exc
-            elif not served:
+            else:  # remote store, loose parts only
                 dataset_name = f"__parts_{table}"
                 con.register(dataset_name, ds.dataset(files, schema=schema, filesystem=self.fs, format="parquet"))
                 con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "{dataset_name}"')
-            else:  # remote store with compacted files: resolve in Arrow
-                data_name = f"__rows_{table}"
-                con.register(data_name, self.read_arrow(table))
-                con.execute(f'CREATE VIEW "{table}" AS SELECT * FROM "{data_name}"')
         from results.convergence import define_views
 
         try:
             define_views(con)  # derived views: convergence, convergence_gaps (binding opens the files)
         except duckdb.IOException as exc:
-            con.close()
             if self._vanished(exc):
                 raise FileNotFoundError(str(exc)) from exc
             raise StoreQueryError(f"cannot define the derived views of store {self.root}: {exc}") from exc
-        return con
 
     def describe(self) -> str:
         """One line per table: its name, part count and columns (used in query error messages)."""
@@ -411,14 +633,21 @@ class Store:
     def compact(self, table: str, *, min_parts: int = 2, target_rows: int = DEFAULT_TARGET_ROWS) -> dict[str, Any]:
         """Merge ``table``'s loose parts into compacted files of about ``target_rows`` rows.
 
-        Nothing happens when fewer than ``min_parts`` loose parts exist. Each compacted file
-        is written to a temporary name and renamed into place; only then are the parts it
-        absorbed deleted, and a part whose size or modification time changed since it was
+        Nothing is merged when fewer than ``min_parts`` loose parts exist. Each compacted file
+        is written atomically (see the module docstring); only then are the parts it absorbed
+        deleted, and a part whose size, modification time or write id changed since it was
         read (a concurrent re-write) is kept, so it keeps winning over its compacted copy.
         A crash at any point leaves every key readable exactly once.
 
+        Rows are written at the current schema version: parts of older versions are upgraded
+        on the way, and the rows that compacted files of an older version still serve are
+        re-written as new compacted files when reading them needs an upgrade step (so SQL reads
+        the table in place again). A part written by a newer version stops the compaction
+        with a :class:`StoreError` before anything is written.
+
         Returns ``{"table", "parts_merged", "rows", "files_written" (paths), "parts_removed",
-        "parts_kept" (keys re-written meanwhile)}``.
+        "parts_kept" (keys re-written meanwhile), "files_upgraded" (older compacted files
+        whose rows were re-written)}``.
         """
         schema_for(table)
         if not isinstance(min_parts, int) or min_parts < 1:
@@ -427,39 +656,60 @@ class Store:
             raise StoreError(f"compact: target_rows must be an integer >= 1, got {target_rows!r}")
         loose = self._part_infos(table)
         report: dict[str, Any] = {"table": table, "parts_merged": 0, "rows": 0, "files_written": [],
-                                  "parts_removed": 0, "parts_kept": []}
-        if len(loose) < min_parts:
-            return report
-        for batch in self._compaction_batches(table, loose, target_rows):
-            path, rows = self._write_compacted(table, batch)
-            removed, kept = self._remove_merged(batch)
-            report["files_written"].append(path)
-            report["parts_merged"] += len(batch)
-            report["rows"] += rows
-            report["parts_removed"] += removed
-            report["parts_kept"].extend(kept)
-        log.info("compacted %d part(s) of %s into %d file(s)", report["parts_merged"], table,
-                 len(report["files_written"]))
+                                  "parts_removed": 0, "parts_kept": [], "files_upgraded": []}
+        if len(loose) >= min_parts:
+            for batch in self._compaction_batches(table, loose, target_rows):
+                path, rows = self._write_compacted(table, batch)
+                removed, kept = self._remove_merged(batch)
+                report["files_written"].append(path)
+                report["parts_merged"] += len(batch)
+                report["rows"] += rows
+                report["parts_removed"] += removed
+                report["parts_kept"].extend(kept)
+        self._upgrade_compacted(table, report)
+        if report["files_written"]:
+            log.info("compacted %d part(s) of %s into %d file(s), %d older compacted file(s) upgraded",
+                     report["parts_merged"], table, len(report["files_written"]), len(report["files_upgraded"]))
         return report
 
     def _compaction_batches(self, table: str, loose: list[pafs.FileInfo], target_rows: int):
-        """Read the loose parts and group them into batches of at most ``target_rows`` rows
-        (a single larger part makes a batch of its own). Yields lists of
-        ``(info, key, arrow table)``; a part that vanished meanwhile is skipped."""
-        batch: list[tuple[pafs.FileInfo, str, pa.Table]] = []
+        """Read the loose parts (upgraded to the current schema version) and group them into
+        batches of at most ``target_rows`` rows (a single larger part makes a batch of its own).
+        Yields lists of ``(info, key, arrow table, write id)``; a part that vanished meanwhile is
+        skipped."""
+        batch: list[tuple[pafs.FileInfo, str, pa.Table, bytes | None]] = []
         rows = 0
         for info in loose:
             try:
-                data = self._read_file(table, info.path)
+                raw = self._read_file(table, info.path)
             except FileNotFoundError:
                 continue
+            write_id = (raw.schema.metadata or {}).get(META_WRITE_ID_KEY)
+            data = self._upgraded(table, info.path, raw, self._version(info.path, raw.schema.metadata))
             if batch and rows + data.num_rows > target_rows:
                 yield batch
                 batch, rows = [], 0
-            batch.append((info, info.base_name[: -len(PART_SUFFIX)], data))
+            batch.append((info, info.base_name[: -len(PART_SUFFIX)], data, write_id))
             rows += data.num_rows
         if batch:
             yield batch
+
+    def _upgrade_compacted(self, table: str, report: dict[str, Any]) -> None:
+        """Re-write the rows that compacted files of older schema versions still serve, when
+        reading them needs an upgrade step, as new compacted files at the current version (a
+        newer generation, so they win; the old files then serve nothing and are skipped)."""
+        _, served = self._resolve_sources(table)
+        for src in served:
+            if not S.upgrade_steps(table, src.version):
+                continue
+            try:
+                data = self._read_served(table, src, keep_part=True)
+            except FileNotFoundError:  # pragma: no cover - compacted files are never removed
+                continue
+            path, rows = self._write_compacted_table(table, data, sorted(src.keys))
+            report["files_written"].append(path)
+            report["rows"] += rows
+            report["files_upgraded"].append(src.path)
 
     def _next_generation(self, table: str) -> int:
         newest = 0
@@ -470,26 +720,40 @@ class Store:
                 continue
         return max(time.time_ns(), newest + 1)
 
-    def _write_compacted(self, table: str, batch: list[tuple[pafs.FileInfo, str, pa.Table]]) -> tuple[str, int]:
-        """Write one batch as a compacted file (temporary name, then atomic rename); return
-        (its path, its row count). The parts stay in place: until they are removed they win."""
-        schema = schema_for(table)
-        pieces = [schema.empty_table().append_column(PART_COLUMN, pa.array([], pa.string()))]
-        for _, key, data in batch:
+    def _write_compacted(self, table: str, batch: list[tuple[pafs.FileInfo, str, pa.Table, bytes | None]]) -> tuple[str, int]:
+        """Write one batch as a compacted file (atomically); return (its path, its row count).
+        The parts stay in place: until they are removed they win."""
+        pieces = [schema_for(table).empty_table()]
+        for _, key, data, _ in batch:
             pieces.append(data.append_column(PART_COLUMN, pa.array([key] * data.num_rows, pa.string())))
-        merged = pa.concat_tables(pieces, promote_options="permissive")
-        keys = [key for _, key, _ in batch]
-        meta = dict(schema.metadata or {})
-        meta[META_PARTS_KEY] = json.dumps(keys).encode()
-        merged = merged.replace_schema_metadata(meta)
-        folder = self.table_dir(table)
+        merged = _arrange(table, pieces, tail=[PART_COLUMN])
+        return self._write_compacted_table(table, merged, [key for _, key, _, _ in batch])
+
+    def _write_compacted_table(self, table: str, data: pa.Table, keys: list[str]) -> tuple[str, int]:
+        """Write ``data`` (the current schema plus ``_part``) as a new compacted file, newest
+        generation, absorbing ``keys``; return (its path, its row count)."""
+        meta = {**S.part_metadata(table), META_PARTS_KEY: json.dumps(keys).encode()}
+        data = data.replace_schema_metadata(meta)
         name = f"{COMPACT_PREFIX}{self._next_generation(table):020d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
-        final = f"{folder}/{name}"
-        self._write_atomic(merged, final)
-        return final, merged.num_rows
+        final = f"{self.table_dir(table)}/{name}"
+        self._write_atomic(data, final)
+        return final, data.num_rows
 
     def _write_atomic(self, data: pa.Table, final: str) -> None:
-        """Write ``data`` to a hidden temporary file beside ``final``, then rename it over ``final``."""
+        """Make ``final`` hold ``data`` in one step readers cannot see half of (see the module
+        docstring): on an object store, serialise in memory and PUT the whole file to its
+        key; elsewhere write a hidden temporary file beside ``final`` and rename it over."""
+        if self.is_object_store:
+            buf = pa.BufferOutputStream()
+            pq.write_table(data, buf, compression="zstd")  # a failure here sends nothing
+            payload = buf.getvalue()
+            # One write of the complete file: below the multipart threshold it is buffered and
+            # sent as one PutObject on close; above it, the object appears only when the
+            # multipart upload completes, which a failed part prevents.
+            out = self.fs.open_output_stream(final)
+            out.write(payload)
+            out.close()
+            return
         folder, name = final.rsplit("/", 1)
         tmp = f"{folder}/.{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
         try:
@@ -503,23 +767,49 @@ class Store:
                 pass
             raise
 
-    def _remove_merged(self, batch: list[tuple[pafs.FileInfo, str, pa.Table]]) -> tuple[int, list[str]]:
+    def _remove_merged(self, batch: list[tuple[pafs.FileInfo, str, pa.Table, bytes | None]]) -> tuple[int, list[str]]:
         """Delete the loose parts of a compacted batch, except those re-written since they
-        were read (size or mtime changed); return (removed count, kept keys)."""
+        were read (size, mtime or write id changed); return (removed count, kept keys)."""
         removed, kept = 0, []
-        for info, key, _ in batch:
+        for info, key, _, write_id in batch:
             now = self.fs.get_file_info(info.path)
             if now.type != pafs.FileType.File:
                 continue
             if now.size != info.size or now.mtime_ns != info.mtime_ns:
                 kept.append(key)
                 continue
+            if write_id is not None:
+                try:
+                    if self._part_facts(now)[1] != write_id:
+                        kept.append(key)
+                        continue
+                except FileNotFoundError:
+                    continue
             try:
                 self.fs.delete_file(info.path)
                 removed += 1
             except FileNotFoundError:
                 pass
         return removed, kept
+
+
+def _arrange(table: str, pieces: list[pa.Table], tail: Sequence[str] = ()) -> pa.Table:
+    """``pieces`` (the first one ``table``'s empty table) concatenated, in the current schema:
+    its columns first, cast to its types (missing ones null), then ``tail``, then any other
+    column a piece had; the schema's metadata (version) replaces the pieces'."""
+    schema = schema_for(table)
+    try:
+        merged = pa.concat_tables(pieces, promote_options="permissive")
+        rest = [n for n in merged.column_names if n not in schema.names and n not in tail]
+        merged = merged.select(schema.names + list(tail) + rest)
+        target = pa.schema(list(schema) + [merged.schema.field(n) for n in [*tail, *rest]],
+                           metadata=S.part_metadata(table))
+        return merged.cast(target)
+    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
+        raise StoreError(
+            f"table {table!r}: parts hold values that do not fit the current schema "
+            f"(a type change without an upgrade step?): {exc}"
+        ) from exc
 
 
 def _backoff(attempt: int) -> float:

@@ -44,3 +44,23 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def synthetic_store_root(tmp_path_factory) -> Path:
+    """A store filling every report section (tests/synthetic_store.py), written once per session."""
+    from synthetic_store import build_synthetic_store
+
+    root = tmp_path_factory.mktemp("synthetic-store")
+    build_synthetic_store(root)
+    return root
+
+
+@pytest.fixture(scope="session")
+def synthetic_report_dir(synthetic_store_root, tmp_path_factory) -> Path:
+    """The report of the synthetic store (rendered once; the report and browser tests share it)."""
+    from results.report import write_report
+
+    out = tmp_path_factory.mktemp("synthetic-report")
+    write_report(synthetic_store_root, out, title="Synthetic <study>", n_boot=50)
+    return out

@@ -1,9 +1,10 @@
 from pathlib import Path
 
+import pytest
 import yaml
 
 from harness.plan import make_plan
-from harness.spec import load_spec, parse_spec
+from harness.spec import SpecError, load_spec, parse_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,11 +55,33 @@ def test_pruned_combinations_have_reasons():
 def test_quickstart_plan_is_within_budget():
     plan = make_plan(load_spec(ROOT / "configs" / "quickstart.yaml"))
     counts = plan.counts()
-    # 8 pre-trainings (3 of them on curated LAION views) + the floor, linear on 11 sets; CLIP zero-shot
-    # on the 9 world sets; fine-tuning and LP-FT from the 8 on 2 sets and scratch on those 2, one seed
-    assert counts["pretrain"] == 8 and counts["view"] == 8
-    assert counts["eval"] == 9 * 11 + 9 + 8 * 2 * 2 + 2
-    assert plan.planned_rows() == 9 * 11 * 5 * 3 + 9 + 8 * 2 * 2 + 2
+    # 11 pre-trainings (imagenet and laion at 3 sizes, 3 on curated LAION views, 2 on shutterstock), the
+    # largest imagenet run also at epoch 2: 12 checkpoints + the floor, linear on 11 sets; CLIP zero-shot
+    # on the 9 world sets; fine-tuning and LP-FT from the 12 on 2 sets and scratch on those 2, one seed
+    assert counts["pretrain"] == 11 and counts["view"] == 11
+    assert counts["eval"] == 13 * 11 + 9 + 12 * 2 * 2 + 2
+    assert plan.planned_rows() == 13 * 11 * 5 * 3 + 9 + 12 * 2 * 2 + 2
+    assert len(plan.expected_rows()) == plan.planned_rows()
+
+
+def test_a_grid_block_can_evaluate_mid_training_checkpoints():
+    data = _tiny()
+    data["downstream"]["checkpoint_epochs"] = "last"
+    data["pretrain"]["checkpoint_epochs"] = "last"
+    data["pretrain"]["epochs"] = 4
+    data["pretrain"]["grids"][0]["checkpoint_epochs"] = [1, 2]  # the imagenet block
+    plan = make_plan(parse_spec(data))
+    by_source = {}
+    for job in plan.of_kind("pretrain"):
+        by_source.setdefault(job.coords["source"], set()).add(tuple(job.config["save_epochs"]))
+    assert by_source["imagenet"] == {(1, 2, 4)} and by_source["laion"] == {(4,)}
+    epochs = {}
+    for job in plan.of_kind("features"):
+        epochs.setdefault(job.coords["source"], set()).add(job.coords["checkpoint_epoch"])
+    assert epochs["imagenet"] == {1, 2, 4} and epochs["laion"] == {4}
+    data["pretrain"]["grids"][0]["checkpoint_epochs"] = [5]
+    with pytest.raises(SpecError, match=r"grids.0.checkpoint_epochs \[5\] outside 1..4"):
+        parse_spec(data)
 
 
 def test_methods_settings_and_grid_epochs_reach_the_pretraining_jobs():
