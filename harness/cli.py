@@ -216,7 +216,8 @@ def data_curate(spec: Path = typer.Argument(..., help="The YAML spec."),
 
 @results_app.command("query")
 def results_query(sql: str = typer.Argument(..., help="SQL over the tables runs, curves, spectra, views."),
-                  store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store."),
+                  store: str = typer.Option("tbench-out/quickstart/store",
+                                            help="The results store: a directory or a URI (s3://bucket/prefix)."),
                   format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
                   out: Optional[Path] = typer.Option(None, help="Output file (required for parquet).")) -> None:
     """Answer SQL over the store with DuckDB."""
@@ -234,7 +235,8 @@ def results_query(sql: str = typer.Argument(..., help="SQL over the tables runs,
 
 
 @results_app.command("ls")
-def results_ls(store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store.")) -> None:
+def results_ls(store: str = typer.Option("tbench-out/quickstart/store",
+                                         help="The results store: a directory or a URI (s3://bucket/prefix).")) -> None:
     """Per table: part files (loose and compacted), keys and rows; per spec: runs, failed, last write."""
     from results.schema import TABLES
     from results.store import Store
@@ -270,7 +272,8 @@ def results_ls(store: Path = typer.Option(Path("tbench-out/quickstart/store"), h
 
 
 @results_app.command("compact")
-def results_compact(store: Path = typer.Option(Path("tbench-out/quickstart/store"), help="The results store."),
+def results_compact(store: str = typer.Option("tbench-out/quickstart/store",
+                                              help="The results store: a directory or a URI (s3://bucket/prefix)."),
                     table: Optional[str] = typer.Option(None, help="Compact only this table (default: all)."),
                     min_parts: int = typer.Option(2, help="Leave a table alone with fewer loose parts than this."),
                     target_rows: Optional[int] = typer.Option(None, help="Rows per compacted file.")) -> None:

@@ -67,7 +67,13 @@ def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workd
 
 
 def code_version() -> str:
-    """The git commit of the code that produced a row (with '+dirty' for local edits)."""
+    """The git commit of the code that produced a row (with '+dirty' for local edits).
+
+    A job submitted to a cluster runs from an uploaded copy without ``.git``: ``tbench submit``
+    passes the submitting checkout's version in ``TBENCH_CODE_VERSION``."""
+    sent = os.environ.get("TBENCH_CODE_VERSION", "").strip()
+    if sent:
+        return sent
     here = Path(__file__).resolve().parent.parent
     try:
         rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,

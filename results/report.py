@@ -523,4 +523,5 @@ def write_report(
 
 def _only_empty(content: str) -> bool:
     """Whether a section holds nothing but notes that its data is missing."""
-    return "<figure>" not in content and "<table" not in content and 'class="empty"' in content
+    has_data = any(mark in content for mark in ("<figure>", "<table", 'class="data"'))
+    return not has_data and 'class="empty"' in content

@@ -867,8 +867,9 @@ def missing_section(runs: pd.DataFrame, expected: pd.DataFrame | None, pruned: S
     have_bad = set(runs.loc[runs["status"].astype(object) != "ok", "key"]) if not runs.empty else set()
     exp = expected.assign(_state=["ok" if k in have_ok else "failed" if k in have_bad else "missing" for k in expected["key"]])
     counts = exp["_state"].value_counts()
-    parts = [f"<p>{len(exp)} planned row(s): {int(counts.get('ok', 0))} ok, {int(counts.get('failed', 0))} failed, "
-             f"<b>{int(counts.get('missing', 0))} missing</b> (no row in the store: not run yet, or interrupted).</p>"]
+    n_ok, n_failed, n_missing = (int(counts.get(state, 0)) for state in ("ok", "failed", "missing"))
+    parts = [f'<p class="data">{len(exp)} planned row(s): {n_ok} ok, {n_failed} failed, '
+             f"<b>{n_missing} missing</b> (no row in the store: not run yet, or interrupted).</p>"]
     missing = exp[exp["_state"] == "missing"]
     if not missing.empty:
         rows = []

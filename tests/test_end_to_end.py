@@ -78,10 +78,22 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert len(query("SELECT * FROM convergence WHERE epochs_to_95 = 1")) == 14 + 14 + 1
 
     report = tmp_path / "report"
-    proc = run_tbench("report", "--store", str(tmp_path / "store"), "--out", str(report))
+    proc = run_tbench("report", "--store", str(tmp_path / "store"), "--out", str(report), "--spec", str(spec_path))
     assert proc.returncode == 0, proc.stderr
     html = (report / "index.html").read_text()
     assert "<img" in html and list(report.glob("*.png"))
+    assert 'class="error"' not in html
+    # every planned row is in the store; mid-training checkpoints (epochs 1 and 2), spectra and
+    # convergence have data; the data multiplier needs 3 sizes (laion has 2) and says so
+    assert f"{planned} planned row(s): {planned} ok, 0 failed, <b>0 missing</b>" in html
+    for figure in ("checkpoints_1.png", "spectra_1.png", "convergence_1.png", "funnel_1.png", "fewshot_linear.png"):
+        assert (report / figure).exists(), figure
+    assert "No data yet for the data multiplier" in html
+    # and in a real browser: every section renders, every figure loads and is not blank
+    from report_browser import check_report
+
+    seen = check_report(report, tmp_path / "shots")
+    assert len(seen["figures"]) == html.count("<figure>") and not seen["errors"]
 
     proc = run_tbench("run", str(spec_path), "--no-progress")
     assert proc.returncode == 0, proc.stdout + proc.stderr
