@@ -9,11 +9,12 @@ its rows instead of duplicating them:
   Temporary files (``.<key>.parquet.tmp-*``) are ignored by every reader; a crash can leave
   one behind, never a partial part;
 - on an object store (``s3://``, ``gs://``, ``abfs://``) there is no rename: pyarrow's
-  ``move`` is a server-side copy plus a delete. But a single PUT is atomic per object (a GET
-  sees the old object or the new one, and a multipart upload only appears when completed),
-  so the part is serialised completely in memory first and then uploaded to its final key in
-  one request. Nothing is ever visible under a part's name until the whole file is, and no
-  temporary objects are left behind by a crash.
+  ``move`` is a server-side copy plus a delete, three requests where one does. An upload is
+  atomic per object: a PUT, or a multipart upload (what pyarrow's S3 stream sends), becomes
+  visible only when complete, and a reader sees the old object or the new one. So the part is
+  serialised completely in memory first and then uploaded straight to its final key: a
+  failure while serialising sends nothing, an upload that fails or is killed never completes,
+  and no temporary objects are left behind.
 
 Every part carries, in its Parquet key-value metadata, the schema version that wrote it
 (``transfer_bench.schema_version``, see :mod:`results.schema`) and a random write id
@@ -60,9 +61,9 @@ import re
 import time
 import urllib.parse
 import uuid
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import pandas as pd
 import pyarrow as pa
@@ -94,6 +95,7 @@ _READ_RETRIES = 20  # re-list this many times when a listed file vanished (a com
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 _FOOTER_TAIL = 64 * 1024  # bytes read from a part's end to find its footer (more when it is longer)
 _THREADED_READ_BYTES = 4 << 20  # read files at least this large with Arrow's thread pool
+_REMOTE_READERS = 16  # files of a remote store read at once
 
 
 class StoreError(RuntimeError):
@@ -135,6 +137,7 @@ class _Served(NamedTuple):
     path: str
     keys: set[str]
     version: int
+    complete: bool  # it serves every key it absorbed: all its rows count, no filter needed
 
 
 class _Ambiguous(Exception):
@@ -384,7 +387,7 @@ class Store:
             keys = set(absorbed) - taken
             taken |= keys
             if keys:
-                served.append(_Served(info.path, keys, version))
+                served.append(_Served(info.path, keys, version, len(keys) == len(set(absorbed))))
         served.reverse()
         return loose, served
 
@@ -393,8 +396,18 @@ class Store:
         (:class:`StoreError` if one was written by a newer version). Reads loose parts' footers
         (cached)."""
         versions = {s.version for s in served}
-        versions.update(self._part_facts(info)[0] for info in loose)
+        versions.update(facts[0] for facts in self._map(self._part_facts, loose))
         return any(S.upgrade_steps(table, v) for v in versions)
+
+    def _map(self, fn, items: Sequence[Any]) -> list[Any]:
+        """``[fn(item) for item in items]``; on a remote store several at once, since every file
+        read there costs round trips (Arrow releases the GIL while it waits)."""
+        if self.is_local or len(items) < 2:
+            return [fn(item) for item in items]
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(max_workers=min(_REMOTE_READERS, len(items))) as pool:
+            return list(pool.map(fn, items))
 
     def _retrying(self, fn):
         """Call ``fn()``, re-trying when a listed file vanished under it (a concurrent compaction)."""
@@ -471,8 +484,8 @@ class Store:
         version = self._version(served.path, data.schema.metadata)
         if PART_COLUMN not in data.column_names:
             raise StoreError(f"compacted file {served.path!r} of table {table!r} lacks its {PART_COLUMN!r} column")
-        keep = pc.is_in(data[PART_COLUMN], value_set=pa.array(sorted(served.keys), pa.string()))
-        data = data.filter(keep)
+        if not served.complete:
+            data = data.filter(pc.is_in(data[PART_COLUMN], value_set=pa.array(sorted(served.keys), pa.string())))
         rows = self._upgraded(table, served.path, data.drop_columns([PART_COLUMN]), version)
         if not keep_part:
             return rows
@@ -483,8 +496,8 @@ class Store:
         schema = schema_for(table)
         loose, served = self._resolve_sources(table)
         pieces = [schema.empty_table()]
-        pieces.extend(self._read_part(table, info.path) for info in loose)
-        pieces.extend(self._read_served(table, src) for src in served)
+        pieces.extend(self._map(lambda info: self._read_part(table, info.path), loose))
+        pieces.extend(self._map(lambda src: self._read_served(table, src), served))
         return _arrange(table, pieces)
 
     def read(self, table: str) -> pd.DataFrame:
@@ -498,9 +511,10 @@ class Store:
         ``views`` defined as views over the current parts (typed and empty where no parts).
 
         Compacted rows are filtered by the same newest-wins rule as :meth:`read_arrow` (a
-        registered table of the (file, key) pairs that serve each key), so SQL sees every row
-        once. The views name the files listed now; a file a compaction removes afterwards
-        makes a query on this connection fail (:meth:`query_arrow` re-lists and retries).
+        registered table of the (file, key) pairs that serve each key, joined only to the
+        files that lost some keys to newer writes), so SQL sees every row once. The views
+        name the files listed now; a file a compaction removes afterwards makes a query on
+        this connection fail (:meth:`query_arrow` re-lists and retries).
 
         A table with a part of an older schema version that needs an upgrade step is served
         from :meth:`read_arrow` (upgraded rows, in memory) instead of in place; a part of a
@@ -545,13 +559,19 @@ class Store:
                 if files:
                     listing = ", ".join(_sql_str(f) for f in files)
                     sql += f" UNION ALL BY NAME SELECT * FROM read_parquet([{listing}], union_by_name=true)"
-                if served:
+                complete = [src.path for src in served if src.complete]
+                partial = [src for src in served if not src.complete]
+                if complete:  # every row of these files counts
+                    listing = ", ".join(_sql_str(path) for path in complete)
+                    sql += (f" UNION ALL BY NAME SELECT * EXCLUDE ({PART_COLUMN}) FROM "
+                            f"read_parquet([{listing}], union_by_name=true)")
+                if partial:  # some keys of these files were re-written since: keep the others' rows
                     live_name = f"__compacted_{table}"
                     con.register(live_name, pa.table({
-                        "__file": [src.path for src in served for _ in src.keys],
-                        "__key": [k for src in served for k in sorted(src.keys)],
+                        "__file": [src.path for src in partial for _ in src.keys],
+                        "__key": [k for src in partial for k in sorted(src.keys)],
                     }))
-                    listing = ", ".join(_sql_str(src.path) for src in served)
+                    listing = ", ".join(_sql_str(src.path) for src in partial)
                     sql += (
                         f" UNION ALL BY NAME SELECT c.* EXCLUDE (filename, {PART_COLUMN}) FROM "
                         f"read_parquet([{listing}], union_by_name=true, filename=true) AS c "
@@ -643,7 +663,7 @@ class Store:
         on the way, and the rows that compacted files of an older version still serve are
         re-written as new compacted files when reading them needs an upgrade step (so SQL reads
         the table in place again). A part written by a newer version stops the compaction
-        with a :class:`StoreError` before anything is written.
+        with a :class:`StoreError`, checked (from the footers) before anything is written.
 
         Returns ``{"table", "parts_merged", "rows", "files_written" (paths), "parts_removed",
         "parts_kept" (keys re-written meanwhile), "files_upgraded" (older compacted files
@@ -658,6 +678,7 @@ class Store:
         report: dict[str, Any] = {"table": table, "parts_merged": 0, "rows": 0, "files_written": [],
                                   "parts_removed": 0, "parts_kept": [], "files_upgraded": []}
         if len(loose) >= min_parts:
+            self._map(self._check_version, loose)  # a part of a newer version stops us here, before any write
             for batch in self._compaction_batches(table, loose, target_rows):
                 path, rows = self._write_compacted(table, batch)
                 removed, kept = self._remove_merged(batch)
@@ -671,6 +692,13 @@ class Store:
             log.info("compacted %d part(s) of %s into %d file(s), %d older compacted file(s) upgraded",
                      report["parts_merged"], table, len(report["files_written"]), len(report["files_upgraded"]))
         return report
+
+    def _check_version(self, info: pafs.FileInfo) -> None:
+        """Raise :class:`StoreError` if a loose part is of a newer version (a vanished one is fine)."""
+        try:
+            self._part_facts(info)
+        except FileNotFoundError:
+            pass
 
     def _compaction_batches(self, table: str, loose: list[pafs.FileInfo], target_rows: int):
         """Read the loose parts (upgraded to the current schema version) and group them into
@@ -747,9 +775,8 @@ class Store:
             buf = pa.BufferOutputStream()
             pq.write_table(data, buf, compression="zstd")  # a failure here sends nothing
             payload = buf.getvalue()
-            # One write of the complete file: below the multipart threshold it is buffered and
-            # sent as one PutObject on close; above it, the object appears only when the
-            # multipart upload completes, which a failed part prevents.
+            # One write of the complete file; the object appears when the stream's upload
+            # completes on close(), which a failed request prevents.
             out = self.fs.open_output_stream(final)
             out.write(payload)
             out.close()
