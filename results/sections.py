@@ -429,7 +429,11 @@ def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int 
             res.note = str(exc)
             continue
         n_a = res.estimate * res.at
-        if not math.isfinite(n_a):
+        if fa.b * float(min(pa_)) ** -fa.c < 1e-6:
+            res.note = ("A's fitted curve is flat: its score does not grow with its size over "
+                        f"{fmt_size(min(pa_))}-{fmt_size(max(pa_))}, so no multiplier is meaningful")
+            res.estimate, res.lo, res.hi = math.nan, math.nan, math.nan
+        elif not math.isfinite(n_a):
             res.note = "A's fitted asymptote stays below B's score: no amount of A's data matches it"
         elif n_a > 2 * max(pa_) or n_a < min(pa_) / 2:
             res.note = (f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
