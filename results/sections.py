@@ -82,6 +82,18 @@ def _layout(fig, *, left: float = 0.75, right: float = 0.25, top: float = 0.65, 
                         bottom=bottom / height, wspace=wspace, hspace=hspace)
 
 
+def _style_panel(ax, title: str, xlabel: str, *, legend: int | None = None, integer_x: bool = False) -> None:
+    """The common look of a small panel: title, x label, small ticks, a light grid, an optional legend."""
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel, fontsize=8)
+    if integer_x:
+        _integer_ticks(ax)
+    ax.tick_params(labelsize=7)
+    ax.grid(True, alpha=0.3)
+    if legend:
+        ax.legend(fontsize=legend)
+
+
 def _integer_ticks(ax) -> None:
     from matplotlib.ticker import MaxNLocator
 
@@ -524,12 +536,8 @@ def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc
             if math.isfinite(r.estimate):
                 ax.axvline(r.estimate * r.at, color="C0", linestyle="--", linewidth=0.8)
         ax.set_xscale("log")
-        ax.set_title(f"{shots_title(r.shot)}: ×{_fmt_mult(r.estimate)}" if not math.isnan(r.estimate)
-                     else f"{shots_title(r.shot)}: not estimated", fontsize=9)
-        ax.set_xlabel("pre-training samples", fontsize=8)
-        ax.tick_params(labelsize=7)
-        ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        _style_panel(ax, f"{shots_title(r.shot)}: ×{_fmt_mult(r.estimate)}" if not math.isnan(r.estimate)
+                     else f"{shots_title(r.shot)}: not estimated", "pre-training samples", legend=7)
     for ax in axes[len(drawn):]:
         ax.set_visible(False)
     fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
@@ -591,12 +599,7 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
                 summary[kind][1] += 1
                 table_rows.append([esc(label), esc(ds_name), esc(name), str(epochs[best]), fmt_num(means[best]),
                                    str(epochs[-1]), fmt_num(means[-1]), fmt_num(means[best] - means[-1])])
-            ax.set_title(ds_name, fontsize=9)
-            ax.set_xlabel("checkpoint epoch", fontsize=8)
-            _integer_ticks(ax)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, alpha=0.3)
-            ax.legend(fontsize=6)
+            _style_panel(ax, ds_name, "checkpoint epoch", legend=6, integer_x=True)
         for ax in axes[len(sets):]:
             ax.set_visible(False)
         fig.suptitle(f"{label}: score by checkpoint epoch", fontsize=10)
@@ -616,10 +619,9 @@ def _checkpoint_series(run: pd.DataFrame) -> dict[tuple[str, str], dict[int, lis
     """(curve name, set) -> epoch -> scores over seeds; FE at full data and at the fewest shots, FT at full data."""
     out: dict[tuple[str, str], dict[int, list[float]]] = {}
     fe = run[run["protocol"] == FE_PROTOCOL]
-    fe_shots = sorted(fe["_shots"].unique())
-    chosen = {s for s in fe_shots if s == math.inf} | {s for s in fe_shots if 0 < s < math.inf and s == min(
-        [x for x in fe_shots if 0 < x < math.inf], default=None)}
-    for shot in sorted(chosen):
+    few = [s for s in fe["_shots"].unique() if 0 < s < math.inf]
+    chosen = ([min(few)] if few else []) + ([math.inf] if (fe["_shots"] == math.inf).any() else [])
+    for shot in chosen:
         for (ds_name, epoch), g in fe[fe["_shots"] == shot].groupby(["downstream", "checkpoint_epoch"]):
             out.setdefault((f"FE {FE_PROTOCOL}, {_shot_cols([shot])[0]}", ds_name), {})[int(epoch)] = g["score"].tolist()
     for protocol in FT_PROTOCOLS:
