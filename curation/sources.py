@@ -62,10 +62,14 @@ SKIP_REASONS = {
     "bad_json": "metadata that is not a JSON object",
     "no_label": "labelled sample without a class",
     "bad_cls": "labelled sample whose class is not an integer",
+    "label_out_of_range": "labelled sample whose class is negative or not below the source's num_classes",
+    "bad_image": "image that does not decode (found by the curation steps that read images: curation.views)",
     "duplicate_member": "member repeated within a sample (the first is kept)",
     "truncated_shard": "shard that ends early (iteration of that shard stops)",
     "unreadable_shard": "shard that cannot be opened as a tar archive",
 }
+# Reasons that count shards or repeated members, not dropped samples.
+NOT_SAMPLE_REASONS = ("duplicate_member", "truncated_shard", "unreadable_shard")
 
 _PROTOCOL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
@@ -122,6 +126,7 @@ class SourceEntry:
     caption_key: str = "txt"
     meta_key: str = "json"
     label_key: str = "cls"
+    num_classes: int | None = None  # labelled sources: classes are 0 .. num_classes - 1 (others are skipped)
     hint: str = ""  # what to provide and how to produce it
     origin: str = ""  # where the real data comes from
 
@@ -133,7 +138,8 @@ class SourceEntry:
 
         Fields: ``shards`` (required), ``kind`` (image-text or labelled; default image-text),
         ``size``, ``description``, ``image_exts``, ``caption_key``, ``meta_key``, ``label_key``,
-        ``hint``, ``origin``.
+        ``num_classes`` (labelled sources: samples whose class is outside ``[0, num_classes)`` are
+        skipped and counted), ``hint``, ``origin``.
         """
         who = f"source {name!r}"
         valid = ", ".join(CONFIG_FIELDS)
@@ -158,6 +164,14 @@ class SourceEntry:
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
             raise SourceConfigError(f"{who}: size must be a non-negative integer (the documented sample count), "
                                     f"got {size!r}")
+        num_classes = cfg.get("num_classes")
+        if num_classes is not None:
+            if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+                raise SourceConfigError(f"{who}: num_classes must be a positive integer (classes are 0 .. "
+                                        f"num_classes - 1), got {num_classes!r}")
+            if kind != "labelled":
+                raise SourceConfigError(f"{who}: num_classes applies to labelled sources (kind: labelled); "
+                                        f"this one is {kind}")
         exts = cfg.get("image_exts", IMAGE_EXTS)
         if isinstance(exts, str):
             exts = [exts]
@@ -175,7 +189,7 @@ class SourceEntry:
             if not isinstance(v, str) or not v.strip("."):
                 raise SourceConfigError(f"{who}: {k} must be a member extension such as 'txt', got {v!r}")
             out[k] = v.strip(".").lower()
-        return cls(name=name, kind=kind, shards=os.fspath(shards), size=size,
+        return cls(name=name, kind=kind, shards=os.fspath(shards), size=size, num_classes=num_classes,
                    image_exts=tuple(e.strip(".").lower() for e in exts), **out)
 
     def to_config(self) -> dict[str, Any]:
@@ -278,7 +292,7 @@ class SourceEntry:
 
 
 CONFIG_FIELDS = ("shards", "kind", "size", "description", "image_exts", "caption_key", "meta_key", "label_key",
-                 "hint", "origin")
+                 "num_classes", "hint", "origin")
 
 SOURCES: Registry[SourceEntry] = Registry("source")
 REAL_SOURCES: Registry[SourceEntry] = Registry("real source")
@@ -335,7 +349,7 @@ def _fill() -> None:
                  f"00000_stats.json, ...; a sizes.json is used when present); produce them with: {cmd}"))
     REAL_SOURCES.register("real.imagenet", SourceEntry(
         "real.imagenet", "labelled", "ImageNet-1k training set: 1.28M photographs, one of 1000 classes each",
-        shards=f"{DATA_DIR_PLACEHOLDER}/imagenet/imagenet-train-*.tar", size=1_281_167,
+        shards=f"{DATA_DIR_PLACEHOLDER}/imagenet/imagenet-train-*.tar", size=1_281_167, num_classes=1000,
         origin="Deng et al. 2009 / Russakovsky et al. 2015, ILSVRC-2012 (image-net.org; needs an account)",
         hint=f"webdataset shards imagenet-train-{{000000..001281}}.tar in {DATA_DIR_PLACEHOLDER}/imagenet/ with "
              f".jpg, .cls (the class index) and optionally .json per sample, as timm's webdataset layout "
@@ -615,12 +629,12 @@ def _raw_samples(url: str, counter: Counter | None = None) -> Iterator[tuple[str
                 k, ext = _split_key(ti.name)
                 if k is None:
                     continue
-                data = tf.extractfile(ti).read()
-                tf.members = []  # stream mode: keep memory flat
-                if k != key:
+                if k != key:  # the previous sample is whole: yield it before reading on (a break may follow)
                     if key is not None:
                         yield key, group
                     key, group = k, {}
+                data = tf.extractfile(ti).read()
+                tf.members = []  # stream mode: keep memory flat
                 if ext in group:
                     if counter is not None:
                         counter["duplicate_member"] += 1
@@ -721,6 +735,8 @@ class OpenedSource:
                 if e.kind == "labelled":
                     return None, "bad_cls"
                 cls = None  # an image-text source does not use its classes
+            if e.kind == "labelled" and (cls < 0 or (e.num_classes is not None and cls >= e.num_classes)):
+                return None, "label_out_of_range"
         elif e.kind == "labelled":
             return None, "no_label"
         return {"key": key, "url": url, "image": group[ext], "image_ext": ext, "txt": txt, "json": meta,
@@ -753,7 +769,7 @@ class OpenedSource:
                 logger.warning("source %r: shard %s holds %d sample(s), %s says %d: truncated?", self.name, url,
                                n, self.counted_by, expected)
         new = self.skipped - before
-        bad = {k: v for k, v in new.items() if k not in ("truncated_shard", "unreadable_shard")}
+        bad = {k: v for k, v in new.items() if k not in NOT_SAMPLE_REASONS}
         if bad:
             logger.warning("source %r: skipped %d bad sample(s) in %s: %s", self.name, sum(bad.values()), url,
                            ", ".join(f"{k} {v}" for k, v in sorted(bad.items())))

@@ -33,13 +33,18 @@ w has priority (j + 1/2) / w), which is also size-monotone.
 The folder is built next to ``out_dir`` and renamed into place with ``manifest.json`` (written
 last), so an interrupted build leaves nothing half-written. The manifest records the funnel
 (``pool_size == size + sum(funnel.values())``), per-source funnels, the dedup report,
-``label_accuracy`` (derived labels against the world's ground truth, before noise) and
-``achieved_noise``. A pool smaller than the request gives a smaller view, recorded as such.
+``label_accuracy`` (derived labels against the world's ground truth, before noise),
+``achieved_noise`` and what was skipped while reading (never part of the pool): ``skipped`` by
+reason (:data:`curation.sources.SKIP_REASONS`; an image that does not decode is ``bad_image``,
+found by the steps that read images) and ``skipped_samples``, their total in samples (broken
+shards and repeated members are counted in ``skipped`` only). A pool smaller than the request
+gives a smaller view, recorded as such.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -48,6 +53,7 @@ import re
 import shutil
 import tarfile
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -55,6 +61,7 @@ from typing import Any, Iterable
 import numpy as np
 
 from curation.filters import FILTERS, step_names, validate_steps
+from curation.sources import NOT_SAMPLE_REASONS
 from harness.artifacts import replaceable_dir
 
 logger = logging.getLogger(__name__)
@@ -261,8 +268,47 @@ def _checkpoint_scorer(path: str):
     return _SCORERS[path]
 
 
+SIZE_STEPS = ("min_resolution", "aspect_ratio")  # steps that judge the image's size
+
+
+def _image_check(resolved) -> str | None:
+    """How much of each image the steps read: ``pixels`` (``dedup``'s hash, a checkpoint scorer),
+    ``header`` (the size steps: their sizes come from the metadata, but the image must be one) or None."""
+    if any(e.name == "dedup" or (e.name == "clip_score" and p["scorer"] == "checkpoint") for e, p in resolved):
+        return "pixels"
+    return "header" if any(e.name in SIZE_STEPS for e, _ in resolved) else None
+
+
+def _header_problem(image: bytes) -> str | None:
+    """Why ``image`` is not an image PIL can identify (its header only: cheap), or None."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(image)) as im:
+            im.size  # noqa: B018 - the header is parsed on open; reading the size is all the check needs
+    except Exception as e:  # noqa: BLE001 - PIL raises several types for bad data
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def _pixels_problem(image: bytes) -> str | None:
+    """Why ``image`` does not decode with pre-training's decoder (as a checkpoint scorer reads it), or None."""
+    from pretrain.data import decode_image
+
+    try:
+        decode_image(image)
+    except Exception as e:  # noqa: BLE001 - torchvision and PIL raise several types for bad data
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
 def scan_shard(task: ScanTask) -> dict[str, list]:
-    """One shard's rows: key, url, rank, label, truth, and per step its verdict or score."""
+    """One shard's rows: key, url, rank, label, truth, and per step its verdict or score.
+
+    ``skipped`` (not a column: a JSON object of reason -> count) holds what the shard's reading
+    skipped (see :data:`curation.sources.SKIP_REASONS`), including ``bad_image``: a sample whose
+    image does not decode as far as the steps read it (:func:`_image_check`) is skipped, not scored.
+    """
     src = _shard_reader(task.source, task.url, task.size, task.counted_by, task.sources)
     kind = src.entry.kind
     vocab_index = {c: i for i, c in enumerate(task.vocab or ())}
@@ -276,9 +322,26 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
 
         cols["h0"], cols["h1"] = [], []
     model_steps = [i for i, (e, p) in enumerate(resolved) if e.name == "clip_score" and p["scorer"] == "checkpoint"]
+    check = _image_check(resolved)
     pending_images: list[bytes] = []
     pending_caps: list[str] = []
     for s in src.iter_shard(task.url):
+        problem = hashes = None
+        if need_hash:
+            try:
+                hashes = hash_image(s["image"])
+            except ValueError as e:  # decode_gray names the bytes and PIL's complaint
+                problem = str(e)
+        if problem is None and model_steps:
+            problem = _pixels_problem(s["image"])
+        if problem is None and check == "header":
+            problem = _header_problem(s["image"])
+        if problem is not None:
+            src.skipped["bad_image"] += 1
+            if src.skipped["bad_image"] <= 3:
+                logger.warning("source %r: sample %r in %s: its image does not decode (%s); skipping it",
+                               task.source, s["key"], task.url, problem)
+            continue
         sample = {"key": s["key"], "txt": s.get("txt") or "", "json": s.get("json") or {}}
         cols["key"].append(s["key"])
         cols["url"].append(task.url)
@@ -310,7 +373,7 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
             else:
                 cols[f"s{i}"].append(bool(entry.fn(sample, **params)))
         if need_hash:
-            h0, h1 = hash_image(s["image"])
+            h0, h1 = hashes
             cols["h0"].append(int(h0))
             cols["h1"].append(int(h1))
         if model_steps:
@@ -322,7 +385,7 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         for b0 in range(0, len(pending_images), 256):
             out.extend(score(pending_images[b0:b0 + 256], pending_caps[b0:b0 + 256]).tolist())
         cols[f"s{i}"] = out
-    cols["skipped"] = [int(sum(getattr(src, "skipped", {}).values()))] * len(cols["key"])
+    cols["skipped"] = json.dumps(dict(src.skipped), sort_keys=True)  # a shard with no rows still counts
     return cols
 
 
@@ -332,10 +395,17 @@ def _scan_tasks(cfg: ViewConfig, opened: dict[str, Any], steps, vocab) -> list[S
             for name, src in opened.items() for url in src.urls]
 
 
-def _concat(parts: Iterable[dict[str, list]]):
+def _concat(parts: Iterable[dict[str, list]], skipped: Counter | None = None):
     import pandas as pd
 
-    frames = [pd.DataFrame(p) for p in parts if p and p["key"]]
+    frames = []
+    for p in parts:
+        p = dict(p)
+        counts = p.pop("skipped", None)
+        if skipped is not None and counts:
+            skipped.update(json.loads(counts))
+        if len(p["key"]):
+            frames.append(pd.DataFrame(p))
     if not frames:
         return pd.DataFrame()
     return pd.concat(frames, ignore_index=True)
@@ -356,11 +426,15 @@ def resolve_engine(engine: str, num_shards: int) -> str:
 RAY_MIN_SHARDS = 2
 
 
-def scan(tasks: list[ScanTask], engine: str = "local"):
-    """The scan table of every shard: a pandas DataFrame, one row per sample."""
+def scan(tasks: list[ScanTask], engine: str = "local", skipped: Counter | None = None):
+    """The scan table of every shard: a pandas DataFrame, one row per sample.
+
+    ``skipped``, when given, is updated with what the scan skipped, by reason (bad samples and
+    broken shards: :data:`curation.sources.SKIP_REASONS`).
+    """
     engine = resolve_engine(engine, len(tasks))
     if engine == "local" or not tasks:
-        return _concat(scan_shard(t) for t in tasks)
+        return _concat((scan_shard(t) for t in tasks), skipped)
     import ray
 
     if not ray.is_initialized():
@@ -369,7 +443,7 @@ def scan(tasks: list[ScanTask], engine: str = "local"):
     # tasks travel as JSON text: Arrow cannot type their nested parameters
     ds = data.from_items([{"task": json.dumps(asdict(t))} for t in tasks], override_num_blocks=len(tasks))
     ds = ds.map(_scan_row)
-    return _concat(r["cols"] for r in ds.iter_rows())
+    return _concat((r["cols"] for r in ds.iter_rows()), skipped)
 
 
 def _scan_row(row: dict[str, Any]) -> dict[str, Any]:
@@ -558,7 +632,8 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     opened = open_sources(cfg, data_root, data_dir)
     tasks = _scan_tasks(cfg, opened, steps, vocab)
     engine = resolve_engine(engine, len(tasks))
-    table = scan(tasks, engine)
+    skipped: Counter = Counter()
+    table = scan(tasks, engine, skipped)
     pool = len(table)
     against = sorted({s for n, p in steps if n == "dedup" for s in _against(p, cfg)})
     references = _reference_hashes(against, data_root, data_dir, sets_config) if against else {}
@@ -571,7 +646,7 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
         removed = alive & (labels < 0)
         if any(resolve_source(name, cfg.sources).kind != "labelled" for name in cfg.weights):
             funnel[LABEL_STEP] = int(removed.sum())
-        elif removed.any():  # a labelled source's sample without a usable .cls
+        elif removed.any():  # a labelled source's class past the vocabulary (no num_classes declared to skip it)
             funnel["invalid_label"] = int(removed.sum())
         alive &= labels >= 0
     # size subset: per source the lowest ranks; a mixture merges them by the divisor rule
@@ -622,7 +697,6 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
             sizes = _write_index(chosen, noisy, clean, tmp)
             shard_list = sorted(sizes)
         (tmp / SIZES_FILE).write_text(json.dumps(sizes, indent=1, sort_keys=True))
-        skipped = int(table.groupby("url")["skipped"].first().sum()) if pool else 0
         manifest = {
             "version": VIEW_VERSION,
             "config": cfg.to_dict(),
@@ -633,7 +707,8 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
             "requested_size": cfg.size,
             "size": int(len(chosen)),
             "pool_size": int(pool),
-            "skipped_samples": skipped,
+            "skipped_samples": sum(n for why, n in skipped.items() if why not in NOT_SAMPLE_REASONS),
+            "skipped": dict(sorted(skipped.items())),
             "needs_labels": cfg.needs_labels,
             "label_noise": float(cfg.label_noise),
             "noise_model": cfg.noise_model,

@@ -35,6 +35,13 @@ class RunContext:
     code_version: str
     num_threads: int = 1
     data_dir: Path | None = None  # real and spec-declared sets with relative paths
+    run_id: str = ""  # the driver run this task belongs to (attempt records carry it)
+    # A workdir on object storage (a harness.workdir.Workdir; None when the workdir is a local or
+    # shared folder): ``workdir`` is then this process's local cache of it, inputs are pulled into
+    # it before a job runs and its outputs pushed after (see stage_inputs and publish).
+    remote: Any = None
+    world_key: str | None = None  # the world job's key when the world lives in the workdir
+    inputs: tuple[tuple[str, str], ...] = ()  # (kind, key) of each job the job reads
 
 
 Executor = Callable[[Job, RunContext], dict[str, Any]]
@@ -152,6 +159,7 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         num_workers=int(r.get("num_workers", 1)),
         cpus_per_worker=float(r.get("cpus_per_worker", 1)),
         gpus_per_worker=float(r.get("gpus_per_worker", 0)),
+        sync=(ctx.remote, job.key, job.deps[0]) if ctx.remote is not None else None,
     )
     summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
     mark_done(d, summary)
@@ -305,6 +313,45 @@ def failed_rows(job: Job, ctx: RunContext, error: str) -> list[dict[str, Any]]:
         for s in job.config["shots"]
         for seed in job.config["seeds"]
     ]
+
+
+def stage_inputs(job: Job, ctx: RunContext) -> RunContext:
+    """For a workdir on object storage: this process's context (its own cache as ``workdir``)
+    with every input the job reads pulled into the cache: the world, views, feature caches,
+    and of a pre-training run only the checkpoint the job evaluates (which may be a mid-training
+    one of a run still training). A pre-training job pulls its own earlier uploads in the Ray
+    Train worker (see harness.train_ray). Returns ``ctx`` unchanged for a local workdir."""
+    import dataclasses
+
+    wd = ctx.remote
+    if wd is None:
+        return ctx
+    world_dir = wd.dir("world", ctx.world_key) if ctx.world_key else ctx.world_dir
+    ctx = dataclasses.replace(ctx, workdir=wd.local, world_dir=world_dir)
+    for kind, key in ctx.inputs:
+        if kind == "world":
+            if key == ctx.world_key:
+                wd.pull("world", key)
+        elif kind == "pretrain":
+            epoch = job.config.get("epoch")
+            rel = checkpoint_path(ctx, key, epoch).relative_to(wd.dir(kind, key)).as_posix()
+            wd.pull(kind, key, only=[rel], allow_partial=True)
+        else:
+            wd.pull(kind, key)
+    return ctx
+
+
+def publish(job: Job, ctx: RunContext) -> None:
+    """For a workdir on object storage: upload a finished job's folder, its marker last (an
+    evaluation's marker is the driver's, after its rows are stored)."""
+    wd = ctx.remote
+    if wd is None or job.kind == "eval":
+        return
+    if job.kind == "world":
+        if ctx.world_key:
+            wd.push("world", ctx.world_key)
+        return
+    wd.push(job.kind, job.key, exclude=("ray",))
 
 
 def clean_unfinished(job: Job, ctx: RunContext) -> None:

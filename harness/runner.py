@@ -12,16 +12,19 @@ import logging
 import os
 import subprocess
 import time
+import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import is_done, job_dir, mark_done
-from harness.executors import RunContext, clean_unfinished, execute, failed_rows, spectra_rows
+from harness.artifacts import job_dir
+from harness.executors import (RunContext, clean_unfinished, execute, failed_rows, publish, spectra_rows,
+                                stage_inputs)
 from harness.plan import KINDS, Job, Plan, make_plan
 from harness.spec import Spec
+from harness.workdir import Workdir
 
 log = logging.getLogger(__name__)
 
@@ -43,27 +46,64 @@ class RunSummary:
 
 @dataclass(frozen=True)
 class Paths:
-    workdir: Path
-    store: Path
+    workdir: Path  # where jobs read and write: the workdir itself, or the local cache of one on object storage
+    store: str | Path  # a folder or an object-store URI (see results.store)
     report: Path
     world: Path
     data: Path | None = None  # real and declared sets with relative paths (None: $TBENCH_DATA or ~/tbench-data)
+    wd: Workdir | None = None  # the workdir (harness.workdir), remote or not
+    world_key: str | None = None  # the world job's key when the world lives in the workdir
+
+    @property
+    def remote(self) -> Workdir | None:
+        """The workdir when it is on object storage (jobs then sync through a local cache)."""
+        return self.wd if self.wd is not None and self.wd.is_remote else None
+
+
+def _location(text: str | os.PathLike[str], base: Path) -> str | Path:
+    """A URI (``s3://bucket/prefix?...``) as given, a path made absolute against ``base``."""
+    text = os.fspath(text)
+    if "://" in text and not text.startswith("file://"):
+        return text
+    p = Path(text.removeprefix("file://")).expanduser()
+    return (p if p.is_absolute() else base / p).absolute()
 
 
 def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workdir: str | Path | None = None,
                   store: str | Path | None = None) -> Paths:
+    """Where a run's workdir, store, report, world and data live. ``workdir`` and ``store`` may
+    be object-store URIs (``s3://bucket/prefix``, see harness.workdir and results.store)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
-    wd = Path(workdir) if workdir is not None else spec.path("workdir", base)
-    st = Path(store) if store is not None else spec.path("store", base)
+    wd = Workdir(_location(workdir if workdir is not None else spec.workdir.format(name=spec.name), base))
+    st = _location(store if store is not None else spec.store.format(name=spec.name), base)
     world_job = plan.of_kind("world")[0]
-    world = Path(spec.world.dir) if spec.world.dir else job_dir(wd, "world", world_job.key)
-    if not world.is_absolute():
-        world = base / world
+    world_key = None
+    if spec.world.dir:
+        world = Path(spec.world.dir)
+        world = world if world.is_absolute() else base / world
+    else:
+        world, world_key = wd.dir("world", world_job.key), world_job.key
     data = None
     if spec.downstream.data_dir:
         data = Path(spec.downstream.data_dir).expanduser()
         data = data if data.is_absolute() else base / data
-    return Paths(wd.absolute(), st.absolute(), spec.path("report", base).absolute(), world.absolute(), data)
+    return Paths(wd.local, st, spec.path("report", base).absolute(), world.absolute(), data, wd, world_key)
+
+
+def done_keys(plan: Plan, paths: Paths, store_keys: set[str] | None = None) -> set[str]:
+    """Keys of the plan's finished jobs. A local workdir: one marker check per job
+    (:meth:`Plan.done_keys`); one on object storage: one listing per job kind."""
+    if paths.remote is None:
+        return plan.done_keys(paths.workdir, store_keys)
+    marked = {kind: paths.wd.done_keys(kind) for kind in KINDS}
+    done = set()
+    for job in plan.jobs.values():
+        if job.key not in marked[job.kind]:
+            continue
+        if job.kind == "eval" and store_keys is not None and job.key not in store_keys:
+            continue
+        done.add(job.key)
+    return done
 
 
 def code_version() -> str:
@@ -109,7 +149,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     paths = resolve_paths(spec, plan, base_dir=base_dir, workdir=workdir, store=store)
     paths.workdir.mkdir(parents=True, exist_ok=True)
     st = Store(paths.store)
-    done = plan.done_keys(paths.workdir, st.part_keys("runs"))
+    done = done_keys(plan, paths, st.part_keys("runs"))
     todo = [j for j in plan.jobs.values() if j.key not in done and (kinds is None or j.kind in kinds)]
     summary = RunSummary(len(plan.jobs), len(done), planned_rows=plan.planned_rows())
     if not todo:
@@ -169,22 +209,55 @@ def _trainer_slots(spec: Spec, cpus: int) -> int:
     return max(1, int(cpus // max(r.num_workers * r.cpus_per_worker, 1e-9)))
 
 
+GATE_POLL_S = 1.0  # how often the driver looks for mid-training checkpoints that unblock evaluations
+
+
+def _early_epoch(job: Job, dep: Job) -> int | None:
+    """The checkpoint epoch ``job`` needs from pre-training ``dep`` when it is not that run's last
+    epoch (such a job may start as soon as the checkpoint exists), else None."""
+    if dep.kind != "pretrain" or job.kind not in ("features", "eval"):
+        return None
+    epoch = job.config.get("epoch")
+    return epoch if epoch is not None and epoch < dep.config["epochs"] else None
+
+
 def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, summary: RunSummary,
               progress: bool) -> None:
+    """Submit ``todo`` as Ray tasks and land their results as they finish.
+
+    A job is submitted once every input it needs is finished or submitted: Ray starts it when the
+    tasks it depends on end (their refs are its arguments). A job that reads a mid-training
+    checkpoint of a run still training is held here instead and submitted as soon as that
+    checkpoint's file exists, without the run's ref: it does not wait for the rest of the run (and
+    still runs if the run later fails). Ray retries a task that raises ``max_retries`` times; each
+    attempt's error is logged under ``<workdir>/attempts/``, and a job that still fails is recorded
+    (an evaluation as one `failed` row per shots and seed) while the rest goes on.
+    """
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     remote = ray.remote(_task)
     version = code_version()
-    refs: dict[str, Any] = {}
-    pending: dict[Any, Job] = {}
+    run_id = uuid.uuid4().hex[:12]
     retries = plan.spec.resources.max_retries
-    for job in todo:
-        ctx = RunContext(plan.spec.name, paths.workdir, paths.world, version,
-                         num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data)
+    todo_keys = {j.key for j in todo}
+    refs: dict[str, Any] = {}  # submitted job key -> its task's ref
+    pending: dict[Any, tuple[Job, RunContext]] = {}
+    finished: set[str] = set()  # jobs of this run that succeeded
+    failed: dict[str, str] = {}  # jobs of this run that failed -> error
+    waiting = list(todo)  # not yet submitted, in dependency order
+
+    def context(job: Job) -> RunContext:
+        return RunContext(plan.spec.name, paths.workdir, paths.world, version,
+                          num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data,
+                          run_id=run_id, remote=paths.remote, world_key=paths.world_key,
+                          inputs=tuple((plan.jobs[d].kind, d) for d in job.deps))
+
+    def options(job: Job) -> dict[str, Any]:
         if job.kind == "pretrain":
-            # Ray Train reserves the workers' CPUs/GPUs itself; the task that drives it holds none.
-            opts = {"num_cpus": 0, "max_retries": 0}
+            # Ray Train reserves the workers' CPUs/GPUs itself and restores failed workers itself
+            # (FailureConfig); the task that drives it holds nothing and is not retried.
+            opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 0}
             if TRAINER_SLOT in ray.cluster_resources():
                 opts["resources"] = {TRAINER_SLOT: 1}
         elif job.kind == "view" and job.resources.get("engine", "auto") != "local":
@@ -196,67 +269,165 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
         else:
             opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
                     "max_retries": retries, "retry_exceptions": True}
-        upstream = [refs[d] for d in job.deps if d in refs]
-        ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **opts).remote(job, ctx, *upstream)
-        refs[job.key] = ref
-        pending[ref] = (job, ctx)
+        return opts
+
+    def inputs(job: Job) -> tuple[bool, list[Any], str | None]:
+        """(still blocked, refs of the tasks it must wait for, error of an input that failed)."""
+        ups = []
+        for d in job.deps:
+            if d not in todo_keys:
+                continue  # finished before this run
+            if d in finished:
+                ups.append(refs[d])
+                continue
+            dep = plan.jobs[d]
+            epoch = _early_epoch(job, dep)
+            if epoch is not None and checkpoint_ready(paths, d, epoch):
+                continue  # the checkpoint it reads exists: no need to wait for the rest of the run
+            if d in failed:
+                return False, [], f"input failed: {dep.label}: {failed[d]}"
+            if d not in refs or epoch is not None:
+                return True, [], None
+            ups.append(refs[d])
+        return False, ups, None
 
     kinds = Counter(j.kind for j in todo)
     cols = [TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*cols, disable=not progress, transient=False) as bar:
         tasks = {k: bar.add_task(k, total=kinds[k]) for k in KINDS if kinds[k]}
-        while pending:
-            ready, _ = ray.wait(list(pending), num_returns=1)
-            ref = ready[0]
-            job, ctx = pending.pop(ref)
-            try:
-                result = ray.get(ref)
-            except Exception as exc:  # the job (or one it depends on) failed: record it, go on
-                err = _short_error(exc)
-                summary.failed[job.key] = err
-                log.error("%s failed: %s", job.label, err)
-                if job.kind == "eval":
-                    rows = failed_rows(job, ctx, err)
-                    st.write_part("runs", job.key, rows)
-                    summary.rows_written += len(rows)
-            else:
+
+        def record_failure(job: Job, ctx: RunContext, err: str) -> None:
+            failed[job.key] = summary.failed[job.key] = err
+            log.error("%s failed: %s", job.label, err)
+            if job.kind == "eval":
+                rows = failed_rows(job, ctx, err)
+                st.write_part("runs", job.key, rows)
+                summary.rows_written += len(rows)
+            bar.advance(tasks[job.kind])
+
+        def release() -> None:
+            nonlocal waiting
+            still = []
+            for job in waiting:
+                blocked, ups, err = inputs(job)
+                if blocked:
+                    still.append(job)
+                elif err is not None:
+                    record_failure(job, context(job), err)
+                else:
+                    ctx = context(job)
+                    ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **options(job)).remote(job, ctx, *ups)
+                    refs[job.key] = ref
+                    pending[ref] = (job, ctx)
+            waiting = still
+
+        release()
+        while pending or waiting:
+            if not pending:  # cannot happen: a held job waits on a running pre-training
+                for job in waiting:
+                    record_failure(job, context(job), "never became runnable (an input neither ran nor failed)")
+                break
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=GATE_POLL_S if waiting else None)
+            for ref in ready:
+                job, ctx = pending.pop(ref)
+                try:
+                    result = ray.get(ref)
+                except Exception as exc:  # the job (or one it depends on) failed: record it, go on
+                    n = attempts_of(paths.wd, job.key, run_id)
+                    err = _short_error(exc)
+                    record_failure(job, ctx, f"{err} [failed {n} attempt(s)]" if n else f"input failed: {err}")
+                    continue
                 if job.kind == "eval":
                     st.write_part("curves", job.key, result["curves"])
                     st.write_part("runs", job.key, result["runs"])  # the rows land before the marker
-                    mark_done(job_dir(paths.workdir, "eval", job.key), {"rows": len(result["runs"])})
+                    paths.wd.mark_done("eval", job.key, {"rows": len(result["runs"])})
                     summary.rows_written += len(result["runs"])
                 elif job.kind == "view":
                     _write_view_row(st, job, ctx.spec_name, paths)
                 elif job.kind == "features":
-                    st.write_part("spectra", job.key, spectra_rows(job, ctx))
+                    _write_spectra_rows(st, job, ctx, paths)
+                finished.add(job.key)
                 summary.ran[job.kind] += 1
-            bar.advance(tasks[job.kind])
+                bar.advance(tasks[job.kind])
+            if waiting:
+                release()
+
+
+def checkpoint_ready(paths: Paths, pretrain_key: str, epoch: int) -> bool:
+    """Whether the encoder checkpoint of ``pretrain_key`` at ``epoch`` exists (it is written
+    atomically, and uploaded in one piece to object storage)."""
+    return paths.wd.exists("pretrain", pretrain_key, f"checkpoints/epoch_{epoch:03d}.pt")
+
+
+ATTEMPTS = "attempts"  # <workdir>/attempts/<job key>/<run id>-<n>.json: every failed attempt of a job
+
+
+def record_attempt(job: Job, ctx: RunContext, exc: BaseException) -> None:
+    """Keep one failed attempt of ``job`` (run id, host, error, traceback) in the workdir."""
+    import json
+    import socket
+    import traceback
+
+    d = job_dir(ctx.workdir if ctx.remote is None else ctx.remote.local, ATTEMPTS, job.key)
+    d.mkdir(parents=True, exist_ok=True)
+    name = f"{ctx.run_id}-{uuid.uuid4().hex[:8]}.json"
+    (d / name).write_text(json.dumps({
+        "run_id": ctx.run_id, "kind": job.kind, "label": job.label, "host": socket.gethostname(), "pid": os.getpid(),
+        "time": datetime.now(timezone.utc).isoformat(), "error": f"{type(exc).__name__}: {exc}"[-2000:],
+        "traceback": "".join(traceback.format_exception(exc))[-8000:]}, indent=1))
+    if ctx.remote is not None:
+        ctx.remote.push(ATTEMPTS, job.key, files=[name])
+
+
+def attempts_of(wd: Workdir, key: str, run_id: str) -> int:
+    """How many attempts of job ``key`` failed in the run ``run_id`` (see :func:`record_attempt`)."""
+    return sum(name.startswith(f"{run_id}-") for name in wd.files(ATTEMPTS, key))
 
 
 def _task(job: Job, ctx: RunContext, *upstream: Any) -> dict[str, Any]:
     """The body of every Ray task: upstream results arrive as arguments only to order the work."""
     logging.basicConfig(level=logging.WARNING)
-    clean_unfinished(job, ctx)
-    return execute(job, ctx)
+    try:
+        ctx = stage_inputs(job, ctx)
+        clean_unfinished(job, ctx)
+        result = execute(job, ctx)
+        publish(job, ctx)
+        return result
+    except Exception as exc:
+        record_attempt(job, ctx, exc)
+        raise
 
 
 def _backfill(plan: Plan, paths: Paths, st) -> None:
     """Give every finished view its `views` row and every finished feature cache its `spectra`
     rows (e.g. after the store was moved or wiped, or the work was done by an older version)."""
     have = st.part_keys("views")
-    for job in plan.of_kind("view"):
-        if job.key not in have and is_done(job_dir(paths.workdir, "view", job.key)):
+    views = [j for j in plan.of_kind("view") if j.key not in have]
+    done = paths.wd.done_keys("view") if views else set()
+    for job in views:
+        if job.key in done:
             _write_view_row(st, job, plan.spec.name, paths)
     have = st.part_keys("spectra")
-    for job in plan.of_kind("features"):
-        if job.key not in have and is_done(job_dir(paths.workdir, "features", job.key)):
+    features = [j for j in plan.of_kind("features") if j.key not in have]
+    done = paths.wd.done_keys("features") if features else set()
+    for job in features:
+        if job.key in done:
             ctx = RunContext(plan.spec.name, paths.workdir, paths.world, "", data_dir=paths.data)
-            st.write_part("spectra", job.key, spectra_rows(job, ctx))
+            _write_spectra_rows(st, job, ctx, paths)
+
+
+def _write_spectra_rows(st, job: Job, ctx: RunContext, paths: Paths) -> None:
+    if paths.remote is not None:  # the driver reads the spectra the task uploaded
+        paths.wd.pull("features", job.key, only=["spectra.json"])
+        ctx = RunContext(ctx.spec_name, paths.workdir, paths.world, ctx.code_version)
+    st.write_part("spectra", job.key, spectra_rows(job, ctx))
 
 
 def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:
     import json
 
+    if paths.remote is not None:
+        paths.wd.pull("view", job.key, only=["manifest.json"])
     manifest = json.loads((job_dir(paths.workdir, "view", job.key) / "manifest.json").read_text())
     st.write_part("views", job.key, [{
         "view_key": job.key,
@@ -276,5 +447,6 @@ def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:
         "materialize": manifest.get("materialize", "shards"),
         "details": json.dumps({"steps": manifest.get("steps", {}), "per_source": manifest.get("per_source", {}),
                                "achieved_noise_per_class": manifest.get("achieved_noise_per_class"),
-                               "skipped_samples": manifest.get("skipped_samples", 0)}),
+                               "skipped_samples": manifest.get("skipped_samples", 0),
+                               "skipped": manifest.get("skipped", {})}),
     }])

@@ -43,11 +43,41 @@ def _train_worker(config: dict[str, Any]) -> None:
         device=str(ray.train.torch.get_device()),
     )
     logging.getLogger("pretrain").setLevel(config["log_level"])
+    view_dir, out_dir, sync = config["view_dir"], config["out_dir"], config.get("sync")
+    if sync is not None:  # a workdir on object storage: this node's cache, then resume from the uploads
+        wd, key, view_key = sync
+        view_dir, out_dir = wd.pull("view", view_key), pull_run(wd, key)
 
     def report(metrics: dict[str, Any]) -> None:
+        if sync is not None and dist.rank == 0:  # what a restart on any node resumes from
+            push_epoch(sync[0], sync[1])
         ray.train.report(dict(metrics))  # a barrier: every rank reports once per epoch
 
-    train_loop(config["cfg"], config["view_dir"], config["out_dir"], dist, report)
+    train_loop(config["cfg"], view_dir, out_dir, dist, report)
+    if sync is not None and dist.rank == 0:  # the summary the loop writes last
+        push_epoch(sync[0], sync[1])
+
+
+# Files of a run folder rewritten in place every epoch (their size may not change).
+MUTABLE = ("state/last.pt", "metrics.json", "train_log.jsonl")
+
+
+def pull_run(wd, key: str) -> Path:
+    """Pull what a pre-training run has uploaded so far (checkpoints, its training state) into
+    this node's cache, so :func:`pretrain.loop.train_loop` resumes from it; returns the folder."""
+    d = wd.pull("pretrain", key, allow_partial=True, exclude=(RAY_DIR,))
+    mutable = [m for m in MUTABLE if m in wd.files("pretrain", key)]
+    if mutable:
+        wd.pull("pretrain", key, only=mutable, allow_partial=True, force=True)
+    return d
+
+
+def push_epoch(wd, key: str) -> None:
+    """Upload a run's new checkpoints, then its training state, metrics and log (rank 0, after
+    every epoch): a run restarted anywhere resumes from the last epoch uploaded."""
+    d = wd.dir("pretrain", key)
+    wd.push("pretrain", key, exclude=(RAY_DIR, *{m.split("/")[0] for m in MUTABLE}))
+    wd.push("pretrain", key, files=[m for m in MUTABLE if (d / m).is_file()], force=True)
 
 
 def run_pretrain(
@@ -60,6 +90,7 @@ def run_pretrain(
     gpus_per_worker: float = 0.0,
     max_failures: int = 1,
     log_level: str = "WARNING",
+    sync: tuple[Any, str, str] | None = None,
 ) -> dict[str, Any]:
     """Pre-train with Ray Train (DDP over ``num_workers`` workers); returns the loop's summary.
 
@@ -68,7 +99,9 @@ def run_pretrain(
     logs and to the loop's logging in the workers. Ray Train's detached ``PlacementGroupCleaner``
     warns every second when the State API is missing (no dashboard): start Ray with
     ``logging_config=ray.LoggingConfig(log_level="ERROR")`` or ``log_to_driver=False`` to keep
-    the driver quiet.
+    the driver quiet. ``sync``: ``(workdir, run key, view key)`` for a workdir on object storage
+    (a :class:`harness.workdir.Workdir`): the workers pull the view and the run's uploads on
+    whatever node they land, and rank 0 uploads every epoch's checkpoint and state.
     """
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -93,6 +126,7 @@ def run_pretrain(
             "out_dir": str(out_dir),
             "threads": max(1, int(cpus_per_worker)),
             "log_level": log_level,
+            "sync": sync,
         },
         scaling_config=ray.train.ScalingConfig(
             num_workers=num_workers, use_gpu=gpus_per_worker > 0, resources_per_worker=resources
@@ -108,6 +142,8 @@ def run_pretrain(
     trainer.fit()  # raises if training failed beyond max_failures
     wall = time.perf_counter() - t0
 
+    if sync is not None:  # the workers may have run on another node
+        sync[0].pull("pretrain", sync[1], only=["metrics.json"], allow_partial=True, force=True)
     metrics_path = out_dir / "metrics.json"
     if not metrics_path.is_file():
         raise RuntimeError(f"Ray Train finished but {metrics_path} is missing; see the worker logs")

@@ -12,8 +12,8 @@ count. The pipeline is a list of stages, as in open_clip's ``get_wds_dataset``:
 Every rank yields exactly the same number of batches per epoch, computed from ``sizes.json`` and
 the global batch, so DDP never waits on a rank that ran out of data; a reader whose shards run
 dry starts over on them (in a fresh order) rather than stopping early. Bad samples (unreadable
-PNG, missing field, broken tar member) are logged, counted and skipped; the count travels with
-the batches, so it is correct with loader workers in other processes.
+PNG, missing field, a class outside ``[0, num_classes)``, broken tar member) are logged, counted
+and skipped; the count travels with the batches, so it is correct with loader workers in other processes.
 
 Rank and world size are passed in, never read from ``torch.distributed`` globals.
 """
@@ -467,15 +467,27 @@ def _require(sample: dict, fields: Sequence[str]) -> None:
 
 
 class ImageLabel:
-    """An augmented image and its integer class (``cls``)."""
+    """An augmented image and its integer class (``cls``).
 
-    def __init__(self, image_size: int, **_: Any):
+    With ``num_classes``, a class outside ``[0, num_classes)`` is a bad sample (skipped and counted
+    like an image that does not decode) rather than an index error in the loss.
+    """
+
+    def __init__(self, image_size: int, num_classes: int | None = None, **_: Any):
         self.transform = TrainTransform(image_size)
+        self.num_classes = int(num_classes) if num_classes else None
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
         _require(sample, ("cls",))
         data = image_bytes(sample)
-        return _named(sample, lambda: {"image": self.transform(decode_image(data), gen), "label": int(sample["cls"])})
+
+        def make() -> dict[str, Any]:
+            label = int(sample["cls"])
+            if label < 0 or (self.num_classes is not None and label >= self.num_classes):
+                raise ValueError(f"class {label} outside [0, {self.num_classes if self.num_classes else 'inf'})")
+            return {"image": self.transform(decode_image(data), gen), "label": label}
+
+        return _named(sample, make)
 
 
 class ImageText:
@@ -520,7 +532,8 @@ class TwoViews:
         return _named(sample, make)
 
 
-PIPELINES.register("image_label", SamplePipeline(ImageLabel, ("cls",), ("image",), "augmented image and its integer class"))
+PIPELINES.register("image_label", SamplePipeline(ImageLabel, ("cls",), ("image",),
+                                                  "augmented image and its integer class (in [0, num_classes))"))
 PIPELINES.register("image_text", SamplePipeline(ImageText, ("txt",), ("image",), "augmented image and its tokenised caption"))
 PIPELINES.register("two_views", SamplePipeline(TwoViews, (), ("view1", "view2"), "two SimCLR augmentations of one image"))
 

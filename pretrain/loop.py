@@ -226,6 +226,32 @@ def exclusive_out_dir(out_dir: Path, held: bool = True):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+TRAIN_LOG = "train_log.jsonl"
+
+
+def log_event(out_dir: Path, event: str, **fields: Any) -> None:
+    """Append one JSON line to ``out_dir/train_log.jsonl``: every start (with the epoch it resumes
+    from) and every finished epoch of every attempt, so a run's history across restarts (a killed
+    driver, a restored worker) can be read back; see :func:`read_train_log`."""
+    line = json.dumps({"event": event, "time": time.time(), "pid": os.getpid(), **fields})
+    with open(Path(out_dir) / TRAIN_LOG, "a") as f:
+        f.write(line + "\n")
+
+
+def read_train_log(out_dir: str | Path) -> list[dict[str, Any]]:
+    """The events of ``out_dir/train_log.jsonl`` (a torn last line from a killed process is dropped)."""
+    path = Path(out_dir) / TRAIN_LOG
+    if not path.is_file():
+        return []
+    events = []
+    for line in path.read_text().splitlines():
+        try:
+            events.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return events
+
+
 def train_loop(
     cfg: TrainConfig,
     view_dir: str | Path,
@@ -302,6 +328,8 @@ def _train_loop(
             logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, start_epoch, cfg.epochs, state_path(out_dir))
     resumed_from = start_epoch if state is not None else None
     del state
+    if dist.is_main:  # one line per start and per finished epoch: how a run went across restarts
+        log_event(out_dir, "start", from_epoch=start_epoch, epochs=cfg.epochs)
 
     def meta(epoch: int, train_loss: float | None) -> dict[str, Any]:
         return {**meta_base, "method": cfg.method, "epoch": epoch, "samples_seen": samples_seen, "train_loss": train_loss,
@@ -326,7 +354,8 @@ def _train_loop(
         world_size=dist.world_size,
         num_workers=cfg.num_workers_loader,
         pin_memory=on_cuda,
-        pipeline_options=method.pipeline_options(model, cfg.hparams),
+        # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
+        pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(model, cfg.hparams)},
     )
     to_device = ToDevice(pipeline.image_keys, meta_base["mean"], meta_base["std"], device)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
@@ -407,6 +436,7 @@ def _train_loop(
                              **method.export(model), train=train_state)
             atomic_torch_save(train_state, state_path(out_dir))
             _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history})
+            log_event(out_dir, "epoch", epoch=epoch, saved=epoch in cfg.save_epochs)
         if report is not None:
             report(record)
 

@@ -189,8 +189,11 @@ def _footer_value(footer: bytes, key: bytes) -> bytes | None:
     return footer[i:i + length]
 
 
-def _resolve(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, base path inside it, whether it is the local filesystem)."""
+def resolve_root(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bool]:
+    """(filesystem, base path inside it, whether it is the local filesystem) of a local path or a
+    :mod:`pyarrow.fs` URI (``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``,
+    ``gs://...``, ``file:///...``). A local path is made absolute.
+    Shared by the results store and the job workdir (:mod:`harness.workdir`)."""
     text = os.fspath(root)
     if "://" in text:
         fs, path = pafs.FileSystem.from_uri(text)
@@ -208,7 +211,7 @@ class Store:
 
     def __init__(self, root: str | os.PathLike[str]):
         self.root = os.fspath(root)
-        self.fs, self.base, self.is_local = _resolve(root)
+        self.fs, self.base, self.is_local = resolve_root(root)
         self.is_object_store = self.fs.type_name in OBJECT_STORES
         # Footer facts by path, valid while (size, mtime_ns) are unchanged: loose parts'
         # (version, write id) and compacted files' (part keys, version).
