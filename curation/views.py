@@ -192,6 +192,20 @@ def read_vocabulary(data_root: str | Path) -> list[str] | None:
     return [str(c) for c in concepts]
 
 
+def own_classes(cfg: "ViewConfig") -> list[str] | None:
+    """The label space of a view whose sources are all labelled sources declaring the same
+    ``num_classes`` (``real.imagenet``: 1000): classes ``0 .. num_classes - 1``, named by index.
+    Such a view keeps its sources' classes; any other labelled view uses the world's concept
+    vocabulary (labels from captions, the world's own labelled source)."""
+    from curation.sources import resolve_source
+
+    entries = [resolve_source(name, cfg.sources) for name in cfg.weights]
+    counts = {e.num_classes for e in entries}
+    if entries and all(e.kind == "labelled" for e in entries) and len(counts) == 1 and None not in counts:
+        return [f"class_{i}" for i in range(counts.pop())]
+    return None
+
+
 def read_concept_groups(data_root: str | Path) -> dict[str, str]:
     p = Path(data_root) / "world.json"
     if not p.is_file():
@@ -622,6 +636,9 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     steps = tuple((e.name, p) for e, p in resolved)
     names = step_names(cfg.curation)
     vocab = read_vocabulary(data_root)
+    own = own_classes(cfg) if cfg.needs_labels else None
+    if own is not None:  # e.g. real.imagenet: its 1000 classes, not the world's concepts
+        vocab = own
     if cfg.needs_labels and vocab is None:
         raise FileNotFoundError(f"labelled views need the class vocabulary in {data_root / 'world.json'} "
                                 "('concepts'); write the world there with `tbench world`")
@@ -678,7 +695,7 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
         if (truth >= 0).all():
             label_accuracy = float((clean == truth).mean())
         k = len(vocab)
-        partners = class_partners(k, read_concept_groups(data_root), vocab, cfg.seed)
+        partners = class_partners(k, {} if own is not None else read_concept_groups(data_root), vocab, cfg.seed)
         noisy = add_label_noise(keys, clean, k, float(cfg.label_noise), cfg.seed, cfg.noise_model, partners)
         achieved = float((noisy != clean).mean())
         per_class_noise = {vocab[c]: round(float((noisy[clean == c] != c).mean()), 4)

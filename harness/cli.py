@@ -41,18 +41,19 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at IN
 
 @app.command()
 def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
-         workdir: Optional[Path] = typer.Option(None, help="Override the spec's workdir."),
-         store: Optional[Path] = typer.Option(None, help="Override the spec's results store."),
+         workdir: Optional[str] = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
+         store: Optional[str] = typer.Option(None, help="Override the spec's results store (a folder or s3://bucket/prefix)."),
          jobs: bool = typer.Option(False, "--jobs", help="List every job, not only the counts.")) -> None:
-    """Print the job graph: counts per kind, resource asks, what is already finished, what was pruned."""
+    """Print the job graph: counts per kind, resource asks, what is already finished, what was pruned,
+    and the estimate: GPU- and CPU-hours and storage per kind, with the figures and assumptions used."""
     from harness.plan import KINDS, make_plan
-    from harness.runner import resolve_paths
+    from harness.runner import done_keys, resolve_paths
     from results.store import Store
 
     s = _load(spec)
     p = make_plan(s)
     paths = resolve_paths(s, p, workdir=workdir, store=store)
-    done = p.done_keys(paths.workdir, Store(paths.store).part_keys("runs") if paths.store.exists() else set())
+    done = done_keys(p, paths, Store(paths.store).part_keys("runs"))
     t = Table(title=f"plan of {s.name!r}: {len(p.jobs)} jobs, {p.planned_rows()} result rows")
     for col in ("kind", "jobs", "done", "to run", "resources per job", "rows"):
         t.add_column(col, justify="right" if col not in ("kind", "resources per job") else "left")
@@ -77,6 +78,10 @@ def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
                 pt.add_row(what, why)
         console.print(pt)
     _views_table(p, paths)
+    from harness.cli_estimate import print_estimate
+    from harness.estimate import estimate
+
+    print_estimate(console, estimate(p, paths.workdir))
     if jobs:
         jt = Table(title="jobs")
         for col in ("kind", "key", "state", "what"):
@@ -118,8 +123,8 @@ def _views_table(p, paths) -> None:
 
 @app.command()
 def run(spec: Path = typer.Argument(..., help="The YAML spec."),
-        store: Optional[Path] = typer.Option(None, help="Override the spec's results store."),
-        workdir: Optional[Path] = typer.Option(None, help="Override the spec's workdir."),
+        store: Optional[str] = typer.Option(None, help="Override the spec's results store (a folder or s3://bucket/prefix)."),
+        workdir: Optional[str] = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
         address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
         num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display.")) -> None:
@@ -191,8 +196,8 @@ def data_inspect(source: str = typer.Argument(..., help="A registered source (wo
 
 @data_app.command("curate")
 def data_curate(spec: Path = typer.Argument(..., help="The YAML spec."),
-                workdir: Optional[Path] = typer.Option(None, help="Override the spec's workdir."),
-                store: Optional[Path] = typer.Option(None, help="Override the spec's results store."),
+                workdir: Optional[str] = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
+                store: Optional[str] = typer.Option(None, help="Override the spec's results store (a folder or s3://bucket/prefix)."),
                 address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
                 num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all).")) -> None:
     """Build the spec's curated views only (world and view jobs); their funnels land in the views table."""

@@ -117,6 +117,12 @@ def _print_dry_run(sub, plan) -> None:
         t.add_row(r["kind"], str(r["jobs"]), str(r["rows"]) if r["kind"] == "eval" else "", r["per_job"],
                   r["all_at_once"])
     console.print(t)
+    from harness.cli_estimate import print_estimate
+    from harness.estimate import estimate
+
+    # the workdir as the cluster sees it may not be readable here: measured figures only from a local one
+    workdir = Path(sub.workdir) if sub.workdir and Path(sub.workdir).is_dir() else None
+    print_estimate(console, estimate(plan, workdir))
     console.print(f"address        {sub.address}  (not contacted)\n"
                   f"submission id  {sub.submission_id}\n"
                   f"entrypoint     {sub.entrypoint}\n"

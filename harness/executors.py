@@ -42,6 +42,7 @@ class RunContext:
     remote: Any = None
     world_key: str | None = None  # the world job's key when the world lives in the workdir
     inputs: tuple[tuple[str, str], ...] = ()  # (kind, key) of each job the job reads
+    cpu_only: bool = False  # no GPU anywhere: GPU asks are dropped and everything runs on CPU
 
 
 Executor = Callable[[Job, RunContext], dict[str, Any]]
@@ -158,7 +159,7 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         cfg, job_dir(ctx.workdir, "view", job.deps[0]), d,
         num_workers=int(r.get("num_workers", 1)),
         cpus_per_worker=float(r.get("cpus_per_worker", 1)),
-        gpus_per_worker=float(r.get("gpus_per_worker", 0)),
+        gpus_per_worker=0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0)),
         sync=(ctx.remote, job.key, job.deps[0]) if ctx.remote is not None else None,
     )
     summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}

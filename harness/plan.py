@@ -4,9 +4,10 @@ Job kinds, in dependency order:
 
 - ``world``    writes the embedded world (sources as webdataset shards, downstream sets on disk);
 - ``view``     builds the exact pre-training data of a run (curation, labels, noise, size, mixture);
-- ``pretrain`` trains a method on a view and saves checkpoints at the requested epochs;
-- ``init``     a randomly initialised encoder: the `linear` floor every transfer number is read
-               against, and the start of every `scratch` run;
+- ``pretrain`` trains a method on a view and saves checkpoints at the requested epochs (one run per
+               backbone of the block: ``grids[].backbones``, else ``pretrain.backbone``);
+- ``init``     a randomly initialised encoder, one per backbone the grid trains: the `linear` floor
+               every transfer number is read against, and the start of every `scratch` run;
 - ``features`` extracts an encoder's features once per (checkpoint epoch, downstream set);
 - ``eval``     one protocol on one set for one checkpoint, every shot count and seed
                (``zeroshot`` only on checkpoints with a text tower, ``scratch`` only from ``init``).
@@ -45,10 +46,11 @@ class Job:
         if self.kind == "view":
             return f"view {c['source']}/{c['curation']}/n={c['requested_size']}/noise={c['label_noise']}"
         if self.kind == "pretrain":
-            return f"pretrain {c['method']} on {c['source']}/{c['curation']}/n={c['requested_size']} seed={c['pretrain_seed']}"
+            return (f"pretrain {c['method']}/{c['backbone']} on {c['source']}/{c['curation']}/n={c['requested_size']} "
+                    f"seed={c['pretrain_seed']}")
         if self.kind in ("features", "eval"):
             what = self.config.get("protocol", "features")
-            return f"{what} {c['downstream']} ← {c['method']}:{c['source']} ep{c['checkpoint_epoch']}"
+            return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} ep{c['checkpoint_epoch']}"
         return f"{self.kind} {self.key[:8]}"
 
 
@@ -181,10 +183,10 @@ def make_plan(spec: Spec) -> Plan:
                                            (world.key,), vcoords, {"num_cpus": res.view.num_cpus,
                                                                    "num_gpus": res.view.num_gpus,
                                                                    "engine": res.view.engine}))
-                            for seed in grid.seeds:
+                            for backbone, seed in ((b, sd) for b in pt.backbones_for(grid) for sd in grid.seeds):
                                 pcfg = {
                                     "method": method,
-                                    "backbone": pt.backbone,
+                                    "backbone": backbone,
                                     "image_size": pt.image_size,
                                     "epochs": epochs,
                                     "save_epochs": pt.saved_epochs(epochs, grid),
@@ -200,7 +202,7 @@ def make_plan(spec: Spec) -> Plan:
                                     pcfg["grad_accum"] = pt.grad_accum
                                 if pt.precision != "auto":
                                     pcfg["precision"] = pt.precision
-                                pcoords = {**vcoords, "method": method, "backbone": pt.backbone,
+                                pcoords = {**vcoords, "method": method, "backbone": backbone,
                                            "pretrain_seed": seed, "pretrain_epochs": epochs,
                                            "view_key": view.key}
                                 pjob = add(Job("pretrain", content_key("pretrain", pcfg, [view.key]), pcfg,
@@ -213,14 +215,16 @@ def make_plan(spec: Spec) -> Plan:
                                     checkpoints.append((pjob, epoch))
 
     wants_scratch = any(p.name == "scratch" for p in spec.downstream.protocols)
-    floor: Job | None = None
+    floors: set[str] = set()  # keys of the random-init jobs: one per backbone the grid trains
     if spec.downstream.random_init_floor or wants_scratch:
-        icfg = {"backbone": pt.backbone, "image_size": pt.image_size, "seed": 0}
-        icoords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
-                   "method": "none", "backbone": pt.backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
-                   "view_key": None}
-        floor = add(Job("init", content_key("init", icfg), icfg, (), icoords, {"num_cpus": 1}))
-        checkpoints.append((floor, 0))
+        for backbone in pt.all_backbones():
+            icfg = {"backbone": backbone, "image_size": pt.image_size, "seed": 0}
+            icoords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
+                       "method": "none", "backbone": backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
+                       "view_key": None}
+            floor = add(Job("init", content_key("init", icfg), icfg, (), icoords, {"num_cpus": 1}))
+            floors.add(floor.key)
+            checkpoints.append((floor, 0))
 
     def prune(what: str, why: str) -> None:
         if (what, why) not in pruned:
@@ -234,7 +238,7 @@ def make_plan(spec: Spec) -> Plan:
             protocols = []
             for p in spec.downstream.protocols_for(set_name):
                 entry = PROTOCOLS.get(p.name)
-                if src is floor:
+                if src.key in floors:
                     if entry.from_scratch or (p.name == "linear" and spec.downstream.random_init_floor):
                         protocols.append(p)
                     else:

@@ -180,8 +180,18 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
             cpus = num_cpus or os.cpu_count() or 1
             ray.init(num_cpus=cpus, resources={TRAINER_SLOT: _trainer_slots(spec, cpus), VIEW_SLOT: 1}, **kwargs)
         started_ray = True
+    asks_gpu = spec.resources.pretrain.gpus_per_worker > 0 or any(
+        j.resources.get("num_gpus", 0) > 0 for j in todo)
+    cpu_only = False
+    if asks_gpu and not ray.cluster_resources().get("GPU"):
+        if address:  # an autoscaling cluster may have no GPU node yet: the asks stand
+            log.warning("the cluster has no GPU yet; jobs asking for GPUs wait until GPU nodes join")
+        else:  # this machine has none: everything falls back to CPU
+            cpu_only = True
+            log.warning("no GPU on this machine: pre-training and evaluations run on CPU "
+                        "(the spec's GPU asks apply on a cluster)")
     try:
-        _run_jobs(plan, todo, done, paths, st, summary, progress)
+        _run_jobs(plan, todo, done, paths, st, summary, progress, cpu_only=cpu_only)
     finally:
         if started_ray:
             ray.shutdown()
@@ -222,7 +232,7 @@ def _early_epoch(job: Job, dep: Job) -> int | None:
 
 
 def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, summary: RunSummary,
-              progress: bool) -> None:
+              progress: bool, cpu_only: bool = False) -> None:
     """Submit ``todo`` as Ray tasks and land their results as they finish.
 
     A job is submitted once every input it needs is finished or submitted: Ray starts it when the
@@ -231,7 +241,8 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
     checkpoint's file exists, without the run's ref: it does not wait for the rest of the run (and
     still runs if the run later fails). Ray retries a task that raises ``max_retries`` times; each
     attempt's error is logged under ``<workdir>/attempts/``, and a job that still fails is recorded
-    (an evaluation as one `failed` row per shots and seed) while the rest goes on.
+    (an evaluation as one `failed` row per shots and seed) while the rest goes on. ``cpu_only``:
+    drop every GPU ask (a local Ray on a machine without one).
     """
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -251,7 +262,7 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
         return RunContext(plan.spec.name, paths.workdir, paths.world, version,
                           num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data,
                           run_id=run_id, remote=paths.remote, world_key=paths.world_key,
-                          inputs=tuple((plan.jobs[d].kind, d) for d in job.deps))
+                          inputs=tuple((plan.jobs[d].kind, d) for d in job.deps), cpu_only=cpu_only)
 
     def options(job: Job) -> dict[str, Any]:
         if job.kind == "pretrain":
@@ -267,7 +278,8 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
             if VIEW_SLOT in ray.cluster_resources():
                 opts["resources"] = {VIEW_SLOT: 1}
         else:
-            opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
+            opts = {"num_cpus": job.resources.get("num_cpus", 1),
+                    "num_gpus": 0 if cpu_only else job.resources.get("num_gpus", 0),
                     "max_retries": retries, "retry_exceptions": True}
         return opts
 

@@ -1,9 +1,10 @@
 """The experiment spec: YAML loaded with ``safe_load`` into validated, frozen pydantic models.
 
 A spec declares the whole grid: pre-training sources (or weighted mixtures), curation variants,
-label-noise rates, sizes, methods and seeds (as one or more grid blocks, each a cross product);
-the backbone and optimisation recipe; the downstream suite with protocols and shots; resources
-per job; and where the work and the results store live. An invalid spec fails before any work
+label-noise rates, sizes, methods, backbones and seeds (as one or more grid blocks, each a cross
+product); the backbone and optimisation recipe; the downstream suite with protocols and shots;
+resources per job, and the speeds and sizes the cost estimate uses (``resources.throughput``,
+``resources.storage``; see harness/estimate.py); and where the work and the results store live. An invalid spec fails before any work
 starts, with every error naming its field path and what would be valid.
 """
 
@@ -114,6 +115,11 @@ class PretrainGrid(_Model):
     # checkpoints this block's runs save AND are evaluated at (the last epoch always), overriding
     # pretrain.checkpoint_epochs and downstream.checkpoint_epochs: mid-training checkpoints of a few runs
     checkpoint_epochs: Union[Literal["last", "all"], list[int], None] = None
+    # backbones this block trains (one run per backbone), overriding pretrain.backbone; each backbone
+    # used gets its own random-init job (the `linear` floor and `scratch`). There is no per-block
+    # image size: pretrain.image_size applies to every backbone (the 2023 study trains ResNet-50
+    # and ViT-B/32 alike at 224 px); a study at two resolutions is two specs.
+    backbones: list[str] | None = Field(None, min_length=1)
 
     @field_validator("sizes")
     @classmethod
@@ -135,6 +141,17 @@ class PretrainGrid(_Model):
         from pretrain.methods import METHODS
 
         return _check_names(v, METHODS, "method")
+
+    @field_validator("backbones")
+    @classmethod
+    def _backbones(cls, v: list[str] | None) -> list[str] | None:
+        if v is None:
+            return v
+        from pretrain.models import BACKBONES
+
+        if len(set(v)) != len(v):
+            raise ValueError(f"backbones lists a backbone twice: {v}")
+        return _check_names(v, BACKBONES, "backbone")
 
     @field_validator("sources")
     @classmethod
@@ -234,6 +251,14 @@ class Pretrain(_Model):
     def all_epochs(self) -> list[int]:
         """Every run length in the grid."""
         return sorted({g.epochs or self.epochs for g in self.grids})
+
+    def backbones_for(self, grid: "PretrainGrid") -> list[str]:
+        """The backbones a grid block trains: its own ``backbones``, else ``pretrain.backbone``."""
+        return list(grid.backbones) if grid.backbones else [self.backbone]
+
+    def all_backbones(self) -> list[str]:
+        """Every backbone the grid trains, in order of first use (one random-init job each)."""
+        return list(dict.fromkeys(b for g in self.grids for b in self.backbones_for(g)))
 
 
 class Protocol(_Model):
@@ -370,11 +395,84 @@ class PretrainResources(_Model):
     loader_workers: int = Field(0, ge=0)  # decoding processes per worker (0: decode in the training process)
 
 
+class PretrainRate(_Model):
+    """A known pre-training speed: training samples/s per GPU (per Ray Train worker where the spec
+    asks for no GPU) for (backbone, method, image size)."""
+
+    backbone: str
+    method: str
+    image_size: int | None = Field(None, ge=16)  # None: at any image size
+    samples_per_s: float = Field(gt=0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        from pretrain.models import BACKBONES
+
+        return _check_names([v], BACKBONES, "backbone")[0]
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        from pretrain.methods import METHODS
+
+        return _check_names([v], METHODS, "method")[0]
+
+
+class ModelRate(_Model):
+    """A known speed of one backbone: images/s per GPU (per task where evaluations ask for no GPU),
+    of forward passes (``inference``) or of fine-tuning steps (``finetune``)."""
+
+    backbone: str
+    image_size: int | None = Field(None, ge=16)  # None: at any image size
+    images_per_s: float = Field(gt=0)
+
+    @field_validator("backbone")
+    @classmethod
+    def _backbone(cls, v: str) -> str:
+        from pretrain.models import BACKBONES
+
+        return _check_names([v], BACKBONES, "backbone")[0]
+
+
+class Throughput(_Model):
+    """Speeds the cost estimate (``tbench plan``, harness/estimate.py) uses instead of its defaults;
+    figures measured by finished runs in the workdir take precedence over both."""
+
+    pretrain: list[PretrainRate] = Field(default_factory=list)
+    inference: list[ModelRate] = Field(default_factory=list)  # features, zero-shot, validation/test passes
+    finetune: list[ModelRate] = Field(default_factory=list)  # fine-tuning training steps (forward + backward)
+    decode_per_cpu: float | None = Field(None, gt=0)  # downstream images decoded and resized, per s per CPU core
+    view_scan_per_cpu: float | None = Field(None, gt=0)  # view scan without image decoding, samples/s per CPU core
+    view_hash_per_cpu: float | None = Field(None, gt=0)  # view scan decoding images (dedup's hashes), per core
+    probe_examples_per_s: float | None = Field(None, gt=0)  # linear-probe training examples/s (whole L2 path)
+
+
+class Storage(_Model):
+    """What the cost estimate assumes about bytes on disk (harness/estimate.py has the defaults)."""
+
+    # source name (registered, real.* or declared; or 'default') -> mean bytes of one sample in its shards
+    bytes_per_sample: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("bytes_per_sample")
+    @classmethod
+    def _bytes(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
+        problems = _unknown_sources([k for k in v if k != "default"], info)
+        problems = [p + " (or 'default')" for p in problems]
+        problems += [f"{k}: bytes per sample must be a positive integer, got {n!r}" for k, n in v.items()
+                     if isinstance(n, bool) or not isinstance(n, int) or n <= 0]
+        if problems:
+            raise ValueError("; ".join(problems))
+        return v
+
+
 class Resources(_Model):
     pretrain: PretrainResources = PretrainResources()
     eval: JobResources = JobResources()
     view: ViewResources = ViewResources()
     max_retries: int = Field(1, ge=0)
+    throughput: Throughput = Throughput()
+    storage: Storage = Storage()
 
 
 class World(_Model):

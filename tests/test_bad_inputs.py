@@ -217,3 +217,16 @@ def test_pretraining_skips_and_counts_bad_samples(sources, tmp_path):
     assert summary["skipped"] == 2
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert metrics["summary"]["skipped"] == 2 and metrics["epochs"][0]["skipped"] == 2
+
+
+def test_a_labelled_source_declaring_its_classes_keeps_its_own_label_space(sources, tmp_path):
+    """real.imagenet declares 1000 classes: its views must not be cut to the world's vocabulary.
+    Here the source declares two classes more than the data root's vocabulary has."""
+    root, declared, good = sources
+    wide = {**declared, "labelled": {**declared["labelled"], "num_classes": NUM_CLASSES + 2}}
+    m = build_view(view_cfg("labelled", wide, labels=True), root, tmp_path / "wide")
+    assert m["num_classes"] == NUM_CLASSES + 2 and "invalid_label" not in m["funnel"]
+    assert m["skipped"] == {"bad_image": 1, "label_out_of_range": 1, "no_label": 1, "truncated_shard": 1}
+    samples = view_samples(tmp_path / "wide")
+    assert sorted(s["__key__"] for s in samples) == sorted(good["labelled"] + ["l0-big"])  # class 4 < 6 now
+    assert {int(s["cls"]) for s in samples if s["__key__"] == "l0-big"} == {NUM_CLASSES}

@@ -74,7 +74,8 @@ def _image_folder(root: Path) -> None:
 @pytest.mark.slow
 def test_failing_jobs_are_retried_recorded_and_replaced_on_rerun(tmp_path, world, run_tbench):
     """A set whose folder is missing at run time: its feature extraction (for `linear`) and its
-    `scratch` training both raise; one short pre-training run and the other set go on."""
+    `scratch` training both raise; one short pre-training run and the other set go on. The
+    spec's GPU asks fall back to CPU on this machine without a GPU."""
     ghost = tmp_path / "ghost"
     data = _spec(tmp_path, world, random_init_floor=True)
     data["pretrain"].update(epochs=1, checkpoint_epochs="last")
@@ -85,7 +86,8 @@ def test_failing_jobs_are_retried_recorded_and_replaced_on_rerun(tmp_path, world
         protocols=[{"name": "linear", "shots": [1, "full"]},
                    {"name": "scratch", "shots": ["full"], "sets": ["ghost"], "epochs": 1, "lrs": [0.003]}],
     )
-    data["resources"]["max_retries"] = 2
+    # asks written for a GPU cluster: on this machine without one, everything falls back to CPU
+    data["resources"].update(max_retries=2, pretrain={"gpus_per_worker": 1}, eval={"num_cpus": 1, "num_gpus": 0.5})
     plan = make_plan(parse_spec(data))
     path = _write(tmp_path, data)
     planned = plan.planned_rows()
@@ -94,6 +96,7 @@ def test_failing_jobs_are_retried_recorded_and_replaced_on_rerun(tmp_path, world
     out = proc.stdout + proc.stderr
     assert proc.returncode == 1, out
     assert "job(s) failed" in proc.stderr
+    assert "no GPU on this machine" in proc.stderr
 
     rows = _query(run_tbench, tmp_path / "store", "SELECT * FROM runs")
     assert len(rows) == planned == len({r["key"] for r in rows})  # the run went on: every row, once
