@@ -129,7 +129,7 @@ def run(spec: Path = typer.Argument(..., help="The YAML spec."),
         num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display.")) -> None:
     """Run the spec on Ray (local or an existing cluster); finished jobs are skipped."""
-    from harness.plan import make_plan
+    from harness.plan import KINDS, make_plan
     from harness.runner import resolve_paths
     from harness.runner import run as run_spec
     from results.summary import results_table
@@ -139,8 +139,10 @@ def run(spec: Path = typer.Argument(..., help="The YAML spec."),
                        progress=not no_progress)
     ran = sum(summary.ran.values())
     console.print(f"{summary.planned_jobs} jobs planned, {summary.already_done} already finished, {ran} ran"
-                  f" ({', '.join(f'{k} {v}' for k, v in summary.ran.items()) or 'none'}), "
-                  f"{len(summary.failed)} failed; {summary.rows_written} rows written in {summary.seconds:.1f}s")
+                  f" ({', '.join(f'{k} {summary.ran[k]}' for k in KINDS if summary.ran[k]) or 'none'}), "
+                  f"{len(summary.failed)} failed; {summary.rows_written} rows written in {summary.seconds:.1f}s"
+                  + (f"; {summary.started_early} started on a mid-training checkpoint while its run trained on"
+                     if summary.started_early else ""))
     paths = resolve_paths(s, make_plan(s), workdir=workdir, store=store)
     console.print(results_table(paths.store, s.name))
     if summary.failed:

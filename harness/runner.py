@@ -17,9 +17,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-from harness.artifacts import job_dir
+from harness.artifacts import is_done, job_dir
 from harness.executors import (RunContext, clean_unfinished, execute, failed_rows, publish, spectra_rows,
                                 stage_inputs)
 from harness.plan import KINDS, Job, Plan, make_plan
@@ -38,6 +38,7 @@ class RunSummary:
     rows_written: int = 0
     planned_rows: int = 0
     seconds: float = 0.0
+    started_early: int = 0  # jobs started on a mid-training checkpoint while its run was still training
 
     @property
     def ok(self) -> bool:
@@ -93,9 +94,14 @@ def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workd
 def done_keys(plan: Plan, paths: Paths, store_keys: set[str] | None = None) -> set[str]:
     """Keys of the plan's finished jobs. A local workdir: one marker check per job
     (:meth:`Plan.done_keys`); one on object storage: one listing per job kind."""
+    if paths.world_key is None:  # the spec's own world folder (world.dir), outside the workdir
+        world_done = {j.key for j in plan.of_kind("world") if is_done(paths.world)}
+    else:
+        world_done = set()
     if paths.remote is None:
-        return plan.done_keys(paths.workdir, store_keys)
+        return plan.done_keys(paths.workdir, store_keys) | world_done
     marked = {kind: paths.wd.done_keys(kind) for kind in KINDS}
+    marked["world"] |= world_done
     done = set()
     for job in plan.jobs.values():
         if job.key not in marked[job.kind]:
@@ -231,6 +237,79 @@ def _early_epoch(job: Job, dep: Job) -> int | None:
     return epoch if epoch is not None and epoch < dep.config["epochs"] else None
 
 
+class Scheduler:
+    """Which of a run's jobs may be submitted now, and which running tasks each must wait for.
+
+    A job may go once each of its inputs is finished (before or during this run) or submitted:
+    it then waits for the submitted ones' tasks (Ray starts it when they end). A job that reads a
+    mid-training checkpoint of a pre-training run of this run is held instead until that
+    checkpoint exists (``checkpoint_ready(run key, epoch)``), then goes without waiting for the
+    run: it does not wait for the rest of the training, and still runs if the run later fails.
+    A job whose input failed is given up with that error. Pure bookkeeping, no Ray: the runner
+    passes :meth:`release` its submit function and reports what ends.
+    """
+
+    def __init__(self, plan: Plan, todo: list[Job], checkpoint_ready: Callable[[str, int], bool]):
+        self.plan = plan
+        self.todo_keys = {j.key for j in todo}
+        self.waiting = list(todo)  # not yet submitted, in dependency order
+        self.handles: dict[str, Any] = {}  # submitted job key -> its task (what dependants wait for)
+        self.finished: set[str] = set()
+        self.failed: dict[str, str] = {}
+        self.early: list[tuple[str, str]] = []  # (job, run) released on a checkpoint of a run still training
+        self._checkpoint_ready = checkpoint_ready
+        self._ready: set[tuple[str, int]] = set()  # checkpoints known to exist
+
+    def _checkpoint(self, run: str, epoch: int) -> bool:
+        if (run, epoch) not in self._ready and self._checkpoint_ready(run, epoch):
+            self._ready.add((run, epoch))
+        return (run, epoch) in self._ready
+
+    def _inputs(self, job: Job) -> tuple[bool, list[Any], str | None, list[str]]:
+        """(still held, handles to wait for, error of an input that failed, runs skipped early)."""
+        handles, early = [], []
+        for d in job.deps:
+            if d not in self.todo_keys:
+                continue  # finished before this run
+            if d in self.finished:
+                handles.append(self.handles[d])
+                continue
+            dep = self.plan.jobs[d]
+            epoch = _early_epoch(job, dep)
+            if epoch is not None and self._checkpoint(d, epoch):
+                early.append(d)  # the checkpoint it reads exists: no need to wait for the rest of the run
+                continue
+            if d in self.failed:
+                return False, [], f"input failed: {dep.label}: {self.failed[d]}", []
+            if d not in self.handles or epoch is not None:
+                return True, [], None, []
+            handles.append(self.handles[d])
+        return False, handles, None, early
+
+    def release(self, submit: Callable[[Job, list[Any]], Any]) -> list[tuple[Job, str]]:
+        """Submit every job that may go now: ``submit(job, handles it waits for)`` returns the
+        job's handle (its task). Returns the jobs given up, each with the error of an input."""
+        give_up, still = [], []
+        for job in self.waiting:
+            held, handles, err, early = self._inputs(job)
+            if held:
+                still.append(job)
+            elif err is not None:
+                give_up.append((job, err))
+                self.failed[job.key] = err
+            else:
+                self.handles[job.key] = submit(job, handles)
+                self.early += [(job.key, run) for run in early if run not in self.finished]
+        self.waiting = still
+        return give_up
+
+    def done(self, key: str) -> None:
+        self.finished.add(key)
+
+    def fail(self, key: str, error: str) -> None:
+        self.failed[key] = error
+
+
 def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, summary: RunSummary,
               progress: bool, cpu_only: bool = False) -> None:
     """Submit ``todo`` as Ray tasks and land their results as they finish.
@@ -251,12 +330,8 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
     version = code_version()
     run_id = uuid.uuid4().hex[:12]
     retries = plan.spec.resources.max_retries
-    todo_keys = {j.key for j in todo}
-    refs: dict[str, Any] = {}  # submitted job key -> its task's ref
+    sched = Scheduler(plan, todo, lambda run, epoch: checkpoint_ready(paths, run, epoch))
     pending: dict[Any, tuple[Job, RunContext]] = {}
-    finished: set[str] = set()  # jobs of this run that succeeded
-    failed: dict[str, str] = {}  # jobs of this run that failed -> error
-    waiting = list(todo)  # not yet submitted, in dependency order
 
     def context(job: Job) -> RunContext:
         return RunContext(plan.spec.name, paths.workdir, paths.world, version,
@@ -283,33 +358,14 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                     "max_retries": retries, "retry_exceptions": True}
         return opts
 
-    def inputs(job: Job) -> tuple[bool, list[Any], str | None]:
-        """(still blocked, refs of the tasks it must wait for, error of an input that failed)."""
-        ups = []
-        for d in job.deps:
-            if d not in todo_keys:
-                continue  # finished before this run
-            if d in finished:
-                ups.append(refs[d])
-                continue
-            dep = plan.jobs[d]
-            epoch = _early_epoch(job, dep)
-            if epoch is not None and checkpoint_ready(paths, d, epoch):
-                continue  # the checkpoint it reads exists: no need to wait for the rest of the run
-            if d in failed:
-                return False, [], f"input failed: {dep.label}: {failed[d]}"
-            if d not in refs or epoch is not None:
-                return True, [], None
-            ups.append(refs[d])
-        return False, ups, None
-
     kinds = Counter(j.kind for j in todo)
     cols = [TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*cols, disable=not progress, transient=False) as bar:
         tasks = {k: bar.add_task(k, total=kinds[k]) for k in KINDS if kinds[k]}
 
         def record_failure(job: Job, ctx: RunContext, err: str) -> None:
-            failed[job.key] = summary.failed[job.key] = err
+            sched.fail(job.key, err)
+            summary.failed[job.key] = err
             log.error("%s failed: %s", job.label, err)
             if job.kind == "eval":
                 rows = failed_rows(job, ctx, err)
@@ -317,29 +373,23 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                 summary.rows_written += len(rows)
             bar.advance(tasks[job.kind])
 
+        def submit(job: Job, handles: list[Any]) -> Any:
+            ctx = context(job)
+            ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **options(job)).remote(job, ctx, *handles)
+            pending[ref] = (job, ctx)
+            return ref
+
         def release() -> None:
-            nonlocal waiting
-            still = []
-            for job in waiting:
-                blocked, ups, err = inputs(job)
-                if blocked:
-                    still.append(job)
-                elif err is not None:
-                    record_failure(job, context(job), err)
-                else:
-                    ctx = context(job)
-                    ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **options(job)).remote(job, ctx, *ups)
-                    refs[job.key] = ref
-                    pending[ref] = (job, ctx)
-            waiting = still
+            for job, err in sched.release(submit):
+                record_failure(job, context(job), err)
 
         release()
-        while pending or waiting:
+        while pending or sched.waiting:
             if not pending:  # cannot happen: a held job waits on a running pre-training
-                for job in waiting:
+                for job in sched.waiting:
                     record_failure(job, context(job), "never became runnable (an input neither ran nor failed)")
                 break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=GATE_POLL_S if waiting else None)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=GATE_POLL_S if sched.waiting else None)
             for ref in ready:
                 job, ctx = pending.pop(ref)
                 try:
@@ -358,11 +408,12 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                     _write_view_row(st, job, ctx.spec_name, paths)
                 elif job.kind == "features":
                     _write_spectra_rows(st, job, ctx, paths)
-                finished.add(job.key)
+                sched.done(job.key)
                 summary.ran[job.kind] += 1
                 bar.advance(tasks[job.kind])
-            if waiting:
+            if sched.waiting:
                 release()
+    summary.started_early = len(sched.early)
 
 
 def checkpoint_ready(paths: Paths, pretrain_key: str, epoch: int) -> bool:

@@ -64,3 +64,12 @@ def synthetic_report_dir(synthetic_store_root, tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic-report")
     write_report(synthetic_store_root, out, title="Synthetic <study>", n_boot=50)
     return out
+
+
+@pytest.fixture(scope="session")
+def ray_head(request):
+    """A Ray head on the loopback address (tests/ray_head.py), shared by the tests that need a
+    real cluster: `tbench submit` and the driver-kill trials."""
+    from ray_head import start_head
+
+    yield from start_head(request)

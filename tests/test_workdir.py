@@ -340,12 +340,34 @@ def test_local_workdir_is_unchanged(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ a whole run on object storage
 
 
+def _image_folder(root: Path) -> None:
+    """A two-class image folder (train/ and test/) of random 24-px PNGs."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 6), ("test", 4)):
+        for name in ("a", "b"):
+            d = root / split / name
+            d.mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(rng.integers(0, 255, (24, 24, 3), dtype=np.uint8)).save(d / f"{i}.png")
+
+
 @pytest.mark.slow
-def test_a_run_with_workdir_and_store_on_object_storage(s3, tmp_path, run_tbench, monkeypatch):
-    """`tbench run --workdir s3://... --store s3://...`: every job's outputs and marker land in
-    the bucket, so a run from an empty cache (another machine) finds everything finished, and a
-    job whose outputs were lost is redone from its inputs in the bucket (a checkpoint pulled
-    from a finished pre-training run), with every row still there once."""
+def test_a_run_on_object_storage_survives_failures_and_moves_machines(s3, tmp_path, run_tbench, monkeypatch):
+    """`tbench run --workdir s3://... --store s3://...` of a spec written for a GPU cluster, on
+    this machine without a GPU (the asks fall back to CPU), with a downstream set whose folder is
+    missing: its feature extraction (for `linear`) and its `scratch` training raise.
+
+    1. Each failing job is tried 1 + max_retries times (every attempt kept in the bucket), then
+       recorded as `failed` rows with its error; everything else finishes and lands in the
+       bucket, markers last; the exit code says that jobs failed.
+    2. The folder restored and a finished feature cache lost, a run from an empty cache (another
+       machine) redoes exactly those jobs from their inputs in the bucket (a checkpoint of the
+       finished pre-training run, nothing else of it); failed rows are replaced, never added to.
+    3. A third machine finds everything finished.
+    """
     import yaml
 
     from harness.plan import make_plan
@@ -355,58 +377,82 @@ def test_a_run_with_workdir_and_store_on_object_storage(s3, tmp_path, run_tbench
     prefix = uuid.uuid4().hex[:10]
     query = f"?endpoint_override={endpoint}&scheme=http&allow_delayed_open=true"
     work, store = f"s3://{BUCKET}/{prefix}/work{query}", f"s3://{BUCKET}/{prefix}/store{query}"
+    ghost = tmp_path / "ghost"
     data = {
         "name": "on-s3",
         "world": {"seed": 0, "scale": 0.05},  # built by the run, kept in the bucket with the rest
         "pretrain": {"backbone": "test_resnet", "epochs": 2, "checkpoint_epochs": "all", "batch_size": 32,
                      "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}]},
-        "downstream": {"sets": ["digits"], "eval_seeds": [0], "checkpoint_epochs": "all",
-                       "random_init_floor": False, "protocols": [{"name": "linear", "shots": [1, "full"]}]},
-        "resources": {"view": {"engine": "local"}},
+        "downstream": {
+            "sets": ["digits", "ghost"], "eval_seeds": [0], "checkpoint_epochs": "all",
+            "custom_sets": {"ghost": {"format": "imagefolder", "path": str(ghost)}},
+            "protocols": [{"name": "linear", "shots": [1, "full"]},
+                          {"name": "scratch", "shots": ["full"], "sets": ["ghost"], "epochs": 1, "lrs": [0.003]}]},
+        "resources": {"view": {"engine": "local"}, "max_retries": 2,
+                      "pretrain": {"gpus_per_worker": 1}, "eval": {"num_cpus": 1, "num_gpus": 0.5}},
     }
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
     plan = make_plan(parse_spec(data))
+    expected = sorted(r["key"] for r in plan.expected_rows())
 
-    def run(cache: str) -> str:
+    def run(cache: str, code: int = 0):
         monkeypatch.setenv(CACHE_ENV, str(tmp_path / cache))
         proc = run_tbench("run", str(spec), "--workdir", work, "--store", store, "--no-progress")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        return proc.stdout
+        assert proc.returncode == code, proc.stdout + proc.stderr
+        return proc
 
-    def keys(sub: str) -> set[str]:
+    def objects(sub: str) -> set[str]:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/{sub}")
         return {o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", [])}
 
     def rows() -> list[dict]:
-        p = run_tbench("results", "query", "SELECT key, status FROM runs", "--store", store, "--format", "json")
+        p = run_tbench("results", "query", "SELECT key, status, protocol, downstream, error FROM runs",
+                       "--store", store, "--format", "json")
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
 
-    out = run("cache-a")
-    assert "0 failed" in out
-    objects = keys("work/")
+    # 1. failures retried, recorded; the rest finished, in the bucket
+    proc = run("cache-a", code=1)
+    assert "job(s) failed" in proc.stderr and "no GPU on this machine" in proc.stderr
+    got = rows()
+    assert sorted(r["key"] for r in got) == expected  # every row once, failed ones included
+    assert {r["downstream"] for r in got if r["status"] == "failed"} == {"ghost"}
+    assert all(r["status"] == "ok" for r in got if r["downstream"] != "ghost")
+    scratch = [r for r in got if r["protocol"] == "scratch"]
+    assert scratch and all("[failed 3 attempt(s)]" in r["error"] and "ghost" in r["error"] for r in scratch)
+    linear = [r for r in got if r["downstream"] == "ghost" and r["protocol"] == "linear"]
+    assert linear and all(r["error"].startswith("input failed") for r in linear)  # its features job failed
+    failing = {j.key for j in plan.jobs.values() if j.coords.get("downstream") == "ghost"
+               and (j.kind == "features" or j.config.get("protocol") == "scratch")}
+    attempts = objects("work/attempts/")
+    assert {k.split("/")[2] for k in attempts} == failing
+    assert all(sum(k.split("/")[2] == key for k in attempts) == 3 for key in failing)
+    done = objects("work/")
+    ghostly = {j.key for j in plan.jobs.values() if j.coords.get("downstream") == "ghost"}
     for job in plan.jobs.values():
-        assert f"work/{job.kind}/{job.key}/{DONE}" in objects, job.label
+        assert (f"work/{job.kind}/{job.key}/{DONE}" in done) == (job.key not in ghostly), job.label
     (pre,) = plan.of_kind("pretrain")
     for name in ("checkpoints/epoch_001.pt", "checkpoints/epoch_002.pt", "state/last.pt", "train_log.jsonl"):
-        assert f"work/pretrain/{pre.key}/{name}" in objects
-    expected = sorted(r["key"] for r in plan.expected_rows())
-    assert sorted(r["key"] for r in rows()) == expected and all(r["status"] == "ok" for r in rows())
+        assert f"work/pretrain/{pre.key}/{name}" in done
 
-    # another machine (an empty cache): nothing to do
-    out = run("cache-b")
-    assert f"{len(plan.jobs)} already finished, 0 ran" in out
-
-    # a lost feature cache and evaluation marker: redone from the bucket, pre-training untouched
-    feats = next(j for j in plan.of_kind("features") if j.config["epoch"] == 1)
+    # 2. the set restored, a feature cache lost: another machine redoes just those jobs
+    _image_folder(ghost)
+    feats = next(j for j in plan.of_kind("features") if j.config["epoch"] == 1 and j.coords["downstream"] == "digits")
     evals = [j for j in plan.of_kind("eval") if feats.key in j.deps]
-    lost = sorted(k for k in objects if k.startswith(f"work/features/{feats.key}/"))
+    lost = sorted(k for k in done if k.startswith(f"work/features/{feats.key}/"))
     lost += [f"work/eval/{j.key}/{DONE}" for j in evals]
     client.delete_objects(Bucket=BUCKET, Delete={"Objects": [{"Key": f"{prefix}/{k}"} for k in lost]})
-    out = run("cache-c")
-    assert f"ran (features 1, eval {len(evals)})" in out
-    assert sorted(r["key"] for r in rows()) == expected
-    (cache,) = (tmp_path / "cache-c").iterdir()
-    assert not (cache / "pretrain" / pre.key / "state").exists()  # only the checkpoint it reads came down
+    redo = [j for j in plan.jobs.values() if j.key in ghostly or j.key == feats.key or j in evals]
+    proc = run("cache-b")
+    counts = {k: sum(j.kind == k for j in redo) for k in ("features", "eval")}
+    assert f"{len(redo)} ran (features {counts['features']}, eval {counts['eval']})" in proc.stdout
+    got = rows()
+    assert sorted(r["key"] for r in got) == expected and all(r["status"] == "ok" for r in got)
+    (cache,) = (tmp_path / "cache-b").iterdir()
+    assert not (cache / "pretrain" / pre.key / "state").exists()  # only the checkpoints it reads came down
     assert (cache / "pretrain" / pre.key / "checkpoints" / "epoch_001.pt").is_file()
+
+    # 3. a third machine: nothing to do
+    proc = run("cache-c")
+    assert f"{len(plan.jobs)} already finished, 0 ran" in proc.stdout
