@@ -77,14 +77,17 @@ def test_driver_killed_at_random_points_then_rerun_completes_exactly_once(tmp_pa
     env = dict(head_env(), RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
                RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION="0", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600")
     command = [sys.executable, "-m", "harness.cli", "run", str(path), "--address", ray_head.gcs, "--no-progress"]
+    # Ten random points of the run: after a random one of its events (a job finished, an epoch
+    # trained; 18 in all) and a random fraction of a second more, so kills land mid-job too;
+    # points drawn over events, not seconds, spread over the whole run whatever the machine's speed.
     rng = random.Random(7)
+    (pjob,) = plan.of_kind("pretrain")
+    events = len(plan.jobs) - 1 + pjob.config["epochs"]  # every job but the world (the session's), every epoch
+    points = sorted(rng.sample(range(1, events), 10))
     trials = []
-    for trial in range(10):
-        # a random point: after the next event (a job finished, an epoch trained) and a random
-        # fraction of a second more (so kills land mid-job too): points spread over the whole
-        # run whatever the machine's speed; the deadline only guards against a hang
+    for trial, target in enumerate(points):
         before, _ = _progress(work, store)
-        target, extra, deadline = before + 1, rng.uniform(0, 1.0), 300
+        extra, deadline = rng.uniform(0, 1.0), 300  # the deadline only guards against a hang
         proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         t0 = time.monotonic()
         while proc.poll() is None and _progress(work, store)[0] < target and time.monotonic() - t0 < deadline:
@@ -95,10 +98,10 @@ def test_driver_killed_at_random_points_then_rerun_completes_exactly_once(tmp_pa
             proc.kill()
             proc.wait(timeout=60)
         after, what = _progress(work, store)
-        trials.append({"trial": trial, "seconds": round(time.monotonic() - t0, 1), "events_before": before,
+        trials.append({"trial": trial, "point": target, "seconds": round(time.monotonic() - t0, 1), "events_before": before,
                        "events_after": after, "killed": not finished, "last": what[-1] if what else None})
     print(json.dumps(trials, indent=1))
-    assert sum(t["killed"] for t in trials) >= 8, trials  # the run is long enough to be killed ten times
+    assert sum(t["killed"] for t in trials) >= 9, trials  # the run was still going at (almost) every point
 
     proc = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -111,7 +114,6 @@ def test_driver_killed_at_random_points_then_rerun_completes_exactly_once(tmp_pa
     # pre-training resumed from its last finished epoch after every kill, never from scratch
     from pretrain.loop import read_train_log
 
-    (pjob,) = plan.of_kind("pretrain")
     events = read_train_log(work / "pretrain" / pjob.key)
     starts, last_epoch = [], 0
     for e in events:
