@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from torch import nn
 
@@ -48,6 +47,8 @@ def build_encoder(backbone: str, image_size: int) -> nn.Module:
     kwargs = dict(entry.kwargs)
     if entry.takes_img_size:
         kwargs["img_size"] = image_size
+    import timm  # here, not at the top: validating a spec's backbone names should not pay timm's import (~4 s)
+
     return timm.create_model(entry.timm_name, pretrained=False, num_classes=0, **kwargs)
 
 

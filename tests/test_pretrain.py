@@ -249,33 +249,13 @@ def test_grad_accum_keeps_the_global_batch(view, tmp_path):
 # --------------------------------------------------------------------------- Ray
 
 
-@pytest.fixture
+@pytest.fixture(scope="module")
 def local_ray():
+    """One local Ray for this module's Ray Train tests (each start costs seconds on 2 cores)."""
     ray = pytest.importorskip("ray")
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, configure_logging=False)
     yield ray
     ray.shutdown()
-
-
-@pytest.mark.slow
-def test_run_pretrain_on_local_ray(view, tmp_path, local_ray):
-    """Two runs at once from num_cpus=0 tasks (as the runner calls it) on 2 CPUs: 1 CPU each, no deadlock."""
-    from harness.train_ray import run_pretrain
-
-    cfg = small_cfg(epochs=1, save_epochs=(1,), batch_size=64)
-
-    @local_ray.remote(num_cpus=0)
-    def job(out: str) -> dict:
-        return run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0)
-
-    summaries = local_ray.get([job.remote(str(tmp_path / name)) for name in ("a", "b")], timeout=400)
-    for name, summary in zip(("a", "b"), summaries):
-        assert summary["epochs_trained"] == 1 and summary["samples_seen"] == 256
-        _, meta = load_encoder(tmp_path / name / "checkpoints" / "epoch_001.pt")
-        assert meta["epoch"] == 1 and meta["method"] == "supervised"
-        assert (tmp_path / name / "ray").is_dir()
-    # Same config, same data, same seed: the two runs agree.
-    assert summaries[0]["final_loss"] == summaries[1]["final_loss"]
 
 
 def _ray_train_worker_pids() -> list[int]:
