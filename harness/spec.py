@@ -41,6 +41,13 @@ def _check_names(values: list[str], registry, kind: str) -> list[str]:
     return values
 
 
+def _backbone_name(v: str) -> str:
+    """``v`` if it is a registered backbone, else an error naming the valid ones."""
+    from pretrain.models import BACKBONES
+
+    return _check_names([v], BACKBONES, "backbone")[0]
+
+
 def _unknown_sources(names: list[str], info: ValidationInfo | None) -> list[str]:
     """Problems for names that are neither registered (world or real.*) nor declared under ``sources``."""
     from curation.sources import SOURCES, resolve_source
@@ -212,9 +219,7 @@ class Pretrain(_Model):
     @field_validator("backbone")
     @classmethod
     def _backbone(cls, v: str) -> str:
-        from pretrain.models import BACKBONES
-
-        return _check_names([v], BACKBONES, "backbone")[0]
+        return _backbone_name(v)
 
     @model_validator(mode="after")
     def _epochs(self) -> "Pretrain":
@@ -407,9 +412,7 @@ class PretrainRate(_Model):
     @field_validator("backbone")
     @classmethod
     def _backbone(cls, v: str) -> str:
-        from pretrain.models import BACKBONES
-
-        return _check_names([v], BACKBONES, "backbone")[0]
+        return _backbone_name(v)
 
     @field_validator("method")
     @classmethod
@@ -430,9 +433,7 @@ class ModelRate(_Model):
     @field_validator("backbone")
     @classmethod
     def _backbone(cls, v: str) -> str:
-        from pretrain.models import BACKBONES
-
-        return _check_names([v], BACKBONES, "backbone")[0]
+        return _backbone_name(v)
 
 
 class Throughput(_Model):

@@ -3,7 +3,6 @@ pyarrow's own S3 filesystem (``s3://bucket/prefix?endpoint_override=...&scheme=h
 
 from __future__ import annotations
 
-import logging
 import os
 import subprocess
 import sys
@@ -14,41 +13,22 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from s3_server import moto_s3
 
 from results import schema as S
 from results.store import COMPACT_PREFIX, Store
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "tbench-results"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance-metadata endpoint
-}
 
 
 @pytest.fixture(scope="module")
 def s3():
     """(endpoint "host:port", boto3 client) of a moto S3 server running for this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield f"{host}:{port}", client
-        finally:
-            server.stop()
+    with moto_s3(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture()

@@ -15,21 +15,15 @@ from pathlib import Path
 
 import pyarrow.fs as pafs
 import pytest
+from s3_server import moto_s3
 
 from harness import artifacts
 from harness.artifacts import DONE
 from harness.workdir import CACHE_ENV, UnfinishedError, Workdir, default_cache
 
-moto_server = pytest.importorskip("moto.server")
-boto3 = pytest.importorskip("boto3")
+pytest.importorskip("moto.server")
 
 BUCKET = "tbench-workdir"
-AWS_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_EC2_METADATA_DISABLED": "true",  # never wait for an instance-metadata endpoint
-}
 FILES = {  # a pre-training folder: relative path -> content
     "metrics.json": b'{"loss": 0.5}',
     "checkpoints/epoch_001.pt": os.urandom(300_000),
@@ -54,21 +48,8 @@ class _Requests(logging.Handler):
 @pytest.fixture(scope="module")
 def s3():
     """(endpoint "host:port", boto3 client) of a moto S3 server running for this module."""
-    with pytest.MonkeyPatch.context() as mp:
-        for name, value in AWS_ENV.items():
-            mp.setenv(name, value)
-        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3"):
-            mp.delenv(name, raising=False)
-        logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one log line per request otherwise
-        server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)  # port 0: a free one
-        server.start()
-        try:
-            host, port = server.get_host_and_port()
-            client = boto3.client("s3", endpoint_url=f"http://{host}:{port}", region_name="us-east-1")
-            client.create_bucket(Bucket=BUCKET)
-            yield f"{host}:{port}", client
-        finally:
-            server.stop()
+    with moto_s3(BUCKET) as server:
+        yield server
 
 
 @pytest.fixture()
