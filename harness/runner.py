@@ -259,10 +259,16 @@ class Scheduler:
         self.early: list[tuple[str, str]] = []  # (job, run) released on a checkpoint of a run still training
         self._checkpoint_ready = checkpoint_ready
         self._ready: set[tuple[str, int]] = set()  # checkpoints known to exist
+        self._absent: set[tuple[str, int]] = set()  # checkpoints missing in this pass of release()
 
     def _checkpoint(self, run: str, epoch: int) -> bool:
-        if (run, epoch) not in self._ready and self._checkpoint_ready(run, epoch):
-            self._ready.add((run, epoch))
+        """Whether the checkpoint exists: asked once per checkpoint per pass (every feature cache
+        and evaluation of a checkpoint waits on the same file), and never again once it does."""
+        if (run, epoch) not in self._ready and (run, epoch) not in self._absent:
+            if self._checkpoint_ready(run, epoch):
+                self._ready.add((run, epoch))
+            else:
+                self._absent.add((run, epoch))
         return (run, epoch) in self._ready
 
     def _inputs(self, job: Job) -> tuple[bool, list[Any], str | None, list[str]]:
@@ -290,6 +296,7 @@ class Scheduler:
         """Submit every job that may go now: ``submit(job, handles it waits for)`` returns the
         job's handle (its task). Returns the jobs given up, each with the error of an input."""
         give_up, still = [], []
+        self._absent.clear()
         for job in self.waiting:
             held, handles, err, early = self._inputs(job)
             if held:

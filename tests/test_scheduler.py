@@ -88,3 +88,13 @@ def test_inputs_finished_before_the_run_are_not_waited_for():
     assert sched.release(submit) == []
     assert set(submitted) == {j.key for j in todo} and not sched.waiting and not sched.early
     assert all(f"task:{pre.key}" not in h for h in submitted.values())
+
+
+def test_each_checkpoint_is_looked_for_once_per_pass():
+    asked: list[tuple[str, int]] = []
+    plan = make_plan(parse_spec(SPEC))
+    sched = Scheduler(plan, list(plan.jobs.values()), lambda run, epoch: asked.append((run, epoch)) or False)
+    sched.release(lambda job, handles: f"task:{job.key}")
+    sched.release(lambda job, handles: f"task:{job.key}")
+    (pre,) = plan.of_kind("pretrain")
+    assert asked == [(pre.key, 2), (pre.key, 2)]  # two jobs wait on it, one look per pass
