@@ -20,8 +20,18 @@ For each learning rate of the grid, starting each time from the same pre-trained
   examples, so every class weighs the same in the loss as in the metric;
 - after every epoch, the headline metric on the validation split.
 
+- at least ``min_steps`` optimiser steps per learning rate (the epochs are stretched on small
+  training sets; 0 keeps ``epochs`` exactly, as the core study's 128 epochs on real data);
+- BatchNorm on its running statistics when starting from pre-trained weights (``bn="auto"``):
+  fine-tuning batches of a few-shot set are too small and too few for new statistics, and a
+  probe fitted on frozen features then stays exactly the function LP-FT starts from; from random
+  initialisation BatchNorm trains on batch statistics.
+
 The (learning rate, epoch) with the best validation score is selected (ties: the earlier
-learning rate of the grid, then the earlier epoch); its weights are then scored on test once.
+learning rate of the grid, then the earlier epoch). Where the head starts from given weights
+(LP-FT's probe, CLIP's zero-shot head) the starting point itself, "epoch 0", is the first
+candidate, so fine-tuning is kept only where it beats its start on validation. The selected
+weights are then scored on test once.
 Shuffling and augmentation come from one generator seeded with ``seed`` (the same for every
 learning rate, so the runs of a grid see the same batches), so a run is deterministic on CPU for a given seed and
 thread count (on GPU, up to cuDNN's choice of kernels).
@@ -48,6 +58,9 @@ from pretrain.optim import cosine_with_warmup, param_groups
 log = logging.getLogger(__name__)
 
 
+BN_MODES = ("auto", "train", "frozen")
+
+
 @dataclass(frozen=True)
 class FinetuneConfig:
     epochs: int = 5
@@ -60,6 +73,15 @@ class FinetuneConfig:
     augment: bool = True
     eval_batch_size: int = 256
     seed: int = 0
+    # At least this many optimiser steps per learning rate: on a small training set the epochs
+    # are stretched (``ceil(min_steps / steps_per_epoch)``) so every shot count gets enough
+    # optimisation; 0 keeps ``epochs`` exactly (the core study's recipe on real data).
+    min_steps: int = 0
+    # BatchNorm: "train" (batch statistics), "frozen" (running statistics kept, affine weights
+    # trained) or "auto": frozen when starting from pre-trained weights (the statistics were
+    # learnt on far more data than a fine-tuning batch holds, and a probe fitted on frozen
+    # features stays the function LP-FT starts from), batch statistics from random init.
+    bn: str = "auto"
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -70,6 +92,14 @@ class FinetuneConfig:
             raise ValueError(f"batch_size must be >= 2 (batch norm needs two examples), got {self.batch_size}")
         if self.weight_decay < 0 or self.grad_clip <= 0 or not 0 <= self.warmup_fraction <= 1:
             raise ValueError("weight_decay must be >= 0, grad_clip > 0 and warmup_fraction in [0, 1]")
+        if self.min_steps < 0:
+            raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
+        if self.bn not in BN_MODES:
+            raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """Epochs actually trained: ``epochs``, stretched to reach ``min_steps``."""
+        return max(self.epochs, math.ceil(self.min_steps / max(1, steps_per_epoch)))
 
 
 @dataclass
@@ -156,18 +186,35 @@ def _evaluate(model: nn.Module, images: torch.Tensor, labels: np.ndarray, mean: 
     return out
 
 
+def _set_train(model: nn.Module, bn_frozen: bool) -> None:
+    """Training mode, with BatchNorm layers kept on their running statistics when ``bn_frozen``."""
+    model.train()
+    if bn_frozen:
+        for m in model.modules():
+            if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                m.eval()
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
 def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
              validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
              num_classes: int, metric: str = "top1", config: FinetuneConfig = FinetuneConfig(),
              device: torch.device | str | None = None, num_threads: int = 1,
              head_init: tuple[np.ndarray, np.ndarray] | None = None, feature_dim: int | None = None,
-             class_weight: str | None = None) -> FinetuneResult:
+             class_weight: str | None = None, pretrained: bool = True) -> FinetuneResult:
     """Fine-tune ``encoder`` (left unmodified; each lr trains a copy) and score the selection on test.
 
     ``train``, ``validation`` and ``test`` are ``(images uint8 [N, H, W, 3], labels int64 [N])``;
     images are resized and normalised as ``meta`` says (see :mod:`downstream.features`).
-    ``head_init`` starts the head from ``(W [C, D], b [C])`` instead of zeros; ``feature_dim``
-    (default ``meta["feature_dim"]``) is the width of what ``encoder`` returns.
+    ``head_init`` starts the head from ``(W [C, D], b [C])`` instead of zeros; the starting
+    point (encoder and that head, "epoch 0") is then itself a candidate of the selection, so the
+    result is never worse on validation than where it started (LP-FT never falls below its probe
+    on validation). ``feature_dim`` (default ``meta["feature_dim"]``) is the width of what
+    ``encoder`` returns. ``pretrained`` says whether ``encoder`` holds learnt weights (BatchNorm
+    handling under ``config.bn == "auto"``).
     """
     check_metric(metric)
     if int(num_classes) < 2:
@@ -182,6 +229,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     size = int(meta["image_size"])
     feature_dim = int(feature_dim if feature_dim is not None else meta["feature_dim"])
     weights = loss_weights(train[1], num_classes, class_weight)
+    bn_frozen = cfg.bn == "frozen" or (cfg.bn == "auto" and pretrained)
 
     with torch_threads(num_threads):
         mean, std = meta_stats(meta, device)
@@ -191,24 +239,32 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         n = len(y_train)
         batch_size = min(cfg.batch_size, n)
         steps_per_epoch = len(_batches(n, batch_size, torch.Generator().manual_seed(0)))
-        total_steps = cfg.epochs * steps_per_epoch
+        epochs = cfg.epochs_for(steps_per_epoch)
+        total_steps = epochs * steps_per_epoch
         warmup = min(cfg.warmup_steps, math.ceil(cfg.warmup_fraction * total_steps))
         pad = size // 8 if cfg.augment else 0
 
         started = time.perf_counter()
         best: dict[str, Any] | None = None
+        start_point: dict[str, Any] | None = None
+        if head_init is not None:  # the starting point is a candidate: selection never falls below it
+            model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)).to(device)
+            val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device)
+            start_point = {"epoch": 0, "train_loss": float("nan"), "val_score": val["score"], "val_top1": val["top1"],
+                           "val_loss": val["loss"], "lr": 0.0, "last_lr": 0.0, "seconds": 0.0}
+            best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
         per_lr: list[dict[str, Any]] = []
         for lr in cfg.lrs:
             gen = torch.Generator().manual_seed(int(cfg.seed))
             model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)).to(device)
             opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=float(lr))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warmup, total_steps))
-            curve: list[dict[str, Any]] = []
+            curve: list[dict[str, Any]] = [dict(start_point, lr=float(lr))] if start_point is not None else []
             lr_best: tuple[int, float] | None = None
-            for epoch in range(1, cfg.epochs + 1):
+            for epoch in range(1, epochs + 1):
                 t0 = time.perf_counter()
-                model.train()
-                loss_sum = 0.0
+                _set_train(model, bn_frozen)
+                loss_sum = torch.zeros((), device=device)
                 for idx in _batches(n, batch_size, gen):
                     xb = x_train[idx]
                     if cfg.augment:
@@ -221,23 +277,25 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
                     opt.step()
                     sched.step()
-                    loss_sum += float(loss.detach()) * len(idx)
-                if not math.isfinite(loss_sum):
+                    loss_sum += loss.detach() * len(idx)
+                train_loss = float(loss_sum) / n  # one host sync per epoch, not per step
+                if not math.isfinite(train_loss):
                     log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
                 val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device)
-                curve.append({"epoch": epoch, "train_loss": loss_sum / n, "val_score": val["score"],
+                curve.append({"epoch": epoch, "train_loss": train_loss, "val_score": val["score"],
                               "val_top1": val["top1"],
                               "val_loss": val["loss"], "lr": float(lr), "last_lr": float(sched.get_last_lr()[0]),
                               "seconds": time.perf_counter() - t0})
                 log.debug("finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch,
-                          loss_sum / n, metric, val["score"])
+                          train_loss, metric, val["score"])
                 if lr_best is None or val["score"] > lr_best[1]:
                     lr_best = (epoch, val["score"])
                 if best is None or val["score"] > best["val_score"]:
-                    best = {"lr": float(lr), "epoch": epoch, "val_score": val["score"],
-                            "state": {k: v.detach().clone() for k, v in model.state_dict().items()}}
+                    best = {"lr": float(lr), "epoch": epoch, "val_score": val["score"], "state": _snapshot(model)}
                 if best["lr"] == float(lr):
                     best["curve"] = curve
+            if best.get("curve") is None:  # the starting point leads: keep the first lr's curve for plots
+                best["curve"] = curve
             per_lr.append({"lr": float(lr), "best_epoch": lr_best[0], "best_val_score": lr_best[1]})
         train_seconds = time.perf_counter() - started
 
@@ -250,9 +308,12 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
                                  cfg.eval_batch_size, device)
         eval_seconds = time.perf_counter() - t0
 
-    hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": cfg.epochs,
+    hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": epochs,
+               "epochs_requested": cfg.epochs, "min_steps": cfg.min_steps, "steps_per_epoch": steps_per_epoch,
                "batch_size": batch_size, "weight_decay": cfg.weight_decay, "warmup_steps": warmup,
                "total_steps": total_steps, "grad_clip": cfg.grad_clip, "augment": cfg.augment,
+               "bn": "frozen" if bn_frozen else "train", "selected_start": best["epoch"] == 0,
+               "start_val_score": None if start_point is None else start_point["val_score"],
                "num_train": n, "per_lr": per_lr, "head_init": "zero" if head_init is None else "given",
                "class_weight": class_weight}
     return FinetuneResult(lr=best["lr"], epoch=best["epoch"], val_score=best["val_score"], test=test_metrics,

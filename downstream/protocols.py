@@ -63,6 +63,9 @@ class EvalRequest:
     set_config: Mapping[str, Any] | None = None  # a set declared in the spec travels as its config
     data_dir: Path | None = None  # where real and spec-declared sets with relative paths live
     head_init: str = "zero"  # finetune: "zero" or "zeroshot" (CLIP checkpoints)
+    batch_size: int = 128  # fine-tuning style protocols (the core study's)
+    min_steps: int = 0  # fine-tuning style protocols: at least this many steps per learning rate
+    bn: str = "auto"  # fine-tuning style protocols: BatchNorm statistics (downstream.finetune.BN_MODES)
 
 
 @dataclass
@@ -216,8 +219,8 @@ def run_linear(req: EvalRequest) -> list[EvalResult]:
 
 
 def _finetune_runs(req: EvalRequest, protocol: str, make_encoder: Callable[[int], tuple[Any, dict, dict]],
-                   image_size: int, head_for: Callable[[int, np.ndarray], tuple[Any, dict]] | None = None
-                   ) -> list[EvalResult]:
+                   image_size: int, head_for: Callable[[int, np.ndarray], tuple[Any, dict]] | None = None,
+                   pretrained: bool = True) -> list[EvalResult]:
     """The shared body of finetune, lp_ft and scratch.
 
     ``make_encoder(seed)`` gives ``(encoder, meta, extra)`` where ``extra`` may hold
@@ -239,11 +242,13 @@ def _finetune_runs(req: EvalRequest, protocol: str, make_encoder: Callable[[int]
                 head_init, head_hparams = (extra.get("head_init"), {})
                 if head_for is not None:
                     head_init, head_hparams = head_for(int(seed), idx)
-                cfg = FinetuneConfig(epochs=int(req.epochs), lrs=tuple(float(v) for v in req.lrs), seed=int(seed))
+                cfg = FinetuneConfig(epochs=int(req.epochs), lrs=tuple(float(v) for v in req.lrs), seed=int(seed),
+                                     batch_size=int(req.batch_size), min_steps=int(req.min_steps), bn=req.bn)
                 out = finetune(encoder, meta, (data.train.images[idx], y_train[idx]), (data.val.images, y_val),
                                (data.test.images, y_test), num_classes=num_classes, metric=metric, config=cfg,
                                device=device, num_threads=req.num_threads, head_init=head_init,
-                               feature_dim=extra.get("feature_dim"), class_weight=_class_weight(metric))
+                               feature_dim=extra.get("feature_dim"), class_weight=_class_weight(metric),
+                               pretrained=pretrained)
                 hparams = {**out.hparams, **head_hparams, **extra.get("hparams", {})}
                 if data.provenance:
                     hparams["data"] = data.provenance
@@ -321,7 +326,7 @@ def run_scratch(req: EvalRequest) -> list[EvalResult]:
         meta = encoder_meta(encoder, backbone, size, method="none")
         return encoder, meta, {"hparams": {"init": "random", "init_seed": seed}}
 
-    return _finetune_runs(req, "scratch", make, size)
+    return _finetune_runs(req, "scratch", make, size, pretrained=False)
 
 
 # ------------------------------------------------------------------------------------------ zero-shot

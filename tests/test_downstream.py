@@ -6,6 +6,7 @@ monkeypatched), so nothing here depends on the embedded world being built.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import types
@@ -350,9 +351,12 @@ def test_fine_tuning_protocols_never_select_on_test(world, tmp_path, protocol):
     assert clean.val_score == poisoned.val_score
     assert [c["val_score"] for c in clean.curve] == [c["val_score"] for c in poisoned.curve]
     assert clean.score != poisoned.score or clean.loss != poisoned.loss
-    assert len(clean.curve) == 2 and all("val_top1" in c for c in clean.curve)
+    # LP-FT's starting point (the probe, "epoch 0") is a candidate and the first point of its curve
+    assert [c["epoch"] for c in clean.curve] == ([0, 1, 2] if protocol == "lp_ft" else [1, 2])
+    assert all("val_top1" in c for c in clean.curve)
     if protocol == "lp_ft":
         assert clean.hparams["head_init"] == "probe" and clean.hparams["probe_l2"] > 0
+        assert clean.curve[0]["val_score"] == pytest.approx(clean.hparams["probe_val_score"])
     if protocol == "scratch":
         assert clean.hparams["init"] == "random" and clean.hparams["init_seed"] == 0
 
@@ -370,6 +374,70 @@ def test_lp_ft_head_starts_from_the_probe(tmp_path):
     with torch.no_grad():
         got = head(torch.from_numpy(Xv.astype(np.float32))).double().numpy()
     np.testing.assert_allclose(got, probe.logits(Xv), rtol=1e-4, atol=1e-4)
+
+
+def test_lp_ft_never_selects_worse_than_its_probe_on_validation(world, tmp_path):
+    """A learning rate that wrecks the network leaves LP-FT at its start: the probe's function,
+    with the probe's validation and test scores; a sane one may move on only by beating it."""
+    _colour_set(world, tmp_path)
+    ckpt = _checkpoint(tmp_path)
+    feats = tmp_path / "feats"
+    feat.extract_features(ckpt, "colours", tmp_path, feats)
+    probe_req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=feats,
+                            shots=(None,), seeds=(0,))
+    probe = PROTOCOLS.get("linear").run(probe_req)[0]
+    wrecked = PROTOCOLS.get("lp_ft").run(dataclasses.replace(probe_req, epochs=2, lrs=(50.0,), batch_size=4))[0]
+    assert wrecked.hparams["selected_start"] and wrecked.hparams["epoch"] == 0
+    assert wrecked.val_score == pytest.approx(probe.val_score)
+    assert wrecked.score == pytest.approx(probe.score)
+    sane = PROTOCOLS.get("lp_ft").run(dataclasses.replace(probe_req, epochs=2, lrs=(1e-3,), batch_size=4))[0]
+    assert sane.val_score >= probe.val_score
+
+
+def test_min_steps_stretches_epochs_on_small_sets():
+    cfg = FinetuneConfig(epochs=3, min_steps=100, batch_size=8)
+    assert cfg.epochs_for(5) == 20 and cfg.epochs_for(50) == 3 and cfg.epochs_for(34) == 3
+    assert FinetuneConfig(epochs=3).epochs_for(1) == 3  # min_steps 0: exactly the epochs asked
+    with pytest.raises(ValueError, match="bn must be one of"):
+        FinetuneConfig(bn="sometimes")
+
+
+@pytest.mark.parametrize("pretrained, moves", [(True, False), (False, True)])
+def test_batchnorm_statistics_frozen_from_pretrained_weights_only(pretrained, moves):
+    """bn="auto": running statistics of a pre-trained encoder survive fine-tuning (affine weights
+    still train); from random initialisation BatchNorm learns them from batches."""
+    rng = np.random.default_rng(1)
+    torch.manual_seed(0)
+    encoder = build_encoder("test_resnet", 16)
+    meta = encoder_meta(encoder, "test_resnet", 16)
+    y = np.tile(np.arange(2), 8)
+    splits = [(colour_images(y, 16, rng), y.astype(np.int64)) for _ in range(3)]
+    res = finetune(encoder, meta, *splits, num_classes=2, config=FinetuneConfig(epochs=1, lrs=(1e-2,), batch_size=4,
+                                                                                  min_steps=6),
+                   device="cpu", pretrained=pretrained)
+    assert res.hparams["bn"] == ("frozen" if pretrained else "train")
+    assert res.hparams["epochs"] == 2 and res.hparams["total_steps"] == 8  # 4 steps an epoch, stretched to >= 6
+    bn_before = {k: v for k, v in encoder.state_dict().items() if "running_mean" in k}
+    assert bn_before
+    # the selected weights are not returned; retrain one lr and compare the encoder's statistics
+    from downstream import finetune as ft_mod
+
+    captured = {}
+    real = ft_mod._snapshot
+
+    def spy(model):
+        state = real(model)
+        captured.update({k.split(".", 1)[1]: v for k, v in state.items() if k.startswith("0.")})
+        return state
+
+    ft_mod._snapshot = spy
+    try:
+        finetune(encoder, meta, *splits, num_classes=2, config=FinetuneConfig(epochs=1, lrs=(1e-2,), batch_size=4),
+                 device="cpu", pretrained=pretrained)
+    finally:
+        ft_mod._snapshot = real
+    changed = any(not torch.equal(captured[k], v) for k, v in bn_before.items())
+    assert changed == moves
 
 
 def test_scratch_is_seeded_by_the_eval_seed(world, tmp_path):
