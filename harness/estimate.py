@@ -6,13 +6,15 @@ run and nothing is downloaded; the only reads are of finished runs in the workdi
 given), whose measured speeds replace the configured ones.
 
 **Work** is counted from the plan itself: a pre-training run processes ``min(size, pool) x
-epochs`` samples; a view scans its whole source pool (every view does: the size subset is taken
-after the scan); feature extraction decodes and encodes every image of the set's train,
-validation and test splits; a fine-tuning style evaluation (``finetune``, ``lp_ft``,
-``scratch``) decodes the three splits once, then per (shots, seed) and learning rate trains
-``epochs`` passes over its ``k x classes`` (or full) training examples and scores the whole
-validation split after every epoch, and scores test once; a linear probe fits each distinct
-(shots, seed) subset once (full data: once for every seed); zero-shot encodes test.
+epochs`` samples, or with a ``samples_seen`` budget ``samples_seen`` rounded up to whole global
+batches, whatever the view's size (:mod:`pretrain.budget`); a view scans its whole source pool
+(every view does: the size subset is taken after the scan); feature extraction decodes and
+encodes every image of the set's train, validation and test splits; a fine-tuning style
+evaluation (``finetune``, ``lp_ft``, ``scratch``) decodes the three splits once, then per
+(shots, seed) and learning rate trains ``epochs`` passes over its ``k x classes`` (or full)
+training examples and scores the whole validation split after every epoch, and scores test once;
+a linear probe fits each distinct (shots, seed) subset once (full data: once for every seed);
+zero-shot encodes test.
 
 **Speeds** (figures) turn work into seconds. Each figure comes from one of three places, and
 the estimate says which: ``measured`` (finished pre-training runs' ``metrics.json`` and
@@ -484,6 +486,14 @@ def _bytes_per_sample(source: str, spec) -> tuple[int, str]:
     return BYTES_PER_SAMPLE.get(source, BYTES_PER_SAMPLE["default"])
 
 
+def _pretrain_samples(cfg: dict[str, Any], view_size: int) -> int:
+    """Samples a pre-training run processes: ``view_size x epochs``, or its ``samples_seen`` budget
+    rounded up to whole global batches (:func:`pretrain.budget.run_length`; independent of the size)."""
+    if "samples_seen" in cfg:
+        return math.ceil(cfg["samples_seen"] / cfg["batch_size"]) * cfg["batch_size"]
+    return view_size * cfg["epochs"]
+
+
 def _head_classes(source: str) -> int:
     """Classes of a supervised head: the world's concept vocabulary for world sources, else
     :data:`DEFAULT_CLASSES` (ImageNet's 1000; caption-derived vocabularies are not known ahead)."""
@@ -576,7 +586,7 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             cfg, r = job.config, job.resources
             workers, gpw = r.get("num_workers", 1), r.get("gpus_per_worker", 0)
             cpw = r.get("cpus_per_worker", 1)
-            samples = pools.get(job.deps[0], job.coords["requested_size"]) * cfg["epochs"]
+            samples = _pretrain_samples(cfg, pools.get(job.deps[0], job.coords["requested_size"]))
             rate = figs.model("pretrain", cfg["backbone"], cfg["image_size"], gpw > 0, cfg["method"])
             if gpw > 0:
                 c.gpu_seconds = samples / rate
@@ -594,7 +604,8 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             exported = extra if method == "clip" else 0
             model = enc + extra
             per_ckpt = 4 * (enc + exported + STATE_OVERHEAD * model)
-            c.bytes = per_ckpt * len(cfg["save_epochs"]) + 4 * STATE_OVERHEAD * model
+            kept = len(cfg["save_epochs"]) + ("samples_seen" in cfg)  # + a samples_seen run's last.pt
+            c.bytes = per_ckpt * kept + 4 * STATE_OVERHEAD * model
             store("checkpoints", c.bytes, "per saved epoch: encoder + exported towers + model and AdamW moments "
                                           "(fp32); plus one rolling training state per run")
         elif job.kind == "init":
@@ -637,8 +648,12 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
         note("evaluations ask for no GPU: CPU figures apply (per task)")
     note("GPU figures are per A100-class GPU with bf16 autocast at 224 px unless measured; other resolutions "
          "scale by pixel count; a run's GPUs are assumed to scale linearly")
-    note("pre-training processes min(size, pool) x epochs samples; curation may keep fewer, so runs on curated "
-         "views may be cheaper than shown")
+    if any("epochs" in j.config for j in plan.of_kind("pretrain")):
+        note("pre-training processes min(size, pool) x epochs samples; curation may keep fewer, so runs on curated "
+             "views may be cheaper than shown")
+    if any("samples_seen" in j.config for j in plan.of_kind("pretrain")):
+        note("a pre-training run with a samples_seen budget processes samples_seen rounded up to whole global "
+             "batches, whatever its view's size")
     note("every view scans its source's whole pool, whatever its size (the size subset is taken after the scan); "
          "its CPU-hours are the scan's core-seconds, spread by Ray Data over the free cores (no wall-clock given)")
     note("CPU-hours of the other jobs are the CPUs they ask for times their wall-clock time (reserved, not busy)")

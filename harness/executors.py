@@ -55,10 +55,12 @@ def out_dir(job: Job, ctx: RunContext) -> Path:
     return job_dir(ctx.workdir, job.kind, job.key)
 
 
-def checkpoint_path(ctx: RunContext, pretrain_key: str, epoch: int) -> Path:
-    """Where the encoder of a pre-training (or init) job for ``epoch`` lives."""
+def checkpoint_path(ctx: RunContext, pretrain_key: str, epoch: int | str) -> Path:
+    """Where the encoder of a pre-training (or init) job for ``epoch`` (or ``LAST``) lives."""
+    from pretrain.budget import checkpoint_name
+
     kind = "init" if epoch == 0 else "pretrain"
-    return job_dir(ctx.workdir, kind, pretrain_key) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+    return job_dir(ctx.workdir, kind, pretrain_key) / "checkpoints" / checkpoint_name(epoch)
 
 
 def device_name() -> str:
@@ -137,7 +139,8 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         method=c["method"],
         backbone=c["backbone"],
         image_size=c["image_size"],
-        epochs=c["epochs"],
+        epochs=c.get("epochs"),  # the budget: epochs, or samples_seen (epochs then follow from the view's size)
+        samples_seen=c.get("samples_seen"),
         save_epochs=tuple(c["save_epochs"]),
         batch_size=c["batch_size"],
         lr=c["optim"]["lr"],
@@ -260,7 +263,8 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
     results = entry.run(request)
     pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0
     base = base_row(job, ctx, pretrain_size=pretrain_size, samples_seen=int(meta.get("samples_seen", 0)),
-                    image_size=int(meta["image_size"]))
+                    image_size=int(meta["image_size"]), checkpoint_epoch=meta.get("epoch"),
+                    pretrain_epochs=meta.get("epochs") if job.coords["method"] != "none" else None)
     device = device_name()
     runs, curves = [], []
     for r in results:
@@ -279,8 +283,12 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
 
 
 def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
-             samples_seen: int | None = None, image_size: int | None = None) -> dict[str, Any]:
-    """The coordinates every row of an evaluation job shares."""
+             samples_seen: int | None = None, image_size: int | None = None,
+             checkpoint_epoch: int | None = None, pretrain_epochs: int | None = None) -> dict[str, Any]:
+    """The coordinates every row of an evaluation job shares. The checkpoint's own ``epoch`` and its
+    run's ``epochs`` (from its meta) replace the planned ones when given: a samples_seen run's epochs
+    are known only once it ran. ``samples_seen`` is what the checkpoint saw; ``samples_budget`` the
+    run's budget in samples (None for a budget in epochs)."""
     c = job.coords
     return {
         "spec": ctx.spec_name,
@@ -295,10 +303,11 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
         "pretrain_size": pretrain_size,
         "method": c["method"],
         "backbone": c["backbone"],
-        "pretrain_epochs": c["pretrain_epochs"],
-        "checkpoint_epoch": c["checkpoint_epoch"],
+        "pretrain_epochs": c["pretrain_epochs"] if pretrain_epochs is None else int(pretrain_epochs),
+        "checkpoint_epoch": c["checkpoint_epoch"] if checkpoint_epoch is None else int(checkpoint_epoch),
         "pretrain_seed": c["pretrain_seed"],
         "samples_seen": samples_seen,
+        "samples_budget": c.get("samples_budget"),
         "downstream": c["downstream"],
         "protocol": c["protocol"],
         "image_size": image_size,

@@ -5,7 +5,10 @@ Job kinds, in dependency order:
 - ``world``    writes the embedded world (sources as webdataset shards, downstream sets on disk);
 - ``view``     builds the exact pre-training data of a run (curation, labels, noise, size, mixture);
 - ``pretrain`` trains a method on a view and saves checkpoints at the requested epochs (one run per
-               backbone of the block: ``grids[].backbones``, else ``pretrain.backbone``);
+               backbone of the block: ``grids[].backbones``, else ``pretrain.backbone``); its budget
+               is ``epochs`` or ``samples_seen`` (the config holds the one given: a run's epochs
+               under ``samples_seen`` depend on its view's size, so its last checkpoint is
+               :data:`pretrain.budget.LAST`, its epoch filled into rows when evaluated);
 - ``init``     a randomly initialised encoder, one per backbone the grid trains: the `linear` floor
                every transfer number is read against, and the start of every `scratch` run;
 - ``features`` extracts an encoder's features once per (checkpoint epoch, downstream set);
@@ -24,6 +27,7 @@ from typing import Any
 
 from harness.artifacts import content_key, is_done, job_dir
 from harness.spec import FULL, Spec
+from pretrain.budget import LAST
 
 KINDS = ("world", "view", "pretrain", "init", "features", "eval")
 
@@ -46,11 +50,15 @@ class Job:
         if self.kind == "view":
             return f"view {c['source']}/{c['curation']}/n={c['requested_size']}/noise={c['label_noise']}"
         if self.kind == "pretrain":
+            budget = (f"{self.config['epochs']} epochs" if "epochs" in self.config
+                      else f"{self.config['samples_seen']} samples seen")
             return (f"pretrain {c['method']}/{c['backbone']} on {c['source']}/{c['curation']}/n={c['requested_size']} "
-                    f"seed={c['pretrain_seed']}")
+                    f"seed={c['pretrain_seed']} · {budget}")
         if self.kind in ("features", "eval"):
             what = self.config.get("protocol", "features")
-            return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} ep{c['checkpoint_epoch']}"
+            epoch = self.config.get("epoch")
+            return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} " + \
+                ("last" if epoch == LAST else f"ep{epoch}")
         return f"{self.kind} {self.key[:8]}"
 
 
@@ -132,10 +140,10 @@ def make_plan(spec: Spec) -> Plan:
 
     mixtures = {m.name: m.weights for m in spec.pretrain.mixtures}
     pt = spec.pretrain
-    checkpoints: list[tuple[Job, int]] = []  # (job providing encoders, epoch)
+    checkpoints: list[tuple[Job, int | str]] = []  # (job providing encoders, epoch or LAST)
 
     for grid in pt.grids:
-        epochs = grid.epochs or pt.epochs
+        epochs, samples_seen = pt.budget(grid)  # exactly one is not None
         for source in grid.sources:
             for curation in grid.curation:
                 for method in grid.methods:
@@ -188,8 +196,9 @@ def make_plan(spec: Spec) -> Plan:
                                     "method": method,
                                     "backbone": backbone,
                                     "image_size": pt.image_size,
-                                    "epochs": epochs,
-                                    "save_epochs": pt.saved_epochs(epochs, grid),
+                                    **({"epochs": epochs} if samples_seen is None else {"samples_seen": samples_seen}),
+                                    # LAST (a samples_seen run's end) is always kept: not listed
+                                    "save_epochs": [e for e in pt.saved_epochs(epochs, grid) if e != LAST],
                                     "batch_size": pt.batch_size,
                                     "optim": pt.optim.model_dump(),
                                     "seed": seed,
@@ -202,9 +211,11 @@ def make_plan(spec: Spec) -> Plan:
                                     pcfg["grad_accum"] = pt.grad_accum
                                 if pt.precision != "auto":
                                     pcfg["precision"] = pt.precision
+                                # pretrain_epochs of a samples_seen run is known once it ran (rows
+                                # read it from the checkpoint); samples_budget is None for epochs
                                 pcoords = {**vcoords, "method": method, "backbone": backbone,
                                            "pretrain_seed": seed, "pretrain_epochs": epochs,
-                                           "view_key": view.key}
+                                           "samples_budget": samples_seen, "view_key": view.key}
                                 pjob = add(Job("pretrain", content_key("pretrain", pcfg, [view.key]), pcfg,
                                                (view.key,), pcoords,
                                                {"num_workers": res.pretrain.num_workers,
@@ -256,7 +267,8 @@ def make_plan(spec: Spec) -> Plan:
                     protocols.append(p)
             if not protocols:
                 continue
-            base = {**src.coords, "pretrain_key": src.key, "checkpoint_epoch": epoch, "downstream": set_name}
+            base = {**src.coords, "pretrain_key": src.key, "downstream": set_name,
+                    "checkpoint_epoch": None if epoch == LAST else epoch}  # LAST's epoch: known once trained
             set_cfg = spec.downstream.set_config(set_name)
             feats: Job | None = None
             if any(PROTOCOLS.get(p.name).needs_features for p in protocols):

@@ -233,8 +233,8 @@ def _early_epoch(job: Job, dep: Job) -> int | None:
     epoch (such a job may start as soon as the checkpoint exists), else None."""
     if dep.kind != "pretrain" or job.kind not in ("features", "eval"):
         return None
-    epoch = job.config.get("epoch")
-    return epoch if epoch is not None and epoch < dep.config["epochs"] else None
+    epoch, epochs = job.config.get("epoch"), dep.config.get("epochs")  # a samples_seen run has no "epochs":
+    return epoch if isinstance(epoch, int) and (epochs is None or epoch < epochs) else None  # its ints precede LAST
 
 
 class Scheduler:

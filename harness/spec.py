@@ -2,7 +2,9 @@
 
 A spec declares the whole grid: pre-training sources (or weighted mixtures), curation variants,
 label-noise rates, sizes, methods, backbones and seeds (as one or more grid blocks, each a cross
-product); the backbone and optimisation recipe; the downstream suite with protocols and shots;
+product); each run's budget (``epochs``, or ``samples_seen``: the same samples seen whatever the
+view's size, see :mod:`pretrain.budget`); the backbone and optimisation recipe; the downstream
+suite with protocols and shots;
 resources per job, and the speeds and sizes the cost estimate uses (``resources.throughput``,
 ``resources.storage``; see harness/estimate.py); and where the work and the results store live. An invalid spec fails before any work
 starts, with every error naming its field path and what would be valid.
@@ -15,6 +17,8 @@ from typing import Any, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+
+from pretrain.budget import LAST, epochs_for_size
 
 FULL = "full"  # the spelling of "the whole training set" in a spec's shots list
 
@@ -113,10 +117,14 @@ class PretrainGrid(_Model):
     sources: list[str] = Field(min_length=1)
     sizes: list[int] = Field(min_length=1)
     methods: list[str] = Field(default_factory=lambda: ["supervised"], min_length=1)
-    curation: list[str] = Field(default_factory=lambda: ["none"], min_length=1)
+    # the default `none` is validated too: a spec whose `curation:` has no `none` must name a variant
+    curation: list[str] = Field(default_factory=lambda: ["none"], min_length=1, validate_default=True)
     label_noise: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
-    epochs: int | None = Field(None, ge=1)  # overrides pretrain.epochs for this block (e.g. longer contrastive runs)
+    # The block's budget, overriding pretrain's (either kind): `epochs` (e.g. longer contrastive
+    # runs) or `samples_seen` (every size sees the same samples; smaller views are repeated).
+    epochs: int | None = Field(None, ge=1)
+    samples_seen: int | None = Field(None, ge=1, strict=True)
     # how label noise flips: to a uniformly drawn other class, or to the class's confusable partner
     noise_model: Literal["symmetric", "class_dependent"] = "symmetric"
     # checkpoints this block's runs save AND are evaluated at (the last epoch always), overriding
@@ -176,14 +184,30 @@ class PretrainGrid(_Model):
         declared = sorted((info.context or {}).get("curation", ("none",)))
         bad = [c for c in v if c not in declared]
         if bad:
-            raise ValueError(f"unknown curation variant(s) {bad}; declared under 'curation': {', '.join(declared)}")
+            default = " ('none' is the default of a block that names no curation)" if "none" in bad else ""
+            raise ValueError(f"unknown curation variant(s) {bad}{default}; declared under 'curation': "
+                             f"{', '.join(declared) or '(none)'}; declare it (e.g. `none: []`) or list declared ones")
+        return v
+
+    @field_validator("samples_seen")
+    @classmethod
+    def _one_budget(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("epochs") is not None:
+            raise ValueError("give a block's budget as epochs or samples_seen, not both")
         return v
 
 
 class Pretrain(_Model):
     backbone: str = "test_resnet"
     image_size: int = Field(32, ge=16)
+    # The default budget of every block: `epochs` passes over the view, or `samples_seen` samples
+    # (ceil(samples_seen / batch_size) steps, as many passes as that takes; see pretrain.budget).
     epochs: int = Field(3, ge=1)
+    samples_seen: int | None = Field(None, ge=1, strict=True)
+    # Checkpoints kept: 'last', 'all' or a list of epochs (the last always). With a samples_seen
+    # budget the number of epochs depends on the view's size, so 'all' is refused and a list names
+    # whole epochs before the end of every run of the block (below the epochs the budget gives a
+    # view of the requested size); the end is saved as checkpoints/last.pt.
     checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
     batch_size: int = Field(128, ge=1)
     data_seed: int = 0  # selects the view's samples; fixed across training seeds so sizes nest
@@ -221,10 +245,24 @@ class Pretrain(_Model):
     def _backbone(cls, v: str) -> str:
         return _backbone_name(v)
 
+    def budget(self, grid: "PretrainGrid") -> tuple[int | None, int | None]:
+        """``(epochs, samples_seen)`` of a block's runs, exactly one not None: the block's own budget
+        (either kind), else pretrain's."""
+        if grid.samples_seen is not None or grid.epochs is not None:
+            return grid.epochs, grid.samples_seen
+        return (None, self.samples_seen) if self.samples_seen is not None else (self.epochs, None)
+
     @model_validator(mode="after")
     def _epochs(self) -> "Pretrain":
+        if self.samples_seen is not None and "epochs" in self.model_fields_set:
+            raise ValueError("samples_seen: give pretrain's default budget as epochs or samples_seen, not both")
+        problems = [self._budget_checkpoints(i, g) for i, g in enumerate(self.grids)]
+        problems = [p for p in problems if p]
+        if problems:
+            raise ValueError("; ".join(problems))
         if isinstance(self.checkpoint_epochs, list):
-            for where, epochs in [("epochs", self.epochs)] + [
+            default = [("epochs", self.epochs)] if self.samples_seen is None else []  # else checked per block
+            for where, epochs in default + [
                 (f"grids.{i}.epochs", g.epochs) for i, g in enumerate(self.grids) if g.epochs is not None
             ]:
                 bad = [e for e in self.checkpoint_epochs if not 1 <= e <= epochs]
@@ -234,7 +272,7 @@ class Pretrain(_Model):
                         "give epochs in that range, 'last' or 'all'"
                     )
         for i, g in enumerate(self.grids):
-            if isinstance(g.checkpoint_epochs, list):
+            if isinstance(g.checkpoint_epochs, list) and self.budget(g)[0] is not None:
                 epochs = g.epochs or self.epochs
                 bad = [e for e in g.checkpoint_epochs if not 1 <= e <= epochs]
                 if bad:
@@ -242,11 +280,39 @@ class Pretrain(_Model):
                                      "give epochs in that range, 'last' or 'all'")
         return self
 
-    def saved_epochs(self, epochs: int | None = None, grid: "PretrainGrid | None" = None) -> list[int]:
-        """Epochs whose checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps
-        (``grid.checkpoint_epochs`` when that block sets it, else ``pretrain.checkpoint_epochs``)."""
-        epochs = epochs or self.epochs
+    def _budget_checkpoints(self, i: int, g: "PretrainGrid") -> str | None:
+        """Why block ``i``'s checkpoints cannot be honoured under its samples_seen budget (None if they can)."""
+        samples = self.budget(g)[1]
+        if samples is None:
+            return None
+        own = g.checkpoint_epochs is not None
+        which, where = (g.checkpoint_epochs, f"grids.{i}.checkpoint_epochs") if own else \
+            (self.checkpoint_epochs, "checkpoint_epochs")
+        budget = f"grids.{i} has samples_seen {samples}" + ("" if g.samples_seen else " (pretrain.samples_seen)")
+        if which == "all":
+            return (f"{where}: 'all' needs a fixed number of epochs, and {budget}: its epochs depend on the "
+                    f"view's size; give {'this block' if own else f'grids.{i}'} checkpoint_epochs 'last' or a "
+                    "list of epochs before the end")
+        if not isinstance(which, list):
+            return None
+        for size in g.sizes:
+            epochs = epochs_for_size(samples, size, self.batch_size)
+            bad = [e for e in which if epochs is not None and not 1 <= e < epochs]
+            if bad:
+                return (f"{where}: epochs {bad} are not whole epochs before the end of every run of grids.{i}: "
+                        f"{budget}, {epochs} epoch(s) over a view of {size} at batch {self.batch_size} (more if "
+                        f"curation keeps fewer samples); give epochs in 1..{epochs - 1} or 'last' (the end is "
+                        "always saved)")
+        return None
+
+    def saved_epochs(self, epochs: int | None = None, grid: "PretrainGrid | None" = None) -> list[int | str]:
+        """Checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps (``grid.checkpoint_epochs``
+        when that block sets it, else ``pretrain.checkpoint_epochs``). For a block whose budget is
+        ``samples_seen`` (``epochs`` is then ignored): the listed epochs, then :data:`LAST`, the end."""
         which = grid.checkpoint_epochs if grid is not None and grid.checkpoint_epochs is not None else self.checkpoint_epochs
+        if grid is not None and self.budget(grid)[1] is not None:
+            return (sorted(set(which)) if isinstance(which, list) else []) + [LAST]
+        epochs = epochs or self.epochs
         if which == "last":
             return [epochs]
         if which == "all":
@@ -254,8 +320,8 @@ class Pretrain(_Model):
         return sorted(set(which) | {epochs})
 
     def all_epochs(self) -> list[int]:
-        """Every run length in the grid."""
-        return sorted({g.epochs or self.epochs for g in self.grids})
+        """Every run length in epochs in the grid (blocks whose budget is samples_seen have none)."""
+        return sorted({e for e in (self.budget(g)[0] for g in self.grids) if e is not None})
 
     def backbones_for(self, grid: "PretrainGrid") -> list[str]:
         """The backbones a grid block trains: its own ``backbones``, else ``pretrain.backbone``."""
@@ -548,6 +614,13 @@ class Spec(_Model):
                                         f"valid: 'all' or names from downstream.sets: {', '.join(self.downstream.sets)}")
         ckpt = self.downstream.checkpoint_epochs
         if isinstance(ckpt, list):
+            sized = [f"grids.{i}" for i, g in enumerate(self.pretrain.grids)
+                     if self.pretrain.budget(g)[1] is not None and g.checkpoint_epochs is None]
+            if sized:
+                problems.append(f"downstream.checkpoint_epochs: a list of epochs cannot apply to {', '.join(sized)} "
+                                "(samples_seen: the number of epochs depends on the view's size); give 'last' or "
+                                "'all', or give those blocks their own checkpoint_epochs")
+        if isinstance(ckpt, list) and self.pretrain.all_epochs():
             saved = sorted(set.intersection(*(set(self.pretrain.saved_epochs(e)) for e in self.pretrain.all_epochs())))
             missing = [e for e in ckpt if e not in saved]
             if missing:
@@ -559,17 +632,22 @@ class Spec(_Model):
             raise ValueError("\n".join(problems))
         return self
 
-    def eval_epochs(self, epochs: int | None = None, grid: PretrainGrid | None = None) -> list[int]:
+    def eval_epochs(self, epochs: int | None = None, grid: PretrainGrid | None = None) -> list[int | str]:
         """The checkpoint epochs a pre-training run of ``epochs`` (default: ``pretrain.epochs``) is
-        evaluated at; a grid block with its own ``checkpoint_epochs`` is evaluated at each it saves."""
+        evaluated at; a grid block with its own ``checkpoint_epochs`` is evaluated at each it saves.
+        A block whose budget is ``samples_seen``: its saved epochs and :data:`LAST` (``downstream.
+        checkpoint_epochs: all`` or its own ``checkpoint_epochs``), else only :data:`LAST`."""
         epochs = epochs or self.pretrain.epochs
+        ckpt = self.downstream.checkpoint_epochs
+        if grid is not None and self.pretrain.budget(grid)[1] is not None:
+            saved = self.pretrain.saved_epochs(None, grid)
+            return saved if grid.checkpoint_epochs is not None or ckpt == "all" else [LAST]
         if grid is not None and grid.checkpoint_epochs is not None:
             return self.pretrain.saved_epochs(epochs, grid)
-        ckpt = self.downstream.checkpoint_epochs
         if ckpt == "last":
             return [epochs]
         if ckpt == "all":
-            return self.pretrain.saved_epochs(epochs)
+            return self.pretrain.saved_epochs(epochs, grid)
         return sorted(set(ckpt))
 
     def path(self, which: Literal["workdir", "store", "report"], base: Path | None = None) -> Path:

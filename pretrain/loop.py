@@ -5,9 +5,11 @@
 globals. Outputs under ``out_dir``:
 
 - ``checkpoints/epoch_{e:03d}.pt`` for each ``e`` in ``save_epochs`` (epoch 0 is the
-  initialisation), written by :func:`pretrain.models.save_encoder`: the encoder and the metadata
-  evaluations need (method, normalisation, resolution, feature width; CLIP's tokenizer and text
-  tower), plus under ``train`` the whole training state of that epoch, as below;
+  initialisation), and for a run whose budget is in samples seen also ``checkpoints/last.pt`` (its
+  end, whatever its number of epochs; see :mod:`pretrain.budget`), written by
+  :func:`pretrain.models.save_encoder`: the encoder and the metadata evaluations need (method,
+  normalisation, resolution, feature width; CLIP's tokenizer and text tower; the run's ``epochs``
+  and ``samples_budget``), plus under ``train`` the whole training state of that epoch, as below;
 - ``state/last.pt``: the training state after the last finished epoch: the whole model (heads
   too), optimizer, schedule, gradient scaler, RNG state, epoch, data position and history (plain
   tensors and containers, loadable with ``weights_only=True``),
@@ -18,6 +20,10 @@ and trains only the missing epochs; with ``num_workers_loader=0`` on CPU the res
 same as an uninterrupted run. The data position is the epoch: an epoch's sample order and
 augmentations are a function of (seed, epoch) alone (see :mod:`pretrain.data`), so a resumed run
 reads exactly what the uninterrupted one would have.
+
+Budget: ``epochs`` passes over the view, or ``samples_seen`` samples (:mod:`pretrain.budget`):
+``ceil(samples_seen / batch_size)`` steps in as many passes as that takes, the last stopped
+mid-pass; the learning-rate schedule spans the run's steps either way.
 
 Precision: ``auto`` is bf16 autocast on a GPU (with channels-last memory) and fp32 on a CPU;
 ``fp16`` adds a gradient scaler (GPUs without bf16); ``fp32`` turns autocast off.
@@ -33,6 +39,7 @@ import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
+from itertools import islice
 from pathlib import Path
 from typing import Any, Callable
 
@@ -40,6 +47,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from pretrain.budget import LAST, checkpoint_name, run_length
 from pretrain.data import PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
 from pretrain.methods import METHODS, LossContext
 from pretrain.optim import cosine_with_warmup, param_groups
@@ -50,7 +58,7 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = 2
 # Fields that must match for a saved state to be resumed (the rest only changes outputs' metadata).
 _RESUME_FIELDS = (
-    "method", "backbone", "image_size", "epochs", "batch_size", "lr", "weight_decay",
+    "method", "backbone", "image_size", "epochs", "samples_seen", "batch_size", "lr", "weight_decay",
     "warmup_epochs", "label_smoothing", "seed", "num_classes", "grad_accum", "hparams", "precision",
 )
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
@@ -61,17 +69,20 @@ class TrainConfig:
     """Everything that defines a pre-training run (the harness hashes it into the run's key).
 
     ``batch_size`` is the global batch: per step, summed over ranks and accumulation micro-steps,
-    whatever the number of workers. ``hparams`` are the method's own settings (see
+    whatever the number of workers. The budget is ``epochs`` or ``samples_seen`` (exactly one; see
+    :mod:`pretrain.budget`). ``hparams`` are the method's own settings (see
     :attr:`pretrain.methods.Method.hparams`); contrastive methods draw negatives from one
-    micro-batch across workers, so ``grad_accum > 1`` gives them fewer negatives. ``save_epochs`` lists the epochs whose encoder is kept
-    (0 = the initialisation). ``extra`` is stored in every checkpoint's meta (e.g. ``pretrain_key``);
+    micro-batch across workers, so ``grad_accum > 1`` gives them fewer negatives. ``save_epochs``
+    lists the epochs whose encoder is kept (0 = the initialisation); with ``samples_seen`` they must
+    be whole epochs before the last (the number of epochs is known once the view is read), and the
+    end is always kept as ``last.pt``. ``extra`` is stored in every checkpoint's meta (e.g. ``pretrain_key``);
     keep it to JSON-like values, as it is also written to ``metrics.json`` and the resumable state.
     """
 
     method: str
     backbone: str
     image_size: int
-    epochs: int
+    epochs: int | None = None
     save_epochs: tuple[int, ...] = ()
     batch_size: int = 256
     lr: float = 1e-3
@@ -84,6 +95,7 @@ class TrainConfig:
     grad_accum: int = 1
     hparams: dict[str, Any] = field(default_factory=dict)
     precision: str = "auto"
+    samples_seen: int | None = None  # a budget in samples seen instead of epochs
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -92,7 +104,11 @@ class TrainConfig:
         object.__setattr__(self, "hparams", method.resolve(self.hparams, self.method))
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
-        for name in ("image_size", "epochs", "batch_size", "grad_accum"):
+        if (self.epochs is None) == (self.samples_seen is None):
+            raise ValueError("TrainConfig needs exactly one budget: epochs or samples_seen, got "
+                             f"epochs={self.epochs!r} and samples_seen={self.samples_seen!r}")
+        budget = "epochs" if self.samples_seen is None else "samples_seen"
+        for name in ("image_size", budget, "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers_loader < 0:
@@ -100,9 +116,10 @@ class TrainConfig:
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("TrainConfig needs lr > 0, weight_decay >= 0 and warmup_epochs >= 0")
         save = tuple(sorted({int(e) for e in self.save_epochs}))
-        bad = [e for e in save if not 0 <= e <= self.epochs]
+        bad = [e for e in save if e < 0 or (self.epochs is not None and e > self.epochs)]
         if bad:
-            raise ValueError(f"TrainConfig.save_epochs {bad} outside 0..epochs={self.epochs}")
+            raise ValueError(f"TrainConfig.save_epochs {bad} outside 0..epochs={self.epochs}"
+                             if self.epochs is not None else f"TrainConfig.save_epochs {bad}: epochs are >= 0")
         object.__setattr__(self, "save_epochs", save)
         if METHODS.get(self.method).needs_labels and self.num_classes < 2:
             raise ValueError(f"method {self.method!r} trains on labels: TrainConfig.num_classes must be >= 2, got {self.num_classes}")
@@ -140,8 +157,9 @@ def state_path(out_dir: str | Path) -> Path:
     return Path(out_dir) / "state" / "last.pt"
 
 
-def checkpoint_path(out_dir: str | Path, epoch: int) -> Path:
-    return Path(out_dir) / "checkpoints" / f"epoch_{epoch:03d}.pt"
+def checkpoint_path(out_dir: str | Path, epoch: int | str) -> Path:
+    """The checkpoint of ``epoch`` (an int, or :data:`pretrain.budget.LAST`)."""
+    return Path(out_dir) / "checkpoints" / checkpoint_name(epoch)
 
 
 class ToDevice:
@@ -196,6 +214,25 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
 
 
 # --------------------------------------------------------------------------- the loop
+
+
+def run_schedule(cfg: TrainConfig, num_samples: int) -> tuple[int, int, int]:
+    """``(steps per epoch, total steps, epochs)`` of ``cfg`` on a view of ``num_samples`` samples.
+
+    An epoch is a pass of whole global batches over the view; a ``samples_seen`` budget takes
+    ``ceil(samples_seen / batch_size)`` steps, its last epoch possibly partial (:mod:`pretrain.budget`).
+    """
+    steps = steps_per_epoch(num_samples, cfg.batch_size)
+    if cfg.samples_seen is None:
+        return steps, steps * cfg.epochs, cfg.epochs
+    total, epochs = run_length(cfg.samples_seen, steps, cfg.batch_size)
+    late = [e for e in cfg.save_epochs if e >= epochs]
+    if late:
+        raise ValueError(
+            f"save_epochs (checkpoint_epochs) {late} are not whole epochs before the end of this run: samples_seen="
+            f"{cfg.samples_seen} at batch {cfg.batch_size} is {total} steps, {epochs} epoch(s) of at most {steps} "
+            f"steps over this view of {num_samples} samples; give epochs below {epochs} (the end is always saved)")
+    return steps, total, epochs
 
 
 @contextlib.contextmanager
@@ -294,8 +331,7 @@ def _train_loop(
         )
     micro_batch = cfg.batch_size // shares
     view = read_view(view_dir)
-    steps = steps_per_epoch(view.num_samples, cfg.batch_size)
-    total_steps = steps * cfg.epochs
+    steps, total_steps, epochs = run_schedule(cfg, view.num_samples)
     warmup_steps = min(round(cfg.warmup_epochs * steps), total_steps)
 
     # Model, optimizer, schedule (seeded identically on every rank; DDP also broadcasts rank 0's weights).
@@ -325,14 +361,16 @@ def _train_loop(
             torch.cuda.set_rng_state(state["rng"]["cuda"], device)
         start_epoch, samples_seen, history = int(state["epoch"]), int(state["samples_seen"]), list(state["history"])
         if dist.is_main:
-            logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, start_epoch, cfg.epochs, state_path(out_dir))
+            logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, start_epoch, epochs, state_path(out_dir))
     resumed_from = start_epoch if state is not None else None
     del state
     if dist.is_main:  # one line per start and per finished epoch: how a run went across restarts
-        log_event(out_dir, "start", from_epoch=start_epoch, epochs=cfg.epochs)
+        log_event(out_dir, "start", from_epoch=start_epoch, epochs=epochs, total_steps=total_steps,
+                  samples_budget=cfg.samples_seen)
 
     def meta(epoch: int, train_loss: float | None) -> dict[str, Any]:
-        return {**meta_base, "method": cfg.method, "epoch": epoch, "samples_seen": samples_seen, "train_loss": train_loss,
+        return {**meta_base, "method": cfg.method, "epoch": epoch, "epochs": epochs, "samples_seen": samples_seen,
+                "samples_budget": cfg.samples_seen, "train_loss": train_loss,
                 "hparams": dict(cfg.hparams), **cfg.extra}
 
     if start_epoch == 0 and 0 in cfg.save_epochs and dist.is_main:
@@ -362,14 +400,16 @@ def _train_loop(
     loss_ctx = LossContext(rank=dist.rank, world_size=dist.world_size)
 
     epoch_loss = float("nan")
-    for epoch in range(start_epoch + 1, cfg.epochs + 1):
+    for epoch in range(start_epoch + 1, epochs + 1):
         t0 = time.perf_counter()
         ddp_model.train()
         loader.set_epoch(epoch)
         skipped_before = loader.skipped
         sums: dict[str, torch.Tensor] = {}
         optimizer.zero_grad(set_to_none=True)
-        for i, batch in enumerate(loader):
+        epoch_steps = min(steps, total_steps - (epoch - 1) * steps)  # the last epoch of a samples_seen run may be partial
+        n = epoch_steps * cfg.grad_accum  # micro-batches this epoch (every rank alike)
+        for i, batch in enumerate(loader if n == len(loader) else islice(loader, n)):
             batch = to_device(batch)
             last_micro = (i + 1) % cfg.grad_accum == 0
             # Skip the gradient all-reduce on all but the last micro-step of an accumulation.
@@ -388,7 +428,6 @@ def _train_loop(
                 scheduler.step()
                 if method.after_step is not None:
                     method.after_step(model)
-        n = len(loader)
         means = torch.stack([sums[k] for k in sorted(sums)]) / n
         skipped = torch.tensor([float(loader.skipped - skipped_before)], device=device)
         if dist.world_size > 1:
@@ -399,20 +438,21 @@ def _train_loop(
         epoch_loss = values["loss"]
         if not math.isfinite(epoch_loss):
             raise FloatingPointError(f"{cfg.method} loss is {epoch_loss} in epoch {epoch}; lower lr or check the data")
-        samples_seen += steps * cfg.batch_size
+        samples_seen += epoch_steps * cfg.batch_size
         seconds = time.perf_counter() - t0
         record = {
             "epoch": epoch,
             **values,
             "lr": scheduler.get_last_lr()[0],
             "seconds": seconds,
-            "samples_per_second": steps * cfg.batch_size / seconds,
+            "samples_per_second": epoch_steps * cfg.batch_size / seconds,
+            "steps": epoch_steps,
             "samples_seen": samples_seen,
             "skipped": int(skipped.item()),
         }
         history.append(record)
         if dist.is_main:
-            logger.info("%s epoch %d/%d: %s", cfg.method, epoch, cfg.epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+            logger.info("%s epoch %d/%d: %s", cfg.method, epoch, epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
             rng = {"torch": torch.get_rng_state()}
             if on_cuda:
                 rng["cuda"] = torch.cuda.get_rng_state(device)
@@ -431,27 +471,33 @@ def _train_loop(
                 "rng": rng,
                 "history": history,
             }
-            if epoch in cfg.save_epochs:
-                save_encoder(checkpoint_path(out_dir, epoch), model.encoder, meta(epoch, epoch_loss),
+            kept: list[int | str] = [epoch] if epoch in cfg.save_epochs else []
+            if cfg.samples_seen is not None and epoch == epochs:
+                kept.append(LAST)  # the end of a samples_seen run, whatever its number of epochs
+            for e in kept:
+                save_encoder(checkpoint_path(out_dir, e), model.encoder, meta(epoch, epoch_loss),
                              **method.export(model), train=train_state)
             atomic_torch_save(train_state, state_path(out_dir))
             _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history})
-            log_event(out_dir, "epoch", epoch=epoch, saved=epoch in cfg.save_epochs)
+            log_event(out_dir, "epoch", epoch=epoch, saved=bool(kept), steps=epoch_steps, samples_seen=samples_seen)
         if report is not None:
             report(record)
 
     if history:
         epoch_loss = history[-1]["loss"]
     summary = {
-        "epochs_trained": cfg.epochs - start_epoch,
-        "epochs": cfg.epochs,
+        "epochs_trained": epochs - start_epoch,
+        "epochs": epochs,
+        "total_steps": total_steps,
+        "samples_budget": cfg.samples_seen,
         "final_loss": epoch_loss,
         "samples_seen": samples_seen,
         "seconds": time.perf_counter() - t_start,
         "resumed_from": resumed_from,
         "steps_per_epoch": steps,
         "skipped": sum(r.get("skipped", 0) for r in history),
-        "checkpoints": [str(checkpoint_path(out_dir, e)) for e in cfg.save_epochs],
+        "checkpoints": [str(checkpoint_path(out_dir, e))
+                        for e in list(cfg.save_epochs) + ([LAST] if cfg.samples_seen is not None else [])],
     }
     if dist.is_main:
         _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history, "summary": summary})

@@ -26,7 +26,7 @@ FIGURE_DPI = 110
 LEGEND_COLUMNS = 4
 FLOOR_METHOD = "none"
 SUMMARY_PROTOCOL = "linear"
-VARIANT_COLUMNS = ("curation", "label_noise", "backbone")
+VARIANT_COLUMNS = ("curation", "label_noise", "backbone", "samples_budget")
 """Pre-training coordinates that become part of a line's identity when they vary."""
 
 

@@ -126,6 +126,7 @@ RUNS = _schema(
         ("image_size", _I64),
         ("val_score", _F64),
         ("hparams", _STR),  # JSON object of the chosen hyperparameters
+        ("samples_budget", _I64),  # the run's budget in samples seen (null: its budget is pretrain_epochs)
     ],
 )
 

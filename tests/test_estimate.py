@@ -232,3 +232,22 @@ def test_plan_and_dry_run_print_the_estimate(plan_cli):
     assert "dry run: nothing was sent" in res.output and "estimate of 'study2023'" in res.output
     gpu = re.search(r"estimate of 'study2023': ([\d,]+) GPU-hours", out).group(1)
     assert f"estimate of 'study2023': {gpu} GPU-hours" in res.output
+
+
+def test_a_samples_seen_run_costs_its_budget_whatever_the_size():
+    """Pre-training cost is samples_seen rounded up to whole global batches (1000 at batch 64: 16
+    steps, 1024 samples), the same at every size; an epoch budget costs size x epochs."""
+    data = _tiny()
+    data["pretrain"]["grids"] = [{"sources": ["imagenet"], "sizes": [150, 300], "samples_seen": 1000,
+                                  "checkpoint_epochs": "last"},
+                                 {"sources": ["imagenet"], "sizes": [512], "epochs": 2, "checkpoint_epochs": "last"}]
+    plan = make_plan(parse_spec(data))
+    est = estimate(plan)
+    cost = {(j.coords["requested_size"], "samples_seen" in j.config): est.jobs[j.key] for j in plan.of_kind("pretrain")}
+    fig = next(f for f in est.figures if f.name == "pretrain test_resnet/supervised @32px")
+    assert cost[(150, True)].wall_seconds == pytest.approx(1024 / fig.value)
+    assert cost[(300, True)].wall_seconds == pytest.approx(cost[(150, True)].wall_seconds)
+    assert cost[(512, False)].wall_seconds == pytest.approx(2 * 512 / fig.value)
+    # each keeps one checkpoint (the end: last.pt, or epoch 2) and one rolling state
+    assert cost[(150, True)].bytes == cost[(512, False)].bytes
+    assert any("samples_seen rounded up to whole global batches" in a for a in est.assumptions)

@@ -186,3 +186,42 @@ def test_sets_declared_in_the_spec_travel_with_their_jobs(tmp_path):
     data["downstream"]["sets"] = ["dtd", "my_leavs"]
     with pytest.raises(SpecError, match="unknown downstream set 'my_leavs'"):
         parse_spec(data)
+
+
+def test_a_samples_seen_budget_joins_the_run_key_and_its_end_is_the_last_checkpoint():
+    from harness.runner import _early_epoch
+    from pretrain.budget import LAST
+
+    base = make_plan(parse_spec(_tiny()))
+    data = _tiny()
+    data["pretrain"]["grids"].append({"sources": ["imagenet"], "sizes": [150, 300], "samples_seen": 1200,
+                                      "checkpoint_epochs": [1]})
+    plan = make_plan(parse_spec(data))
+    runs = [j for j in plan.of_kind("pretrain") if "samples_seen" in j.config]
+    assert len(runs) == 2 and all("epochs" not in r.config and r.config["save_epochs"] == [1] for r in runs)
+    assert all(r.coords["samples_budget"] == 1200 and r.coords["pretrain_epochs"] is None for r in runs)
+    # the epoch-budget runs keep their keys; the same data under another budget is another run
+    assert {j.key for j in base.of_kind("pretrain")} <= {j.key for j in plan.of_kind("pretrain")}
+    epochs_run = next(j for j in plan.of_kind("pretrain") if j.coords["source"] == "imagenet" and "epochs" in j.config)
+    same_view = next(r for r in runs if r.deps == epochs_run.deps)
+    assert same_view.key != epochs_run.key
+    data["pretrain"]["grids"][-1]["samples_seen"] = 2400
+    other = {j.key for j in make_plan(parse_spec(data)).of_kind("pretrain") if "samples_seen" in j.config}
+    assert other.isdisjoint({r.key for r in runs})
+    # evaluated at epoch 1 and at the end (LAST: its epoch depends on the view's size); epoch 1 may
+    # start while the run trains, the end only once it finished
+    for run in runs:
+        evals = [j for j in plan.of_kind("eval") if j.deps[0] == run.key]
+        assert {j.config["epoch"] for j in evals} == {1, LAST}
+        assert {j.coords["checkpoint_epoch"] for j in evals} == {1, None}
+        assert {_early_epoch(j, run) for j in evals} == {1, None}
+        assert any(j.label.endswith(" last") for j in evals)
+    # pretrain.samples_seen is the default budget of the blocks that give none
+    data = _tiny()
+    del data["pretrain"]["epochs"]
+    data["pretrain"]["samples_seen"] = 600
+    data["pretrain"]["checkpoint_epochs"] = "last"
+    data["downstream"]["checkpoint_epochs"] = "last"
+    plan = make_plan(parse_spec(data))
+    assert all(j.config.get("samples_seen") == 600 for j in plan.of_kind("pretrain"))
+    assert {j.config["epoch"] for j in plan.of_kind("features")} == {0, LAST}  # the floor and the ends

@@ -333,3 +333,107 @@ def test_two_ray_train_workers_train_one_run_with_the_global_batch(view, tmp_pat
     assert meta["method"] == "simclr" and meta["epoch"] == 2
     history = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["epochs"]
     assert history[-1]["loss"] < history[0]["loss"] + 0.5 and all(r["skipped"] == 0 for r in history)
+
+
+# --------------------------------------------------------------------------- budgets in samples seen
+
+
+def _events(out: Path, kind: str) -> list[dict]:
+    from pretrain.loop import read_train_log
+
+    return [e for e in read_train_log(out) if e["event"] == kind]
+
+
+def test_samples_seen_budget_stops_mid_epoch_with_the_schedule_sized_to_it(view, tmp_path):
+    """200 samples at batch 32 are ceil(200 / 32) = 7 steps, whatever the view: one partial epoch
+    of the 256-sample view (8 steps per epoch), three epochs of 3, 3 and 1 steps of a 96-sample
+    view. The learning rate reaches the schedule's end (0) at the last step, the end is saved as
+    checkpoints/last.pt, and a run resumed before its partial epoch ends where the uninterrupted one does."""
+    small = write_view(tmp_path / "small", n=96, shards=1, seed=1)
+    for name, v, steps in (("big", view, [7]), ("small", small, [3, 3, 1])):
+        out = tmp_path / name
+        cfg = small_cfg(epochs=None, samples_seen=200, save_epochs=(1,) if len(steps) > 1 else ())
+        summary = train_loop(cfg, v, out)
+        assert (summary["epochs"], summary["total_steps"], summary["samples_seen"]) == (len(steps), 7, 7 * 32)
+        history = json.loads((out / "metrics.json").read_text())["epochs"]
+        assert [r["steps"] for r in history] == steps
+        assert [r["samples_seen"] for r in history] == [32 * sum(steps[: i + 1]) for i in range(len(steps))]
+        # an epoch-sized schedule (8 steps on the big view, 9 on the small) would not be at 0 yet
+        assert history[-1]["lr"] == pytest.approx(0.0, abs=1e-12) and all(r["lr"] > 0 for r in history[:-1])
+        assert torch.load(state_path(out), weights_only=True)["scheduler"]["last_epoch"] == 7
+        names = sorted(p.name for p in (out / "checkpoints").iterdir())
+        assert names == (["epoch_001.pt", "last.pt"] if len(steps) > 1 else ["last.pt"])
+        _, meta = load_encoder(out / "checkpoints" / "last.pt")
+        assert (meta["epoch"], meta["epochs"], meta["samples_seen"], meta["samples_budget"]) == (len(steps), len(steps), 224, 200)
+        (start,) = _events(out, "start")
+        assert (start["epochs"], start["total_steps"], start["samples_budget"]) == (len(steps), 7, 200)
+        assert [e["steps"] for e in _events(out, "epoch")] == steps
+
+    def crash_after_second_epoch(record):
+        if record["epoch"] == 2:
+            raise Crash("killed")
+
+    cfg = small_cfg(epochs=None, samples_seen=200, save_epochs=(1,))
+    with pytest.raises(Crash):
+        train_loop(cfg, small, tmp_path / "cut", DistInfo(), crash_after_second_epoch)
+    assert not (tmp_path / "cut" / "checkpoints" / "last.pt").exists()
+    summary = train_loop(cfg, small, tmp_path / "cut")
+    assert summary["resumed_from"] == 2 and summary["epochs_trained"] == 1 and summary["samples_seen"] == 224
+    a = torch.load(tmp_path / "small" / "checkpoints" / "last.pt", weights_only=True)
+    b = torch.load(tmp_path / "cut" / "checkpoints" / "last.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+
+
+def test_samples_seen_config_errors_name_the_field(view, tmp_path):
+    with pytest.raises(ValueError, match="exactly one budget"):
+        small_cfg(samples_seen=200)  # small_cfg gives epochs too
+    with pytest.raises(ValueError, match="exactly one budget"):
+        small_cfg(epochs=None)
+    with pytest.raises(ValueError, match="samples_seen must be >= 1"):
+        small_cfg(epochs=None, samples_seen=0)
+    # 200 samples on the 256-sample view are one (partial) epoch: no whole epoch 1 to keep before the end
+    with pytest.raises(ValueError, match=r"save_epochs \(checkpoint_epochs\) \[1\].*below 1"):
+        train_loop(small_cfg(epochs=None, samples_seen=200, save_epochs=(1,)), view, tmp_path)
+    # a state written under another budget is not resumed
+    train_loop(small_cfg(epochs=1, batch_size=64), view, tmp_path / "e")
+    with pytest.raises(ValueError, match="samples_seen"):
+        train_loop(small_cfg(epochs=None, samples_seen=256, batch_size=64), view, tmp_path / "e")
+
+
+def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path, monkeypatch):
+    """Plan, view, pre-training, features and a linear probe of a samples_seen block, run by the
+    harness's executors (the loop in this process instead of Ray): 300 samples at batch 64 are 5
+    steps, 3 epochs of a 150-sample view; the rows carry the budget and what was trained."""
+    import harness.train_ray
+    from harness.executors import RunContext, base_row, execute, failed_rows
+    from harness.plan import make_plan
+    from harness.spec import parse_spec
+    from results.schema import conform
+
+    monkeypatch.setattr(harness.train_ray, "run_pretrain", lambda cfg, view_dir, out_dir, **_: train_loop(cfg, view_dir, out_dir))
+    spec = parse_spec({
+        "name": "budget", "world": {"seed": 0, "scale": 0.1},
+        "pretrain": {"batch_size": 64, "grids": [{"sources": ["imagenet"], "sizes": [150], "samples_seen": 300}]},
+        "downstream": {"sets": ["digits"], "eval_seeds": [0], "random_init_floor": False,
+                       "protocols": [{"name": "linear", "shots": ["full"]}]},
+        "resources": {"view": {"engine": "local"}},
+    })
+    plan = make_plan(spec)
+    (run,) = plan.of_kind("pretrain")
+    assert run.config["samples_seen"] == 300 and "epochs" not in run.config
+    ctx = RunContext(spec_name="budget", workdir=tmp_path / "work", world_dir=world, code_version="test")
+    rows = []
+    for job in plan.jobs.values():
+        if job.kind != "world":
+            out = execute(job, ctx)
+            rows += out["runs"] if job.kind == "eval" else []
+    assert json.loads((tmp_path / "work" / "pretrain" / run.key / "metrics.json").read_text())["summary"]["total_steps"] == 5
+    (row,) = rows
+    assert (row["pretrain_size"], row["samples_budget"], row["samples_seen"]) == (150, 300, 5 * 64)
+    assert (row["pretrain_epochs"], row["checkpoint_epoch"]) == (3, 3)
+    (ev,) = plan.of_kind("eval")
+    failed = failed_rows(ev, ctx, "boom")
+    assert failed[0]["samples_budget"] == 300 and failed[0]["checkpoint_epoch"] is None  # the epoch is known once trained
+    assert conform("runs", rows + failed).num_rows == 2
+    assert base_row(ev, ctx)["pretrain_epochs"] is None

@@ -106,3 +106,66 @@ def test_method_args_are_checked_against_each_method():
     data["pretrain"]["checkpoint_epochs"] = [2]
     with pytest.raises(SpecError, match=r"grids\.0\.epochs"):
         parse_spec(data)
+
+
+def test_a_block_without_curation_needs_none_declared():
+    """The default curation of a block is `none`: a spec whose `curation:` drops it names the
+    blocks that rely on it (this was a KeyError in the planner)."""
+    data = _quickstart()
+    del data["curation"]["none"]
+    errors = _errors(data)
+    paths = [p for p, _ in errors]
+    defaults = [f"pretrain.grids.{i}.curation" for i, g in enumerate(data["pretrain"]["grids"]) if "curation" not in g]
+    assert paths == defaults
+    assert all("'none'" in m and "default" in m and "clip_top50" in m and "none: []" in m for _, m in errors)
+    for g in data["pretrain"]["grids"]:
+        g.setdefault("curation", ["strict"])
+    assert parse_spec(data).pretrain.grids[0].curation == ["strict"]
+
+
+def _budget_block(**kw) -> dict:
+    data = _quickstart()
+    data["pretrain"]["grids"].append({"sources": ["laion"], "sizes": [300, 3000], **kw})
+    return data
+
+
+@pytest.mark.parametrize("kw, field, words", [
+    ({"samples_seen": 15000, "epochs": 4}, "pretrain.grids.7.samples_seen", "epochs or samples_seen, not both"),
+    ({"samples_seen": 0}, "pretrain.grids.7.samples_seen", "greater than or equal to 1"),
+    ({"samples_seen": -30}, "pretrain.grids.7.samples_seen", "greater than or equal to 1"),
+    ({"samples_seen": 1500.5}, "pretrain.grids.7.samples_seen", "valid integer"),
+    ({"samples_seen": True}, "pretrain.grids.7.samples_seen", "valid integer"),
+    ({"samples_seen": "lots"}, "pretrain.grids.7.samples_seen", "valid integer"),
+])
+def test_samples_seen_is_one_positive_integer_budget(kw, field, words):
+    (path, msg), = _errors(_budget_block(**kw))
+    assert path == field and words in msg, (path, msg)
+
+
+def test_samples_seen_default_and_its_checkpoints():
+    data = _budget_block(samples_seen=15000)
+    spec = parse_spec(data)
+    pt = spec.pretrain
+    assert pt.budget(pt.grids[7]) == (None, 15000) and pt.budget(pt.grids[0]) == (5, None)
+    # pretrain's default is either budget, not both; a block's own budget overrides it either way
+    data["pretrain"]["samples_seen"] = 20000
+    (path, msg), = _errors(data)
+    assert path == "pretrain" and "samples_seen" in msg and "not both" in msg
+    del data["pretrain"]["epochs"]
+    pt = parse_spec(data).pretrain
+    assert pt.budget(pt.grids[0]) == (None, 20000) and pt.budget(pt.grids[6]) == (8, None)
+    assert pt.budget(pt.grids[7]) == (None, 15000)
+    # checkpoints: whole epochs before the end of every run: 15000 samples at batch 32 are 469 steps,
+    # 6 epochs of the 3000-sample view (93 steps each), more of smaller views
+    for ckpt, ok in (([5], True), ([6], False), ("all", False), ("last", True)):
+        data = _budget_block(samples_seen=15000, checkpoint_epochs=ckpt)
+        if ok:
+            assert parse_spec(data).eval_epochs(grid=parse_spec(data).pretrain.grids[7])[-1] == "last"
+            continue
+        (path, msg), = _errors(data)
+        assert "grids.7.checkpoint_epochs" in msg, msg
+        assert ("1..5" in msg) if ckpt == [6] else ("'all' needs a fixed number of epochs" in msg)
+    data = _budget_block(samples_seen=15000)
+    data["downstream"]["checkpoint_epochs"] = [5]
+    text = str(pytest.raises(SpecError, parse_spec, data).value)
+    assert "downstream.checkpoint_epochs" in text and "grids.7" in text and "own checkpoint_epochs" in text
