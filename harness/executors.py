@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 from harness.artifacts import content_key, is_done, job_dir, mark_done, read_done
 from harness.plan import Job, row_key
+from pretrain.budget import LAST
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -196,7 +197,12 @@ def _features(job: Job, ctx: RunContext) -> dict[str, Any]:
     ckpt = checkpoint_path(ctx, job.deps[0], job.config["epoch"])
     summary = extract_features(ckpt, job.config["downstream"], ctx.world_dir, d, num_threads=ctx.num_threads,
                                set_config=job.config.get("set_config"), data_dir=ctx.data_dir)
-    write_spectra(d)
+    epoch = None
+    if job.config["epoch"] == LAST:  # a samples_seen run's end: its epoch is in the checkpoint
+        import torch
+
+        epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]["epoch"])
+    write_spectra(d, checkpoint_epoch=epoch)
     summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
     mark_done(d, summary)
     return summary
@@ -205,12 +211,16 @@ def _features(job: Job, ctx: RunContext) -> dict[str, Any]:
 SPECTRA_FILE = "spectra.json"
 
 
-def write_spectra(features_dir: Path) -> dict[str, Any]:
-    """The singular-value spectrum of every cached split's features, saved beside them."""
+def write_spectra(features_dir: Path, checkpoint_epoch: int | None = None) -> dict[str, Any]:
+    """The singular-value spectrum of every cached split's features, saved beside them (with the
+    checkpoint's epoch where the plan does not know it: the end of a samples_seen run)."""
     from downstream.features import SPLITS, load_features
     from downstream.spectra import summarise
 
     out = {split: summarise(load_features(features_dir, split)[0]) for split in SPLITS}
+    if checkpoint_epoch is not None:
+        for spec in out.values():
+            spec["checkpoint_epoch"] = checkpoint_epoch
     tmp = features_dir / f".{SPECTRA_FILE}.tmp"
     tmp.write_text(json.dumps(out))
     tmp.replace(features_dir / SPECTRA_FILE)
@@ -228,7 +238,8 @@ def spectra_rows(job: Job, ctx: RunContext) -> list[dict[str, Any]]:
         key = content_key("spectrum", {"features": job.key, "split": split})
         for i, value in enumerate(spec["singular_values"], start=1):
             rows.append({"key": key, "job_key": job.key, "pretrain_key": c["pretrain_key"],
-                         "checkpoint_epoch": c["checkpoint_epoch"], "downstream": c["downstream"], "split": split,
+                         "checkpoint_epoch": spec.get("checkpoint_epoch", c["checkpoint_epoch"]),
+                         "downstream": c["downstream"], "split": split,
                          "rank_index": i, "singular_value": float(value), "k80": int(spec["k80"]),
                          "effective_rank": float(spec["effective_rank"]), "num_examples": int(spec["n"]),
                          "feature_dim": int(spec["dim"]), "method": c["method"], "source": c["source"]})

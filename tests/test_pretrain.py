@@ -404,9 +404,9 @@ def test_samples_seen_config_errors_name_the_field(view, tmp_path):
 def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path, monkeypatch):
     """Plan, view, pre-training, features and a linear probe of a samples_seen block, run by the
     harness's executors (the loop in this process instead of Ray): 300 samples at batch 64 are 5
-    steps, 3 epochs of a 150-sample view; the rows carry the budget and what was trained."""
+    steps, 3 epochs of a 150-sample view; the rows (runs and spectra) carry the budget and what was trained."""
     import harness.train_ray
-    from harness.executors import RunContext, base_row, execute, failed_rows
+    from harness.executors import RunContext, base_row, execute, failed_rows, spectra_rows
     from harness.plan import make_plan
     from harness.spec import parse_spec
     from results.schema import conform
@@ -432,6 +432,8 @@ def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path
     (row,) = rows
     assert (row["pretrain_size"], row["samples_budget"], row["samples_seen"]) == (150, 300, 5 * 64)
     assert (row["pretrain_epochs"], row["checkpoint_epoch"]) == (3, 3)
+    (feats,) = plan.of_kind("features")
+    assert {r["checkpoint_epoch"] for r in spectra_rows(feats, ctx)} == {3}
     (ev,) = plan.of_kind("eval")
     failed = failed_rows(ev, ctx, "boom")
     assert failed[0]["samples_budget"] == 300 and failed[0]["checkpoint_epoch"] is None  # the epoch is known once trained
