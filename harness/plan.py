@@ -260,6 +260,9 @@ def make_plan(spec: Spec) -> Plan:
                 if entry.from_scratch:
                     prune(f"{p.name} on pre-trained checkpoints",
                           "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job")
+                elif p.runs is not None and not p.runs.matches(src.coords):
+                    prune(f"{p.name} on runs outside its `runs` filter",
+                          "downstream.protocols[].runs limits the protocol to the listed pre-training runs")
                 elif (entry.needs_text_tower or p.head_init == "zeroshot") and not has_text:
                     prune(f"{p.name}{' (head_init: zeroshot)' if p.head_init == 'zeroshot' else ''} on {method} "
                           "checkpoints", f"needs a text tower; method {method!r} has none (CLIP does)")
@@ -286,7 +289,9 @@ def make_plan(spec: Spec) -> Plan:
                 ecfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
                                         "shots": shots, "seeds": seeds}
                 if pentry.trains:
-                    ecfg.update(epochs=proto.epochs, lrs=list(proto.lrs))
+                    # recipe 2: min_steps, BatchNorm handling, the starting point as a candidate
+                    ecfg.update(epochs=proto.epochs, lrs=list(proto.lrs), batch_size=proto.batch_size,
+                                min_steps=proto.min_steps, bn=proto.bn, recipe=2)
                 head_init = proto.head_init
                 if head_init == "auto":
                     head_init = "zeroshot" if has_text else "zero"

@@ -13,7 +13,7 @@ starts, with every error naming its field path and what would be valid.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal, Union
+from typing import Any, ClassVar, Literal, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -332,6 +332,25 @@ class Pretrain(_Model):
         return list(dict.fromkeys(b for g in self.grids for b in self.backbones_for(g)))
 
 
+class RunFilter(_Model):
+    """Which pre-trained checkpoints a protocol evaluates (every list optional; a checkpoint
+    passes when its run matches every list given). The random-init job is not filtered."""
+
+    sources: list[str] | None = None
+    methods: list[str] | None = None
+    sizes: list[int] | None = None  # requested view sizes
+    curation: list[str] | None = None
+    label_noise: list[float] | None = None
+    seeds: list[int] | None = None  # pre-training seeds
+
+    _COORDS: ClassVar[dict[str, str]] = {"sources": "source", "methods": "method", "sizes": "requested_size", "curation": "curation",
+               "label_noise": "label_noise", "seeds": "pretrain_seed"}
+
+    def matches(self, coords: dict[str, Any]) -> bool:
+        return all(getattr(self, field) is None or coords.get(coord) in getattr(self, field)
+                   for field, coord in self._COORDS.items())
+
+
 class Protocol(_Model):
     """One evaluation protocol with its shot counts (``full`` = whole training set)."""
 
@@ -341,9 +360,18 @@ class Protocol(_Model):
     seeds: list[int] | None = None  # default: downstream.eval_seeds
     epochs: int = Field(5, ge=1)  # fine-tuning style protocols
     lrs: list[float] = Field(default_factory=lambda: [1e-4, 3e-4, 1e-3, 3e-3])  # the core study's grid
+    batch_size: int = Field(128, ge=2)  # fine-tuning style protocols (the core study's 128)
+    # fine-tuning style protocols: at least this many optimiser steps per learning rate (small
+    # training sets get more epochs); 0 trains exactly ``epochs``
+    min_steps: int = Field(0, ge=0)
+    # fine-tuning style protocols: BatchNorm on batch statistics ("train"), on the checkpoint's
+    # running statistics ("frozen"), or "auto": frozen from pre-trained weights, trained from scratch
+    bn: Literal["auto", "train", "frozen"] = "auto"
     # finetune: the head starts at zero, at CLIP's zero-shot classifier ("zeroshot": CLIP
     # checkpoints only), or "auto": zero-shot where the checkpoint has a text tower, else zero.
     head_init: Literal["zero", "zeroshot", "auto"] = "zero"
+    # only the checkpoints of these pre-training runs (e.g. fine-tune the largest runs only)
+    runs: RunFilter | None = None
 
     @field_validator("name")
     @classmethod

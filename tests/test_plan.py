@@ -225,3 +225,33 @@ def test_a_samples_seen_budget_joins_the_run_key_and_its_end_is_the_last_checkpo
     plan = make_plan(parse_spec(data))
     assert all(j.config.get("samples_seen") == 600 for j in plan.of_kind("pretrain"))
     assert {j.config["epoch"] for j in plan.of_kind("features")} == {0, LAST}  # the floor and the ends
+
+
+def test_a_protocol_runs_filter_limits_it_to_the_listed_runs():
+    """`runs:` restricts a protocol to some pre-training runs; the random-init job is not filtered,
+    and the fine-tuning recipe's settings join the evaluation's key."""
+    import copy
+
+    import yaml
+
+    from harness.plan import make_plan
+    from harness.spec import parse_spec
+
+    data = yaml.safe_load(Path("configs/quickstart.yaml").read_text())
+    plan = make_plan(parse_spec(data))
+    evals = plan.of_kind("eval")
+    ft = [j for j in evals if j.config["protocol"] in ("finetune", "lp_ft")]
+    assert ft and {(j.coords["source"], j.coords["requested_size"]) for j in ft} == {("imagenet", 3000)}
+    assert {j.coords["pretrain_seed"] for j in ft} == {0, 1}
+    assert any(j.config["protocol"] == "scratch" for j in evals)  # from the random-init job
+    assert all(j.config["min_steps"] == 300 and j.config["batch_size"] == 32 for j in ft)
+    changed = copy.deepcopy(data)
+    for p in changed["downstream"]["protocols"]:
+        if p["name"] == "finetune":
+            p["min_steps"] = 100
+    keys = {j.key for j in make_plan(parse_spec(changed)).of_kind("eval") if j.config["protocol"] == "finetune"}
+    assert keys and not keys & {j.key for j in ft}
+    bad = copy.deepcopy(data)
+    bad["downstream"]["protocols"][2]["runs"] = {"sorces": ["imagenet"]}
+    with pytest.raises(Exception, match="sorces"):
+        parse_spec(bad)
