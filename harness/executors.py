@@ -299,8 +299,17 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
     """The coordinates every row of an evaluation job shares. The checkpoint's own ``epoch`` and its
     run's ``epochs`` (from its meta) replace the planned ones when given: a samples_seen run's epochs
     are known only once it ran. ``samples_seen`` is what the checkpoint saw; ``samples_budget`` the
-    run's budget in samples (None for a budget in epochs)."""
+    run's budget in samples (None for a budget in epochs). ``declared_similarity`` is the world's
+    ``similarity[source][set]`` from its world.json (None off the world: real, package or
+    declared sets, random init, mixtures)."""
+    from curation.world import WORLD_FILE
+
     c = job.coords
+    try:
+        declared = json.loads((Path(ctx.world_dir) / WORLD_FILE).read_text()).get("similarity", {})
+        similarity = declared.get(c["source"], {}).get(c["downstream"])
+    except (OSError, ValueError, AttributeError):  # no world here (yet), or not a world's world.json
+        similarity = None
     return {
         "spec": ctx.spec_name,
         "created_at": datetime.now(timezone.utc),
@@ -322,6 +331,7 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
         "downstream": c["downstream"],
         "protocol": c["protocol"],
         "image_size": image_size,
+        "declared_similarity": float(similarity) if isinstance(similarity, (int, float)) else None,
     }
 
 

@@ -13,8 +13,15 @@ tried with the best least-squares fit kept.
 
 :func:`multiplier` inverts configuration A's fit at the score configuration B reaches with
 ``at_n_b`` samples: ``n_A / at_n_b`` (``inf`` when A's asymptote never reaches that score).
-:func:`bootstrap_multiplier` adds a 95% percentile interval by resampling the seed replicates
-of every size with replacement and refitting both curves.
+:func:`multiplier_interval` adds a 95% percentile interval from bootstrap draws of each
+size's mean score (the report draws them over pre-training seeds, then eval seeds, with
+:func:`results.stats.hierarchical_bootstrap`) by refitting both curves per draw;
+:func:`bootstrap_multiplier` does the same from flat (samples, score) replicates.
+
+A fit says little far from its points: :func:`bounded` turns a multiplier whose matched size
+``n_A`` lies more than :data:`EXTRAPOLATION` times outside A's measured sizes (above ten times
+the largest or below a tenth of the smallest, ``inf`` included) into a bound, "more than X"
+or "less than X", which is what the report prints instead of the number.
 
 >>> fa = fit_power_law([(1e3, .50), (1e4, .62), (1e5, .70), (1e6, .74)])   # doctest: +SKIP
 >>> multiplier(fa, fit_power_law(points_b), at_n_b=1e4)                      # doctest: +SKIP
@@ -251,23 +258,124 @@ def bootstrap_multiplier(
         at_n_b,
     )
     rng = np.random.default_rng(seed)
-    log_a, xa = _check_scale(na, sa, a_max, "points_a")
-    log_b, xb = _check_scale(nb, sb, a_max, "points_b")
-    aa, ba0, ca, ssea = _fit_many(xa, sa[_resample_index(na, n_boot, rng)], a_max)
-    ab, bb0, cb, sseb = _fit_many(xb, sb[_resample_index(nb, n_boot, rng)], a_max)
+    _check_scale(na, sa, a_max, "points_a")
+    _check_scale(nb, sb, a_max, "points_b")
+    draws = _multipliers(na, sa[_resample_index(na, n_boot, rng)], nb, sb[_resample_index(nb, n_boot, rng)],
+                         float(at_n_b), a_max)
+    lo, hi = _percentiles(draws, 0.95)
+    return float(estimate), lo, hi
+
+
+def _multipliers(n_a: np.ndarray, scores_a: np.ndarray, n_b: np.ndarray, scores_b: np.ndarray, at_n_b: float,
+                 a_max: float) -> np.ndarray:
+    """The multiplier of every row: A's curve fitted to ``scores_a[d]`` (at sample counts
+    ``n_a``) inverted at B's curve fitted to ``scores_b[d]``, evaluated at ``at_n_b``; ``inf``
+    where A's asymptote falls short, NaN where a fit failed."""
+    log_a, log_b = float(np.mean(np.log(n_a))), float(np.mean(np.log(n_b)))
+    aa, ba0, ca, ssea = _fit_many(np.log(n_a) - log_a, scores_a, a_max)
+    ab, bb0, cb, sseb = _fit_many(np.log(n_b) - log_b, scores_b, a_max)
     # B's fitted score at at_n_b, then the samples A's fit needs for it: (b_A / (a_A - target)) ** (1 / c_A)
-    target = ab - bb0 * np.exp(-cb * (math.log(float(at_n_b)) - log_b))
+    target = ab - bb0 * np.exp(-cb * (math.log(at_n_b) - log_b))
     gap = aa - target
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_n = log_a + np.log(np.maximum(ba0, 1e-12) / gap) / ca
-        draws = np.where(gap > 0, np.exp(log_n) / float(at_n_b), np.inf)
-    ok = np.isfinite(ssea) & np.isfinite(sseb) & ~np.isnan(draws)
-    if ok.sum() < n_boot / 2:
+        draws = np.where(gap > 0, np.exp(log_n) / at_n_b, np.inf)
+    return np.where(np.isfinite(ssea) & np.isfinite(sseb), draws, np.nan)
+
+
+def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
+    ok = draws[~np.isnan(draws)]
+    if len(ok) < len(draws) / 2:
         raise MultiplierError(
-            f"only {int(ok.sum())} of {n_boot} bootstrap fits converged; add points or seeds per size"
+            f"only {len(ok)} of {len(draws)} bootstrap fits converged; add points or seeds per size"
         )
-    ordered = np.sort(draws[ok])  # inf sorts last
+    ordered = np.sort(ok)  # inf sorts last
     m = len(ordered)
-    lo = float(ordered[int(math.floor(0.025 * (m - 1)))])
-    hi = float(ordered[int(math.ceil(0.975 * (m - 1)))])
+    alpha = (1 - level) / 2
+    return float(ordered[int(math.floor(alpha * (m - 1)))]), float(ordered[int(math.ceil((1 - alpha) * (m - 1)))])
+
+
+def multiplier_interval(sizes_a: Sequence[float], scores_a: Sequence[float], draws_a: np.ndarray,
+                        sizes_b: Sequence[float], scores_b: Sequence[float], draws_b: np.ndarray, at_n_b: float,
+                        *, a_max: float = 1.0, level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, lo, hi): the multiplier of A over B at ``at_n_b`` from each side's mean score
+    per size (``scores_*``, one per entry of ``sizes_*``) and bootstrap draws of those means
+    (``draws_*``, shape ``(D, len(sizes_*))``, row ``d`` of A going with row ``d`` of B, so that
+    draws paired by the bootstrap stay paired).
+
+    The estimate fits both curves to the means; the interval is the ``level`` percentile
+    interval of the multipliers of the ``D`` refitted draws (a draw with a missing value or a
+    failed fit is dropped; more than half dropped is an error). Bounds can be ``inf``."""
+    n_a, s_a = as_points(list(zip(sizes_a, scores_a)), name="A")
+    n_b, s_b = as_points(list(zip(sizes_b, scores_b)), name="B")
+    if len(np.unique(n_a)) != len(n_a) or len(np.unique(n_b)) != len(n_b):
+        raise MultiplierError("multiplier_interval takes one mean score per size; sizes repeat")
+    if not (isinstance(at_n_b, (int, float, np.integer, np.floating)) and math.isfinite(at_n_b) and at_n_b > 0):
+        raise MultiplierError(f"at_n_b must be a finite number of samples > 0, got {at_n_b!r}")
+    draws_a, draws_b = np.asarray(draws_a, dtype=float), np.asarray(draws_b, dtype=float)
+    if draws_a.ndim != 2 or draws_a.shape[1] != len(n_a) or draws_b.ndim != 2 or draws_b.shape[1] != len(n_b) \
+            or draws_a.shape[0] != draws_b.shape[0]:
+        raise MultiplierError(f"draws must be (D, sizes) arrays with the same D: got A {draws_a.shape} for "
+                              f"{len(n_a)} sizes, B {draws_b.shape} for {len(n_b)} sizes")
+    _check_scale(n_a, s_a, a_max, "A")
+    _check_scale(n_b, s_b, a_max, "B")
+    estimate = _multipliers(n_a, s_a[None, :], n_b, s_b[None, :], float(at_n_b), a_max)[0]
+    if math.isnan(estimate):
+        raise MultiplierError("the power-law fit of the mean scores did not converge")
+    complete = np.isfinite(draws_a).all(axis=1) & np.isfinite(draws_b).all(axis=1)
+    draws = np.full(len(draws_a), np.nan)
+    if complete.any():
+        draws[complete] = _multipliers(n_a, draws_a[complete], n_b, draws_b[complete], float(at_n_b), a_max)
+    lo, hi = _percentiles(draws, level)
     return float(estimate), lo, hi
+
+
+EXTRAPOLATION = 10.0
+"""A matched size more than this factor outside A's measured sizes is reported as a bound."""
+
+
+@dataclass(frozen=True)
+class Bounded:
+    """A multiplier as the report states it: ``relation`` is ``"="`` for a number, ``">"`` or
+    ``"<"`` for a bound (``value`` is then the bound), ``""`` when there is nothing to state."""
+
+    value: float
+    relation: str
+
+    @property
+    def is_bound(self) -> bool:
+        return self.relation in (">", "<")
+
+    def text(self) -> str:
+        """``"8.05"``, ``"> 30"``, ``"< 0.05"`` or ``""``."""
+        if not self.relation:
+            return ""
+        number = fmt_factor(self.value)
+        return number if self.relation == "=" else f"{self.relation} {number}"
+
+
+def fmt_factor(value: float) -> str:
+    """A multiplier as text: three significant digits, thousands in full (``"1,280"``, not
+    ``"1.28e+03"``)."""
+    if math.isnan(value):
+        return ""
+    if math.isinf(value):
+        return "∞"
+    if abs(value) >= 1000:
+        return f"{value:,.0f}"
+    return f"{value:.3g}"
+
+
+def bounded(value: float, at_n_b: float, sizes_a: Sequence[float], factor: float = EXTRAPOLATION) -> Bounded:
+    """``value`` (a multiplier of A at B's ``at_n_b`` samples) as a number when A's matched size
+    ``value * at_n_b`` lies within ``[min(sizes_a) / factor, factor * max(sizes_a)]``, else the
+    bound at the edge of that range (``inf`` is above it); NaN stays nothing to state."""
+    if value is None or math.isnan(value):
+        return Bounded(math.nan, "")
+    upper = factor * float(max(sizes_a)) / float(at_n_b)
+    lower = float(min(sizes_a)) / factor / float(at_n_b)
+    if value > upper:
+        return Bounded(upper, ">")
+    if value < lower:
+        return Bounded(lower, "<")
+    return Bounded(float(value), "=")

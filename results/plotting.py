@@ -165,6 +165,17 @@ def colour_map(lines: Sequence[Line]) -> dict[Line, Any]:
     return {line: cmap(i % cmap.N) for i, line in enumerate(lines)}
 
 
+def log_size_axis(ax: Any) -> None:
+    """A log x axis of sample counts labelled 1k, 10k, 1M at the decades, as many as the axis
+    length lets fit without overlapping (matplotlib's automatic tick count), minor ticks unlabelled."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
+
+    ax.set_xscale("log")
+    ax.xaxis.set_major_locator(LogLocator(base=10))
+    ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt_size(v) if v >= 1 else f"{v:g}"))
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def marker(method: str) -> str:
     if method in _MARKERS:
         return _MARKERS[method]
@@ -193,7 +204,7 @@ def shade(value: float, lo: float, hi: float) -> str:
 
 # --------------------------------------------------------------------------- sections and figures
 
-FIGURE_PREFIXES = ("scaling_", "fewshot_", "heatmap_", "multiplier_", "checkpoints_", "spectra_",
+FIGURE_PREFIXES = ("scaling_", "fewshot_", "heatmap_", "calibration_", "multiplier_", "checkpoints_", "spectra_",
                    "convergence_", "funnel_")
 """File-name prefixes of the report's figures: a new report replaces files with these prefixes."""
 

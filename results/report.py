@@ -5,9 +5,9 @@ it (relative links, so the folder can be copied or zipped as is). Sections:
 
 1. **Scaling curves**, one figure per protocol: downstream ``score`` against pre-training
    samples (``pretrain_size``, log axis), one line per (source, method), panels per downstream
-   set (rows) x shots (columns; null shots = "full"). Each point is the mean over eval seeds and
-   pre-training seeds; the band is a t-based 95% confidence interval of that mean when there
-   are at least 3 values and the min-max range otherwise. Rows with ``method == 'none'`` are
+   set (rows) x shots (columns; null shots = "full"). Each point is the mean over pre-training
+   seeds of the mean over eval seeds; the band is its 95% two-level bootstrap interval
+   (pre-training seeds, then eval seeds: :mod:`results.stats`). Rows with ``method == 'none'`` are
    the random-initialisation floor (dashed), the set's chance level is dotted. When curation,
    label noise or backbone vary in the store they are added to the line identity instead of
    being averaged over. Only each pre-training run's last evaluated checkpoint is plotted.
@@ -52,6 +52,7 @@ from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkp
     fmt_size,
     html_table,
     line_keys,
+    log_size_axis,
     marker,
     shade,
     shots_label,
@@ -63,6 +64,7 @@ from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkp
 )
 from results.plotting import FIGURE_PREFIXES, empty_note, figure_html
 from results.schema import SCHEMA_VERSION, columns
+from results.calibration import calibration_section
 from results.sections import (
     MultiplierPair,
     checkpoints_section,
@@ -74,6 +76,7 @@ from results.sections import (
     multiplier_section,
     spectra_section,
 )
+from results.stats import hierarchical_bootstrap, seed_note
 from results.store import Store
 
 log = logging.getLogger(__name__)
@@ -83,15 +86,18 @@ _Cell = list[tuple[Line, list[float], list[float], list[float], list[float]]]
 
 
 def _aggregate_cells(curves: pd.DataFrame) -> dict[tuple[str, float], _Cell]:
-    """(set, shots order) -> per line: sizes, mean, band low, band high (sorted by size)."""
+    """(set, shots order) -> per line: sizes, mean, band low, band high (sorted by size). The band
+    is the 95% two-level bootstrap interval over pre-training seeds, then eval seeds
+    (:mod:`results.stats`)."""
     cells: dict[tuple[str, float], _Cell] = {}
     if curves.empty:
         return cells
     frame = curves.assign(_size=curves["pretrain_size"].astype(float))
-    for (ds_name, shot, line), part in frame.groupby(["downstream", "_shots", "_line"], sort=False):
-        stats = sorted((size, *spread(g.tolist())) for size, g in part.groupby("_size")["score"])
+    table = hierarchical_bootstrap(frame, ["downstream", "_shots", "_line", "_size"], strata=None).table()
+    for (ds_name, shot, line), part in table.groupby(["downstream", "_shots", "_line"], sort=False):
+        part = part.sort_values("_size")
         cells.setdefault((ds_name, shot), []).append(
-            (line, [s[0] for s in stats], [s[1] for s in stats], [s[2] for s in stats], [s[3] for s in stats])
+            (line, part["_size"].tolist(), part["estimate"].tolist(), part["lo"].tolist(), part["hi"].tolist())
         )
     for drawn in cells.values():
         drawn.sort(key=lambda item: item[0].label)
@@ -196,7 +202,7 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                     ax = axes[r][c]
                     ax.set_autoscale_on(False)
                     if xlim is not None:
-                        ax.set_xscale("log")
+                        log_size_axis(ax)
                         ax.set_xlim(*xlim)
                     ax.set_ylim(*ylim)
                     drawn = cells.get((ds_name, shot), [])
@@ -266,9 +272,12 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
     parts = [
         f"<p>Mean <code>score</code> over eval and pre-training seeds, {SUMMARY_PROTOCOL} protocol, "
         "last checkpoint of each pre-training run. Shading is per column (darker is better). "
-        f"Rows with method <code>{FLOOR_METHOD}</code> are the random-initialisation floor.</p>"
+        f"Rows with method <code>{FLOOR_METHOD}</code> are the random-initialisation floor. The mean over sets "
+        "(each set weighing the same) comes with its 95% interval: a bootstrap over pre-training seeds, then "
+        "eval seeds, stratified by set; <i>seeds</i> counts pre-training × eval seeds.</p>"
     ]
     frame = df.assign(_shots=df["shots"].map(shots_order))
+    seeds: list[int] = []
     for shot in sorted(frame["_shots"].unique()):
         sdf = frame[frame["_shots"] == shot]
         key_frame = sdf[keys].astype(object).where(sdf[keys].notna(), None)
@@ -276,7 +285,8 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
         kcols = [f"_k_{k}" for k in keys]
         table = sdf.pivot_table(index=kcols, columns="downstream", values="score", aggfunc="mean")
         table = table.reindex(columns=sets)
-        table["mean"] = table.mean(axis=1, skipna=True)
+        boot = hierarchical_bootstrap(sdf, kcols, strata="downstream").intervals()
+        table["mean"] = [boot[idx].estimate if idx in boot else math.nan for idx in table.index]
         ranges = {c: (table[c].min(), table[c].max()) for c in table.columns}
 
         def sort_key(idx: tuple) -> tuple:
@@ -293,11 +303,19 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
                 v = float(vals[c]) if not pd.isna(vals[c]) else math.nan
                 lo, hi = ranges[c]
                 cells.append(f"<span{shade(v, float(lo), float(hi))}>{fmt_num(v)}</span>" if not math.isnan(v) else "")
+            iv = boot.get(idx)
+            cells.append(f"[{fmt_num(iv.lo)}, {fmt_num(iv.hi)}]" if iv is not None and math.isfinite(iv.lo) else "")
+            cells.append(f"{iv.n_pretrain_seeds}×{iv.n_eval_seeds}" if iv is not None else "")
+            if iv is not None and dict(zip(keys, idx))["method"] != FLOOR_METHOD:  # the floor has one init
+                seeds.append(iv.n_pretrain_seeds)
             rows.append(cells)
-        header = [*keys[:-1], "samples", *(html.escape(s) for s in sets), "<b>mean</b>"]
+        header = [*keys[:-1], "samples", *(html.escape(s) for s in sets), "<b>mean</b>", "95% interval", "seeds"]
         title = shots_title(shot)
         parts.append(f"<h3>{title}</h3>")
         parts.append(html_table(header, rows, "summary"))
+    note = seed_note(seeds)
+    if note:
+        parts.append(f'<p class="data">Intervals of the pre-trained rows: {html.escape(note)}.</p>')
     return "\n".join(parts)
 
 
@@ -449,10 +467,16 @@ def write_report(
         fig_html = [
             "<p>Mean downstream <code>score</code> against pre-training samples (log scale), one line per "
             "(source, method); panels are downstream sets (rows) × shots per class (columns). Bands: 95% "
-            "confidence interval of the mean over eval and pre-training seeds when there are ≥3 values, "
-            "min–max otherwise. Dashed: random-initialisation floor (<code>method = 'none'</code>); "
-            "dotted: chance.</p>"
+            "bootstrap intervals over pre-training seeds, then eval seeds within them. "
+            "Dashed: random-initialisation floor (<code>method = 'none'</code>); dotted: chance.</p>"
         ]
+        pre = final_checkpoints(runs_ok)
+        pre = pre[(pre["method"].astype(object) != FLOOR_METHOD) & pre["pretrain_size"].notna()]
+        seeds = pre.groupby(["source", "method", "curation", "label_noise", "backbone", "pretrain_size"],
+                            dropna=False)["pretrain_seed"].nunique(dropna=False)
+        note = seed_note(seeds.astype(int).tolist())
+        if note:
+            fig_html.append(f'<p class="data">Bands of the pre-trained points: {html.escape(note)}.</p>')
         for protocol, names, note in figures:
             fig_html.append(f'<h3 id="scaling-{slug(protocol)}">{html.escape(protocol)}</h3>')
             if not names:
@@ -479,6 +503,8 @@ def write_report(
         ("multiplier", "Data multiplier", lambda: multiplier_section(runs_ok, out, multipliers, n_boot=n_boot)),
         ("fewshot", "Few-shot versus full data", lambda: fewshot_section(runs_ok, out)),
         ("heatmap", "Configurations × downstream sets", lambda: heatmap_section(runs_ok, out, heatmap_shots)),
+        ("calibration", "Calibration: measured gain against the world's declared similarity",
+         lambda: calibration_section(runs_ok, out)),
         ("summary", f"Summary table ({SUMMARY_PROTOCOL} protocol)", summary),
         ("checkpoints", "Mid-training checkpoints: feature extractor versus fine-tuning start",
          lambda: checkpoints_section(runs_ok, out)),

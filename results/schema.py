@@ -127,6 +127,9 @@ RUNS = _schema(
         ("val_score", _F64),
         ("hparams", _STR),  # JSON object of the chosen hyperparameters
         ("samples_budget", _I64),  # the run's budget in samples seen (null: its budget is pretrain_epochs)
+        # the embedded world's declared similarity[source][downstream] (world.json), null when the
+        # source or the set is not a world one (real or package sets, random init, mixtures)
+        ("declared_similarity", _F64),
     ],
 )
 

@@ -30,7 +30,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from results.multiplier import MultiplierError, bootstrap_multiplier, fit_power_law
+from results.multiplier import (
+    EXTRAPOLATION,
+    Bounded,
+    MultiplierError,
+    bounded,
+    fit_power_law,
+    fmt_factor,
+    multiplier_interval,
+)
 from results.plotting import (
     FLOOR_METHOD,
     SUMMARY_PROTOCOL,
@@ -45,14 +53,15 @@ from results.plotting import (
     fmt_num,
     fmt_size,
     html_table,
+    log_size_axis,
     marker,
     percent_scale,
     save_figure,
     shots_order,
     shots_title,
     slug,
-    spread,
 )
+from results.stats import Interval, difference_text, hierarchical_bootstrap, paired_difference, seed_note
 
 FE_PROTOCOL = "linear"
 """The protocol that uses a checkpoint as a frozen feature extractor."""
@@ -159,8 +168,8 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
     shots = sorted(sel["_shots"].unique())
     lines = sorted(set(sel["_line"]), key=lambda ln: ln.label)
     per_set = sel.groupby(["_line", "_shots", "downstream"])["score"].mean()
-    line_mean = per_set.groupby(level=[0, 1]).mean()
-    reps = sel.groupby(["_line", "_shots", "pretrain_seed", "eval_seed"], dropna=False)["score"].mean()
+    boot = hierarchical_bootstrap(sel, ["_line", "_shots"], strata="downstream").intervals()
+    line_mean = pd.Series({key: iv.estimate for key, iv in boot.items()})
     floor = d[is_floor & d["downstream"].isin(common)].groupby("_shots")["score"].mean()
     scaled = percent_scale(sel["score"])
 
@@ -173,19 +182,23 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
         spread_sets.append(float(within.mean()))
         spread_std.append(float(means.std(ddof=0)))
         best, worst = means.idxmax(), means.idxmin()
+        at = sel[sel["_shots"] == shot]
+        gap = paired_difference(at[at["_line"] == best], at[at["_line"] == worst])
         rows.append([html.escape(shots_title(shot)), _pct(rng, scaled), _pct(float(within.mean()), scaled),
                      _pct(spread_std[-1], scaled), f"{esc(best.label)} ({_pct(float(means.max()), scaled)})",
-                     f"{esc(worst.label)} ({_pct(float(means.min()), scaled)})"])
+                     f"{esc(worst.label)} ({_pct(float(means.min()), scaled)})",
+                     esc(difference_text(gap, 100 if scaled else 1, 1 if scaled else 3)) if best != worst else ""])
 
     x = np.arange(len(shots))
     fig = _figure(11.0, 4.2)
     ax1, ax2 = fig.subplots(1, 2)
     colours = colour_map(lines)
     for line in lines:
-        stats = [spread(reps.xs((line, shot), level=[0, 1]).tolist()) for shot in shots]
-        mean = [line_mean.get((line, shot), math.nan) for shot in shots]
+        ivs = [boot.get((line, shot)) for shot in shots]
+        mean = [iv.estimate if iv else math.nan for iv in ivs]
         ax1.plot(x, mean, color=colours[line], marker=marker(line.method), label=line.label, linewidth=1.5)
-        ax1.fill_between(x, [s[1] for s in stats], [s[2] for s in stats], color=colours[line], alpha=0.15, linewidth=0)
+        ax1.fill_between(x, [iv.lo if iv else math.nan for iv in ivs], [iv.hi if iv else math.nan for iv in ivs],
+                         color=colours[line], alpha=0.15, linewidth=0)
     if not floor.empty:
         ax1.plot(x, [floor.get(s, math.nan) for s in shots], color="0.35", linestyle="--", label="random init")
     ax1.set_title(f"mean score over {len(common)} set(s)", fontsize=10)
@@ -203,10 +216,15 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
     _layout(fig, top=0.75, bottom=0.65, wspace=0.22)
     name = save_figure(fig, out_dir, f"fewshot_{slug(protocol)}.png")
     unit = " (x100)" if scaled else ""
-    table = html_table(["shots", f"range{unit}", f"mean per-set range{unit}", f"std{unit}", "best", "worst"], rows)
+    table = html_table(["shots", f"range{unit}", f"mean per-set range{unit}", f"std{unit}", "best", "worst",
+                        f"best − worst{unit}, 95% interval"], rows)
     caption = (f"{size_note}; sets: {', '.join(sorted(common))}. Range: best minus worst configuration mean; "
-               "per-set range: the same within each set, averaged over sets.")
-    return title + figure_html(name, f"few-shot versus full data, {protocol}", caption) + table
+               "per-set range: the same within each set, averaged over sets. Bands and the best − worst interval: "
+               "bootstrap over pre-training seeds, then eval seeds, stratified by set (paired on shared eval "
+               "seeds); 'within noise' when the interval covers 0.")
+    note = seed_note([iv.n_pretrain_seeds for iv in boot.values()])
+    extra = f'<p class="data">Intervals: {html.escape(note)}.</p>' if note else ""
+    return title + figure_html(name, f"few-shot versus full data, {protocol}", caption) + table + extra
 
 
 # --------------------------------------------------------------------------- heatmap
@@ -372,23 +390,37 @@ class MultiplierResult:
     note: str = ""
     fits: tuple = ()
     points: tuple = ()
+    """(A, B): size -> :class:`results.stats.Interval` of the mean score over the sets."""
+    sizes_a: tuple[float, float] = (math.nan, math.nan)
+    """A's smallest and largest measured size: outside 10x of them the multiplier is a bound."""
+
+    def shown(self) -> tuple[Bounded, Bounded, Bounded]:
+        """(estimate, lo, hi) as the report states them: numbers, or bounds beyond
+        :data:`results.multiplier.EXTRAPOLATION` times A's measured sizes."""
+        if not math.isfinite(self.at) or math.isnan(self.sizes_a[0]):
+            return Bounded(math.nan, ""), Bounded(math.nan, ""), Bounded(math.nan, "")
+        return tuple(bounded(v, self.at, self.sizes_a) for v in (self.estimate, self.lo, self.hi))  # type: ignore[return-value]
 
 
-def _replicates(rows: pd.DataFrame, sets: frozenset) -> dict[float, list[float]]:
-    """size -> mean score over ``sets`` of each (pre-training seed, eval seed) replicate that has them all."""
-    sub = rows[rows["downstream"].isin(sets)]
-    per_set = sub.groupby(["pretrain_size", "pretrain_seed", "eval_seed", "downstream"], dropna=False)["score"].mean()
-    rep = per_set.groupby(level=[0, 1, 2], dropna=False).agg(["mean", "count"])
-    rep = rep[rep["count"] == len(sets)]
-    out: dict[float, list[float]] = {}
-    for (size, _, _), value in rep["mean"].items():
-        out.setdefault(float(size), []).append(float(value))
+def _mean_draws(a: pd.DataFrame, b: pd.DataFrame, sets: frozenset, n_boot: int):
+    """Each side's mean score over ``sets`` per size with its two-level bootstrap draws, drawn
+    together so that draws sharing eval seeds (and pre-training seeds) are paired."""
+    both = pd.concat([a.assign(_side="A"), b.assign(_side="B")])
+    both = both[both["downstream"].isin(sets)].assign(_size=lambda d: d["pretrain_size"].astype(float))
+    draws = hierarchical_bootstrap(both, ["_side", "_size"], strata="downstream", n_boot=n_boot, seed=0)
+    out = {}
+    for side in ("A", "B"):
+        cols = np.flatnonzero(draws.keys["_side"].to_numpy() == side)
+        sizes = draws.keys["_size"].to_numpy(dtype=float)[cols]
+        ivs = {float(size): draws.interval((side, size)) for size in sizes}
+        out[side] = (sizes, draws.estimate[cols], draws.draws[:, cols], ivs)
     return out
 
 
 def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int = 200) -> tuple[list[MultiplierResult], str, str]:
-    """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% bootstrap
-    interval. Returns (results, A's description, B's description)."""
+    """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% interval (a
+    two-level bootstrap of each size's mean score over the common sets, curves refitted per
+    draw). Returns (results, A's description, B's description)."""
     df = final_checkpoints(runs_ok)
     df = df[(df["protocol"] == pair.protocol) & df["score"].notna() & df["pretrain_size"].notna()]
     rows_a = _select(df, pair.a, f"--multiplier {pair.label or 'A'} (A)")
@@ -424,50 +456,66 @@ def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int 
         if not sets:
             res.note = "no downstream set is evaluated at every size of both"
             continue
-        pa_, pb_ = _replicates(a, sets), _replicates(b, sets)
-        res.points = (pa_, pb_)
-        res.at = float(pair.at) if pair.at else max(pb_) if pb_ else math.nan
-        if len(pa_) < MIN_SIZES or len(pb_) < MIN_SIZES:
+        sides = _mean_draws(a, b, sets, n_boot)
+        (na, ma, da, iva), (nb, mb, db, ivb) = sides["A"], sides["B"]
+        res.points = (iva, ivb)
+        res.sizes_a = (float(na.min()), float(na.max()))
+        res.at = float(pair.at) if pair.at else float(nb.max())
+        if len(na) < MIN_SIZES or len(nb) < MIN_SIZES:
             res.note = (f"needs >= {MIN_SIZES} pre-training sizes on both sides; A has "
-                        f"{', '.join(fmt_size(s) for s in sorted(pa_)) or 'none'}, B has "
-                        f"{', '.join(fmt_size(s) for s in sorted(pb_)) or 'none'}")
+                        f"{', '.join(fmt_size(s) for s in sorted(na)) or 'none'}, B has "
+                        f"{', '.join(fmt_size(s) for s in sorted(nb)) or 'none'}")
             continue
         try:
-            fa, fb = fit_power_law(pa_, name="A"), fit_power_law(pb_, name="B")
+            fa = fit_power_law(list(zip(na, ma)), name="A")
+            fb = fit_power_law(list(zip(nb, mb)), name="B")
             res.fits = (fa, fb)
             res.target = float(fb(res.at))
-            res.estimate, res.lo, res.hi = bootstrap_multiplier(pa_, pb_, res.at, n_boot=n_boot, seed=0)
+            res.estimate, res.lo, res.hi = multiplier_interval(na, ma, da, nb, mb, db, res.at)
         except MultiplierError as exc:
             res.note = str(exc)
             continue
         n_a = res.estimate * res.at
-        if fa.b * float(min(pa_)) ** -fa.c < 1e-6:
+        shown = res.shown()[0]
+        if fa.b * float(na.min()) ** -fa.c < 1e-6:
             res.note = ("A's fitted curve is flat: its score does not grow with its size over "
-                        f"{fmt_size(min(pa_))}-{fmt_size(max(pa_))}, so no multiplier is meaningful")
+                        f"{fmt_size(na.min())}-{fmt_size(na.max())}, so no multiplier is meaningful")
             res.estimate, res.lo, res.hi = math.nan, math.nan, math.nan
         elif not math.isfinite(n_a):
-            res.note = "A's fitted asymptote stays below B's score: no amount of A's data matches it"
-        elif n_a > 2 * max(pa_) or n_a < min(pa_) / 2:
+            res.note = (f"A's fitted asymptote stays below B's score: no amount of A's data matches it; reported "
+                        f"as more than {EXTRAPOLATION:g}× A's largest measured size")
+        elif shown.is_bound:
+            side = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
+            res.note = (f"A's fit matches B's score only {side} measured size ({fmt_size(na.min())}-"
+                        f"{fmt_size(na.max())}): reported as a bound, not extrapolated")
+        elif n_a > 2 * na.max() or n_a < na.min() / 2:
             res.note = (f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
-                        f"{fmt_size(min(pa_))}-{fmt_size(max(pa_))}")
+                        f"{fmt_size(na.min())}-{fmt_size(na.max())}")
+        if math.isfinite(res.lo) and res.lo <= 1 <= res.hi:
+            res.note = "; ".join(filter(None, [res.note, "the interval includes 1×: A and B are equally "
+                                                         "data-efficient within noise"]))
     return results, desc[0], desc[1]
 
 
-def _fmt_mult(value: float) -> str:
-    if math.isnan(value):
+def _interval_text(r: MultiplierResult) -> str:
+    _, lo, hi = r.shown()
+    if not lo.relation:
         return ""
-    if math.isinf(value):
-        return "∞"
-    return f"{value:.3g}"
+    if lo.is_bound and lo.relation == hi.relation:  # the whole interval lies beyond the measured range
+        return f"{lo.text()} (whole interval)"
+    return f"{lo.text()} – {hi.text()}"
 
 
 def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[MultiplierPair] | None = None,
                        n_boot: int = 200) -> str:
     """The data multiplier per pair and shot count, with fits and bootstrap intervals."""
     explain = ("<p>For configuration A against reference B: each curve (mean score over the sets both have, "
-               "per seed replicate) is fitted with a saturating power law <code>score(n) = a − b·n<sup>−c</sup></code>; "
-               "the multiplier is the factor of B's samples that A needs to reach B's score at n<sub>B</sub> "
-               f"(B's largest size unless set). Interval: 95% bootstrap over seed replicates ({n_boot} draws). "
+               "per pre-training size) is fitted with a saturating power law "
+               "<code>score(n) = a − b·n<sup>−c</sup></code>; the multiplier is the factor of B's samples that A "
+               "needs to reach B's score at n<sub>B</sub> (B's largest size unless set). Interval: 95% bootstrap "
+               f"({n_boot} draws) over pre-training seeds, then eval seeds within them, stratified by set, both "
+               f"curves refitted per draw. Where A's matched size lies more than {EXTRAPOLATION:g}× outside A's "
+               "measured sizes the report gives a bound (“more than …”), not an extrapolated number. "
                "Choose pairs with <code>tbench report --multiplier 'source=laion,method=clip vs "
                "source=imagenet,method=supervised@3000'</code>.</p>")
     if runs_ok.empty:
@@ -491,26 +539,55 @@ def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[Mul
     return "\n".join(parts)
 
 
+def _matched_size_text(r: MultiplierResult) -> str:
+    shown = r.shown()[0]
+    if not shown.relation:
+        return ""
+    n = fmt_size(round(shown.value * r.at))
+    return n if shown.relation == "=" else f"{shown.relation} {n}"
+
+
+def _multiplier_headline(r: MultiplierResult) -> str:
+    est, lo, hi = r.shown()
+    where = (f"to match B's score {fmt_num(r.target)} at n<sub>B</sub>={esc(fmt_size(r.at))}")
+    interval = f"95% interval {esc(_interval_text(r))}"
+    at = f"At {html.escape(shots_title(r.shot))}"
+    if est.relation == "=":
+        text = f"<b>{at}, A needs {esc(est.text())}× ({interval}) the samples of B</b> {where}."
+    elif est.relation == ">":
+        why = ("A's fitted curve levels off below that score" if math.isinf(r.estimate) else
+               f"A's fit reaches that score only beyond {EXTRAPOLATION:g}× A's largest measured size "
+               f"({esc(fmt_size(r.sizes_a[1]))}), further than the fit is trusted")
+        text = (f"<b>{at}, A needs more than {esc(fmt_factor(est.value))}× the samples of B</b> {where}: {why} "
+                f"({interval}).")
+    else:
+        text = (f"<b>{at}, A needs less than {esc(fmt_factor(est.value))}× the samples of B</b> {where}: its fit "
+                f"reaches that score below a tenth of A's smallest measured size ({esc(fmt_size(r.sizes_a[0]))}), "
+                f"further than the fit is trusted ({interval}).")
+    if math.isfinite(r.lo) and r.lo <= 1 <= r.hi:
+        text += " The interval includes 1×: within noise, A and B are equally data-efficient."
+    return f"<p>{text}</p>"
+
+
 def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str,
                      index: int, out_dir: Path) -> str:
     head = f"<h3>A = {esc(desc_a)} &nbsp;vs&nbsp; B = {esc(desc_b)} ({esc(pair.protocol)})</h3>"
-    rows, headline = [], ""
+    rows = []
     for r in results:
-        interval = f"{_fmt_mult(r.lo)} – {_fmt_mult(r.hi)}" if not math.isnan(r.lo) else ""
-        n_a = r.estimate * r.at if math.isfinite(r.estimate) and math.isfinite(r.at) else math.nan
+        est = r.shown()[0]
         rows.append([html.escape(shots_title(r.shot)), esc(fmt_size(r.at) if math.isfinite(r.at) else ""),
-                     fmt_num(r.target), esc(fmt_size(round(n_a)) if math.isfinite(n_a) else ("∞" if math.isinf(n_a) else "")),
-                     f"<b>{_fmt_mult(r.estimate)}</b>", interval,
+                     fmt_num(r.target), esc(_matched_size_text(r)),
+                     f"<b>{esc(est.text())}</b>" if est.relation else "", esc(_interval_text(r)),
                      f"{fmt_num(r.fits[0].rmse, 4)} / {fmt_num(r.fits[1].rmse, 4)}" if r.fits else "",
                      esc(r.note)])
     good = [r for r in results if not math.isnan(r.estimate)]
-    if good:
-        r = good[-1]  # full data when present, else the most shots
-        headline = (f"<p><b>At {html.escape(shots_title(r.shot))}, A needs {_fmt_mult(r.estimate)}× "
-                    f"(95% interval {_fmt_mult(r.lo)}–{_fmt_mult(r.hi)}) the samples of B</b> to match B's score "
-                    f"{fmt_num(r.target)} at n<sub>B</sub>={esc(fmt_size(r.at))}.</p>")
-    table = html_table(["shots", "n<sub>B</sub>", "B's score", "n<sub>A</sub> to match", "multiplier",
-                        "95% interval", "fit rmse A / B", "note"], rows)
+    headline = _multiplier_headline(good[-1]) if good else ""  # full data when present, else the most shots
+    seeds = [iv.n_pretrain_seeds for r in results if r.points for side in r.points for iv in side.values()]
+    note = seed_note(seeds)
+    if note:
+        headline += f'<p class="data">Intervals: {html.escape(note)}.</p>'
+    table = html_table(["shots", "n<sub>B</sub>", "B's score", "n<sub>A</sub> to match", "multiplier (×)",
+                        "95% interval (×)", "fit rmse A / B", "note"], rows)
     drawn = [r for r in results if r.points]
     if not drawn:
         return head + headline + table
@@ -519,32 +596,44 @@ def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, r in zip(axes, drawn):
         pa_, pb_ = r.points
-        every = [*pa_, *pb_]
-        if math.isfinite(r.estimate) and math.isfinite(r.at):
-            every.append(r.estimate * r.at)
-        grid = np.logspace(math.log10(min(every) / 1.5), math.log10(max(every) * 1.5), 80)
+        est = r.shown()[0]
+        every = [*pa_, *pb_] + ([r.at] if math.isfinite(r.at) else [])
+        if est.relation == "=":  # a bound is never drawn: the axis stays within 10x of the measured sizes
+            every.append(est.value * r.at)
+        lo_x, hi_x = min(every) / 1.5, max(every) * 1.5
+        grid = np.logspace(math.log10(lo_x), math.log10(hi_x), 80)
         for (pts, colour, name), fit in zip(((pa_, "C0", "A"), (pb_, "C3", "B")), r.fits or (None, None)):
             xs = sorted(pts)
-            stats = [spread(pts[x]) for x in xs]
-            ax.errorbar(xs, [s[0] for s in stats], yerr=[[s[0] - s[1] for s in stats], [s[2] - s[0] for s in stats]],
+            ivs = [pts[x] for x in xs]
+            ax.errorbar(xs, [iv.estimate for iv in ivs],
+                        yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]],
                         fmt="o", color=colour, markersize=4, capsize=2, label=name)
             if fit is not None:
                 ax.plot(grid, fit(grid), color=colour, linewidth=1.2, alpha=0.8)
         if math.isfinite(r.target):
             ax.axhline(r.target, color="0.3", linestyle=":", linewidth=1)
             ax.axvline(r.at, color="C3", linestyle="--", linewidth=0.8)
-            if math.isfinite(r.estimate):
-                ax.axvline(r.estimate * r.at, color="C0", linestyle="--", linewidth=0.8)
-        ax.set_xscale("log")
-        _style_panel(ax, f"{shots_title(r.shot)}: ×{_fmt_mult(r.estimate)}" if not math.isnan(r.estimate)
-                     else f"{shots_title(r.shot)}: not estimated", "pre-training samples", legend=7)
+            if est.relation == "=":
+                ax.axvline(est.value * r.at, color="C0", linestyle="--", linewidth=0.8)
+        ax.set_xlim(lo_x, hi_x)
+        log_size_axis(ax)
+        title = f"{shots_title(r.shot)}: not estimated"
+        if est.relation:
+            interval = _interval_text(r).replace(" (whole interval)", "")
+            title = f"{shots_title(r.shot)}: {est.text()}×" + (f" [{interval}]" if "–" in _interval_text(r) else "")
+        if est.is_bound:
+            title += ("\nA's fit levels off below B's score" if math.isinf(r.estimate) else
+                      f"\nA's fit matches B only {'beyond 10× its largest' if est.relation == '>' else 'below a tenth of its smallest'} size")
+        _style_panel(ax, title, "pre-training samples", legend=7)
     for ax in axes[len(drawn):]:
         ax.set_visible(False)
     fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
     _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
     name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
-    caption = ("Points: mean over seed replicates with 95% intervals; lines: the fitted power laws; dotted: "
-               "B's score at n_B (red dashed); blue dashed: the n at which A's fit reaches it.")
+    caption = ("Points: mean score over the common sets with 95% intervals (pre-training seeds, then eval seeds); "
+               "lines: the fitted power laws; dotted: B's score at n_B (red dashed); blue dashed: the n at which "
+               f"A's fit reaches it, drawn only within {EXTRAPOLATION:g}× of A's measured sizes (beyond, the "
+               "multiplier is a bound).")
     return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
 
 
@@ -565,13 +654,14 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
     parts = ["<p>Each pre-training run evaluated at several checkpoint epochs: as a frozen feature extractor "
              f"(<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
              f"(<code>{'</code>, <code>'.join(FT_PROTOCOLS)}</code>, FT). Stars mark each curve's best epoch; "
-             "bands are over seeds. Deng et al. (ICCV 2023) found FE can peak before the end of pre-training "
-             "while FT keeps improving.</p>"]
-    table_rows, summary = [], {"FE": [0, 0], "FT": [0, 0]}
+             "bands are 95% bootstrap intervals over eval seeds (one pre-training run per figure, so the "
+             "pre-training seed's variance is not in them). Deng et al. (ICCV 2023) found FE can peak before "
+             "the end of pre-training while FT keeps improving.</p>"]
+    table_rows, summary = [], {"FE": [0, 0, 0], "FT": [0, 0, 0]}
     for index, pkey in enumerate(keys):
         run = pre[pre["pretrain_key"] == pkey]
         label = config_label(run["_line"].iloc[0], run["pretrain_size"].iloc[0])
-        series = _checkpoint_series(run)
+        series, curve_rows = _checkpoint_series(run)
         sets = sorted({ds for (_, ds) in series})
         if not sets:
             continue
@@ -586,19 +676,25 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
                 if not points:
                     continue
                 epochs = sorted(points)
-                stats = [spread(points[e]) for e in epochs]
-                means = [s[0] for s in stats]
+                means = [points[e].estimate for e in epochs]
                 style = "-" if name.startswith("FE") else "--"
                 ax.plot(epochs, means, style, color=colours[name], marker="o", markersize=3, label=name)
-                ax.fill_between(epochs, [s[1] for s in stats], [s[2] for s in stats], color=colours[name],
-                                alpha=0.15, linewidth=0)
+                ax.fill_between(epochs, [points[e].lo for e in epochs], [points[e].hi for e in epochs],
+                                color=colours[name], alpha=0.15, linewidth=0)
                 best = int(np.nanargmax(means))
                 ax.plot([epochs[best]], [means[best]], marker="*", markersize=11, color=colours[name])
                 kind = "FE" if name.startswith("FE") else "FT"
+                gap_text = ""
+                if epochs[best] < epochs[-1]:
+                    curve = curve_rows[(curve_rows["_curve"] == name) & (curve_rows["downstream"] == ds_name)]
+                    gap = paired_difference(curve[curve["checkpoint_epoch"] == epochs[best]],
+                                            curve[curve["checkpoint_epoch"] == epochs[-1]], strata=None)
+                    summary[kind][2] += gap.excludes_zero()
+                    gap_text = difference_text(gap, 1, 3)
                 summary[kind][0] += epochs[best] < epochs[-1]
                 summary[kind][1] += 1
                 table_rows.append([esc(label), esc(ds_name), esc(name), str(epochs[best]), fmt_num(means[best]),
-                                   str(epochs[-1]), fmt_num(means[-1]), fmt_num(means[best] - means[-1])])
+                                   str(epochs[-1]), fmt_num(means[-1]), esc(gap_text or fmt_num(means[best] - means[-1]))])
             _style_panel(ax, ds_name, "checkpoint epoch", legend=6, integer_x=True)
         for ax in axes[len(sets):]:
             ax.set_visible(False)
@@ -608,27 +704,36 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
         parts.append(f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}",
                                                             f"pre-training run {pkey}"))
     lines = [f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
-             for kind, (n, total) in summary.items() if total]
+             + (f", {beyond} of them by more than noise (the best − last interval excludes 0)" if n else "")
+             for kind, (n, total, beyond) in summary.items() if total]
     parts.append(f"<p>{html.escape('; '.join(lines))}.</p>")
-    parts.append(html_table(["run", "set", "curve", "best epoch", "score", "last epoch", "score", "best − last"],
-                            table_rows))
+    parts.append(html_table(["run", "set", "curve", "best epoch", "score", "last epoch", "score",
+                             "best − last, 95% interval (paired on eval seeds)"], table_rows))
     return "\n".join(parts)
 
 
-def _checkpoint_series(run: pd.DataFrame) -> dict[tuple[str, str], dict[int, list[float]]]:
-    """(curve name, set) -> epoch -> scores over seeds; FE at full data and at the fewest shots, FT at full data."""
-    out: dict[tuple[str, str], dict[int, list[float]]] = {}
+def _checkpoint_series(run: pd.DataFrame) -> tuple[dict[tuple[str, str], dict[int, Interval]], pd.DataFrame]:
+    """(curve name, set) -> epoch -> the score's interval over seeds (two-level bootstrap), and
+    the rows behind them (with their curve name in ``_curve``); FE at full data and at the
+    fewest shots, FT at every shot count."""
+    parts = []
     fe = run[run["protocol"] == FE_PROTOCOL]
     few = [s for s in fe["_shots"].unique() if 0 < s < math.inf]
     chosen = ([min(few)] if few else []) + ([math.inf] if (fe["_shots"] == math.inf).any() else [])
     for shot in chosen:
-        for (ds_name, epoch), g in fe[fe["_shots"] == shot].groupby(["downstream", "checkpoint_epoch"]):
-            out.setdefault((f"FE {FE_PROTOCOL}, {_shot_cols([shot])[0]}", ds_name), {})[int(epoch)] = g["score"].tolist()
+        parts.append(fe[fe["_shots"] == shot].assign(_curve=f"FE {FE_PROTOCOL}, {_shot_cols([shot])[0]}"))
     for protocol in FT_PROTOCOLS:
         ft = run[run["protocol"] == protocol]
-        for (ds_name, shot, epoch), g in ft.groupby(["downstream", "_shots", "checkpoint_epoch"]):
-            out.setdefault((f"FT {protocol}, {_shot_cols([shot])[0]}", ds_name), {})[int(epoch)] = g["score"].tolist()
-    return {k: v for k, v in out.items() if len(v) >= 2}
+        for shot in sorted(ft["_shots"].unique()):
+            parts.append(ft[ft["_shots"] == shot].assign(_curve=f"FT {protocol}, {_shot_cols([shot])[0]}"))
+    if not parts:
+        return {}, run.iloc[:0].assign(_curve=pd.Series(dtype=object))
+    rows = pd.concat(parts)
+    out: dict[tuple[str, str], dict[int, Interval]] = {}
+    for (name, ds_name, epoch), iv in hierarchical_bootstrap(rows, ["_curve", "downstream", "checkpoint_epoch"],
+                                                             strata=None).intervals().items():
+        out.setdefault((name, ds_name), {})[int(epoch)] = iv
+    return {k: v for k, v in out.items() if len(v) >= 2}, rows
 
 
 # --------------------------------------------------------------------------- spectra

@@ -3,9 +3,13 @@
 ``build_synthetic_store(root)`` writes, with known ground truth:
 
 - linear-probe rows for 2 sources x 2 methods (plus the labelled source under supervised
-  training) at several sizes, 2 sets, 1/10/full shots and 3 seeds, on curves
-  ``score(n) = A - B * (n * efficiency) ** -C`` so that the data multiplier between two
-  configurations is the ratio of their efficiencies (:data:`PLANTED_MULTIPLIER`);
+  training) at several sizes, 2 sets, 1/10/full shots, 2 pre-training seeds and 3 eval seeds,
+  on curves ``score(n) = A - B * (n * efficiency) ** -C`` so that the data multiplier between
+  two configurations is the ratio of their efficiencies (:data:`PLANTED_MULTIPLIER`);
+- every row of a world source carries the world's ``declared_similarity`` (:data:`SIMILARITY`),
+  and SimCLR scores rise with it by :data:`SIM_GAIN` per unit; four more sources under SimCLR
+  at :data:`CALIBRATION_SIZE` make six sources at one size, method and budget: the
+  calibration section's points, whose gain over random init ranks with the similarity;
 - a random-init floor and a failed row;
 - one pre-training run evaluated at 4 checkpoint epochs as a feature extractor (linear, peaks
   at epoch 2) and as a fine-tuning start (finetune, improves every epoch), with its spectra;
@@ -29,13 +33,28 @@ SIZES = (1_000, 4_000, 16_000, 64_000)
 SETS = ("cifar100", "pets")
 SHOTS = (1, 10, None)
 SEEDS = (0, 1, 2)
+"""Eval seeds."""
+PRETRAIN_SEEDS = (0, 1)
+PRETRAIN_NOISE = 0.001
+"""Standard deviation of the per-(configuration, pre-training seed) shift of every score."""
 EPOCHS = 4
 LABELLED = "imagenet"
 LABELLED_SIZES = (500, 2_000, 8_000)
 
 A, B, C = 0.9, 2.0, 0.3  # score(n) = A - B * n ** -C before per-set and per-shot offsets
+CALIBRATION_SOURCES = ("yfcc", "redcaps", "wit", "cc3m")
+"""Sources trained only at :data:`CALIBRATION_SIZE` under SimCLR."""
+CALIBRATION_SIZE = 4_000
 EFFICIENCY = {("laion", "clip"): 1.0, ("laion", "simclr"): 0.5, ("cc12m", "clip"): 0.7,
-              ("cc12m", "simclr"): 0.35, (LABELLED, "supervised"): 8.0}
+              ("cc12m", "simclr"): 0.35, (LABELLED, "supervised"): 8.0,
+              **{(s, "simclr"): 0.5 for s in CALIBRATION_SOURCES}}
+SIMILARITY = {"laion": {"cifar100": 0.55, "pets": 0.60}, "cc12m": {"cifar100": 0.50, "pets": 0.45},
+              "yfcc": {"cifar100": 0.35, "pets": 0.30}, "redcaps": {"cifar100": 0.40, "pets": 0.70},
+              "wit": {"cifar100": 0.25, "pets": 0.20}, "cc3m": {"cifar100": 0.45, "pets": 0.50},
+              LABELLED: {"cifar100": 0.70, "pets": 0.65}}
+"""The world's declared similarity[source][set] of the synthetic study."""
+SIM_GAIN = 0.4
+"""SimCLR scores rise by this much per unit of declared similarity (centred at 0.5)."""
 PLANTED_MULTIPLIER = EFFICIENCY[(LABELLED, "supervised")] / EFFICIENCY[("laion", "clip")]
 """How many times more samples laion/clip needs than imagenet/supervised, at every shot count."""
 SET_OFFSET = {"cifar100": -0.05, "pets": 0.05}
@@ -49,15 +68,17 @@ NOW = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
 def truth(n: float, source: str, method: str, ds_name: str, shots: int | None) -> float:
     """The planted score of a configuration (before seed noise)."""
     shot_penalty = 0.0 if shots is None else 0.1 / math.sqrt(shots)
-    return A - B * (n * EFFICIENCY[(source, method)]) ** -C + SET_OFFSET[ds_name] - shot_penalty
+    similar = SIM_GAIN * (SIMILARITY[source][ds_name] - 0.5) if method == "simclr" else 0.0
+    return A - B * (n * EFFICIENCY[(source, method)]) ** -C + SET_OFFSET[ds_name] - shot_penalty + similar
 
 
-def _row(pkey: str, source: str, method: str, size: int, epoch: int, **extra) -> dict:
+def _row(pkey: str, source: str, method: str, size: int, epoch: int, seed: int = 0, **extra) -> dict:
     return {
         "spec": "synthetic", "created_at": NOW, "status": "ok", "pretrain_key": pkey, "source": source,
         "curation": "none", "label_noise": 0.0, "pretrain_size": size, "method": method,
-        "backbone": "resnet18", "checkpoint_epoch": epoch, "pretrain_epochs": EPOCHS, "pretrain_seed": 0,
-        "num_classes": 10, "metric": "top1", "chance": 0.1, "hparams": {"lr": 0.1}, **extra,
+        "backbone": "resnet18", "checkpoint_epoch": epoch, "pretrain_epochs": EPOCHS, "pretrain_seed": seed,
+        "num_classes": 10, "metric": "top1", "chance": 0.1, "hparams": {"lr": 0.1},
+        "declared_similarity": SIMILARITY.get(source, {}).get(extra.get("downstream")), **extra,
     }
 
 
@@ -89,21 +110,27 @@ def build_synthetic_store(root) -> Store:
     store = Store(root)
     configs = [(s, m, n) for s in SOURCES for m in METHODS for n in SIZES]
     configs += [(LABELLED, "supervised", n) for n in LABELLED_SIZES]
-    for source, method, size in configs:
-        pkey = f"pt-{source}-{method}-{size}"
-        epochs = range(1, EPOCHS + 1) if (source, method, size) == MID_RUN else (EPOCHS,)
+    configs += [(s, "simclr", CALIBRATION_SIZE) for s in CALIBRATION_SOURCES]
+    for (source, method, size), pseed in ((c, p) for c in configs for p in PRETRAIN_SEEDS):
+        pkey = f"pt-{source}-{method}-{size}" + (f"-s{pseed}" if pseed else "")
+        shift = rng.normal(0, PRETRAIN_NOISE)  # this pre-training run's luck, shared by its sets and shots
+        # the mid-training checkpoints, fine-tuning and spectra: pre-training seed 0 only
+        first = pseed == PRETRAIN_SEEDS[0]
+        epochs = range(1, EPOCHS + 1) if (source, method, size) == MID_RUN and first else (EPOCHS,)
         for epoch in epochs:
             rows, curves = [], []
             for ds_name in SETS:
                 for shots in SHOTS:
                     for seed in SEEDS:
-                        score = truth(size, source, method, ds_name, shots)
+                        score = truth(size, source, method, ds_name, shots) + shift
                         score += 0.03 * ((EPOCHS - 2) ** 2 - (epoch - 2) ** 2)  # peaks at epoch 2, truth at the last
-                        rows.append(_row(pkey, source, method, size, epoch,
+                        rows.append(_row(pkey, source, method, size, epoch, pseed,
                                          key=f"{pkey}-e{epoch}-{ds_name}-{shots_label(shots)}-{seed}",
                                          job_key=f"ev-{pkey}-e{epoch}-{ds_name}", downstream=ds_name,
                                          protocol="linear", shots=shots, eval_seed=seed,
                                          score=score + rng.normal(0, SEED_NOISE), top1=score))
+                if not first or source in CALIBRATION_SOURCES:
+                    continue
                 if size == max(SIZES) or (source, method) == (LABELLED, "supervised") and size == max(LABELLED_SIZES):
                     # fine-tuning from this checkpoint: better with every epoch of pre-training
                     ft = truth(size, source, method, ds_name, None) + 0.05 + 0.02 * epoch
@@ -115,7 +142,7 @@ def build_synthetic_store(root) -> Store:
             store.write_part("runs", f"ev-{pkey}-e{epoch}", rows)
             if curves:
                 store.write_part("curves", f"ft-{pkey}-e{epoch}", curves)
-            if (source, method, size) == MID_RUN:
+            if (source, method, size) == MID_RUN and first:
                 spectra = []
                 sv, k80, erank = _spectrum(epoch)
                 for ds_name in SETS:
@@ -160,3 +187,39 @@ def build_synthetic_store(root) -> Store:
          "num_classes": 10, "funnel": {"labels": 1100}},
     ])
     return store
+
+
+def calibration_rows(similarity: dict[str, dict[str, float]], gain: dict[str, dict[str, float]], *,
+                     floor: float = 0.2, pretrain_seeds=(0, 1), eval_seeds=(0, 1, 2), shots=(10, None),
+                     pretrain_noise: float = 0.01, eval_noise: float = 0.01, size: int = 3_000,
+                     method: str = "simclr", seed: int = 0) -> list[dict]:
+    """Linear rows of every source in ``similarity`` at one (size, method, budget) on every set, whose
+    mean score is ``floor + gain[source][set]``, with per-(source, pre-training seed) and per-(set, eval
+    seed) effects and noise, plus the random-init floor's rows (declared similarity as the world writes it)."""
+    rng = np.random.default_rng(seed)
+    sets = sorted({d for per in similarity.values() for d in per})
+    luck = {(d, s, e): rng.normal(0, eval_noise) for d in sets for s in shots for e in eval_seeds}  # k-shot draw
+    rows = []
+    for source in similarity:
+        for p in pretrain_seeds:
+            shift = rng.normal(0, pretrain_noise)
+            for d in sets:
+                for s in shots:
+                    for e in eval_seeds:
+                        rows.append({"key": f"{source}-{p}-{d}-{shots_label(s)}-{e}", "status": "ok",
+                                     "source": source, "method": method, "curation": "none", "label_noise": 0.0,
+                                     "pretrain_size": size, "pretrain_epochs": 10, "backbone": "resnet18",
+                                     "pretrain_seed": p, "pretrain_key": f"pt-{source}-{p}", "checkpoint_epoch": 10,
+                                     "protocol": "linear", "downstream": d, "shots": s, "eval_seed": e,
+                                     "declared_similarity": similarity[source][d], "metric": "top1", "chance": 0.05,
+                                     "score": floor + gain[source][d] + shift + luck[(d, s, e)]
+                                     + rng.normal(0, eval_noise / 3)})
+    for d in sets:
+        for s in shots:
+            for e in eval_seeds:
+                rows.append({"key": f"floor-{d}-{shots_label(s)}-{e}", "status": "ok", "source": "none",
+                             "method": "none", "curation": "none", "label_noise": 0.0, "pretrain_size": 0,
+                             "backbone": "resnet18", "pretrain_seed": 0, "pretrain_key": "init", "checkpoint_epoch": 0,
+                             "protocol": "linear", "downstream": d, "shots": s, "eval_seed": e, "metric": "top1",
+                             "chance": 0.05, "score": floor + luck[(d, s, e)] + rng.normal(0, eval_noise / 3)})
+    return rows

@@ -14,8 +14,8 @@ from results.sections import MultiplierPair, ReportError, compute_multiplier, mi
 from results.store import Store
 from synthetic_store import LABELLED_SIZES, PLANTED_MULTIPLIER
 
-SECTIONS = ("overview", "scaling", "multiplier", "fewshot", "heatmap", "summary", "checkpoints", "spectra",
-            "convergence", "views", "missing")
+SECTIONS = ("overview", "scaling", "multiplier", "fewshot", "heatmap", "calibration", "summary", "checkpoints",
+            "spectra", "convergence", "views", "missing")
 
 
 @pytest.fixture
@@ -48,6 +48,7 @@ def test_report_from_synthetic_store(synthetic_report):
     assert len(by_section["multiplier"]) == 4
     assert by_section["fewshot"] == ["fewshot_linear.png"]
     assert by_section["heatmap"] == ["heatmap_linear_1.png", "heatmap_linear_full.png"]
+    assert by_section["calibration"] == ["calibration_1.png"]
     for sid in ("checkpoints", "spectra", "convergence", "views"):
         assert len(by_section[sid]) == 1, sid
     # only the missing-runs table needs a plan; every other section has data
@@ -66,8 +67,16 @@ def test_report_from_synthetic_store(synthetic_report):
     # the planted mid-training peak: linear (FE) peaks at epoch 2 of 4, fine-tuning (FT) at the last
     assert "FE peaks before the last evaluated epoch in 4 of 4" in sections["checkpoints"]
     assert "FT peaks before the last evaluated epoch in 0 of 2" in sections["checkpoints"]
-    # the headline sentence of the data multiplier
+    # the headline sentence of the data multiplier, never an extrapolated power of ten or infinity
     assert "At full data, A needs" in sections["multiplier"]
+    assert "∞" not in sections["multiplier"] and not re.search(r"\de\+\d", sections["multiplier"])
+    # intervals over pre-training seeds (the synthetic study has two), and the comparisons say so
+    assert "over pre-training seeds, then eval seeds" in sections["scaling"]
+    assert "95% interval" in sections["summary"] and "2×3" in sections["summary"]
+    assert re.search(r"best − worst.*95% interval", sections["fewshot"])
+    # the calibration: six sources at one size under SimCLR, whose gain rises with the declared similarity
+    assert "simclr · n=4k · 4 epochs · resnet18 (6 sources)" in sections["calibration"]
+    assert "measured gains rank with the declared similarity" in sections["calibration"]
 
 
 def test_report_recovers_the_planted_multiplier(synthetic_store_root):
@@ -116,6 +125,7 @@ def test_report_from_empty_store(tmp_path):
             assert "<figure>" not in sections[sid], sid
     assert "No data yet for scaling curves" in page
     assert "No data yet for the data multiplier" in page
+    assert "Too few sources for the calibration" in sections["calibration"]
     assert "No failed runs" in page
     assert "No rows yet for views" in page
     assert "Sections without data yet: Overview, Scaling curves" in page
@@ -156,3 +166,30 @@ def test_final_checkpoints_keeps_last_epoch(tmp_path):
     ])
     kept = final_checkpoints(store.read("runs"))
     assert sorted(kept["key"]) == ["e3", "s"]
+
+
+def test_summary_table_prints_intervals(synthetic_store_root):
+    """The table `tbench run` prints: mean x100 over sets and seeds with its 95% interval per shot count."""
+    import io
+
+    from rich.console import Console
+
+    from results.summary import results_table, summary_intervals
+
+    buf = io.StringIO()
+    Console(file=buf, width=200).print(results_table(synthetic_store_root))
+    text = buf.getvalue()
+    line = next(ln for ln in text.splitlines() if "clip laion n=16000" in ln and "linear" in ln)
+    cells = re.findall(r"(\d+\.\d) \[(\d+\.\d),(\d+\.\d)\]", line)
+    assert len(cells) == 3  # 1 shot, 10 shots, full data
+    for est, lo, hi in cells:
+        assert float(lo) <= float(est) <= float(hi) and float(hi) - float(lo) < 2
+    assert "2×3" in line  # pre-training x eval seeds
+    assert "bootstrap over pre-training seeds, then eval seeds" in text and "two pre-training seeds" in text
+    runs = Store(synthetic_store_root).read("runs")
+    long = summary_intervals(runs, n_boot=100)
+    row = long[(long["pre-training"] == "clip laion n=16000") & (long["shots"] == "full")].iloc[0]
+    rows = runs[(runs["source"] == "laion") & (runs["method"] == "clip") & (runs["pretrain_size"] == 16000)
+                & runs["shots"].isna() & (runs["protocol"] == "linear")]
+    assert row["estimate"] == pytest.approx(rows.groupby("downstream")["score"].mean().mean())
+    assert (row["n_pretrain_seeds"], row["n_eval_seeds"], row["sets"]) == (2, 3, 2)
