@@ -50,26 +50,47 @@ def _grads(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {n: p.grad.detach().clone() for n, p in model.named_parameters() if p.grad is not None}
 
 
-def _worker(rank: int, world_size: int, port: int, args: dict[str, Any], out: str) -> None:
+def _rank_loss_and_grads(rank: int, world_size: int, args: dict[str, Any]) -> dict[str, Any]:
+    """One rank's share of the check; its DDP module (which holds the process group) is freed on return."""
     import torch.distributed as dist
 
     from pretrain.methods import LossContext
 
+    entry, model = _build(args["method"], args["backbone"], args["image_size"], args["num_classes"], args["hparams"])
+    ddp = torch.nn.parallel.DistributedDataParallel(model)
+    n = args["batch"]["__n__"] // world_size
+    local = {k: v[rank * n:(rank + 1) * n] for k, v in args["batch"].items() if k != "__n__"}
+    out = entry.loss(ddp, local, LossContext(rank=rank, world_size=world_size))
+    out["loss"].backward()
+    loss = out["loss"].detach().clone()
+    dist.all_reduce(loss)
+    return {"loss": loss / world_size, "grads": _grads(model)}
+
+
+def _worker(rank: int, world_size: int, port: int, args: dict[str, Any], out: str) -> None:
+    import gc
+    import weakref
+
+    import torch.distributed as dist
+    # Before the process group exists, on purpose: imported after it (DDP's constructor imports it
+    # through torch._dynamo), torch.distributed.nn.functional binds the group as the default
+    # ``group`` argument of ten functions. The group then outlives destroy_process_group, and its
+    # gloo threads run on into interpreter exit, whose teardown now and then aborts the process
+    # (SIGABRT, "terminate called without an active exception").
+    import torch.distributed.nn  # noqa: F401
+
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    group = weakref.ref(dist.group.WORLD)
     try:
-        entry, model = _build(args["method"], args["backbone"], args["image_size"], args["num_classes"], args["hparams"])
-        ddp = torch.nn.parallel.DistributedDataParallel(model)
-        n = args["batch"]["__n__"] // world_size
-        local = {k: v[rank * n:(rank + 1) * n] for k, v in args["batch"].items() if k != "__n__"}
-        out_ = entry.loss(ddp, local, LossContext(rank=rank, world_size=world_size))
-        out_["loss"].backward()
-        loss = out_["loss"].detach().clone()
-        dist.all_reduce(loss)
-        if rank == 0:
-            torch.save({"loss": loss / world_size, "grads": _grads(model)}, out)
+        result = _rank_loss_and_grads(rank, world_size, args)
     finally:
         dist.destroy_process_group()
+    gc.collect()
+    if group() is not None:  # its threads would still be running when this process exits
+        raise RuntimeError(f"rank {rank}: the process group is still referenced after destroy_process_group")
+    if rank == 0:
+        torch.save(result, out)
 
 
 def _free_port() -> int:
