@@ -94,11 +94,13 @@ def _aggregate_cells(curves: pd.DataFrame) -> dict[tuple[str, float], _Cell]:
         return cells
     frame = curves.assign(_size=curves["pretrain_size"].astype(float))
     table = hierarchical_bootstrap(frame, ["downstream", "_shots", "_line", "_size"], strata=None).table()
-    for (ds_name, shot, line), part in table.groupby(["downstream", "_shots", "_line"], sort=False):
-        part = part.sort_values("_size")
-        cells.setdefault((ds_name, shot), []).append(
-            (line, part["_size"].tolist(), part["estimate"].tolist(), part["lo"].tolist(), part["hi"].tolist())
-        )
+    points: dict[tuple, list[tuple[float, float, float, float]]] = {}
+    for ds_name, shot, line, size, est, lo, hi in zip(table["downstream"], table["_shots"], table["_line"],
+                                                      table["_size"], table["estimate"], table["lo"], table["hi"]):
+        points.setdefault((ds_name, shot, line), []).append((size, est, lo, hi))
+    for (ds_name, shot, line), values in points.items():
+        values.sort()
+        cells.setdefault((ds_name, shot), []).append((line, *map(list, zip(*values))))
     for drawn in cells.values():
         drawn.sort(key=lambda item: item[0].label)
     return cells

@@ -138,7 +138,7 @@ def fewshot_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
         return empty_note("No data yet for the few-shot picture: it needs a protocol (e.g. linear) "
                           "evaluated at two or more shot counts.")
     parts = ["<p>How far apart the pre-training configurations are at each shot count: mean score "
-             "over the downstream sets every configuration has (each set weighs the same), bands over seeds. "
+             "over the downstream sets every configuration has (each set weighs the same), bands: 95% intervals over pre-training seeds, then eval seeds. "
              "Configurations are compared at a matched pre-training size, the one most of them share.</p>"]
     for protocol in protocols:
         parts.append(_fewshot_protocol(df[df["protocol"] == protocol], protocol, out_dir))

@@ -93,7 +93,7 @@ N_BOOT = 1000
 """Bootstrap replicates of an interval (the report's means; the multiplier has its own)."""
 LEVEL = 0.95
 """Coverage of the intervals."""
-_CHUNK = 3_000_000
+_CHUNK = 1_000_000
 """Largest number of elements of one working array (replicates x groups x sets x seeds)."""
 _NO_SEED = -1
 """The seed of rows whose seed column is null (e.g. rows from before seeds were recorded)."""
@@ -245,14 +245,26 @@ def _same(a: Any, b: Any) -> bool:
 
 
 def percentile_interval(draws: np.ndarray, level: float = LEVEL) -> tuple[Any, Any]:
-    """The central ``level`` percentile interval of ``draws`` along axis 0 (NaN draws ignored)."""
+    """The central ``level`` percentile interval of ``draws`` along axis 0 (NaN draws ignored;
+    linear interpolation between order statistics, as :func:`numpy.quantile`)."""
+    arr = np.asarray(draws, dtype=float)
+    scalar = arr.ndim == 1
+    arr = np.sort(arr.reshape(len(arr), -1), axis=0)  # NaN sorts last
+    n = (~np.isnan(arr)).sum(axis=0)
     alpha = (1.0 - level) / 2
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)
-        lo, hi = np.nanquantile(np.asarray(draws, dtype=float), [alpha, 1 - alpha], axis=0)
-    if np.ndim(lo) == 0:
-        return float(lo), float(hi)
-    return lo, hi
+    bounds = []
+    for q in (alpha, 1 - alpha):
+        pos = q * np.maximum(n - 1, 0)
+        below = np.floor(pos).astype(int)
+        above = np.minimum(below + 1, np.maximum(n - 1, 0))
+        lo_v = np.take_along_axis(arr, below[None], axis=0)[0]
+        hi_v = np.take_along_axis(arr, above[None], axis=0)[0]
+        with np.errstate(invalid="ignore"):
+            value = lo_v + (pos - below) * (hi_v - lo_v)
+        bounds.append(np.where(n > 0, np.where(hi_v == lo_v, lo_v, value), np.nan))
+    if scalar:
+        return float(bounds[0][0]), float(bounds[1][0])
+    return bounds[0], bounds[1]
 
 
 def _check(rows: pd.DataFrame, need: Sequence[str], n_boot: int, level: float) -> None:
@@ -394,13 +406,27 @@ def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata
     ref = np.take_along_axis(lay.e_seeds, first[:, :, None, None], axis=2)  # (G, S, 1, E)
     crossed = ((lay.e_seeds == ref).all(axis=-1) | ~present).all(axis=-1)  # (G, S)
 
-    key_values = list(lay.keys.itertuples(index=False, name=None))
-    cache: dict[tuple, np.ndarray] = {}
-
-    def drawn(key: tuple, n: int) -> np.ndarray:
-        if key not in cache:
-            cache[key] = _counts(_stream(seed, key), n, n_boot)
-        return cache[key]
+    key_values = list(lay.keys.itertuples(index=False, name=None)) if (~crossed & has_set).any() else []  # nested streams
+    # one draw per distinct list of pre-training seeds, and per (set, list of eval seeds) of crossed cells
+    p_lists, p_of = np.unique(lay.p_seeds, axis=0, return_inverse=True)
+    p_draws = np.zeros((n_boot, len(p_lists), P))
+    for k, row in enumerate(p_lists):
+        seeds = row[row >= _NO_SEED]
+        if len(seeds):
+            p_draws[:, k, :len(seeds)] = _counts(_stream(seed, ("pretrain", tuple(seeds.tolist()))), len(seeds), n_boot)
+    shared, nested = crossed & has_set, ~crossed & has_set  # (G, S)
+    g_idx, s_idx = np.nonzero(shared)
+    e_of = np.full((G, S), -1)
+    e_draws = np.zeros((n_boot, 1, E))
+    if len(g_idx):
+        lists = np.column_stack([s_idx, lay.e_seeds[g_idx, s_idx, first[g_idx, s_idx]]])
+        e_lists, e_inv = np.unique(lists, axis=0, return_inverse=True)
+        e_of[g_idx, s_idx] = e_inv.ravel()
+        e_draws = np.zeros((n_boot, len(e_lists), E))
+        for k, row in enumerate(e_lists):
+            seeds = row[1:][row[1:] >= _NO_SEED]
+            e_draws[:, k, :len(seeds)] = _counts(_stream(seed, ("eval", lay.set_names[int(row[0])],
+                                                                tuple(seeds.tolist()))), len(seeds), n_boot)
 
     out = np.full((n_boot, G), np.nan)
     per_group = n_boot * S * max(P, E)
@@ -408,29 +434,22 @@ def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata
     x = np.nan_to_num(values)
     for start in range(0, G, step):
         gs = range(start, min(G, start + step))
-        cp = np.zeros((n_boot, len(gs), P))  # pre-training seed counts
-        ce = np.zeros((n_boot, len(gs), S, E))  # eval seed counts of crossed cells
-        for j, g in enumerate(gs):
-            if n_p[g]:
-                cp[:, j, :n_p[g]] = drawn(("pretrain", tuple(lay.p_seeds[g, :n_p[g]].tolist())), int(n_p[g]))
-            for s in range(S):
-                if crossed[g, s] and has_set[g, s]:
-                    p0 = first[g, s]
-                    ne = int(n_eval[g, s, p0])
-                    ce[:, j, s, :ne] = drawn(("eval", lay.set_names[s], tuple(lay.e_seeds[g, s, p0, :ne].tolist())), ne)
+        cp = p_draws[:, p_of.ravel()[start:start + len(gs)]]  # (B, g, P) pre-training seed counts
+        idx = e_of[start:start + len(gs)]  # (g, S)
+        ce = np.where((idx >= 0)[None, :, :, None], e_draws[:, np.maximum(idx, 0)], 0.0)  # (B, g, S, E)
         # mean over the drawn eval seeds of each (replicate, group, set, pre-training seed)
         xs = x[start:start + len(gs)]  # (g, S, P, E)
         sums = np.matmul(ce.transpose(1, 2, 0, 3), xs.transpose(0, 1, 3, 2)).transpose(2, 0, 1, 3)  # (B, g, S, P)
         totals = np.broadcast_to(ce.sum(axis=-1)[..., None], sums.shape).copy()
-        for j, g in enumerate(gs):
-            for s in np.flatnonzero(~crossed[g] & has_set[g]):
-                rng = _stream(seed, ("nested", key_values[g], lay.set_names[s]))
-                for p in np.flatnonzero(present[g, s]):
-                    ne = int(n_eval[g, s, p])
-                    # the eval draws of every drawn copy of seed p, pooled: Multinomial(copies * ne)
-                    c = rng.multinomial(cp[:, j, p].astype(np.int64) * _size(ne), np.full(ne, 1.0 / ne)).astype(float)
-                    sums[:, j, s, p] = c @ values[g, s, p, :ne]
-                    totals[:, j, s, p] = c.sum(axis=1)
+        for j, s in np.argwhere(nested[start:start + len(gs)]):  # cells whose eval seeds differ by pre-training seed
+            g = start + j
+            rng = _stream(seed, ("nested", key_values[g], lay.set_names[s]))
+            for p in np.flatnonzero(present[g, s]):
+                ne = int(n_eval[g, s, p])
+                # the eval draws of every drawn copy of seed p, pooled: Multinomial(copies * ne)
+                c = rng.multinomial(cp[:, j, p].astype(np.int64) * _size(ne), np.full(ne, 1.0 / ne)).astype(float)
+                sums[:, j, s, p] = c @ values[g, s, p, :ne]
+                totals[:, j, s, p] = c.sum(axis=1)
         with np.errstate(invalid="ignore", divide="ignore"):
             cell = sums / totals  # (B, g, S, P)
             weight = cp[:, :, None, :] * present[None, start:start + len(gs)]

@@ -38,7 +38,12 @@ def summary_intervals(runs: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -
     ok["shots"] = ok["shots"].map(lambda s: "full" if pd.isna(s) else str(int(s)))
     ok["pretrain_size"] = ok["pretrain_size"].fillna(0).astype(int)
     ok["epoch"] = ok["checkpoint_epoch"].fillna(0).astype(int)
-    ok["pre-training"] = ok.apply(config_label, axis=1)
+    # label each configuration once, not each row
+    codes = ok.groupby(["method", "source", "curation", "pretrain_size", "label_noise"], dropna=False,
+                       sort=False).ngroup()
+    first = ~codes.duplicated()
+    labels = {code: config_label(row) for code, (_, row) in zip(codes[first], ok[first].iterrows())}
+    ok["pre-training"] = codes.map(labels)
     table = hierarchical_bootstrap(ok, [*_INDEX, "shots"], strata="downstream", n_boot=n_boot, seed=seed).table()
     return table.rename(columns={"n_sets": "sets"})
 
