@@ -159,12 +159,15 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
                "view_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()},
     )
     d = out_dir(job, ctx)
+    num_workers = int(r.get("num_workers", 1))
     summary = run_pretrain(
         cfg, job_dir(ctx.workdir, "view", job.deps[0]), d,
-        num_workers=int(r.get("num_workers", 1)),
+        num_workers=num_workers,
         cpus_per_worker=float(r.get("cpus_per_worker", 1)),
         gpus_per_worker=0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0)),
         sync=(ctx.remote, job.key, job.deps[0]) if ctx.remote is not None else None,
+        # one worker: the runner's task for this job holds the run's resources (harness.runner)
+        launcher="in_process" if num_workers == 1 else "ray_train",
     )
     summary = {k: v for k, v in summary.items() if isinstance(v, (int, float, str, bool, type(None)))}
     mark_done(d, summary)

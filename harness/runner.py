@@ -214,12 +214,13 @@ VIEW_SLOT = "tbench_view_slot"
 
 
 def _trainer_slots(spec: Spec, cpus: int) -> int:
-    """How many Ray Train runs fit side by side on a local Ray of ``cpus`` CPUs.
+    """How many Ray Train runs (two or more workers) fit side by side on a local Ray of ``cpus`` CPUs.
 
     The task that drives a Ray Train run holds no CPU (its workers reserve their own), so on a
     local machine it holds one of these slots instead: without them every pre-training would
     start its controller and worker processes at once and wait for CPUs, crowding the machine.
-    On a cluster the autoscaler decides and no slot is asked for.
+    On a cluster the autoscaler decides and no slot is asked for. A one-worker run holds its CPUs
+    in its own task and needs no slot.
     """
     r = spec.resources.pretrain
     return max(1, int(cpus // max(r.num_workers * r.cpus_per_worker, 1e-9)))
@@ -347,10 +348,17 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                           inputs=tuple((plan.jobs[d].kind, d) for d in job.deps), cpu_only=cpu_only)
 
     def options(job: Job) -> dict[str, Any]:
-        if job.kind == "pretrain":
+        if job.kind == "pretrain" and int(job.resources.get("num_workers", 1)) == 1:
+            # One worker: the loop runs in this task itself (harness.executors._pretrain), which
+            # holds the run's CPUs/GPU, so Ray runs as many runs side by side as fit; Ray retries
+            # it, and the loop resumes from its last epoch.
+            opts: dict[str, Any] = {"num_cpus": job.resources.get("cpus_per_worker", 1),
+                                    "num_gpus": 0 if cpu_only else job.resources.get("gpus_per_worker", 0),
+                                    "max_retries": retries, "retry_exceptions": True}
+        elif job.kind == "pretrain":
             # Ray Train reserves the workers' CPUs/GPUs itself and restores failed workers itself
             # (FailureConfig); the task that drives it holds nothing and is not retried.
-            opts: dict[str, Any] = {"num_cpus": 0, "max_retries": 0}
+            opts = {"num_cpus": 0, "max_retries": 0}
             if TRAINER_SLOT in ray.cluster_resources():
                 opts["resources"] = {TRAINER_SLOT: 1}
         elif job.kind == "view" and job.resources.get("engine", "auto") != "local":

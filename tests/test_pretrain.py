@@ -287,8 +287,8 @@ def test_ray_train_restores_a_killed_worker_from_the_last_epoch(view, tmp_path, 
     out = tmp_path / "run"
 
     @local_ray.remote(num_cpus=0)
-    def job() -> dict:
-        return run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, max_failures=2)
+    def job() -> dict:  # one worker goes to a Ray task unless Ray Train is asked for
+        return run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, max_failures=2, launcher="ray_train")
 
     ref = job.remote()
     deadline, killed = time.monotonic() + 300, None
@@ -302,6 +302,7 @@ def test_ray_train_restores_a_killed_worker_from_the_last_epoch(view, tmp_path, 
         time.sleep(0.02)
     assert killed is not None, "the run never reached its first epoch"
     summary = local_ray.get(ref, timeout=400)
+    assert summary["launcher"] == "ray_train" and (out / "ray").is_dir()
     assert summary["resumed_from"] is not None and summary["resumed_from"] >= killed
     assert summary["epochs_trained"] == 4 - summary["resumed_from"] and summary["samples_seen"] == 4 * 256
 
@@ -327,12 +328,71 @@ def test_two_ray_train_workers_train_one_run_with_the_global_batch(view, tmp_pat
         return run_pretrain(cfg, view, tmp_path / "ddp", num_workers=2, cpus_per_worker=1.0)
 
     summary = local_ray.get(job.remote(), timeout=400)
-    assert summary["num_workers"] == 2 and summary["epochs_trained"] == 2
+    assert summary["num_workers"] == 2 and summary["epochs_trained"] == 2 and summary["launcher"] == "ray_train"
     assert summary["steps_per_epoch"] == 4 and summary["samples_seen"] == 2 * 4 * 64
     _, meta = load_encoder(tmp_path / "ddp" / "checkpoints" / "epoch_002.pt")
     assert meta["method"] == "simclr" and meta["epoch"] == 2
     history = json.loads((tmp_path / "ddp" / "metrics.json").read_text())["epochs"]
     assert history[-1]["loss"] < history[0]["loss"] + 0.5 and all(r["skipped"] == 0 for r in history)
+
+
+@pytest.mark.slow
+def test_one_worker_runs_in_a_ray_task_that_holds_its_cpu_and_resumes_when_killed(view, tmp_path, local_ray):
+    """A one-worker run is the loop in one Ray task, not Ray Train (no controller, no ``ray``
+    folder); the task holds the run's CPU. SIGKILL its process after the first epoch: Ray retries
+    the task, whose loop resumes from ``state/last.pt`` and ends where an uninterrupted run ends."""
+    import os
+    import signal
+    import threading
+    import time
+
+    from harness.train_ray import run_pretrain
+    from pretrain.loop import read_train_log
+
+    cfg = small_cfg(epochs=4, save_epochs=(4,), batch_size=32)
+    out = tmp_path / "run"
+    result: dict = {}
+    runner = threading.Thread(target=lambda: result.update(
+        run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, max_failures=2)))
+    runner.start()
+    deadline, killed, cpus_free = time.monotonic() + 300, None, set()
+    while time.monotonic() < deadline and killed is None and runner.is_alive():
+        cpus_free.add(local_ray.available_resources().get("CPU", 0.0))
+        if state_path(out).is_file():
+            starts = [e for e in read_train_log(out) if e["event"] == "start"]
+            killed = torch.load(state_path(out), weights_only=True)["epoch"]
+            os.kill(starts[0]["pid"], signal.SIGKILL)
+        time.sleep(0.05)
+    runner.join(timeout=400)
+    assert killed is not None, "the run never reached its first epoch"
+    assert 1.0 in cpus_free, cpus_free  # the task held one of the two CPUs while it trained
+    assert result["launcher"] == "task" and result["num_workers"] == 1 and not (out / "ray").exists()
+    assert result["resumed_from"] is not None and result["resumed_from"] >= killed
+    assert result["epochs_trained"] == 4 - result["resumed_from"] and result["samples_seen"] == 4 * 256
+    assert result["wall_seconds"] > 0
+    starts = [e for e in read_train_log(out) if e["event"] == "start"]
+    assert len(starts) == 2 and starts[0]["pid"] != starts[1]["pid"] and starts[1]["from_epoch"] >= killed
+
+    reference = train_loop(cfg, view, tmp_path / "reference")
+    a = torch.load(tmp_path / "reference" / "checkpoints" / "epoch_004.pt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "epoch_004.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert reference["final_loss"] == result["final_loss"]
+
+
+def test_one_worker_in_process_and_launcher_errors(view, tmp_path):
+    """``in_process`` runs the loop in the caller (the runner's task holds the resources); a
+    one-worker launcher refuses two workers, and an unknown launcher names the valid ones."""
+    from harness.train_ray import run_pretrain
+
+    summary = run_pretrain(small_cfg(epochs=1, batch_size=64), view, tmp_path / "run", launcher="in_process")
+    assert summary["launcher"] == "in_process" and summary["num_workers"] == 1 and summary["epochs_trained"] == 1
+    assert summary["wall_seconds"] >= summary["seconds"] > 0 and not (tmp_path / "run" / "ray").exists()
+    with pytest.raises(ValueError, match="num_workers=2"):
+        run_pretrain(small_cfg(), view, tmp_path / "x", num_workers=2, launcher="task")
+    with pytest.raises(ValueError, match="ray_train"):
+        run_pretrain(small_cfg(), view, tmp_path / "x", launcher="torchtrainer")
 
 
 # --------------------------------------------------------------------------- budgets in samples seen
