@@ -273,6 +273,9 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
         set_config=c.get("set_config"),
         data_dir=ctx.data_dir,
         head_init=c.get("head_init", "zero"),
+        batch_size=int(c.get("batch_size", 128)),
+        min_steps=int(c.get("min_steps", 0)),
+        bn=c.get("bn", "auto"),
     )
     results = entry.run(request)
     pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0
