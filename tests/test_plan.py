@@ -55,13 +55,22 @@ def test_pruned_combinations_have_reasons():
 def test_quickstart_plan_is_within_budget():
     plan = make_plan(load_spec(ROOT / "configs" / "quickstart.yaml"))
     counts = plan.counts()
-    # 11 pre-trainings (imagenet and laion at 3 sizes, 3 on curated LAION views, 2 on shutterstock), the
-    # largest imagenet run also at epoch 2: 12 checkpoints + the floor, linear on 11 sets; CLIP zero-shot
-    # on the 9 world sets; fine-tuning and LP-FT from the 12 on 2 sets and scratch on those 2, one seed
-    assert counts["pretrain"] == 11 and counts["view"] == 11
-    assert counts["eval"] == 13 * 11 + 9 + 12 * 2 * 2 + 2
-    assert plan.planned_rows() == 13 * 11 * 5 * 3 + 9 + 12 * 2 * 2 + 2
+    # 10 configurations x 2 pre-training seeds: imagenet and laion at 3 sizes, 2 curated LAION views,
+    # CLIP and SimCLR on laion (9 views: the methods share laion n=1000's); the largest imagenet runs
+    # also after their first pass: 22 checkpoints + the floor, linear on 11 sets; CLIP zero-shot on
+    # the 9 world sets; fine-tuning and LP-FT from the 4 imagenet n=3000 checkpoints on 2 sets and
+    # scratch on those 2, one seed
+    assert counts["pretrain"] == 20 and counts["view"] == 9
+    assert counts["eval"] == 23 * 11 + 2 * 9 + 4 * 2 * 2 + 2
+    assert plan.planned_rows() == 23 * 11 * 5 * 3 + 2 * 9 + 4 * 2 * 2 + 2
     assert len(plan.expected_rows()) == plan.planned_rows()
+    # every pre-trained configuration has two pre-training seeds
+    seeds: dict[tuple, set] = {}
+    for job in plan.of_kind("pretrain"):
+        c = job.coords
+        seeds.setdefault((c["source"], c["curation"], c["label_noise"], c["method"], c["requested_size"]),
+                         set()).add(c["pretrain_seed"])
+    assert len(seeds) == 10 and all(len(s) == 2 for s in seeds.values())
 
 
 def test_a_grid_block_can_evaluate_mid_training_checkpoints():
@@ -237,14 +246,14 @@ def test_a_protocol_runs_filter_limits_it_to_the_listed_runs():
     from harness.plan import make_plan
     from harness.spec import parse_spec
 
-    data = yaml.safe_load(Path("configs/quickstart.yaml").read_text())
+    data = yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
     plan = make_plan(parse_spec(data))
     evals = plan.of_kind("eval")
     ft = [j for j in evals if j.config["protocol"] in ("finetune", "lp_ft")]
     assert ft and {(j.coords["source"], j.coords["requested_size"]) for j in ft} == {("imagenet", 3000)}
     assert {j.coords["pretrain_seed"] for j in ft} == {0, 1}
     assert any(j.config["protocol"] == "scratch" for j in evals)  # from the random-init job
-    assert all(j.config["min_steps"] == 300 and j.config["batch_size"] == 32 for j in ft)
+    assert all(j.config["min_steps"] == 150 and j.config["batch_size"] == 32 for j in ft)
     changed = copy.deepcopy(data)
     for p in changed["downstream"]["protocols"]:
         if p["name"] == "finetune":

@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _quickstart() -> dict:
-    return yaml.safe_load((ROOT / "configs" / "quickstart.yaml").read_text())
+    return yaml.safe_load((ROOT / "tests" / "spec_example.yaml").read_text())
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
