@@ -365,6 +365,11 @@ def _train_loop(
     resumed_from = start_epoch if state is not None else None
     del state
     if dist.is_main:  # one line per start and per finished epoch: how a run went across restarts
+        if resumed_from:  # a process killed between saving an epoch's state and logging it
+            logged = {e.get("epoch") for e in read_train_log(out_dir) if e.get("event") == "epoch"}
+            for e in range(1, start_epoch + 1):
+                if e not in logged:
+                    log_event(out_dir, "epoch", epoch=e, recovered=True)
         log_event(out_dir, "start", from_epoch=start_epoch, epochs=epochs, total_steps=total_steps,
                   samples_budget=cfg.samples_seen)
 

@@ -7,7 +7,8 @@ connection the store opens (so ``tbench results query`` and ``Store.query`` see 
     one row per fine-tuning style run (``finetune``, ``lp_ft``, ``scratch``) with a curve:
     ``epochs``, ``final_val_score`` (the headline metric after the last epoch of the selected
     learning rate), ``epochs_to_95`` (the first epoch whose validation score reaches 95% of
-    that final score), ``final_train_loss``, ``best_val_score`` and the run's coordinates.
+    that final score; 0 where the curve starts with the starting point, as LP-FT's does, and
+    the start is already there), ``final_train_loss``, ``best_val_score`` and the run's coordinates.
 ``convergence_gaps``
     one row per (pre-trained run, epoch) that has a ``scratch`` run of the same backbone, set,
     shot count and evaluation seed at that epoch: ``val_score`` and ``train_loss`` of both and

@@ -81,7 +81,11 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert spec_counts["k80"] >= 1 and spec_counts["erank"] >= 1
     gaps = query("SELECT protocol, count(*) AS n FROM convergence_gaps GROUP BY protocol ORDER BY protocol")
     assert gaps == [{"protocol": "finetune", "n": pretrained}, {"protocol": "lp_ft", "n": pretrained}]
-    assert len(query("SELECT * FROM convergence WHERE epochs_to_95 = 1")) == pretrained + pretrained + 1
+    # one epoch each; LP-FT's curve starts at its probe (epoch 0), which may already be within 95%
+    conv = query("SELECT protocol, epochs_to_95 FROM convergence")
+    assert len(conv) == pretrained + pretrained + 1
+    assert all(r["epochs_to_95"] == 1 for r in conv if r["protocol"] != "lp_ft")
+    assert all(r["epochs_to_95"] in (0, 1) for r in conv if r["protocol"] == "lp_ft")
 
     report = tmp_path / "report"
     proc = run_tbench("report", "--store", str(tmp_path / "store"), "--out", str(report), "--spec", str(spec_path))

@@ -231,6 +231,29 @@ def test_resume_trains_only_missing_epochs_and_matches_uninterrupted(view, tmp_p
         train_loop(small_cfg(epochs=3, save_epochs=(2, 3), batch_size=64, lr=1e-2), view, tmp_path / "cut")
 
 
+def test_an_epoch_saved_but_not_logged_is_logged_when_the_run_resumes(view, tmp_path):
+    """A process killed between saving an epoch's state and appending its log line: the resumed
+    run logs that epoch (``recovered``) before its start, so the log's history stays whole."""
+    from pretrain.loop import TRAIN_LOG, read_train_log
+
+    cfg = small_cfg(epochs=2, batch_size=64)
+
+    def crash_after_first_epoch(record):
+        if record["epoch"] == 1:
+            raise Crash("killed")
+
+    with pytest.raises(Crash):
+        train_loop(cfg, view, tmp_path, DistInfo(), crash_after_first_epoch)
+    log = tmp_path / TRAIN_LOG
+    lines = log.read_text().splitlines()
+    assert json.loads(lines[-1])["event"] == "epoch"
+    log.write_text("\n".join(lines[:-1]) + "\n")  # the epoch's line never written
+    train_loop(cfg, view, tmp_path)
+    events = [(e["event"], e.get("epoch", e.get("from_epoch")), e.get("recovered", False))
+              for e in read_train_log(tmp_path)]
+    assert events == [("start", 0, False), ("epoch", 1, True), ("start", 1, False), ("epoch", 2, False)]
+
+
 def test_resume_refuses_a_rebuilt_view(view, tmp_path):
     a = small_cfg(epochs=1, batch_size=64, extra={"view_manifest_sha256": "a" * 64})
     train_loop(a, view, tmp_path)
