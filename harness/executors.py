@@ -147,6 +147,7 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         lr=c["optim"]["lr"],
         weight_decay=c["optim"]["weight_decay"],
         warmup_epochs=c["optim"]["warmup_epochs"],
+        warmup_fraction=c["optim"].get("warmup_fraction"),
         label_smoothing=c["optim"]["label_smoothing"],
         seed=c["seed"],
         num_classes=int(view["num_classes"] or 0),

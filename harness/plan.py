@@ -200,7 +200,8 @@ def make_plan(spec: Spec) -> Plan:
                                     # LAST (a samples_seen run's end) is always kept: not listed
                                     "save_epochs": [e for e in pt.saved_epochs(epochs, grid) if e != LAST],
                                     "batch_size": pt.batch_size,
-                                    "optim": pt.optim.model_dump(),
+                                    # unset settings stay out of the key (older runs keep theirs)
+                                    "optim": pt.optim.model_dump(exclude_none=True),
                                     "seed": seed,
                                 }
                                 # Only non-default training settings join the key, so adding a

@@ -108,6 +108,9 @@ class Optim(_Model):
     lr: float = Field(2e-3, gt=0)
     weight_decay: float = Field(0.05, ge=0)
     warmup_epochs: float = Field(0.5, ge=0)
+    # warm-up as a share of the run's optimiser steps, instead of warmup_epochs: with a
+    # samples_seen budget, passes over the view differ with its size, and so would the warm-up
+    warmup_fraction: float | None = Field(None, ge=0, lt=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)
 
 

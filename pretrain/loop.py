@@ -59,7 +59,7 @@ STATE_FORMAT = 2
 # Fields that must match for a saved state to be resumed (the rest only changes outputs' metadata).
 _RESUME_FIELDS = (
     "method", "backbone", "image_size", "epochs", "samples_seen", "batch_size", "lr", "weight_decay",
-    "warmup_epochs", "label_smoothing", "seed", "num_classes", "grad_accum", "hparams", "precision",
+    "warmup_epochs", "warmup_fraction", "label_smoothing", "seed", "num_classes", "grad_accum", "hparams", "precision",
 )
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -88,6 +88,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.05
     warmup_epochs: float = 1.0
+    warmup_fraction: float | None = None  # warm-up as a share of all steps (replaces warmup_epochs)
     label_smoothing: float = 0.0
     seed: int = 0
     num_classes: int = 0
@@ -115,6 +116,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.num_workers_loader must be >= 0, got {self.num_workers_loader}")
         if self.lr <= 0 or self.weight_decay < 0 or self.warmup_epochs < 0:
             raise ValueError("TrainConfig needs lr > 0, weight_decay >= 0 and warmup_epochs >= 0")
+        if self.warmup_fraction is not None and not 0 <= self.warmup_fraction < 1:
+            raise ValueError(f"TrainConfig.warmup_fraction must lie in [0, 1), got {self.warmup_fraction}")
         save = tuple(sorted({int(e) for e in self.save_epochs}))
         bad = [e for e in save if e < 0 or (self.epochs is not None and e > self.epochs)]
         if bad:
@@ -275,6 +278,14 @@ def log_event(out_dir: Path, event: str, **fields: Any) -> None:
         f.write(line + "\n")
 
 
+def warmup_steps_for(cfg: TrainConfig, steps_per_epoch: int, total_steps: int) -> int:
+    """Warm-up steps: ``warmup_fraction`` of all steps when set (the same share of a
+    samples_seen run whatever its view's size), else ``warmup_epochs`` passes over the view."""
+    if cfg.warmup_fraction is not None:
+        return round(cfg.warmup_fraction * total_steps)
+    return min(round(cfg.warmup_epochs * steps_per_epoch), total_steps)
+
+
 def read_train_log(out_dir: str | Path) -> list[dict[str, Any]]:
     """The events of ``out_dir/train_log.jsonl`` (a torn last line from a killed process is dropped)."""
     path = Path(out_dir) / TRAIN_LOG
@@ -332,7 +343,7 @@ def _train_loop(
     micro_batch = cfg.batch_size // shares
     view = read_view(view_dir)
     steps, total_steps, epochs = run_schedule(cfg, view.num_samples)
-    warmup_steps = min(round(cfg.warmup_epochs * steps), total_steps)
+    warmup_steps = warmup_steps_for(cfg, steps, total_steps)
 
     # Model, optimizer, schedule (seeded identically on every rank; DDP also broadcasts rank 0's weights).
     torch.manual_seed(cfg.seed)

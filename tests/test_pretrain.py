@@ -522,3 +522,19 @@ def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path
     assert failed[0]["samples_budget"] == 300 and failed[0]["checkpoint_epoch"] is None  # the epoch is known once trained
     assert conform("runs", rows + failed).num_rows == 2
     assert base_row(ev, ctx)["pretrain_epochs"] is None
+
+
+def test_warmup_fraction_is_the_same_share_of_a_budget_run_whatever_the_view_size():
+    from pretrain.loop import run_schedule, warmup_steps_for
+
+    by_epochs = small_cfg(epochs=None, samples_seen=640, batch_size=32)
+    by_share = small_cfg(epochs=None, samples_seen=640, batch_size=32, warmup_fraction=0.25)
+    got = {}
+    for n in (64, 320):
+        steps, total, _ = run_schedule(by_share, n)
+        got[n] = (warmup_steps_for(by_epochs, steps, total), warmup_steps_for(by_share, steps, total), total)
+    assert got[64][2] == got[320][2] == 20
+    assert got[64][1] == got[320][1] == 5  # a quarter of the run on either view
+    assert got[64][0] != got[320][0]  # warmup_epochs follows the passes over the view
+    with pytest.raises(ValueError, match="warmup_fraction"):
+        small_cfg(epochs=1, warmup_fraction=1.5)
