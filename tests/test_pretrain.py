@@ -296,6 +296,16 @@ def _ray_train_worker_pids() -> list[int]:
     return pids
 
 
+def _ends_where_an_uninterrupted_run_ends(cfg, view, tmp_path, out, summary) -> None:
+    """A resumed 4-epoch run's last checkpoint and loss equal those of a run never interrupted."""
+    reference = train_loop(cfg, view, tmp_path / "reference")
+    a = torch.load(tmp_path / "reference" / "checkpoints" / "epoch_004.pt", weights_only=True)
+    b = torch.load(out / "checkpoints" / "epoch_004.pt", weights_only=True)
+    for k in a["state_dict"]:
+        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
+    assert reference["final_loss"] == summary["final_loss"]
+
+
 @pytest.mark.slow
 def test_ray_train_restores_a_killed_worker_from_the_last_epoch(view, tmp_path, local_ray):
     """SIGKILL the Train worker after its first epoch: Ray Train starts a new worker group, whose
@@ -329,12 +339,7 @@ def test_ray_train_restores_a_killed_worker_from_the_last_epoch(view, tmp_path, 
     assert summary["resumed_from"] is not None and summary["resumed_from"] >= killed
     assert summary["epochs_trained"] == 4 - summary["resumed_from"] and summary["samples_seen"] == 4 * 256
 
-    reference = train_loop(cfg, view, tmp_path / "reference")
-    a = torch.load(tmp_path / "reference" / "checkpoints" / "epoch_004.pt", weights_only=True)
-    b = torch.load(out / "checkpoints" / "epoch_004.pt", weights_only=True)
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    assert reference["final_loss"] == summary["final_loss"]
+    _ends_where_an_uninterrupted_run_ends(cfg, view, tmp_path, out, summary)
 
 
 @pytest.mark.slow
@@ -396,12 +401,7 @@ def test_one_worker_runs_in_a_ray_task_that_holds_its_cpu_and_resumes_when_kille
     starts = [e for e in read_train_log(out) if e["event"] == "start"]
     assert len(starts) == 2 and starts[0]["pid"] != starts[1]["pid"] and starts[1]["from_epoch"] >= killed
 
-    reference = train_loop(cfg, view, tmp_path / "reference")
-    a = torch.load(tmp_path / "reference" / "checkpoints" / "epoch_004.pt", weights_only=True)
-    b = torch.load(out / "checkpoints" / "epoch_004.pt", weights_only=True)
-    for k in a["state_dict"]:
-        assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
-    assert reference["final_loss"] == result["final_loss"]
+    _ends_where_an_uninterrupted_run_ends(cfg, view, tmp_path, out, result)
 
 
 def test_one_worker_in_process_and_launcher_errors(view, tmp_path):
