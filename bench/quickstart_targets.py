@@ -31,6 +31,7 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from results.plotting import final_checkpoints  # noqa: E402
 from results.store import load  # noqa: E402
 
 WORLD_SETS = ("cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
@@ -38,15 +39,10 @@ WORLD_SETS = ("cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domain
 CONFIG = ["source", "curation", "label_noise", "method", "backbone"]
 
 
-def _final(df: pd.DataFrame) -> pd.DataFrame:
-    last = df.groupby("pretrain_key")["checkpoint_epoch"].transform("max")
-    return df[df["checkpoint_epoch"] == last]
-
-
 def beats_floor(runs: pd.DataFrame) -> dict:
     lin = runs[(runs["protocol"] == "linear") & (runs["shots"] == 10) & runs["downstream"].isin(WORLD_SETS)]
     floor = lin[lin["method"] == "none"].groupby("downstream")["score"].mean()
-    pre = _final(lin[lin["method"] != "none"])
+    pre = final_checkpoints(lin[lin["method"] != "none"])
     largest = pre.groupby(CONFIG, dropna=False)["pretrain_size"].transform("max")
     pre = pre[pre["pretrain_size"] == largest]
     out = []

@@ -20,7 +20,7 @@ from typing import Any, Callable
 
 from harness.artifacts import content_key, is_done, job_dir, mark_done, read_done
 from harness.plan import Job, row_key
-from pretrain.budget import LAST
+from pretrain.budget import LAST, checkpoint_name
 from harness.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -58,8 +58,6 @@ def out_dir(job: Job, ctx: RunContext) -> Path:
 
 def checkpoint_path(ctx: RunContext, pretrain_key: str, epoch: int | str) -> Path:
     """Where the encoder of a pre-training (or init) job for ``epoch`` (or ``LAST``) lives."""
-    from pretrain.budget import checkpoint_name
-
     kind = "init" if epoch == 0 else "pretrain"
     return job_dir(ctx.workdir, kind, pretrain_key) / "checkpoints" / checkpoint_name(epoch)
 
@@ -300,6 +298,26 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
     return {"runs": runs, "curves": curves}
 
 
+_SIMILARITY: dict[str, dict[str, dict[str, float]]] = {}
+
+
+def declared_similarity(world_dir: str) -> dict[str, dict[str, float]]:
+    """``similarity[source][set]`` from the world's world.json, read once per world and process
+    ({} where there is no world yet, or the file is not a world's; not remembered, so a world
+    written later is read then)."""
+    if world_dir not in _SIMILARITY:
+        from curation.world import WORLD_FILE
+
+        try:
+            declared = json.loads((Path(world_dir) / WORLD_FILE).read_text()).get("similarity", {})
+        except (OSError, ValueError, AttributeError):
+            return {}
+        if not isinstance(declared, dict):
+            return {}
+        _SIMILARITY[world_dir] = declared
+    return _SIMILARITY[world_dir]
+
+
 def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
              samples_seen: int | None = None, image_size: int | None = None,
              checkpoint_epoch: int | None = None, pretrain_epochs: int | None = None) -> dict[str, Any]:
@@ -309,14 +327,8 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
     run's budget in samples (None for a budget in epochs). ``declared_similarity`` is the world's
     ``similarity[source][set]`` from its world.json (None off the world: real, package or
     declared sets, random init, mixtures)."""
-    from curation.world import WORLD_FILE
-
     c = job.coords
-    try:
-        declared = json.loads((Path(ctx.world_dir) / WORLD_FILE).read_text()).get("similarity", {})
-        similarity = declared.get(c["source"], {}).get(c["downstream"])
-    except (OSError, ValueError, AttributeError):  # no world here (yet), or not a world's world.json
-        similarity = None
+    similarity = declared_similarity(str(ctx.world_dir)).get(c["source"], {}).get(c["downstream"])
     return {
         "spec": ctx.spec_name,
         "created_at": datetime.now(timezone.utc),
