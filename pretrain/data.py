@@ -14,6 +14,9 @@ the global batch, so DDP never waits on a rank that ran out of data; a reader wh
 dry starts over on them (in a fresh order) rather than stopping early. Bad samples (unreadable
 PNG, missing field, a class outside ``[0, num_classes)``, broken tar member) are logged, counted
 and skipped; the count travels with the batches, so it is correct with loader workers in other processes.
+A reader that cannot produce a batch at all (two passes over its shards without a sample, or two
+passes' worth of bad samples in a row) raises :class:`ReaderStalled` naming its shards instead of
+looping forever; the loop makes every DDP rank stop with it (``pretrain.loop.agreed_batches``).
 
 Rank and world size are passed in, never read from ``torch.distributed`` globals.
 """
@@ -146,24 +149,46 @@ def _worker() -> tuple[int, int]:
     return (info.id, info.num_workers) if info is not None else (0, 1)
 
 
+class ReaderStalled(RuntimeError):
+    """A reader cannot produce a batch: its shards hold no sample, or only bad ones."""
+
+
+#: The fewest consecutive bad samples that stop a reader (its limit is two passes' worth, at least this).
+MIN_BAD_RUN = 100
+
+
 class SkipCounter:
-    """A webdataset handler: log the bad sample, count it, carry on.
+    """A webdataset handler: log the bad sample, count it, carry on, up to a point.
 
     Each loader worker holds its own copy; :class:`Batcher` moves the worker's count into the
-    next batch so the main process can total it.
+    next batch so the main process can total it. ``run`` counts bad samples since the last good
+    one (:meth:`good`); once it reaches ``limit`` (set per pass by :class:`ShardStream`: two
+    passes' worth of this reader's samples plus its shuffle buffer) the reader raises
+    :class:`ReaderStalled` naming its ``shards``. ``raw`` counts samples read from the shards.
     """
 
     def __init__(self, max_logged: int = 20):
         self.count = 0
         self.max_logged = max_logged
+        self.run, self.raw = 0, 0
+        self.limit: int | None = None
+        self.shards: Sequence[str] = ()
 
     def __call__(self, exn: BaseException) -> bool:
         self.count += 1
+        self.run += 1
         if self.count <= self.max_logged:
             logger.warning("skipping a bad sample: %s: %s", type(exn).__name__, exn)
         elif self.count == self.max_logged + 1:
             logger.warning("more bad samples; further skips in this reader are counted, not logged")
+        if self.limit is not None and self.run >= self.limit:
+            raise ReaderStalled(
+                f"{self.run} bad samples in a row (two passes' worth) and none good in shard(s) "
+                f"{sorted(self.shards)}; last error: {type(exn).__name__}: {exn}")
         return True  # continue
+
+    def good(self) -> None:
+        self.run = 0
 
     def take(self) -> int:
         n, self.count = self.count, 0
@@ -181,23 +206,54 @@ class ShardStream(wds.PipelineStage):
     every shard and :class:`SampleSplit` divides the samples instead.
     """
 
-    def __init__(self, urls: Sequence[str], *, seed: int, epoch: SharedEpoch, rank: int, world_size: int, split_shards: bool):
+    def __init__(self, urls: Sequence[str], *, seed: int, epoch: SharedEpoch, rank: int, world_size: int, split_shards: bool,
+                 counter: SkipCounter | None = None, sizes: Mapping[str, int] | None = None, bufsize: int = 0):
         self.urls = list(urls)
         self.seed, self.epoch = seed, epoch
         self.rank, self.world_size = rank, world_size
         self.split_shards = split_shards
+        self.counter, self.sizes, self.bufsize = counter, dict(sizes or {}), bufsize
 
     def run(self) -> Iterator[dict[str, str]]:
         worker, num_workers = _worker()
         epoch = self.epoch.get_value()
+        raw_at: list[int] = []  # samples read (counter.raw) when each pass began
         for rep in range(1 << 62):
             order = list(self.urls)
             random.Random(mix_seed("shards", self.seed, epoch, rep)).shuffle(order)
             mine = order[self.rank :: self.world_size][worker::num_workers] if self.split_shards else order
             if not mine:
                 raise RuntimeError(f"reader rank={self.rank} worker={worker} got no shards (split_shards with too few shards)")
+            if self.counter is not None:
+                self._check(rep, raw_at, mine, worker)
             for url in mine:
                 yield {"url": url}
+
+    def _check(self, rep: int, raw_at: list[int], mine: Sequence[str], worker: int) -> None:
+        """Stop a reader whose last two passes read no sample (a sample may lag one shard behind)."""
+        counter = self.counter
+        raw_at.append(counter.raw)
+        if rep >= 2 and counter.raw == raw_at[rep - 2]:
+            raise ReaderStalled(f"reader rank={self.rank} worker={worker} read no sample in two passes over shard(s) "
+                                f"{sorted(set(self.urls if not self.split_shards else mine))}: empty, unreadable or "
+                                "not tar files (check the view's shards and sizes.json)")
+        per_pass = sum(self.sizes.get(u, 0) for u in mine)
+        if not self.split_shards:  # SampleSplit keeps one sample in (ranks x workers) for this reader
+            per_pass = -(-per_pass // (self.world_size * max(_worker()[1], 1)))
+        counter.shards = mine
+        counter.limit = max(MIN_BAD_RUN, 2 * (per_pass + self.bufsize))
+
+
+class CountRaw(wds.PipelineStage):
+    """Count the samples read from the shards (``counter.raw``), for :class:`ShardStream`'s check."""
+
+    def __init__(self, counter: SkipCounter):
+        self.counter = counter
+
+    def run(self, src: Iterator[dict]) -> Iterator[dict]:
+        for sample in src:
+            self.counter.raw += 1
+            yield sample
 
 
 class SampleSplit(wds.PipelineStage):
@@ -270,8 +326,13 @@ class Decode(wds.PipelineStage):
         worker, _ = _worker()
         gen = torch.Generator().manual_seed(mix_seed("augment", self.seed, self.epoch.get_value(), self.rank, worker))
 
+        good = getattr(self.handler, "good", None)  # a SkipCounter: reset its run of bad samples
+
         def decode(sample: dict) -> dict:
-            return self.fn(sample, gen)
+            out = self.fn(sample, gen)
+            if good is not None:
+                good()
+            return out
 
         return wds.map(decode, handler=self.handler)(src)
 
@@ -613,11 +674,15 @@ def make_train_loader(
     epoch = SharedEpoch(0)
     counter = SkipCounter()
     sample_fn = sample_pipeline.make(image_size, **dict(pipeline_options or {}))
+    urls = [str(p) for p in view.shards]
+    sizes = {u: view.sizes[Path(u).name if view.index is None else u] for u in urls}
     dataset = wds.DataPipeline(
-        ShardStream([str(p) for p in view.shards], seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards),
+        ShardStream(urls, seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards,
+                    counter=counter, sizes=sizes, bufsize=bufsize),
         wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(sample_pipeline.fields)),
         None if view.index is None else IndexSelect(view.index),
         None if split_shards else SampleSplit(rank=rank, world_size=world_size),
+        CountRaw(counter),
         DetShuffle(bufsize, min(bufsize, 100), seed=seed, epoch=epoch, rank=rank),
         Decode(sample_fn, seed=seed, epoch=epoch, rank=rank, handler=counter),
         Batcher(batch_size, counter),

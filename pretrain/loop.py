@@ -41,7 +41,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterable, Iterator
 
 import torch
 import torch.distributed as torch_dist
@@ -300,6 +300,54 @@ def read_train_log(out_dir: str | Path) -> list[dict[str, Any]]:
     return events
 
 
+class RankFailed(RuntimeError):
+    """Another rank's reader could not produce a batch; this rank stops with it."""
+
+
+def agreed_batches(batches: Iterable[Any], rank: int, world_size: int, group: Any = None) -> Iterator[Any]:
+    """Yield ``batches`` while every rank has one; a rank whose reader fails makes every rank raise.
+
+    Before each step the ranks all-reduce one small CPU tensor of states (has a batch, ran out,
+    failed) over ``group`` (a gloo group: no device synchronisation), ahead of the step's own
+    collectives, so a rank whose reader raises (e.g. :class:`pretrain.data.ReaderStalled`) takes
+    the others down with it instead of leaving them in an all-reduce until the NCCL timeout.
+    With one process the batches pass straight through.
+    """
+    if world_size == 1:
+        yield from batches
+        return
+    it = iter(batches)
+    while True:
+        state = torch.zeros(world_size, dtype=torch.int64)
+        error: BaseException | None = None
+        try:
+            batch = next(it)
+            state[rank] = 2
+        except StopIteration:
+            batch, state[rank] = None, 1
+        except Exception as exn:  # the reader's error; re-raised after the others are told
+            batch, error = None, exn
+        torch_dist.all_reduce(state, group=group)
+        if error is not None:
+            raise error
+        failed = [r for r in range(world_size) if state[r] == 0]
+        if failed:
+            raise RankFailed(f"rank {rank} stops: the reader of rank(s) {failed} could not produce a batch (see their error)")
+        if bool((state == 1).all()):
+            return
+        if bool((state == 1).any()):
+            raise RankFailed(f"ranks disagree on the epoch's length: rank(s) {[r for r in range(world_size) if state[r] == 1]} "
+                             "ran out of batches before the others")
+        yield batch
+
+
+def _flag_group(world_size: int, on_cuda: bool) -> Any:
+    """The group :func:`agreed_batches` all-reduces over: the default one unless it is NCCL (then a gloo one)."""
+    if world_size == 1:
+        return None
+    return torch_dist.new_group(backend="gloo") if on_cuda or torch_dist.get_backend() != "gloo" else None
+
+
 def train_loop(
     cfg: TrainConfig,
     view_dir: str | Path,
@@ -412,6 +460,7 @@ def _train_loop(
         pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(model, cfg.hparams)},
     )
     to_device = ToDevice(pipeline.image_keys, meta_base["mean"], meta_base["std"], device)
+    flag_group = _flag_group(dist.world_size, on_cuda)
     autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
     loss_ctx = LossContext(rank=dist.rank, world_size=dist.world_size)
 
@@ -425,7 +474,8 @@ def _train_loop(
         optimizer.zero_grad(set_to_none=True)
         epoch_steps = min(steps, total_steps - (epoch - 1) * steps)  # the last epoch of a samples_seen run may be partial
         n = epoch_steps * cfg.grad_accum  # micro-batches this epoch (every rank alike)
-        for i, batch in enumerate(loader if n == len(loader) else islice(loader, n)):
+        epoch_batches = loader if n == len(loader) else islice(loader, n)
+        for i, batch in enumerate(agreed_batches(epoch_batches, dist.rank, dist.world_size, flag_group)):
             batch = to_device(batch)
             last_micro = (i + 1) % cfg.grad_accum == 0
             # Skip the gradient all-reduce on all but the last micro-step of an accumulation.

@@ -168,6 +168,85 @@ def test_bad_sample_is_logged_skipped_and_counted(tmp_path, caplog):
     assert "00000005" in caplog.text
 
 
+def test_a_reader_of_only_bad_samples_fails_naming_its_shards(tmp_path):
+    from pretrain.data import MIN_BAD_RUN, ReaderStalled
+
+    bad_view = write_view(tmp_path / "bad", n=40, shards=2, corrupt=tuple(range(40)))
+    loader = make_train_loader(bad_view, pipeline="image_label", batch_size=4, num_batches=5, image_size=32, seed=0)
+    loader.set_epoch(1)
+    with pytest.raises(ReaderStalled, match="bad samples in a row") as info:
+        next(iter(loader))
+    assert "shard-000000.tar" in str(info.value) and "shard-000001.tar" in str(info.value)
+    assert MIN_BAD_RUN <= loader.loader.dataset.pipeline[0].counter.run  # bounded: it stopped at its limit
+
+
+def test_a_reader_with_no_readable_sample_fails_after_two_passes(tmp_path):
+    from pretrain.data import ReaderStalled
+
+    view = write_view(tmp_path / "v", n=8, shards=1)
+    (view / "shards" / "shard-000000.tar").write_bytes(b"not a tar file at all")
+    for workers in (0, 1):  # in the process and from a loader worker
+        loader = make_train_loader(view, pipeline="image_label", batch_size=4, num_batches=2, image_size=32,
+                                   seed=0, num_workers=workers)
+        loader.set_epoch(1)
+        with pytest.raises(ReaderStalled, match="read no sample in two passes over shard.*shard-000000.tar"):
+            next(iter(loader))
+
+
+def test_a_few_bad_samples_do_not_stop_a_reader(tmp_path):
+    view = write_view(tmp_path / "v", n=60, shards=1, corrupt=tuple(range(0, 60, 2)))  # every other sample bad
+    loader = make_train_loader(view, pipeline="image_label", batch_size=10, num_batches=3, image_size=32, seed=0)
+    for epoch in (1, 2, 3):
+        loader.set_epoch(epoch)
+        assert len(list(loader)) == 3  # 30 good samples per pass; the stream starts over as needed
+
+
+def _agree_worker(rank: int, world_size: int, port: int, out: str) -> None:
+    import torch.distributed as dist
+    import torch.distributed.nn  # noqa: F401  (before the group; see pretrain.parity._worker)
+
+    from pretrain.data import ReaderStalled
+    from pretrain.loop import RankFailed, agreed_batches
+
+    def batches():
+        for i in range(1000):
+            if rank == 1 and i == 3:
+                raise ReaderStalled("rank 1's shards are all bad")
+            yield i
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    seen, error = [], None
+    try:
+        for b in agreed_batches(batches(), rank, world_size):
+            seen.append(b)
+    except (ReaderStalled, RankFailed) as exn:
+        error = f"{type(exn).__name__}: {exn}"
+    finally:
+        dist.destroy_process_group()
+    Path(out, f"rank{rank}.json").write_text(json.dumps({"seen": seen, "error": error}))
+
+
+@pytest.mark.slow  # two spawned processes: ~15 s on 2 cores
+def test_every_rank_stops_when_one_rank_cannot_produce_a_batch(tmp_path):
+    import torch.multiprocessing as mp
+
+    from pretrain.parity import _free_port
+
+    mp.spawn(_agree_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    r0, r1 = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["seen"] == r1["seen"] == [0, 1, 2]  # rank 0 stops before a step rank 1 cannot take
+    assert r1["error"].startswith("ReaderStalled")
+    assert r0["error"].startswith("RankFailed") and "rank(s) [1]" in r0["error"]
+
+
+def test_training_on_a_view_of_bad_samples_fails_with_the_reader_error(tmp_path):
+    from pretrain.data import ReaderStalled
+
+    bad_view = write_view(tmp_path / "bad", n=64, shards=1, corrupt=tuple(range(64)))
+    with pytest.raises(ReaderStalled, match="shard-000000.tar"):
+        train_loop(small_cfg(epochs=1), bad_view, tmp_path / "out")
+
+
 # --------------------------------------------------------------------------- the loop
 
 
