@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from downstream import accel
 from pretrain.models import load_encoder
 
 log = logging.getLogger(__name__)
@@ -106,26 +107,43 @@ def meta_stats(meta: dict[str, Any], device: torch.device | str = "cpu") -> tupl
     return mean, std
 
 
+_FLUSH_ROWS = 1 << 16  # features kept on the device before one copy to the host
+
+
 @torch.inference_mode()
 def encode(encoder: nn.Module, images: torch.Tensor, meta: dict[str, Any], *, batch_size: int = 256,
-           device: torch.device | str = "cpu") -> np.ndarray:
-    """Features (float32 ``[N, D]``) of prepared uint8 images from :func:`prepare_images`."""
+           device: torch.device | str = "cpu", precision: str = "auto") -> np.ndarray:
+    """Features (float32 ``[N, D]``) of prepared uint8 images from :func:`prepare_images`.
+
+    ``precision`` (:mod:`downstream.accel`): ``auto`` is bf16 autocast on a GPU, fp32 on a CPU.
+    Features stay on the device and cross to the host once per ``_FLUSH_ROWS`` rows, so the host
+    does not wait on the device after every batch.
+    """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
+    accel.check_precision(precision)
     mean, std = meta_stats(meta, device)
+    images = accel.pinned(images, device)  # once per split: every batch's copy is then asynchronous
     was_training = encoder.training
     encoder.eval()
-    chunks = []
+    host, pending, rows = [], [], 0
     try:
-        for start in range(0, len(images), batch_size):
-            xb = normalise(images[start:start + batch_size].to(device, non_blocking=True), mean, std)
-            chunks.append(encoder(xb).float().cpu())
+        with accel.autocast(device, precision):
+            for start in range(0, len(images), batch_size):
+                xb = normalise(accel.to_device(images[start:start + batch_size], device), mean, std)
+                pending.append(encoder(accel.images_layout(xb)).float())
+                rows += len(xb)
+                if rows >= _FLUSH_ROWS:
+                    host.append(torch.cat(pending).cpu())
+                    pending, rows = [], 0
+        if pending:
+            host.append(torch.cat(pending).cpu())
     finally:
         encoder.train(was_training)
-    if not chunks:
+    if not host:
         return np.zeros((0, int(meta["feature_dim"])), dtype=np.float32)
-    return torch.cat(chunks).numpy().astype(np.float32, copy=False)
+    return torch.cat(host).numpy().astype(np.float32, copy=False)
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
@@ -143,11 +161,12 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
 def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: Path, *,
                      batch_size: int = 256, num_threads: int = 1,
                      device: torch.device | str | None = None, set_config: dict[str, Any] | None = None,
-                     data_dir: Path | None = None) -> dict[str, Any]:
+                     data_dir: Path | None = None, precision: str = "auto") -> dict[str, Any]:
     """Encode every split of ``set_name`` with the encoder in ``checkpoint``; write the cache.
 
     ``set_config`` is the definition of a set declared in a spec (see ``downstream.sets``);
-    ``data_dir`` is where real and declared sets with relative paths live.
+    ``data_dir`` is where real and declared sets with relative paths live; ``precision`` is
+    :mod:`downstream.accel`'s (bf16 autocast on a GPU by default, fp32 on a CPU).
     Returns a summary: set, checkpoint, backbone, image_size, feature_dim, num_classes,
     ``counts`` per split, ``seconds`` (total) and ``images_per_second``.
     """
@@ -161,7 +180,7 @@ def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: 
     encode_seconds = 0.0
     with torch_threads(num_threads):
         encoder, meta = load_encoder(checkpoint, map_location="cpu")
-        encoder.to(device)
+        accel.prepare_model(encoder, device)
         image_size = int(meta["image_size"])
         for split in SPLITS:
             data = sets.load_split(entry, split, data_root, data_dir=data_dir, image_size=image_size)
@@ -176,7 +195,7 @@ def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: 
                                  f"but {len(labels)} labels")
             t0 = time.perf_counter()
             feats = encode(encoder, prepare_images(data.images, image_size), meta,
-                           batch_size=batch_size, device=device)
+                           batch_size=batch_size, device=device, precision=precision)
             encode_seconds += time.perf_counter() - t0
             if feats.shape[1] != int(meta["feature_dim"]):
                 raise ValueError(f"{checkpoint}: encoder gives {feats.shape[1]} features, meta says "

@@ -51,9 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from downstream import accel
 from downstream.features import default_device, meta_stats, normalise, prepare_images, torch_threads
 from downstream.metrics import all_metrics, check_metric
-from pretrain.optim import cosine_with_warmup, param_groups
+from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
 
@@ -135,17 +136,24 @@ def _batches(n: int, batch_size: int, gen: torch.Generator) -> list[torch.Tensor
 
 
 def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tensor:
-    """Random crop after zero-padding by ``pad`` pixels, then a random horizontal flip (uint8 [B,3,S,S])."""
+    """Random crop after zero-padding by ``pad`` pixels, then a random horizontal flip (uint8 [B,3,S,S]).
+
+    The whole batch at once, as tensor ops on ``x``'s device (the GPU's during fine-tuning there);
+    the offsets and flips are drawn from the CPU generator ``gen``, so a seed gives the same
+    crops and flips on every device.
+    """
     b, _, s, _ = x.shape
+    dev = x.device
     if pad > 0:
         padded = F.pad(x, (pad, pad, pad, pad))
-        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen)
-        ar = torch.arange(s)
+        oy = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(dev)
+        ox = torch.randint(0, 2 * pad + 1, (b,), generator=gen).to(dev)
+        ar = torch.arange(s, device=dev)
         rows = (oy[:, None] + ar)[:, None, :, None]  # [B, 1, S, 1]
         cols = (ox[:, None] + ar)[:, None, None, :]  # [B, 1, 1, S]
-        x = padded[torch.arange(b)[:, None, None, None], torch.arange(3)[None, :, None, None], rows, cols]
-    flip = torch.rand(b, generator=gen) < 0.5
+        x = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
+                   rows, cols]
+    flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
@@ -176,10 +184,13 @@ def loss_weights(labels: np.ndarray, num_classes: int, class_weight: str | None)
 
 @torch.inference_mode()
 def _evaluate(model: nn.Module, images: torch.Tensor, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-              metric: str, batch_size: int, device: torch.device) -> dict[str, float]:
+              metric: str, batch_size: int, device: torch.device, precision: str = "auto") -> dict[str, float]:
+    """Metrics of ``model`` on prepared images; logits stay on the device until one copy at the end."""
     model.eval()
-    logits = torch.cat([model(normalise(images[i:i + batch_size].to(device), mean, std)).float().cpu()
-                        for i in range(0, len(images), batch_size)])
+    with accel.autocast(device, precision):
+        logits = torch.cat([model(accel.images_layout(normalise(accel.to_device(images[i:i + batch_size], device),
+                                                                mean, std))).float()
+                            for i in range(0, len(images), batch_size)]).cpu()
     out = all_metrics(labels, logits.argmax(dim=1).numpy())
     out["score"] = out[metric]
     out["loss"] = float(F.cross_entropy(logits, torch.from_numpy(labels)))
@@ -204,7 +215,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
              num_classes: int, metric: str = "top1", config: FinetuneConfig = FinetuneConfig(),
              device: torch.device | str | None = None, num_threads: int = 1,
              head_init: tuple[np.ndarray, np.ndarray] | None = None, feature_dim: int | None = None,
-             class_weight: str | None = None, pretrained: bool = True) -> FinetuneResult:
+             class_weight: str | None = None, pretrained: bool = True, precision: str = "auto") -> FinetuneResult:
     """Fine-tune ``encoder`` (left unmodified; each lr trains a copy) and score the selection on test.
 
     ``train``, ``validation`` and ``test`` are ``(images uint8 [N, H, W, 3], labels int64 [N])``;
@@ -214,7 +225,8 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     result is never worse on validation than where it started (LP-FT never falls below its probe
     on validation). ``feature_dim`` (default ``meta["feature_dim"]``) is the width of what
     ``encoder`` returns. ``pretrained`` says whether ``encoder`` holds learnt weights (BatchNorm
-    handling under ``config.bn == "auto"``).
+    handling under ``config.bn == "auto"``). ``precision`` is :mod:`downstream.accel`'s: bf16
+    autocast on a GPU by default, fp32 on a CPU (where results are bitwise those of fp32).
     """
     check_metric(metric)
     if int(num_classes) < 2:
@@ -230,12 +242,16 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     feature_dim = int(feature_dim if feature_dim is not None else meta["feature_dim"])
     weights = loss_weights(train[1], num_classes, class_weight)
     bn_frozen = cfg.bn == "frozen" or (cfg.bn == "auto" and pretrained)
+    accel.check_precision(precision)
 
     with torch_threads(num_threads):
         mean, std = meta_stats(meta, device)
-        x_train = prepare_images(train[0], size)
-        x_val = prepare_images(validation[0], size)
-        y_train = torch.from_numpy(train[1])
+        # Training images stay on a GPU when they fit (batches are then indexed there), else pinned.
+        x_train = accel.resident(prepare_images(train[0], size), device)
+        x_val = accel.pinned(prepare_images(validation[0], size), device)
+        y_train = torch.from_numpy(train[1]).to(device)
+        if weights is not None:
+            weights = weights.to(device)
         n = len(y_train)
         batch_size = min(cfg.batch_size, n)
         steps_per_epoch = len(_batches(n, batch_size, torch.Generator().manual_seed(0)))
@@ -248,16 +264,18 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         best: dict[str, Any] | None = None
         start_point: dict[str, Any] | None = None
         if head_init is not None:  # the starting point is a candidate: selection never falls below it
-            model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)).to(device)
-            val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device)
+            model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)),
+                                        device)
+            val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device, precision)
             start_point = {"epoch": 0, "train_loss": float("nan"), "val_score": val["score"], "val_top1": val["top1"],
                            "val_loss": val["loss"], "lr": 0.0, "last_lr": 0.0, "seconds": 0.0}
             best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
         per_lr: list[dict[str, Any]] = []
         for lr in cfg.lrs:
             gen = torch.Generator().manual_seed(int(cfg.seed))
-            model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)).to(device)
-            opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=float(lr))
+            model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)),
+                                        device)
+            opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=float(lr), **adamw_kwargs(device))
             sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warmup, total_steps))
             curve: list[dict[str, Any]] = [dict(start_point, lr=float(lr))] if start_point is not None else []
             lr_best: tuple[int, float] | None = None
@@ -266,12 +284,13 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
                 _set_train(model, bn_frozen)
                 loss_sum = torch.zeros((), device=device)
                 for idx in _batches(n, batch_size, gen):
-                    xb = x_train[idx]
+                    xb = accel.to_device(x_train[idx.to(x_train.device)], device)
                     if cfg.augment:
-                        xb = augment_batch(xb, gen, pad)
-                    xb = normalise(xb.to(device), mean, std)
-                    yb = y_train[idx].to(device)
-                    loss = F.cross_entropy(model(xb), yb, weight=None if weights is None else weights.to(device))
+                        xb = augment_batch(xb, gen, pad)  # on the device, the whole batch at once
+                    xb = accel.images_layout(normalise(xb, mean, std))
+                    yb = y_train[idx.to(device)]
+                    with accel.autocast(device, precision):
+                        loss = F.cross_entropy(model(xb).float(), yb, weight=weights)
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -281,7 +300,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
                 train_loss = float(loss_sum) / n  # one host sync per epoch, not per step
                 if not math.isfinite(train_loss):
                     log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
-                val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device)
+                val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device, precision)
                 curve.append({"epoch": epoch, "train_loss": train_loss, "val_score": val["score"],
                               "val_top1": val["top1"],
                               "val_loss": val["loss"], "lr": float(lr), "last_lr": float(sched.get_last_lr()[0]),
@@ -302,10 +321,10 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         if best is None:  # unreachable: at least one lr and one epoch ran
             raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
         t0 = time.perf_counter()
-        model = nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes)).to(device)
+        model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes)), device)
         model.load_state_dict(best["state"])
         test_metrics = _evaluate(model, prepare_images(test[0], size), test[1], mean, std, metric,
-                                 cfg.eval_batch_size, device)
+                                 cfg.eval_batch_size, device, precision)
         eval_seconds = time.perf_counter() - t0
 
     hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": epochs,

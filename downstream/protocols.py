@@ -36,6 +36,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from downstream import accel
 from downstream.features import (default_device, downstream_sets, load_class_names, load_features,
                                  prepare_images, torch_threads)
 from downstream.fewshot import sample_shots
@@ -346,7 +347,7 @@ def run_zeroshot(req: EvalRequest) -> list[EvalResult]:
     device = default_device()
     templates = templates_for(req.set_name)
     with torch_threads(req.num_threads):
-        model.to(device)
+        accel.prepare_model(model, device)  # channels-last on a GPU
         val = _split(req, "validation", size)
         names = list(val.class_names)
         t0 = time.perf_counter()

@@ -27,6 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from downstream import accel
 from downstream.features import meta_stats, normalise
 
 DEFAULT_TEMPLATES: tuple[str, ...] = (
@@ -70,16 +71,19 @@ def prompt_name(class_name: str) -> str:
 
 @torch.inference_mode()
 def class_weights(model: nn.Module, tokenizer: Any, class_names: Sequence[str], templates: Sequence[str],
-                  device: torch.device | str = "cpu") -> torch.Tensor:
-    """Normalised class embeddings ``[embed_dim, C]`` from the prompts (open_clip's builder)."""
+                  device: torch.device | str = "cpu", precision: str = "auto") -> torch.Tensor:
+    """Normalised class embeddings ``[embed_dim, C]`` from the prompts (open_clip's builder), in
+    :mod:`downstream.accel`'s ``precision`` (bf16 autocast on a GPU by default), returned in fp32."""
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
 
     if not class_names:
         raise ValueError("zero-shot needs class names; the set has none")
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every zero-shot template needs one '{{}}' for the class name, got {list(templates)}")
-    return build_zero_shot_classifier(model, tokenizer, [prompt_name(c) for c in class_names], list(templates),
-                                      num_classes_per_batch=16, device=device, use_tqdm=False).float()
+    with accel.autocast(device, precision):
+        weights = build_zero_shot_classifier(model, tokenizer, [prompt_name(c) for c in class_names], list(templates),
+                                             num_classes_per_batch=16, device=device, use_tqdm=False)
+    return weights.float()
 
 
 class ClipImageFeatures(nn.Module):
@@ -95,19 +99,26 @@ class ClipImageFeatures(nn.Module):
 
 @torch.inference_mode()
 def zeroshot_logits(model: nn.Module, images: torch.Tensor, weights: torch.Tensor, meta: dict[str, Any], *,
-                    batch_size: int = 256, device: torch.device | str = "cpu") -> torch.Tensor:
-    """``logit_scale * normalised image embeddings @ weights`` for prepared uint8 images ``[N, 3, S, S]``."""
+                    batch_size: int = 256, device: torch.device | str = "cpu", precision: str = "auto") -> torch.Tensor:
+    """``logit_scale * normalised image embeddings @ weights`` for prepared uint8 images ``[N, 3, S, S]``.
+
+    The image tower runs in :mod:`downstream.accel`'s ``precision`` (bf16 autocast on a GPU by
+    default); the product with the class weights is fp32, and the logits cross to the host once.
+    """
     device = torch.device(device)
     mean, std = meta_stats(meta, device)
     model.eval()
     scale = float(model.logit_scale.detach().exp())
+    images, weights = accel.pinned(images, device), weights.to(device)
     out = []
     for start in range(0, len(images), batch_size):
-        x = normalise(images[start:start + batch_size].to(device), mean, std)
-        out.append((scale * model.encode_image(x, normalize=True).float() @ weights.to(device)).cpu())
+        x = accel.images_layout(normalise(accel.to_device(images[start:start + batch_size], device), mean, std))
+        with accel.autocast(device, precision):
+            emb = model.encode_image(x, normalize=True)
+        out.append(scale * emb.float() @ weights)
     if not out:
         return torch.zeros((0, weights.shape[1]))
-    return torch.cat(out)
+    return torch.cat(out).cpu()
 
 
 def zeroshot_head(model: nn.Module, weights: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:

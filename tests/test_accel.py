@@ -1,0 +1,97 @@
+"""GPU-ready evaluation paths, checked on the CPU: precision choice, CPU bf16 autocast, batch-wise
+augmentation on tensors, feature extraction without per-batch copies, fused AdamW only on CUDA."""
+
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+
+from downstream import accel
+from downstream.features import encode, prepare_images
+from downstream.finetune import FinetuneConfig, augment_batch, finetune
+from pretrain.models import build_encoder, encoder_meta
+from pretrain.optim import adamw_kwargs
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def test_precision_picks_bf16_on_cuda_and_fp32_on_cpu_by_default():
+    assert accel.amp_dtype("cpu") is None
+    assert accel.amp_dtype(torch.device("cuda")) is torch.bfloat16  # a pure choice: no GPU needed
+    assert accel.amp_dtype("cpu", "bf16") is torch.bfloat16
+    assert accel.amp_dtype("cuda", "fp32") is None
+    with pytest.raises(ValueError, match="precision must be one of auto, bf16, fp32"):
+        accel.amp_dtype("cpu", "fp16")
+
+
+def test_autocast_runs_bf16_on_the_cpu_only_when_asked():
+    layer = torch.nn.Linear(8, 4)
+    x = torch.randn(2, 8)
+    with accel.autocast("cpu"):
+        assert layer(x).dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+    with accel.autocast("cpu", "bf16"):
+        assert layer(x).dtype == torch.bfloat16
+    assert not torch.is_autocast_enabled("cpu")
+
+
+def test_cuda_settings_only_for_cuda_devices(monkeypatch):
+    entered = []
+    monkeypatch.setattr(accel, "_cuda_flags", lambda: entered.append(1) or contextlib.nullcontext())
+    saved = torch.backends.cudnn.benchmark
+    for precision in accel.PRECISIONS:
+        with accel.autocast("cpu", precision):
+            pass
+    assert entered == [] and torch.backends.cudnn.benchmark == saved
+    x = torch.zeros(2, 3, 4, 4)
+    assert accel.images_layout(x) is x and accel.to_device(x, "cpu") is x and accel.resident(x, "cpu") is x
+    assert not accel.pinned(x, "cpu").is_pinned()
+    assert adamw_kwargs("cpu") == {} and adamw_kwargs(torch.device("cuda", 0)) == {"fused": True}
+
+
+def test_cuda_flags_are_restored_on_exit():
+    saved = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark)
+    with accel._cuda_flags():
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.benchmark
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.benchmark) == saved
+
+
+def _encoder():
+    torch.manual_seed(0)
+    encoder = build_encoder("test_resnet", 16)
+    return encoder, encoder_meta(encoder, "test_resnet", 16)
+
+
+def test_features_in_bf16_are_close_to_fp32_and_chunked_copies_change_nothing(monkeypatch):
+    encoder, meta = _encoder()
+    images = prepare_images(np.random.default_rng(0).integers(0, 255, (40, 16, 16, 3), dtype=np.uint8), 16)
+    fp32 = encode(encoder, images, meta, batch_size=8)
+    monkeypatch.setattr("downstream.features._FLUSH_ROWS", 16)  # several host copies
+    assert np.array_equal(encode(encoder, images, meta, batch_size=8), fp32)
+    bf16 = encode(encoder, images, meta, batch_size=8, precision="bf16")
+    assert bf16.dtype == np.float32 and bf16.shape == fp32.shape and not np.array_equal(bf16, fp32)
+    assert np.abs(bf16 - fp32).max() <= 0.05 * np.abs(fp32).max()
+
+
+def test_batch_augmentation_draws_the_same_crops_whatever_the_batch_holds():
+    x = torch.randint(0, 256, (6, 3, 8, 8), dtype=torch.uint8)
+    a = augment_batch(x, torch.Generator().manual_seed(3), pad=2)
+    b = augment_batch(x.clone(), torch.Generator().manual_seed(3), pad=2)
+    assert torch.equal(a, b)
+    for i in range(6):  # each output is a shifted (zero-filled) window of its own image, maybe mirrored
+        padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
+        windows = [padded[:, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
+        assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(-1)) for w in windows)
+
+
+def test_finetune_runs_in_bf16_on_the_cpu_when_asked():
+    encoder, meta = _encoder()
+    rng = np.random.default_rng(1)
+    splits = [(rng.integers(0, 255, (n, 16, 16, 3), dtype=np.uint8), np.tile(np.arange(4), n // 4)) for n in (16, 8, 8)]
+    cfg = FinetuneConfig(epochs=1, lrs=(1e-3,), batch_size=8)
+    res = finetune(encoder, meta, *splits, num_classes=4, config=cfg, device="cpu", precision="bf16")
+    assert np.isfinite(res.curve[0]["train_loss"]) and 0 <= res.test["top1"] <= 1
+    with pytest.raises(ValueError, match="precision"):
+        finetune(encoder, meta, *splits, num_classes=4, config=cfg, device="cpu", precision="half")
