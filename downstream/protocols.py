@@ -96,6 +96,12 @@ class ProtocolEntry:
     needs_text_tower: bool = False  # only for checkpoints of methods with a text tower (zero-shot)
     from_scratch: bool = False  # ignores the checkpoint's weights: evaluated once per backbone
 
+    @property
+    def runs_on_cpu(self) -> bool:
+        """Fits on cached features without training a network (the linear probe: SciPy on the CPU),
+        so its job needs no GPU whatever the spec gives evaluations."""
+        return self.needs_features and not self.trains
+
 
 PROTOCOLS: Registry[ProtocolEntry] = Registry("protocol")
 

@@ -726,7 +726,7 @@ def _eval_cost(plan: Plan, job: Job, spec, figs: _Figures, eres: dict, gpu_eval:
         if protocol == "lp_ft":
             host += probes()
         c.bytes += rows * lrs * epochs * CURVE_BYTES
-    _task(device, host, eres, c)
+    _task(device, host, {**eres, **job.resources}, c)  # a linear probe's job holds no GPU (harness.plan)
     c.bytes += rows * ROW_BYTES
 
 

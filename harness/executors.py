@@ -129,7 +129,7 @@ def view_config(c: dict[str, Any]):
 @EXECUTORS.register("pretrain")
 def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
     from harness.train_ray import run_pretrain
-    from pretrain.loop import TrainConfig
+    from pretrain.loop import TrainConfig, loader_workers_for
 
     c, r = job.config, job.resources
     manifest_bytes = (job_dir(ctx.workdir, "view", job.deps[0]) / "manifest.json").read_bytes()
@@ -152,7 +152,8 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         grad_accum=int(c.get("grad_accum", 1)),
         precision=c.get("precision", "auto"),
         hparams=dict(c.get("hparams", {})),
-        num_workers_loader=int(r.get("loader_workers", 0)),
+        num_workers_loader=loader_workers_for(r.get("loader_workers", "auto"), float(r.get("cpus_per_worker", 1)),
+                                              0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0))),
         extra={"pretrain_key": job.key, "view_key": job.deps[0], "view_size": int(view["size"]),
                # the exact data: a resumed run refuses a view rebuilt with other samples
                "view_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()},
@@ -281,7 +282,7 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
     base = base_row(job, ctx, pretrain_size=pretrain_size, samples_seen=int(meta.get("samples_seen", 0)),
                     image_size=int(meta["image_size"]), checkpoint_epoch=meta.get("epoch"),
                     pretrain_epochs=meta.get("epochs") if job.coords["method"] != "none" else None)
-    device = device_name()
+    device = "cpu" if entry.runs_on_cpu else device_name()  # where the protocol ran (a probe: SciPy on the CPU)
     runs, curves = [], []
     for r in results:
         key = row_key(job.key, r.shots, r.eval_seed)

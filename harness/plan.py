@@ -301,7 +301,9 @@ def make_plan(spec: Spec) -> Plan:
                 if set_cfg is not None:
                     ecfg["set_config"] = set_cfg
                 deps = (src.key, world.key) + ((feats.key,) if pentry.needs_features and feats else ())
+                # a probe on cached features is a CPU task: it holds no GPU (resources are not in the key)
+                jres = {**eres, "num_gpus": 0} if pentry.runs_on_cpu else eres
                 add(Job("eval", content_key("eval", ecfg, list(deps)), ecfg, deps,
-                        {**base, "protocol": proto.name}, eres, rows=len(shots) * len(seeds)))
+                        {**base, "protocol": proto.name}, jres, rows=len(shots) * len(seeds)))
 
     return Plan(spec, jobs, pruned)

@@ -494,7 +494,16 @@ class PretrainResources(_Model):
     num_workers: int = Field(1, ge=1)  # DDP workers (Ray Train); the global batch does not change
     cpus_per_worker: float = Field(1, gt=0)
     gpus_per_worker: float = Field(0, ge=0)
-    loader_workers: int = Field(0, ge=0)  # decoding processes per worker (0: decode in the training process)
+    # decoding processes per worker (0: decode in the training process); "auto": min(8, cpus_per_worker - 1)
+    # for a worker holding a GPU, 0 on a CPU (pretrain.loop.loader_workers_for)
+    loader_workers: Union[Literal["auto"], int] = "auto"
+
+    @field_validator("loader_workers")
+    @classmethod
+    def _loader_workers(cls, v: Any) -> Any:
+        if v != "auto" and (isinstance(v, bool) or not isinstance(v, int) or v < 0):
+            raise ValueError(f"loader_workers must be 'auto' or an int >= 0, got {v!r}")
+        return v
 
 
 class PretrainRate(_Model):

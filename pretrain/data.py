@@ -609,7 +609,8 @@ class TrainLoader:
     ``skipped`` totals the bad samples dropped so far (across workers).
     """
 
-    def __init__(self, pipeline: wds.DataPipeline, *, num_batches: int, num_workers: int, shared_epoch: SharedEpoch, pin_memory: bool = False):
+    def __init__(self, pipeline: wds.DataPipeline, *, num_batches: int, num_workers: int, shared_epoch: SharedEpoch,
+                 pin_memory: bool = False, prefetch_factor: int | None = None):
         self.num_batches = num_batches
         self.shared_epoch = shared_epoch
         self.skipped = 0
@@ -619,6 +620,7 @@ class TrainLoader:
             num_workers=num_workers,
             persistent_workers=num_workers > 0,
             pin_memory=pin_memory,
+            prefetch_factor=prefetch_factor if num_workers > 0 else None,
         )
 
     def set_epoch(self, epoch: int) -> None:
@@ -645,6 +647,7 @@ def make_train_loader(
     world_size: int = 1,
     num_workers: int = 0,
     pin_memory: bool = False,
+    prefetch_factor: int | None = None,
     shuffle_buffer: int = 1000,
     pipeline_options: Mapping[str, Any] | None = None,
 ) -> TrainLoader:
@@ -689,4 +692,5 @@ def make_train_loader(
     )
     # Each worker yields its share (rounded up); TrainLoader cuts the epoch at num_batches.
     dataset = dataset.with_epoch(math.ceil(num_batches / max(num_workers, 1)))
-    return TrainLoader(dataset, num_batches=num_batches, num_workers=num_workers, shared_epoch=epoch, pin_memory=pin_memory)
+    return TrainLoader(dataset, num_batches=num_batches, num_workers=num_workers, shared_epoch=epoch, pin_memory=pin_memory,
+                       prefetch_factor=prefetch_factor)

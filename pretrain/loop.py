@@ -50,7 +50,7 @@ from torch import nn
 from pretrain.budget import LAST, checkpoint_name, run_length
 from pretrain.data import PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
 from pretrain.methods import METHODS, LossContext
-from pretrain.optim import cosine_with_warmup, param_groups
+from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 from pretrain.models import BACKBONES, atomic_torch_save, save_encoder
 
 logger = logging.getLogger(__name__)
@@ -184,6 +184,23 @@ class ToDevice:
             if self.device.type == "cuda":
                 out[k] = out[k].contiguous(memory_format=torch.channels_last)
         return out
+
+
+#: Most loader processes ``auto`` gives a GPU worker (decoding beyond this rarely pays on one GPU).
+MAX_AUTO_LOADER_WORKERS = 8
+
+
+def loader_workers_for(setting: int | str, cpus_per_worker: float, gpus_per_worker: float) -> int:
+    """Decoding processes per training worker: ``auto`` is ``min(8, cpus_per_worker - 1)`` for a
+    worker holding a GPU (one CPU stays with the training process) and 0 on a CPU, where the
+    loader shares the cores the model trains on; an int is taken as it is."""
+    if setting == "auto":
+        if gpus_per_worker <= 0:
+            return 0
+        return max(0, min(MAX_AUTO_LOADER_WORKERS, int(cpus_per_worker) - 1))
+    if isinstance(setting, bool) or not isinstance(setting, int) or setting < 0:
+        raise ValueError(f"loader_workers must be 'auto' or an int >= 0, got {setting!r}")
+    return setting
 
 
 def amp_dtype_for(precision: str, on_cuda: bool) -> torch.dtype | None:
@@ -379,6 +396,8 @@ def _train_loop(
     on_cuda = device.type == "cuda"
     if on_cuda:
         torch.cuda.set_device(device)
+        torch.backends.cudnn.benchmark = True  # fixed batch shapes: let cuDNN pick its fastest kernels
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True  # for precision fp32
     if dist.world_size > 1 and not torch_dist.is_initialized():
         torch_dist.init_process_group("nccl" if on_cuda else "gloo", rank=dist.rank, world_size=dist.world_size)
 
@@ -402,7 +421,8 @@ def _train_loop(
     model.to(device)
     if on_cuda:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999))
+    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
+                                  **adamw_kwargs(device))  # fused on CUDA
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
     amp_dtype = amp_dtype_for(cfg.precision, on_cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
@@ -456,6 +476,7 @@ def _train_loop(
         world_size=dist.world_size,
         num_workers=cfg.num_workers_loader,
         pin_memory=on_cuda,
+        prefetch_factor=4 if on_cuda else None,  # batches each loader process keeps ready ahead of the GPU
         # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
         pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(model, cfg.hparams)},
     )

@@ -95,3 +95,53 @@ def test_finetune_runs_in_bf16_on_the_cpu_when_asked():
     assert np.isfinite(res.curve[0]["train_loss"]) and 0 <= res.test["top1"] <= 1
     with pytest.raises(ValueError, match="precision"):
         finetune(encoder, meta, *splits, num_classes=4, config=cfg, device="cpu", precision="half")
+
+
+# --------------------------------------------------------------------------- pre-training and the plan
+
+
+def test_loader_workers_auto_uses_the_cpus_beside_a_gpu_and_none_on_a_cpu():
+    from pretrain.loop import loader_workers_for
+
+    assert loader_workers_for("auto", cpus_per_worker=16, gpus_per_worker=1) == 8  # capped
+    assert loader_workers_for("auto", cpus_per_worker=4, gpus_per_worker=1) == 3  # one CPU for training
+    assert loader_workers_for("auto", cpus_per_worker=1, gpus_per_worker=0.5) == 0
+    assert loader_workers_for("auto", cpus_per_worker=16, gpus_per_worker=0) == 0  # CPU: decode in-process
+    assert loader_workers_for(3, cpus_per_worker=1, gpus_per_worker=0) == 3  # given: taken as it is
+    with pytest.raises(ValueError, match="loader_workers must be 'auto' or an int >= 0"):
+        loader_workers_for(-1, 4, 1)
+
+
+def _tiny_spec() -> dict:
+    from pathlib import Path
+
+    import yaml
+
+    return yaml.safe_load((Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml").read_text())
+
+
+def test_spec_loader_workers_default_auto_and_bad_values_name_the_field():
+    from harness.spec import SpecError, parse_spec
+
+    assert parse_spec(_tiny_spec()).resources.pretrain.loader_workers == "auto"
+    data = _tiny_spec()
+    data.setdefault("resources", {}).setdefault("pretrain", {})["loader_workers"] = "many"
+    with pytest.raises((SpecError, ValueError), match="loader_workers"):
+        parse_spec(data)
+
+
+def test_linear_probes_hold_no_gpu_and_their_rows_say_cpu():
+    from downstream.protocols import PROTOCOLS
+    from harness.plan import make_plan
+    from harness.spec import parse_spec
+
+    assert PROTOCOLS.get("linear").runs_on_cpu
+    assert not any(PROTOCOLS.get(p).runs_on_cpu for p in ("finetune", "lp_ft", "zeroshot", "scratch"))
+    data = _tiny_spec()
+    data.setdefault("resources", {})["eval"] = {"num_cpus": 2, "num_gpus": 0.25}
+    plan = make_plan(parse_spec(data))
+    evals = plan.of_kind("eval")
+    by_protocol = {j.coords["protocol"]: j.resources for j in evals}
+    assert by_protocol["linear"] == {"num_cpus": 2, "num_gpus": 0}
+    assert all(r == {"num_cpus": 2, "num_gpus": 0.25} for p, r in by_protocol.items() if p != "linear")
+    assert {j.resources["num_gpus"] for j in plan.of_kind("features")} == {0.25}  # extraction uses the GPU
