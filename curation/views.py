@@ -256,27 +256,36 @@ _SCORERS: dict[str, Any] = {}
 
 
 def _checkpoint_scorer(path: str):
-    """``score(images: list[bytes], captions: list[str]) -> np.ndarray`` for a CLIP checkpoint (cached per process)."""
+    """``score(images: list[bytes], captions: list[str]) -> np.ndarray`` for a CLIP checkpoint (cached per process).
+
+    The model runs on the GPU when the process has one (bf16 autocast, channels-last; see
+    :mod:`downstream.accel`), else on the CPU in fp32; the cosine is taken in fp32.
+    """
     if path not in _SCORERS:
         import torch
 
-        from downstream.features import meta_stats, normalise, prepare_images
+        from downstream import accel
+        from downstream.features import default_device, meta_stats, normalise, prepare_images
         from downstream.sets import resize_center_crop
         from pretrain.data import decode_image
         from downstream.zeroshot import load_zeroshot_model
 
         model, tokenizer, meta = load_zeroshot_model(path)
         model.eval()
-        mean, std = meta_stats(meta)
+        device = default_device()
+        accel.prepare_model(model, device)
+        mean, std = meta_stats(meta, device)
         size = int(meta["image_size"])
 
         @torch.inference_mode()
         def score(images: list[bytes], captions: list[str]) -> np.ndarray:
             arr = np.stack([resize_center_crop(decode_image(b).permute(1, 2, 0).numpy(), size) for b in images])
-            x = normalise(prepare_images(arr, size), mean, std)
-            img = torch.nn.functional.normalize(model.encode_image(x), dim=-1)
-            txt = torch.nn.functional.normalize(model.encode_text(tokenizer(captions)), dim=-1)
-            return (img * txt).sum(-1).float().numpy()
+            x = accel.images_layout(normalise(accel.to_device(prepare_images(arr, size), device), mean, std))
+            with accel.autocast(device):
+                img, txt = model.encode_image(x), model.encode_text(tokenizer(captions).to(device))
+            img = torch.nn.functional.normalize(img.float(), dim=-1)
+            txt = torch.nn.functional.normalize(txt.float(), dim=-1)
+            return (img * txt).sum(-1).cpu().numpy()
 
         _SCORERS[path] = score
     return _SCORERS[path]

@@ -145,3 +145,26 @@ def test_linear_probes_hold_no_gpu_and_their_rows_say_cpu():
     assert by_protocol["linear"] == {"num_cpus": 2, "num_gpus": 0}
     assert all(r == {"num_cpus": 2, "num_gpus": 0.25} for p, r in by_protocol.items() if p != "linear")
     assert {j.resources["num_gpus"] for j in plan.of_kind("features")} == {0.25}  # extraction uses the GPU
+
+
+def test_the_curation_clip_scorer_puts_its_model_on_the_default_device(tmp_path, monkeypatch):
+    import io
+
+    from PIL import Image
+
+    from curation import views
+    from downstream import features
+    from test_downstream import _clip_checkpoint
+
+    ckpt = _clip_checkpoint(tmp_path / "clip.pt")
+    placed = []
+    monkeypatch.setattr(features, "default_device", lambda: torch.device("cpu"))
+    real = accel.prepare_model
+    monkeypatch.setattr(accel, "prepare_model", lambda m, d: placed.append((type(m).__name__, torch.device(d))) or real(m, d))
+    monkeypatch.setattr(views, "_SCORERS", {})
+    score = views._checkpoint_scorer(str(ckpt))
+    buf = io.BytesIO()
+    Image.fromarray(np.full((20, 24, 3), 120, dtype=np.uint8)).save(buf, format="PNG")
+    s = score([buf.getvalue()] * 2, ["a red square", "a blue circle"])
+    assert placed == [("CLIP", torch.device("cpu"))]
+    assert s.shape == (2,) and s.dtype == np.float32 and np.all(np.abs(s) <= 1 + 1e-5)
