@@ -51,7 +51,7 @@ def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
     from results.store import Store
 
     s = _load(spec)
-    p = make_plan(s)
+    p = _plan_or_exit(s)
     paths = resolve_paths(s, p, workdir=workdir, store=store)
     done = done_keys(p, paths, Store(paths.store).part_keys("runs"))
     t = Table(title=f"plan of {s.name!r}: {len(p.jobs)} jobs, {p.planned_rows()} result rows")
@@ -129,27 +129,85 @@ def run(spec: Path = typer.Argument(..., help="The YAML spec."),
         num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
         no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display.")) -> None:
     """Run the spec on Ray (local or an existing cluster); finished jobs are skipped."""
-    from harness.plan import KINDS, make_plan
+    _run_and_print(_load(spec), store=store, workdir=workdir, address=address, num_cpus=num_cpus,
+                   progress=not no_progress)
+
+
+def _plan_or_exit(s):
+    """The spec's plan; an existing model whose weights are missing exits with its error."""
+    from harness.plan import make_plan
+    from pretrain.existing import ModelError
+
+    try:
+        return make_plan(s)
+    except ModelError as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+
+
+def _run_and_print(s, *, store: Optional[str], workdir: Optional[str], address: Optional[str],
+                   num_cpus: Optional[int], progress: bool) -> None:
+    """``tbench run``'s body: run the spec, print what ran and the results table."""
+    from harness.plan import KINDS
     from harness.runner import resolve_paths
     from harness.runner import run as run_spec
+    from pretrain.existing import ModelError
     from results.summary import results_table
 
-    s = _load(spec)
-    summary = run_spec(s, workdir=workdir, store=store, address=address, num_cpus=num_cpus,
-                       progress=not no_progress)
+    _plan_or_exit(s)
+    try:
+        summary = run_spec(s, workdir=workdir, store=store, address=address, num_cpus=num_cpus, progress=progress)
+    except ModelError as e:  # an existing model that cannot be used: found before any work
+        err.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
     ran = sum(summary.ran.values())
     console.print(f"{summary.planned_jobs} jobs planned, {summary.already_done} already finished, {ran} ran"
                   f" ({', '.join(f'{k} {summary.ran[k]}' for k in KINDS if summary.ran[k]) or 'none'}), "
                   f"{len(summary.failed)} failed; {summary.rows_written} rows written in {summary.seconds:.1f}s"
                   + (f"; {summary.started_early} started on a mid-training checkpoint while its run trained on"
                      if summary.started_early else ""))
-    paths = resolve_paths(s, make_plan(s), workdir=workdir, store=store)
+    paths = resolve_paths(s, _plan_or_exit(s), workdir=workdir, store=store)
     console.print(results_table(paths.store, s.name))
     if summary.failed:
         err.print(f"[bold red]{len(summary.failed)} job(s) failed[/]; their rows carry status='failed' and the error:")
         for key, e in list(summary.failed.items())[:10]:
             err.print(f"  {key}: {e}", highlight=False)
         raise typer.Exit(1)
+
+
+@app.command("eval")
+def eval_models(models: list[str] = typer.Argument(..., help="Models as [NAME=]FRAMEWORK:ARCH:WEIGHTS, e.g. "
+                                                    "timm:resnet50:/w/r50.safetensors, open_clip:ViT-B-32:laion2b_s34b_b79k, "
+                                                    "timm:resnet50.a1_in1k:hf-hub:timm/resnet50.a1_in1k."),
+                sets: str = typer.Option(..., help="Downstream sets, comma-separated (e.g. dtd,digits,real.cifar100)."),
+                protocols: str = typer.Option("linear", help="Protocols, comma-separated (linear, finetune, lp_ft, "
+                                              "zeroshot: open_clip models only)."),
+                shots: str = typer.Option("full", help="Shot counts, comma-separated, 'full' for full data (zeroshot: 0)."),
+                eval_seeds: str = typer.Option("0", help="Evaluation seeds, comma-separated."),
+                name: str = typer.Option("eval", help="The spec's name (the rows' spec column)."),
+                store: Optional[str] = typer.Option(None, help="The results store (default tbench-out/NAME/store); "
+                                                    "the store of a grid's run puts the models beside it."),
+                workdir: Optional[str] = typer.Option(None, help="The workdir (default tbench-out/NAME/work)."),
+                world_dir: Optional[str] = typer.Option(None, help="An embedded world already on disk (default: in the workdir)."),
+                world_scale: float = typer.Option(1.0, help="The embedded world's scale (as the grid's spec has it)."),
+                address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
+                num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
+                no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display.")) -> None:
+    """Evaluate existing models (open_clip, timm; a tag, a local file or hf-hub:org/name) without writing a
+    spec: the spec built is saved next to the store (tbench run on it repeats the run); finished jobs are skipped."""
+    from harness.eval_models import eval_spec, save_spec, saved_spec_path
+    from harness.spec import parse_spec
+
+    try:
+        data = eval_spec(models, sets=sets, protocols=protocols, shots=shots, eval_seeds=eval_seeds, name=name,
+                         store=store, workdir=workdir, world_dir=world_dir, world_scale=world_scale)
+        s = parse_spec(data, "tbench eval")
+    except (SpecError, ValueError) as e:
+        err.print(f"error: {e}", markup=False, highlight=False)
+        raise typer.Exit(2) from None
+    path = save_spec(data, saved_spec_path(data))
+    console.print(f"spec saved to {path} (tbench run {path} repeats this run)", highlight=False)
+    _run_and_print(s, store=None, workdir=None, address=address, num_cpus=num_cpus, progress=not no_progress)
 
 
 @app.command()

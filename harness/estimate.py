@@ -63,6 +63,15 @@ STATE_OVERHEAD = 3  # a training state holds the model and AdamW's two moments: 
 WORLD_BYTES_PER_SCALE = 208_000_000  # the embedded world at scale 1.0: 208 MB (measured: du of a quickstart world)
 WORLD_CPU_S_PER_SCALE = 100.0  # its build at scale 1.0: 100 s in one process (measured: its _DONE.json)
 INIT_CPU_S = 10.0  # building and saving a random-init encoder (assumption)
+MODEL_FEATURE_DIM = 1024  # an existing model's feature width before it is loaded (assumption)
+
+
+def _shape(src: Job) -> tuple[str, int]:
+    """(backbone, image size) of the job providing an encoder: an existing model's arch at its spec's
+    image_size, else at :data:`REF_SIZE` (its own is known once loaded)."""
+    if src.kind == "model":
+        return src.config["arch"], int(src.config.get("image_size") or REF_SIZE)
+    return src.config["backbone"], src.config["image_size"]
 CPU_SLOWDOWN = 50.0  # CPU figure = GPU figure / this, where no CPU figure is known (assumption)
 DEFAULT_CLASSES = 1000  # classes of a supervised head where the view's label count is not known
 
@@ -540,6 +549,8 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             dim = _clip_tower_dim(src.config.get("hparams", {}))
             if dim is not None:
                 return dim
+        if src.kind == "model":  # an existing model's width is known once it is loaded
+            return MODEL_FEATURE_DIM
         return encoder_params(src.config["backbone"], src.config["image_size"])[1]
 
     for job in plan.jobs.values():
@@ -613,11 +624,17 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             c.cpu_seconds = c.wall_seconds = INIT_CPU_S
             c.bytes = 4 * enc
             store("checkpoints", c.bytes, "")
+        elif job.kind == "model":
+            c.cpu_seconds = c.wall_seconds = INIT_CPU_S
+            said = (f"existing models: loading and writing one takes {INIT_CPU_S:g} s, features {MODEL_FEATURE_DIM} "
+                    f"wide, {REF_SIZE} px unless the spec gives image_size (assumptions: known once loaded)")
+            if said not in assumptions:
+                note(said)
         elif job.kind == "features":
             src = plan.jobs[job.deps[0]]
             sz = set_size(job.config["downstream"], spec)
-            size = src.config["image_size"]
-            rate = figs.model("inference", src.config["backbone"], size, gpu_eval)
+            backbone, size = _shape(src)
+            rate = figs.model("inference", backbone, size, gpu_eval)
             _task(sz.total / rate, sz.total / (decode * eres["num_cpus"]), eres, c)
             c.bytes = sz.total * (feature_dim(src) * 4 + 8)
             store("feature caches", c.bytes, "examples x feature width x 4 bytes (float32) + labels")
@@ -691,7 +708,7 @@ def _eval_cost(plan: Plan, job: Job, spec, figs: _Figures, eres: dict, gpu_eval:
     src = plan.jobs[job.deps[0]]
     cfg = job.config
     sz = set_size(cfg["downstream"], spec)
-    backbone, size = src.config["backbone"], src.config["image_size"]
+    backbone, size = _shape(src)
     dim = feature_dim(src)
     protocol = cfg["protocol"]
     shots, seeds = cfg["shots"], cfg["seeds"]

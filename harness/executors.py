@@ -57,7 +57,12 @@ def out_dir(job: Job, ctx: RunContext) -> Path:
 
 
 def checkpoint_path(ctx: RunContext, pretrain_key: str, epoch: int | str) -> Path:
-    """Where the encoder of a pre-training (or init) job for ``epoch`` (or ``LAST``) lives."""
+    """Where the encoder of a pre-training (or init) job for ``epoch`` (or ``LAST``) lives; the
+    checkpoint of an existing model's job for ``pretrain.existing.IMPORTED``."""
+    from pretrain.existing import CHECKPOINT, IMPORTED
+
+    if epoch == IMPORTED:
+        return job_dir(ctx.workdir, "model", pretrain_key) / "checkpoints" / CHECKPOINT
     kind = "init" if epoch == 0 else "pretrain"
     return job_dir(ctx.workdir, kind, pretrain_key) / "checkpoints" / checkpoint_name(epoch)
 
@@ -192,6 +197,21 @@ def _init(job: Job, ctx: RunContext) -> dict[str, Any]:
     return summary
 
 
+@EXECUTORS.register("model")
+def _model(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """An existing model loaded through its framework, written as a harness checkpoint."""
+    from pretrain.existing import IMPORTED, ExistingModel, import_model
+
+    c = job.config
+    d = out_dir(job, ctx)
+    summary = import_model(ExistingModel.from_job(c), checkpoint_path(ctx, job.key, IMPORTED))
+    if summary["sha256"] != c["sha256"]:  # the file changed between planning and now: its rows would lie
+        raise ValueError(f"model {c['name']!r}: {c['weights']} changed since the plan hashed it "
+                         f"(sha256 {summary['sha256']} now, {c['sha256']} planned); run again")
+    mark_done(d, summary)
+    return summary
+
+
 @EXECUTORS.register("features")
 def _features(job: Job, ctx: RunContext) -> dict[str, Any]:
     from downstream.features import extract_features
@@ -279,7 +299,10 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
     )
     results = entry.run(request)
     pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0
-    base = base_row(job, ctx, pretrain_size=pretrain_size, samples_seen=int(meta.get("samples_seen", 0)),
+    seen = meta.get("samples_seen", 0)
+    if job.coords.get("model") is not None:  # an existing model: its declared size, else unknown
+        pretrain_size, seen = job.coords.get("requested_size"), None
+    base = base_row(job, ctx, pretrain_size=pretrain_size, samples_seen=None if seen is None else int(seen),
                     image_size=int(meta["image_size"]), checkpoint_epoch=meta.get("epoch"),
                     pretrain_epochs=meta.get("epochs") if job.coords["method"] != "none" else None)
     device = "cpu" if entry.runs_on_cpu else device_name()  # where the protocol ran (a probe: SciPy on the CPU)
@@ -352,6 +375,8 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
         "protocol": c["protocol"],
         "image_size": image_size,
         "declared_similarity": float(similarity) if isinstance(similarity, (int, float)) else None,
+        # an existing model's provenance (pretrain/existing.py); None on grid rows
+        **{k: c.get(k) for k in ("model", "framework", "arch", "weights", "weights_sha256")},
     }
 
 

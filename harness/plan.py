@@ -11,6 +11,9 @@ Job kinds, in dependency order:
                :data:`pretrain.budget.LAST`, its epoch filled into rows when evaluated);
 - ``init``     a randomly initialised encoder, one per backbone the grid trains: the `linear` floor
                every transfer number is read against, and the start of every `scratch` run;
+- ``model``    an existing model (the spec's ``models:``) loaded through its framework and written as
+               a harness checkpoint (pretrain/existing.py); its key holds the weights' content hash,
+               so :func:`make_plan` reads (hashes) local weight files, the one I/O it does;
 - ``features`` extracts an encoder's features once per (checkpoint epoch, downstream set);
 - ``eval``     one protocol on one set for one checkpoint, every shot count and seed
                (``zeroshot`` only on checkpoints with a text tower, ``scratch`` only from ``init``).
@@ -28,8 +31,9 @@ from typing import Any
 from harness.artifacts import content_key, is_done, job_dir
 from harness.spec import FULL, Spec
 from pretrain.budget import LAST
+from pretrain.existing import DEFAULT_METHOD, IMPORTED, ExistingModel, weights_identity
 
-KINDS = ("world", "view", "pretrain", "init", "features", "eval")
+KINDS = ("world", "view", "pretrain", "init", "model", "features", "eval")
 
 
 @dataclass(frozen=True)
@@ -57,8 +61,12 @@ class Job:
         if self.kind in ("features", "eval"):
             what = self.config.get("protocol", "features")
             epoch = self.config.get("epoch")
+            if c.get("model") is not None:
+                return f"{what} {c['downstream']} ← model {c['model']} ({c['framework']}:{c['arch']})"
             return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} " + \
                 ("last" if epoch == LAST else f"ep{epoch}")
+        if self.kind == "model":
+            return f"model {c['model']} ({c['framework']}:{c['arch']}, {c['weights']})"
         return f"{self.kind} {self.key[:8]}"
 
 
@@ -120,8 +128,28 @@ def _as_list(against: Any, all_sets: list[str]) -> list[str]:
     return [against] if isinstance(against, str) else list(against)
 
 
+def model_job(model: ExistingModel) -> Job:
+    """The job importing an existing model. Its key holds the framework, architecture, the weights as
+    given and their content hash (read here: :class:`pretrain.existing.ModelError` if they are missing),
+    the name and ``describes``: two files never share rows, and rows carry the spec's provenance."""
+    ident = weights_identity(model)
+    described = {k: v for k, v in model.describes.items() if v is not None}
+    cfg = {"name": model.name, "framework": model.framework, "arch": model.arch, "weights": model.weights,
+           "sha256": ident["sha256"], "describes": described}
+    if model.image_size is not None:
+        cfg["image_size"] = model.image_size
+    coords = {"source": described.get("source", model.name), "curation": "none",
+              "requested_size": described.get("pretrain_size"), "label_noise": 0.0,
+              "method": described.get("method", DEFAULT_METHOD), "backbone": model.arch, "pretrain_seed": 0,
+              "pretrain_epochs": None, "samples_budget": None, "view_key": None,
+              "model": model.name, "framework": model.framework, "arch": model.arch, "weights": model.weights,
+              "weights_sha256": ident["sha256"]}
+    return Job("model", content_key("model", cfg), cfg, (), coords, {"num_cpus": 1})
+
+
 def make_plan(spec: Spec) -> Plan:
-    """Expand ``spec`` into its job graph (no I/O; pure function of the spec)."""
+    """Expand ``spec`` into its job graph (a pure function of the spec; its only I/O hashes the
+    weight files of existing models, see :func:`model_job`)."""
     from downstream.protocols import PROTOCOLS
     from pretrain.methods import METHODS
 
@@ -226,6 +254,9 @@ def make_plan(spec: Spec) -> Plan:
                                 for epoch in spec.eval_epochs(epochs, grid):
                                     checkpoints.append((pjob, epoch))
 
+    for model in spec.existing_models():
+        checkpoints.append((add(model_job(model)), IMPORTED))
+
     wants_scratch = any(p.name == "scratch" for p in spec.downstream.protocols)
     floors: set[str] = set()  # keys of the random-init jobs: one per backbone the grid trains
     if spec.downstream.random_init_floor or wants_scratch:
@@ -245,7 +276,10 @@ def make_plan(spec: Spec) -> Plan:
     eres = {"num_cpus": res.eval.num_cpus, "num_gpus": res.eval.num_gpus}
     for src, epoch in checkpoints:
         method = src.coords["method"]
-        has_text = method != "none" and METHODS.get(method).zero_shot
+        if src.kind == "model":  # an open_clip model carries its text tower; a timm model has none
+            has_text = src.config["framework"] == "open_clip"
+        else:
+            has_text = method != "none" and METHODS.get(method).zero_shot
         for set_name in spec.downstream.sets:
             protocols = []
             for p in spec.downstream.protocols_for(set_name):
@@ -272,7 +306,8 @@ def make_plan(spec: Spec) -> Plan:
             if not protocols:
                 continue
             base = {**src.coords, "pretrain_key": src.key, "downstream": set_name,
-                    "checkpoint_epoch": None if epoch == LAST else epoch}  # LAST's epoch: known once trained
+                    # LAST's epoch is known once trained; an existing model has none
+                    "checkpoint_epoch": None if epoch in (LAST, IMPORTED) else epoch}
             set_cfg = spec.downstream.set_config(set_name)
             feats: Job | None = None
             if any(PROTOCOLS.get(p.name).needs_features for p in protocols):

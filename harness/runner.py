@@ -158,6 +158,7 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     done = done_keys(plan, paths, st.part_keys("runs"))
     todo = [j for j in plan.jobs.values() if j.key not in done and (kinds is None or j.kind in kinds)]
     summary = RunSummary(len(plan.jobs), len(done), planned_rows=plan.planned_rows())
+    check_models(todo)
     if not todo:
         _backfill(plan, paths, st)
         summary.seconds = time.perf_counter() - t0
@@ -204,6 +205,22 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     _backfill(plan, paths, st)
     summary.seconds = time.perf_counter() - t0
     return summary
+
+
+def check_models(todo: list[Job]) -> None:
+    """Load every existing model still to import, here and before any work starts: an unknown
+    architecture, missing weights or weights that do not fit raise
+    :class:`pretrain.existing.ModelError` naming the model (each problem of every model, together)."""
+    from pretrain.existing import ExistingModel, ModelError, check_model
+
+    problems = []
+    for job in (j for j in todo if j.kind == "model"):
+        try:
+            check_model(ExistingModel.from_job(job.config))
+        except ModelError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise ModelError("\n".join(problems))
 
 
 TRAINER_SLOT = "tbench_trainer_slot"

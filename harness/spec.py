@@ -220,7 +220,8 @@ class Pretrain(_Model):
     grad_accum: int = Field(1, ge=1)  # micro-batches per step; the global batch stays batch_size
     precision: Literal["auto", "bf16", "fp16", "fp32"] = "auto"  # auto: bf16 on a GPU, fp32 on a CPU
     method_args: dict[str, dict[str, Any]] = Field(default_factory=dict)  # per method, e.g. clip: {model: ViT-B-32}
-    grids: list[PretrainGrid] = Field(min_length=1)
+    # the grid blocks; none in a spec that only evaluates existing models (``models:``)
+    grids: list[PretrainGrid] = Field(default_factory=list)
     mixtures: list[Mixture] = Field(default_factory=list)
 
     @field_validator("method_args")
@@ -582,6 +583,32 @@ class Resources(_Model):
     storage: Storage = Storage()
 
 
+class Describes(_Model):
+    """What an existing model was pre-trained on, when known: its rows' pre-training coordinates."""
+
+    source: str | None = None  # default: the model's name
+    method: str | None = None  # default: pretrain.existing.DEFAULT_METHOD ("existing")
+    pretrain_size: int | None = Field(None, ge=1, strict=True)  # samples: places it on the scaling curves
+
+
+class ExistingModelSpec(_Model):
+    """A model the harness did not pre-train (see pretrain/existing.py): evaluated like a grid checkpoint."""
+
+    framework: Literal["open_clip", "timm"]
+    arch: str = Field(min_length=1)  # open_clip.list_models() / timm.list_models() (a timm name may carry a tag)
+    # an open_clip pretrained tag, a local file (.pt/.pth/.bin/.safetensors, a training checkpoint) or hf-hub:org/name
+    weights: str = Field(min_length=1)
+    image_size: int | None = Field(None, ge=16)  # evaluate at this resolution instead of the model's own
+    describes: Describes = Describes()
+
+    def resolve(self, name: str):
+        """The plain :class:`pretrain.existing.ExistingModel` of this entry."""
+        from pretrain.existing import ExistingModel
+
+        return ExistingModel(name, self.framework, self.arch, self.weights, self.image_size,
+                             self.describes.model_dump())
+
+
 class World(_Model):
     """The embedded synthetic world (sources and downstream sets generated on disk)."""
 
@@ -600,9 +627,25 @@ class Spec(_Model):
     curation: dict[str, list[CurationStep]] = Field(default_factory=lambda: {"none": []})
     # sources declared here (name -> {shards, kind, size, description, ...}; see curation.sources)
     sources: dict[str, dict[str, Any]] = Field(default_factory=dict)
-    pretrain: Pretrain
+    pretrain: Pretrain = Field(default_factory=Pretrain)
+    # existing models (name -> framework, arch, weights, describes), evaluated like the grid's checkpoints
+    models: dict[str, ExistingModelSpec] = Field(default_factory=dict)
     downstream: Downstream
     resources: Resources = Resources()
+
+    @field_validator("models")
+    @classmethod
+    def _model_names(cls, v: dict[str, ExistingModelSpec]) -> dict[str, ExistingModelSpec]:
+        import re
+
+        bad = [n for n in v if not re.fullmatch(r"[A-Za-z0-9_.@+-]+", n)]
+        if bad:
+            raise ValueError(f"model names {bad}: use letters, digits and _ . @ + - only")
+        return v
+
+    def existing_models(self) -> list:
+        """The declared models as :class:`pretrain.existing.ExistingModel` values, in spec order."""
+        return [entry.resolve(name) for name, entry in self.models.items()]
 
     @field_validator("sources")
     @classmethod
@@ -642,6 +685,9 @@ class Spec(_Model):
         clash = mixtures & (set(SOURCES.names()) | set(self.sources))
         if clash:
             raise ValueError(f"mixture names {sorted(clash)} clash with source names")
+        if not self.pretrain.grids and not self.models:
+            raise ValueError("nothing to evaluate: give pretrain.grids (blocks to pre-train) or models (existing "
+                             "models), or both")
         problems = []
         for variant, steps in self.curation.items():
             for i, st in enumerate(steps):
@@ -733,6 +779,8 @@ def _valid_fields(loc: tuple) -> str:
         if isinstance(part, int) or model is None:
             continue
         field = model.model_fields.get(str(part)) if hasattr(model, "model_fields") else None
+        if field is None and hasattr(model, "model_fields"):
+            continue  # a key of a mapping of models (models.<name>): the model stays
         if field is None:
             return "(see docs)"
         model = _inner_model(field.annotation)

@@ -204,7 +204,8 @@ def load_clip(path: str | Path, map_location: str | torch.device = "cpu") -> tup
     meta = blob["meta"]
     if "clip_cfg" not in meta or "clip_state_dict" not in blob:
         raise ValueError(f"{path} is not a CLIP checkpoint (method {meta.get('method')!r})")
-    model = assemble(meta["clip_cfg"], int(meta["image_size"]))
+    model = clip_from_config(meta["clip_cfg"]) if meta.get("clip_build") == "open_clip" else \
+        assemble(meta["clip_cfg"], int(meta["image_size"]))
     prefix = "visual.trunk." if meta.get("clip_encoder") == "trunk" else "visual."
     state = {f"{prefix}{k}": v for k, v in blob["state_dict"].items()}
     state.update(blob["clip_state_dict"])
@@ -223,4 +224,6 @@ def visual_from_meta(meta: Mapping[str, Any]) -> nn.Module:
 
     cfg = meta["clip_cfg"]
     visual = _build_vision_tower(cfg["embed_dim"], cfg["vision_cfg"], bool(cfg.get("quick_gelu", False)))
+    if meta.get("clip_build") == "open_clip":  # an existing model (pretrain/existing.py): open_clip's tower as built
+        return visual
     return _own_trunk(visual, cfg, int(meta["image_size"]))

@@ -106,6 +106,10 @@ def load_encoder(path: Path, map_location: str | torch.device = "cpu") -> tuple[
         from pretrain.clip import visual_from_meta
 
         encoder = visual_from_meta(meta)
+    elif "timm_model" in meta:  # an existing timm model (pretrain/existing.py), not a registered backbone
+        import timm
+
+        encoder = timm.create_model(meta["timm_model"], pretrained=False, num_classes=0, **meta.get("timm_kwargs", {}))
     else:
         encoder = build_encoder(meta["backbone"], meta["image_size"])
     encoder.load_state_dict(blob["state_dict"])

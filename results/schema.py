@@ -130,6 +130,12 @@ RUNS = _schema(
         # the embedded world's declared similarity[source][downstream] (world.json), null when the
         # source or the set is not a world one (real or package sets, random init, mixtures)
         ("declared_similarity", _F64),
+        # an existing model's provenance (the spec's models:, pretrain/existing.py); null on grid rows
+        ("model", _STR),  # its name in the spec
+        ("framework", _STR),  # open_clip | timm
+        ("arch", _STR),
+        ("weights", _STR),  # an open_clip tag, a path or hf-hub:org/name, as given
+        ("weights_sha256", _STR),  # the weights file's content hash (null for an open_clip tag)
     ],
 )
 
