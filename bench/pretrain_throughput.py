@@ -61,7 +61,7 @@ from pretrain.data import PIPELINES, make_train_loader  # noqa: E402
 from pretrain.loop import ToDevice, amp_dtype_for  # noqa: E402  (the loop's own pieces, reused rather than copied)
 from pretrain.methods import METHODS, LossContext  # noqa: E402
 from pretrain.models import BACKBONES  # noqa: E402
-from pretrain.optim import cosine_with_warmup, param_groups  # noqa: E402
+from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups  # noqa: E402
 
 ALL_METHODS = ("supervised", "clip", "simclr")
 WORLD_SOURCE = {"supervised": "imagenet", "clip": "laion", "simclr": "laion"}
@@ -134,9 +134,12 @@ class Trainer:
         self.model.to(device)
         if self.on_cuda:
             self.model.to(memory_format=torch.channels_last)
+            torch.backends.cudnn.benchmark = True  # as the loop sets it on CUDA
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999))
+        self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
+                                           **adamw_kwargs(device))  # fused on CUDA, as the loop's
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(max(1, total_steps // 10), total_steps))
         self.amp_dtype = amp_dtype_for(args.precision, self.on_cuda)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)

@@ -168,3 +168,28 @@ def test_the_curation_clip_scorer_puts_its_model_on_the_default_device(tmp_path,
     s = score([buf.getvalue()] * 2, ["a red square", "a blue circle"])
     assert placed == [("CLIP", torch.device("cpu"))]
     assert s.shape == (2,) and s.dtype == np.float32 and np.all(np.abs(s) <= 1 + 1e-5)
+
+
+@pytest.mark.slow  # ~25-50 s on 2 cores: writes JPEG shards, trains three tiny models
+def test_gpu_bench_script_runs_on_the_cpu_and_ends_with_its_json(tmp_path):
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHON=sys.executable, OUT_JSON=str(tmp_path / "gpu.json"))
+    proc = subprocess.run(["bash", "bench/gpu.sh", "--cpu", "--cache-dir", str(tmp_path / "cache")], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out == json.loads((tmp_path / "gpu.json").read_text())
+    assert out["bench"] == "gpu" and out["mode"] == "cpu"
+    rates = out["pretrain_samples_per_s_per_gpu"]
+    assert set(rates) == {"supervised", "clip", "simclr"}
+    for r in rates.values():
+        assert r["real_samples_per_s"] > 0 and r["memory_samples_per_s"] > 0 and r["skipped"] == 0
+        assert r["ratio"] == pytest.approx(r["real_samples_per_s"] / r["memory_samples_per_s"])
+    assert out["finetune"]["images_per_s"] > 0 and out["features"]["images_per_s"] > 0
+    assert out["shards"]["jpeg"]["params"]["n"] == out["shards"]["samples"]
