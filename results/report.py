@@ -11,6 +11,8 @@ it (relative links, so the folder can be copied or zipped as is). Sections:
    the random-initialisation floor (dashed), the set's chance level is dotted. When curation,
    label noise or backbone vary in the store they are added to the line identity instead of
    being averaged over. Only each pre-training run's last evaluated checkpoint is plotted.
+   Existing models (rows with a ``model``: the spec's ``models:``) are reference points, not
+   lines: a star at their declared ``pretrain_size``, a dash-dot line where none is declared.
 2. **Linear-probe summary**: mean score per (source, method, pretrain_size) x downstream set,
    one table per shot count.
 3. **Failed runs**: rows whose status is not ``ok``, with their error.
@@ -140,37 +142,41 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
     if df.empty:
         return []
     df = df.assign(_shots=df["shots"].map(shots_order))
+    models = _model_points(df)  # existing models: reference points, not lines
+    full, df = df, (df[df["model"].isna()] if "model" in df.columns else df)
+    model_colours = {name: f"C{(i + 3) % 10}" for i, name in enumerate(sorted(models["model"].unique()))}
     is_floor = df["method"].astype(object) == FLOOR_METHOD
     pre = df[~is_floor & df["pretrain_size"].notna()]
     variant_cols = varying(pre, VARIANT_COLUMNS)
     df = df.assign(_line=line_keys(df, variant_cols))
     all_lines = sorted(set(df.loc[pre.index, "_line"]), key=lambda ln: ln.label)
     colours = colour_map(all_lines)
-    chance = df.groupby("downstream")["chance"].mean()
-    metric = df.groupby("downstream")["metric"].agg(lambda s: next((m for m in s if isinstance(m, str)), ""))
+    chance = full.groupby("downstream")["chance"].mean()
+    metric = full.groupby("downstream")["metric"].agg(lambda s: next((m for m in s if isinstance(m, str)), ""))
 
     out: list[tuple[str, list[str], str]] = []
-    for protocol in sorted(df["protocol"].dropna().unique()):
+    for protocol in sorted(full["protocol"].dropna().unique()):
         every = df[df["protocol"] == protocol]
         floor_mask = every["method"].astype(object) == FLOOR_METHOD
         plottable = floor_mask | every["pretrain_size"].notna()
         pdf = every[plottable & every["downstream"].notna()]
-        if pdf.empty:
+        marks = models[models["protocol"] == protocol]
+        if pdf.empty and marks.empty:
             out.append((str(protocol), [], f"{len(every)} row(s) but none with a pretrain_size to plot against."))
             continue
-        sets = sorted(pdf["downstream"].unique())
-        shots = sorted(pdf["_shots"].unique())
+        sets = sorted(set(pdf["downstream"].unique()) | set(marks["downstream"]))
+        shots = sorted(set(pdf["_shots"].unique()) | set(marks["_shots"]))
         curves = pdf[~floor_mask[pdf.index]]
         floor = pdf[floor_mask[pdf.index]]
         present = set(curves["_line"])
         lines_here = [ln for ln in all_lines if ln in present]
         cells = _aggregate_cells(curves)
         floor_means = floor.groupby(["downstream", "_shots"])["score"].mean().to_dict()
-        if not lines_here:
+        if not lines_here and marks.empty:
             out.append((str(protocol), [], f"{len(pdf)} row(s), all from the random-init encoder "
                         "(no pre-training size to plot against)."))
             continue
-        sizes = curves["pretrain_size"].dropna().astype(float)
+        sizes = pd.concat([curves["pretrain_size"].dropna().astype(float), marks["size"].dropna().astype(float)])
         sizes = sizes[sizes > 0]
         xlim = (float(sizes.min()) / 1.4, float(sizes.max()) * 1.4) if not sizes.empty else None
         names: list[str] = []
@@ -179,9 +185,9 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
             nrows, ncols = len(chunk), len(shots)
             width = max(5.5, PANEL_SIZE[0] * ncols + 1.05)
             # as many legend columns as the widest label lets fit across the figure
-            label_inches = 0.075 * max(len(ln.label) for ln in lines_here) + 0.55
+            label_inches = 0.075 * max([len(ln.label) for ln in lines_here] + [len(n) + 12 for n in model_colours]) + 0.55
             legend_cols = max(1, min(LEGEND_COLUMNS, int((width - 0.3) // label_inches)))
-            legend_rows = math.ceil((len(lines_here) + 2) / legend_cols)
+            legend_rows = math.ceil((len(lines_here) + len(set(marks["model"])) + 2) / legend_cols)
             margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
             height = PANEL_SIZE[1] * nrows + margins["top"] + margins["bottom"]
             # A fixed layout in inches: constrained layout measured every tick label of every
@@ -200,6 +206,10 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
             axes = fig.subplots(nrows, ncols, squeeze=False)
             for r, ds_name in enumerate(chunk):
                 ylim = _row_ylim(ds_name, shots, cells, floor_means, chance.get(ds_name))
+                ys = marks.loc[marks["downstream"] == ds_name, "score"].dropna()
+                if not ys.empty:  # the models' points inside the row's range too
+                    pad = 0.03 * max(ylim[1] - ylim[0], 1e-3)
+                    ylim = (min(ylim[0], float(ys.min()) - pad), max(ylim[1], float(ys.max()) + pad))
                 for c, shot in enumerate(shots):
                     ax = axes[r][c]
                     ax.set_autoscale_on(False)
@@ -212,13 +222,14 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                         ax.plot(x, mean, color=colours[line], marker=marker(line.method),
                                 markersize=3.5, linewidth=1.4, label=line.label)
                         ax.fill_between(x, lo, hi, color=colours[line], alpha=0.18, linewidth=0)
+                    _draw_models(ax, marks[(marks["downstream"] == ds_name) & (marks["_shots"] == shot)], model_colours)
                     fl = floor_means.get((ds_name, shot))
                     if fl is not None:
                         ax.axhline(fl, color="0.35", linestyle="--", linewidth=1.1)
                     ch = chance.get(ds_name)
                     if ch is not None and not pd.isna(ch):
                         ax.axhline(float(ch), color="0.2", linestyle=":", linewidth=1.0)
-                    if not drawn and fl is None:
+                    if not drawn and fl is None and marks[marks["downstream"] == ds_name].empty:
                         ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center",
                                 color="0.5", fontsize=8)
                     ax.tick_params(labelsize=7, labelleft=(c == 0), labelbottom=(r == nrows - 1))
@@ -235,6 +246,10 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
                 Line2D([], [], color=colours[ln], marker=marker(ln.method), markersize=4, label=ln.label)
                 for ln in lines_here
             ]
+            for name in sorted(set(marks["model"])):
+                sized = marks.loc[marks["model"] == name, "size"].notna().any()
+                handles.append(Line2D([], [], color=model_colours[name], marker="*" if sized else None, markersize=8,
+                                      linestyle="none" if sized else "-.", label=f"model {name}"))
             if not floor.empty:
                 handles.append(Line2D([], [], color="0.35", linestyle="--", label="random init (method none)"))
             if chance.notna().any():
@@ -252,11 +267,33 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
         skipped = len(every) - len(pdf)
         note = (
             (f"{skipped} row(s) without a pretrain_size not plotted; " if skipped else "")
+            + (f"existing models ({', '.join(sorted(set(marks['model'])))}): a star at their declared "
+               "pretrain_size (mean over seeds), a dash-dot line where none is declared; " if not marks.empty else "")
             + f"{len(pdf)} rows, {len(sets)} set(s), {len(shots)} shot setting(s), {len(lines_here)} line(s); "
             f"up to {int(n_values.max()) if len(n_values) else 0} values per point."
         )
         out.append((str(protocol), names, note))
     return out
+
+
+def _model_points(df: pd.DataFrame) -> pd.DataFrame:
+    """Existing models' rows (the ``model`` column, pretrain/existing.py) as one mean score per
+    (protocol, set, shots, model), with the model's declared size (NaN where none is declared)."""
+    cols = ["protocol", "downstream", "_shots", "model", "score", "size"]
+    if "model" not in df.columns or df["model"].isna().all():
+        return pd.DataFrame(columns=cols)
+    rows = df[df["model"].notna()].assign(size=lambda d: d["pretrain_size"].astype(float))
+    return rows.groupby(["protocol", "downstream", "_shots", "model"], as_index=False).agg(
+        score=("score", "mean"), size=("size", "first"))[cols]
+
+
+def _draw_models(ax: Any, marks: pd.DataFrame, colours: dict[str, Any]) -> None:
+    """Each model's mean score: a star at its declared size, else a dash-dot line across the panel."""
+    for name, score, size in zip(marks["model"], marks["score"], marks["size"]):
+        if pd.notna(size):
+            ax.plot([size], [score], marker="*", markersize=9, color=colours[name], linestyle="none", zorder=5)
+        else:
+            ax.axhline(score, color=colours[name], linestyle="-.", linewidth=1.1)
 
 
 # --------------------------------------------------------------------------- tables

@@ -268,3 +268,34 @@ def test_tbench_eval_two_models_two_sets_then_rerun_and_report(weights, world, t
     bad = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(saved), "--no-progress"], env=env,
                          capture_output=True, text=True, timeout=900)
     assert bad.returncode == 2 and "model 'bad'" in bad.stderr and "do not fit" in bad.stderr, bad.stderr
+
+
+def test_scaling_figures_draw_models_as_reference_points(synthetic_store_root, tmp_path):
+    """Existing models' rows become a star at their declared size (or a line where none is
+    declared) beside the grid's curves, not curves of their own."""
+    import pandas as pd
+
+    from results.report import _model_points, _scaling_figures
+    from results.store import Store
+
+    runs = Store(synthetic_store_root).read("runs")
+    linear = runs[(runs["protocol"] == "linear") & runs["shots"].isna() & (runs["status"] == "ok")]
+    model_rows = []
+    for name, size, score in (("openai_b32", 400_000_000, 0.7), ("mine", None, 0.5)):
+        for ds_name in sorted(linear["downstream"].unique()):
+            model_rows.append({"status": "ok", "protocol": "linear", "shots": None, "downstream": ds_name,
+                               "score": score, "pretrain_size": size, "model": name, "method": "existing",
+                               "source": name, "pretrain_seed": 0, "eval_seed": 0, "chance": 0.1, "metric": "top1",
+                               "pretrain_key": name})
+    frame = pd.concat([linear, pd.DataFrame(model_rows)], ignore_index=True)
+    frame["pretrain_size"] = frame["pretrain_size"].astype("Float64")
+    figures = dict((p, (names, note)) for p, names, note in _scaling_figures(frame, tmp_path))
+    names, note = figures["linear"]
+    assert names and (tmp_path / names[0]).is_file()
+    assert "existing models (mine, openai_b32)" in note
+    grid_lines = int(note.split(" line(s)")[0].rsplit(", ", 1)[1])
+    grid = linear[linear["method"] != "none"]  # the random-init floor is a dashed line, not counted
+    assert grid_lines == len(grid.groupby(["source", "method"])), note  # the models added no line
+    points = _model_points(frame.assign(_shots=float("inf")))
+    assert set(points["model"]) == {"mine", "openai_b32"}
+    assert points.loc[points["model"] == "openai_b32", "size"].eq(4e8).all()
