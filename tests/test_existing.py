@@ -261,7 +261,7 @@ def test_tbench_eval_two_models_two_sets_then_rerun_and_report(weights, world, t
     assert again.returncode == 0 and "0 ran" in again.stdout, again.stdout + again.stderr
     report = run_tbench("report", "--store", str(store), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
-    assert "clip_run" in (tmp_path / "report" / "index.html").read_text()
+    assert "existing models (clip_run, hub, test_resnet@tm)" in (tmp_path / "report" / "index.html").read_text()
     data = yaml.safe_load(saved.read_text())
     data["models"]["bad"] = {"framework": "timm", "arch": "test_vit", "weights": str(weights["timm_plain"])}
     saved.write_text(yaml.safe_dump(data))
