@@ -62,14 +62,14 @@ import numpy as np
 
 from curation.filters import FILTERS, step_names, validate_steps
 from curation.sources import NOT_SAMPLE_REASONS
-from harness.artifacts import replaceable_dir
+from harness.core.artifacts import replaceable_dir
+from harness.core.atomic import swap_dir_into_place
+from harness.core.layout import INDEX_FILE, SHARDS_DIR, SIZES_FILE
 
 logger = logging.getLogger(__name__)
 
 VIEW_VERSION = 2
 MANIFEST = "manifest.json"
-SIZES_FILE = "sizes.json"
-INDEX_FILE = "index.parquet"
 LABEL_STEP = "labels_from_captions"
 SUBSET_STEP = "size_subset"
 NOISE_MODELS = ("symmetric", "class_dependent")
@@ -265,7 +265,7 @@ def _checkpoint_scorer(path: str):
         import torch
 
         from downstream import accel
-        from downstream.features import default_device, meta_stats, normalise, prepare_images
+        from downstream.features import default_device, meta_stats, normalise, prepare_images, resize_options
         from downstream.sets import resize_center_crop
         from pretrain.data import decode_image
         from downstream.zeroshot import load_zeroshot_model
@@ -276,10 +276,12 @@ def _checkpoint_scorer(path: str):
         accel.prepare_model(model, device)
         mean, std = meta_stats(meta, device)
         size = int(meta["image_size"])
+        resize = resize_options(meta)  # an existing model's own interpolation/crop; none for the harness's
 
         @torch.inference_mode()
         def score(images: list[bytes], captions: list[str]) -> np.ndarray:
-            arr = np.stack([resize_center_crop(decode_image(b).permute(1, 2, 0).numpy(), size) for b in images])
+            arr = np.stack([resize_center_crop(decode_image(b).permute(1, 2, 0).numpy(), size, **resize)
+                            for b in images])
             x = accel.images_layout(normalise(accel.to_device(prepare_images(arr, size), device), mean, std))
             with accel.autocast(device):
                 img, txt = model.encode_image(x), model.encode_text(tokenizer(captions).to(device))
@@ -718,7 +720,7 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
         tmp.mkdir(parents=True)
         if cfg.materialize == "shards":
             sizes = _write_shards(cfg, chosen, noisy, clean, tmp, opened, engine)
-            shard_list = [f"shards/{n}" for n in sorted(sizes)]
+            shard_list = [f"{SHARDS_DIR}/{n}" for n in sorted(sizes)]
         else:
             sizes = _write_index(chosen, noisy, clean, tmp)
             shard_list = sorted(sizes)
@@ -802,7 +804,7 @@ def write_shard(task: WriteTask) -> int:
 
 def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, opened: dict[str, Any],
                   engine: str) -> dict[str, int]:
-    shard_dir = tmp / "shards"
+    shard_dir = tmp / SHARDS_DIR
     shard_dir.mkdir()
     tasks = []
     if len(chosen):
@@ -856,29 +858,9 @@ def _write_index(chosen, noisy, clean, tmp: Path) -> dict[str, int]:
     return {u: int(c) for u, c in chosen.groupby("url").size().items()} if n else {}
 
 
-def read_index(view_dir: str | Path) -> dict[str, dict[str, int | None]]:
-    """An index view's kept samples: shard URL -> {key: label (None when unlabelled)}."""
-    import pyarrow.parquet as pq
-
-    t = pq.read_table(Path(view_dir) / INDEX_FILE).to_pydict()
-    out: dict[str, dict[str, int | None]] = {}
-    for url, key, label in zip(t["url"], t["key"], t["label"]):
-        out.setdefault(url, {})[key] = label
-    return out
-
-
 def _swap_into_place(tmp: Path, out_dir: Path, cfg: ViewConfig) -> None:
-    old = None
-    if out_dir.exists():
-        old = out_dir.parent / f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(out_dir, old)
-    try:
-        os.replace(tmp, out_dir)
-    except OSError:
-        # Another builder won the race; keep theirs if it is this view.
-        mpath = out_dir / MANIFEST
-        if not (mpath.is_file() and _config_matches(json.loads(mpath.read_text()), cfg)):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    def same_view(d: Path) -> bool:  # another builder won the race: keep theirs if it is this view
+        mpath = d / MANIFEST
+        return mpath.is_file() and _config_matches(json.loads(mpath.read_text()), cfg)
+
+    swap_dir_into_place(tmp, out_dir, same_view)

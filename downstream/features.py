@@ -8,8 +8,9 @@ Every linear probe, shot count and seed reads the cache instead of the encoder. 
     out_dir/test.npz
 
 Images are preprocessed exactly as the checkpoint's metadata says: resized to
-``meta["image_size"]`` when they are not already that size (bilinear, antialiased), scaled to
-[0, 1] and normalised with ``meta["mean"]`` / ``meta["std"]``. Fine-tuning uses the same
+``meta["image_size"]`` when they are not already that size (bilinear, antialiased; an existing
+model's own ``interpolation`` and ``crop_pct`` where its meta records them, see
+:func:`resize_options`), scaled to [0, 1] and normalised with ``meta["mean"]`` / ``meta["std"]``. Fine-tuning uses the same
 preprocessing (:func:`prepare_images`, :func:`normalise`) so both protocols see the same pixels.
 """
 
@@ -18,8 +19,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import logging
-import os
-import tempfile
+import math
 import time
 import warnings
 from pathlib import Path
@@ -31,11 +31,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from downstream import accel
+from harness.core.atomic import atomic_path
+from harness.core.layout import SPLITS
 from pretrain.models import load_encoder
 
 log = logging.getLogger(__name__)
 
-SPLITS = ("train", "validation", "test")
 _RESIZE_CHUNK = 1024  # images resized at a time, to bound the float copy's memory
 
 
@@ -68,17 +69,62 @@ def default_device() -> torch.device:
     return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
 
 
-def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
+INTERPOLATIONS = ("bilinear", "bicubic", "nearest")
+"""Interpolations a checkpoint's meta may name (timm's and open_clip's configs use these)."""
+
+
+def resize_options(meta: dict[str, Any]) -> dict[str, Any]:
+    """The checkpoint's own resizing, as keyword arguments of :func:`prepare_images` and
+    ``downstream.sets.load_split``: ``interpolation`` and ``crop_pct`` where its meta records them
+    (an existing model: timm's or open_clip's preprocessing config). Empty for the harness's own
+    checkpoints, whose images are resized as they always were."""
+    out: dict[str, Any] = {}
+    if meta.get("interpolation") is not None:
+        interpolation = str(meta["interpolation"])
+        if interpolation not in INTERPOLATIONS:
+            raise ValueError(f"checkpoint meta interpolation {interpolation!r} is not supported; "
+                             f"valid: {', '.join(INTERPOLATIONS)}")
+        out["interpolation"] = interpolation
+    if meta.get("crop_pct") is not None:
+        crop_pct = float(meta["crop_pct"])
+        if not 0 < crop_pct <= 1:
+            raise ValueError(f"checkpoint meta crop_pct must be in (0, 1], got {meta['crop_pct']!r}")
+        out["crop_pct"] = crop_pct
+    return out
+
+
+def _resize_as_model(x: torch.Tensor, image_size: int, interpolation: str, crop_pct: float) -> torch.Tensor:
+    """float ``[B, 3, H, W]`` -> ``[B, 3, S, S]`` as a model's eval transform does: the shorter side
+    to ``S`` (to ``floor(S / crop_pct)`` when the images are larger than ``S``), then the centre crop."""
+    h, w = x.shape[-2:]
+    scale = math.floor(image_size / crop_pct) if min(h, w) > image_size else image_size
+    nh, nw = (scale, int(scale * w / h)) if h <= w else (int(scale * h / w), scale)
+    mode = "nearest-exact" if interpolation == "nearest" else interpolation
+    aa = {"antialias": True, "align_corners": False} if mode != "nearest-exact" else {}
+    if (nh, nw) != (h, w):
+        x = F.interpolate(x, size=(nh, nw), mode=mode, **aa)
+    top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
+    return x[..., top:top + image_size, left:left + image_size]
+
+
+def prepare_images(images: np.ndarray, image_size: int, *, interpolation: str | None = None,
+                   crop_pct: float | None = None) -> torch.Tensor:
     """uint8 ``[N, H, W, 3]`` images -> uint8 ``[N, 3, S, S]`` tensor at ``S = image_size``.
 
-    Images already at the target size are only transposed; others are resized (bilinear,
-    antialiased) and rounded back to uint8, so a split is held in memory at one byte a pixel.
+    Images already at the target size are only transposed; others are resized and rounded back
+    to uint8, so a split is held in memory at one byte a pixel. Without ``interpolation`` (the
+    harness's own checkpoints) they are resized to S x S, bilinear and antialiased; with it (a
+    model's own config, :func:`resize_options`) the shorter side goes to S with that
+    interpolation (to ``floor(S / crop_pct)`` when the images are larger than S), then the
+    centre S x S is cropped, as timm's and open_clip's eval transforms do.
     """
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
         raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__} "
                          f"{getattr(images, 'dtype', '')}")
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape [N, H, W, 3], got {images.shape}")
+    if interpolation is not None and interpolation not in INTERPOLATIONS:
+        raise ValueError(f"interpolation {interpolation!r} is not supported; valid: {', '.join(INTERPOLATIONS)}")
     with warnings.catch_warnings():  # cached splits are read-only; x is only read (copied below)
         warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
         x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2)
@@ -87,8 +133,11 @@ def prepare_images(images: np.ndarray, image_size: int) -> torch.Tensor:
     out = torch.empty((len(x), 3, image_size, image_size), dtype=torch.uint8)
     for start in range(0, len(x), _RESIZE_CHUNK):
         chunk = x[start:start + _RESIZE_CHUNK].float()
-        chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
-                              align_corners=False, antialias=True)
+        if interpolation is None:
+            chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
+                                  align_corners=False, antialias=True)
+        else:
+            chunk = _resize_as_model(chunk, image_size, interpolation, 1.0 if crop_pct is None else float(crop_pct))
         out[start:start + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
@@ -147,15 +196,8 @@ def encode(encoder: nn.Module, images: torch.Tensor, meta: dict[str, Any], *, ba
 
 
 def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:  # a file object, so numpy does not append ".npz"
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # a file object, so numpy does not append ".npz"
+        np.savez(f, **arrays)
 
 
 def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: Path, *,
@@ -182,8 +224,9 @@ def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: 
         encoder, meta = load_encoder(checkpoint, map_location="cpu")
         accel.prepare_model(encoder, device)
         image_size = int(meta["image_size"])
+        resize = resize_options(meta)
         for split in SPLITS:
-            data = sets.load_split(entry, split, data_root, data_dir=data_dir, image_size=image_size)
+            data = sets.load_split(entry, split, data_root, data_dir=data_dir, image_size=image_size, **resize)
             if class_names is None:
                 class_names = [str(c) for c in data.class_names]
             elif list(map(str, data.class_names)) != class_names:
@@ -194,7 +237,7 @@ def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: 
                 raise ValueError(f"downstream set {set_name!r} split {split!r}: {len(data.images)} images "
                                  f"but {len(labels)} labels")
             t0 = time.perf_counter()
-            feats = encode(encoder, prepare_images(data.images, image_size), meta,
+            feats = encode(encoder, prepare_images(data.images, image_size, **resize), meta,
                            batch_size=batch_size, device=device, precision=precision)
             encode_seconds += time.perf_counter() - t0
             if feats.shape[1] != int(meta["feature_dim"]):

@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from downstream import accel
-from downstream.features import default_device, meta_stats, normalise, prepare_images, torch_threads
+from downstream.features import default_device, meta_stats, normalise, prepare_images, resize_options, torch_threads
 from downstream.metrics import all_metrics, check_metric
 from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 
@@ -239,6 +239,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     device = torch.device(device) if device is not None else default_device()
     cfg = config
     size = int(meta["image_size"])
+    resize = resize_options(meta)  # the checkpoint's own interpolation/crop (none for the harness's own)
     feature_dim = int(feature_dim if feature_dim is not None else meta["feature_dim"])
     weights = loss_weights(train[1], num_classes, class_weight)
     bn_frozen = cfg.bn == "frozen" or (cfg.bn == "auto" and pretrained)
@@ -247,8 +248,8 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     with torch_threads(num_threads):
         mean, std = meta_stats(meta, device)
         # Training images stay on a GPU when they fit (batches are then indexed there), else pinned.
-        x_train = accel.resident(prepare_images(train[0], size), device)
-        x_val = accel.pinned(prepare_images(validation[0], size), device)
+        x_train = accel.resident(prepare_images(train[0], size, **resize), device)
+        x_val = accel.pinned(prepare_images(validation[0], size, **resize), device)
         y_train = torch.from_numpy(train[1]).to(device)
         if weights is not None:
             weights = weights.to(device)
@@ -323,7 +324,7 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         t0 = time.perf_counter()
         model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes)), device)
         model.load_state_dict(best["state"])
-        test_metrics = _evaluate(model, prepare_images(test[0], size), test[1], mean, std, metric,
+        test_metrics = _evaluate(model, prepare_images(test[0], size, **resize), test[1], mean, std, metric,
                                  cfg.eval_batch_size, device, precision)
         eval_seconds = time.perf_counter() - t0
 

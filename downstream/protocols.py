@@ -38,12 +38,12 @@ import numpy as np
 
 from downstream import accel
 from downstream.features import (default_device, downstream_sets, load_class_names, load_features,
-                                 prepare_images, torch_threads)
+                                 prepare_images, resize_options, torch_threads)
 from downstream.fewshot import sample_shots
 from downstream.finetune import FinetuneConfig, finetune
 from downstream.metrics import all_metrics, chance_level, check_metric
 from downstream.probe import DEFAULT_L2_GRID, fit_probe
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -115,9 +115,10 @@ def _entry(req: EvalRequest):
     return sets.resolve_set(req.set_name, custom)
 
 
-def _split(req: EvalRequest, split: str, image_size: int | None = None):
+def _split(req: EvalRequest, split: str, image_size: int | None = None, resize: dict[str, Any] | None = None):
+    """Split ``split`` of the request's set; ``resize`` is the checkpoint's own (features.resize_options)."""
     return downstream_sets().load_split(_entry(req), split, req.data_root, data_dir=req.data_dir,
-                                        image_size=image_size)
+                                        image_size=image_size, **(resize or {}))
 
 
 def _headline_metric(req: EvalRequest) -> str:
@@ -152,10 +153,10 @@ class _Images:
     provenance: dict[str, Any]
 
 
-def _load_images(req: EvalRequest, image_size: int) -> _Images:
-    train = _split(req, "train", image_size)
-    val = _split(req, "validation", image_size)
-    test = _split(req, "test", image_size)
+def _load_images(req: EvalRequest, image_size: int, resize: dict[str, Any] | None = None) -> _Images:
+    train = _split(req, "train", image_size, resize)
+    val = _split(req, "validation", image_size, resize)
+    test = _split(req, "test", image_size, resize)
     info = dict(getattr(train, "info", {}) or {})
     return _Images(train, val, test, len(train.class_names), info)
 
@@ -227,15 +228,16 @@ def run_linear(req: EvalRequest) -> list[EvalResult]:
 
 def _finetune_runs(req: EvalRequest, protocol: str, make_encoder: Callable[[int], tuple[Any, dict, dict]],
                    image_size: int, head_for: Callable[[int, np.ndarray], tuple[Any, dict]] | None = None,
-                   pretrained: bool = True) -> list[EvalResult]:
+                   pretrained: bool = True, resize: dict[str, Any] | None = None) -> list[EvalResult]:
     """The shared body of finetune, lp_ft and scratch.
 
     ``make_encoder(seed)`` gives ``(encoder, meta, extra)`` where ``extra`` may hold
     ``feature_dim`` and ``head_init``; ``head_for(seed, idx)`` gives ``(head_init, hparams)``
-    for a k-shot subset (LP-FT's probe).
+    for a k-shot subset (LP-FT's probe); ``resize`` is the checkpoint's own resizing
+    (:func:`downstream.features.resize_options`; empty for the harness's checkpoints).
     """
     metric = _headline_metric(req)
-    data = _load_images(req, image_size)
+    data = _load_images(req, image_size, resize)
     num_classes = data.num_classes
     chance = chance_level(metric, num_classes)
     y_train, y_val, y_test = _labels(data.train), _labels(data.val), _labels(data.test)
@@ -278,17 +280,19 @@ def run_finetune(req: EvalRequest) -> list[EvalResult]:
         from downstream.zeroshot import ClipImageFeatures, class_weights, load_zeroshot_model, templates_for, zeroshot_head
 
         model, tokenizer, meta = load_zeroshot_model(req.checkpoint)
-        names = _split(req, "train", int(meta["image_size"])).class_names
+        names = _split(req, "train", int(meta["image_size"]), resize_options(meta)).class_names
         templates = templates_for(req.set_name)
         with torch_threads(req.num_threads):
             head = zeroshot_head(model, class_weights(model, tokenizer, names, templates))
         encoder = ClipImageFeatures(model.visual)
         extra = {"feature_dim": int(head[0].shape[1]), "head_init": head,
                  "hparams": {"head_init": "zeroshot", "templates": list(templates)}}
-        return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, extra), int(meta["image_size"]))
+        return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, extra), int(meta["image_size"]),
+                              resize=resize_options(meta))
 
     encoder, meta = load_encoder(req.checkpoint, map_location="cpu")
-    return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, {}), int(meta["image_size"]))
+    return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, {}), int(meta["image_size"]),
+                          resize=resize_options(meta))
 
 
 def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
@@ -310,7 +314,8 @@ def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
         return probe_to_linear(probe), {"head_init": "probe", "probe_l2": probe.l2,
                                         "probe_val_score": probe.val_score}
 
-    return _finetune_runs(req, "lp_ft", lambda seed: (encoder, meta, {}), int(meta["image_size"]), head_for)
+    return _finetune_runs(req, "lp_ft", lambda seed: (encoder, meta, {}), int(meta["image_size"]), head_for,
+                          resize=resize_options(meta))
 
 
 def run_scratch(req: EvalRequest) -> list[EvalResult]:
@@ -354,16 +359,17 @@ def run_zeroshot(req: EvalRequest) -> list[EvalResult]:
     templates = templates_for(req.set_name)
     with torch_threads(req.num_threads):
         accel.prepare_model(model, device)  # channels-last on a GPU
-        val = _split(req, "validation", size)
+        resize = resize_options(meta)
+        val = _split(req, "validation", size, resize)
         names = list(val.class_names)
         t0 = time.perf_counter()
         weights = class_weights(model, tokenizer, names, templates, device=device)
-        val_logits = zeroshot_logits(model, prepare_images(val.images, size), weights, meta, device=device)
+        val_logits = zeroshot_logits(model, prepare_images(val.images, size, **resize), weights, meta, device=device)
         build_seconds = time.perf_counter() - t0
         val_metrics = all_metrics(_labels(val), val_logits.argmax(1).numpy())
-        test = _split(req, "test", size)
+        test = _split(req, "test", size, resize)
         t0 = time.perf_counter()
-        logits = zeroshot_logits(model, prepare_images(test.images, size), weights, meta, device=device)
+        logits = zeroshot_logits(model, prepare_images(test.images, size, **resize), weights, meta, device=device)
         y = torch.from_numpy(_labels(test))
         scores = all_metrics(_labels(test), logits.argmax(1).numpy())
         loss = float(F.cross_entropy(logits, y))

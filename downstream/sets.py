@@ -50,14 +50,13 @@ import numpy as np
 from downstream import loaders
 from downstream.loaders import DataFormatError, DataNotFoundError
 from downstream.metrics import chance_level
-from harness.registry import Registry
+from harness.core.layout import SPLITS, default_data_dir
+from harness.core.registry import Registry
 
-SPLITS = ("train", "validation", "test")
 METRICS = ("top1", "balanced_acc")
 ORIGINS = ("world", "package", "real", "custom")
 FORMATS = ("world", "hf_disk", "hf_hub", "imagefolder", "wds")
 USER_FORMATS = ("hf_disk", "hf_hub", "imagefolder", "wds")
-DEFAULT_DATA_DIR = "~/tbench-data"
 RESIZE_INTERPOLATION = "bicubic"
 
 __all__ = ["SPLITS", "METRICS", "ORIGINS", "FORMATS", "USER_FORMATS", "DownstreamSet", "SplitData", "DOWNSTREAM",
@@ -400,11 +399,6 @@ def resolve_set(name_or_entry: str | DownstreamSet, custom: Mapping[str, Any] | 
     return DOWNSTREAM.get(name_or_entry)
 
 
-def default_data_dir() -> Path:
-    """Where real and custom sets with relative paths live: ``$TBENCH_DATA``, else ``~/tbench-data``."""
-    return Path(os.environ.get("TBENCH_DATA") or DEFAULT_DATA_DIR).expanduser()
-
-
 def _data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir).expanduser() if data_dir is not None else default_data_dir()
 
@@ -495,41 +489,50 @@ def _carves(entry: DownstreamSet, mapping: dict[str, str | None]) -> dict[str, A
 
 # --------------------------------------------------------------------------------------- decoding
 
-def resize_center_crop(image: Any, size: int) -> Any:
-    """Resize so the shorter side is ``size`` (bicubic), then crop the centre ``size`` x ``size``.
+_PIL_RESAMPLE = {"bicubic": "BICUBIC", "bilinear": "BILINEAR", "nearest": "NEAREST"}
+
+
+def resize_center_crop(image: Any, size: int, interpolation: str | None = None, crop_pct: float | None = None) -> Any:
+    """Resize so the shorter side is ``size`` (bicubic unless ``interpolation`` names another),
+    then crop the centre ``size`` x ``size``. With ``crop_pct`` (a timm model's), an image larger
+    than ``size`` has its shorter side resized to ``floor(size / crop_pct)`` before the crop.
 
     Takes and returns a PIL image, or a uint8 [H, W, 3] array. Sizes and crop offsets follow
-    torchvision's ``Resize(size)`` + ``CenterCrop(size)``.
+    torchvision's ``Resize(scale)`` + ``CenterCrop(size)`` (timm's eval transform).
     """
     from PIL import Image
 
+    interpolation = interpolation or RESIZE_INTERPOLATION
+    if interpolation not in _PIL_RESAMPLE:
+        raise ValueError(f"interpolation {interpolation!r} is not supported; valid: {', '.join(_PIL_RESAMPLE)}")
     as_array = isinstance(image, np.ndarray)
     im = Image.fromarray(image) if as_array else image
     w, h = im.size
     if (w, h) != (size, size):
+        scale = math.floor(size / crop_pct) if crop_pct is not None and min(w, h) > size else size
         if w <= h:
-            nw, nh = size, int(size * h / w)
+            nw, nh = scale, int(scale * h / w)
         else:
-            nw, nh = int(size * w / h), size
+            nw, nh = int(scale * w / h), scale
         if (nw, nh) != (w, h):
-            im = im.resize((nw, nh), Image.BICUBIC)
+            im = im.resize((nw, nh), getattr(Image, _PIL_RESAMPLE[interpolation]))
         left = int(round((nw - size) / 2.0))
         top = int(round((nh - size) / 2.0))
         im = im.crop((left, top, left + size, top + size))
     return np.asarray(im) if as_array else im
 
 
-def _decode_one(payload: bytes | str, size: int | None) -> np.ndarray:
+def _decode_one(payload: bytes | str, size: int | None, resize: dict[str, Any] | None = None) -> np.ndarray:
     from PIL import Image
 
     with Image.open(io.BytesIO(payload) if isinstance(payload, (bytes, bytearray)) else payload) as im:
         im = im.convert("RGB")
         if size is not None:
-            im = resize_center_crop(im, size)
+            im = resize_center_crop(im, size, **(resize or {}))
         return np.asarray(im, dtype=np.uint8)
 
 
-def _decode_all(payloads: list, size: int | None, what: str) -> np.ndarray:
+def _decode_all(payloads: list, size: int | None, what: str, resize: dict[str, Any] | None = None) -> np.ndarray:
     n = len(payloads)
     if n == 0:
         s = size or 32
@@ -538,7 +541,8 @@ def _decode_all(payloads: list, size: int | None, what: str) -> np.ndarray:
     out: np.ndarray | None = None
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
-        results = pool.map(_decode_one, payloads, [size] * n) if pool else (_decode_one(p, size) for p in payloads)
+        results = (pool.map(_decode_one, payloads, [size] * n, [resize] * n) if pool
+                   else (_decode_one(p, size, resize) for p in payloads))
         for i, arr in enumerate(results):
             if out is None:
                 out = np.empty((n,) + arr.shape, np.uint8)
@@ -612,13 +616,17 @@ def _open(entry: DownstreamSet, data_root: str | Path | None, data_dir: str | Pa
 
 
 def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | Path | None, *,
-               data_dir: str | Path | None = None, image_size: int | None = None) -> SplitData:
+               data_dir: str | Path | None = None, image_size: int | None = None,
+               interpolation: str | None = None, crop_pct: float | None = None) -> SplitData:
     """Decode split ``split`` (train, validation or test) of a downstream set.
 
     ``data_root`` is the embedded world's folder (world and package sets, returned as stored);
     ``data_dir`` is where real and custom sets with relative paths live (default: $TBENCH_DATA,
     else ~/tbench-data). ``image_size`` S resizes real and custom sets' images (shorter side S,
-    centre crop S x S); it is required when their images differ in size.
+    centre crop S x S); it is required when their images differ in size. ``interpolation`` and
+    ``crop_pct`` (a checkpoint's own, ``downstream.features.resize_options``) replace the default
+    bicubic resize (:func:`resize_center_crop`); world and package sets ignore them (their images
+    are resized by ``downstream.features.prepare_images``).
 
     Raises ``UnknownNameError`` for an unknown set, ``ValueError`` for an unknown split or mixed
     image sizes without ``image_size``, ``FileNotFoundError`` (naming the folder and ``tbench
@@ -630,6 +638,7 @@ def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | 
     _check_split(entry, split)
     if image_size is not None and (not _is_int(image_size) or image_size < 1):
         raise ValueError(f"image_size must be a positive integer, got {image_size!r}")
+    resize = {k: v for k, v in (("interpolation", interpolation), ("crop_pct", crop_pct)) if v is not None}
     if entry.format == "world":
         if data_root is None:
             raise ValueError(f"downstream set {entry.name!r} lives in the embedded world: pass data_root")
@@ -644,21 +653,24 @@ def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | 
         source = loaders.open_source(entry, _data_dir(data_dir))
         size = int(image_size) if image_size is not None else None
         key = (entry.name, json.dumps(entry.to_config(docs=False), sort_keys=True), source.fingerprint(), split, size)
+        if resize:
+            key += (json.dumps(resize, sort_keys=True),)
         hit = _cache_get(key)
         if hit is not None:
             return hit
-    data = _load(entry, source, split, size)
+    data = _load(entry, source, split, size, resize)
     _cache_put(key, data)
     return data
 
 
-def _load(entry: DownstreamSet, source: loaders.Source, split: str, size: int | None) -> SplitData:
+def _load(entry: DownstreamSet, source: loaders.Source, split: str, size: int | None,
+          resize: dict[str, Any] | None = None) -> SplitData:
     mapping = _map_splits(entry, source)
     src, rows = _rows(entry, source, mapping, split)
     names = source.class_names()
     labels = np.ascontiguousarray(source.labels(src)[rows], dtype=np.int64)
     what = f"downstream set {entry.name!r} split {split!r} ({source.location})"
-    images = _decode_all(source.payloads(src, rows), size, what)
+    images = _decode_all(source.payloads(src, rows), size, what, resize)
     images.setflags(write=False)
     labels.setflags(write=False)
     info: dict[str, Any] = {"set": entry.name, "origin": entry.origin}
@@ -667,6 +679,8 @@ def _load(entry: DownstreamSet, source: loaders.Source, split: str, size: int | 
                  "image_shape": [int(x) for x in images.shape[1:]]})
     info["preprocess"] = ({"resize_shorter_side": size, "center_crop": size, "interpolation": RESIZE_INTERPOLATION}
                           if size is not None else None)
+    if size is not None and resize:  # a checkpoint's own resizing (recorded only then: default rows stay as they were)
+        info["preprocess"].update(resize)
     info.update(_carves(entry, mapping))
     return SplitData(images=images, labels=labels, class_names=list(names), info=json.loads(json.dumps(info)))
 
