@@ -1,7 +1,7 @@
 """Helpers shared by the benchmarks in ``bench/``: data locations, synthetic JPEG shards, timing.
 
 Nothing here imports ``harness`` modules that pull in Ray (only ``curation.world``, which needs
-``harness.artifacts``), so the benchmarks run on a machine with torch and webdataset alone.
+``harness.core``), so the benchmarks run on a machine with torch and webdataset alone.
 
 Data the benchmarks read, all cached under ``tbench-out/bench`` (``--cache-dir``):
 

@@ -23,7 +23,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 _WORD = re.compile(r"[A-Za-z0-9']+")
 

@@ -42,11 +42,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from harness.registry import Registry, UnknownNameError
+from harness.core.layout import SIZES_FILE, default_data_dir
+from harness.core.registry import Registry, UnknownNameError
 
 logger = logging.getLogger(__name__)
 
-SIZES_FILE = "sizes.json"
 STATS_SUFFIX = "_stats.json"  # img2dataset: 00000.tar -> 00000_stats.json with "successes"
 KINDS = ("image-text", "labelled")
 AUTO = "auto"  # kind of an ad-hoc location: decided by the probe
@@ -95,13 +95,6 @@ class SourceFormatError(SourceError, ValueError):
 
 class SourceConfigError(SourceError, ValueError):
     """A declared source's configuration is invalid."""
-
-
-def default_data_dir() -> Path:
-    """``$TBENCH_DATA``, else ``~/tbench-data`` (the same data dir as downstream sets)."""
-    from downstream.sets import default_data_dir as _d  # imported lazily: downstream.sets is heavy
-
-    return _d()
 
 
 # ------------------------------------------------------------------------------------ entries

@@ -42,7 +42,9 @@ from typing import Any, Iterable
 import numpy as np
 
 from curation import render as R
-from harness.artifacts import replaceable_dir
+from harness.core.artifacts import replaceable_dir
+from harness.core.atomic import swap_dir_into_place
+from harness.core.layout import SPLITS
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +57,6 @@ logger = logging.getLogger(__name__)
 WORLD_VERSION = 4
 SHARD_SIZE = 1000
 RENDER_BATCH = 512
-SPLITS = ("train", "validation", "test")
 # Per class at scale 1.0. Validation and test are larger than the full training split's share
 # would suggest: every choice is made on validation and every number read on test, and at 10 and
 # 20 per class their sampling noise (about 4 points at 100 test images) drowned the differences
@@ -1033,20 +1034,8 @@ def build_world(world_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0)
 
 
 def _swap_into_place(tmp: Path, world_dir: Path, seed: int, scale: float) -> None:
-    old = None
-    if world_dir.exists():
-        done = _read_world(world_dir)
-        if done is not None and _matches(done, seed, scale):  # someone else finished first
-            shutil.rmtree(tmp, ignore_errors=True)
-            return
-        old = world_dir.parent / f".{world_dir.name}.old-{uuid.uuid4().hex[:8]}"
-        os.replace(world_dir, old)
-    try:
-        os.replace(tmp, world_dir)
-    except OSError:
-        done = _read_world(world_dir)
-        if done is None or not _matches(done, seed, scale):
-            raise
-        shutil.rmtree(tmp, ignore_errors=True)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+    def same_world(d: Path) -> bool:
+        done = _read_world(d)
+        return done is not None and _matches(done, seed, scale)
+
+    swap_dir_into_place(tmp, world_dir, same_world, keep_same=True)  # keep_same: someone else finished first

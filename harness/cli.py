@@ -95,7 +95,7 @@ def _views_table(p, paths) -> None:
     """Each view of the plan: its curation steps and, once built, its funnel (step -> removed)."""
     import json
 
-    from harness.artifacts import job_dir
+    from harness.core.artifacts import job_dir
 
     views = p.of_kind("view")
     if not views:
@@ -238,7 +238,7 @@ def data_inspect(source: str = typer.Argument(..., help="A registered source (wo
 
     from curation.inspect import inspect_source, report_tables
     from curation.sources import SourceError, open_source
-    from harness.registry import UnknownNameError
+    from harness.core.registry import UnknownNameError
 
     try:
         opened = open_source(source, world_root=world, data_dir=data_dir)

@@ -427,7 +427,7 @@ def measured_figures(plan: Plan, workdir: Path | None) -> dict[tuple, float]:
             return {}
     except TypeError:  # not a local path (an object-store workdir): nothing measured here
         return {}
-    from harness.artifacts import DONE, job_dir
+    from harness.core.artifacts import DONE, job_dir
 
     work: dict[tuple, list[float]] = {}  # key -> [items, device-seconds]
     for job in plan.of_kind("pretrain"):

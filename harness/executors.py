@@ -18,10 +18,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.artifacts import content_key, is_done, job_dir, mark_done, read_done
+from harness.core.artifacts import content_key, is_done, job_dir, mark_done, read_done
 from harness.plan import Job, row_key
 from pretrain.budget import LAST, checkpoint_name
-from harness.registry import Registry
+from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
 

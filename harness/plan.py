@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import content_key, is_done, job_dir
+from harness.core.artifacts import content_key, is_done, job_dir
 from harness.spec import FULL, Spec
 from pretrain.budget import LAST
 from pretrain.existing import DEFAULT_METHOD, IMPORTED, ExistingModel, weights_identity

@@ -19,7 +19,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
-from harness.artifacts import is_done, job_dir
+from harness.core.artifacts import is_done, job_dir
 from harness.executors import (RunContext, clean_unfinished, execute, failed_rows, publish, spectra_rows,
                                 stage_inputs)
 from harness.plan import KINDS, Job, Plan, make_plan

@@ -2,13 +2,13 @@
 local cache.
 
 Jobs write their outputs under ``<workdir>/<kind>/<key>/`` and mark completion with
-``_DONE.json``, written last (:mod:`harness.artifacts`). A :class:`Workdir` is rooted at
+``_DONE.json``, written last (:mod:`harness.core.artifacts`). A :class:`Workdir` is rooted at
 
 - a local path (or ``file://`` URI): :attr:`Workdir.local` is that directory, every sync
   operation (:meth:`~Workdir.pull`, :meth:`~Workdir.push`) is a no-op returning the local folder,
   and :meth:`~Workdir.is_done`/:meth:`~Workdir.done_keys` read the filesystem, exactly as before;
 - any other URI :mod:`pyarrow.fs` understands, resolved like the results store's root
-  (:func:`results.store.resolve_root`): ``s3://bucket/prefix``, with options in the query
+  (:func:`harness.core.storage.resolve_root`): ``s3://bucket/prefix``, with options in the query
   string (``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``), ``gs://...``.
   The remote folder is the truth; executors keep working on local paths in a cache directory
   (:attr:`Workdir.local`, by default ``$TBENCH_CACHE/<hash of the URI>`` or
@@ -35,7 +35,7 @@ Rules that keep a remote workdir consistent:
   thousands of folders) instead of one request per job.
 
 Files named like temporary files (hidden and ending in ``.tmp``, as written by
-:func:`harness.artifacts.atomic_write_text` and by pulls) are never pushed. A ``Workdir``
+:func:`harness.core.atomic.atomic_write_text` and by pulls) are never pushed. A ``Workdir``
 pickles as ``(uri, cache)`` and is rebuilt on the other side (cheap: no request for a URI with
 an ``endpoint_override`` or a ``region``); with no explicit ``cache`` the receiving process uses
 its own default cache directory.
@@ -58,8 +58,9 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.fs as pafs
 
-from harness import artifacts
-from harness.artifacts import DONE
+from harness.core import artifacts
+from harness.core.artifacts import DONE
+from harness.core.storage import OBJECT_STORES, resolve_root
 
 CACHE_ENV = "TBENCH_CACHE"
 """Environment variable naming the folder under which remote workdirs get their caches."""
@@ -107,9 +108,6 @@ class Workdir:
     """
 
     def __init__(self, root: str | os.PathLike[str], cache: str | os.PathLike[str] | None = None):
-        # imported here, not at the top: the results package imports pandas
-        from results.store import OBJECT_STORES, resolve_root
-
         text = os.fspath(root)
         self.fs, self.base, is_local = resolve_root(text)
         self.is_remote: bool = not is_local
@@ -201,7 +199,7 @@ class Workdir:
         return json.loads(data)
 
     def mark_done(self, kind: str, key: str, summary: dict[str, Any]) -> None:
-        """Write the marker locally (:func:`harness.artifacts.mark_done`) and, for a remote
+        """Write the marker locally (:func:`harness.core.artifacts.mark_done`) and, for a remote
         workdir, upload it. It uploads the marker only: push the folder's outputs first."""
         d = self.dir(kind, key)
         artifacts.mark_done(d, summary)

@@ -48,12 +48,11 @@ except ImportError:  # a torchvision without its decoders: PIL does it all
     ImageReadMode, decode_image_tv = None, None
 from torchvision.transforms.v2 import functional as TF
 
-from harness.registry import Registry
+from harness.core.layout import INDEX_FILE, SHARDS_DIR, SIZES_FILE
+from harness.core.registry import Registry
 
 logger = logging.getLogger(__name__)
 
-SIZES_FILE = "sizes.json"
-SHARDS_DIR = "shards"
 
 
 # --------------------------------------------------------------------------- the view on disk
@@ -79,6 +78,17 @@ class ViewShards:
         return sum(self.sizes[p.name] for p in self.shards)
 
 
+def read_index(view_dir: str | Path) -> dict[str, dict[str, int | None]]:
+    """An index view's (written by :mod:`curation.views`) kept samples: shard URL -> {key: label (None when unlabelled)}."""
+    import pyarrow.parquet as pq
+
+    t = pq.read_table(Path(view_dir) / INDEX_FILE).to_pydict()
+    out: dict[str, dict[str, int | None]] = {}
+    for url, key, label in zip(t["url"], t["key"], t["label"]):
+        out.setdefault(url, {})[key] = label
+    return out
+
+
 def read_view(view_dir: str | Path) -> ViewShards:
     """List ``<view_dir>/shards/*.tar`` and check them against ``<view_dir>/sizes.json``
     (or, for an index view, read ``index.parquet``)."""
@@ -86,12 +96,10 @@ def read_view(view_dir: str | Path) -> ViewShards:
     sizes_path = root / SIZES_FILE
     if not sizes_path.is_file():
         raise FileNotFoundError(f"{sizes_path} not found: a view folder needs {SIZES_FILE} and {SHARDS_DIR}/*.tar")
-    if (root / "index.parquet").is_file():
-        from curation.views import read_index
-
+    if (root / INDEX_FILE).is_file():
         index = read_index(root)
         if not index:
-            raise FileNotFoundError(f"{root / 'index.parquet'} keeps no samples")
+            raise FileNotFoundError(f"{root / INDEX_FILE} keeps no samples")
         sizes = {u: len(k) for u, k in index.items()}
         return ViewShards(root, tuple(sorted(index)), sizes, index)
     raw = json.loads(sizes_path.read_text())

@@ -36,7 +36,6 @@ import json
 import logging
 import math
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from itertools import islice
@@ -47,6 +46,7 @@ import torch
 import torch.distributed as torch_dist
 from torch import nn
 
+from harness.core.atomic import atomic_write_text
 from pretrain.budget import LAST, checkpoint_name, run_length
 from pretrain.data import PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
 from pretrain.methods import METHODS, LossContext
@@ -149,11 +149,7 @@ class DistInfo:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=2))
 
 
 def state_path(out_dir: str | Path) -> Path:

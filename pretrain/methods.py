@@ -28,7 +28,7 @@ import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
-from harness.registry import Registry
+from harness.core.registry import Registry
 from pretrain.models import build_encoder, encoder_meta
 
 Batch = Mapping[str, Any]

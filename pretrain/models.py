@@ -8,8 +8,6 @@ width, method, epoch, samples seen), so nothing downstream guesses how a model w
 
 from __future__ import annotations
 
-import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,7 +15,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from harness.registry import Registry
+from harness.core.atomic import atomic_path
+from harness.core.registry import Registry
 
 CHECKPOINT_FORMAT = 1
 
@@ -70,16 +69,8 @@ def encoder_meta(encoder: nn.Module, backbone: str, image_size: int, **extra: An
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to a temporary file in the same folder, then rename over ``path``."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def save_encoder(path: Path, encoder: nn.Module, meta: dict[str, Any], **extra: Any) -> None:

@@ -72,6 +72,7 @@ import pyarrow.dataset as ds
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from harness.core.storage import OBJECT_STORES, resolve_root
 from results import schema as S
 from results.schema import TABLES, conform, schema_for
 
@@ -87,8 +88,6 @@ META_PARTS_KEY = b"transfer_bench.parts"
 """Parquet metadata key of a compacted file: JSON list of every part key it absorbed."""
 META_WRITE_ID_KEY = b"transfer_bench.write_id"
 """Parquet metadata key of a part: a random id of the write that made it (compaction checks it)."""
-OBJECT_STORES = frozenset({"s3", "gcs", "abfs"})
-"""``pyarrow.fs`` type names written with one PUT per file instead of temporary file + rename."""
 DEFAULT_TARGET_ROWS = 200_000
 """Default row budget of one compacted file."""
 _READ_RETRIES = 20  # re-list this many times when a listed file vanished (a compaction moved it)
@@ -187,18 +186,6 @@ def _footer_value(footer: bytes, key: bytes) -> bytes | None:
     if i + length > len(footer):
         raise _Ambiguous(key)
     return footer[i:i + length]
-
-
-def resolve_root(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bool]:
-    """(filesystem, base path inside it, whether it is the local filesystem) of a local path or a
-    :mod:`pyarrow.fs` URI (``s3://bucket/prefix?endpoint_override=host:9000&scheme=http``,
-    ``gs://...``, ``file:///...``). A local path is made absolute.
-    Shared by the results store and the job workdir (:mod:`harness.workdir`)."""
-    text = os.fspath(root)
-    if "://" in text:
-        fs, path = pafs.FileSystem.from_uri(text)
-        return fs, path.rstrip("/"), isinstance(fs, pafs.LocalFileSystem)
-    return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute()), True
 
 
 class Store:

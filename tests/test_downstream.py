@@ -23,7 +23,7 @@ from downstream.finetune import FinetuneConfig, augment_batch, finetune
 from downstream.metrics import balanced_accuracy, chance_level, headline, top1
 from downstream.probe import fit_probe
 from downstream.protocols import PROTOCOLS, EvalRequest
-from harness.registry import Registry
+from harness.core.registry import Registry
 from pretrain.models import build_encoder, encoder_meta, load_encoder, save_encoder
 
 torch.set_num_threads(1)

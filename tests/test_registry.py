@@ -1,6 +1,6 @@
 import pytest
 
-from harness.registry import Registry, UnknownNameError
+from harness.core.registry import Registry, UnknownNameError
 
 
 def test_duplicate_rejected_and_unknown_answers_with_valid_names():

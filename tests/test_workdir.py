@@ -17,8 +17,8 @@ import pyarrow.fs as pafs
 import pytest
 from s3_server import moto_s3
 
-from harness import artifacts
-from harness.artifacts import DONE
+from harness.core import artifacts
+from harness.core.artifacts import DONE
 from harness.workdir import CACHE_ENV, UnfinishedError, Workdir, default_cache
 
 pytest.importorskip("moto.server")

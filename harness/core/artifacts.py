@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from harness.core.atomic import atomic_write_text
 
 KEY_VERSION = 1  # bump when the meaning of a job's outputs changes, so old outputs are not reused
 DONE = "_DONE.json"
@@ -32,19 +32,6 @@ def content_key(kind: str, config: dict[str, Any], deps: list[str] | tuple[str, 
 
 def job_dir(workdir: Path, kind: str, key: str) -> Path:
     return Path(workdir) / kind / key
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def is_done(directory: Path) -> bool:
