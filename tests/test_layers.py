@@ -1,0 +1,77 @@
+"""The house's layers (import-linter contracts in pyproject.toml) and its lint (ruff) hold.
+
+``lint-imports`` reads the import graph of the five packages; a deliberately wrong import in a
+copy of the tree must break the contract that forbids it, so the contracts cannot pass vacuously.
+"""
+
+from __future__ import annotations
+
+import pkgutil
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+
+import harness
+
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGES = ("harness", "curation", "pretrain", "downstream", "results")
+BIN = Path(sys.executable).parent
+
+
+def _contracts() -> dict[str, dict]:
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+    return {c["id"]: c for c in config["contracts"]}
+
+
+def _lint_imports(cwd: Path, *contracts: str) -> subprocess.CompletedProcess:
+    args = [str(BIN / "lint-imports"), "--no-cache", "--no-logo"]
+    for c in contracts:
+        args += ["--contract", c]
+    return subprocess.run(args, cwd=cwd, capture_output=True, text=True, timeout=120)
+
+
+def test_layer_contracts_hold():
+    run = _lint_imports(ROOT)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert f"Contracts: {len(_contracts())} kept, 0 broken." in run.stdout
+
+
+def test_every_orchestration_module_is_below_no_stage():
+    """The stages' contract names every harness module but harness.core, so a new one is covered."""
+    modules = {f"harness.{m.name}" for m in pkgutil.iter_modules(harness.__path__) if m.name != "core"}
+    assert set(_contracts()["stages-below-harness"]["forbidden_modules"]) == modules
+
+
+@pytest.fixture(scope="module")
+def tree_copy(tmp_path_factory) -> Path:
+    """The five packages and pyproject.toml, copied so a test can add a wrong import."""
+    out = tmp_path_factory.mktemp("tree")
+    for pkg in PACKAGES:
+        shutil.copytree(ROOT / pkg, out / pkg, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    shutil.copy(ROOT / "pyproject.toml", out / "pyproject.toml")
+    return out
+
+
+@pytest.mark.parametrize(("module", "wrong", "contract"), [
+    ("curation/filters.py", "import harness.runner", "stages-below-harness"),
+    ("downstream/metrics.py", "from harness.registry import Registry", "stages-below-harness"),
+    ("harness/core/layout.py", "import results.schema", "core-is-the-floor"),
+    ("results/schema.py", "import downstream.metrics", "results-is-a-leaf"),
+    ("pretrain/optim.py", "import downstream.metrics", "stage-layers"),
+    ("curation/render.py", "import curation.world", "no-module-cycles"),
+    ("downstream/metrics.py", "import ray", "ray-edges"),
+])
+def test_a_wrong_import_breaks_its_contract(tree_copy, module, wrong, contract):
+    path = tree_copy / module
+    original = path.read_text()
+    path.write_text(original + f"\n{wrong}  # deliberately wrong (tests/test_layers.py)\n")
+    try:
+        run = _lint_imports(tree_copy, contract)
+    finally:
+        path.write_text(original)
+    assert run.returncode == 1, run.stdout + run.stderr
+    assert f"{_contracts()[contract]['name']} BROKEN" in run.stdout
