@@ -162,8 +162,8 @@ _BASE: list[dict[str, bytes]] = []  # the source samples, inherited by forked wr
 
 
 def _write_synthetic_shard(args: tuple) -> tuple[str, int, int]:
-    from PIL import Image
     import webdataset as wds
+    from PIL import Image
 
     path, start, count, size, quality, amplitude, alpha, seed = args
     base = _BASE

@@ -35,10 +35,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import DEFAULT_CACHE, downstream_sets, encoder_checkpoint, log, write_json  # puts the repository on sys.path
-
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import numpy as np
+import torch
+from _common import (  # puts the repository on sys.path
+    DEFAULT_CACHE,
+    downstream_sets,
+    encoder_checkpoint,
+    log,
+    write_json,
+)
 
 WORLD_SETS = ("cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
               "cameratraps", "cassava")

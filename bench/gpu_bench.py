@@ -32,10 +32,10 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as C  # noqa: E402
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+from bench import _common as C
 
 #: open_clip's published ViT-B/32 training rate (LAION-400M runs: ~790 samples/s per A100).
 OPEN_CLIP_VIT_B32_A100 = 790.0

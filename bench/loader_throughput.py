@@ -47,12 +47,11 @@ from typing import Any, Callable, Iterable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as C  # noqa: E402
+import torch
+from torch.utils.data import DataLoader, RandomSampler
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader, RandomSampler  # noqa: E402
-
-from pretrain.data import make_train_loader, read_view  # noqa: E402
+from bench import _common as C
+from pretrain.data import make_train_loader, read_view
 
 VARIANTS = ("webdataset", "imagefolder", "plain_wds")
 CROP_SCALE = (0.35, 1.0)  # pretrain.data.TrainTransform's default
@@ -233,10 +232,21 @@ def breakdown(view: Path, folder: Path, args: argparse.Namespace) -> dict[str, d
     from PIL import Image
     from torch.utils.data import default_collate
     from torchvision.datasets import ImageFolder
-    from torchvision.io import ImageReadMode, decode_image as tv_decode_image
+    from torchvision.io import ImageReadMode
+    from torchvision.io import decode_image as tv_decode_image
 
-    from pretrain.data import (PIPELINES, DetShuffle, FieldFilter, SharedEpoch, ShardStream, SkipCounter, TrainTransform, collate,
-                               decode_image, image_bytes)
+    from pretrain.data import (
+        PIPELINES,
+        DetShuffle,
+        FieldFilter,
+        ShardStream,
+        SharedEpoch,
+        SkipCounter,
+        TrainTransform,
+        collate,
+        decode_image,
+        image_bytes,
+    )
 
     m, reps, bs = args.breakdown_images, args.breakdown_reps, args.batch_size
     nb = max(1, m // bs)
@@ -362,7 +372,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs: dict[str, list[dict[str, float]]] = {v: [] for v in args.variants}
     for r in range(args.repeats):
         for v in args.variants:
-            res = measure(lambda: makers[v](r + 1), images)
+            res = measure(lambda v=v, r=r: makers[v](r + 1), images)
             runs[v].append(res)
             C.log(f"  repeat {r + 1} {v:<12} {res['steady_images_per_s']:9.1f} img/s steady, {res['total_images_per_s']:9.1f} img/s "
                   f"total ({res['total_s']:.2f}s, first batch {res['first_batch_s']:.2f}s)")

@@ -40,11 +40,10 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as C  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from pretrain.loop import DistInfo, TrainConfig, train_loop  # noqa: E402
+from bench import _common as C
+from pretrain.loop import DistInfo, TrainConfig, train_loop
 
 BASELINE = "Ray Train TorchTrainer, 1 worker (run_pretrain launcher='ray_train')"
 
@@ -134,8 +133,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rep in range(args.reps):
             for launcher, label in paths.items():
                 wall, summary = timed_run(
-                    lambda out: run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, launcher=launcher,
-                                             log_level="ERROR"), fresh(launcher))
+                    lambda out, launcher=launcher: run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0,
+                                                                launcher=launcher, log_level="ERROR"), fresh(launcher))
                 if summary["launcher"] != launcher or summary["epochs_trained"] != args.epochs:
                     raise RuntimeError(f"{label} took path {summary['launcher']!r} and trained {summary['epochs_trained']} "
                                        f"epoch(s); expected {launcher!r} and {args.epochs}")

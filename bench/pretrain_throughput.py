@@ -53,15 +53,14 @@ from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as C  # noqa: E402
+import torch
 
-import torch  # noqa: E402
-
-from pretrain.data import PIPELINES, make_train_loader  # noqa: E402
-from pretrain.loop import ToDevice, amp_dtype_for  # noqa: E402  (the loop's own pieces, reused rather than copied)
-from pretrain.methods import METHODS, LossContext  # noqa: E402
-from pretrain.models import BACKBONES  # noqa: E402
-from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups  # noqa: E402
+from bench import _common as C
+from pretrain.data import PIPELINES, make_train_loader
+from pretrain.loop import ToDevice, amp_dtype_for
+from pretrain.methods import METHODS, LossContext
+from pretrain.models import BACKBONES
+from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 
 ALL_METHODS = ("supervised", "clip", "simclr")
 WORLD_SOURCE = {"supervised": "imagenet", "clip": "laion", "simclr": "laion"}
@@ -247,7 +246,7 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
             break
     C.synchronize(device)
     warm_real_s = time.perf_counter() - t0
-    real_s = timed(device, steps, lambda: trainer.step(next(it)))
+    real_s = timed(device, steps, lambda: trainer.step(next(it)))  # noqa: F821  (pyflakes: `del trainer` below)
     skipped = loader.skipped
     shutdown_loader(loader)  # batches left over from the extra warm-up allowance are dropped
     del loader, it
@@ -262,7 +261,7 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     cursor = [0]
 
     def memory_step() -> None:
-        trainer.step(kept[cursor[0] % len(kept)])
+        trainer.step(kept[cursor[0] % len(kept)])  # noqa: F821  (pyflakes: `del trainer, kept` below; called before it)
         cursor[0] += 1
 
     for _ in range(warmup):

@@ -53,15 +53,14 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as C  # noqa: E402
+import numpy as np
+import torch
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-
-from downstream.fewshot import sample_shots  # noqa: E402
-from downstream.metrics import headline  # noqa: E402
-from downstream.probe import DEFAULT_L2_GRID, fit_probe, sample_weights  # noqa: E402
-from pretrain.models import BACKBONES  # noqa: E402
+from bench import _common as C
+from downstream.fewshot import sample_shots
+from downstream.metrics import headline
+from downstream.probe import DEFAULT_L2_GRID, fit_probe, sample_weights
+from pretrain.models import BACKBONES
 
 TARGET_RATIO = 10.0
 TARGET_POINTS = 0.5
@@ -245,8 +244,8 @@ def _points(a: float) -> float:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    import sklearn
     import scipy
+    import sklearn
 
     from downstream.features import load_features, torch_threads
     from downstream.sets import DOWNSTREAM

@@ -532,7 +532,7 @@ class WdsSource(_PathSource):
         self.label_ext = (entry.label_key or DEFAULT_WDS_LABEL_KEY).lower().lstrip(".")
         self._shards: dict[str, _Shards] = {}
         explicit = dict(entry.splits or {})
-        for name, src in explicit.items():
+        for src in explicit.values():
             if src and _is_pattern(src):
                 self._shards[src] = _Shards(_expand(path, src))
         for d in _subdirs(path):

@@ -46,7 +46,7 @@ def plan(spec: Path = typer.Argument(..., help="The YAML spec."),
          jobs: bool = typer.Option(False, "--jobs", help="List every job, not only the counts.")) -> None:
     """Print the job graph: counts per kind, resource asks, what is already finished, what was pruned,
     and the estimate: GPU- and CPU-hours and storage per kind, with the figures and assumptions used."""
-    from harness.plan import KINDS, make_plan
+    from harness.plan import KINDS
     from harness.runner import done_keys, resolve_paths
     from results.store import Store
 

@@ -14,14 +14,14 @@ import logging
 import shutil
 import time
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.core.artifacts import content_key, is_done, job_dir, mark_done, read_done
+from harness.core.registry import Registry
 from harness.plan import Job, row_key
 from pretrain.budget import LAST, checkpoint_name
-from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
 
@@ -355,7 +355,7 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
     similarity = declared_similarity(str(ctx.world_dir)).get(c["source"], {}).get(c["downstream"])
     return {
         "spec": ctx.spec_name,
-        "created_at": datetime.now(timezone.utc),
+        "created_at": datetime.now(UTC),
         "code_version": ctx.code_version,
         "job_key": job.key,
         "pretrain_key": c["pretrain_key"],

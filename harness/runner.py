@@ -15,13 +15,12 @@ import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable
 
 from harness.core.artifacts import is_done, job_dir
-from harness.executors import (RunContext, clean_unfinished, execute, failed_rows, publish, spectra_rows,
-                                stage_inputs)
+from harness.executors import RunContext, clean_unfinished, execute, failed_rows, publish, spectra_rows, stage_inputs
 from harness.plan import KINDS, Job, Plan, make_plan
 from harness.spec import Spec
 from harness.workdir import Workdir
@@ -468,7 +467,7 @@ def record_attempt(job: Job, ctx: RunContext, exc: BaseException) -> None:
     name = f"{ctx.run_id}-{uuid.uuid4().hex[:8]}.json"
     (d / name).write_text(json.dumps({
         "run_id": ctx.run_id, "kind": job.kind, "label": job.label, "host": socket.gethostname(), "pid": os.getpid(),
-        "time": datetime.now(timezone.utc).isoformat(), "error": f"{type(exc).__name__}: {exc}"[-2000:],
+        "time": datetime.now(UTC).isoformat(), "error": f"{type(exc).__name__}: {exc}"[-2000:],
         "traceback": "".join(traceback.format_exception(exc))[-8000:]}, indent=1))
     if ctx.remote is not None:
         ctx.remote.push(ATTEMPTS, job.key, files=[name])
@@ -527,7 +526,7 @@ def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:
     st.write_part("views", job.key, [{
         "view_key": job.key,
         "spec": spec_name,
-        "created_at": datetime.now(timezone.utc),
+        "created_at": datetime.now(UTC),
         "source": job.coords["source"],
         "curation": job.coords["curation"],
         "requested_size": manifest.get("requested_size"),

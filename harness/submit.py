@@ -23,7 +23,7 @@ import secrets
 import shlex
 import sys
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Callable, Iterable
 from urllib.parse import urlsplit
@@ -83,7 +83,7 @@ def is_loopback(address: str) -> bool:
 
 def submission_id_for(spec_name: str, now: datetime | None = None) -> str:
     """A readable, unique id: ``tbench-<spec>-<UTC yyyymmdd-hhmmss>-<4 hex>``."""
-    now = now or datetime.now(timezone.utc)
+    now = now or datetime.now(UTC)
     safe = "".join(c if c.isalnum() or c in "-_" else "-" for c in spec_name).strip("-") or "spec"
     return f"tbench-{safe}-{now.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
@@ -543,13 +543,13 @@ def status_name(status: Any) -> str:
 def fmt_time(ms: int | None) -> str:
     if not ms:
         return ""
-    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC")
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def fmt_duration(start_ms: int | None, end_ms: int | None) -> str:
     if not start_ms:
         return ""
-    end = end_ms or datetime.now(timezone.utc).timestamp() * 1000
+    end = end_ms or datetime.now(UTC).timestamp() * 1000
     s = max(0, int((end - start_ms) / 1000))
     return f"{s // 3600}h{s % 3600 // 60:02d}m{s % 60:02d}s" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
 

@@ -36,11 +36,12 @@ from itertools import islice
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
+import numpy as np
 import torch
 import webdataset as wds
-import numpy as np
 from PIL import Image
 from torch.utils.data import DataLoader, get_worker_info
+
 try:
     from torchvision.io import ImageReadMode
     from torchvision.io import decode_image as decode_image_tv

@@ -50,8 +50,8 @@ from harness.core.atomic import atomic_write_text
 from pretrain.budget import LAST, checkpoint_name, run_length
 from pretrain.data import PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
 from pretrain.methods import METHODS, LossContext
-from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 from pretrain.models import BACKBONES, atomic_torch_save, save_encoder
+from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 
 logger = logging.getLogger(__name__)
 

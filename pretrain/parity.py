@@ -72,6 +72,7 @@ def _worker(rank: int, world_size: int, port: int, args: dict[str, Any], out: st
     import weakref
 
     import torch.distributed as dist
+
     # Before the process group exists, on purpose: imported after it (DDP's constructor imports it
     # through torch._dynamo), torch.distributed.nn.functional binds the group as the default
     # ``group`` argument of ten functions. The group then outlives destroy_process_group, and its

@@ -16,8 +16,8 @@
 from __future__ import annotations
 
 import datetime as _dt
-import io
 import decimal
+import io
 import json
 import math
 import sys

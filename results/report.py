@@ -38,8 +38,10 @@ from typing import Any, Callable
 import numpy as np
 import pandas as pd
 
+from results.calibration import calibration_section
 from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkpoints: public API here too)
     FIGURE_DPI,
+    FIGURE_PREFIXES,
     FLOOR_METHOD,
     LEGEND_COLUMNS,
     MAX_SET_ROWS_PER_FIGURE,
@@ -48,7 +50,9 @@ from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkp
     VARIANT_COLUMNS,
     Line,
     colour_map,
+    empty_note,
     esc,
+    figure_html,
     final_checkpoints,
     fmt_num,
     fmt_size,
@@ -64,9 +68,7 @@ from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkp
     spread,
     varying,
 )
-from results.plotting import FIGURE_PREFIXES, empty_note, figure_html
 from results.schema import SCHEMA_VERSION, columns
-from results.calibration import calibration_section
 from results.sections import (
     MultiplierPair,
     checkpoints_section,
@@ -497,7 +499,7 @@ def write_report(
     runs_ok = runs[runs["status"].astype(object) == "ok"] if not runs.empty else runs
 
     page_title = title or "transfer-bench report"
-    now = _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
 
     def scaling() -> str:
         figures = _scaling_figures(runs_ok, out) if not runs_ok.empty else []

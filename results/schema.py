@@ -318,7 +318,7 @@ def _clean_value(table: str, column: str, value: Any) -> Any:
             ) from None
     if isinstance(value, _dt.datetime) and value.tzinfo is None:
         # Naive datetimes are taken to be UTC rather than local time.
-        return value.replace(tzinfo=_dt.timezone.utc)
+        return value.replace(tzinfo=_dt.UTC)
     return value
 
 

@@ -391,7 +391,6 @@ def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata
     G, S, P, E = values.shape
     n_eval = lay.n_eval
     present = n_eval > 0  # (G, S, P)
-    n_p = (lay.p_seeds >= _NO_SEED).sum(axis=1)  # (G,)
     has_set = present.any(axis=2)
     with np.errstate(invalid="ignore"):
         n_pretrain = np.where(has_set, present.sum(axis=2), np.iinfo(np.int64).max).min(axis=1)

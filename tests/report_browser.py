@@ -165,7 +165,7 @@ def image_stats(png: Path) -> dict[str, Any]:
     return {
         "width": int(rgb.shape[1]),
         "height": int(rgb.shape[0]),
-        "dominant": "#%02x%02x%02x" % dominant,
+        "dominant": "#{:02x}{:02x}{:02x}".format(*dominant),
         "nonblank_fraction": round(fraction, 5),
         "distinct_colours": int(len(colours)),
         "nonblank": fraction >= MIN_NONBLANK_FRACTION and len(colours) >= MIN_DISTINCT_COLOURS,

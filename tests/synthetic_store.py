@@ -62,7 +62,7 @@ SEED_NOISE = 0.0015
 """Standard deviation of the per-seed noise on linear scores."""
 MID_RUN = ("laion", "clip", 64_000)
 """The pre-training run evaluated at every checkpoint epoch."""
-NOW = dt.datetime(2024, 5, 1, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2024, 5, 1, tzinfo=dt.UTC)
 
 
 def truth(n: float, source: str, method: str, ds_name: str, shots: int | None) -> float:

@@ -151,10 +151,10 @@ def test_the_curation_clip_scorer_puts_its_model_on_the_default_device(tmp_path,
     import io
 
     from PIL import Image
+    from test_downstream import _clip_checkpoint
 
     from curation import views
     from downstream import features
-    from test_downstream import _clip_checkpoint
 
     ckpt = _clip_checkpoint(tmp_path / "clip.pt")
     placed = []

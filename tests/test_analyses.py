@@ -15,8 +15,8 @@ def _run(key, protocol, method, shots=5, seed=0, backbone="test_resnet", status=
 
 def _curve(key, protocol, vals, losses, shots=5, seed=0):
     return [{"key": key, "job_key": f"j-{key}", "protocol": protocol, "downstream": "dtd", "shots": shots,
-             "eval_seed": seed, "epoch": i + 1, "val_score": v, "train_loss": l, "lr": 1e-3}
-            for i, (v, l) in enumerate(zip(vals, losses))]
+             "eval_seed": seed, "epoch": i + 1, "val_score": v, "train_loss": loss, "lr": 1e-3}
+            for i, (v, loss) in enumerate(zip(vals, losses))]
 
 
 def test_convergence_views(tmp_path):

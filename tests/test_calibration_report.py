@@ -10,9 +10,9 @@ import re
 import numpy as np
 import pandas as pd
 import pytest
+from synthetic_store import calibration_rows
 
 from results.calibration import calibration_section
-from synthetic_store import calibration_rows
 
 SOURCES = ("cc3m", "cc12m", "redcaps", "yfcc", "laion", "wit", "shutterstock")
 SETS = ("cifar100", "dtd", "pets", "eurosat")

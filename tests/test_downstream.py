@@ -465,8 +465,14 @@ def _clip_checkpoint(path: Path, size: int = 32) -> Path:
 
 
 def test_zeroshot_scores_prompts_through_the_text_tower(world, tmp_path):
-    from downstream.zeroshot import (ClipImageFeatures, class_weights, load_zeroshot_model, templates_for,
-                                     zeroshot_head, zeroshot_logits)
+    from downstream.zeroshot import (
+        ClipImageFeatures,
+        class_weights,
+        load_zeroshot_model,
+        templates_for,
+        zeroshot_head,
+        zeroshot_logits,
+    )
 
     data = _colour_set(world, tmp_path, size=32)
     ckpt = _clip_checkpoint(tmp_path / "clip.pt")

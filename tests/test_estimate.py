@@ -60,7 +60,10 @@ def _expected_counts(data: dict) -> dict:
     seeds = ds.get("eval_seeds", [0, 1, 2])
     protos = ds["protocols"]
     per_ckpt = [p for p in protos if p["name"] not in ("zeroshot", "scratch")]  # every pre-trained checkpoint
-    rows = lambda p: len(p["shots"]) * (1 if p["name"] == "zeroshot" else len(p.get("seeds", seeds)))
+
+    def rows(p):
+        return len(p["shots"]) * (1 if p["name"] == "zeroshot" else len(p.get("seeds", seeds)))
+
     linear = [p for p in protos if p["name"] == "linear"]
     scratch = [p for p in protos if p["name"] == "scratch"]
     zeroshot = [p for p in protos if p["name"] == "zeroshot"]

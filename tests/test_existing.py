@@ -14,8 +14,7 @@ import yaml
 
 from harness.plan import make_plan
 from harness.spec import parse_spec
-from pretrain.existing import (ExistingModel, ModelError, check_model, import_model, locate_weights,
-                               weights_identity)
+from pretrain.existing import ExistingModel, ModelError, check_model, import_model, locate_weights, weights_identity
 
 OC_ARCH = "tbench-test-resnet"  # a small open_clip config shipped in pretrain/clip_configs (32 px)
 TIMM_ARCH = "test_resnet"

@@ -75,3 +75,10 @@ def test_a_wrong_import_breaks_its_contract(tree_copy, module, wrong, contract):
         path.write_text(original)
     assert run.returncode == 1, run.stdout + run.stderr
     assert f"{_contracts()[contract]['name']} BROKEN" in run.stdout
+
+
+def test_ruff_check_passes():
+    """``ruff check .`` with the rules of [tool.ruff.lint] in pyproject.toml."""
+    run = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
+                         timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr

@@ -71,7 +71,7 @@ def test_two_workers_equal_one_worker_on_the_same_global_batch(method):
     assert two_loss == pytest.approx(one_loss, rel=1e-6, abs=1e-6)
     assert one_grads.keys() == two_grads.keys() and len(one_grads) > 10
     for name, g in one_grads.items():
-        torch.testing.assert_close(two_grads[name], g, rtol=1e-4, atol=1e-6, msg=lambda m: f"{name}: {m}")
+        torch.testing.assert_close(two_grads[name], g, rtol=1e-4, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
 
 
 def test_without_gathering_the_loss_would_differ():
@@ -191,7 +191,10 @@ def test_a_killed_run_resumes_from_its_last_epoch(views, tmp_path):
             assert torch.equal(a["state_dict"][k], b["state_dict"][k]), k
         for k in a["clip_state_dict"]:
             assert torch.equal(a["clip_state_dict"][k], b["clip_state_dict"][k]), k
-    losses = lambda p: [r["loss"] for r in json.loads((p / "metrics.json").read_text())["epochs"]]
+
+    def losses(p):
+        return [r["loss"] for r in json.loads((p / "metrics.json").read_text())["epochs"]]
+
     assert losses(tmp_path / "full") == losses(tmp_path / "cut")
 
 

@@ -10,8 +10,14 @@ import numpy as np
 import pytest
 
 from downstream.metrics import balanced_accuracy
-from downstream.probe import (CLASS_WEIGHTS, DEFAULT_L2_GRID, fit_probe, fit_softmax_regression, probe_to_linear,
-                              sample_weights)
+from downstream.probe import (
+    CLASS_WEIGHTS,
+    DEFAULT_L2_GRID,
+    fit_probe,
+    fit_softmax_regression,
+    probe_to_linear,
+    sample_weights,
+)
 
 
 def correlated_features(n_per_class, centres, rng, *, noise=1.0, mix=None, offset=3.0):

@@ -5,14 +5,13 @@ from __future__ import annotations
 import math
 import re
 
-import pytest
-
 import pandas as pd
+import pytest
+from synthetic_store import LABELLED_SIZES, PLANTED_MULTIPLIER
 
 from results.report import final_checkpoints, spread, write_report
 from results.sections import MultiplierPair, ReportError, compute_multiplier, missing_section
 from results.store import Store
-from synthetic_store import LABELLED_SIZES, PLANTED_MULTIPLIER
 
 SECTIONS = ("overview", "scaling", "multiplier", "fewshot", "heatmap", "calibration", "summary", "checkpoints",
             "spectra", "convergence", "views", "missing")

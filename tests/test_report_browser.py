@@ -19,10 +19,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 import report_browser
+from PIL import Image
 from report_browser import MIN_NONBLANK_FRACTION, check_report, image_stats, open_chromium
+
 from results.report import write_report
 from results.store import Store
 

@@ -13,8 +13,17 @@ import pytest
 from PIL import Image
 
 from curation.inspect import CELL_PX, HEADER_PX, inspect_source
-from curation.sources import (REAL_SOURCES, SOURCES, SourceConfigError, SourceEntry, SourceError, SourceFormatError,
-                              SourceNotFoundError, open_source, resolve_source)
+from curation.sources import (
+    REAL_SOURCES,
+    SOURCES,
+    SourceConfigError,
+    SourceEntry,
+    SourceError,
+    SourceFormatError,
+    SourceNotFoundError,
+    open_source,
+    resolve_source,
+)
 from harness.core.registry import UnknownNameError
 
 WORLD_NAMES = sorted(["cc3m", "cc12m", "redcaps", "yfcc", "laion", "wit", "shutterstock", "imagenet"])

@@ -201,7 +201,7 @@ def test_query_error_keeps_duckdb_message_and_lists_tables(tmp_path):
 @pytest.fixture()
 def frame(tmp_path):
     store = Store(tmp_path / "s")
-    store.write_part("runs", "j1", [_run("a", shots=None, created_at=dt.datetime(2024, 1, 2, tzinfo=dt.timezone.utc)),
+    store.write_part("runs", "j1", [_run("a", shots=None, created_at=dt.datetime(2024, 1, 2, tzinfo=dt.UTC)),
                                     _run("b[x]", score=None)])
     return store.query("SELECT key, shots, score, created_at FROM runs ORDER BY key")
 
