@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from itertools import product
 from pathlib import Path
 from typing import Any
 
@@ -149,196 +150,295 @@ def model_job(model: ExistingModel) -> Job:
 
 def make_plan(spec: Spec) -> Plan:
     """Expand ``spec`` into its job graph (a pure function of the spec; its only I/O hashes the
-    weight files of existing models, see :func:`model_job`)."""
-    from downstream.protocols import PROTOCOLS
-    from pretrain.methods import METHODS
+    weight files of existing models, see :func:`model_job`).
 
-    jobs: dict[str, Job] = {}
-    pruned: list[tuple[str, str]] = []
+    One phase per job kind, in dependency order, each adding its jobs to a shared
+    :class:`_Planning`: the world, views and their pre-training runs (each run's evaluated
+    epochs become checkpoints), existing models, random-init floors, then features and
+    evaluations per (checkpoint, downstream set)."""
+    st = _Planning(spec)
+    _plan_world(st)
+    _plan_views_and_runs(st)
+    _plan_models(st)
+    _plan_floors(st)
+    _plan_evaluations(st)
+    return Plan(spec, st.jobs, st.pruned)
 
-    def add(job: Job) -> Job:
-        jobs.setdefault(job.key, job)
-        return jobs[job.key]
 
+@dataclass
+class _Planning:
+    """What the planning phases share: the jobs so far (in dependency order), pruned combinations
+    and the checkpoints evaluations are planned on."""
+
+    spec: Spec
+    jobs: dict[str, Job] = field(default_factory=dict)
+    pruned: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
+    world: Job | None = None
+    checkpoints: list[tuple[Job, int | str]] = field(default_factory=list)  # (job providing encoders, epoch or LAST)
+    floors: set[str] = field(default_factory=set)  # keys of the random-init jobs: one per backbone the grid trains
+
+    def add(self, job: Job) -> Job:
+        """``job``, or the job already planned under its key."""
+        self.jobs.setdefault(job.key, job)
+        return self.jobs[job.key]
+
+    def prune_once(self, what: str, why: str) -> None:
+        if (what, why) not in self.pruned:
+            self.pruned.append((what, why))
+
+
+def _plan_world(st: _Planning) -> None:
     from curation.world import WORLD_VERSION
 
-    res = spec.resources
+    spec = st.spec
     world_cfg = {"seed": spec.world.seed, "scale": spec.world.scale, "version": WORLD_VERSION}
-    world = add(Job("world", content_key("world", world_cfg), world_cfg, resources={"num_cpus": 1}))
+    st.world = st.add(Job("world", content_key("world", world_cfg), world_cfg, resources={"num_cpus": 1}))
 
-    mixtures = {m.name: m.weights for m in spec.pretrain.mixtures}
-    pt = spec.pretrain
-    checkpoints: list[tuple[Job, int | str]] = []  # (job providing encoders, epoch or LAST)
 
+# ------------------------------------------------------------------------------- views and pre-training
+
+
+def _plan_views_and_runs(st: _Planning) -> None:
+    """Per grid block: one view per (source, curation, method's labels, noise, size), and on it one
+    pre-training run per (backbone, seed); noise on a method without labels is pruned."""
+    from pretrain.methods import METHODS
+
+    pt = st.spec.pretrain
     for grid in pt.grids:
-        epochs, samples_seen = pt.budget(grid)  # exactly one is not None
-        for source in grid.sources:
-            for curation in grid.curation:
-                for method in grid.methods:
-                    entry = METHODS.get(method)
-                    for noise in grid.label_noise:
-                        if noise > 0 and not entry.needs_labels:
-                            pruned.append(
-                                (f"{method} on {source}/{curation} with label noise {noise}",
-                                 f"label noise applies to methods trained on labels; {method} uses none")
-                            )
-                            continue
-                        for size in grid.sizes:
-                            view_cfg = {
-                                "source": None if source in mixtures else source,
-                                "mixture": dict(sorted(mixtures[source].items())) if source in mixtures else None,
-                                "curation_name": curation,
-                                "curation": [s.model_dump() for s in spec.curation[curation]],
-                                "size": size,
-                                "label_noise": noise,
-                                "needs_labels": entry.needs_labels,
-                                "seed": pt.data_seed,
-                            }
-                            # Settings added later join the key only when not at their default,
-                            # so the keys (and finished views) of older specs stay.
-                            if grid.noise_model != "symmetric" and noise > 0:
-                                view_cfg["noise_model"] = grid.noise_model
-                            if pt.view_format != "shards":
-                                view_cfg["materialize"] = pt.view_format
-                            declared = {n: spec.sources[n] for n in (mixtures.get(source) or {source: 1})
-                                        if n in spec.sources}
-                            if declared:
-                                view_cfg["sources"] = declared
-                            if any(st.params.get("against") == "all" for st in spec.curation[curation]
-                                   if st.step == "dedup"):
-                                view_cfg["against"] = sorted(spec.downstream.sets)
-                            against = sorted({a for st in spec.curation[curation] if st.step == "dedup"
-                                              for a in _as_list(st.params.get("against"), spec.downstream.sets)})
-                            custom = {a: spec.downstream.set_config(a) for a in against
-                                      if spec.downstream.set_config(a) is not None}
-                            if custom:
-                                view_cfg["sets_config"] = custom
-                            vcoords = {"source": source, "curation": curation, "requested_size": size,
-                                       "label_noise": noise}
-                            view = add(Job("view", content_key("view", view_cfg, [world.key]), view_cfg,
-                                           (world.key,), vcoords, {"num_cpus": res.view.num_cpus,
-                                                                   "num_gpus": res.view.num_gpus,
-                                                                   "engine": res.view.engine}))
-                            for backbone, seed in ((b, sd) for b in pt.backbones_for(grid) for sd in grid.seeds):
-                                pcfg = {
-                                    "method": method,
-                                    "backbone": backbone,
-                                    "image_size": pt.image_size,
-                                    **({"epochs": epochs} if samples_seen is None else {"samples_seen": samples_seen}),
-                                    # LAST (a samples_seen run's end) is always kept: not listed
-                                    "save_epochs": [e for e in pt.saved_epochs(epochs, grid) if e != LAST],
-                                    "batch_size": pt.batch_size,
-                                    # unset settings stay out of the key (older runs keep theirs)
-                                    "optim": pt.optim.model_dump(exclude_none=True),
-                                    "seed": seed,
-                                }
-                                # Only non-default training settings join the key, so adding a
-                                # setting later keeps the keys (and finished runs) of older specs.
-                                if pt.args_for(method):
-                                    pcfg["hparams"] = pt.args_for(method)
-                                if pt.grad_accum != 1:
-                                    pcfg["grad_accum"] = pt.grad_accum
-                                if pt.precision != "auto":
-                                    pcfg["precision"] = pt.precision
-                                # pretrain_epochs of a samples_seen run is known once it ran (rows
-                                # read it from the checkpoint); samples_budget is None for epochs
-                                pcoords = {**vcoords, "method": method, "backbone": backbone,
-                                           "pretrain_seed": seed, "pretrain_epochs": epochs,
-                                           "samples_budget": samples_seen, "view_key": view.key}
-                                pjob = add(Job("pretrain", content_key("pretrain", pcfg, [view.key]), pcfg,
-                                               (view.key,), pcoords,
-                                               {"num_workers": res.pretrain.num_workers,
-                                                "cpus_per_worker": res.pretrain.cpus_per_worker,
-                                                "gpus_per_worker": res.pretrain.gpus_per_worker,
-                                                "loader_workers": res.pretrain.loader_workers}))
-                                for epoch in spec.eval_epochs(epochs, grid):
-                                    checkpoints.append((pjob, epoch))
+        for source, curation, method, noise in product(grid.sources, grid.curation, grid.methods, grid.label_noise):
+            needs_labels = METHODS.get(method).needs_labels
+            if noise > 0 and not needs_labels:
+                st.pruned.append((f"{method} on {source}/{curation} with label noise {noise}",
+                                  f"label noise applies to methods trained on labels; {method} uses none"))
+                continue
+            for size in grid.sizes:
+                view = _plan_view(st, grid, source, curation, noise, size, needs_labels)
+                for backbone, seed in ((b, sd) for b in pt.backbones_for(grid) for sd in grid.seeds):
+                    _plan_run(st, grid, view, method, backbone, seed)
 
-    for model in spec.existing_models():
-        checkpoints.append((add(model_job(model)), IMPORTED))
 
+def _view_config(spec: Spec, grid: Any, source: str, curation: str, noise: float, size: int,
+                 needs_labels: bool) -> dict[str, Any]:
+    pt = spec.pretrain
+    mixtures = {m.name: m.weights for m in pt.mixtures}
+    steps = spec.curation[curation]
+    cfg: dict[str, Any] = {
+        "source": None if source in mixtures else source,
+        "mixture": dict(sorted(mixtures[source].items())) if source in mixtures else None,
+        "curation_name": curation,
+        "curation": [s.model_dump() for s in steps],
+        "size": size,
+        "label_noise": noise,
+        "needs_labels": needs_labels,
+        "seed": pt.data_seed,
+    }
+    # Settings added later join the key only when not at their default,
+    # so the keys (and finished views) of older specs stay.
+    if grid.noise_model != "symmetric" and noise > 0:
+        cfg["noise_model"] = grid.noise_model
+    if pt.view_format != "shards":
+        cfg["materialize"] = pt.view_format
+    declared = {n: spec.sources[n] for n in (mixtures.get(source) or {source: 1}) if n in spec.sources}
+    if declared:
+        cfg["sources"] = declared
+    dedups = [st for st in steps if st.step == "dedup"]
+    if any(st.params.get("against") == "all" for st in dedups):
+        cfg["against"] = sorted(spec.downstream.sets)
+    against = sorted({a for st in dedups for a in _as_list(st.params.get("against"), spec.downstream.sets)})
+    custom = {a: spec.downstream.set_config(a) for a in against if spec.downstream.set_config(a) is not None}
+    if custom:
+        cfg["sets_config"] = custom
+    return cfg
+
+
+def _plan_view(st: _Planning, grid: Any, source: str, curation: str, noise: float, size: int,
+               needs_labels: bool) -> Job:
+    cfg = _view_config(st.spec, grid, source, curation, noise, size, needs_labels)
+    coords = {"source": source, "curation": curation, "requested_size": size, "label_noise": noise}
+    r = st.spec.resources.view
+    return st.add(Job("view", content_key("view", cfg, [st.world.key]), cfg, (st.world.key,), coords,
+                      {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "engine": r.engine}))
+
+
+def _pretrain_config(pt: Any, grid: Any, method: str, backbone: str, seed: int) -> dict[str, Any]:
+    epochs, samples_seen = pt.budget(grid)  # exactly one is not None
+    cfg: dict[str, Any] = {
+        "method": method,
+        "backbone": backbone,
+        "image_size": pt.image_size,
+        **({"epochs": epochs} if samples_seen is None else {"samples_seen": samples_seen}),
+        # LAST (a samples_seen run's end) is always kept: not listed
+        "save_epochs": [e for e in pt.saved_epochs(epochs, grid) if e != LAST],
+        "batch_size": pt.batch_size,
+        # unset settings stay out of the key (older runs keep theirs)
+        "optim": pt.optim.model_dump(exclude_none=True),
+        "seed": seed,
+    }
+    # Only non-default training settings join the key, so adding a
+    # setting later keeps the keys (and finished runs) of older specs.
+    if pt.args_for(method):
+        cfg["hparams"] = pt.args_for(method)
+    if pt.grad_accum != 1:
+        cfg["grad_accum"] = pt.grad_accum
+    if pt.precision != "auto":
+        cfg["precision"] = pt.precision
+    return cfg
+
+
+def _plan_run(st: _Planning, grid: Any, view: Job, method: str, backbone: str, seed: int) -> None:
+    """One pre-training run on ``view``; each epoch it is evaluated at becomes a checkpoint."""
+    pt = st.spec.pretrain
+    epochs, samples_seen = pt.budget(grid)
+    cfg = _pretrain_config(pt, grid, method, backbone, seed)
+    # pretrain_epochs of a samples_seen run is known once it ran (rows
+    # read it from the checkpoint); samples_budget is None for epochs
+    coords = {**view.coords, "method": method, "backbone": backbone, "pretrain_seed": seed,
+              "pretrain_epochs": epochs, "samples_budget": samples_seen, "view_key": view.key}
+    r = st.spec.resources.pretrain
+    job = st.add(Job("pretrain", content_key("pretrain", cfg, [view.key]), cfg, (view.key,), coords,
+                     {"num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
+                      "gpus_per_worker": r.gpus_per_worker, "loader_workers": r.loader_workers}))
+    for epoch in st.spec.eval_epochs(epochs, grid):
+        st.checkpoints.append((job, epoch))
+
+
+# ------------------------------------------------------------------------------- other encoders
+
+
+def _plan_models(st: _Planning) -> None:
+    for model in st.spec.existing_models():
+        st.checkpoints.append((st.add(model_job(model)), IMPORTED))
+
+
+def _plan_floors(st: _Planning) -> None:
+    """One random-init encoder per backbone the grid trains, when the floor or `scratch` asks for it."""
+    spec = st.spec
     wants_scratch = any(p.name == "scratch" for p in spec.downstream.protocols)
-    floors: set[str] = set()  # keys of the random-init jobs: one per backbone the grid trains
-    if spec.downstream.random_init_floor or wants_scratch:
-        for backbone in pt.all_backbones():
-            icfg = {"backbone": backbone, "image_size": pt.image_size, "seed": 0}
-            icoords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
-                       "method": "none", "backbone": backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
-                       "view_key": None}
-            floor = add(Job("init", content_key("init", icfg), icfg, (), icoords, {"num_cpus": 1}))
-            floors.add(floor.key)
-            checkpoints.append((floor, 0))
+    if not (spec.downstream.random_init_floor or wants_scratch):
+        return
+    for backbone in spec.pretrain.all_backbones():
+        cfg = {"backbone": backbone, "image_size": spec.pretrain.image_size, "seed": 0}
+        coords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
+                  "method": "none", "backbone": backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
+                  "view_key": None}
+        floor = st.add(Job("init", content_key("init", cfg), cfg, (), coords, {"num_cpus": 1}))
+        st.floors.add(floor.key)
+        st.checkpoints.append((floor, 0))
 
-    def prune(what: str, why: str) -> None:
-        if (what, why) not in pruned:
-            pruned.append((what, why))
 
-    eres = {"num_cpus": res.eval.num_cpus, "num_gpus": res.eval.num_gpus}
-    for src, epoch in checkpoints:
-        method = src.coords["method"]
-        if src.kind == "model":  # an open_clip model carries its text tower; a timm model has none
-            has_text = src.config["framework"] == "open_clip"
-        else:
-            has_text = method != "none" and METHODS.get(method).zero_shot
+# ------------------------------------------------------------------------------- features and evaluations
+
+
+def _plan_evaluations(st: _Planning) -> None:
+    """Per (checkpoint, downstream set): the protocols that apply, their shared features job (when
+    one needs features) and one evaluation job each."""
+    from downstream.protocols import PROTOCOLS
+
+    spec = st.spec
+    for src, epoch in st.checkpoints:
+        has_text = _has_text_tower(src)
         for set_name in spec.downstream.sets:
-            protocols = []
-            for p in spec.downstream.protocols_for(set_name):
-                entry = PROTOCOLS.get(p.name)
-                if src.key in floors:
-                    if entry.from_scratch or (p.name == "linear" and spec.downstream.random_init_floor):
-                        protocols.append(p)
-                    else:
-                        prune(f"{p.name} from the random-init encoder",
-                              "the random-init job serves `scratch` (trained from random weights) and the "
-                              "`linear` floor (random_init_floor); other protocols need a pre-trained checkpoint")
-                    continue
-                if entry.from_scratch:
-                    prune(f"{p.name} on pre-trained checkpoints",
-                          "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job")
-                elif p.runs is not None and not p.runs.matches(src.coords):
-                    prune(f"{p.name} on runs outside its `runs` filter",
-                          "downstream.protocols[].runs limits the protocol to the listed pre-training runs")
-                elif (entry.needs_text_tower or p.head_init == "zeroshot") and not has_text:
-                    prune(f"{p.name}{' (head_init: zeroshot)' if p.head_init == 'zeroshot' else ''} on {method} "
-                          "checkpoints", f"needs a text tower; method {method!r} has none (CLIP does)")
-                else:
-                    protocols.append(p)
+            protocols = _protocols_on(st, src, set_name, has_text)
             if not protocols:
                 continue
             base = {**src.coords, "pretrain_key": src.key, "downstream": set_name,
                     # LAST's epoch is known once trained; an existing model has none
                     "checkpoint_epoch": None if epoch in (LAST, IMPORTED) else epoch}
-            set_cfg = spec.downstream.set_config(set_name)
-            feats: Job | None = None
+            feats = None
             if any(PROTOCOLS.get(p.name).needs_features for p in protocols):
-                fcfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch}
-                if set_cfg is not None:
-                    fcfg["set_config"] = set_cfg
-                feats = add(Job("features", content_key("features", fcfg, [src.key, world.key]), fcfg,
-                                (src.key, world.key), base, eres))
+                feats = _plan_features(st, src, epoch, set_name, base)
             for proto in protocols:
-                pentry = PROTOCOLS.get(proto.name)
-                shots = [_shots_value(s) for s in proto.shots]
-                seeds = list(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
-                if pentry.needs_text_tower:
-                    seeds = seeds[:1]  # zero-shot draws nothing: one seed says it all
-                ecfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
-                                        "shots": shots, "seeds": seeds}
-                if pentry.trains:
-                    # recipe 2: min_steps, BatchNorm handling, the starting point as a candidate
-                    ecfg.update(epochs=proto.epochs, lrs=list(proto.lrs), batch_size=proto.batch_size,
-                                min_steps=proto.min_steps, bn=proto.bn, recipe=2)
-                head_init = proto.head_init
-                if head_init == "auto":
-                    head_init = "zeroshot" if has_text else "zero"
-                if head_init != "zero":  # only non-default settings join the key
-                    ecfg["head_init"] = head_init
-                if set_cfg is not None:
-                    ecfg["set_config"] = set_cfg
-                deps = (src.key, world.key) + ((feats.key,) if pentry.needs_features and feats else ())
-                # a probe on cached features is a CPU task: it holds no GPU (resources are not in the key)
-                jres = {**eres, "num_gpus": 0} if pentry.runs_on_cpu else eres
-                add(Job("eval", content_key("eval", ecfg, list(deps)), ecfg, deps,
-                        {**base, "protocol": proto.name}, jres, rows=len(shots) * len(seeds)))
+                _plan_eval(st, src, epoch, set_name, proto, base, feats, has_text)
 
-    return Plan(spec, jobs, pruned)
+
+def _has_text_tower(src: Job) -> bool:
+    from pretrain.methods import METHODS
+
+    if src.kind == "model":  # an open_clip model carries its text tower; a timm model has none
+        return src.config["framework"] == "open_clip"
+    method = src.coords["method"]
+    return method != "none" and METHODS.get(method).zero_shot
+
+
+def _protocols_on(st: _Planning, src: Job, set_name: str, has_text: bool) -> list[Any]:
+    """The set's protocols that apply to the checkpoints of ``src``; the others are pruned with the reason."""
+    from downstream.protocols import PROTOCOLS
+
+    spec = st.spec
+    method = src.coords["method"]
+    protocols = []
+    for p in spec.downstream.protocols_for(set_name):
+        entry = PROTOCOLS.get(p.name)
+        if src.key in st.floors:
+            if entry.from_scratch or (p.name == "linear" and spec.downstream.random_init_floor):
+                protocols.append(p)
+            else:
+                st.prune_once(f"{p.name} from the random-init encoder",
+                              "the random-init job serves `scratch` (trained from random weights) and the "
+                              "`linear` floor (random_init_floor); other protocols need a pre-trained checkpoint")
+            continue
+        if entry.from_scratch:
+            st.prune_once(f"{p.name} on pre-trained checkpoints",
+                          "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job")
+        elif p.runs is not None and not p.runs.matches(src.coords):
+            st.prune_once(f"{p.name} on runs outside its `runs` filter",
+                          "downstream.protocols[].runs limits the protocol to the listed pre-training runs")
+        elif (entry.needs_text_tower or p.head_init == "zeroshot") and not has_text:
+            st.prune_once(f"{p.name}{' (head_init: zeroshot)' if p.head_init == 'zeroshot' else ''} on {method} "
+                          "checkpoints", f"needs a text tower; method {method!r} has none (CLIP does)")
+        else:
+            protocols.append(p)
+    return protocols
+
+
+def _eval_resources(spec: Spec) -> dict[str, float]:
+    return {"num_cpus": spec.resources.eval.num_cpus, "num_gpus": spec.resources.eval.num_gpus}
+
+
+def _plan_features(st: _Planning, src: Job, epoch: int | str, set_name: str, base: dict[str, Any]) -> Job:
+    cfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch}
+    set_cfg = st.spec.downstream.set_config(set_name)
+    if set_cfg is not None:
+        cfg["set_config"] = set_cfg
+    deps = (src.key, st.world.key)
+    return st.add(Job("features", content_key("features", cfg, list(deps)), cfg, deps, base,
+                      _eval_resources(st.spec)))
+
+
+def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_text: bool) -> dict[str, Any]:
+    from downstream.protocols import PROTOCOLS
+
+    entry = PROTOCOLS.get(proto.name)
+    shots = [_shots_value(s) for s in proto.shots]
+    seeds = list(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
+    if entry.needs_text_tower:
+        seeds = seeds[:1]  # zero-shot draws nothing: one seed says it all
+    cfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
+                           "shots": shots, "seeds": seeds}
+    if entry.trains:
+        # recipe 2: min_steps, BatchNorm handling, the starting point as a candidate
+        cfg.update(epochs=proto.epochs, lrs=list(proto.lrs), batch_size=proto.batch_size,
+                   min_steps=proto.min_steps, bn=proto.bn, recipe=2)
+    head_init = proto.head_init
+    if head_init == "auto":
+        head_init = "zeroshot" if has_text else "zero"
+    if head_init != "zero":  # only non-default settings join the key
+        cfg["head_init"] = head_init
+    set_cfg = spec.downstream.set_config(set_name)
+    if set_cfg is not None:
+        cfg["set_config"] = set_cfg
+    return cfg
+
+
+def _plan_eval(st: _Planning, src: Job, epoch: int | str, set_name: str, proto: Any, base: dict[str, Any],
+               feats: Job | None, has_text: bool) -> None:
+    from downstream.protocols import PROTOCOLS
+
+    entry = PROTOCOLS.get(proto.name)
+    cfg = _eval_config(st.spec, epoch, set_name, proto, has_text)
+    deps = (src.key, st.world.key) + ((feats.key,) if entry.needs_features and feats else ())
+    eres = _eval_resources(st.spec)
+    # a probe on cached features is a CPU task: it holds no GPU (resources are not in the key)
+    res = {**eres, "num_gpus": 0} if entry.runs_on_cpu else eres
+    st.add(Job("eval", content_key("eval", cfg, list(deps)), cfg, deps, {**base, "protocol": proto.name}, res,
+               rows=len(cfg["shots"]) * len(cfg["seeds"])))
