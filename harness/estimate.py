@@ -49,8 +49,9 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from harness.core.registry import Registry
 from harness.plan import KINDS, Job, Plan
 
 REF_SIZE = 224  # the resolution the default GPU figures are for
@@ -521,30 +522,41 @@ def _task(device_s: float, host_s: float, res: dict[str, Any], c: JobCost) -> No
     c.wall_seconds, c.gpu_seconds, c.cpu_seconds = wall, wall * g, wall * cpus
 
 
-def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
-    """The cost of every job of ``plan``, per kind and in total (see the module docstring)."""
-    spec = plan.spec
-    figs = _Figures(spec, measured_figures(plan, workdir))
-    costs: dict[str, JobCost] = {}
-    assumptions: list[str] = []
-    note = assumptions.append
-    storage: dict[str, list] = {}  # what -> [bytes, how]
-    inputs: dict[str, tuple[int, int]] = {}
-    unknown_pools: set[str] = set()
-    pools: dict[str, int] = {}  # view key -> samples kept (for pre-training)
-    tally = {"few_train": 0.0, "few_val": 0.0}
+@dataclass
+class _Costing:
+    """What the per-kind cost functions share while one plan is costed: the figures, the eval
+    resources, and the tallies the estimate reports (storage by what, source inputs, pools kept)."""
 
-    def store(what: str, n: int, how: str) -> None:
-        s = storage.setdefault(what, [0, how])
+    plan: Plan
+    figs: _Figures
+    assumptions: list[str] = field(default_factory=list)
+    storage: dict[str, list] = field(default_factory=dict)  # what -> [bytes, how]
+    inputs: dict[str, tuple[int, int]] = field(default_factory=dict)  # source -> (samples, bytes) read
+    unknown_pools: set[str] = field(default_factory=set)
+    pools: dict[str, int] = field(default_factory=dict)  # view key -> samples kept (for pre-training)
+    tally: dict[str, float] = field(default_factory=lambda: {"few_train": 0.0, "few_val": 0.0})
+
+    def __post_init__(self) -> None:
+        spec = self.plan.spec
+        self.eres = {"num_gpus": spec.resources.eval.num_gpus, "num_cpus": spec.resources.eval.num_cpus}
+        self.gpu_eval = self.eres["num_gpus"] > 0
+        self.decode = self.figs.scalar("decode_per_cpu", DECODE_PER_CPU, "decode + resize downstream images",
+                                       "images/s per CPU core")
+        self.probe_rate = self.figs.scalar("probe_examples_per_s", PROBE_EXAMPLES_PER_S,
+                                           "linear-probe fit (2048-d, 100 classes)", "examples/s per task")
+
+    @property
+    def spec(self):
+        return self.plan.spec
+
+    def store(self, what: str, n: int, how: str) -> None:
+        s = self.storage.setdefault(what, [0, how])
         s[0] += int(n)
 
-    eres = {"num_gpus": spec.resources.eval.num_gpus, "num_cpus": spec.resources.eval.num_cpus}
-    gpu_eval = eres["num_gpus"] > 0
-    decode = figs.scalar("decode_per_cpu", DECODE_PER_CPU, "decode + resize downstream images", "images/s per CPU core")
-    probe_rate = figs.scalar("probe_examples_per_s", PROBE_EXAMPLES_PER_S, "linear-probe fit (2048-d, 100 classes)",
-                             "examples/s per task")
+    def note(self, said: str) -> None:
+        self.assumptions.append(said)
 
-    def feature_dim(src: Job) -> int:
+    def feature_dim(self, src: Job) -> int:
         if src.kind == "pretrain" and src.config["method"] == "clip":
             dim = _clip_tower_dim(src.config.get("hparams", {}))
             if dim is not None:
@@ -553,96 +565,18 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             return MODEL_FEATURE_DIM
         return encoder_params(src.config["backbone"], src.config["image_size"])[1]
 
-    for job in plan.jobs.values():
-        c = JobCost(job.kind, job.key)
-        if job.kind == "world":
-            scale = job.config["scale"]
-            c.cpu_seconds = c.wall_seconds = WORLD_CPU_S_PER_SCALE * scale
-            c.bytes = int(WORLD_BYTES_PER_SCALE * scale)
-            store("embedded world", c.bytes, "measured at scale 1.0, times the scale")
-        elif job.kind == "view":
-            cfg = job.config
-            names = list(cfg["mixture"]) if cfg["mixture"] else [cfg["source"]]
-            pool = 0
-            for n in names:
-                p, how = source_pool(n, spec)
-                if p is None:
-                    unknown_pools.add(n)
-                    p = cfg["size"]
-                pool += p
-                if how != "world":
-                    bps, _ = _bytes_per_sample(n, spec)
-                    inputs[n] = (p, p * bps)
-            kept = min(cfg["size"], pool)
-            pools[job.key] = kept
-            hashes = any(st["step"] == "dedup" for st in cfg["curation"])
-            rate = figs.scalar("view_hash_per_cpu", VIEW_HASH_PER_CPU, "view scan decoding images (dedup)",
-                               "samples/s per CPU core") if hashes else \
-                figs.scalar("view_scan_per_cpu", VIEW_SCAN_PER_CPU, "view scan (no image decoding)",
-                            "samples/s per CPU core")
-            c.cpu_seconds = pool / rate  # core-seconds; Ray Data spreads them over the cluster's free cores,
-            c.wall_seconds = 0.0  # so a view's wall-clock time depends on those and is not estimated
-            c.gpu_seconds = c.cpu_seconds * float(job.resources.get("num_gpus", 0) or 0) \
-                / float(job.resources.get("num_cpus", 1) or 1)
-            if cfg.get("materialize", "shards") == "index":
-                c.bytes = kept * INDEX_BYTES
-                store("views (index)", c.bytes, f"{INDEX_BYTES} B per kept sample")
-            else:
-                weights = cfg["mixture"] or {cfg["source"]: 1.0}
-                total_w = sum(weights.values())
-                bps = sum(_bytes_per_sample(n, spec)[0] * w / total_w for n, w in weights.items())
-                c.bytes = int(kept * bps)
-                store("views (shards)", c.bytes, "kept samples x bytes per sample of the source")
-        elif job.kind == "pretrain":
-            cfg, r = job.config, job.resources
-            workers, gpw = r.get("num_workers", 1), r.get("gpus_per_worker", 0)
-            cpw = r.get("cpus_per_worker", 1)
-            samples = _pretrain_samples(cfg, pools.get(job.deps[0], job.coords["requested_size"]))
-            rate = figs.model("pretrain", cfg["backbone"], cfg["image_size"], gpw > 0, cfg["method"])
-            if gpw > 0:
-                c.gpu_seconds = samples / rate
-                c.wall_seconds = c.gpu_seconds / (workers * gpw)
-            else:
-                c.wall_seconds = samples / (rate * workers)
-            c.cpu_seconds = c.wall_seconds * workers * cpw
-            enc, dim = encoder_params(cfg["backbone"], cfg["image_size"])
-            method = cfg["method"]
-            if method == "supervised":
-                classes = _head_classes(job.coords["source"])
-                extra = dim * classes + classes
-            else:
-                extra = EXTRA_PARAMS.get((cfg["backbone"], method), 0)
-            exported = extra if method == "clip" else 0
-            model = enc + extra
-            per_ckpt = 4 * (enc + exported + STATE_OVERHEAD * model)
-            kept = len(cfg["save_epochs"]) + ("samples_seen" in cfg)  # + a samples_seen run's last.pt
-            c.bytes = per_ckpt * kept + 4 * STATE_OVERHEAD * model
-            store("checkpoints", c.bytes, "per saved epoch: encoder + exported towers + model and AdamW moments "
-                                          "(fp32); plus one rolling training state per run")
-        elif job.kind == "init":
-            enc, _ = encoder_params(job.config["backbone"], job.config["image_size"])
-            c.cpu_seconds = c.wall_seconds = INIT_CPU_S
-            c.bytes = 4 * enc
-            store("checkpoints", c.bytes, "")
-        elif job.kind == "model":
-            c.cpu_seconds = c.wall_seconds = INIT_CPU_S
-            said = (f"existing models: loading and writing one takes {INIT_CPU_S:g} s, features {MODEL_FEATURE_DIM} "
-                    f"wide, {REF_SIZE} px unless the spec gives image_size (assumptions: known once loaded)")
-            if said not in assumptions:
-                note(said)
-        elif job.kind == "features":
-            src = plan.jobs[job.deps[0]]
-            sz = set_size(job.config["downstream"], spec)
-            backbone, size = _shape(src)
-            rate = figs.model("inference", backbone, size, gpu_eval)
-            _task(sz.total / rate, sz.total / (decode * eres["num_cpus"]), eres, c)
-            c.bytes = sz.total * (feature_dim(src) * 4 + 8)
-            store("feature caches", c.bytes, "examples x feature width x 4 bytes (float32) + labels")
-        elif job.kind == "eval":
-            _eval_cost(plan, job, spec, figs, eres, gpu_eval, decode, probe_rate, feature_dim, c, tally)
-            store("results (runs, curves)", c.bytes, f"~{ROW_BYTES} B per row, ~{CURVE_BYTES} B per curve point")
-        costs[job.key] = c
 
+CostFunction = Callable[[Job, _Costing], JobCost]
+#: One cost function per job kind (:data:`harness.plan.KINDS`), as :data:`harness.executors.EXECUTORS`
+#: holds one executor per kind; :func:`estimate` looks each job's up.
+COSTS: Registry[CostFunction] = Registry("job kind")
+
+
+def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
+    """The cost of every job of ``plan``, per kind and in total (see the module docstring)."""
+    spec = plan.spec
+    cx = _Costing(plan, _Figures(spec, measured_figures(plan, workdir)))
+    costs = {job.key: COSTS.get(job.kind)(job, cx) for job in plan.jobs.values()}
     kinds = []
     total = KindCost("total")
     for kind in KINDS:
@@ -657,11 +591,19 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
     for job in plan.of_kind("eval"):
         name = job.config["protocol"]
         by_protocol.setdefault(name, KindCost(name)).add(costs[job.key])
+    _note_assumptions(cx)
+    st = [(what, int(b), how) for what, (b, how) in cx.storage.items()]
+    return Estimate(spec.name, kinds, total, list(cx.figs.used.values()), st,
+                    [(n, s, b) for n, (s, b) in sorted(cx.inputs.items())], cx.assumptions, costs,
+                    list(by_protocol.values()))
 
-    # what the figures and counts rest on, in words
+
+def _note_assumptions(cx: _Costing) -> None:
+    """What the figures and counts rest on, in words."""
+    plan, spec, note = cx.plan, cx.spec, cx.note
     if spec.resources.pretrain.gpus_per_worker == 0 and plan.of_kind("pretrain"):
         note("pre-training asks for no GPU: CPU figures apply (per Ray Train worker)")
-    if not gpu_eval and (plan.of_kind("eval") or plan.of_kind("features")):
+    if not cx.gpu_eval and (plan.of_kind("eval") or plan.of_kind("features")):
         note("evaluations ask for no GPU: CPU figures apply (per task)")
     note("GPU figures are per A100-class GPU with bf16 autocast at 224 px unless measured; other resolutions "
          "scale by pixel count; a run's GPUs are assumed to scale linearly")
@@ -674,16 +616,16 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
     note("every view scans its source's whole pool, whatever its size (the size subset is taken after the scan); "
          "its CPU-hours are the scan's core-seconds, spread by Ray Data over the free cores (no wall-clock given)")
     note("CPU-hours of the other jobs are the CPUs they ask for times their wall-clock time (reserved, not busy)")
-    if unknown_pools:
-        note(f"pool size unknown for {', '.join(sorted(unknown_pools))}: the requested size is used as the pool "
+    if cx.unknown_pools:
+        note(f"pool size unknown for {', '.join(sorted(cx.unknown_pools))}: the requested size is used as the pool "
              "(declare `size` under `sources` to count the scan)")
-    if gpu_eval:
-        note(f"an evaluation task holds {eres['num_gpus']:g} GPU while it decodes images and fits probes on its "
-             f"{eres['num_cpus']:g} CPU(s): that time counts as reserved GPU time")
-    few = tally["few_train"] + tally["few_val"]
+    if cx.gpu_eval:
+        note(f"an evaluation task holds {cx.eres['num_gpus']:g} GPU while it decodes images and fits probes on its "
+             f"{cx.eres['num_cpus']:g} CPU(s): that time counts as reserved GPU time")
+    few = cx.tally["few_train"] + cx.tally["few_val"]
     if few > 0:
         note(f"fine-tuning scores the whole validation split after every epoch of every learning rate: "
-             f"{tally['few_val'] / few:.0%} of the few-shot fine-tuning GPU work is that scoring")
+             f"{cx.tally['few_val'] / few:.0%} of the few-shot fine-tuning GPU work is that scoring")
     if any(j.config["downstream"] in spec.downstream.custom_sets for j in plan.of_kind("features")):
         note(f"declared sets are assumed to hold {CUSTOM_SET_SIZE[0]:,} training and {CUSTOM_SET_SIZE[2]:,} test "
              f"examples of {CUSTOM_SET_SIZE[3]} classes")
@@ -694,22 +636,147 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             f"{set_size(s, spec).test:,}" for s in real_sets) + " train/val/test after carving)")
     if any(REAL_SET_SIZES[s][4].startswith("assumption") for s in real_sets):
         note("real.cameratraps has no standard copy: CCT-20's split sizes are assumed")
-    if inputs:
+    if cx.inputs:
         note("source shards read by the views are listed apart: they are inputs, not written by the plan")
 
-    st = [(what, int(b), how) for what, (b, how) in storage.items()]
-    return Estimate(spec.name, kinds, total, list(figs.used.values()), st,
-                    [(n, s, b) for n, (s, b) in sorted(inputs.items())], assumptions, costs,
-                    list(by_protocol.values()))
+
+# ------------------------------------------------------------------------------------------ per job kind
 
 
-def _eval_cost(plan: Plan, job: Job, spec, figs: _Figures, eres: dict, gpu_eval: bool, decode: float,
-               probe_rate: float, feature_dim, c: JobCost, tally: dict[str, float]) -> None:
-    src = plan.jobs[job.deps[0]]
+@COSTS.register("world")
+def _world_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    scale = job.config["scale"]
+    c.cpu_seconds = c.wall_seconds = WORLD_CPU_S_PER_SCALE * scale
+    c.bytes = int(WORLD_BYTES_PER_SCALE * scale)
+    cx.store("embedded world", c.bytes, "measured at scale 1.0, times the scale")
+    return c
+
+
+def _view_pool(cfg: dict[str, Any], cx: _Costing) -> int:
+    """Samples a view scans: its sources' pools (the requested size where a pool is unknown);
+    records the source shards read as inputs."""
+    pool = 0
+    for n in list(cfg["mixture"]) if cfg["mixture"] else [cfg["source"]]:
+        p, how = source_pool(n, cx.spec)
+        if p is None:
+            cx.unknown_pools.add(n)
+            p = cfg["size"]
+        pool += p
+        if how != "world":
+            bps, _ = _bytes_per_sample(n, cx.spec)
+            cx.inputs[n] = (p, p * bps)
+    return pool
+
+
+@COSTS.register("view")
+def _view_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    cfg, figs = job.config, cx.figs
+    pool = _view_pool(cfg, cx)
+    kept = min(cfg["size"], pool)
+    cx.pools[job.key] = kept
+    hashes = any(st["step"] == "dedup" for st in cfg["curation"])
+    rate = figs.scalar("view_hash_per_cpu", VIEW_HASH_PER_CPU, "view scan decoding images (dedup)",
+                       "samples/s per CPU core") if hashes else \
+        figs.scalar("view_scan_per_cpu", VIEW_SCAN_PER_CPU, "view scan (no image decoding)",
+                    "samples/s per CPU core")
+    c.cpu_seconds = pool / rate  # core-seconds; Ray Data spreads them over the cluster's free cores,
+    c.wall_seconds = 0.0  # so a view's wall-clock time depends on those and is not estimated
+    c.gpu_seconds = c.cpu_seconds * float(job.resources.get("num_gpus", 0) or 0) \
+        / float(job.resources.get("num_cpus", 1) or 1)
+    if cfg.get("materialize", "shards") == "index":
+        c.bytes = kept * INDEX_BYTES
+        cx.store("views (index)", c.bytes, f"{INDEX_BYTES} B per kept sample")
+    else:
+        weights = cfg["mixture"] or {cfg["source"]: 1.0}
+        total_w = sum(weights.values())
+        bps = sum(_bytes_per_sample(n, cx.spec)[0] * w / total_w for n, w in weights.items())
+        c.bytes = int(kept * bps)
+        cx.store("views (shards)", c.bytes, "kept samples x bytes per sample of the source")
+    return c
+
+
+def _checkpoint_bytes(job: Job) -> int:
+    """Per saved epoch: encoder + exported towers + model and AdamW moments (fp32); plus one
+    rolling training state per run."""
     cfg = job.config
-    sz = set_size(cfg["downstream"], spec)
+    enc, dim = encoder_params(cfg["backbone"], cfg["image_size"])
+    method = cfg["method"]
+    if method == "supervised":
+        classes = _head_classes(job.coords["source"])
+        extra = dim * classes + classes
+    else:
+        extra = EXTRA_PARAMS.get((cfg["backbone"], method), 0)
+    exported = extra if method == "clip" else 0
+    model = enc + extra
+    per_ckpt = 4 * (enc + exported + STATE_OVERHEAD * model)
+    kept = len(cfg["save_epochs"]) + ("samples_seen" in cfg)  # + a samples_seen run's last.pt
+    return per_ckpt * kept + 4 * STATE_OVERHEAD * model
+
+
+@COSTS.register("pretrain")
+def _pretrain_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    cfg, r = job.config, job.resources
+    workers, gpw = r.get("num_workers", 1), r.get("gpus_per_worker", 0)
+    cpw = r.get("cpus_per_worker", 1)
+    samples = _pretrain_samples(cfg, cx.pools.get(job.deps[0], job.coords["requested_size"]))
+    rate = cx.figs.model("pretrain", cfg["backbone"], cfg["image_size"], gpw > 0, cfg["method"])
+    if gpw > 0:
+        c.gpu_seconds = samples / rate
+        c.wall_seconds = c.gpu_seconds / (workers * gpw)
+    else:
+        c.wall_seconds = samples / (rate * workers)
+    c.cpu_seconds = c.wall_seconds * workers * cpw
+    c.bytes = _checkpoint_bytes(job)
+    cx.store("checkpoints", c.bytes, "per saved epoch: encoder + exported towers + model and AdamW moments "
+                                     "(fp32); plus one rolling training state per run")
+    return c
+
+
+@COSTS.register("init")
+def _init_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    enc, _ = encoder_params(job.config["backbone"], job.config["image_size"])
+    c.cpu_seconds = c.wall_seconds = INIT_CPU_S
+    c.bytes = 4 * enc
+    cx.store("checkpoints", c.bytes, "")
+    return c
+
+
+@COSTS.register("model")
+def _model_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    c.cpu_seconds = c.wall_seconds = INIT_CPU_S
+    said = (f"existing models: loading and writing one takes {INIT_CPU_S:g} s, features {MODEL_FEATURE_DIM} "
+            f"wide, {REF_SIZE} px unless the spec gives image_size (assumptions: known once loaded)")
+    if said not in cx.assumptions:
+        cx.note(said)
+    return c
+
+
+@COSTS.register("features")
+def _features_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    src = cx.plan.jobs[job.deps[0]]
+    sz = set_size(job.config["downstream"], cx.spec)
     backbone, size = _shape(src)
-    dim = feature_dim(src)
+    rate = cx.figs.model("inference", backbone, size, cx.gpu_eval)
+    _task(sz.total / rate, sz.total / (cx.decode * cx.eres["num_cpus"]), cx.eres, c)
+    c.bytes = sz.total * (cx.feature_dim(src) * 4 + 8)
+    cx.store("feature caches", c.bytes, "examples x feature width x 4 bytes (float32) + labels")
+    return c
+
+
+@COSTS.register("eval")
+def _eval_cost(job: Job, cx: _Costing) -> JobCost:
+    c = JobCost(job.kind, job.key)
+    src = cx.plan.jobs[job.deps[0]]
+    cfg = job.config
+    sz = set_size(cfg["downstream"], cx.spec)
+    backbone, size = _shape(src)
+    dim = cx.feature_dim(src)
     protocol = cfg["protocol"]
     shots, seeds = cfg["shots"], cfg["seeds"]
     rows = len(shots) * len(seeds)
@@ -717,34 +784,45 @@ def _eval_cost(plan: Plan, job: Job, spec, figs: _Figures, eres: dict, gpu_eval:
     def n_train(k: int | None) -> int:
         return sz.train if k is None else k * sz.classes
 
-    def probe_seconds(n: int) -> float:
-        return n / probe_rate * (dim * sz.classes) / PROBE_REF
-
     def probes() -> float:  # identical subsets (full data across seeds) are fitted once
-        return sum(probe_seconds(n_train(k)) * (1 if k is None else len(seeds)) for k in shots)
+        return sum(n_train(k) / cx.probe_rate * (dim * sz.classes) / PROBE_REF * (1 if k is None else len(seeds))
+                   for k in shots)
 
     device = host = 0.0
     if protocol == "linear":
         host = probes()
     elif protocol == "zeroshot":
-        device = sz.test / figs.model("inference", backbone, size, gpu_eval)
-        host = sz.test / (decode * eres["num_cpus"])
+        device = sz.test / cx.figs.model("inference", backbone, size, cx.gpu_eval)
+        host = sz.test / (cx.decode * cx.eres["num_cpus"])
     else:  # finetune, lp_ft, scratch
-        ft = figs.model("finetune", backbone, size, gpu_eval)
-        inf = figs.model("inference", backbone, size, gpu_eval)
-        lrs, epochs = len(cfg.get("lrs", [1])), cfg.get("epochs", 1)
-        per_run = [lrs * epochs * (n_train(k) / ft + sz.validation / inf) + sz.test / inf for k in shots]
-        device = sum(per_run) * len(seeds)
-        for k in shots:
-            if k is not None:  # few-shot: how much of the GPU work is scoring validation after each epoch
-                tally["few_train"] += lrs * epochs * n_train(k) / ft * len(seeds)
-                tally["few_val"] += lrs * epochs * sz.validation / inf * len(seeds)
-        host = sz.total / (decode * eres["num_cpus"])
+        device = _finetune_device_seconds(cfg, sz, cx.figs.model("finetune", backbone, size, cx.gpu_eval),
+                                          cx.figs.model("inference", backbone, size, cx.gpu_eval), cx.tally)
+        host = sz.total / (cx.decode * cx.eres["num_cpus"])
         if protocol == "lp_ft":
             host += probes()
-        c.bytes += rows * lrs * epochs * CURVE_BYTES
-    _task(device, host, {**eres, **job.resources}, c)  # a linear probe's job holds no GPU (harness.plan)
+        c.bytes += rows * len(cfg.get("lrs", [1])) * cfg.get("epochs", 1) * CURVE_BYTES
+    _task(device, host, {**cx.eres, **job.resources}, c)  # a linear probe's job holds no GPU (harness.plan)
     c.bytes += rows * ROW_BYTES
+    cx.store("results (runs, curves)", c.bytes, f"~{ROW_BYTES} B per row, ~{CURVE_BYTES} B per curve point")
+    return c
+
+
+def _finetune_device_seconds(cfg: dict[str, Any], sz: SetSize, ft: float, inf: float,
+                             tally: dict[str, float]) -> float:
+    """GPU work of a fine-tuning style evaluation: per (shots, seed) and learning rate, ``epochs``
+    passes over the training examples and a scoring of validation after each, then test once."""
+    shots, seeds = cfg["shots"], cfg["seeds"]
+    lrs, epochs = len(cfg.get("lrs", [1])), cfg.get("epochs", 1)
+
+    def n_train(k: int | None) -> int:
+        return sz.train if k is None else k * sz.classes
+
+    per_run = [lrs * epochs * (n_train(k) / ft + sz.validation / inf) + sz.test / inf for k in shots]
+    for k in shots:
+        if k is not None:  # few-shot: how much of the GPU work is scoring validation after each epoch
+            tally["few_train"] += lrs * epochs * n_train(k) / ft * len(seeds)
+            tally["few_val"] += lrs * epochs * sz.validation / inf * len(seeds)
+    return sum(per_run) * len(seeds)
 
 
 def human_bytes(n: float) -> str:

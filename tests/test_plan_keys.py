@@ -79,6 +79,16 @@ def test_plan_matches_snapshot(name, snapshot):
     assert got == want, f"{name}: {_first_difference(got, want)}"
 
 
+def test_every_job_kind_has_an_executor_and_a_cost_function():
+    """The planner's kinds, the executors' dispatch and the estimate's cost functions name the same kinds."""
+    from harness.estimate import COSTS
+    from harness.executors import EXECUTORS
+    from harness.plan import KINDS
+
+    assert EXECUTORS.names() == sorted(KINDS)
+    assert COSTS.names() == sorted(KINDS)
+
+
 if __name__ == "__main__":
     if sys.argv[1:] != ["--write"]:
         sys.exit("usage: python tests/test_plan_keys.py --write   (regenerates tests/data/plan_snapshot.json.gz)")
