@@ -378,6 +378,52 @@ def train_loop(
         return _train_loop(cfg, view_dir, out_dir, dist, report)
 
 
+@dataclass
+class _Run:
+    """What the phases of one call of the loop share: set-up (:func:`_set_up`), resume
+    (:func:`_resume`), the data (:func:`_attach_data`), one epoch (:func:`_train_epoch`) and its
+    save (:func:`_save_epoch`)."""
+
+    cfg: TrainConfig
+    dist: DistInfo
+    out_dir: Path
+    method: Any
+    device: torch.device
+    micro_batch: int
+    steps: int  # per epoch
+    total_steps: int
+    epochs: int
+    model: nn.Module
+    meta_base: dict[str, Any]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    scaler: Any
+    amp_dtype: torch.dtype | None
+    start_epoch: int = 0
+    samples_seen: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+    ddp_model: nn.Module | None = None
+    loader: Any = None
+    to_device: ToDevice | None = None
+    flag_group: Any = None
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+    def meta(self, epoch: int, train_loss: float | None) -> dict[str, Any]:
+        cfg = self.cfg
+        return {**self.meta_base, "method": cfg.method, "epoch": epoch, "epochs": self.epochs,
+                "samples_seen": self.samples_seen, "samples_budget": cfg.samples_seen, "train_loss": train_loss,
+                "hparams": dict(cfg.hparams), **cfg.extra}
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+
 def _train_loop(
     cfg: TrainConfig,
     view_dir: str | Path,
@@ -386,7 +432,29 @@ def _train_loop(
     report: Callable[[dict[str, Any]], None] | None,
 ) -> dict[str, Any]:
     t_start = time.perf_counter()
-    out_dir = Path(out_dir)
+    run = _set_up(cfg, view_dir, Path(out_dir), dist)
+    _resume(run)
+    if run.start_epoch == 0 and 0 in cfg.save_epochs and dist.is_main:
+        save_encoder(checkpoint_path(run.out_dir, 0), run.model.encoder, run.meta(0, None),
+                     **run.method.export(run.model))
+    _attach_data(run, view_dir)
+    epoch_loss = float("nan")
+    for epoch in range(run.start_epoch + 1, run.epochs + 1):
+        record = _train_epoch(run, epoch)
+        epoch_loss = record["loss"]
+        if dist.is_main:
+            _save_epoch(run, epoch, record)
+        if report is not None:
+            report(record)
+    if run.history:
+        epoch_loss = run.history[-1]["loss"]
+    return _finish(run, epoch_loss, t_start)
+
+
+def _set_up(cfg: TrainConfig, view_dir: str | Path, out_dir: Path, dist: DistInfo) -> _Run:
+    """The device, the process group, the batch split and schedule over the view, and the model,
+    optimizer, schedule and gradient scaler (seeded identically on every rank; DDP also broadcasts
+    rank 0's weights)."""
     method = METHODS.get(cfg.method)
     device = torch.device(dist.device)
     on_cuda = device.type == "cuda"
@@ -403,12 +471,10 @@ def _train_loop(
         raise ValueError(
             f"batch_size={cfg.batch_size} must divide evenly over world_size={dist.world_size} x grad_accum={cfg.grad_accum}"
         )
-    micro_batch = cfg.batch_size // shares
     view = read_view(view_dir)
     steps, total_steps, epochs = run_schedule(cfg, view.num_samples)
     warmup_steps = warmup_steps_for(cfg, steps, total_steps)
 
-    # Model, optimizer, schedule (seeded identically on every rank; DDP also broadcasts rank 0's weights).
     torch.manual_seed(cfg.seed)
     model = method.build(cfg.backbone, cfg.image_size, cfg.num_classes, label_smoothing=cfg.label_smoothing, **cfg.hparams)
     meta_base = method.meta(model, cfg.backbone, cfg.image_size)
@@ -422,50 +488,55 @@ def _train_loop(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
     amp_dtype = amp_dtype_for(cfg.precision, on_cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
+    return _Run(cfg, dist, out_dir, method, device, cfg.batch_size // shares, steps, total_steps, epochs, model,
+                meta_base, optimizer, scheduler, scaler, amp_dtype)
 
-    start_epoch, samples_seen, history = 0, 0, []
+
+def _resume(run: _Run) -> None:
+    """Load ``state/last.pt`` when there is one (model, optimizer, schedule, scaler, RNG, epoch,
+    samples seen, history), then log the start (and, on rank 0, epochs saved but never logged)."""
+    cfg, dist, out_dir = run.cfg, run.dist, run.out_dir
     state = _load_state(state_path(out_dir), cfg)
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        run.model.load_state_dict(state["model"])
+        run.optimizer.load_state_dict(state["optimizer"])
+        run.scheduler.load_state_dict(state["scheduler"])
         if state.get("scaler"):
-            scaler.load_state_dict(state["scaler"])
+            run.scaler.load_state_dict(state["scaler"])
         torch.set_rng_state(state["rng"]["torch"])
-        if on_cuda and "cuda" in state["rng"]:
-            torch.cuda.set_rng_state(state["rng"]["cuda"], device)
-        start_epoch, samples_seen, history = int(state["epoch"]), int(state["samples_seen"]), list(state["history"])
+        if run.on_cuda and "cuda" in state["rng"]:
+            torch.cuda.set_rng_state(state["rng"]["cuda"], run.device)
+        run.start_epoch, run.samples_seen = int(state["epoch"]), int(state["samples_seen"])
+        run.history = list(state["history"])
+        run.resumed_from = run.start_epoch
         if dist.is_main:
-            logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, start_epoch, epochs, state_path(out_dir))
-    resumed_from = start_epoch if state is not None else None
+            logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, run.start_epoch, run.epochs,
+                        state_path(out_dir))
     del state
     if dist.is_main:  # one line per start and per finished epoch: how a run went across restarts
-        if resumed_from:  # a process killed between saving an epoch's state and logging it
+        if run.resumed_from:  # a process killed between saving an epoch's state and logging it
             logged = {e.get("epoch") for e in read_train_log(out_dir) if e.get("event") == "epoch"}
-            for e in range(1, start_epoch + 1):
+            for e in range(1, run.start_epoch + 1):
                 if e not in logged:
                     log_event(out_dir, "epoch", epoch=e, recovered=True)
-        log_event(out_dir, "start", from_epoch=start_epoch, epochs=epochs, total_steps=total_steps,
+        log_event(out_dir, "start", from_epoch=run.start_epoch, epochs=run.epochs, total_steps=run.total_steps,
                   samples_budget=cfg.samples_seen)
 
-    def meta(epoch: int, train_loss: float | None) -> dict[str, Any]:
-        return {**meta_base, "method": cfg.method, "epoch": epoch, "epochs": epochs, "samples_seen": samples_seen,
-                "samples_budget": cfg.samples_seen, "train_loss": train_loss,
-                "hparams": dict(cfg.hparams), **cfg.extra}
 
-    if start_epoch == 0 and 0 in cfg.save_epochs and dist.is_main:
-        save_encoder(checkpoint_path(out_dir, 0), model.encoder, meta(0, None), **method.export(model))
-
-    ddp_model: nn.Module = model
+def _attach_data(run: _Run, view_dir: str | Path) -> None:
+    """The DDP wrapper (several ranks), this rank's loader over the view, the batch's move to the
+    device and the group ranks agree on each batch over."""
+    cfg, dist, method, on_cuda = run.cfg, run.dist, run.method, run.on_cuda
+    run.ddp_model = run.model
     if dist.world_size > 1:
-        ddp_model = nn.parallel.DistributedDataParallel(model, device_ids=[device.index] if device.index is not None else None)
-
+        run.ddp_model = nn.parallel.DistributedDataParallel(
+            run.model, device_ids=[run.device.index] if run.device.index is not None else None)
     pipeline = PIPELINES.get(method.pipeline)
-    loader = make_train_loader(
+    run.loader = make_train_loader(
         view_dir,
         pipeline=method.pipeline,
-        batch_size=micro_batch,
-        num_batches=steps * cfg.grad_accum,
+        batch_size=run.micro_batch,
+        num_batches=run.steps * cfg.grad_accum,
         image_size=cfg.image_size,
         seed=cfg.seed,
         rank=dist.rank,
@@ -474,114 +545,137 @@ def _train_loop(
         pin_memory=on_cuda,
         prefetch_factor=4 if on_cuda else None,  # batches each loader process keeps ready ahead of the GPU
         # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
-        pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(model, cfg.hparams)},
+        pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(run.model, cfg.hparams)},
     )
-    to_device = ToDevice(pipeline.image_keys, meta_base["mean"], meta_base["std"], device)
-    flag_group = _flag_group(dist.world_size, on_cuda)
-    autocast = (lambda: torch.autocast(device.type, dtype=amp_dtype)) if amp_dtype is not None else contextlib.nullcontext
+    run.to_device = ToDevice(pipeline.image_keys, run.meta_base["mean"], run.meta_base["std"], run.device)
+    run.flag_group = _flag_group(dist.world_size, on_cuda)
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
+    """Train one epoch (the last of a samples_seen run may be partial); returns its record (metrics
+    averaged over ranks), also appended to the history."""
+    cfg, dist, loader = run.cfg, run.dist, run.loader
+    t0 = time.perf_counter()
+    run.ddp_model.train()
+    loader.set_epoch(epoch)
+    skipped_before = loader.skipped
+    epoch_steps = min(run.steps, run.total_steps - (epoch - 1) * run.steps)
+    n = epoch_steps * cfg.grad_accum  # micro-batches this epoch (every rank alike)
+    sums = _run_steps(run, loader if n == len(loader) else islice(loader, n))
+    means = torch.stack([sums[k] for k in sorted(sums)]) / n
+    skipped = torch.tensor([float(loader.skipped - skipped_before)], device=run.device)
+    if dist.world_size > 1:
+        torch_dist.all_reduce(means)
+        means /= dist.world_size
+        torch_dist.all_reduce(skipped)
+    values = dict(zip(sorted(sums), means.tolist()))
+    epoch_loss = values["loss"]
+    if not math.isfinite(epoch_loss):
+        raise FloatingPointError(f"{cfg.method} loss is {epoch_loss} in epoch {epoch}; lower lr or check the data")
+    run.samples_seen += epoch_steps * cfg.batch_size
+    seconds = time.perf_counter() - t0
+    record = {
+        "epoch": epoch,
+        **values,
+        "lr": run.scheduler.get_last_lr()[0],
+        "seconds": seconds,
+        "samples_per_second": epoch_steps * cfg.batch_size / seconds,
+        "steps": epoch_steps,
+        "samples_seen": run.samples_seen,
+        "skipped": int(skipped.item()),
+    }
+    run.history.append(record)
+    return record
+
+
+def _run_steps(run: _Run, batches: Iterable[Any]) -> dict[str, torch.Tensor]:
+    """The epoch's optimisation steps over ``batches`` (micro-batches, ``grad_accum`` per step);
+    returns the sums of the loss's outputs over micro-batches."""
+    cfg, dist, model, ddp_model, method = run.cfg, run.dist, run.model, run.ddp_model, run.method
     loss_ctx = LossContext(rank=dist.rank, world_size=dist.world_size)
+    sums: dict[str, torch.Tensor] = {}
+    run.optimizer.zero_grad(set_to_none=True)
+    for i, batch in enumerate(agreed_batches(batches, dist.rank, dist.world_size, run.flag_group)):
+        batch = run.to_device(batch)
+        last_micro = (i + 1) % cfg.grad_accum == 0
+        # Skip the gradient all-reduce on all but the last micro-step of an accumulation.
+        sync = contextlib.nullcontext() if last_micro or ddp_model is model else ddp_model.no_sync()
+        with sync:
+            with run.autocast():
+                out = method.loss(ddp_model, batch, loss_ctx)
+            run.scaler.scale(out["loss"] / cfg.grad_accum).backward()
+        for k, v in out.items():
+            v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=run.device)
+            sums[k] = sums.get(k, 0) + v
+        if last_micro:
+            run.scaler.step(run.optimizer)
+            run.scaler.update()
+            run.optimizer.zero_grad(set_to_none=True)
+            run.scheduler.step()
+            if method.after_step is not None:
+                method.after_step(model)
+    return sums
 
-    epoch_loss = float("nan")
-    for epoch in range(start_epoch + 1, epochs + 1):
-        t0 = time.perf_counter()
-        ddp_model.train()
-        loader.set_epoch(epoch)
-        skipped_before = loader.skipped
-        sums: dict[str, torch.Tensor] = {}
-        optimizer.zero_grad(set_to_none=True)
-        epoch_steps = min(steps, total_steps - (epoch - 1) * steps)  # the last epoch of a samples_seen run may be partial
-        n = epoch_steps * cfg.grad_accum  # micro-batches this epoch (every rank alike)
-        epoch_batches = loader if n == len(loader) else islice(loader, n)
-        for i, batch in enumerate(agreed_batches(epoch_batches, dist.rank, dist.world_size, flag_group)):
-            batch = to_device(batch)
-            last_micro = (i + 1) % cfg.grad_accum == 0
-            # Skip the gradient all-reduce on all but the last micro-step of an accumulation.
-            sync = contextlib.nullcontext() if last_micro or ddp_model is model else ddp_model.no_sync()
-            with sync:
-                with autocast():
-                    out = method.loss(ddp_model, batch, loss_ctx)
-                scaler.scale(out["loss"] / cfg.grad_accum).backward()
-            for k, v in out.items():
-                v = v.detach().float() if isinstance(v, torch.Tensor) else torch.tensor(float(v), device=device)
-                sums[k] = sums.get(k, 0) + v
-            if last_micro:
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
-                scheduler.step()
-                if method.after_step is not None:
-                    method.after_step(model)
-        means = torch.stack([sums[k] for k in sorted(sums)]) / n
-        skipped = torch.tensor([float(loader.skipped - skipped_before)], device=device)
-        if dist.world_size > 1:
-            torch_dist.all_reduce(means)
-            means /= dist.world_size
-            torch_dist.all_reduce(skipped)
-        values = dict(zip(sorted(sums), means.tolist()))
-        epoch_loss = values["loss"]
-        if not math.isfinite(epoch_loss):
-            raise FloatingPointError(f"{cfg.method} loss is {epoch_loss} in epoch {epoch}; lower lr or check the data")
-        samples_seen += epoch_steps * cfg.batch_size
-        seconds = time.perf_counter() - t0
-        record = {
-            "epoch": epoch,
-            **values,
-            "lr": scheduler.get_last_lr()[0],
-            "seconds": seconds,
-            "samples_per_second": epoch_steps * cfg.batch_size / seconds,
-            "steps": epoch_steps,
-            "samples_seen": samples_seen,
-            "skipped": int(skipped.item()),
-        }
-        history.append(record)
-        if dist.is_main:
-            logger.info("%s epoch %d/%d: %s", cfg.method, epoch, epochs, {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
-            rng = {"torch": torch.get_rng_state()}
-            if on_cuda:
-                rng["cuda"] = torch.cuda.get_rng_state(device)
-            train_state = {
-                "format": STATE_FORMAT,
-                "config": asdict(cfg),
-                "epoch": epoch,
-                "samples_seen": samples_seen,
-                # Where the data stream stands: epoch e is finished; epoch e + 1 replays from (seed, e + 1).
-                "data": {"seed": cfg.seed, "epochs_done": epoch, "steps_per_epoch": steps,
-                         "micro_batches_per_epoch": steps * cfg.grad_accum, "skipped": sum(r["skipped"] for r in history)},
-                "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict() if scaler.is_enabled() else {},
-                "rng": rng,
-                "history": history,
-            }
-            kept: list[int | str] = [epoch] if epoch in cfg.save_epochs else []
-            if cfg.samples_seen is not None and epoch == epochs:
-                kept.append(LAST)  # the end of a samples_seen run, whatever its number of epochs
-            for e in kept:
-                save_encoder(checkpoint_path(out_dir, e), model.encoder, meta(epoch, epoch_loss),
-                             **method.export(model), train=train_state)
-            atomic_torch_save(train_state, state_path(out_dir))
-            _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history})
-            log_event(out_dir, "epoch", epoch=epoch, saved=bool(kept), steps=epoch_steps, samples_seen=samples_seen)
-        if report is not None:
-            report(record)
 
-    if history:
-        epoch_loss = history[-1]["loss"]
+def _train_state(run: _Run, epoch: int) -> dict[str, Any]:
+    """Everything a restart resumes from after ``epoch`` (plain tensors and containers)."""
+    cfg = run.cfg
+    rng = {"torch": torch.get_rng_state()}
+    if run.on_cuda:
+        rng["cuda"] = torch.cuda.get_rng_state(run.device)
+    return {
+        "format": STATE_FORMAT,
+        "config": asdict(cfg),
+        "epoch": epoch,
+        "samples_seen": run.samples_seen,
+        # Where the data stream stands: epoch e is finished; epoch e + 1 replays from (seed, e + 1).
+        "data": {"seed": cfg.seed, "epochs_done": epoch, "steps_per_epoch": run.steps,
+                 "micro_batches_per_epoch": run.steps * cfg.grad_accum,
+                 "skipped": sum(r["skipped"] for r in run.history)},
+        "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+        "scaler": run.scaler.state_dict() if run.scaler.is_enabled() else {},
+        "rng": rng,
+        "history": run.history,
+    }
+
+
+def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
+    """Rank 0 after an epoch: its checkpoints (a requested epoch; the end of a samples_seen run),
+    the resumable state, ``metrics.json`` and the train log's line."""
+    cfg, out_dir = run.cfg, run.out_dir
+    logger.info("%s epoch %d/%d: %s", cfg.method, epoch, run.epochs,
+                {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+    train_state = _train_state(run, epoch)
+    kept: list[int | str] = [epoch] if epoch in cfg.save_epochs else []
+    if cfg.samples_seen is not None and epoch == run.epochs:
+        kept.append(LAST)  # the end of a samples_seen run, whatever its number of epochs
+    for e in kept:
+        save_encoder(checkpoint_path(out_dir, e), run.model.encoder, run.meta(epoch, record["loss"]),
+                     **run.method.export(run.model), train=train_state)
+    atomic_torch_save(train_state, state_path(out_dir))
+    _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": run.history})
+    log_event(out_dir, "epoch", epoch=epoch, saved=bool(kept), steps=record["steps"], samples_seen=run.samples_seen)
+
+
+def _finish(run: _Run, epoch_loss: float, t_start: float) -> dict[str, Any]:
+    """The call's summary (also into ``metrics.json`` on rank 0)."""
+    cfg = run.cfg
     summary = {
-        "epochs_trained": epochs - start_epoch,
-        "epochs": epochs,
-        "total_steps": total_steps,
+        "epochs_trained": run.epochs - run.start_epoch,
+        "epochs": run.epochs,
+        "total_steps": run.total_steps,
         "samples_budget": cfg.samples_seen,
         "final_loss": epoch_loss,
-        "samples_seen": samples_seen,
+        "samples_seen": run.samples_seen,
         "seconds": time.perf_counter() - t_start,
-        "resumed_from": resumed_from,
-        "steps_per_epoch": steps,
-        "skipped": sum(r.get("skipped", 0) for r in history),
-        "checkpoints": [str(checkpoint_path(out_dir, e))
+        "resumed_from": run.resumed_from,
+        "steps_per_epoch": run.steps,
+        "skipped": sum(r.get("skipped", 0) for r in run.history),
+        "checkpoints": [str(checkpoint_path(run.out_dir, e))
                         for e in list(cfg.save_epochs) + ([LAST] if cfg.samples_seen is not None else [])],
     }
-    if dist.is_main:
-        _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": history, "summary": summary})
+    if run.dist.is_main:
+        _write_json(run.out_dir / "metrics.json", {"config": asdict(cfg), "epochs": run.history, "summary": summary})
     return summary
