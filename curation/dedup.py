@@ -46,6 +46,7 @@ import io
 import itertools
 import math
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Iterable, Iterator
 
 import numpy as np
@@ -261,6 +262,12 @@ def near_duplicates(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, orde
     c = np.concatenate(cols) if cols else np.zeros(0, np.int64)
     g = coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(len(uniq), len(uniq)))
     comp = connected_components(g, directed=False)[1][inv]  # identical rows share a component
+    return _keep_one(comp, order, int(checked))
+
+
+def _keep_one(comp: np.ndarray, order: np.ndarray, checked: int) -> DedupResult:
+    """Per component (cluster), keep the member with the smallest ``order`` (then index); remove the rest."""
+    n = len(comp)
     idx = np.arange(n)
     srt = np.lexsort((idx, order, comp))
     first = np.ones(n, bool)
@@ -270,6 +277,115 @@ def near_duplicates(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, orde
     cluster = keep[comp]
     sizes = np.bincount(comp)
     return DedupResult(cluster != idx, cluster, int((sizes >= 2).sum()), int(checked))
+
+
+# --------------------------------------------------------------------------- embeddings (SemDeDup-style)
+
+DEFAULT_COSINE: float = 0.95
+"""Cosine threshold of the embedding method when a step gives none (see bench/dedup_quality.py)."""
+_EMBED_ROWS = 2048  # rows of the similarity matrix computed at a time
+
+
+def _check_cosine(cosine: float) -> float:
+    if isinstance(cosine, bool) or not isinstance(cosine, (int, float, np.floating)) or not 0 < float(cosine) <= 1:
+        raise ValueError(f"cosine threshold must be in (0, 1], got {cosine!r}")
+    return float(cosine)
+
+
+def _as_unit(emb: np.ndarray, what: str) -> np.ndarray:
+    e = np.asarray(emb, dtype=np.float32)
+    if e.ndim != 2:
+        raise ValueError(f"{what}: expected embeddings [n, D], got shape {e.shape}")
+    norm = np.linalg.norm(e, axis=1, keepdims=True)
+    return e / np.maximum(norm, 1e-12)
+
+
+def embedding_duplicates(emb: np.ndarray, cosine: float = DEFAULT_COSINE, order: np.ndarray | None = None
+                         ) -> DedupResult:
+    """Cluster samples whose embeddings have cosine similarity >= ``cosine`` (transitive), as
+    SemDeDup / DataComp-style curation does, and mark all but one per cluster for removal.
+
+    ``emb``: [n, D] (normalised here). Exact: every pair is compared, ``_EMBED_ROWS`` rows at a
+    time (n^2 D multiply-adds: fine up to a few 10^5 samples on one core). ``order`` as in
+    :func:`near_duplicates`."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    cosine = _check_cosine(cosine)
+    e = _as_unit(emb, "embedding_duplicates")
+    n = len(e)
+    order = np.arange(n) if order is None else np.asarray(order)
+    if order.shape != (n,):
+        raise ValueError(f"order must have shape ({n},), got {order.shape}")
+    if n == 0:
+        return DedupResult(np.zeros(0, bool), np.zeros(0, np.int64), 0, 0)
+    rows, cols = [], []
+    for a in range(0, n, _EMBED_ROWS):
+        sim = e[a:a + _EMBED_ROWS] @ e[a:].T  # only pairs (i, j >= i)
+        i, j = np.nonzero(sim >= cosine - 1e-6)
+        rows.append(i + a)
+        cols.append(j + a)
+    r, c = np.concatenate(rows), np.concatenate(cols)
+    comp = connected_components(coo_matrix((np.ones(len(r), np.int8), (r, c)), shape=(n, n)), directed=False)[1]
+    return _keep_one(comp, order, n * (n + 1) // 2)
+
+
+def matches_reference_embeddings(emb: np.ndarray, reference: np.ndarray, cosine: float = DEFAULT_COSINE) -> np.ndarray:
+    """bool [n]: sample whose embedding has cosine >= ``cosine`` with some reference embedding."""
+    cosine = _check_cosine(cosine)
+    e, ref = _as_unit(emb, "matches_reference_embeddings"), _as_unit(reference, "matches_reference_embeddings reference")
+    hit = np.zeros(len(e), bool)
+    if len(e) == 0 or len(ref) == 0:
+        return hit
+    for a in range(0, len(e), _EMBED_ROWS):
+        hit[a:a + _EMBED_ROWS] = (e[a:a + _EMBED_ROWS] @ ref.T).max(axis=1) >= cosine - 1e-6
+    return hit
+
+
+_EMBEDDERS: dict[str, object] = {}
+
+
+def _embedder(checkpoint: str):
+    """(encoder, meta, resize options) of a harness checkpoint, loaded once per process."""
+    if checkpoint not in _EMBEDDERS:
+        from downstream import accel
+        from downstream.features import default_device, resize_options
+        from pretrain.models import load_encoder
+
+        encoder, meta = load_encoder(checkpoint, map_location="cpu")
+        device = default_device()
+        accel.prepare_model(encoder, device)
+        _EMBEDDERS[checkpoint] = (encoder, meta, resize_options(meta), device)
+    return _EMBEDDERS[checkpoint]
+
+
+def embed_images(images: Iterable[bytes | np.ndarray], checkpoint: str | Path, batch: int = 256) -> np.ndarray:
+    """float32 [n, D] unit embeddings of encoded images (or uint8 [H, W, 3] arrays) by the encoder of a
+    harness checkpoint (an existing model's imported checkpoint or the harness's own), prepared as
+    its evaluation prepares them (its size, interpolation, mean/std; an image of another size is
+    resized with :func:`downstream.sets.resize_center_crop` as real sets are). Each embedding is that of the
+    image plus that of its left-right mirror, so a flipped copy embeds exactly alike."""
+    from downstream.features import encode, prepare_images
+    from downstream.sets import resize_center_crop
+
+    encoder, meta, resize, device = _embedder(str(checkpoint))
+    size = int(meta["image_size"])
+    out, buf = [], []
+
+    def flush():
+        x = prepare_images(np.stack(buf), size, **resize)
+        f = encode(encoder, x, meta, device=device) + encode(encoder, x.flip(-1), meta, device=device)
+        out.append(_as_unit(f, "embed_images"))
+        buf.clear()
+
+    for im in images:
+        arr = im if isinstance(im, np.ndarray) else np.asarray(Image.open(io.BytesIO(im)).convert("RGB"))
+        buf.append(arr if arr.shape[:2] == (size, size) else resize_center_crop(arr, size, **resize))
+        if len(buf) == batch:
+            flush()
+    if buf:
+        flush()
+    return np.concatenate(out) if out else np.zeros((0, int(meta["feature_dim"])), np.float32)
 
 
 def matches_reference(hashes: np.ndarray, reference: np.ndarray, threshold: int = DEFAULT_THRESHOLD) -> np.ndarray:

@@ -188,6 +188,18 @@ def _check_languages(p: dict[str, Any], where: str) -> None:
 
 
 def _check_dedup(p: dict[str, Any], where: str) -> None:
+    if p["model"] is not None:
+        if not isinstance(p["model"], str) or not p["model"].strip():
+            raise ValueError(f"{where}: model must name a model of the spec's models: or a harness checkpoint "
+                             f"file, got {p['model']!r}")
+        if p["threshold"] is not None:
+            raise ValueError(f"{where}: threshold is the hash method's Hamming distance; with model give "
+                             "cosine (a cosine similarity in (0, 1]) instead")
+    if p["cosine"] is not None:
+        if p["model"] is None:
+            raise ValueError(f"{where}: cosine needs model (the embedding model); without one dedup hashes")
+        if isinstance(p["cosine"], bool) or not 0 < p["cosine"] <= 1:
+            raise ValueError(f"{where}: cosine must be a cosine similarity in (0, 1], got {p['cosine']!r}")
     if p["threshold"] is not None and not 0 <= p["threshold"] <= 32:
         raise ValueError(f"{where}: threshold is a Hamming distance between 64-bit hashes in [0, 32], got "
                          f"{p['threshold']!r}")
@@ -223,11 +235,13 @@ FILTERS.register("caption_language", FilterEntry(
     "the caption's language by a function-word rule is one of 'languages' (default ['en'])",
     validate=_check_languages))
 FILTERS.register("dedup", FilterEntry(
-    "dedup", _dedup_unapplied, {"threshold": None, "within": True, "against": None},
-    {"threshold": int, "within": bool, "against": (list, tuple, str)},
+    "dedup", _dedup_unapplied, {"threshold": None, "within": True, "against": None, "model": None, "cosine": None},
+    {"threshold": int, "within": bool, "against": (list, tuple, str), "model": str, "cosine": _NUM},
     "near-duplicate removal by perceptual hash (threshold: Hamming distance, default "
-    "curation.dedup.DEFAULT_THRESHOLD): within the view (keeps one per cluster) and against "
-    "downstream test sets ('against': names or 'all')", kind="global", validate=_check_dedup))
+    "curation.dedup.DEFAULT_THRESHOLD) or, with model (a model of the spec's models: or a harness "
+    "checkpoint file), by embedding cosine similarity >= cosine (default curation.dedup.DEFAULT_COSINE): "
+    "within the view (keeps one per cluster) and against downstream test sets ('against': names or 'all')",
+    kind="global", validate=_check_dedup))
 
 
 def step_names(steps: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:

@@ -297,7 +297,7 @@ SIZE_STEPS = ("min_resolution", "aspect_ratio")  # steps that judge the image's 
 
 
 def _image_check(resolved) -> str | None:
-    """How much of each image the steps read: ``pixels`` (``dedup``'s hash, a checkpoint scorer),
+    """How much of each image the steps read: ``pixels`` (``dedup``'s hash or model, a checkpoint scorer),
     ``header`` (the size steps: their sizes come from the metadata, but the image must be one) or None."""
     if any(e.name == "dedup" or (e.name == "clip_score" and p["scorer"] == "checkpoint") for e, p in resolved):
         return "pixels"
@@ -341,12 +341,14 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
     cols: dict[str, list] = {"key": [], "url": [], "source": [], "rank": [], "label": [], "truth": []}
     for i, (entry, params) in enumerate(resolved):
         cols[f"s{i}"] = []
-    need_hash = any(e.name == "dedup" for e, _ in resolved)
+    need_hash = any(e.name == "dedup" and p.get("model") is None for e, p in resolved)
     if need_hash:
         from curation.dedup import hash_image
 
         cols["h0"], cols["h1"] = [], []
     model_steps = [i for i, (e, p) in enumerate(resolved) if e.name == "clip_score" and p["scorer"] == "checkpoint"]
+    embed_steps = [i for i, (e, p) in enumerate(resolved) if e.name == "dedup" and p.get("model") is not None]
+    model_steps += embed_steps
     check = _image_check(resolved)
     pending_images: list[bytes] = []
     pending_caps: list[str] = []
@@ -404,7 +406,14 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         if model_steps:
             pending_images.append(s["image"])
             pending_caps.append(sample["txt"])
+    for i in embed_steps:  # the embedding model's unit vectors, float32 bytes per sample
+        from curation.dedup import embed_images
+
+        emb = embed_images(pending_images, resolved[i][1]["checkpoint"]) if pending_images else []
+        cols[f"e{i}"] = [np.asarray(v, np.float32).tobytes() for v in emb]
     for i in model_steps:
+        if i in embed_steps:
+            continue
         score = _checkpoint_scorer(resolved[i][1]["checkpoint"])
         out: list[float] = []
         for b0 in range(0, len(pending_images), 256):
@@ -533,6 +542,8 @@ def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[
                 alive &= mask
                 reports[step] = {"kept_fraction": params["top_fraction"],
                                  "score_cutoff": float(score[order[keep - 1]]) if keep else None}
+        elif name == "dedup" and params.get("model") is not None:
+            reports[step] = _dedup_embeddings(table, i, params, step, alive, rank, cfg, references or {})
         elif name == "dedup":
             from curation.dedup import DEFAULT_THRESHOLD, matches_reference, near_duplicates
 
@@ -562,6 +573,70 @@ def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[
             alive &= col.astype(bool)
         funnel[step] = before - int(alive.sum())
     return alive, funnel, reports
+
+
+def _dedup_embeddings(table, i: int, params: dict[str, Any], step: str, alive: np.ndarray, rank: np.ndarray,
+                      cfg: ViewConfig, references: dict) -> dict[str, Any]:
+    """``dedup`` with a model: cosine >= ``cosine`` between the model's embeddings, within the
+    survivors (one per cluster kept) and against downstream test sets; updates ``alive``."""
+    from curation.dedup import DEFAULT_COSINE, embedding_duplicates, matches_reference_embeddings
+
+    cosine = float(params["cosine"] if params["cosine"] is not None else DEFAULT_COSINE)
+    n = len(table)
+    emb = np.stack([np.frombuffer(b, np.float32) for b in table[f"e{i}"]]) if n else np.zeros((0, 1), np.float32)
+    rep: dict[str, Any] = {"method": "embedding", "model": params["model"], "cosine": cosine}
+    if params["within"]:
+        idx = np.nonzero(alive)[0]
+        res = embedding_duplicates(emb[idx], cosine, order=rank[idx])
+        alive[idx[res.remove]] = False
+        rep.update(within_removed=int(res.remove.sum()), clusters=int(res.num_clusters))
+    against = _against(params, cfg)
+    if against:
+        overlap = {}
+        for set_name in against:
+            ref = references.get((set_name, params["checkpoint"]))
+            if ref is None:
+                raise ValueError(f"curation step {step!r}: no reference embeddings for downstream set {set_name!r}")
+            idx = np.nonzero(alive)[0]
+            hit = matches_reference_embeddings(emb[idx], ref, cosine) if len(idx) else np.zeros(0, bool)
+            overlap[set_name] = int(hit.sum())
+            alive[idx[hit]] = False
+        rep["overlap"] = overlap
+    return rep
+
+
+def _dedup_checkpoints(steps, checkpoints: dict[str, str] | None) -> tuple:
+    """``steps`` with each model ``dedup`` step's ``checkpoint``: ``checkpoints[model]`` (a declared
+    model's imported checkpoint, given by the executor) or ``model`` itself as a checkpoint file."""
+    out = []
+    for name, p in steps:
+        if name == "dedup" and p.get("model") is not None:
+            path = (checkpoints or {}).get(p["model"], p["model"])
+            if not Path(path).is_file():
+                raise FileNotFoundError(f"curation step dedup: model {p['model']!r} is neither a model of the spec "
+                                        f"(models:) nor a harness checkpoint file (no file at {path})")
+            p = {**p, "checkpoint": str(path)}
+        out.append((name, p))
+    return tuple(out)
+
+
+def _reference_embeddings(steps, cfg: ViewConfig, data_root: Path, data_dir: Path | None,
+                          sets_config: dict | None) -> dict[tuple[str, str], np.ndarray]:
+    """(set, checkpoint) -> unit embeddings of the set's test images, for each model ``dedup`` step's ``against``."""
+    from curation.dedup import _embedder, embed_images
+    from downstream.sets import load_split, resolve_set
+
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for name, p in steps:
+        if name != "dedup" or p.get("model") is None:
+            continue
+        for set_name in _against(p, cfg):
+            if (set_name, p["checkpoint"]) not in out:
+                _, meta, resize, _ = _embedder(p["checkpoint"])  # real sets at the model's size, as it evaluates
+                split = load_split(resolve_set(set_name, sets_config), "test", data_root, data_dir=data_dir,
+                                   image_size=int(meta["image_size"]), **resize)
+                out[(set_name, p["checkpoint"])] = embed_images(list(split.images), p["checkpoint"])
+    return out
 
 
 def _against(params: dict[str, Any], cfg: ViewConfig) -> list[str]:
@@ -620,12 +695,14 @@ def _config_matches(manifest: dict, cfg: ViewConfig) -> bool:
 
 def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
                engine: str = "local", data_dir: str | os.PathLike | None = None,
-               sets_config: dict | None = None) -> dict[str, Any]:
+               sets_config: dict | None = None, checkpoints: dict[str, str] | None = None) -> dict[str, Any]:
     """Build the view ``cfg`` from the sources under ``data_root`` into ``out_dir``; return its manifest.
 
     ``engine``: ``local`` (this process), ``ray`` (scan and write as Ray Data jobs over the
     shards; needs a running Ray) or ``auto`` (:func:`resolve_engine`). ``data_dir``: where real and declared sources and sets with
     relative paths live. ``sets_config``: declared downstream sets (for ``dedup`` against them).
+    ``checkpoints``: model name -> harness checkpoint of ``dedup`` steps with a declared ``model``
+    (a ``model`` not in it is itself a checkpoint file).
     Idempotent (an existing view with the same config is returned as is) and atomic.
     """
     if not isinstance(cfg, ViewConfig):
@@ -644,7 +721,7 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
         raise FileExistsError(f"{out_dir} exists and is not a view folder (no {MANIFEST}); choose an empty folder")
 
     resolved = validate_steps(cfg.curation)
-    steps = tuple((e.name, p) for e, p in resolved)
+    steps = _dedup_checkpoints(tuple((e.name, p) for e, p in resolved), checkpoints)
     names = step_names(cfg.curation)
     vocab = read_vocabulary(data_root)
     own = own_classes(cfg) if cfg.needs_labels else None
@@ -663,8 +740,9 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     skipped: Counter = Counter()
     table = scan(tasks, engine, skipped)
     pool = len(table)
-    against = sorted({s for n, p in steps if n == "dedup" for s in _against(p, cfg)})
-    references = _reference_hashes(against, data_root, data_dir, sets_config) if against else {}
+    against = sorted({s for n, p in steps if n == "dedup" and p.get("model") is None for s in _against(p, cfg)})
+    references: dict = _reference_hashes(against, data_root, data_dir, sets_config) if against else {}
+    references.update(_reference_embeddings(steps, cfg, data_root, data_dir, sets_config))
     alive, funnel, reports = select(table, cfg, steps, names, references=references)
 
     labels = table["label"].to_numpy(np.int64) if pool else np.zeros(0, np.int64)

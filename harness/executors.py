@@ -98,12 +98,15 @@ def _world(job: Job, ctx: RunContext) -> dict[str, Any]:
 @EXECUTORS.register("view")
 def _view(job: Job, ctx: RunContext) -> dict[str, Any]:
     from curation.views import build_view
+    from pretrain.existing import IMPORTED
 
     cfg = view_config(job.config)
     d = out_dir(job, ctx)
     t0 = time.perf_counter()
+    checkpoints = {name: str(checkpoint_path(ctx, ident["model_key"], IMPORTED))  # declared models' imports
+                   for name, ident in job.config.get("dedup_models", {}).items() if "model_key" in ident}
     manifest = build_view(cfg, ctx.world_dir, d, engine=job.resources.get("engine", "auto"), data_dir=ctx.data_dir,
-                          sets_config=job.config.get("sets_config"))
+                          sets_config=job.config.get("sets_config"), checkpoints=checkpoints)
     summary = {"seconds": time.perf_counter() - t0, "size": manifest["size"], "engine": manifest.get("engine")}
     mark_done(d, summary)
     return summary

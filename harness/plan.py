@@ -248,7 +248,31 @@ def _view_config(spec: Spec, grid: Any, source: str, curation: str, noise: float
     custom = {a: spec.downstream.set_config(a) for a in against if spec.downstream.set_config(a) is not None}
     if custom:
         cfg["sets_config"] = custom
+    embedders = _dedup_models(spec, curation)
+    if embedders:  # the embedding models' identities (a declared model's key, a file's sha256) key the view
+        cfg["dedup_models"] = {n: e["identity"] for n, e in embedders.items()}
     return cfg
+
+
+def _dedup_models(spec: Spec, curation: str) -> dict[str, dict[str, Any]]:
+    """The embedding models of variant ``curation``'s ``dedup`` steps: model -> {"identity", "job"}:
+    a declared model's import job (its key holds the weights' hash), or a harness checkpoint file's
+    path and sha256 (job None)."""
+    from pretrain.existing import sha256_file
+
+    declared = {m.name: m for m in spec.existing_models()}
+    out: dict[str, dict[str, Any]] = {}
+    for step in spec.curation[curation]:
+        name = step.params.get("model") if step.step == "dedup" else None
+        if name is None or name in out:
+            continue
+        if name in declared:
+            job = model_job(declared[name])
+            out[name] = {"identity": {"model_key": job.key}, "job": job}
+        else:
+            path = Path(name).expanduser().absolute()
+            out[name] = {"identity": {"path": str(path), "sha256": sha256_file(path)}, "job": None}
+    return out
 
 
 def _plan_view(st: _Planning, grid: Any, source: str, curation: str, noise: float, size: int,
@@ -256,7 +280,8 @@ def _plan_view(st: _Planning, grid: Any, source: str, curation: str, noise: floa
     cfg = _view_config(st.spec, grid, source, curation, noise, size, needs_labels)
     coords = {"source": source, "curation": curation, "requested_size": size, "label_noise": noise}
     r = st.spec.resources.view
-    return st.add(Job("view", content_key("view", cfg, [st.world.key]), cfg, (st.world.key,), coords,
+    deps = (st.world.key,) + tuple(st.add(e["job"]).key for e in _dedup_models(st.spec, curation).values() if e["job"])
+    return st.add(Job("view", content_key("view", cfg, [st.world.key]), cfg, deps, coords,
                       {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "engine": r.engine}))
 
 

@@ -86,6 +86,14 @@ class Mixture(_Model):
         return v
 
 
+def _is_checkpoint_file(path: str) -> bool:
+    """Whether ``path`` is an existing ``.pt`` file (a harness checkpoint a ``dedup`` step may embed with)."""
+    from pathlib import Path
+
+    p = Path(path).expanduser()
+    return p.suffix == ".pt" and p.is_file()
+
+
 class CurationStep(_Model):
     """One curation step: a registered filter name and its parameters."""
 
@@ -698,6 +706,11 @@ class Spec(_Model):
                     if unknown:
                         problems.append(f"curation.{variant}.{i}: dedup against {unknown}: not sets of this spec; "
                                         f"valid: 'all' or names from downstream.sets: {', '.join(self.downstream.sets)}")
+                model = st.params.get("model") if st.step == "dedup" else None
+                if model is not None and model not in self.models and not _is_checkpoint_file(model):
+                    problems.append(f"curation.{variant}.{i}.model: {model!r} is neither a model of this spec's "
+                                    f"models: ({', '.join(self.models) or 'none declared'}) nor a harness checkpoint "
+                                    "file (.pt)")
         ckpt = self.downstream.checkpoint_epochs
         if isinstance(ckpt, list):
             sized = [f"grids.{i}" for i, g in enumerate(self.pretrain.grids)
