@@ -369,8 +369,9 @@ def report(store: str = typer.Option("tbench-out/quickstart/store",
            multiplier: Optional[list[str]] = typer.Option(
                None, "--multiplier", "-m",
                help="A data-multiplier pair 'A vs B[@N]', each side column=value pairs, e.g. "
-                    "'source=laion,method=supervised vs source=imagenet,method=supervised@3000' (repeatable; "
-                    "default: every configuration with 3+ sizes against the labelled source under supervised)."),
+                    "'source=laion,method=supervised vs source=imagenet,method=supervised@3000'; either side may be "
+                    "an existing model, model=NAME, compared at its declared size (repeatable; default: every "
+                    "configuration with 3+ sizes and every model against the labelled source under supervised)."),
            heatmap_shots: Optional[str] = typer.Option(
                None, help="Shot counts of the heatmap, comma-separated, 'full' for full data (default: fewest and full)."),
            n_boot: int = typer.Option(200, help="Bootstrap draws of the data-multiplier intervals."),

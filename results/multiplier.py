@@ -18,6 +18,11 @@ size's mean score (the report draws them over pre-training seeds, then eval seed
 :func:`results.stats.hierarchical_bootstrap`) by refitting both curves per draw;
 :func:`bootstrap_multiplier` does the same from flat (samples, score) replicates.
 
+An existing model (``models:`` in the spec) is one point, not a curve: its score at its declared
+size. :func:`matched_samples_interval` inverts a configuration's fit at that score, with draws
+paired as above; divided by the model's declared size it is the multiplier of the configuration
+over the model, and its inverse the model's over the configuration.
+
 A fit says little far from its points: :func:`bounded` turns a multiplier whose matched size
 ``n_A`` lies more than :data:`EXTRAPOLATION` times outside A's measured sizes (above ten times
 the largest or below a tenth of the smallest, ``inf`` included) into a bound, "more than X"
@@ -271,16 +276,23 @@ def _multipliers(n_a: np.ndarray, scores_a: np.ndarray, n_b: np.ndarray, scores_
     """The multiplier of every row: A's curve fitted to ``scores_a[d]`` (at sample counts
     ``n_a``) inverted at B's curve fitted to ``scores_b[d]``, evaluated at ``at_n_b``; ``inf``
     where A's asymptote falls short, NaN where a fit failed."""
-    log_a, log_b = float(np.mean(np.log(n_a))), float(np.mean(np.log(n_b)))
-    aa, ba0, ca, ssea = _fit_many(np.log(n_a) - log_a, scores_a, a_max)
+    log_b = float(np.mean(np.log(n_b)))
     ab, bb0, cb, sseb = _fit_many(np.log(n_b) - log_b, scores_b, a_max)
-    # B's fitted score at at_n_b, then the samples A's fit needs for it: (b_A / (a_A - target)) ** (1 / c_A)
-    target = ab - bb0 * np.exp(-cb * (math.log(at_n_b) - log_b))
+    target = ab - bb0 * np.exp(-cb * (math.log(at_n_b) - log_b))  # B's fitted score at at_n_b
+    return np.where(np.isfinite(sseb), _samples_for_many(n_a, scores_a, target, a_max) / at_n_b, np.nan)
+
+
+def _samples_for_many(n_a: np.ndarray, scores_a: np.ndarray, target: np.ndarray, a_max: float) -> np.ndarray:
+    """Per row ``d``: the samples that A's curve fitted to ``scores_a[d]`` needs to reach
+    ``target[d]``, ``(b_A / (a_A - target)) ** (1 / c_A)``; ``inf`` where A's asymptote falls
+    short, NaN where the fit failed."""
+    log_a = float(np.mean(np.log(n_a)))
+    aa, ba0, ca, ssea = _fit_many(np.log(n_a) - log_a, scores_a, a_max)
     gap = aa - target
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         log_n = log_a + np.log(np.maximum(ba0, 1e-12) / gap) / ca
-        draws = np.where(gap > 0, np.exp(log_n) / at_n_b, np.inf)
-    return np.where(np.isfinite(ssea) & np.isfinite(sseb), draws, np.nan)
+        samples = np.where(gap > 0, np.exp(log_n), np.inf)
+    return np.where(np.isfinite(ssea), samples, np.nan)
 
 
 def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
@@ -327,6 +339,40 @@ def multiplier_interval(sizes_a: Sequence[float], scores_a: Sequence[float], dra
     if complete.any():
         draws[complete] = _multipliers(n_a, draws_a[complete], n_b, draws_b[complete], float(at_n_b), a_max)
     lo, hi = _percentiles(draws, level)
+    return float(estimate), lo, hi
+
+
+def matched_samples_interval(sizes: Sequence[float], scores: Sequence[float], draws: np.ndarray, target: float,
+                             target_draws: np.ndarray, *, a_max: float = 1.0,
+                             level: float = 0.95) -> tuple[float, float, float]:
+    """(estimate, lo, hi): the samples a configuration's fitted curve needs to reach one point's
+    score ``target`` (an existing model, evaluated at a single size or none), with the ``level``
+    percentile interval.
+
+    ``scores`` holds the configuration's mean score per entry of ``sizes`` and ``draws`` its
+    bootstrap draws ``(D, len(sizes))``; ``target_draws`` ``(D,)`` the point's draws, row ``d``
+    going with row ``d``. The estimate fits the means and inverts at ``target``; each draw refits
+    and inverts at its own target. Divide by the point's declared size for a multiplier. Values
+    are ``inf`` where the curve's asymptote falls short of the target; a draw with a missing
+    value or a failed fit is dropped (more than half dropped is an error)."""
+    n, s = as_points(list(zip(sizes, scores)), name="the curve")
+    if len(np.unique(n)) != len(n):
+        raise MultiplierError("matched_samples_interval takes one mean score per size; sizes repeat")
+    if not (isinstance(target, (int, float, np.integer, np.floating)) and math.isfinite(target)):
+        raise MultiplierError(f"target must be a finite score, got {target!r}")
+    draws, target_draws = np.asarray(draws, dtype=float), np.asarray(target_draws, dtype=float).ravel()
+    if draws.ndim != 2 or draws.shape[1] != len(n) or target_draws.shape != (draws.shape[0],):
+        raise MultiplierError(f"draws must be a (D, sizes) array and target_draws (D,): got {draws.shape} for "
+                              f"{len(n)} sizes and {target_draws.shape}")
+    _check_scale(n, s, a_max, "the curve")
+    estimate = _samples_for_many(n, s[None, :], np.array([float(target)]), a_max)[0]
+    if math.isnan(estimate):
+        raise MultiplierError("the power-law fit of the mean scores did not converge")
+    complete = np.isfinite(draws).all(axis=1) & np.isfinite(target_draws)
+    out = np.full(len(draws), np.nan)
+    if complete.any():
+        out[complete] = _samples_for_many(n, draws[complete], target_draws[complete], a_max)
+    lo, hi = _percentiles(out, level)
     return float(estimate), lo, hi
 
 

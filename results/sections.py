@@ -37,6 +37,7 @@ from results.multiplier import (
     bounded,
     fit_power_law,
     fmt_factor,
+    matched_samples_interval,
     multiplier_interval,
 )
 from results.plotting import (
@@ -299,7 +300,9 @@ class MultiplierPair:
 
     ``a`` and ``b`` select rows of ``runs`` by column value (e.g. ``{"source": "laion",
     "method": "clip"}``); ``at`` is B's sample count the comparison is made at (default: B's
-    largest size); ``protocol`` the evaluation protocol.
+    largest size); ``protocol`` the evaluation protocol. Either side (not both) may instead be
+    an existing model, ``{"model": NAME}`` (the spec's ``models:``): one point at its declared
+    size, compared where the other side's fitted curve reaches the model's score (no ``at``).
     """
 
     a: Mapping[str, str]
@@ -324,7 +327,28 @@ class MultiplierPair:
         if len(halves) != 2:
             raise ReportError(f"--multiplier {text!r}: expected 'A vs B[@N]', e.g. "
                               "'source=laion,method=clip vs source=imagenet,method=supervised@3000'")
-        return cls(_parse_selector(halves[0], text), _parse_selector(halves[1], text), at, protocol, text.strip())
+        pair = cls(_parse_selector(halves[0], text), _parse_selector(halves[1], text), at, protocol, text.strip())
+        pair.check()
+        return pair
+
+    @property
+    def model_side(self) -> str:
+        """``"A"`` or ``"B"`` when that side is an existing model (``model=NAME``), else ``""``."""
+        return "A" if "model" in self.a else "B" if "model" in self.b else ""
+
+    def check(self) -> None:
+        """:class:`ReportError` for a model side with other columns, two model sides, or ``@N`` with a model."""
+        what = f"--multiplier {self.label!r}" if self.label else "multiplier"
+        for name, side in (("A", self.a), ("B", self.b)):
+            if "model" in side and len(side) > 1:
+                raise ReportError(f"{what}: side {name} names a model, so it takes model=NAME alone "
+                                  f"(got {', '.join(sorted(side))}); a model's rows are already one configuration")
+        if "model" in self.a and "model" in self.b:
+            raise ReportError(f"{what}: both sides are existing models; a multiplier needs a fitted curve "
+                              "(a grid configuration with >= 3 sizes) on one side")
+        if self.model_side and self.at is not None:
+            raise ReportError(f"{what}: '@N' chooses the reference's size on a curve, but a model is one point at "
+                              "its declared size; drop '@N'")
 
 
 def _parse_selector(text: str, whole: str) -> dict[str, str]:
@@ -340,6 +364,13 @@ def _parse_selector(text: str, whole: str) -> dict[str, str]:
 
 
 _SELECTABLE = ("source", "method", "curation", "label_noise", "backbone", "pretrain_seed", "view_key")
+
+
+def _is_model(runs: pd.DataFrame) -> pd.Series:
+    """Rows of existing models (the ``model`` column, pretrain/existing.py): points, never part of a curve."""
+    if "model" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs["model"].notna().astype(bool)
 
 
 def _select(runs: pd.DataFrame, selector: Mapping[str, str], what: str) -> pd.DataFrame:
@@ -361,7 +392,9 @@ def _select(runs: pd.DataFrame, selector: Mapping[str, str], what: str) -> pd.Da
 
 def default_pairs(runs_ok: pd.DataFrame, protocol: str = SUMMARY_PROTOCOL) -> list[MultiplierPair]:
     """Every configuration with >= 3 sizes against the labelled source under supervised training."""
-    df = annotate(final_checkpoints(runs_ok))
+    df = final_checkpoints(runs_ok)
+    models = sorted(set(df.loc[_is_model(df) & (df["protocol"] == protocol) & df["score"].notna(), "model"]))
+    df = annotate(df[~_is_model(df)])  # a model's backbone or source must not split the grid's lines
     df = df[(df["protocol"] == protocol) & df["pretrain_size"].notna() & (df["method"].astype(object) != FLOOR_METHOD)]
     if df.empty:
         return []
@@ -376,7 +409,9 @@ def default_pairs(runs_ok: pd.DataFrame, protocol: str = SUMMARY_PROTOCOL) -> li
         return {"source": line.source, "method": line.method, **{k: str(v) for k, v in line.variant if v is not None}}
 
     return [MultiplierPair(selector(ln), selector(ref), None, protocol, f"{ln.label} vs {ref.label}")
-            for ln in sorted(curves, key=lambda ln: ln.label) if ln != ref]
+            for ln in sorted(curves, key=lambda ln: ln.label) if ln != ref] + [
+        MultiplierPair({"model": name}, selector(ref), None, protocol, f"model={name} vs {ref.label}")
+        for name in models]
 
 
 @dataclass
@@ -393,20 +428,56 @@ class MultiplierResult:
     """(A, B): size -> :class:`results.stats.Interval` of the mean score over the sets."""
     sizes_a: tuple[float, float] = (math.nan, math.nan)
     """A's smallest and largest measured size: outside 10x of them the multiplier is a bound."""
+    model_side: str = ""
+    """``"A"`` or ``"B"`` when that side is an existing model: the other side's curve is
+    inverted at the model's score (``target``) and the multiplier divides by the model's size."""
+    declared: float = math.nan
+    """The model's declared pre-training size (NaN: none declared, so no multiplier)."""
+    matched: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    """Model pairs: the samples the fitted side needs to reach the model's score, with its interval."""
+    sizes_fit: tuple[float, float] = (math.nan, math.nan)
+    """Model pairs: the fitted side's smallest and largest measured size."""
 
     def shown(self) -> tuple[Bounded, Bounded, Bounded]:
         """(estimate, lo, hi) as the report states them: numbers, or bounds beyond
-        :data:`results.multiplier.EXTRAPOLATION` times A's measured sizes."""
+        :data:`results.multiplier.EXTRAPOLATION` times A's measured sizes (for a model pair, the
+        fitted side's matched size bounded so, as a factor; nothing when the model declares no size)."""
+        nothing = Bounded(math.nan, "")
+        if self.model_side:
+            if not math.isfinite(self.declared):
+                return nothing, nothing, nothing
+            est, lo, hi = self.shown_matched()
+            if self.model_side == "B":  # A's samples over the model's
+                return tuple(Bounded(b.value / self.declared, b.relation) for b in (est, lo, hi))  # type: ignore[return-value]
+            return _per_size(est, self.declared), _per_size(hi, self.declared), _per_size(lo, self.declared)
         if not math.isfinite(self.at) or math.isnan(self.sizes_a[0]):
-            return Bounded(math.nan, ""), Bounded(math.nan, ""), Bounded(math.nan, "")
+            return nothing, nothing, nothing
         return tuple(bounded(v, self.at, self.sizes_a) for v in (self.estimate, self.lo, self.hi))  # type: ignore[return-value]
+
+    def shown_matched(self) -> tuple[Bounded, Bounded, Bounded]:
+        """Model pairs: the fitted side's matched samples (estimate, lo, hi), bounds beyond
+        :data:`results.multiplier.EXTRAPOLATION` times its measured sizes."""
+        if math.isnan(self.sizes_fit[0]):
+            return Bounded(math.nan, ""), Bounded(math.nan, ""), Bounded(math.nan, "")
+        return tuple(bounded(v, 1.0, self.sizes_fit) for v in self.matched)  # type: ignore[return-value]
+
+
+_FLIP = {"=": "=", ">": "<", "<": ">", "": ""}
+
+
+def _per_size(samples: Bounded, declared: float) -> Bounded:
+    """The model's declared size over the other side's matched samples: a bound flips direction."""
+    if not samples.relation:
+        return samples
+    return Bounded(declared / samples.value if samples.value > 0 else math.inf, _FLIP[samples.relation])
 
 
 def _mean_draws(a: pd.DataFrame, b: pd.DataFrame, sets: frozenset, n_boot: int):
     """Each side's mean score over ``sets`` per size with its two-level bootstrap draws, drawn
     together so that draws sharing eval seeds (and pre-training seeds) are paired."""
     both = pd.concat([a.assign(_side="A"), b.assign(_side="B")])
-    both = both[both["downstream"].isin(sets)].assign(_size=lambda d: d["pretrain_size"].astype(float))
+    # a model that declares no size is one group at size 0 (only grid curves need sizes)
+    both = both[both["downstream"].isin(sets)].assign(_size=lambda d: d["pretrain_size"].astype(float).fillna(0.0))
     draws = hierarchical_bootstrap(both, ["_side", "_size"], strata="downstream", n_boot=n_boot, seed=0)
     out = {}
     for side in ("A", "B"):
@@ -421,26 +492,15 @@ def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int 
     """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% interval (a
     two-level bootstrap of each size's mean score over the common sets, curves refitted per
     draw). Returns (results, A's description, B's description)."""
+    pair.check()
     df = final_checkpoints(runs_ok)
-    df = df[(df["protocol"] == pair.protocol) & df["score"].notna() & df["pretrain_size"].notna()]
+    df = df[(df["protocol"] == pair.protocol) & df["score"].notna()]
+    if pair.model_side:
+        return _compute_model_multiplier(df, pair, n_boot)
+    df = df[df["pretrain_size"].notna() & ~_is_model(df)]
     rows_a = _select(df, pair.a, f"--multiplier {pair.label or 'A'} (A)")
     rows_b = _select(df, pair.b, f"--multiplier {pair.label or 'B'} (B)")
-    desc = []
-    for name, rows in (("A", rows_a), ("B", rows_b)):
-        if rows.empty:
-            raise ReportError(f"multiplier {pair.label!r}: side {name} selects no {pair.protocol} rows")
-        idents = rows[["source", "method", "curation", "label_noise", "backbone"]].astype(object).drop_duplicates()
-        if len(idents) > 1:
-            shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in idents.to_dict("records")[:4])
-            raise ReportError(f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
-                              f"({shown}); add curation=, label_noise= or backbone= to pick one")
-        ident = idents.iloc[0]
-        parts = [str(ident["source"]), str(ident["method"])]
-        if ident["curation"] not in (None, "none") and not pd.isna(ident["curation"]):
-            parts.append(f"curation={ident['curation']}")
-        if ident["label_noise"] is not None and not pd.isna(ident["label_noise"]) and float(ident["label_noise"]) > 0:
-            parts.append(f"noise={float(ident['label_noise']):g}")
-        desc.append(" · ".join(parts))
+    desc = [_describe_side(rows, name, pair) for name, rows in (("A", rows_a), ("B", rows_b))]
     if len(set(pd.concat([rows_a["backbone"], rows_b["backbone"]]).astype(object).dropna())) > 1:
         desc = [f"{d} · {rows['backbone'].iloc[0]}" for d, rows in zip(desc, (rows_a, rows_b))]
     results = []
@@ -497,6 +557,117 @@ def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int 
     return results, desc[0], desc[1]
 
 
+def _describe_side(rows: pd.DataFrame, name: str, pair: MultiplierPair) -> str:
+    """A grid side's description (``laion · clip · curation=...``); :class:`ReportError` when it
+    selects no rows or several configurations."""
+    if rows.empty:
+        raise ReportError(f"multiplier {pair.label!r}: side {name} selects no {pair.protocol} rows")
+    idents = rows[["source", "method", "curation", "label_noise", "backbone"]].astype(object).drop_duplicates()
+    if len(idents) > 1:
+        shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in idents.to_dict("records")[:4])
+        raise ReportError(f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
+                          f"({shown}); add curation=, label_noise= or backbone= to pick one")
+    ident = idents.iloc[0]
+    parts = [str(ident["source"]), str(ident["method"])]
+    if ident["curation"] not in (None, "none") and not pd.isna(ident["curation"]):
+        parts.append(f"curation={ident['curation']}")
+    if ident["label_noise"] is not None and not pd.isna(ident["label_noise"]) and float(ident["label_noise"]) > 0:
+        parts.append(f"noise={float(ident['label_noise']):g}")
+    return " · ".join(parts)
+
+
+def _model_rows(df: pd.DataFrame, name: str, side: str, pair: MultiplierPair) -> tuple[pd.DataFrame, float, str]:
+    """A model side's rows, declared size (NaN if none) and description; :class:`ReportError` when
+    the store has no such model, or two different weights under its name."""
+    is_model = _is_model(df)
+    rows = df[is_model & (df["model"].astype(object) == name)] if "model" in df.columns else df.iloc[:0]
+    if rows.empty:
+        known = sorted(set(df.loc[is_model, "model"].astype(str)))
+        raise ReportError(f"multiplier {pair.label!r}: side {side} names model {name!r}, which has no "
+                          f"{pair.protocol} rows; models with {pair.protocol} rows: {', '.join(known) or 'none'}")
+    hashes = set(rows["weights_sha256"].dropna()) if "weights_sha256" in rows.columns else set()
+    sizes = set(rows["pretrain_size"].dropna().astype(float))
+    if len(hashes) > 1 or len(sizes) > 1:
+        raise ReportError(f"multiplier {pair.label!r}: model {name!r} names {len(hashes)} different weight files "
+                          f"(sha256 {', '.join(sorted(h[:12] for h in hashes))}) or declared sizes "
+                          f"({', '.join(fmt_size(x) for x in sorted(sizes))}) in this store; give them distinct names")
+    declared = sizes.pop() if sizes else math.nan
+    what = f"declared n={fmt_size(declared)}" if math.isfinite(declared) else "no declared size"
+    return rows, declared, f"model {name} ({what})"
+
+
+def _compute_model_multiplier(df: pd.DataFrame, pair: MultiplierPair,
+                              n_boot: int) -> tuple[list[MultiplierResult], str, str]:
+    """:func:`compute_multiplier` when one side is an existing model: per shot count, the samples
+    the other side's fitted curve needs to reach the model's score, over the model's declared size."""
+    side = pair.model_side
+    fitted = "B" if side == "A" else "A"
+    rows_m, declared, desc_m = _model_rows(df, (pair.a if side == "A" else pair.b)["model"], side, pair)
+    grid = df[df["pretrain_size"].notna() & ~_is_model(df)]
+    rows_f = _select(grid, pair.b if side == "A" else pair.a, f"--multiplier {pair.label or fitted} ({fitted})")
+    desc_f = _describe_side(rows_f, fitted, pair)
+    results = []
+    for shot in sorted(set(rows_f["shots"].map(shots_order)) & set(rows_m["shots"].map(shots_order))):
+        f = rows_f[rows_f["shots"].map(shots_order) == shot]
+        m = rows_m[rows_m["shots"].map(shots_order) == shot]
+        sets = frozenset(m["downstream"])
+        for _, g in f.groupby("pretrain_size"):
+            sets &= frozenset(g["downstream"])
+        res = MultiplierResult(shot=shot, model_side=side, declared=declared)
+        results.append(res)
+        if not sets:
+            res.note = f"no downstream set is evaluated at every size of {fitted} and by the model"
+            continue
+        sides = _mean_draws(m, f, sets, n_boot) if side == "A" else _mean_draws(f, m, sets, n_boot)
+        _fit_model_pair(res, sides[fitted], sides[side], fitted)
+    return results, *((desc_m, desc_f) if side == "A" else (desc_f, desc_m))
+
+
+def _fit_model_pair(res: MultiplierResult, curve, point, fitted: str) -> None:
+    """Fill ``res`` from the fitted side's (sizes, means, draws, intervals) and the model's."""
+    (nf, mf, dfit, ivf), (_, mm, dm, ivm) = curve, point
+    res.points = (ivf, ivm) if fitted == "A" else (ivm, ivf)
+    res.sizes_fit = (float(nf.min()), float(nf.max()))
+    res.target = float(mm[0])
+    if len(nf) < MIN_SIZES:
+        res.note = (f"needs >= {MIN_SIZES} pre-training sizes for {fitted}'s curve; it has "
+                    f"{', '.join(fmt_size(s) for s in sorted(nf))}")
+        return
+    try:
+        fit = fit_power_law(list(zip(nf, mf)), name=fitted)
+        res.fits = (fit, None) if fitted == "A" else (None, fit)
+        res.matched = matched_samples_interval(nf, mf, dfit, res.target, dm[:, 0])
+    except MultiplierError as exc:
+        res.note = str(exc)
+        return
+    model = "B" if fitted == "A" else "A"
+    n, shown = res.matched[0], res.shown_matched()[0]
+    if fit.b * float(nf.min()) ** -fit.c < 1e-6:
+        res.note = (f"{fitted}'s fitted curve is flat: its score does not grow with its size over "
+                    f"{fmt_size(nf.min())}-{fmt_size(nf.max())}, so no matched size is meaningful")
+        res.matched = (math.nan, math.nan, math.nan)
+    elif not math.isfinite(n):
+        res.note = (f"{fitted}'s fitted asymptote stays below the model's score: no amount of {fitted}'s data "
+                    f"matches it; reported as more than {EXTRAPOLATION:g}× {fitted}'s largest measured size")
+    elif shown.is_bound:
+        where = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
+        res.note = (f"{fitted}'s fit reaches the model's score only {where} measured size ({fmt_size(nf.min())}-"
+                    f"{fmt_size(nf.max())}): reported as a bound, not extrapolated")
+    if math.isfinite(res.declared) and not math.isnan(res.matched[0]):
+        ratios = [_ratio(v, res.declared) if fitted == "A" else _ratio(res.declared, v) for v in res.matched]
+        res.estimate, res.lo, res.hi = ratios[0], min(ratios[1:]), max(ratios[1:])
+        if res.lo <= 1 <= res.hi and math.isfinite(res.hi):
+            res.note = "; ".join(filter(None, [res.note, "the interval includes 1×: A and B are equally "
+                                                         "data-efficient within noise"]))
+    elif not math.isfinite(res.declared):
+        res.note = "; ".join(filter(None, [res.note, f"model {model} declares no pre-training size (describes: "
+                                                     "pretrain_size), so there is no factor, only the matched size"]))
+
+
+def _ratio(x: float, y: float) -> float:
+    return math.inf if y == 0 else x / y
+
+
 def _interval_text(r: MultiplierResult) -> str:
     _, lo, hi = r.shown()
     if not lo.relation:
@@ -517,7 +688,11 @@ def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[Mul
                f"curves refitted per draw. Where A's matched size lies more than {EXTRAPOLATION:g}× outside A's "
                "measured sizes the report gives a bound (“more than …”), not an extrapolated number. "
                "Choose pairs with <code>tbench report --multiplier 'source=laion,method=clip vs "
-               "source=imagenet,method=supervised@3000'</code>.</p>")
+               "source=imagenet,method=supervised@3000'</code>. An existing model (<code>model=NAME</code>, "
+               "either side) is one point at its declared size: the other side's curve is inverted at the model's "
+               "score, and the multiplier is that matched size over the model's declared size (A's samples over "
+               "B's, whichever side the model is), bootstrapped the same way (the model's eval seeds); a model "
+               "that declares no size gets the matched size only.</p>")
     if runs_ok.empty:
         return empty_note("No data yet for the data multiplier (no runs).")
     if pairs is None:
@@ -535,7 +710,8 @@ def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[Mul
         except ReportError as exc:
             parts.append(f"<h3>{esc(pair.label)}</h3>" + empty_note(str(exc)))
             continue
-        parts.append(_multiplier_html(pair, results, desc_a, desc_b, index, out_dir))
+        draw = _model_multiplier_html if pair.model_side else _multiplier_html
+        parts.append(draw(pair, results, desc_a, desc_b, index, out_dir))
     return "\n".join(parts)
 
 
@@ -635,6 +811,130 @@ def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc
                f"A's fit reaches it, drawn only within {EXTRAPOLATION:g}× of A's measured sizes (beyond, the "
                "multiplier is a bound).")
     return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
+
+
+def _samples_text(b: Bounded) -> str:
+    """A matched sample count as text (three significant digits), with its bound's relation."""
+    if not b.relation:
+        return ""
+    n = _fmt_samples(b.value)
+    return n if b.relation == "=" else f"{b.relation} {n}"
+
+
+def _samples_interval(lo: Bounded, hi: Bounded) -> str:
+    if not lo.relation:
+        return ""
+    if lo.is_bound and lo.relation == hi.relation:  # the whole interval lies beyond the measured range
+        return f"{_samples_text(lo)} (whole interval)"
+    return f"{_samples_text(lo)} – {_samples_text(hi)}"
+
+
+def _fmt_samples(value: float) -> str:
+    """``7.71k``, ``640k``, ``2.8M``, ``1,280M``: three significant digits up to thousands of millions."""
+    if not math.isfinite(value):
+        return "∞"
+    for unit, scale in (("M", 1e6), ("k", 1e3)):
+        if value >= scale:
+            v = value / scale
+            return f"{v:,.0f}{unit}" if v >= 1000 else f"{float(f'{v:.3g}'):g}{unit}"
+    return f"{float(f'{value:.3g}'):g}"
+
+
+def _model_headline(r: MultiplierResult) -> str:
+    """One sentence for a model pair: the fitted side's matched size, then the factor when the model has a size."""
+    fitted, model = ("B", "A") if r.model_side == "A" else ("A", "B")
+    n_est, n_lo, n_hi = r.shown_matched()
+    at = f"At {html.escape(shots_title(r.shot))}"
+    needs = {"=": "", ">": "more than ", "<": "fewer than "}[n_est.relation]
+    interval = f"95% interval {esc(_samples_interval(n_lo, n_hi))}"
+    why = ""
+    if n_est.relation == ">":
+        why = (f": {fitted}'s fitted curve levels off below it" if math.isinf(r.matched[0]) else
+               f": {fitted}'s fit reaches it only beyond {EXTRAPOLATION:g}× its largest measured size "
+               f"({esc(fmt_size(r.sizes_fit[1]))}), further than the fit is trusted")
+    elif n_est.relation == "<":
+        why = (f": {fitted}'s fit reaches it below a tenth of its smallest measured size "
+               f"({esc(fmt_size(r.sizes_fit[0]))}), further than the fit is trusted")
+    matched = (f"{fitted} needs {needs}{esc(_fmt_samples(n_est.value))} samples to reach model {model}'s "
+               f"score {fmt_num(r.target)}{why} ({interval})")
+    est = r.shown()[0]
+    if not est.relation:
+        return f"<p>{at}, <b>{matched}</b>; model {model} declares no pre-training size, so there is no factor.</p>"
+    rel = {"=": "", ">": "more than ", "<": "less than "}[est.relation]
+    text = (f"<b>{at}, A needs {rel}{esc(fmt_factor(est.value))}× the samples of B</b> "
+            f"(95% interval {esc(_interval_text(r))}; model {model} declares n={esc(fmt_size(r.declared))}): {matched}.")
+    if math.isfinite(r.lo) and r.lo <= 1 <= r.hi and math.isfinite(r.hi):
+        text += " The interval includes 1×: within noise, A and B are equally data-efficient."
+    return f"<p>{text}</p>"
+
+
+def _model_multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str,
+                           index: int, out_dir: Path) -> str:
+    """A model pair's headline, table and figure (the fitted curve, the model as a star or a line)."""
+    fitted = "B" if pair.model_side == "A" else "A"
+    head = f"<h3>A = {esc(desc_a)} &nbsp;vs&nbsp; B = {esc(desc_b)} ({esc(pair.protocol)})</h3>"
+    rows = []
+    for r in results:
+        n_est, n_lo, n_hi = r.shown_matched()
+        fit = next((f for f in r.fits if f is not None), None)
+        rows.append([html.escape(shots_title(r.shot)), fmt_num(r.target), esc(_samples_text(n_est)),
+                     esc(_samples_interval(n_lo, n_hi)),
+                     f"<b>{esc(r.shown()[0].text())}</b>" if r.shown()[0].relation else "", esc(_interval_text(r)),
+                     fmt_num(fit.rmse, 4) if fit else "", esc(r.note)])
+    good = [r for r in results if r.shown_matched()[0].relation]
+    headline = _model_headline(good[-1]) if good else ""
+    table = html_table(["shots", "model's score", f"n<sub>{fitted}</sub> to match", "95% interval (samples)",
+                        "multiplier (×)", "95% interval (×)", f"fit rmse {fitted}", "note"], rows)
+    drawn = [r for r in results if r.points]
+    if not drawn:
+        return head + headline + table
+    nrows, ncols = _grid(len(drawn), 3)
+    fig = _figure(4.0 * ncols, 3.3 * nrows + 0.5)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, r in zip(axes, drawn):
+        _draw_model_panel(ax, r, fitted)
+    for ax in axes[len(drawn):]:
+        ax.set_visible(False)
+    fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
+    _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
+    name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
+    caption = (f"Points: {fitted}'s mean score over the common sets with 95% intervals, and its fitted power law; "
+               "the star: the model at its declared size (a dash-dot line when it declares none); dotted: the model's "
+               f"score; blue dashed: the n at which {fitted}'s fit reaches it, drawn only within {EXTRAPOLATION:g}× "
+               f"of {fitted}'s measured sizes (beyond, it is a bound).")
+    return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
+
+
+def _draw_model_panel(ax, r: MultiplierResult, fitted: str) -> None:
+    pts_f, pts_m = r.points if fitted == "A" else r.points[::-1]
+    fit = next((f for f in r.fits if f is not None), None)
+    n_est = r.shown_matched()[0]
+    every = [*pts_f] + ([r.declared] if math.isfinite(r.declared) else [])
+    if n_est.relation == "=":
+        every.append(n_est.value)
+    lo_x, hi_x = min(every) / 1.5, max(every) * 1.5
+    xs = sorted(pts_f)
+    ivs = [pts_f[x] for x in xs]
+    ax.errorbar(xs, [iv.estimate for iv in ivs], fmt="o", color="C0", markersize=4, capsize=2, label=fitted,
+                yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]])
+    if fit is not None:
+        grid = np.logspace(math.log10(lo_x), math.log10(hi_x), 80)
+        ax.plot(grid, fit(grid), color="C0", linewidth=1.2, alpha=0.8)
+    (iv,) = pts_m.values()
+    if math.isfinite(r.declared):
+        ax.errorbar([r.declared], [iv.estimate], yerr=[[max(iv.estimate - iv.lo, 0)], [max(iv.hi - iv.estimate, 0)]],
+                    fmt="*", color="C3", markersize=10, capsize=2, label="model")
+    else:
+        ax.axhline(iv.estimate, color="C3", linestyle="-.", linewidth=1.1, label="model (no size)")
+    ax.axhline(r.target, color="0.3", linestyle=":", linewidth=1)
+    if n_est.relation == "=":
+        ax.axvline(n_est.value, color="C0", linestyle="--", linewidth=0.8)
+    ax.set_xlim(lo_x, hi_x)
+    log_size_axis(ax)
+    est = r.shown()[0]
+    title = f"{shots_title(r.shot)}: " + (f"{est.text()}×" if est.relation else
+                                          f"n={_samples_text(n_est)}" if n_est.relation else "not estimated")
+    _style_panel(ax, title, "pre-training samples", legend=7)
 
 
 # --------------------------------------------------------------------------- mid-training checkpoints
