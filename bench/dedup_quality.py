@@ -25,6 +25,16 @@ extrapolated from its measured cost per pair. ``--crop-sweep``: the share of cro
 their original, per crop fraction. ``--jpeg-images N``: hashes/s on N synthetic 256 px JPEGs (the
 loader bench's img2dataset-like shards).
 
+The embedding method (``dedup`` with ``model`` and ``cosine``, :func:`curation.dedup.embed_images`
+and :func:`curation.dedup.embedding_duplicates`) on the same shuffled set: the encoder of
+``--checkpoint PATH`` (a harness encoder checkpoint: one the harness pre-trained, or an existing
+model's imported ``checkpoints/model.pt``), by default a random-init ``test_resnet`` at 32 px
+(seeded; no trained checkpoint ships, and the output says so). Embeddings are timed (images/s),
+the all-pairs cosine similarities above the lowest of ``--cosines`` computed once, and recall per
+transformation, false and excess removals scored at every cosine of the sweep (the clusters at
+``--cosine`` checked against :func:`curation.dedup.embedding_duplicates`). The crop sweep also
+gives the share of crop copies at cosine ``>= --cosine``. ``--no-embedding`` skips it.
+
     .venv/bin/python bench/dedup_quality.py                    # ~1 min on 2 cores (+25 s writing sources once)
     .venv/bin/python bench/dedup_quality.py --scale 0.25 --scale-test 100000
 """
@@ -70,6 +80,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--scale-test", default="100000,1000000", help="synthetic hash-set sizes for the search alone ('' to skip)")
     p.add_argument("--brute-max", type=int, default=40000, help="largest set checked by brute force (default: %(default)s)")
     p.add_argument("--jpeg-images", type=int, default=0, help="also time hashing N synthetic 256px JPEGs (default: off)")
+    p.add_argument("--no-embedding", action="store_true", help="measure the hash method only")
+    p.add_argument("--checkpoint", default=None, metavar="PATH",
+                   help="harness encoder checkpoint of the embedding method (default: a random-init test_resnet, 32 px)")
+    p.add_argument("--cosine", type=float, default=D.DEFAULT_COSINE, help="cosine of the headline figures (default: %(default)s)")
+    p.add_argument("--cosines", default="0.9,0.95,0.98,0.99,0.995,0.998,0.999,0.9995,0.9998,0.9999",
+                   help="cosine sweep, comma-separated (default: %(default)s)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
@@ -82,6 +98,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.thresholds = [int(x) for x in args.thresholds.split(",") if x.strip()]
     args.crop_sweep = [float(x) for x in args.crop_sweep.split(",") if x.strip()]
     args.scale_test = [int(float(x)) for x in args.scale_test.split(",") if x.strip()]
+    args.cosines = sorted({float(x) for x in args.cosines.split(",") if x.strip()} | {args.cosine})
+    if not all(0 < c <= 1 for c in args.cosines):
+        p.error(f"--cosine/--cosines must lie in (0, 1], got {args.cosines}")
+    if args.checkpoint is not None and not Path(args.checkpoint).is_file():
+        p.error(f"--checkpoint {args.checkpoint}: no such file (give a harness encoder checkpoint, e.g. "
+                "<workdir>/pretrain/<key>/checkpoints/last.pt)")
     if not 0 < args.fraction <= 1 or not args.sources or not args.transforms:
         p.error("--fraction must be in (0, 1]; --sources and --transforms must not be empty")
     return args
@@ -161,6 +183,112 @@ def synthetic_hashes(base: np.ndarray, n: int, rng: np.random.Generator) -> np.n
     for s in range(0, 64, 8):
         h |= base[rng.integers(0, len(base), n), 0] & np.uint64(0xFF << s)
     return np.stack([h, h ^ np.uint64(D.MIRROR_MASK)], axis=1)
+
+
+def random_encoder(cache_dir: Path, seed: int) -> Path:
+    """A random-init test_resnet at 32 px (torch seed ``seed``), written once under ``cache_dir``."""
+    import torch
+
+    from pretrain.models import build_encoder, encoder_meta, save_encoder
+
+    path = cache_dir / "dedup" / f"random_test_resnet_32_seed{seed}.pt"
+    if not path.is_file():
+        torch.manual_seed(seed)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        enc = build_encoder("test_resnet", 32)
+        save_encoder(path, enc, encoder_meta(enc, "test_resnet", 32, method="none"))
+    return path
+
+
+def describe_encoder(path: Path, default: bool, seed: int) -> dict[str, Any]:
+    """What the embedding method ran: the checkpoint and its meta (method, backbone, size, samples seen)."""
+    import torch
+
+    meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"]
+    out = {"checkpoint": str(path), **{k: meta.get(k) for k in ("method", "backbone", "image_size", "samples_seen",
+                                                                  "view_size", "pretrain_key")}}
+    if default:
+        out["note"] = (f"random-init test_resnet (torch seed {seed}, 32 px): no trained checkpoint ships; "
+                       "pass --checkpoint PATH for a trained encoder")
+    return out
+
+
+def cosine_pairs(emb: np.ndarray, lowest: float, rows: int = 2048) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(i, j, cosine) of every pair i <= j of unit embeddings with cosine >= ``lowest``, computed once."""
+    src, dst, sims = [], [], []
+    for a in range(0, len(emb), rows):
+        sim = emb[a:a + rows] @ emb[a:].T
+        i, j = np.nonzero(sim >= lowest - 1e-6)
+        src.append(i + a)
+        dst.append(j + a)
+        sims.append(sim[i, j])
+    return np.concatenate(src), np.concatenate(dst), np.concatenate(sims)
+
+
+def cluster_at(pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cosine: float, n: int) -> D.DedupResult:
+    """:func:`curation.dedup.embedding_duplicates`'s result at ``cosine`` from precomputed pairs."""
+    i, j, sim = pairs
+    keep = sim >= cosine - 1e-6
+    comp = connected_components(coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(n, n)),
+                                directed=False)[1]
+    return D._keep_one(comp, np.arange(n), n * (n + 1) // 2)
+
+
+def embedding_method(args: argparse.Namespace, items: list[bytes], twin: np.ndarray, kind: np.ndarray,
+                     originals: list[bytes], rng: np.random.Generator) -> dict[str, Any]:
+    """The embedding method's figures: images/s, a cosine sweep, the headline at ``--cosine``, crops."""
+    path = Path(args.checkpoint) if args.checkpoint else random_encoder(Path(args.cache_dir), args.seed)
+    encoder = describe_encoder(path, args.checkpoint is None, args.seed)
+    t0 = time.perf_counter()
+    emb = D.embed_images(items, path)
+    embed_s = time.perf_counter() - t0
+    C.log(f"\nembedded {len(items)} images in {embed_s:.1f}s: {len(items) / embed_s:.0f} images/s "
+          f"({encoder.get('note') or path}; dim {emb.shape[1]})")
+    t0 = time.perf_counter()
+    pairs = cosine_pairs(emb, min(args.cosines))
+    rows = []
+    for c in args.cosines:
+        s = D.score_planted(cluster_at(pairs, c, len(items)), twin, kind, args.transforms)
+        rows.append({"cosine": c, **{k: s[k] for k in ("recall", "recall_per_transform", "false_removal",
+                                                         "excess_removal", "removed")}})
+    search_s = time.perf_counter() - t0
+    C.log(f"{'cos':>7} {'recall':>7} " + " ".join(f"{k:>9}" for k in args.transforms) + f" {'false_rm':>8} {'excess':>7}")
+    for r in rows:
+        C.log(f"{r['cosine']:7.4f} {r['recall']:7.3f} " + " ".join(f"{r['recall_per_transform'][k]:9.3f}" for k in args.transforms)
+              + f" {r['false_removal']:8.4f} {r['excess_removal']:7.4f}")
+    agree = bool(np.array_equal(D.embedding_duplicates(emb, args.cosine).cluster, cluster_at(pairs, args.cosine, len(items)).cluster))
+    if not agree:
+        raise SystemExit("the cosine sweep's clusters disagree with curation.dedup.embedding_duplicates")
+    head = next(r for r in rows if r["cosine"] == args.cosine)
+    ok = [r for r in rows if r["excess_removal"] < TARGET_FALSE_REMOVAL]
+    best = max(ok, key=lambda r: (r["recall"], r["cosine"])) if ok else None
+    crops = []
+    if args.crop_sweep:
+        idx = rng.choice(len(originals), min(1000, len(originals)), replace=False)
+        base = D.embed_images([originals[i] for i in idx], path)
+        for f in args.crop_sweep:
+            cp = D.embed_images([D.transform_image(originals[i], "crop", rng, crop=(f, f)) for i in idx], path)
+            cos = (cp * base).sum(axis=1)
+            crops.append({"crop": f, "within_cosine": float((cos >= args.cosine - 1e-6).mean()), "median_cosine": float(np.median(cos))})
+        C.log("embedding crop sweep (share of crop copies at cosine >= {}): {}".format(
+            args.cosine, ", ".join(f"{c['crop']:.0%}: {c['within_cosine']:.3f} (median {c['median_cosine']:.4f})" for c in crops)))
+    return {"encoder": encoder, "embed_per_s": len(items) / embed_s, "dim": int(emb.shape[1]), "cosine": args.cosine,
+            **{k: head[k] for k in ("recall", "recall_per_transform", "false_removal", "excess_removal")},
+            "best_recall_excess_below_1pct": best, "sweep_s": search_s, "clusters_agree": agree,
+            "crop_sweep": crops, "sweep": rows}
+
+
+def methods_summary(args: argparse.Namespace, head: dict, embedding: dict | None) -> dict[str, Any]:
+    """Both methods side by side: recall per perturbation and removals at their headline settings."""
+    keys = ("recall", "recall_per_transform", "false_removal", "excess_removal")
+    out = {"hash": {"threshold": args.threshold, **{k: head[k] for k in keys}}}
+    if embedding:
+        out["embedding"] = {"cosine": args.cosine, **{k: embedding[k] for k in keys},
+                            "encoder": embedding["encoder"].get("note") or embedding["encoder"]["checkpoint"]}
+    for name, m in out.items():
+        C.log(f"{name:>9}: recall " + ", ".join(f"{k} {v:.3f}" for k, v in m["recall_per_transform"].items())
+              + f"; false removal {m['false_removal']:.4f}, excess {m['excess_removal']:.4f}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -249,6 +377,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         jpeg = {"images": len(jpgs), "hashes_per_s": len(jpgs) / dt, "size": Image.open(io.BytesIO(jpgs[0])).size[0]}
         C.log(f"hashed {len(jpgs)} synthetic {jpeg['size']}px JPEGs: {jpeg['hashes_per_s']:.0f} hashes/s")
 
+    embedding = None if args.no_embedding else embedding_method(args, items, twin, kind, originals, rng)
+
     meets = head["recall"] >= TARGET_RECALL and head["false_removal"] < TARGET_FALSE_REMOVAL
     meets_nc = head["recall_without_crops"] >= TARGET_RECALL and head["false_removal"] < TARGET_FALSE_REMOVAL
     C.log(f"\nat t={args.threshold}: recall {head['recall']:.3f} (without crops {head['recall_without_crops']:.3f}), "
@@ -261,10 +391,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
            "false_removal": head["false_removal"], "excess_removal": head["excess_removal"],
            "meets_requirement": meets, "meets_requirement_without_crops": meets_nc,
            "hashes_per_s": len(items) / hash_s, "search": speed, "scale_test": scale, "crop_sweep": crops,
-           "jpeg_hashing": jpeg, "sweep": rows, "textbook_phash": tb}
+           "jpeg_hashing": jpeg, "sweep": rows, "textbook_phash": tb, "embedding": embedding,
+           "methods": methods_summary(args, head, embedding)}
     if args.json:
         C.write_json(args.json, out)
-    print(json.dumps({k: v for k, v in out.items() if k not in ("sweep",)}), flush=True)
+    last = {k: v for k, v in out.items() if k not in ("sweep",)}
+    if embedding:
+        last["embedding"] = {k: v for k, v in embedding.items() if k != "sweep"}
+    print(json.dumps(last), flush=True)
     return out
 
 
