@@ -331,7 +331,7 @@ _REAL: tuple[tuple[str, int, str, str, str], ...] = (
 
 def _fill() -> None:
     # World descriptions come from the world's declarations so the two never drift apart.
-    from curation.world import SOURCE_DECLS
+    from curation.catalogue import SOURCE_DECLS
 
     for d in SOURCE_DECLS:
         _register(d.name, d.kind, d.description)

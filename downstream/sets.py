@@ -374,7 +374,7 @@ REAL_SETS: tuple[tuple, ...] = (
 
 def _fill() -> None:
     # World names, metrics and descriptions come from the world's declarations so they never drift apart.
-    from curation.world import PACKAGE_SETS, SET_DECLS
+    from curation.catalogue import PACKAGE_SETS, SET_DECLS
 
     for d in SET_DECLS:
         DOWNSTREAM.register(d.name, DownstreamSet(d.name, d.metric, d.description, "world"))
