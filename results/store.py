@@ -72,36 +72,34 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from harness.core.storage import OBJECT_STORES, resolve_root
+from results import compaction
 from results import schema as S
+from results.parts import (  # StoreError, StoreQueryError and the names below are re-exported
+    COMPACT_PREFIX,
+    DEFAULT_TARGET_ROWS,
+    META_PARTS_KEY,
+    META_WRITE_ID_KEY,
+    PART_COLUMN,
+    PART_SUFFIX,
+    TMP_MARK,
+    StoreError,
+    StoreQueryError,
+    arrange,
+)
 from results.schema import TABLES, conform, schema_for
 
 log = logging.getLogger(__name__)
 
-PART_SUFFIX = ".parquet"
-_TMP_MARK = ".tmp-"
-COMPACT_PREFIX = "_compact-"
-"""File-name prefix of compacted files (part keys cannot start with ``_``)."""
-PART_COLUMN = "_part"
-"""Column, present only inside compacted files, naming the part key each row came from."""
-META_PARTS_KEY = b"transfer_bench.parts"
-"""Parquet metadata key of a compacted file: JSON list of every part key it absorbed."""
-META_WRITE_ID_KEY = b"transfer_bench.write_id"
-"""Parquet metadata key of a part: a random id of the write that made it (compaction checks it)."""
-DEFAULT_TARGET_ROWS = 200_000
-"""Default row budget of one compacted file."""
+__all__ = [
+    "COMPACT_PREFIX", "DEFAULT_TARGET_ROWS", "META_PARTS_KEY", "META_WRITE_ID_KEY", "PART_COLUMN", "PART_SUFFIX",
+    "Store", "StoreError", "StoreQueryError", "arrow_to_pandas", "load",
+]
+
 _READ_RETRIES = 20  # re-list this many times when a listed file vanished (a compaction moved it)
 _KEY_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]*$")
 _FOOTER_TAIL = 64 * 1024  # bytes read from a part's end to find its footer (more when it is longer)
 _THREADED_READ_BYTES = 4 << 20  # read files at least this large with Arrow's thread pool
 _REMOTE_READERS = 16  # files of a remote store read at once
-
-
-class StoreError(RuntimeError):
-    """A store operation failed (bad key, unreadable part, ...)."""
-
-
-class StoreQueryError(StoreError):
-    """A SQL query over the store failed; the message carries DuckDB's error and the tables."""
 
 
 def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
@@ -122,10 +120,10 @@ def arrow_to_pandas(table: pa.Table) -> pd.DataFrame:
 
 
 def _check_key(key: str) -> None:
-    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key or _TMP_MARK in key:
+    if not isinstance(key, str) or not _KEY_RE.match(key) or ".." in key or TMP_MARK in key:
         raise StoreError(
             f"invalid part key {key!r}: a key names one file, so it must start with a letter or "
-            f"digit and contain only letters, digits and '._=-' (no '/', '..' or '{_TMP_MARK}')"
+            f"digit and contain only letters, digits and '._=-' (no '/', '..' or '{TMP_MARK}')"
         )
 
 
@@ -261,7 +259,7 @@ class Store:
 
     def _compacted_infos(self, table: str) -> list[pafs.FileInfo]:
         """Compacted files of ``table``, oldest generation first (zero-padded generations sort by age)."""
-        return self._files(table, lambda n: n.startswith(COMPACT_PREFIX) and n.endswith(PART_SUFFIX) and _TMP_MARK not in n)
+        return self._files(table, lambda n: n.startswith(COMPACT_PREFIX) and n.endswith(PART_SUFFIX) and TMP_MARK not in n)
 
     def part_files(self, table: str) -> list[str]:
         """Paths of ``table``'s loose (not compacted) finished parts, sorted; temporary and
@@ -478,7 +476,7 @@ class Store:
         rows = self._upgraded(table, served.path, data.drop_columns([PART_COLUMN]), version)
         if not keep_part:
             return rows
-        return _arrange(table, [schema_for(table).empty_table(), rows.append_column(PART_COLUMN, data[PART_COLUMN])],
+        return arrange(table, [schema_for(table).empty_table(), rows.append_column(PART_COLUMN, data[PART_COLUMN])],
                         tail=[PART_COLUMN])
 
     def _read_arrow_once(self, table: str) -> pa.Table:
@@ -487,7 +485,7 @@ class Store:
         pieces = [schema.empty_table()]
         pieces.extend(self._map(lambda info: self._read_part(table, info.path), loose))
         pieces.extend(self._map(lambda src: self._read_served(table, src), served))
-        return _arrange(table, pieces)
+        return arrange(table, pieces)
 
     def read(self, table: str) -> pd.DataFrame:
         """All rows of ``table`` as a DataFrame (empty, with the schema's columns, when no parts)."""
@@ -637,124 +635,10 @@ class Store:
         """Every table as a DataFrame: ``{"runs": ..., "curves": ..., "spectra": ..., "views": ...}``."""
         return {table: self.read(table) for table in TABLES}
 
-    # ---------------------------------------------------------------- compaction
-
     def compact(self, table: str, *, min_parts: int = 2, target_rows: int = DEFAULT_TARGET_ROWS) -> dict[str, Any]:
-        """Merge ``table``'s loose parts into compacted files of about ``target_rows`` rows.
-
-        Nothing is merged when fewer than ``min_parts`` loose parts exist. Each compacted file
-        is written atomically (see the module docstring); only then are the parts it absorbed
-        deleted, and a part whose size, modification time or write id changed since it was
-        read (a concurrent re-write) is kept, so it keeps winning over its compacted copy.
-        A crash at any point leaves every key readable exactly once.
-
-        Rows are written at the current schema version: parts of older versions are upgraded
-        on the way, and the rows that compacted files of an older version still serve are
-        re-written as new compacted files when reading them needs an upgrade step (so SQL reads
-        the table in place again). A part written by a newer version stops the compaction
-        with a :class:`StoreError`, checked (from the footers) before anything is written.
-
-        Returns ``{"table", "parts_merged", "rows", "files_written" (paths), "parts_removed",
-        "parts_kept" (keys re-written meanwhile), "files_upgraded" (older compacted files
-        whose rows were re-written)}``.
-        """
-        schema_for(table)
-        if not isinstance(min_parts, int) or min_parts < 1:
-            raise StoreError(f"compact: min_parts must be an integer >= 1, got {min_parts!r}")
-        if not isinstance(target_rows, int) or target_rows < 1:
-            raise StoreError(f"compact: target_rows must be an integer >= 1, got {target_rows!r}")
-        loose = self._part_infos(table)
-        report: dict[str, Any] = {"table": table, "parts_merged": 0, "rows": 0, "files_written": [],
-                                  "parts_removed": 0, "parts_kept": [], "files_upgraded": []}
-        if len(loose) >= min_parts:
-            self._map(self._check_version, loose)  # a part of a newer version stops us here, before any write
-            for batch in self._compaction_batches(table, loose, target_rows):
-                path, rows = self._write_compacted(table, batch)
-                removed, kept = self._remove_merged(batch)
-                report["files_written"].append(path)
-                report["parts_merged"] += len(batch)
-                report["rows"] += rows
-                report["parts_removed"] += removed
-                report["parts_kept"].extend(kept)
-        self._upgrade_compacted(table, report)
-        if report["files_written"]:
-            log.info("compacted %d part(s) of %s into %d file(s), %d older compacted file(s) upgraded",
-                     report["parts_merged"], table, len(report["files_written"]), len(report["files_upgraded"]))
-        return report
-
-    def _check_version(self, info: pafs.FileInfo) -> None:
-        """Raise :class:`StoreError` if a loose part is of a newer version (a vanished one is fine)."""
-        try:
-            self._part_facts(info)
-        except FileNotFoundError:
-            pass
-
-    def _compaction_batches(self, table: str, loose: list[pafs.FileInfo], target_rows: int):
-        """Read the loose parts (upgraded to the current schema version) and group them into
-        batches of at most ``target_rows`` rows (a single larger part makes a batch of its own).
-        Yields lists of ``(info, key, arrow table, write id)``; a part that vanished meanwhile is
-        skipped."""
-        batch: list[tuple[pafs.FileInfo, str, pa.Table, bytes | None]] = []
-        rows = 0
-        for info in loose:
-            try:
-                raw = self._read_file(table, info.path)
-            except FileNotFoundError:
-                continue
-            write_id = (raw.schema.metadata or {}).get(META_WRITE_ID_KEY)
-            data = self._upgraded(table, info.path, raw, self._version(info.path, raw.schema.metadata))
-            if batch and rows + data.num_rows > target_rows:
-                yield batch
-                batch, rows = [], 0
-            batch.append((info, info.base_name[: -len(PART_SUFFIX)], data, write_id))
-            rows += data.num_rows
-        if batch:
-            yield batch
-
-    def _upgrade_compacted(self, table: str, report: dict[str, Any]) -> None:
-        """Re-write the rows that compacted files of older schema versions still serve, when
-        reading them needs an upgrade step, as new compacted files at the current version (a
-        newer generation, so they win; the old files then serve nothing and are skipped)."""
-        _, served = self._resolve_sources(table)
-        for src in served:
-            if not S.upgrade_steps(table, src.version):
-                continue
-            try:
-                data = self._read_served(table, src, keep_part=True)
-            except FileNotFoundError:  # pragma: no cover - compacted files are never removed
-                continue
-            path, rows = self._write_compacted_table(table, data, sorted(src.keys))
-            report["files_written"].append(path)
-            report["rows"] += rows
-            report["files_upgraded"].append(src.path)
-
-    def _next_generation(self, table: str) -> int:
-        newest = 0
-        for info in self._compacted_infos(table):
-            try:
-                newest = max(newest, int(info.base_name[len(COMPACT_PREFIX):].split("-", 1)[0]))
-            except ValueError:
-                continue
-        return max(time.time_ns(), newest + 1)
-
-    def _write_compacted(self, table: str, batch: list[tuple[pafs.FileInfo, str, pa.Table, bytes | None]]) -> tuple[str, int]:
-        """Write one batch as a compacted file (atomically); return (its path, its row count).
-        The parts stay in place: until they are removed they win."""
-        pieces = [schema_for(table).empty_table()]
-        for _, key, data, _ in batch:
-            pieces.append(data.append_column(PART_COLUMN, pa.array([key] * data.num_rows, pa.string())))
-        merged = _arrange(table, pieces, tail=[PART_COLUMN])
-        return self._write_compacted_table(table, merged, [key for _, key, _, _ in batch])
-
-    def _write_compacted_table(self, table: str, data: pa.Table, keys: list[str]) -> tuple[str, int]:
-        """Write ``data`` (the current schema plus ``_part``) as a new compacted file, newest
-        generation, absorbing ``keys``; return (its path, its row count)."""
-        meta = {**S.part_metadata(table), META_PARTS_KEY: json.dumps(keys).encode()}
-        data = data.replace_schema_metadata(meta)
-        name = f"{COMPACT_PREFIX}{self._next_generation(table):020d}-{uuid.uuid4().hex[:8]}{PART_SUFFIX}"
-        final = f"{self.table_dir(table)}/{name}"
-        self._write_atomic(data, final)
-        return final, data.num_rows
+        """Merge ``table``'s loose parts into compacted files of about ``target_rows`` rows
+        (:func:`results.compaction.compact`, which documents the arguments and the report)."""
+        return compaction.compact(self, table, min_parts=min_parts, target_rows=target_rows)
 
     def _write_atomic(self, data: pa.Table, final: str) -> None:
         """Make ``final`` hold ``data`` in one step readers cannot see half of (see the module
@@ -771,7 +655,7 @@ class Store:
             out.close()
             return
         folder, name = final.rsplit("/", 1)
-        tmp = f"{folder}/.{name}{_TMP_MARK}{uuid.uuid4().hex[:12]}"
+        tmp = f"{folder}/.{name}{TMP_MARK}{uuid.uuid4().hex[:12]}"
         try:
             pq.write_table(data, tmp, filesystem=self.fs, compression="zstd")
             # LocalFileSystem.move is rename(2): atomic, and replaces an existing file.
@@ -783,49 +667,6 @@ class Store:
                 pass
             raise
 
-    def _remove_merged(self, batch: list[tuple[pafs.FileInfo, str, pa.Table, bytes | None]]) -> tuple[int, list[str]]:
-        """Delete the loose parts of a compacted batch, except those re-written since they
-        were read (size, mtime or write id changed); return (removed count, kept keys)."""
-        removed, kept = 0, []
-        for info, key, _, write_id in batch:
-            now = self.fs.get_file_info(info.path)
-            if now.type != pafs.FileType.File:
-                continue
-            if now.size != info.size or now.mtime_ns != info.mtime_ns:
-                kept.append(key)
-                continue
-            if write_id is not None:
-                try:
-                    if self._part_facts(now)[1] != write_id:
-                        kept.append(key)
-                        continue
-                except FileNotFoundError:
-                    continue
-            try:
-                self.fs.delete_file(info.path)
-                removed += 1
-            except FileNotFoundError:
-                pass
-        return removed, kept
-
-
-def _arrange(table: str, pieces: list[pa.Table], tail: Sequence[str] = ()) -> pa.Table:
-    """``pieces`` (the first one ``table``'s empty table) concatenated, in the current schema:
-    its columns first, cast to its types (missing ones null), then ``tail``, then any other
-    column a piece had; the schema's metadata (version) replaces the pieces'."""
-    schema = schema_for(table)
-    try:
-        merged = pa.concat_tables(pieces, promote_options="permissive")
-        rest = [n for n in merged.column_names if n not in schema.names and n not in tail]
-        merged = merged.select(schema.names + list(tail) + rest)
-        target = pa.schema(list(schema) + [merged.schema.field(n) for n in [*tail, *rest]],
-                           metadata=S.part_metadata(table))
-        return merged.cast(target)
-    except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError) as exc:
-        raise StoreError(
-            f"table {table!r}: parts hold values that do not fit the current schema "
-            f"(a type change without an upgrade step?): {exc}"
-        ) from exc
 
 
 def _backoff(attempt: int) -> float:

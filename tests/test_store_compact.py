@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
+from results import compaction
 from results.store import COMPACT_PREFIX, META_PARTS_KEY, Store, StoreError
 
 
@@ -71,8 +72,8 @@ def test_crash_between_rename_and_delete_shows_no_duplicates(tmp_path):
     store = Store(tmp_path)
     _fill(store, n_parts=4)
     loose = store._part_infos("runs")
-    (batch,) = list(store._compaction_batches("runs", loose, 10_000))
-    store._write_compacted("runs", batch)  # ... and "crash" before _remove_merged
+    (batch,) = list(compaction.compaction_batches(store, "runs", loose, 10_000))
+    compaction.write_compacted(store, "runs", batch)  # ... and "crash" before remove_merged
     assert len(store.part_files("runs")) == 4 and len(store.compacted_files("runs")) == 1
     assert len(store.read("runs")) == 12 and store.read("runs")["key"].is_unique
     assert _n_sql(store) == (12, 12)
@@ -111,10 +112,10 @@ def test_rewrite_during_compaction_is_kept(tmp_path):
     store = Store(tmp_path)
     _fill(store, n_parts=3)
     loose = store._part_infos("runs")
-    (batch,) = list(store._compaction_batches("runs", loose, 10_000))
-    store._write_compacted("runs", batch)
+    (batch,) = list(compaction.compaction_batches(store, "runs", loose, 10_000))
+    compaction.write_compacted(store, "runs", batch)
     store.write_part("runs", "job-2", [_run("late", score=7.0), _run("late2")])  # concurrent writer
-    removed, kept = store._remove_merged(batch)
+    removed, kept = compaction.remove_merged(store, batch)
     assert removed == 2 and kept == ["job-2"]
     df = store.read("runs")
     assert {"late", "late2"} <= set(df["key"]) and len(df) == 8 and df["key"].is_unique

@@ -10,6 +10,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from results import compaction
 from results import schema as S
 from results import store as store_mod
 from results.store import META_WRITE_ID_KEY, Store, StoreError
@@ -266,14 +267,14 @@ def test_same_size_rewrite_with_the_same_mtime_is_kept_by_compaction(tmp_path):
     for p in range(3):
         store.write_part("runs", f"job-{p}", [_run(f"r{p}", score=0.5)])
     loose = store._part_infos("runs")
-    (batch,) = list(store._compaction_batches("runs", loose, 10_000))
-    store._write_compacted("runs", batch)
+    (batch,) = list(compaction.compaction_batches(store, "runs", loose, 10_000))
+    compaction.write_compacted(store, "runs", batch)
     store.write_part("runs", "job-1", [_run("r1", score=0.5)])  # same rows: same size, new write id
     old = loose[1]
     os.utime(old.path, ns=(old.mtime_ns, old.mtime_ns))
     now = store.fs.get_file_info(old.path)
     assert (now.size, now.mtime_ns) == (old.size, old.mtime_ns)
-    removed, kept = store._remove_merged(batch)
+    removed, kept = compaction.remove_merged(store, batch)
     assert removed == 2 and kept == ["job-1"]
     assert store.part_files("runs") == [old.path]
     assert len(store.read("runs")) == 3 and store.query("SELECT count(*) AS n FROM runs")["n"].iloc[0] == 3
