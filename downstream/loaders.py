@@ -1,6 +1,6 @@
 """Where a downstream set's images come from: one reader per storage format.
 
-A reader (:class:`Source`) answers four questions about the data it found, without decoding an
+A reader (:class:`SetStorage`) answers four questions about the data it found, without decoding an
 image until asked: which splits the data has, the class names, the labels of a split (as class
 indices) and the encoded images of chosen rows of a split (bytes, or a file path). Splitting,
 carving, decoding, resizing and caching live in :mod:`downstream.sets`; this module only reads.
@@ -19,7 +19,7 @@ Formats:
   under ``label_key`` (``"cls"``), class names in ``classes.txt`` / ``classnames.txt`` /
   ``classes.json`` next to the shards.
 
-:func:`open_source` finds the data of a set entry (for ``real`` sets trying each conventional
+:func:`open_set_storage` finds the data of a set entry (for ``real`` sets trying each conventional
 place in turn) and raises :class:`DataNotFoundError` naming every place it looked and what to
 provide when there is none.
 """
@@ -58,7 +58,7 @@ class DataFormatError(ValueError):
     """The data was found but is not laid out as its format requires; the message says how."""
 
 
-class Source:
+class SetStorage:
     """The data of one set, opened lazily. Subclasses fill in the four questions."""
 
     kind: str = ""
@@ -86,8 +86,8 @@ class Source:
         return {"format": self.kind, "location": self.location}
 
 
-class _PathSource(Source):
-    """A source read from a folder on disk."""
+class _PathStorage(SetStorage):
+    """A set's storage read from a folder on disk."""
 
     def __init__(self, entry: "DownstreamSet", path: Path):
         self.entry = entry
@@ -117,7 +117,7 @@ def _map_names(set_name: str, found: list[str], override: tuple[str, ...] | None
 
 # --------------------------------------------------------------------------------------- Hugging Face
 
-class HFSource(Source):
+class HFStorage(SetStorage):
     """A DatasetDict from ``save_to_disk``, or the splits of a dataset in the local HF cache."""
 
     def __init__(self, entry: "DownstreamSet", kind: str, location: str, splits: dict[str, Any],
@@ -330,7 +330,7 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def open_saved(entry: "DownstreamSet", path: Path, kind: str = "hf_disk") -> HFSource:
+def open_saved(entry: "DownstreamSet", path: Path, kind: str = "hf_disk") -> HFStorage:
     """A dataset written by ``save_to_disk`` (a DatasetDict, or a single Dataset taken as ``train``)."""
     import datasets
 
@@ -340,7 +340,7 @@ def open_saved(entry: "DownstreamSet", path: Path, kind: str = "hf_disk") -> HFS
     dd = datasets.load_from_disk(str(path))
     splits = dict(dd) if isinstance(dd, datasets.DatasetDict) else {"train": dd}
     fp = (kind, str(path), _mtime(marker))
-    return HFSource(entry, kind, str(path), splits, fp)
+    return HFStorage(entry, kind, str(path), splits, fp)
 
 
 def hf_cache_dir() -> Path:
@@ -361,7 +361,7 @@ def hub_cache_path(hub_id: str, cache_dir: Path | None = None) -> Path:
     return (cache_dir or hf_cache_dir()) / "___".join(parts)
 
 
-def open_hub_cached(entry: "DownstreamSet", hub_id: str, config_name: str | None) -> HFSource | None:
+def open_hub_cached(entry: "DownstreamSet", hub_id: str, config_name: str | None) -> HFStorage | None:
     """The dataset ``hub_id`` as ``load_dataset`` left it in the local cache; None when it is not there.
 
     Reads the prepared Arrow files through ``datasets``' own cache builder, which is what
@@ -397,7 +397,7 @@ def open_hub_cached(entry: "DownstreamSet", hub_id: str, config_name: str | None
 
     splits = {s: loader(s) for s in names}
     fp = ("hf_hub", str(cache), _mtime(cache / "dataset_info.json"))
-    return HFSource(entry, "hf_hub", hub_id, splits, fp,
+    return HFStorage(entry, "hf_hub", hub_id, splits, fp,
                     extra={"config_name": builder.config.name, "cache": str(cache)})
 
 
@@ -419,7 +419,7 @@ def looks_like_imagefolder(path: Path) -> bool:
     return any(_subdirs(s) for s in _subdirs(path))
 
 
-class FolderSource(_PathSource):
+class FolderStorage(_PathStorage):
     """``<path>/<split>/<class name>/<image files>``."""
 
     kind = "imagefolder"
@@ -520,7 +520,7 @@ class _Shards:
     keys: list[str] = field(default_factory=list)
 
 
-class WdsSource(_PathSource):
+class WdsStorage(_PathStorage):
     """webdataset shards per split: ``<path>/<split>/*.tar`` or a brace pattern relative to ``<path>``."""
 
     kind = "wds"
@@ -691,7 +691,7 @@ def resolve_path(location: str, data_dir: Path) -> Path:
     return p if p.is_absolute() else data_dir / p
 
 
-def open_source(entry: "DownstreamSet", data_dir: Path) -> Source:
+def open_set_storage(entry: "DownstreamSet", data_dir: Path) -> SetStorage:
     """Open the data of a real or custom set; :class:`DataNotFoundError` lists every place looked."""
     looked: list[str] = []
     fmt = entry.format
@@ -703,20 +703,20 @@ def open_source(entry: "DownstreamSet", data_dir: Path) -> Source:
     path = resolve_path(entry.location, data_dir)
     if fmt == "imagefolder":
         if path.is_dir():
-            return FolderSource(entry, path)
+            return FolderStorage(entry, path)
         looked.append(f"{path} (an image folder <split>/<class name>/<images>): does not exist")
     elif fmt == "wds":
         if path.is_dir() or any(_is_pattern(s) for s in (entry.splits or {}).values() if s):
-            return WdsSource(entry, path)
+            return WdsStorage(entry, path)
         looked.append(f"{path} (webdataset shards <split>/*.tar): does not exist")
     elif fmt == "hf_disk":
         if is_saved_dataset(path):
             return open_saved(entry, path)
         if entry.origin == "real" and path.is_dir():
             if looks_like_imagefolder(path):
-                return FolderSource(entry, path)
+                return FolderStorage(entry, path)
             if any(sorted(d.glob("*.tar")) for d in _subdirs(path)):
-                return WdsSource(entry, path)
+                return WdsStorage(entry, path)
         state = "is not a saved dataset, an image folder or webdataset shards" if path.is_dir() else "does not exist"
         if entry.origin == "real":
             looked.append(f"{path} (a dataset saved with save_to_disk, an image folder <split>/<class name>/<images>, "
@@ -732,7 +732,7 @@ def open_source(entry: "DownstreamSet", data_dir: Path) -> Source:
     raise DataNotFoundError(_absent_message(entry, data_dir, looked, path))
 
 
-def _from_hub_cache(entry: "DownstreamSet", dataset_id: str, looked: list[str]) -> Source | None:
+def _from_hub_cache(entry: "DownstreamSet", dataset_id: str, looked: list[str]) -> SetStorage | None:
     """The set from the local Hugging Face cache (read offline), else None with the place noted in ``looked``."""
     src = open_hub_cached(entry, dataset_id, entry.config_name)
     if src is None:

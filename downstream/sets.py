@@ -437,9 +437,9 @@ def _carve_record(entry: DownstreamSet, stream: str) -> dict[str, Any]:
     return {"carved_from": "train", "fraction": fraction, "seed": entry.carve_seed, "stratified": True}
 
 
-def _map_splits(entry: DownstreamSet, source: loaders.Source) -> dict[str, str | None]:
-    """Our split -> the source's split name (None: carved from train)."""
-    available = source.split_names()
+def _map_splits(entry: DownstreamSet, storage: loaders.SetStorage) -> dict[str, str | None]:
+    """Our split -> the storage's split name (None: carved from train)."""
+    available = storage.split_names()
     explicit = dict(entry.splits or {})
     out: dict[str, str | None] = {}
     for s in SPLITS:
@@ -447,30 +447,30 @@ def _map_splits(entry: DownstreamSet, source: loaders.Source) -> dict[str, str |
             v = explicit[s]
             if v is not None and v not in available:
                 raise DataFormatError(f"downstream set {entry.name!r}: splits maps {s} to {v!r}, which "
-                                      f"{source.location} does not have; it has: {', '.join(available)}")
+                                      f"{storage.location} does not have; it has: {', '.join(available)}")
             out[s] = v
         else:
             out[s] = next((c for c in loaders.AUTO_SPLITS[s] if c in available and c not in explicit.values()), None)
     if out["train"] is None:
-        raise DataFormatError(f"downstream set {entry.name!r}: {source.location} has no training split (looked for "
+        raise DataFormatError(f"downstream set {entry.name!r}: {storage.location} has no training split (looked for "
                               f"{', '.join(loaders.AUTO_SPLITS['train'])}; it has: {', '.join(available)}); "
                               f"map one with splits: {{train: NAME}}")
     if entry.format == "world":
         missing = [s for s in SPLITS if out[s] is None]
         if missing:
-            raise DataFormatError(f"downstream set {entry.name!r} at {source.location} has no split {missing[0]!r}; "
+            raise DataFormatError(f"downstream set {entry.name!r} at {storage.location} has no split {missing[0]!r}; "
                                   f"it has: {', '.join(available)}; rebuild it with `tbench world`")
     return out
 
 
-def _rows(entry: DownstreamSet, source: loaders.Source, mapping: dict[str, str | None], split: str
+def _rows(entry: DownstreamSet, storage: loaders.SetStorage, mapping: dict[str, str | None], split: str
           ) -> tuple[str, np.ndarray]:
-    """(source split, row positions in it) of our ``split``."""
+    """(the storage's split name, row positions in it) of our ``split``."""
     src = mapping[split]
     if split != "train" and src is not None:
-        return src, np.arange(len(source.labels(src)), dtype=np.int64)
+        return src, np.arange(len(storage.labels(src)), dtype=np.int64)
     train = mapping["train"]
-    y = source.labels(train)
+    y = storage.labels(train)
     rows = np.arange(len(y), dtype=np.int64)
     if mapping["test"] is None:
         keep, test = carve_indices(y, entry.test_fraction, entry.carve_seed, "test")
@@ -597,7 +597,7 @@ def _check_split(entry: DownstreamSet, split: str) -> None:
                          f"valid splits: {', '.join(SPLITS)}")
 
 
-def _world_source(entry: DownstreamSet, data_root: str | Path) -> tuple[Path, Path]:
+def _world_set_path(entry: DownstreamSet, data_root: str | Path) -> tuple[Path, Path]:
     path = entry.directory(data_root)
     marker = path / "dataset_dict.json"
     if not marker.is_file():
@@ -606,13 +606,13 @@ def _world_source(entry: DownstreamSet, data_root: str | Path) -> tuple[Path, Pa
     return path.resolve(), marker
 
 
-def _open(entry: DownstreamSet, data_root: str | Path | None, data_dir: str | Path | None) -> loaders.Source:
+def _open(entry: DownstreamSet, data_root: str | Path | None, data_dir: str | Path | None) -> loaders.SetStorage:
     if entry.format == "world":
         if data_root is None:
             raise ValueError(f"downstream set {entry.name!r} lives in the embedded world: pass data_root")
-        path, _ = _world_source(entry, data_root)
+        path, _ = _world_set_path(entry, data_root)
         return loaders.open_saved(entry, path, kind="world")
-    return loaders.open_source(entry, _data_dir(data_dir))
+    return loaders.open_set_storage(entry, _data_dir(data_dir))
 
 
 def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | Path | None, *,
@@ -642,39 +642,39 @@ def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | 
     if entry.format == "world":
         if data_root is None:
             raise ValueError(f"downstream set {entry.name!r} lives in the embedded world: pass data_root")
-        path, marker = _world_source(entry, data_root)
+        path, marker = _world_set_path(entry, data_root)
         size = None
         key: tuple = ("world", entry.name, str(path), split, marker.stat().st_mtime_ns)
         hit = _cache_get(key)
         if hit is not None:
             return hit
-        source: loaders.Source = loaders.open_saved(entry, path, kind="world")
+        storage: loaders.SetStorage = loaders.open_saved(entry, path, kind="world")
     else:
-        source = loaders.open_source(entry, _data_dir(data_dir))
+        storage = loaders.open_set_storage(entry, _data_dir(data_dir))
         size = int(image_size) if image_size is not None else None
-        key = (entry.name, json.dumps(entry.to_config(docs=False), sort_keys=True), source.fingerprint(), split, size)
+        key = (entry.name, json.dumps(entry.to_config(docs=False), sort_keys=True), storage.fingerprint(), split, size)
         if resize:
             key += (json.dumps(resize, sort_keys=True),)
         hit = _cache_get(key)
         if hit is not None:
             return hit
-    data = _load(entry, source, split, size, resize)
+    data = _load(entry, storage, split, size, resize)
     _cache_put(key, data)
     return data
 
 
-def _load(entry: DownstreamSet, source: loaders.Source, split: str, size: int | None,
+def _load(entry: DownstreamSet, storage: loaders.SetStorage, split: str, size: int | None,
           resize: dict[str, Any] | None = None) -> SplitData:
-    mapping = _map_splits(entry, source)
-    src, rows = _rows(entry, source, mapping, split)
-    names = source.class_names()
-    labels = np.ascontiguousarray(source.labels(src)[rows], dtype=np.int64)
-    what = f"downstream set {entry.name!r} split {split!r} ({source.location})"
-    images = _decode_all(source.payloads(src, rows), size, what, resize)
+    mapping = _map_splits(entry, storage)
+    src, rows = _rows(entry, storage, mapping, split)
+    names = storage.class_names()
+    labels = np.ascontiguousarray(storage.labels(src)[rows], dtype=np.int64)
+    what = f"downstream set {entry.name!r} split {split!r} ({storage.location})"
+    images = _decode_all(storage.payloads(src, rows), size, what, resize)
     images.setflags(write=False)
     labels.setflags(write=False)
     info: dict[str, Any] = {"set": entry.name, "origin": entry.origin}
-    info.update(source.describe())
+    info.update(storage.describe())
     info.update({"split": split, "source_split": src, "num_examples": int(len(labels)), "num_classes": len(names),
                  "image_shape": [int(x) for x in images.shape[1:]]})
     info["preprocess"] = ({"resize_shorter_side": size, "center_crop": size, "interpolation": RESIZE_INTERPOLATION}
@@ -694,16 +694,16 @@ def split_info(name_or_entry: str | DownstreamSet, data_root: str | Path | None,
     records under ``"validation"`` / ``"test"`` when those splits were carved from train.
     """
     entry = resolve_set(name_or_entry)
-    source = _open(entry, data_root, data_dir)
-    mapping = _map_splits(entry, source)
-    names = source.class_names()
+    storage = _open(entry, data_root, data_dir)
+    mapping = _map_splits(entry, storage)
+    names = storage.class_names()
     out: dict[str, Any] = {"set": entry.name, "origin": entry.origin, "metric": entry.metric}
-    out.update(source.describe())
+    out.update(storage.describe())
     out.update({"num_classes": len(names), "class_names": list(names), "chance": entry.chance(len(names))})
     splits = {}
     for s in SPLITS:
-        src, rows = _rows(entry, source, mapping, s)
-        y = source.labels(src)[rows]
+        src, rows = _rows(entry, storage, mapping, s)
+        y = storage.labels(src)[rows]
         splits[s] = {"source_split": src, "count": int(len(rows)), "carved": mapping[s] is None,
                      "class_counts": [int(x) for x in np.bincount(y, minlength=len(names))]}
     out["splits"] = splits
