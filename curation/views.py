@@ -704,11 +704,53 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     ``checkpoints``: model name -> harness checkpoint of ``dedup`` steps with a declared ``model``
     (a ``model`` not in it is itself a checkpoint file).
     Idempotent (an existing view with the same config is returned as is) and atomic.
+
+    Three phases over one :class:`_Build`: :func:`_scan_phase` (every sample of every shard),
+    :func:`_select_phase` (the curation steps, the label check, the size subset and label noise)
+    and :func:`_write_phase` (shards or an index, sizes and the manifest, swapped into place).
     """
     if not isinstance(cfg, ViewConfig):
         raise TypeError(f"build_view expects a ViewConfig, got {type(cfg).__name__}")
-    data_root, out_dir = Path(data_root), Path(out_dir)
-    data_dir = Path(data_dir) if data_dir is not None else None
+    out_dir = Path(out_dir)
+    existing = _existing_view(cfg, out_dir)
+    if existing is not None:
+        return existing
+    b = _set_up(cfg, Path(data_root), Path(data_dir) if data_dir is not None else None, checkpoints)
+    _scan_phase(b, engine)
+    _select_phase(b, sets_config)
+    _write_phase(b, out_dir)
+    logger.info("view %s/%s: %d of %d requested (pool %d, funnel %s)", cfg.source_label, cfg.curation_name,
+                len(b.chosen), cfg.size, b.pool, b.funnel)
+    return json.loads((out_dir / MANIFEST).read_text())
+
+
+@dataclass
+class _Build:
+    """What :func:`build_view`'s phases share: set up, then filled in by scan, select and write."""
+
+    cfg: ViewConfig
+    data_root: Path
+    data_dir: Path | None
+    steps: tuple  # (step name, params) after validation, dedup models resolved to checkpoints
+    names: list[str]  # the steps' report names
+    vocab: list[str] | None  # the class vocabulary (None: no world.json and not needed)
+    own: list[str] | None  # the view's own classes (e.g. real.imagenet's), when it has them
+    engine: str = "local"
+    opened: dict[str, Any] = field(default_factory=dict)
+    skipped: Counter = field(default_factory=Counter)
+    table: Any = None  # scan: one row per sample
+    pool: int = 0
+    funnel: dict[str, int] = field(default_factory=dict)  # select: step -> samples removed, in step order
+    reports: Any = None
+    per_source: dict[str, dict[str, int]] = field(default_factory=dict)
+    chosen: Any = None  # select: the rows kept
+    clean: np.ndarray | None = None  # the chosen rows' labels before noise, and after
+    noisy: np.ndarray | None = None
+    labels: dict[str, Any] = field(default_factory=dict)  # label_accuracy, achieved_noise(_per_class)
+
+
+def _existing_view(cfg: ViewConfig, out_dir: Path) -> dict[str, Any] | None:
+    """The manifest of the view already at ``out_dir`` if it is ``cfg``'s; raise if the folder is not a view's."""
     mpath = out_dir / MANIFEST
     if mpath.is_file():
         try:
@@ -719,7 +761,11 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
             return existing
     if not replaceable_dir(out_dir, MANIFEST):
         raise FileExistsError(f"{out_dir} exists and is not a view folder (no {MANIFEST}); choose an empty folder")
+    return None
 
+
+def _set_up(cfg: ViewConfig, data_root: Path, data_dir: Path | None, checkpoints: dict[str, str] | None) -> _Build:
+    """Validate the steps and find the class vocabulary, before anything is read."""
     resolved = validate_steps(cfg.curation)
     steps = _dedup_checkpoints(tuple((e.name, p) for e, p in resolved), checkpoints)
     names = step_names(cfg.curation)
@@ -733,31 +779,51 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     if any(n == "caption_concept" and p.get("words") is None for n, p in steps) and vocab is None:
         raise ValueError("curation step caption_concept without 'words' uses the world's vocabulary, but "
                          f"{data_root / 'world.json'} is missing; give words: [...]")
+    return _Build(cfg, data_root, data_dir, steps, names, vocab, own)
 
-    opened = open_sources(cfg, data_root, data_dir)
-    tasks = _scan_tasks(cfg, opened, steps, vocab)
-    engine = resolve_engine(engine, len(tasks))
-    skipped: Counter = Counter()
-    table = scan(tasks, engine, skipped)
-    pool = len(table)
+
+def _scan_phase(b: _Build, engine: str) -> None:
+    """Open the sources and scan every shard (with ``engine``) into one table of samples."""
+    b.opened = open_sources(b.cfg, b.data_root, b.data_dir)
+    tasks = _scan_tasks(b.cfg, b.opened, b.steps, b.vocab)
+    b.engine = resolve_engine(engine, len(tasks))
+    b.table = scan(tasks, b.engine, b.skipped)
+    b.pool = len(b.table)
+
+
+def _select_phase(b: _Build, sets_config: dict | None) -> None:
+    """Run the curation steps, drop unlabelled samples, take the size subset and add label noise."""
+    cfg, steps = b.cfg, b.steps
     against = sorted({s for n, p in steps if n == "dedup" and p.get("model") is None for s in _against(p, cfg)})
-    references: dict = _reference_hashes(against, data_root, data_dir, sets_config) if against else {}
-    references.update(_reference_embeddings(steps, cfg, data_root, data_dir, sets_config))
-    alive, funnel, reports = select(table, cfg, steps, names, references=references)
-
-    labels = table["label"].to_numpy(np.int64) if pool else np.zeros(0, np.int64)
+    references: dict = _reference_hashes(against, b.data_root, b.data_dir, sets_config) if against else {}
+    references.update(_reference_embeddings(steps, cfg, b.data_root, b.data_dir, sets_config))
+    alive, b.funnel, b.reports = select(b.table, cfg, steps, b.names, references=references)
     if cfg.needs_labels:
-        from curation.sources import resolve_source
+        alive = _drop_unlabelled(b, alive)
+    chosen_idx = _take_subset(b, alive)
+    b.chosen = b.table.iloc[chosen_idx].reset_index(drop=True) if b.pool else b.table
+    if cfg.needs_labels:
+        _add_label_noise(b)
 
-        removed = alive & (labels < 0)
-        if any(resolve_source(name, cfg.sources).kind != "labelled" for name in cfg.weights):
-            funnel[LABEL_STEP] = int(removed.sum())
-        elif removed.any():  # a labelled source's class past the vocabulary (no num_classes declared to skip it)
-            funnel["invalid_label"] = int(removed.sum())
-        alive &= labels >= 0
-    # size subset: per source the lowest ranks; a mixture merges them by the divisor rule
-    src_col = table["source"].to_numpy() if pool else np.zeros(0, object)
-    rank = table["rank"].to_numpy() if pool else np.zeros(0, np.int64)
+
+def _drop_unlabelled(b: _Build, alive: np.ndarray) -> np.ndarray:
+    """``alive`` less the samples without a label, counted in the funnel."""
+    from curation.sources import resolve_source
+
+    labels = b.table["label"].to_numpy(np.int64) if b.pool else np.zeros(0, np.int64)
+    removed = alive & (labels < 0)
+    if any(resolve_source(name, b.cfg.sources).kind != "labelled" for name in b.cfg.weights):
+        b.funnel[LABEL_STEP] = int(removed.sum())
+    elif removed.any():  # a labelled source's class past the vocabulary (no num_classes declared to skip it)
+        b.funnel["invalid_label"] = int(removed.sum())
+    return alive & (labels >= 0)
+
+
+def _take_subset(b: _Build, alive: np.ndarray) -> np.ndarray:
+    """The size subset: per source the lowest ranks; a mixture merges them by the divisor rule."""
+    cfg, table = b.cfg, b.table
+    src_col = table["source"].to_numpy() if b.pool else np.zeros(0, object)
+    rank = table["rank"].to_numpy() if b.pool else np.zeros(0, np.int64)
     ranked = {name: np.nonzero(alive & (src_col == name))[0] for name in cfg.weights}
     ranked = {k: v[np.argsort(rank[v], kind="stable")] for k, v in ranked.items()}
     order = mixture_order({k: len(v) for k, v in ranked.items()}, cfg.weights)[:cfg.size]
@@ -765,82 +831,92 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     for k in order:
         take[k] += 1
     chosen_idx = np.sort(np.concatenate([ranked[k][:take[k]] for k in ranked] or [np.zeros(0, np.int64)]))
-    funnel[SUBSET_STEP] = int(alive.sum()) - len(chosen_idx)
+    b.funnel[SUBSET_STEP] = int(alive.sum()) - len(chosen_idx)
     if len(chosen_idx) < cfg.size:
         logger.warning("view %s/%s: %d samples survive curation, fewer than the %d requested",
                        cfg.source_label, cfg.curation_name, len(chosen_idx), cfg.size)
     requested = allocate(cfg.size, cfg.weights)
-    per_source = {name: {"pool_size": int((src_col == name).sum()), "size": int(take[name]),
-                         "requested_size": int(requested[name])} for name in cfg.weights}
+    b.per_source = {name: {"pool_size": int((src_col == name).sum()), "size": int(take[name]),
+                           "requested_size": int(requested[name])} for name in cfg.weights}
+    return chosen_idx
 
-    chosen = table.iloc[chosen_idx].reset_index(drop=True) if pool else table
-    keys = chosen["key"].tolist() if len(chosen) else []
-    label_accuracy = achieved = None
-    per_class_noise = None
-    noisy = clean = None
-    if cfg.needs_labels and len(chosen):
-        clean = chosen["label"].to_numpy(np.int64)
-        truth = chosen["truth"].to_numpy(np.int64)
-        if (truth >= 0).all():
-            label_accuracy = float((clean == truth).mean())
-        k = len(vocab)
-        partners = class_partners(k, {} if own is not None else read_concept_groups(data_root), vocab, cfg.seed)
-        noisy = add_label_noise(keys, clean, k, float(cfg.label_noise), cfg.seed, cfg.noise_model, partners)
-        achieved = float((noisy != clean).mean())
-        per_class_noise = {vocab[c]: round(float((noisy[clean == c] != c).mean()), 4)
-                           for c in np.unique(clean)}
-    elif cfg.needs_labels:
-        achieved = 0.0
 
+def _add_label_noise(b: _Build) -> None:
+    """The chosen rows' clean and noisy labels, and what the noise achieved (labelled views only)."""
+    b.labels = {"label_accuracy": None, "achieved_noise": 0.0, "achieved_noise_per_class": None}
+    if not len(b.chosen):
+        return
+    cfg, vocab = b.cfg, b.vocab
+    keys = b.chosen["key"].tolist()
+    clean = b.chosen["label"].to_numpy(np.int64)
+    truth = b.chosen["truth"].to_numpy(np.int64)
+    if (truth >= 0).all():
+        b.labels["label_accuracy"] = float((clean == truth).mean())
+    k = len(vocab)
+    partners = class_partners(k, {} if b.own is not None else read_concept_groups(b.data_root), vocab, cfg.seed)
+    noisy = add_label_noise(keys, clean, k, float(cfg.label_noise), cfg.seed, cfg.noise_model, partners)
+    b.labels["achieved_noise"] = float((noisy != clean).mean())
+    b.labels["achieved_noise_per_class"] = {vocab[c]: round(float((noisy[clean == c] != c).mean()), 4)
+                                            for c in np.unique(clean)}
+    b.clean, b.noisy = clean, noisy
+
+
+def _write_phase(b: _Build, out_dir: Path) -> None:
+    """Write the chosen samples (shards or an index), their sizes and the manifest; swap into place."""
+    cfg = b.cfg
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = out_dir.parent / f".{out_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     try:
         tmp.mkdir(parents=True)
         if cfg.materialize == "shards":
-            sizes = _write_shards(cfg, chosen, noisy, clean, tmp, opened, engine)
+            sizes = _write_shards(cfg, b.chosen, b.noisy, b.clean, tmp, b.opened, b.engine)
             shard_list = [f"{SHARDS_DIR}/{n}" for n in sorted(sizes)]
         else:
-            sizes = _write_index(chosen, noisy, clean, tmp)
+            sizes = _write_index(b.chosen, b.noisy, b.clean, tmp)
             shard_list = sorted(sizes)
         (tmp / SIZES_FILE).write_text(json.dumps(sizes, indent=1, sort_keys=True))
-        manifest = {
-            "version": VIEW_VERSION,
-            "config": cfg.to_dict(),
-            "source": cfg.source_label,
-            "mixture": cfg.to_dict()["mixture"],
-            "curation": cfg.curation_name,
-            "curation_steps": cfg.to_dict()["curation"],
-            "requested_size": cfg.size,
-            "size": int(len(chosen)),
-            "pool_size": int(pool),
-            "skipped_samples": sum(n for why, n in skipped.items() if why not in NOT_SAMPLE_REASONS),
-            "skipped": dict(sorted(skipped.items())),
-            "needs_labels": cfg.needs_labels,
-            "label_noise": float(cfg.label_noise),
-            "noise_model": cfg.noise_model,
-            "achieved_noise": achieved,
-            "achieved_noise_per_class": per_class_noise,
-            "label_accuracy": label_accuracy,
-            "num_classes": len(vocab) if vocab else 0,
-            "class_names": list(vocab) if vocab else [],
-            "funnel": funnel,
-            "steps": reports,
-            "per_source": per_source,
-            "seed": cfg.seed,
-            "materialize": cfg.materialize,
-            "engine": engine,
-            "shards": shard_list,
-        }
-        if pool - sum(funnel.values()) != len(chosen):  # pragma: no cover - an internal invariant
-            raise RuntimeError(f"view funnel does not add up: pool {pool}, removed {funnel}, kept {len(chosen)}")
+        manifest = _manifest(b, shard_list)
+        if b.pool - sum(b.funnel.values()) != len(b.chosen):  # pragma: no cover - an internal invariant
+            raise RuntimeError(f"view funnel does not add up: pool {b.pool}, removed {b.funnel}, "
+                               f"kept {len(b.chosen)}")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # key order kept: the funnel is in step order
         _swap_into_place(tmp, out_dir, cfg)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    logger.info("view %s/%s: %d of %d requested (pool %d, funnel %s)", cfg.source_label, cfg.curation_name,
-                len(chosen), cfg.size, pool, funnel)
-    return json.loads((out_dir / MANIFEST).read_text())
+
+
+def _manifest(b: _Build, shard_list: list[str]) -> dict[str, Any]:
+    """The view's ``manifest.json`` (key order is the file's)."""
+    cfg, vocab = b.cfg, b.vocab
+    return {
+        "version": VIEW_VERSION,
+        "config": cfg.to_dict(),
+        "source": cfg.source_label,
+        "mixture": cfg.to_dict()["mixture"],
+        "curation": cfg.curation_name,
+        "curation_steps": cfg.to_dict()["curation"],
+        "requested_size": cfg.size,
+        "size": int(len(b.chosen)),
+        "pool_size": int(b.pool),
+        "skipped_samples": sum(n for why, n in b.skipped.items() if why not in NOT_SAMPLE_REASONS),
+        "skipped": dict(sorted(b.skipped.items())),
+        "needs_labels": cfg.needs_labels,
+        "label_noise": float(cfg.label_noise),
+        "noise_model": cfg.noise_model,
+        "achieved_noise": b.labels.get("achieved_noise"),
+        "achieved_noise_per_class": b.labels.get("achieved_noise_per_class"),
+        "label_accuracy": b.labels.get("label_accuracy"),
+        "num_classes": len(vocab) if vocab else 0,
+        "class_names": list(vocab) if vocab else [],
+        "funnel": b.funnel,
+        "steps": b.reports,
+        "per_source": b.per_source,
+        "seed": cfg.seed,
+        "materialize": cfg.materialize,
+        "engine": b.engine,
+        "shards": shard_list,
+    }
 
 
 @dataclass(frozen=True)
