@@ -488,11 +488,7 @@ def write_report(
     """
     store = Store(store_root)
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    for prefix in FIGURE_PREFIXES:
-        for old in out.glob(f"{prefix}*.png"):
-            old.unlink()
-
+    _clear_figures(out)
     runs = _read(store, "runs")
     views = _read(store, "views")
     spectra = _read(store, "spectra")
@@ -500,31 +496,6 @@ def write_report(
 
     page_title = title or "transfer-bench report"
     now = _dt.datetime.now(_dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-
-    def scaling() -> str:
-        figures = _scaling_figures(runs_ok, out) if not runs_ok.empty else []
-        if not figures:
-            return empty_note("No data yet for scaling curves (no runs with status ok and a score).")
-        fig_html = [
-            "<p>Mean downstream <code>score</code> against pre-training samples (log scale), one line per "
-            "(source, method); panels are downstream sets (rows) × shots per class (columns). Bands: 95% "
-            "bootstrap intervals over pre-training seeds, then eval seeds within them. "
-            "Dashed: random-initialisation floor (<code>method = 'none'</code>); dotted: chance.</p>"
-        ]
-        pre = final_checkpoints(runs_ok)
-        pre = pre[(pre["method"].astype(object) != FLOOR_METHOD) & pre["pretrain_size"].notna()]
-        seeds = pre.groupby(["source", "method", "curation", "label_noise", "backbone", "pretrain_size"],
-                            dropna=False)["pretrain_seed"].nunique(dropna=False)
-        note = seed_note(seeds.astype(int).tolist())
-        if note:
-            fig_html.append(f'<p class="data">Bands of the pre-trained points: {html.escape(note)}.</p>')
-        for protocol, names, note in figures:
-            fig_html.append(f'<h3 id="scaling-{slug(protocol)}">{html.escape(protocol)}</h3>')
-            if not names:
-                fig_html.append(empty_note(f"No data yet to plot for {protocol}: {note}"))
-            for name in names:
-                fig_html.append(figure_html(name, f"scaling curves, {protocol}", note))
-        return "\n".join(fig_html)
 
     def summary() -> str:
         if runs_ok.empty:
@@ -540,7 +511,7 @@ def write_report(
 
     builders: list[tuple[str, str, Callable[[], str]]] = [
         ("overview", "Overview", lambda: _overview(runs, views)),
-        ("scaling", "Scaling curves", scaling),
+        ("scaling", "Scaling curves", lambda: _scaling_section(runs_ok, out)),
         ("multiplier", "Data multiplier", lambda: multiplier_section(runs_ok, out, multipliers, n_boot=n_boot)),
         ("fewshot", "Few-shot versus full data", lambda: fewshot_section(runs_ok, out)),
         ("heatmap", "Configurations × downstream sets", lambda: heatmap_section(runs_ok, out, heatmap_shots)),
@@ -555,13 +526,59 @@ def write_report(
         ("missing", "Missing and failed runs", missing_and_failed),
     ]
     sections = [(sid, name, _guarded(sid, build)) for sid, name, build in builders]
+    page = _page(page_title, store.root, now, sections)
+    index = out / "index.html"
+    tmp = out / ".index.html.tmp"
+    tmp.write_text(page, encoding="utf-8")
+    os.replace(tmp, index)
+    log.info("wrote report %s (%d figure(s))", index, page.count("<figure>"))
+    return index
+
+
+def _clear_figures(out: Path) -> None:
+    """Create ``out`` if needed and remove the figures an earlier report left there."""
+    out.mkdir(parents=True, exist_ok=True)
+    for prefix in FIGURE_PREFIXES:
+        for old in out.glob(f"{prefix}*.png"):
+            old.unlink()
+
+
+def _scaling_section(runs_ok: pd.DataFrame, out: Path) -> str:
+    """The scaling-curves section: the explanation, the seed note and one figure per protocol."""
+    figures = _scaling_figures(runs_ok, out) if not runs_ok.empty else []
+    if not figures:
+        return empty_note("No data yet for scaling curves (no runs with status ok and a score).")
+    fig_html = [
+        "<p>Mean downstream <code>score</code> against pre-training samples (log scale), one line per "
+        "(source, method); panels are downstream sets (rows) × shots per class (columns). Bands: 95% "
+        "bootstrap intervals over pre-training seeds, then eval seeds within them. "
+        "Dashed: random-initialisation floor (<code>method = 'none'</code>); dotted: chance.</p>"
+    ]
+    pre = final_checkpoints(runs_ok)
+    pre = pre[(pre["method"].astype(object) != FLOOR_METHOD) & pre["pretrain_size"].notna()]
+    seeds = pre.groupby(["source", "method", "curation", "label_noise", "backbone", "pretrain_size"],
+                        dropna=False)["pretrain_seed"].nunique(dropna=False)
+    note = seed_note(seeds.astype(int).tolist())
+    if note:
+        fig_html.append(f'<p class="data">Bands of the pre-trained points: {html.escape(note)}.</p>')
+    for protocol, names, note in figures:
+        fig_html.append(f'<h3 id="scaling-{slug(protocol)}">{html.escape(protocol)}</h3>')
+        if not names:
+            fig_html.append(empty_note(f"No data yet to plot for {protocol}: {note}"))
+        for name in names:
+            fig_html.append(figure_html(name, f"scaling curves, {protocol}", note))
+    return "\n".join(fig_html)
+
+
+def _page(page_title: str, store_root: str, now: str, sections: list[tuple[str, str, str]]) -> str:
+    """The whole HTML page: head, navigation, the sections-without-data line and the sections."""
     no_data = [name for _, name, content in sections if _only_empty(content)]
     status = (f'<p class="meta">Sections without data yet: {html.escape(", ".join(no_data))}.</p>'
               if no_data else "")
     nav = " ".join(f'<a href="#{sid}">{html.escape(name.split(":")[0])}</a>' for sid, name, _ in sections)
     body = "\n".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>\n{content}\n</section>'
                      for sid, name, content in sections)
-    page = f"""<!doctype html>
+    return f"""<!doctype html>
 <html lang="en">
 <head>
 <meta charset="utf-8">
@@ -573,19 +590,13 @@ def write_report(
 </head>
 <body>
 <h1>{html.escape(page_title)}</h1>
-<p class="meta">Store <code>{html.escape(store.root)}</code> · generated {now} · results schema v{SCHEMA_VERSION}</p>
+<p class="meta">Store <code>{html.escape(store_root)}</code> · generated {now} · results schema v{SCHEMA_VERSION}</p>
 <nav>{nav}</nav>
 {status}
 {body}
 </body>
 </html>
 """
-    index = out / "index.html"
-    tmp = out / ".index.html.tmp"
-    tmp.write_text(page, encoding="utf-8")
-    os.replace(tmp, index)
-    log.info("wrote report %s (%d figure(s))", index, page.count("<figure>"))
-    return index
 
 
 def _only_empty(content: str) -> bool:
