@@ -32,6 +32,7 @@ import logging
 import math
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -133,16 +134,52 @@ def _row_ylim(ds_name: str, shots: Sequence[float], cells: dict, floor_means: di
     return (lo, hi)
 
 
+@dataclass
+class _Scaling:
+    """What every protocol's scaling figure shares: the rows, the existing models' points, the
+    lines and their colours, and each set's chance level and metric."""
+
+    full: pd.DataFrame  # every final-checkpoint row with a score
+    df: pd.DataFrame  # those without an existing model, with their _line
+    models: pd.DataFrame
+    model_colours: dict[str, str]
+    all_lines: list[Line]
+    colours: dict[Line, Any]
+    chance: pd.Series
+    metric: pd.Series
+
+
+@dataclass
+class _ProtocolPlot:
+    """One protocol's figure data: its plottable rows, the models' points and the panel grid."""
+
+    protocol: str
+    pdf: pd.DataFrame
+    marks: pd.DataFrame
+    sets: list[str]
+    shots: list[float]
+    floor: pd.DataFrame
+    lines_here: list[Line]
+    cells: dict[tuple[str, float], _Cell]
+    floor_means: dict
+    xlim: tuple[float, float] | None
+
+
 def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, list[str], str]]:
     """Draw the scaling figures; returns (protocol, [png names], note) per protocol."""
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
-    from matplotlib.ticker import NullLocator
+    ctx = _scaling_context(runs_ok)
+    if ctx is None:
+        return []
+    return [_protocol_figures(ctx, str(protocol), protocol, out_dir)
+            for protocol in sorted(ctx.full["protocol"].dropna().unique())]
 
+
+def _scaling_context(runs_ok: pd.DataFrame) -> _Scaling | None:
+    """The final checkpoints' scored rows split into lines and model points; None without any."""
     df = final_checkpoints(runs_ok)
     df = df[df["score"].notna()]
     if df.empty:
-        return []
+        return None
     df = df.assign(_shots=df["shots"].map(shots_order))
     models = _model_points(df)  # existing models: reference points, not lines
     full, df = df, (df[df["model"].isna()] if "model" in df.columns else df)
@@ -152,130 +189,181 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
     variant_cols = varying(pre, VARIANT_COLUMNS)
     df = df.assign(_line=line_keys(df, variant_cols))
     all_lines = sorted(set(df.loc[pre.index, "_line"]), key=lambda ln: ln.label)
-    colours = colour_map(all_lines)
     chance = full.groupby("downstream")["chance"].mean()
     metric = full.groupby("downstream")["metric"].agg(lambda s: next((m for m in s if isinstance(m, str)), ""))
+    return _Scaling(full, df, models, model_colours, all_lines, colour_map(all_lines), chance, metric)
 
-    out: list[tuple[str, list[str], str]] = []
-    for protocol in sorted(full["protocol"].dropna().unique()):
-        every = df[df["protocol"] == protocol]
-        floor_mask = every["method"].astype(object) == FLOOR_METHOD
-        plottable = floor_mask | every["pretrain_size"].notna()
-        pdf = every[plottable & every["downstream"].notna()]
-        marks = models[models["protocol"] == protocol]
-        if pdf.empty and marks.empty:
-            out.append((str(protocol), [], f"{len(every)} row(s) but none with a pretrain_size to plot against."))
-            continue
-        sets = sorted(set(pdf["downstream"].unique()) | set(marks["downstream"]))
-        shots = sorted(set(pdf["_shots"].unique()) | set(marks["_shots"]))
-        curves = pdf[~floor_mask[pdf.index]]
-        floor = pdf[floor_mask[pdf.index]]
-        present = set(curves["_line"])
-        lines_here = [ln for ln in all_lines if ln in present]
-        cells = _aggregate_cells(curves)
-        floor_means = floor.groupby(["downstream", "_shots"])["score"].mean().to_dict()
-        if not lines_here and marks.empty:
-            out.append((str(protocol), [], f"{len(pdf)} row(s), all from the random-init encoder "
-                        "(no pre-training size to plot against)."))
-            continue
-        sizes = pd.concat([curves["pretrain_size"].dropna().astype(float), marks["size"].dropna().astype(float)])
-        sizes = sizes[sizes > 0]
-        xlim = (float(sizes.min()) / 1.4, float(sizes.max()) * 1.4) if not sizes.empty else None
-        names: list[str] = []
-        chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
-        for chunk_index, chunk in enumerate(chunks):
-            nrows, ncols = len(chunk), len(shots)
-            width = max(5.5, PANEL_SIZE[0] * ncols + 1.05)
-            # as many legend columns as the widest label lets fit across the figure
-            label_inches = 0.075 * max([len(ln.label) for ln in lines_here] + [len(n) + 12 for n in model_colours]) + 0.55
-            legend_cols = max(1, min(LEGEND_COLUMNS, int((width - 0.3) // label_inches)))
-            legend_rows = math.ceil((len(lines_here) + len(set(marks["model"])) + 2) / legend_cols)
-            margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
-            height = PANEL_SIZE[1] * nrows + margins["top"] + margins["bottom"]
-            # A fixed layout in inches: constrained layout measured every tick label of every
-            # panel and cost as much as the drawing itself on 60+ panel grids.
-            fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
-            fig.subplots_adjust(
-                left=margins["left"] / width,
-                right=1 - margins["right"] / width,
-                top=1 - margins["top"] / height,
-                bottom=margins["bottom"] / height,
-                wspace=0.06,
-                hspace=0.08,
-            )
-            # Axes are not shared and limits are set by hand: matplotlib's shared-axis autoscaling
-            # is quadratic in the number of panels and dominated the report's run time.
-            axes = fig.subplots(nrows, ncols, squeeze=False)
-            for r, ds_name in enumerate(chunk):
-                ylim = _row_ylim(ds_name, shots, cells, floor_means, chance.get(ds_name))
-                ys = marks.loc[marks["downstream"] == ds_name, "score"].dropna()
-                if not ys.empty:  # the models' points inside the row's range too
-                    pad = 0.03 * max(ylim[1] - ylim[0], 1e-3)
-                    ylim = (min(ylim[0], float(ys.min()) - pad), max(ylim[1], float(ys.max()) + pad))
-                for c, shot in enumerate(shots):
-                    ax = axes[r][c]
-                    ax.set_autoscale_on(False)
-                    if xlim is not None:
-                        log_size_axis(ax)
-                        ax.set_xlim(*xlim)
-                    ax.set_ylim(*ylim)
-                    drawn = cells.get((ds_name, shot), [])
-                    for line, x, mean, lo, hi in drawn:
-                        ax.plot(x, mean, color=colours[line], marker=marker(line.method),
-                                markersize=3.5, linewidth=1.4, label=line.label)
-                        ax.fill_between(x, lo, hi, color=colours[line], alpha=0.18, linewidth=0)
-                    _draw_models(ax, marks[(marks["downstream"] == ds_name) & (marks["_shots"] == shot)], model_colours)
-                    fl = floor_means.get((ds_name, shot))
-                    if fl is not None:
-                        ax.axhline(fl, color="0.35", linestyle="--", linewidth=1.1)
-                    ch = chance.get(ds_name)
-                    if ch is not None and not pd.isna(ch):
-                        ax.axhline(float(ch), color="0.2", linestyle=":", linewidth=1.0)
-                    if not drawn and fl is None and marks[marks["downstream"] == ds_name].empty:
-                        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center",
-                                color="0.5", fontsize=8)
-                    ax.tick_params(labelsize=7, labelleft=(c == 0), labelbottom=(r == nrows - 1))
-                    ax.grid(True, which="major", alpha=0.3, linewidth=0.5)
-                    ax.xaxis.set_minor_locator(NullLocator())
-                    if r == 0:
-                        ax.set_title(shots_title(shot), fontsize=9)
-                    if c == 0:
-                        label = ds_name if not metric.get(ds_name) else f"{ds_name}\n{metric[ds_name]}"
-                        ax.set_ylabel(label, fontsize=8)
-                    if r == nrows - 1:
-                        ax.set_xlabel("pre-training samples", fontsize=8)
-            handles = [
-                Line2D([], [], color=colours[ln], marker=marker(ln.method), markersize=4, label=ln.label)
-                for ln in lines_here
-            ]
-            for name in sorted(set(marks["model"])):
-                sized = marks.loc[marks["model"] == name, "size"].notna().any()
-                handles.append(Line2D([], [], color=model_colours[name], marker="*" if sized else None, markersize=8,
-                                      linestyle="none" if sized else "-.", label=f"model {name}"))
-            if not floor.empty:
-                handles.append(Line2D([], [], color="0.35", linestyle="--", label="random init (method none)"))
-            if chance.notna().any():
-                handles.append(Line2D([], [], color="0.2", linestyle=":", label="chance"))
-            suffix = f" ({chunk_index + 1}/{len(chunks)})" if len(chunks) > 1 else ""
-            fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11,
-                         y=1 - 0.12 / height, va="top")
-            if handles:
-                fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / height),
-                           ncol=min(len(handles), legend_cols), fontsize=8, frameon=False)
-            name = f"{_FIGURE_PREFIX}{slug(protocol)}" + (f"_{chunk_index + 1}" if len(chunks) > 1 else "") + ".png"
-            fig.savefig(out_dir / name)
-            names.append(name)
-        n_values = pdf.groupby(["downstream", "_shots", "pretrain_size", "_line"], dropna=False, sort=False).size()
-        skipped = len(every) - len(pdf)
-        note = (
-            (f"{skipped} row(s) without a pretrain_size not plotted; " if skipped else "")
-            + (f"existing models ({', '.join(sorted(set(marks['model'])))}): a star at their declared "
-               "pretrain_size (mean over seeds), a dash-dot line where none is declared; " if not marks.empty else "")
-            + f"{len(pdf)} rows, {len(sets)} set(s), {len(shots)} shot setting(s), {len(lines_here)} line(s); "
-            f"up to {int(n_values.max()) if len(n_values) else 0} values per point."
-        )
-        out.append((str(protocol), names, note))
-    return out
+
+def _protocol_figures(ctx: _Scaling, name: str, protocol: Any, out_dir: Path) -> tuple[str, list[str], str]:
+    """One protocol's figures (one per chunk of sets) and their note, or a note on why none."""
+    every = ctx.df[ctx.df["protocol"] == protocol]
+    floor_mask = every["method"].astype(object) == FLOOR_METHOD
+    plottable = floor_mask | every["pretrain_size"].notna()
+    pdf = every[plottable & every["downstream"].notna()]
+    marks = ctx.models[ctx.models["protocol"] == protocol]
+    if pdf.empty and marks.empty:
+        return (name, [], f"{len(every)} row(s) but none with a pretrain_size to plot against.")
+    curves = pdf[~floor_mask[pdf.index]]
+    present = set(curves["_line"])
+    lines_here = [ln for ln in ctx.all_lines if ln in present]
+    plot = _ProtocolPlot(
+        protocol=protocol,
+        pdf=pdf,
+        marks=marks,
+        sets=sorted(set(pdf["downstream"].unique()) | set(marks["downstream"])),
+        shots=sorted(set(pdf["_shots"].unique()) | set(marks["_shots"])),
+        floor=pdf[floor_mask[pdf.index]],
+        lines_here=lines_here,
+        cells=_aggregate_cells(curves),
+        floor_means=pdf[floor_mask[pdf.index]].groupby(["downstream", "_shots"])["score"].mean().to_dict(),
+        xlim=None,
+    )
+    if not lines_here and marks.empty:
+        return (name, [], f"{len(pdf)} row(s), all from the random-init encoder "
+                "(no pre-training size to plot against).")
+    sizes = pd.concat([curves["pretrain_size"].dropna().astype(float), marks["size"].dropna().astype(float)])
+    sizes = sizes[sizes > 0]
+    plot.xlim = (float(sizes.min()) / 1.4, float(sizes.max()) * 1.4) if not sizes.empty else None
+    sets = plot.sets
+    chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
+    names = [_draw_chunk(ctx, plot, chunk, chunk_index, len(chunks), out_dir)
+             for chunk_index, chunk in enumerate(chunks)]
+    return (name, names, _protocol_note(plot, len(every)))
+
+
+def _protocol_note(plot: _ProtocolPlot, n_every: int) -> str:
+    """The caption of a protocol's figures: rows left out, models, counts and values per point."""
+    pdf, marks = plot.pdf, plot.marks
+    n_values = pdf.groupby(["downstream", "_shots", "pretrain_size", "_line"], dropna=False, sort=False).size()
+    skipped = n_every - len(pdf)
+    return (
+        (f"{skipped} row(s) without a pretrain_size not plotted; " if skipped else "")
+        + (f"existing models ({', '.join(sorted(set(marks['model'])))}): a star at their declared "
+           "pretrain_size (mean over seeds), a dash-dot line where none is declared; " if not marks.empty else "")
+        + f"{len(pdf)} rows, {len(plot.sets)} set(s), {len(plot.shots)} shot setting(s), "
+        f"{len(plot.lines_here)} line(s); "
+        f"up to {int(n_values.max()) if len(n_values) else 0} values per point."
+    )
+
+
+def _draw_chunk(ctx: _Scaling, plot: _ProtocolPlot, chunk: list[str], chunk_index: int, n_chunks: int,
+                out_dir: Path) -> str:
+    """Draw one figure (a chunk of sets as rows, shots as columns) and save it; return its file name."""
+    fig, axes, legend_cols, height = _chunk_figure(ctx, plot, len(chunk))
+    nrows = len(chunk)
+    for r, ds_name in enumerate(chunk):
+        ylim = _row_ylim(ds_name, plot.shots, plot.cells, plot.floor_means, ctx.chance.get(ds_name))
+        ys = plot.marks.loc[plot.marks["downstream"] == ds_name, "score"].dropna()
+        if not ys.empty:  # the models' points inside the row's range too
+            pad = 0.03 * max(ylim[1] - ylim[0], 1e-3)
+            ylim = (min(ylim[0], float(ys.min()) - pad), max(ylim[1], float(ys.max()) + pad))
+        for c, shot in enumerate(plot.shots):
+            _draw_panel(axes[r][c], ctx, plot, ds_name, shot, ylim)
+            _label_panel(axes[r][c], ctx, ds_name, shot, r, c, nrows)
+    handles = _legend_handles(ctx, plot)
+    protocol = plot.protocol
+    suffix = f" ({chunk_index + 1}/{n_chunks})" if n_chunks > 1 else ""
+    fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11,
+                 y=1 - 0.12 / height, va="top")
+    if handles:
+        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / height),
+                   ncol=min(len(handles), legend_cols), fontsize=8, frameon=False)
+    name = f"{_FIGURE_PREFIX}{slug(protocol)}" + (f"_{chunk_index + 1}" if n_chunks > 1 else "") + ".png"
+    fig.savefig(out_dir / name)
+    return name
+
+
+def _chunk_figure(ctx: _Scaling, plot: _ProtocolPlot, nrows: int) -> tuple[Any, Any, int, float]:
+    """A figure of ``nrows`` x shots panels with room for the legend; (figure, axes, legend columns, height)."""
+    from matplotlib.figure import Figure
+
+    ncols = len(plot.shots)
+    width = max(5.5, PANEL_SIZE[0] * ncols + 1.05)
+    # as many legend columns as the widest label lets fit across the figure
+    label_inches = 0.075 * max([len(ln.label) for ln in plot.lines_here]
+                               + [len(n) + 12 for n in ctx.model_colours]) + 0.55
+    legend_cols = max(1, min(LEGEND_COLUMNS, int((width - 0.3) // label_inches)))
+    legend_rows = math.ceil((len(plot.lines_here) + len(set(plot.marks["model"])) + 2) / legend_cols)
+    margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
+    height = PANEL_SIZE[1] * nrows + margins["top"] + margins["bottom"]
+    # A fixed layout in inches: constrained layout measured every tick label of every
+    # panel and cost as much as the drawing itself on 60+ panel grids.
+    fig = Figure(figsize=(width, height), dpi=FIGURE_DPI)
+    fig.subplots_adjust(
+        left=margins["left"] / width,
+        right=1 - margins["right"] / width,
+        top=1 - margins["top"] / height,
+        bottom=margins["bottom"] / height,
+        wspace=0.06,
+        hspace=0.08,
+    )
+    # Axes are not shared and limits are set by hand: matplotlib's shared-axis autoscaling
+    # is quadratic in the number of panels and dominated the report's run time.
+    axes = fig.subplots(nrows, ncols, squeeze=False)
+    return fig, axes, legend_cols, height
+
+
+def _draw_panel(ax: Any, ctx: _Scaling, plot: _ProtocolPlot, ds_name: str, shot: float,
+                ylim: tuple[float, float]) -> None:
+    """One panel's data: the lines with their bands, the models, the floor and chance."""
+    ax.set_autoscale_on(False)
+    if plot.xlim is not None:
+        log_size_axis(ax)
+        ax.set_xlim(*plot.xlim)
+    ax.set_ylim(*ylim)
+    drawn = plot.cells.get((ds_name, shot), [])
+    for line, x, mean, lo, hi in drawn:
+        ax.plot(x, mean, color=ctx.colours[line], marker=marker(line.method),
+                markersize=3.5, linewidth=1.4, label=line.label)
+        ax.fill_between(x, lo, hi, color=ctx.colours[line], alpha=0.18, linewidth=0)
+    marks = plot.marks
+    _draw_models(ax, marks[(marks["downstream"] == ds_name) & (marks["_shots"] == shot)], ctx.model_colours)
+    fl = plot.floor_means.get((ds_name, shot))
+    if fl is not None:
+        ax.axhline(fl, color="0.35", linestyle="--", linewidth=1.1)
+    ch = ctx.chance.get(ds_name)
+    if ch is not None and not pd.isna(ch):
+        ax.axhline(float(ch), color="0.2", linestyle=":", linewidth=1.0)
+    if not drawn and fl is None and marks[marks["downstream"] == ds_name].empty:
+        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center",
+                color="0.5", fontsize=8)
+
+
+def _label_panel(ax: Any, ctx: _Scaling, ds_name: str, shot: float, r: int, c: int, nrows: int) -> None:
+    """Ticks, grid and the titles of the grid's outer panels."""
+    from matplotlib.ticker import NullLocator
+
+    ax.tick_params(labelsize=7, labelleft=(c == 0), labelbottom=(r == nrows - 1))
+    ax.grid(True, which="major", alpha=0.3, linewidth=0.5)
+    ax.xaxis.set_minor_locator(NullLocator())
+    if r == 0:
+        ax.set_title(shots_title(shot), fontsize=9)
+    if c == 0:
+        metric = ctx.metric
+        label = ds_name if not metric.get(ds_name) else f"{ds_name}\n{metric[ds_name]}"
+        ax.set_ylabel(label, fontsize=8)
+    if r == nrows - 1:
+        ax.set_xlabel("pre-training samples", fontsize=8)
+
+
+def _legend_handles(ctx: _Scaling, plot: _ProtocolPlot) -> list[Any]:
+    """The legend: one entry per line, per existing model, the floor and chance where drawn."""
+    from matplotlib.lines import Line2D
+
+    colours, marks = ctx.colours, plot.marks
+    handles = [
+        Line2D([], [], color=colours[ln], marker=marker(ln.method), markersize=4, label=ln.label)
+        for ln in plot.lines_here
+    ]
+    for name in sorted(set(marks["model"])):
+        sized = marks.loc[marks["model"] == name, "size"].notna().any()
+        handles.append(Line2D([], [], color=ctx.model_colours[name], marker="*" if sized else None, markersize=8,
+                              linestyle="none" if sized else "-.", label=f"model {name}"))
+    if not plot.floor.empty:
+        handles.append(Line2D([], [], color="0.35", linestyle="--", label="random init (method none)"))
+    if ctx.chance.notna().any():
+        handles.append(Line2D([], [], color="0.2", linestyle=":", label="chance"))
+    return handles
 
 
 def _model_points(df: pd.DataFrame) -> pd.DataFrame:
