@@ -246,96 +246,176 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     accel.check_precision(precision)
 
     with torch_threads(num_threads):
-        mean, std = meta_stats(meta, device)
-        # Training images stay on a GPU when they fit (batches are then indexed there), else pinned.
-        x_train = accel.resident(prepare_images(train[0], size, **resize), device)
-        x_val = accel.pinned(prepare_images(validation[0], size, **resize), device)
-        y_train = torch.from_numpy(train[1]).to(device)
-        if weights is not None:
-            weights = weights.to(device)
-        n = len(y_train)
-        batch_size = min(cfg.batch_size, n)
-        steps_per_epoch = len(_batches(n, batch_size, torch.Generator().manual_seed(0)))
-        epochs = cfg.epochs_for(steps_per_epoch)
-        total_steps = epochs * steps_per_epoch
-        warmup = min(cfg.warmup_steps, math.ceil(cfg.warmup_fraction * total_steps))
-        pad = size // 8 if cfg.augment else 0
-
+        run = _set_up(encoder, meta, train, validation, cfg, device, weights, bn_frozen, size=size, resize=resize,
+                      precision=precision, metric=metric, num_classes=int(num_classes), head_init=head_init,
+                      feature_dim=feature_dim)
         started = time.perf_counter()
-        best: dict[str, Any] | None = None
-        start_point: dict[str, Any] | None = None
-        if head_init is not None:  # the starting point is a candidate: selection never falls below it
-            model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)),
-                                        device)
-            val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device, precision)
-            start_point = {"epoch": 0, "train_loss": float("nan"), "val_score": val["score"], "val_top1": val["top1"],
-                           "val_loss": val["loss"], "lr": 0.0, "last_lr": 0.0, "seconds": 0.0}
-            best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
+        start_point, best = _start_point(run)
         per_lr: list[dict[str, Any]] = []
         for lr in cfg.lrs:
-            gen = torch.Generator().manual_seed(int(cfg.seed))
-            model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes, head_init)),
-                                        device)
-            opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=float(lr), **adamw_kwargs(device))
-            sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(warmup, total_steps))
-            curve: list[dict[str, Any]] = [dict(start_point, lr=float(lr))] if start_point is not None else []
-            lr_best: tuple[int, float] | None = None
-            for epoch in range(1, epochs + 1):
-                t0 = time.perf_counter()
-                _set_train(model, bn_frozen)
-                loss_sum = torch.zeros((), device=device)
-                for idx in _batches(n, batch_size, gen):
-                    xb = accel.to_device(x_train[idx.to(x_train.device)], device)
-                    if cfg.augment:
-                        xb = augment_batch(xb, gen, pad)  # on the device, the whole batch at once
-                    xb = accel.images_layout(normalise(xb, mean, std))
-                    yb = y_train[idx.to(device)]
-                    with accel.autocast(device, precision):
-                        loss = F.cross_entropy(model(xb).float(), yb, weight=weights)
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-                    opt.step()
-                    sched.step()
-                    loss_sum += loss.detach() * len(idx)
-                train_loss = float(loss_sum) / n  # one host sync per epoch, not per step
-                if not math.isfinite(train_loss):
-                    log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
-                val = _evaluate(model, x_val, validation[1], mean, std, metric, cfg.eval_batch_size, device, precision)
-                curve.append({"epoch": epoch, "train_loss": train_loss, "val_score": val["score"],
-                              "val_top1": val["top1"],
-                              "val_loss": val["loss"], "lr": float(lr), "last_lr": float(sched.get_last_lr()[0]),
-                              "seconds": time.perf_counter() - t0})
-                log.debug("finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch,
-                          train_loss, metric, val["score"])
-                if lr_best is None or val["score"] > lr_best[1]:
-                    lr_best = (epoch, val["score"])
-                if best is None or val["score"] > best["val_score"]:
-                    best = {"lr": float(lr), "epoch": epoch, "val_score": val["score"], "state": _snapshot(model)}
-                if best["lr"] == float(lr):
-                    best["curve"] = curve
-            if best.get("curve") is None:  # the starting point leads: keep the first lr's curve for plots
-                best["curve"] = curve
-            per_lr.append({"lr": float(lr), "best_epoch": lr_best[0], "best_val_score": lr_best[1]})
+            best = _train_lr(run, float(lr), start_point, best, per_lr)
         train_seconds = time.perf_counter() - started
 
         if best is None:  # unreachable: at least one lr and one epoch ran
             raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
         t0 = time.perf_counter()
-        model = accel.prepare_model(nn.Sequential(copy.deepcopy(encoder), _head(feature_dim, num_classes)), device)
-        model.load_state_dict(best["state"])
-        test_metrics = _evaluate(model, prepare_images(test[0], size, **resize), test[1], mean, std, metric,
-                                 cfg.eval_batch_size, device, precision)
+        test_metrics = _test_selected(run, best, test)
         eval_seconds = time.perf_counter() - t0
 
-    hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": epochs,
-               "epochs_requested": cfg.epochs, "min_steps": cfg.min_steps, "steps_per_epoch": steps_per_epoch,
-               "batch_size": batch_size, "weight_decay": cfg.weight_decay, "warmup_steps": warmup,
-               "total_steps": total_steps, "grad_clip": cfg.grad_clip, "augment": cfg.augment,
+    hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": run.epochs,
+               "epochs_requested": cfg.epochs, "min_steps": cfg.min_steps, "steps_per_epoch": run.steps_per_epoch,
+               "batch_size": run.batch_size, "weight_decay": cfg.weight_decay, "warmup_steps": run.warmup,
+               "total_steps": run.total_steps, "grad_clip": cfg.grad_clip, "augment": cfg.augment,
                "bn": "frozen" if bn_frozen else "train", "selected_start": best["epoch"] == 0,
                "start_val_score": None if start_point is None else start_point["val_score"],
-               "num_train": n, "per_lr": per_lr, "head_init": "zero" if head_init is None else "given",
+               "num_train": run.n, "per_lr": per_lr, "head_init": "zero" if head_init is None else "given",
                "class_weight": class_weight}
     return FinetuneResult(lr=best["lr"], epoch=best["epoch"], val_score=best["val_score"], test=test_metrics,
                           curve=best["curve"], per_lr=per_lr, train_seconds=train_seconds,
                           eval_seconds=eval_seconds, hparams=hparams)
+
+
+@dataclass
+class _Tuning:
+    """What every lr's training shares: the prepared images, the schedule and the settings."""
+
+    encoder: nn.Module
+    cfg: FinetuneConfig
+    device: torch.device
+    precision: str
+    metric: str
+    num_classes: int
+    feature_dim: int
+    head_init: tuple[np.ndarray, np.ndarray] | None
+    size: int
+    resize: dict[str, Any]
+    mean: torch.Tensor
+    std: torch.Tensor
+    x_train: torch.Tensor
+    y_train: torch.Tensor
+    x_val: torch.Tensor
+    val_labels: np.ndarray
+    weights: torch.Tensor | None
+    bn_frozen: bool
+    n: int
+    batch_size: int
+    steps_per_epoch: int
+    epochs: int
+    total_steps: int
+    warmup: int
+    pad: int
+
+
+def _set_up(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
+            validation: tuple[np.ndarray, np.ndarray], cfg: FinetuneConfig, device: torch.device,
+            weights: torch.Tensor | None, bn_frozen: bool, **settings: Any) -> _Tuning:
+    """Prepare the training and validation images on the device and derive the schedule."""
+    size, resize = settings["size"], settings["resize"]
+    mean, std = meta_stats(meta, device)
+    # Training images stay on a GPU when they fit (batches are then indexed there), else pinned.
+    x_train = accel.resident(prepare_images(train[0], size, **resize), device)
+    x_val = accel.pinned(prepare_images(validation[0], size, **resize), device)
+    y_train = torch.from_numpy(train[1]).to(device)
+    if weights is not None:
+        weights = weights.to(device)
+    n = len(y_train)
+    batch_size = min(cfg.batch_size, n)
+    steps_per_epoch = len(_batches(n, batch_size, torch.Generator().manual_seed(0)))
+    epochs = cfg.epochs_for(steps_per_epoch)
+    total_steps = epochs * steps_per_epoch
+    warmup = min(cfg.warmup_steps, math.ceil(cfg.warmup_fraction * total_steps))
+    return _Tuning(encoder=encoder, cfg=cfg, device=device, mean=mean, std=std,
+                   x_train=x_train, y_train=y_train, x_val=x_val, val_labels=validation[1], weights=weights,
+                   bn_frozen=bn_frozen, n=n, batch_size=batch_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                   total_steps=total_steps, warmup=warmup, pad=size // 8 if cfg.augment else 0, **settings)
+
+
+def _new_model(run: _Tuning, head_init: tuple[np.ndarray, np.ndarray] | None) -> nn.Module:
+    """A copy of the encoder with a fresh head, on the device."""
+    return accel.prepare_model(nn.Sequential(copy.deepcopy(run.encoder),
+                                             _head(run.feature_dim, run.num_classes, head_init)), run.device)
+
+
+def _validate(run: _Tuning, model: nn.Module) -> dict[str, float]:
+    cfg = run.cfg
+    return _evaluate(model, run.x_val, run.val_labels, run.mean, run.std, run.metric, cfg.eval_batch_size,
+                     run.device, run.precision)
+
+
+def _start_point(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    """With ``head_init``, the starting point (epoch 0) as a curve row and the first candidate."""
+    if run.head_init is None:
+        return None, None
+    # the starting point is a candidate: selection never falls below it
+    model = _new_model(run, run.head_init)
+    val = _validate(run, model)
+    start_point = {"epoch": 0, "train_loss": float("nan"), "val_score": val["score"], "val_top1": val["top1"],
+                   "val_loss": val["loss"], "lr": 0.0, "last_lr": 0.0, "seconds": 0.0}
+    best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
+    return start_point, best
+
+
+def _train_lr(run: _Tuning, lr: float, start_point: dict[str, Any] | None, best: dict[str, Any] | None,
+              per_lr: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """Train one lr for every epoch, validating each; append its best epoch to ``per_lr`` and
+    return the best candidate so far (``best`` or one of this lr's epochs)."""
+    cfg = run.cfg
+    gen = torch.Generator().manual_seed(int(cfg.seed))
+    model = _new_model(run, run.head_init)
+    opt = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=lr, **adamw_kwargs(run.device))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, cosine_with_warmup(run.warmup, run.total_steps))
+    curve: list[dict[str, Any]] = [dict(start_point, lr=lr)] if start_point is not None else []
+    lr_best: tuple[int, float] | None = None
+    for epoch in range(1, run.epochs + 1):
+        t0 = time.perf_counter()
+        train_loss = _train_epoch(run, model, opt, sched, gen)
+        if not math.isfinite(train_loss):
+            log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
+        val = _validate(run, model)
+        curve.append({"epoch": epoch, "train_loss": train_loss, "val_score": val["score"],
+                      "val_top1": val["top1"],
+                      "val_loss": val["loss"], "lr": lr, "last_lr": float(sched.get_last_lr()[0]),
+                      "seconds": time.perf_counter() - t0})
+        log.debug("finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch,
+                  train_loss, run.metric, val["score"])
+        if lr_best is None or val["score"] > lr_best[1]:
+            lr_best = (epoch, val["score"])
+        if best is None or val["score"] > best["val_score"]:
+            best = {"lr": lr, "epoch": epoch, "val_score": val["score"], "state": _snapshot(model)}
+        if best["lr"] == lr:
+            best["curve"] = curve
+    if best.get("curve") is None:  # the starting point leads: keep the first lr's curve for plots
+        best["curve"] = curve
+    per_lr.append({"lr": lr, "best_epoch": lr_best[0], "best_val_score": lr_best[1]})
+    return best
+
+
+def _train_epoch(run: _Tuning, model: nn.Module, opt: torch.optim.Optimizer,
+                 sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> float:
+    """One epoch of optimisation steps over shuffled (and augmented) batches; the mean train loss."""
+    cfg, device = run.cfg, run.device
+    _set_train(model, run.bn_frozen)
+    loss_sum = torch.zeros((), device=device)
+    for idx in _batches(run.n, run.batch_size, gen):
+        xb = accel.to_device(run.x_train[idx.to(run.x_train.device)], device)
+        if cfg.augment:
+            xb = augment_batch(xb, gen, run.pad)  # on the device, the whole batch at once
+        xb = accel.images_layout(normalise(xb, run.mean, run.std))
+        yb = run.y_train[idx.to(device)]
+        with accel.autocast(device, run.precision):
+            loss = F.cross_entropy(model(xb).float(), yb, weight=run.weights)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        sched.step()
+        loss_sum += loss.detach() * len(idx)
+    return float(loss_sum) / run.n  # one host sync per epoch, not per step
+
+
+def _test_selected(run: _Tuning, best: dict[str, Any], test: tuple[np.ndarray, np.ndarray]) -> dict[str, float]:
+    """The selected weights' metrics on the test split."""
+    model = _new_model(run, None)
+    model.load_state_dict(best["state"])
+    return _evaluate(model, prepare_images(test[0], run.size, **run.resize), test[1], run.mean, run.std, run.metric,
+                     run.cfg.eval_batch_size, run.device, run.precision)
