@@ -16,6 +16,7 @@ import math
 import textwrap
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -82,18 +83,91 @@ def inspect_source(opened: OpenedSource, out_dir: str | Path, *, sample: int = 6
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     seen0, skipped0 = Counter(opened.seen), Counter(opened.skipped)
-    rng = np.random.default_rng(seed)
-    reservoir: list[tuple[int, dict[str, Any]]] = []
-    words: list[int] = []
-    width, height = [], []
-    size_from = Counter()
-    orig_w, orig_h = [], []
-    sims: list[float] = []
-    labels: Counter = Counter()
-    langs: Counter = Counter()
-    json_cov: Counter = Counter()
-    shards_seen: set[str] = set()
-    n = 0
+    tally = _Tally(sample=sample, rng=np.random.default_rng(seed))
+    complete = _scan(opened, tally, max_samples, progress, seen0)
+    result = _figures(opened, tally, seen0, skipped0, complete, max_samples)
+    n, reservoir = tally.n, tally.reservoir
+    sheet = write_contact_sheet([x for _, x in sorted(reservoir, key=lambda t: t[0])], out / CONTACT_SHEET,
+                                title=f"{opened.name}: {len(reservoir)} of {n} samples (seed {seed})")
+    result["contact_sheet"] = sheet
+    result["seconds"] = round(time.perf_counter() - t0, 3)
+    (out / INSPECT_FILE).write_text(json.dumps(result, indent=1, sort_keys=True))
+    result["inspect_json"] = str(out / INSPECT_FILE)
+    return result
+
+
+@dataclass
+class _Tally:
+    """What a scan collects per valid sample, and the contact sheet's reservoir."""
+
+    sample: int
+    rng: np.random.Generator
+    reservoir: list[tuple[int, dict[str, Any]]] = field(default_factory=list)
+    words: list[int] = field(default_factory=list)
+    width: list[float] = field(default_factory=list)
+    height: list[float] = field(default_factory=list)
+    size_from: Counter = field(default_factory=Counter)
+    orig_w: list[float] = field(default_factory=list)
+    orig_h: list[float] = field(default_factory=list)
+    sims: list[float] = field(default_factory=list)
+    labels: Counter = field(default_factory=Counter)
+    langs: Counter = field(default_factory=Counter)
+    json_cov: Counter = field(default_factory=Counter)
+    shards_seen: set[str] = field(default_factory=set)
+    n: int = 0
+
+    def add(self, s: dict[str, Any]) -> None:
+        """Count one valid sample and offer it to the reservoir."""
+        self.shards_seen.add(s["url"])
+        meta = s["json"]
+        for k in JSON_KEYS:
+            self.json_cov[k] += k in meta
+        if s["txt"] is not None:
+            self.words.append(len(s["txt"].split()))
+        self._add_size(s, meta)
+        ow, oh = _number(meta.get("original_width")), _number(meta.get("original_height"))
+        if ow is not None and oh is not None:
+            self.orig_w.append(ow)
+            self.orig_h.append(oh)
+        sim = _number(meta.get("similarity"))
+        if sim is not None:
+            self.sims.append(sim)
+        if s["cls"] is not None:
+            self.labels[s["cls"]] += 1
+        if isinstance(meta.get("lang"), str):
+            self.langs[meta["lang"]] += 1
+        self._offer({"key": s["key"], "image": s["image"], "txt": s["txt"], "cls": s["cls"]})
+        self.n += 1
+
+    def _add_size(self, s: dict[str, Any], meta: dict[str, Any]) -> None:
+        """The image size from the json, else from the image's header."""
+        w, h = _number(meta.get("width")), _number(meta.get("height"))
+        if w is not None and h is not None:
+            self.size_from["json"] += 1
+        else:
+            wh = _header_size(s["image"])
+            if wh is None:
+                self.size_from["unreadable"] += 1
+            else:
+                self.size_from["header"] += 1
+                w, h = wh
+        if w is not None and h is not None:
+            self.width.append(w)
+            self.height.append(h)
+
+    def _offer(self, keep: dict[str, Any]) -> None:
+        """Reservoir sampling (seeded) of the contact sheet's samples."""
+        sample, n = self.sample, self.n
+        if len(self.reservoir) < sample:
+            self.reservoir.append((n, keep))
+        elif sample:
+            j = int(self.rng.integers(0, n + 1))
+            if j < sample:
+                self.reservoir[j] = (n, keep)
+
+
+def _scan(opened: OpenedSource, tally: _Tally, max_samples: int | None, progress: bool, seen0: Counter) -> bool:
+    """Read the source's samples into ``tally``, with a progress bar if asked; whether it read them all."""
     complete = True
     bar = None
     if progress:
@@ -104,65 +178,36 @@ def inspect_source(opened: OpenedSource, out_dir: str | Path, *, sample: int = 6
         bar.start()
     try:
         for s in opened.iter_samples():
-            shards_seen.add(s["url"])
-            meta = s["json"]
-            for k in JSON_KEYS:
-                json_cov[k] += k in meta
-            if s["txt"] is not None:
-                words.append(len(s["txt"].split()))
-            w, h = _number(meta.get("width")), _number(meta.get("height"))
-            if w is not None and h is not None:
-                size_from["json"] += 1
-            else:
-                wh = _header_size(s["image"])
-                if wh is None:
-                    size_from["unreadable"] += 1
-                else:
-                    size_from["header"] += 1
-                    w, h = wh
-            if w is not None and h is not None:
-                width.append(w)
-                height.append(h)
-            ow, oh = _number(meta.get("original_width")), _number(meta.get("original_height"))
-            if ow is not None and oh is not None:
-                orig_w.append(ow)
-                orig_h.append(oh)
-            sim = _number(meta.get("similarity"))
-            if sim is not None:
-                sims.append(sim)
-            if s["cls"] is not None:
-                labels[s["cls"]] += 1
-            if isinstance(meta.get("lang"), str):
-                langs[meta["lang"]] += 1
-            keep = {"key": s["key"], "image": s["image"], "txt": s["txt"], "cls": s["cls"]}
-            if len(reservoir) < sample:
-                reservoir.append((n, keep))
-            elif sample:
-                j = int(rng.integers(0, n + 1))
-                if j < sample:
-                    reservoir[j] = (n, keep)
-            n += 1
+            tally.add(s)
             if bar is not None:
                 bar.update(task, advance=1)
-            if max_samples is not None and n >= max_samples:
+            if max_samples is not None and tally.n >= max_samples:
                 complete = opened.seen["samples"] - seen0["samples"] >= opened.num_samples
                 break
     finally:
         if bar is not None:
             bar.stop()
+    return complete
+
+
+def _figures(opened: OpenedSource, t: _Tally, seen0: Counter, skipped0: Counter, complete: bool,
+             max_samples: int | None) -> dict[str, Any]:
+    """The inspection's figures (``inspect.json`` but for the contact sheet, timing and path)."""
+    n = t.n
     seen = opened.seen - seen0
     raw = seen["samples"]
     coverage = {f: (seen[f] / raw if raw else 0.0) for f in ("image", "txt", "json", "cls")}
-    coverage.update({f"json.{k}": (json_cov[k] / n if n else 0.0) for k in JSON_KEYS})
-    shorter = np.minimum(width, height) if width else []
+    coverage.update({f"json.{k}": (t.json_cov[k] / n if n else 0.0) for k in JSON_KEYS})
+    shorter = np.minimum(t.width, t.height) if t.width else []
+    orig_w, orig_h = t.orig_w, t.orig_h
     orig_short = np.minimum(orig_w, orig_h) if orig_w else []
     orig_aspect = (np.maximum(orig_w, orig_h) / np.maximum(1, np.minimum(orig_w, orig_h))) if orig_w else []
-    result: dict[str, Any] = {
+    return {
         "source": opened.name,
         "kind": opened.kind,
         "location": opened.location,
         "shards": opened.num_shards,
-        "shards_scanned": len(shards_seen),
+        "shards_scanned": len(t.shards_seen),
         "num_samples": opened.num_samples,
         "counted_by": opened.counted_by,
         "samples_read": raw,
@@ -170,26 +215,19 @@ def inspect_source(opened: OpenedSource, out_dir: str | Path, *, sample: int = 6
         "complete": complete,
         "max_samples": max_samples,
         "coverage": coverage,
-        "caption_words": distribution(words),
-        "image_size": {"width": distribution(width), "height": distribution(height),
-                       "shorter_side": distribution(shorter), "from": dict(size_from)},
+        "caption_words": distribution(t.words),
+        "image_size": {"width": distribution(t.width), "height": distribution(t.height),
+                       "shorter_side": distribution(shorter), "from": dict(t.size_from)},
         "original_size": ({"width": distribution(orig_w), "height": distribution(orig_h),
                            "shorter_side": distribution(orig_short), "aspect_ratio": distribution(orig_aspect),
                            "aspect_over_3": float(np.mean(np.asarray(orig_aspect) > 3.0))} if orig_w else None),
-        "similarity": distribution(sims),
-        "languages": dict(sorted(langs.items(), key=lambda kv: -kv[1])) or None,
-        "labels": ({"classes": len(labels), "histogram": {str(k): v for k, v in sorted(labels.items())}}
-                   if labels else None),
+        "similarity": distribution(t.sims),
+        "languages": dict(sorted(t.langs.items(), key=lambda kv: -kv[1])) or None,
+        "labels": ({"classes": len(t.labels), "histogram": {str(k): v for k, v in sorted(t.labels.items())}}
+                   if t.labels else None),
         "skipped": dict(opened.skipped - skipped0),
         "notes": list(opened.notes),
     }
-    sheet = write_contact_sheet([x for _, x in sorted(reservoir, key=lambda t: t[0])], out / CONTACT_SHEET,
-                                title=f"{opened.name}: {len(reservoir)} of {n} samples (seed {seed})")
-    result["contact_sheet"] = sheet
-    result["seconds"] = round(time.perf_counter() - t0, 3)
-    (out / INSPECT_FILE).write_text(json.dumps(result, indent=1, sort_keys=True))
-    result["inspect_json"] = str(out / INSPECT_FILE)
-    return result
 
 
 def _caption(s: dict[str, Any]) -> str:
