@@ -159,6 +159,7 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
         num_classes=int(view["num_classes"] or 0),
         grad_accum=int(c.get("grad_accum", 1)),
         precision=c.get("precision", "auto"),
+        decode=c.get("decode", "cpu"),
         hparams=dict(c.get("hparams", {})),
         num_workers_loader=loader_workers_for(r.get("loader_workers", "auto"), float(r.get("cpus_per_worker", 1)),
                                               0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0))),

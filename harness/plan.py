@@ -315,11 +315,13 @@ def _plan_run(st: _Planning, grid: Any, view: Job, method: str, backbone: str, s
     pt = st.spec.pretrain
     epochs, samples_seen = pt.budget(grid)
     cfg = _pretrain_config(pt, grid, method, backbone, seed)
+    r = st.spec.resources.pretrain
+    if r.decode != "cpu":  # device decoding gives other (not bit-identical) images: a different run
+        cfg["decode"] = r.decode
     # pretrain_epochs of a samples_seen run is known once it ran (rows
     # read it from the checkpoint); samples_budget is None for epochs
     coords = {**view.coords, "method": method, "backbone": backbone, "pretrain_seed": seed,
               "pretrain_epochs": epochs, "samples_budget": samples_seen, "view_key": view.key}
-    r = st.spec.resources.pretrain
     job = st.add(Job("pretrain", content_key("pretrain", cfg, [view.key]), cfg, (view.key,), coords,
                      {"num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
                       "gpus_per_worker": r.gpus_per_worker, "loader_workers": r.loader_workers}))

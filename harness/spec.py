@@ -506,6 +506,10 @@ class PretrainResources(_Model):
     # decoding processes per worker (0: decode in the training process); "auto": min(8, cpus_per_worker - 1)
     # for a worker holding a GPU, 0 on a CPU (pretrain.loop.loader_workers_for)
     loader_workers: Union[Literal["auto"], int] = "auto"
+    # where training images are decoded: "cpu" in the loader (default), or "device": the loader ships the encoded
+    # bytes and the training process decodes and augments whole batches on its device (pretrain.device_decode;
+    # batched nvJPEG on CUDA). Not bit-identical to "cpu", so "device" joins the run's key (harness.plan)
+    decode: Literal["cpu", "device"] = "cpu"
 
     @field_validator("loader_workers")
     @classmethod

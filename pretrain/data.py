@@ -351,7 +351,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key in samples[0]:
         values = [s[key] for s in samples]
-        if isinstance(values[0], torch.Tensor):
+        if key == ENCODED_KEY:  # encoded image bytes (decode: device): ragged, kept as a list
+            out[key] = values
+        elif isinstance(values[0], torch.Tensor):
             out[key] = torch.stack(values)
         elif isinstance(values[0], (int, float)):
             out[key] = torch.tensor(values)
@@ -536,16 +538,47 @@ def _require(sample: dict, fields: Sequence[str]) -> None:
         raise KeyError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} lacks field(s) {missing}")
 
 
-class ImageLabel:
+#: The key of a sample's encoded image (``uint8`` bytes) when the training process decodes (``decode="device"``).
+ENCODED_KEY = "encoded"
+
+#: Where the images are decoded and augmented: in the loader (``cpu``) or batch-wise in the training process on its device.
+DECODE_MODES = ("cpu", "device")
+
+
+def check_header(data: bytes) -> None:
+    """Raise unless ``data`` starts like an image PIL can open (header only: cheap, nothing is decoded)."""
+    with Image.open(io.BytesIO(data)) as img:
+        if img.width < 1 or img.height < 1:
+            raise ValueError(f"image of size {img.width}x{img.height}")
+
+
+class _Encodable:
+    """A sample pipeline that, with ``encoded=True``, ships the checked image bytes as
+    :data:`ENCODED_KEY` (``uint8``, variable length) instead of its augmented images; the training
+    process decodes and augments them batch-wise with :class:`DeviceDecode` and ``self.transform``."""
+
+    transform: "TrainTransform"
+    encoded: bool = False
+
+    def _images(self, data: bytes, keys: Sequence[str], gen: torch.Generator) -> dict[str, torch.Tensor]:
+        if self.encoded:
+            check_header(data)
+            return {ENCODED_KEY: torch.frombuffer(bytearray(data), dtype=torch.uint8)}
+        image = decode_image(data)
+        return {k: self.transform(image, gen) for k in keys}
+
+
+class ImageLabel(_Encodable):
     """An augmented image and its integer class (``cls``).
 
     With ``num_classes``, a class outside ``[0, num_classes)`` is a bad sample (skipped and counted
     like an image that does not decode) rather than an index error in the loss.
     """
 
-    def __init__(self, image_size: int, num_classes: int | None = None, **_: Any):
+    def __init__(self, image_size: int, num_classes: int | None = None, encoded: bool = False, **_: Any):
         self.transform = TrainTransform(image_size)
         self.num_classes = int(num_classes) if num_classes else None
+        self.encoded = encoded
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
         _require(sample, ("cls",))
@@ -555,23 +588,24 @@ class ImageLabel:
             label = int(sample["cls"])
             if label < 0 or (self.num_classes is not None and label >= self.num_classes):
                 raise ValueError(f"class {label} outside [0, {self.num_classes if self.num_classes else 'inf'})")
-            return {"image": self.transform(decode_image(data), gen), "label": label}
+            return {**self._images(data, ("image",), gen), "label": label}
 
         return _named(sample, make)
 
 
-class ImageText:
+class ImageText(_Encodable):
     """An augmented image and its caption (``txt``) as token ids from ``tokenizer``.
 
     ``tokenizer`` maps a list of strings to a ``[n, context_length]`` tensor, as open_clip's
     tokenizers do; tokenising in the loader workers keeps it off the training step.
     """
 
-    def __init__(self, image_size: int, tokenizer: Callable[[list[str]], torch.Tensor] | None = None, **_: Any):
+    def __init__(self, image_size: int, tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+                 encoded: bool = False, **_: Any):
         if tokenizer is None:
             raise ValueError("the image_text pipeline needs a tokenizer")
         self.transform = TrainTransform(image_size, scale=(0.5, 1.0))
-        self.tokenizer = tokenizer
+        self.tokenizer, self.encoded = tokenizer, encoded
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
         _require(sample, ("txt",))
@@ -581,23 +615,23 @@ class ImageText:
             caption = sample["txt"].decode("utf-8") if isinstance(sample["txt"], bytes) else str(sample["txt"])
             if not caption.strip():
                 raise ValueError("empty caption")
-            return {"image": self.transform(decode_image(data), gen), "text": self.tokenizer([caption])[0]}
+            return {**self._images(data, ("image",), gen), "text": self.tokenizer([caption])[0]}
 
         return _named(sample, make)
 
 
-class TwoViews:
+class TwoViews(_Encodable):
     """Two independent SimCLR augmentations of one image (``view1``, ``view2``)."""
 
-    def __init__(self, image_size: int, strength: float = 0.5, **_: Any):
+    def __init__(self, image_size: int, strength: float = 0.5, encoded: bool = False, **_: Any):
         self.transform = SimCLRTransform(image_size, strength=strength)
+        self.encoded = encoded
 
     def __call__(self, sample: dict, gen: torch.Generator) -> dict[str, Any]:
         data = image_bytes(sample)
 
         def make() -> dict[str, Any]:
-            image = decode_image(data)
-            return {"view1": self.transform(image, gen), "view2": self.transform(image, gen)}
+            return self._images(data, ("view1", "view2"), gen)
 
         return _named(sample, make)
 
@@ -619,9 +653,10 @@ class TrainLoader:
     """
 
     def __init__(self, pipeline: wds.DataPipeline, *, num_batches: int, num_workers: int, shared_epoch: SharedEpoch,
-                 pin_memory: bool = False, prefetch_factor: int | None = None):
+                 pin_memory: bool = False, prefetch_factor: int | None = None, device_decode: Any = None):
         self.num_batches = num_batches
         self.shared_epoch = shared_epoch
+        self.device_decode = device_decode  # a pretrain.device_decode.DeviceDecode (decode: device), else None
         self.skipped = 0
         self.loader = DataLoader(
             pipeline,
@@ -634,6 +669,8 @@ class TrainLoader:
 
     def set_epoch(self, epoch: int) -> None:
         self.shared_epoch.set_value(epoch)
+        if self.device_decode is not None:
+            self.device_decode.set_epoch(epoch)
 
     def __len__(self) -> int:
         return self.num_batches
@@ -641,7 +678,7 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in islice(self.loader, self.num_batches):
             self.skipped += int(batch.pop("skipped"))
-            yield batch
+            yield batch if self.device_decode is None else self.device_decode(batch)
 
 
 def make_train_loader(
@@ -659,13 +696,19 @@ def make_train_loader(
     prefetch_factor: int | None = None,
     shuffle_buffer: int = 1000,
     pipeline_options: Mapping[str, Any] | None = None,
+    decode: str = "cpu",
+    device: torch.device | str = "cpu",
 ) -> TrainLoader:
     """The training loader for one rank.
 
     ``batch_size`` is this rank's (micro-)batch; ``num_batches`` how many of them this rank yields
     per epoch (the same on every rank). ``pipeline_options`` go to the sample pipeline's ``make``
     (e.g. the tokenizer for ``image_text``). Images come out ``uint8``; see :func:`normalize`.
+    ``decode="device"``: the loader ships encoded images and the batches are decoded and augmented
+    on ``device`` in this process (:mod:`pretrain.device_decode`); ``"cpu"`` (default) decodes in the loader.
     """
+    if decode not in DECODE_MODES:
+        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if batch_size < 1 or num_batches < 1:
@@ -685,7 +728,13 @@ def make_train_loader(
     bufsize = max(1, min(shuffle_buffer, per_reader // 4))
     epoch = SharedEpoch(0)
     counter = SkipCounter()
-    sample_fn = sample_pipeline.make(image_size, **dict(pipeline_options or {}))
+    options = dict(pipeline_options or {}, **({"encoded": True} if decode == "device" else {}))
+    sample_fn = sample_pipeline.make(image_size, **options)
+    device_decode = None
+    if decode == "device":
+        from pretrain.device_decode import device_decoder
+
+        device_decode = device_decoder(sample_fn, sample_pipeline.image_keys, device, seed=seed, rank=rank)
     urls = [str(p) for p in view.shards]
     sizes = {u: view.sizes[Path(u).name if view.index is None else u] for u in urls}
     dataset = wds.DataPipeline(
@@ -702,4 +751,4 @@ def make_train_loader(
     # Each worker yields its share (rounded up); TrainLoader cuts the epoch at num_batches.
     dataset = dataset.with_epoch(math.ceil(num_batches / max(num_workers, 1)))
     return TrainLoader(dataset, num_batches=num_batches, num_workers=num_workers, shared_epoch=epoch, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor)
+                       prefetch_factor=prefetch_factor, device_decode=device_decode)

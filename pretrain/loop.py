@@ -48,7 +48,7 @@ from torch import nn
 
 from harness.core.atomic import atomic_write_text
 from pretrain.budget import LAST, checkpoint_name, run_length
-from pretrain.data import PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
+from pretrain.data import DECODE_MODES, PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
 from pretrain.methods import METHODS, LossContext
 from pretrain.models import BACKBONES, atomic_torch_save, save_encoder
 from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
@@ -98,11 +98,14 @@ class TrainConfig:
     precision: str = "auto"
     samples_seen: int | None = None  # a budget in samples seen instead of epochs
     extra: dict[str, Any] = field(default_factory=dict)
+    decode: str = "cpu"  # "device": the loader ships encoded images, decoded batch-wise on the device (pretrain.device_decode)
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.method)  # unknown names raise with the valid ones
         BACKBONES.get(self.backbone)
         object.__setattr__(self, "hparams", method.resolve(self.hparams, self.method))
+        if self.decode not in DECODE_MODES:
+            raise ValueError(f"TrainConfig.decode must be one of {', '.join(DECODE_MODES)}, got {self.decode!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if (self.epochs is None) == (self.samples_seen is None):
@@ -546,6 +549,8 @@ def _attach_data(run: _Run, view_dir: str | Path) -> None:
         prefetch_factor=4 if on_cuda else None,  # batches each loader process keeps ready ahead of the GPU
         # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
         pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(run.model, cfg.hparams)},
+        decode=cfg.decode,
+        device=run.device,
     )
     run.to_device = ToDevice(pipeline.image_keys, run.meta_base["mean"], run.meta_base["std"], run.device)
     run.flag_group = _flag_group(dist.world_size, on_cuda)
