@@ -358,36 +358,7 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
     pending: dict[Any, tuple[Job, RunContext]] = {}
 
     def context(job: Job) -> RunContext:
-        return RunContext(plan.spec.name, paths.workdir, paths.world, version,
-                          num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data,
-                          run_id=run_id, remote=paths.remote, world_key=paths.world_key,
-                          inputs=tuple((plan.jobs[d].kind, d) for d in job.deps), cpu_only=cpu_only)
-
-    def options(job: Job) -> dict[str, Any]:
-        if job.kind == "pretrain" and int(job.resources.get("num_workers", 1)) == 1:
-            # One worker: the loop runs in this task itself (harness.executors._pretrain), which
-            # holds the run's CPUs/GPU, so Ray runs as many runs side by side as fit; Ray retries
-            # it, and the loop resumes from its last epoch.
-            opts: dict[str, Any] = {"num_cpus": job.resources.get("cpus_per_worker", 1),
-                                    "num_gpus": 0 if cpu_only else job.resources.get("gpus_per_worker", 0),
-                                    "max_retries": retries, "retry_exceptions": True}
-        elif job.kind == "pretrain":
-            # Ray Train reserves the workers' CPUs/GPUs itself and restores failed workers itself
-            # (FailureConfig); the task that drives it holds nothing and is not retried.
-            opts = {"num_cpus": 0, "max_retries": 0}
-            if TRAINER_SLOT in ray.cluster_resources():
-                opts["resources"] = {TRAINER_SLOT: 1}
-        elif job.kind == "view" and job.resources.get("engine", "auto") != "local":
-            # The view task coordinates a Ray Data job whose tasks take the CPUs; holding one
-            # itself could starve them on a small machine.
-            opts = {"num_cpus": 0, "max_retries": retries, "retry_exceptions": True}
-            if VIEW_SLOT in ray.cluster_resources():
-                opts["resources"] = {VIEW_SLOT: 1}
-        else:
-            opts = {"num_cpus": job.resources.get("num_cpus", 1),
-                    "num_gpus": 0 if cpu_only else job.resources.get("num_gpus", 0),
-                    "max_retries": retries, "retry_exceptions": True}
-        return opts
+        return _job_context(plan, paths, job, version=version, run_id=run_id, cpu_only=cpu_only)
 
     kinds = Counter(j.kind for j in todo)
     cols = [TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
@@ -406,7 +377,7 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
 
         def submit(job: Job, handles: list[Any]) -> Any:
             ctx = context(job)
-            ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **options(job)).remote(job, ctx, *handles)
+            ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **_task_options(job, retries, cpu_only)).remote(job, ctx, *handles)
             pending[ref] = (job, ctx)
             return ref
 
@@ -430,21 +401,65 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
                     err = _short_error(exc)
                     record_failure(job, ctx, f"{err} [failed {n} attempt(s)]" if n else f"input failed: {err}")
                     continue
-                if job.kind == "eval":
-                    st.write_part("curves", job.key, result["curves"])
-                    st.write_part("runs", job.key, result["runs"])  # the rows land before the marker
-                    paths.wd.mark_done("eval", job.key, {"rows": len(result["runs"])})
-                    summary.rows_written += len(result["runs"])
-                elif job.kind == "view":
-                    _write_view_row(st, job, ctx.spec_name, paths)
-                elif job.kind == "features":
-                    _write_spectra_rows(st, job, ctx, paths)
+                _land_result(job, ctx, result, st, paths, summary)
                 sched.done(job.key)
                 summary.ran[job.kind] += 1
                 bar.advance(tasks[job.kind])
             if sched.waiting:
                 release()
     summary.started_early = len(sched.early)
+
+
+def _job_context(plan: Plan, paths: Paths, job: Job, *, version: str, run_id: str, cpu_only: bool) -> RunContext:
+    """The context a job's task runs with (its threads, the workdir's paths, its inputs' kinds)."""
+    return RunContext(plan.spec.name, paths.workdir, paths.world, version,
+                      num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data,
+                      run_id=run_id, remote=paths.remote, world_key=paths.world_key,
+                      inputs=tuple((plan.jobs[d].kind, d) for d in job.deps), cpu_only=cpu_only)
+
+
+def _task_options(job: Job, retries: int, cpu_only: bool) -> dict[str, Any]:
+    """Ray task options of a job: the resources it holds and whether Ray retries it."""
+    import ray
+
+    if job.kind == "pretrain" and int(job.resources.get("num_workers", 1)) == 1:
+        # One worker: the loop runs in this task itself (harness.executors._pretrain), which
+        # holds the run's CPUs/GPU, so Ray runs as many runs side by side as fit; Ray retries
+        # it, and the loop resumes from its last epoch.
+        opts: dict[str, Any] = {"num_cpus": job.resources.get("cpus_per_worker", 1),
+                                "num_gpus": 0 if cpu_only else job.resources.get("gpus_per_worker", 0),
+                                "max_retries": retries, "retry_exceptions": True}
+    elif job.kind == "pretrain":
+        # Ray Train reserves the workers' CPUs/GPUs itself and restores failed workers itself
+        # (FailureConfig); the task that drives it holds nothing and is not retried.
+        opts = {"num_cpus": 0, "max_retries": 0}
+        if TRAINER_SLOT in ray.cluster_resources():
+            opts["resources"] = {TRAINER_SLOT: 1}
+    elif job.kind == "view" and job.resources.get("engine", "auto") != "local":
+        # The view task coordinates a Ray Data job whose tasks take the CPUs; holding one
+        # itself could starve them on a small machine.
+        opts = {"num_cpus": 0, "max_retries": retries, "retry_exceptions": True}
+        if VIEW_SLOT in ray.cluster_resources():
+            opts["resources"] = {VIEW_SLOT: 1}
+    else:
+        opts = {"num_cpus": job.resources.get("num_cpus", 1),
+                "num_gpus": 0 if cpu_only else job.resources.get("num_gpus", 0),
+                "max_retries": retries, "retry_exceptions": True}
+    return opts
+
+
+def _land_result(job: Job, ctx: RunContext, result: Any, st, paths: Paths, summary: RunSummary) -> None:
+    """Write what a finished job's task returned: an evaluation's rows (then its marker), a view's
+    row, a feature cache's spectra rows."""
+    if job.kind == "eval":
+        st.write_part("curves", job.key, result["curves"])
+        st.write_part("runs", job.key, result["runs"])  # the rows land before the marker
+        paths.wd.mark_done("eval", job.key, {"rows": len(result["runs"])})
+        summary.rows_written += len(result["runs"])
+    elif job.kind == "view":
+        _write_view_row(st, job, ctx.spec_name, paths)
+    elif job.kind == "features":
+        _write_spectra_rows(st, job, ctx, paths)
 
 
 def checkpoint_ready(paths: Paths, pretrain_key: str, epoch: int) -> bool:
