@@ -343,8 +343,6 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         cols[f"s{i}"] = []
     need_hash = any(e.name == "dedup" and p.get("model") is None for e, p in resolved)
     if need_hash:
-        from curation.dedup import hash_image
-
         cols["h0"], cols["h1"] = [], []
     model_steps = [i for i, (e, p) in enumerate(resolved) if e.name == "clip_score" and p["scorer"] == "checkpoint"]
     embed_steps = [i for i, (e, p) in enumerate(resolved) if e.name == "dedup" and p.get("model") is not None]
@@ -353,16 +351,7 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
     pending_images: list[bytes] = []
     pending_caps: list[str] = []
     for s in src.iter_shard(task.url):
-        problem = hashes = None
-        if need_hash:
-            try:
-                hashes = hash_image(s["image"])
-            except ValueError as e:  # decode_gray names the bytes and PIL's complaint
-                problem = str(e)
-        if problem is None and model_steps:
-            problem = _pixels_problem(s["image"])
-        if problem is None and check == "header":
-            problem = _header_problem(s["image"])
+        problem, hashes = _sample_problem(s["image"], need_hash, bool(model_steps), check)
         if problem is not None:
             src.skipped["bad_image"] += 1
             if src.skipped["bad_image"] <= 3:
@@ -376,29 +365,8 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         cols["rank"].append(_hash(s["key"], task.seed, "subset") >> 1)  # fits int64
         truth = sample["json"].get("concept_id")
         cols["truth"].append(int(truth) if isinstance(truth, int) and not isinstance(truth, bool) else -1)
-        label = -1
-        if task.needs_labels:
-            if kind == "labelled":
-                label = -1 if s.get("cls") is None else int(s["cls"])
-                if task.vocab is not None and not 0 <= label < len(task.vocab):
-                    label = -1
-            else:
-                got = _label_from_caption(sample["txt"], vocab_index)
-                label = -1 if got is None else got
-        cols["label"].append(label)
-        for i, (entry, params) in enumerate(resolved):
-            if entry.name == "clip_score":
-                if params["scorer"] == "field":
-                    v = sample["json"].get(params["field"])
-                    cols[f"s{i}"].append(float(v) if isinstance(v, (int, float)) else float("nan"))
-                else:
-                    cols[f"s{i}"].append(float("nan"))  # filled by the batch below
-            elif entry.name == "dedup":
-                cols[f"s{i}"].append(True)
-            elif entry.name == "caption_concept" and params.get("words") is None:
-                cols[f"s{i}"].append(bool(entry.fn(sample, words=list(task.vocab or ()))))
-            else:
-                cols[f"s{i}"].append(bool(entry.fn(sample, **params)))
+        cols["label"].append(_sample_label(task, kind, s, sample, vocab_index))
+        _append_step_values(cols, resolved, sample, task.vocab)
         if need_hash:
             h0, h1 = hashes
             cols["h0"].append(int(h0))
@@ -406,6 +374,63 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         if model_steps:
             pending_images.append(s["image"])
             pending_caps.append(sample["txt"])
+    _model_columns(cols, resolved, model_steps, embed_steps, pending_images, pending_caps)
+    cols["skipped"] = json.dumps(dict(src.skipped), sort_keys=True)  # a shard with no rows still counts
+    return cols
+
+
+def _sample_problem(image: bytes, need_hash: bool, decode: bool, check: str | None) -> tuple[str | None, Any]:
+    """Why a sample's image cannot be used (None if it can), and its dedup hashes when asked for."""
+    problem = hashes = None
+    if need_hash:
+        from curation.dedup import hash_image
+
+        try:
+            hashes = hash_image(image)
+        except ValueError as e:  # decode_gray names the bytes and PIL's complaint
+            problem = str(e)
+    if problem is None and decode:
+        problem = _pixels_problem(image)
+    if problem is None and check == "header":
+        problem = _header_problem(image)
+    return problem, hashes
+
+
+def _sample_label(task: ScanTask, kind: str, s: dict[str, Any], sample: dict[str, Any],
+                  vocab_index: dict[str, int]) -> int:
+    """A sample's label in the view's vocabulary (its class, or the concept its caption names); -1 if none."""
+    label = -1
+    if task.needs_labels:
+        if kind == "labelled":
+            label = -1 if s.get("cls") is None else int(s["cls"])
+            if task.vocab is not None and not 0 <= label < len(task.vocab):
+                label = -1
+        else:
+            got = _label_from_caption(sample["txt"], vocab_index)
+            label = -1 if got is None else got
+    return label
+
+
+def _append_step_values(cols: dict[str, list], resolved: list, sample: dict[str, Any], vocab) -> None:
+    """Each step's verdict or score of one sample (checkpoint scores and dedup are filled later)."""
+    for i, (entry, params) in enumerate(resolved):
+        if entry.name == "clip_score":
+            if params["scorer"] == "field":
+                v = sample["json"].get(params["field"])
+                cols[f"s{i}"].append(float(v) if isinstance(v, (int, float)) else float("nan"))
+            else:
+                cols[f"s{i}"].append(float("nan"))  # filled by the batch below
+        elif entry.name == "dedup":
+            cols[f"s{i}"].append(True)
+        elif entry.name == "caption_concept" and params.get("words") is None:
+            cols[f"s{i}"].append(bool(entry.fn(sample, words=list(vocab or ()))))
+        else:
+            cols[f"s{i}"].append(bool(entry.fn(sample, **params)))
+
+
+def _model_columns(cols: dict[str, list], resolved: list, model_steps: list[int], embed_steps: list[int],
+                   pending_images: list[bytes], pending_caps: list[str]) -> None:
+    """The columns a model fills for the whole shard: embeddings for dedup, checkpoint CLIP scores."""
     for i in embed_steps:  # the embedding model's unit vectors, float32 bytes per sample
         from curation.dedup import embed_images
 
@@ -419,8 +444,6 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         for b0 in range(0, len(pending_images), 256):
             out.extend(score(pending_images[b0:b0 + 256], pending_caps[b0:b0 + 256]).tolist())
         cols[f"s{i}"] = out
-    cols["skipped"] = json.dumps(dict(src.skipped), sort_keys=True)  # a shard with no rows still counts
-    return cols
 
 
 def _scan_tasks(cfg: ViewConfig, opened: dict[str, Any], steps, vocab) -> list[ScanTask]:
