@@ -235,9 +235,37 @@ def build_submission(spec_path: str | Path, spec, *, address: str | None = None,
     root = project_root(working_dir)
     cwd = Path(cwd or Path.cwd())
     spec_file = Path(spec_path).expanduser()
-    excludes = DEFAULT_EXCLUDES + [e for e in extra_excludes if e]
     notes: list[str] = []
+    runtime_env, env_vars = _runtime_env(root, DEFAULT_EXCLUDES + [e for e in extra_excludes if e],
+                                         runtime_env_file, env, pip)
+    excludes = runtime_env["excludes"]
+    rel, cmd_prefix = _place_spec(spec_file, spec, root, excludes, python, env_vars, notes)
+    if workdir is None or store is None:
+        workdir, store = _default_paths(spec, addr, cwd, workdir, store, notes)
 
+    args = [python, "-m", "harness.cli", "run", rel, "--address", "auto", "--no-progress"]
+    if workdir is not None:
+        args += ["--workdir", str(workdir)]
+    if store is not None:
+        args += ["--store", str(store)]
+    entrypoint = cmd_prefix + " ".join(shlex.quote(a) for a in args)
+    runtime_env["env_vars"] = env_vars
+    upload = _upload(root, runtime_env, excludes, notes)
+    sid = submission_id or submission_id_for(spec.name)
+    from harness.runner import code_version
+
+    # The uploaded copy has no .git: the commit (and '+dirty') is taken here and sent along.
+    version = code_version()
+    env_vars.setdefault("TBENCH_CODE_VERSION", version)
+    metadata = {"tbench_spec": spec.name, "tbench_spec_path": str(spec_file), "tbench_code_version": version,
+                "tbench_workdir": str(workdir or ""), "tbench_store": str(store or "")}
+    return Submission(addr, sid, entrypoint, runtime_env, metadata, upload, spec.name,
+                      None if workdir is None else str(workdir), None if store is None else str(store), notes)
+
+
+def _runtime_env(root: Path, excludes: list[str], runtime_env_file: str | Path | None, env: dict[str, str] | None,
+                 pip: Iterable[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """The job's runtime env (working dir, excludes, --runtime-env merged, pip) and its env vars."""
     env_vars = {
         "PYTHONUNBUFFERED": "1",
         # A Ray Train run may wait for its workers' resources (busy CPUs/GPUs, or an autoscaler
@@ -257,9 +285,14 @@ def build_submission(spec_path: str | Path, spec, *, address: str | None = None,
         else:
             have = list(have) + pip
         runtime_env["pip"] = have
-    excludes = runtime_env["excludes"]
+    return runtime_env, env_vars
 
-    # The spec: by its path inside the working dir, else shipped inline and written out first.
+
+def _place_spec(spec_file: Path, spec, root: Path, excludes: list[str], python: str, env_vars: dict[str, str],
+                notes: list[str]) -> tuple[str, str]:
+    """The spec's path on the cluster and the command that writes it there first (or "").
+
+    By its path inside the working dir, else shipped inline (in ``env_vars``) and written out first."""
     matchers = _ignore_matchers(root, excludes)
     rel = _rel_inside(spec_file, root)
     cmd_prefix = ""
@@ -271,45 +304,36 @@ def build_submission(spec_path: str | Path, spec, *, address: str | None = None,
         cmd_prefix = f"{python} -m harness.submit write-spec {shlex.quote(rel)} && "
         notes.append(f"the spec is outside the uploaded project; it travels inline and is written to {rel} "
                      "on the cluster")
+    return rel, cmd_prefix
 
-    if workdir is None or store is None:
-        relative = [w for w, given in (("workdir", workdir), ("store", store))
-                    if given is None and not Path(getattr(spec, w).format(name=spec.name)).is_absolute()]
-        if is_loopback(addr):
-            workdir = workdir or str(spec.path("workdir", cwd).absolute())
-            store = store or str(spec.path("store", cwd).absolute())
-        elif relative:
-            notes.append(f"the spec's {' and '.join(relative)} {'is' if len(relative) == 1 else 'are'} relative: "
-                         "on the cluster that is the job's temporary working dir on the head node, which workers "
-                         "do not share and which is deleted with the session; pass --workdir and --store on "
-                         "shared storage (a file system mounted on every node, or s3://...)")
 
-    args = [python, "-m", "harness.cli", "run", rel, "--address", "auto", "--no-progress"]
-    if workdir is not None:
-        args += ["--workdir", str(workdir)]
-    if store is not None:
-        args += ["--store", str(store)]
-    entrypoint = cmd_prefix + " ".join(shlex.quote(a) for a in args)
-    runtime_env["env_vars"] = env_vars
+def _default_paths(spec, addr: str, cwd: Path, workdir: str | None, store: str | None,
+                   notes: list[str]) -> tuple[str | None, str | None]:
+    """Workdir and store where not given: a loopback cluster's from ``cwd``; a remote one keeps the
+    spec's own, with a note when they are relative."""
+    relative = [w for w, given in (("workdir", workdir), ("store", store))
+                if given is None and not Path(getattr(spec, w).format(name=spec.name)).is_absolute()]
+    if is_loopback(addr):
+        workdir = workdir or str(spec.path("workdir", cwd).absolute())
+        store = store or str(spec.path("store", cwd).absolute())
+    elif relative:
+        notes.append(f"the spec's {' and '.join(relative)} {'is' if len(relative) == 1 else 'are'} relative: "
+                     "on the cluster that is the job's temporary working dir on the head node, which workers "
+                     "do not share and which is deleted with the session; pass --workdir and --store on "
+                     "shared storage (a file system mounted on every node, or s3://...)")
+    return workdir, store
 
+
+def _upload(root: Path, runtime_env: dict[str, Any], excludes: list[str], notes: list[str]) -> Upload:
+    """What will be uploaded (nothing for a packaged working_dir URI), with a note if it is large."""
     if "://" in str(runtime_env.get("working_dir", "")):  # a packaged URI from --runtime-env: nothing to upload
-        upload = Upload(root)
         notes.append(f"working_dir {runtime_env['working_dir']} is used as given (nothing uploaded from here)")
-    else:
-        upload = measure_upload(root, excludes)
-        warning = check_upload(upload)
-        if warning:
-            notes.append(warning)
-    sid = submission_id or submission_id_for(spec.name)
-    from harness.runner import code_version
-
-    # The uploaded copy has no .git: the commit (and '+dirty') is taken here and sent along.
-    version = code_version()
-    env_vars.setdefault("TBENCH_CODE_VERSION", version)
-    metadata = {"tbench_spec": spec.name, "tbench_spec_path": str(spec_file), "tbench_code_version": version,
-                "tbench_workdir": str(workdir or ""), "tbench_store": str(store or "")}
-    return Submission(addr, sid, entrypoint, runtime_env, metadata, upload, spec.name,
-                      None if workdir is None else str(workdir), None if store is None else str(store), notes)
+        return Upload(root)
+    upload = measure_upload(root, excludes)
+    warning = check_upload(upload)
+    if warning:
+        notes.append(warning)
+    return upload
 
 
 def _read_runtime_env(path: str | Path) -> dict[str, Any]:
