@@ -388,32 +388,52 @@ def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata
     _check(rows, [*by, *([strata] if strata else []), "pretrain_seed", "eval_seed", value], n_boot, level)
     lay = _layout(rows, by, strata, value)
     values = lay.values
-    G, S, P, E = values.shape
-    n_eval = lay.n_eval
-    present = n_eval > 0  # (G, S, P)
+    present = lay.n_eval > 0  # (G, S, P)
     has_set = present.any(axis=2)
-    with np.errstate(invalid="ignore"):
-        n_pretrain = np.where(has_set, present.sum(axis=2), np.iinfo(np.int64).max).min(axis=1)
-        n_evals = np.where(present, n_eval, np.iinfo(np.int64).max).min(axis=(1, 2))
-    n_sets = has_set.sum(axis=1)
-    empty = n_sets == 0
-    n_pretrain = np.where(empty, 0, n_pretrain)
-    n_evals = np.where(empty, 0, n_evals)
+    n_pretrain, n_evals, n_sets = _seed_counts(lay.n_eval, present, has_set)
 
     # crossed cells: every present pre-training seed has the same list of eval seeds
     first = np.argmax(present, axis=2)  # (G, S)
     ref = np.take_along_axis(lay.e_seeds, first[:, :, None, None], axis=2)  # (G, S, 1, E)
     crossed = ((lay.e_seeds == ref).all(axis=-1) | ~present).all(axis=-1)  # (G, S)
-
     key_values = list(lay.keys.itertuples(index=False, name=None)) if (~crossed & has_set).any() else []  # nested streams
     # one draw per distinct list of pre-training seeds, and per (set, list of eval seeds) of crossed cells
-    p_lists, p_of = np.unique(lay.p_seeds, axis=0, return_inverse=True)
+    p_draws, p_of = _pretrain_draws(lay.p_seeds, seed, n_boot)
+    shared, nested = crossed & has_set, ~crossed & has_set  # (G, S)
+    e_draws, e_of = _eval_draws(lay, shared, first, seed, n_boot)
+    out = np.full((n_boot, values.shape[0]), np.nan)
+    draws = _SeedDraws(p_draws, p_of.ravel(), e_draws, e_of)
+    for start, stop in _chunks(values.shape, n_boot):
+        out[:, start:stop] = _chunk_means(lay, draws, present, has_set, nested, key_values, seed, start, stop)
+    return Draws(lay.keys, _point(values), out, n_pretrain.astype(int), n_evals.astype(int), n_sets.astype(int), level)
+
+
+def _seed_counts(n_eval: np.ndarray, present: np.ndarray, has_set: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Per group: the fewest pre-training seeds of a set, the fewest eval seeds of a cell, the sets (0 if empty)."""
+    with np.errstate(invalid="ignore"):
+        n_pretrain = np.where(has_set, present.sum(axis=2), np.iinfo(np.int64).max).min(axis=1)
+        n_evals = np.where(present, n_eval, np.iinfo(np.int64).max).min(axis=(1, 2))
+    n_sets = has_set.sum(axis=1)
+    empty = n_sets == 0
+    return np.where(empty, 0, n_pretrain), np.where(empty, 0, n_evals), n_sets
+
+
+def _pretrain_draws(p_seeds: np.ndarray, seed: int, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_boot, lists, P)`` counts, one stream per distinct list of pre-training seeds, and each group's list."""
+    P = p_seeds.shape[1]
+    p_lists, p_of = np.unique(p_seeds, axis=0, return_inverse=True)
     p_draws = np.zeros((n_boot, len(p_lists), P))
     for k, row in enumerate(p_lists):
         seeds = row[row >= _NO_SEED]
         if len(seeds):
             p_draws[:, k, :len(seeds)] = _counts(_stream(seed, ("pretrain", tuple(seeds.tolist()))), len(seeds), n_boot)
-    shared, nested = crossed & has_set, ~crossed & has_set  # (G, S)
+    return p_draws, p_of
+
+
+def _eval_draws(lay: _Layout, shared: np.ndarray, first: np.ndarray, seed: int, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+    """Eval-seed counts ``(n_boot, lists, E)``, one stream per (set, list of eval seeds) of the crossed
+    cells, and each ``(G, S)`` cell's list (-1: not crossed or empty)."""
+    G, S, _, E = lay.values.shape
     g_idx, s_idx = np.nonzero(shared)
     e_of = np.full((G, S), -1)
     e_draws = np.zeros((n_boot, 1, E))
@@ -426,38 +446,55 @@ def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata
             seeds = row[1:][row[1:] >= _NO_SEED]
             e_draws[:, k, :len(seeds)] = _counts(_stream(seed, ("eval", lay.set_names[int(row[0])],
                                                                 tuple(seeds.tolist()))), len(seeds), n_boot)
+    return e_draws, e_of
 
-    out = np.full((n_boot, G), np.nan)
+
+@dataclass
+class _SeedDraws:
+    """The shared draws: pre-training seed counts and each group's list, eval counts and each cell's list."""
+
+    p_draws: np.ndarray
+    p_of: np.ndarray  # (G,)
+    e_draws: np.ndarray
+    e_of: np.ndarray  # (G, S)
+
+
+def _chunks(shape: tuple[int, ...], n_boot: int) -> list[tuple[int, int]]:
+    """Group ranges small enough that a chunk's arrays stay near ``_CHUNK`` values."""
+    G, S, P, E = shape
     per_group = n_boot * S * max(P, E)
     step = max(1, _CHUNK // max(per_group, 1))
-    x = np.nan_to_num(values)
-    for start in range(0, G, step):
-        gs = range(start, min(G, start + step))
-        cp = p_draws[:, p_of.ravel()[start:start + len(gs)]]  # (B, g, P) pre-training seed counts
-        idx = e_of[start:start + len(gs)]  # (g, S)
-        ce = np.where((idx >= 0)[None, :, :, None], e_draws[:, np.maximum(idx, 0)], 0.0)  # (B, g, S, E)
-        # mean over the drawn eval seeds of each (replicate, group, set, pre-training seed)
-        xs = x[start:start + len(gs)]  # (g, S, P, E)
-        sums = np.matmul(ce.transpose(1, 2, 0, 3), xs.transpose(0, 1, 3, 2)).transpose(2, 0, 1, 3)  # (B, g, S, P)
-        totals = np.broadcast_to(ce.sum(axis=-1)[..., None], sums.shape).copy()
-        for j, s in np.argwhere(nested[start:start + len(gs)]):  # cells whose eval seeds differ by pre-training seed
-            g = start + j
-            rng = _stream(seed, ("nested", key_values[g], lay.set_names[s]))
-            for p in np.flatnonzero(present[g, s]):
-                ne = int(n_eval[g, s, p])
-                # the eval draws of every drawn copy of seed p, pooled: Multinomial(copies * ne)
-                c = rng.multinomial(cp[:, j, p].astype(np.int64) * _size(ne), np.full(ne, 1.0 / ne)).astype(float)
-                sums[:, j, s, p] = c @ values[g, s, p, :ne]
-                totals[:, j, s, p] = c.sum(axis=1)
-        with np.errstate(invalid="ignore", divide="ignore"):
-            cell = sums / totals  # (B, g, S, P)
-            weight = cp[:, :, None, :] * present[None, start:start + len(gs)]
-            set_mean = np.where(weight > 0, weight * cell, 0.0).sum(axis=-1) / weight.sum(axis=-1)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            set_mean = np.where(has_set[None, start:start + len(gs)], set_mean, np.nan)
-            out[:, start:start + len(gs)] = np.nanmean(set_mean, axis=-1)
-    return Draws(lay.keys, _point(values), out, n_pretrain.astype(int), n_evals.astype(int), n_sets.astype(int), level)
+    return [(start, min(G, start + step)) for start in range(0, G, step)]
+
+
+def _chunk_means(lay: _Layout, draws: _SeedDraws, present: np.ndarray, has_set: np.ndarray, nested: np.ndarray,
+                 key_values: list, seed: int, start: int, stop: int) -> np.ndarray:
+    """``(n_boot, stop - start)``: the replicate means of groups ``start:stop``."""
+    values, n_eval = lay.values, lay.n_eval
+    cp = draws.p_draws[:, draws.p_of[start:stop]]  # (B, g, P) pre-training seed counts
+    idx = draws.e_of[start:stop]  # (g, S)
+    ce = np.where((idx >= 0)[None, :, :, None], draws.e_draws[:, np.maximum(idx, 0)], 0.0)  # (B, g, S, E)
+    # mean over the drawn eval seeds of each (replicate, group, set, pre-training seed)
+    xs = np.nan_to_num(values[start:stop])  # (g, S, P, E)
+    sums = np.matmul(ce.transpose(1, 2, 0, 3), xs.transpose(0, 1, 3, 2)).transpose(2, 0, 1, 3)  # (B, g, S, P)
+    totals = np.broadcast_to(ce.sum(axis=-1)[..., None], sums.shape).copy()
+    for j, s in np.argwhere(nested[start:stop]):  # cells whose eval seeds differ by pre-training seed
+        g = start + j
+        rng = _stream(seed, ("nested", key_values[g], lay.set_names[s]))
+        for p in np.flatnonzero(present[g, s]):
+            ne = int(n_eval[g, s, p])
+            # the eval draws of every drawn copy of seed p, pooled: Multinomial(copies * ne)
+            c = rng.multinomial(cp[:, j, p].astype(np.int64) * _size(ne), np.full(ne, 1.0 / ne)).astype(float)
+            sums[:, j, s, p] = c @ values[g, s, p, :ne]
+            totals[:, j, s, p] = c.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cell = sums / totals  # (B, g, S, P)
+        weight = cp[:, :, None, :] * present[None, start:stop]
+        set_mean = np.where(weight > 0, weight * cell, 0.0).sum(axis=-1) / weight.sum(axis=-1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        set_mean = np.where(has_set[None, start:stop], set_mean, np.nan)
+        return np.nanmean(set_mean, axis=-1)
 
 
 def interval(rows: pd.DataFrame, *, strata: str | None = "downstream", value: str = "score", n_boot: int = N_BOOT,
