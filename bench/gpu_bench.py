@@ -55,6 +55,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=None, help="timed steps per phase (default 30; 3 with --cpu)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per phase (default 5; 2 with --cpu)")
     p.add_argument("--samples", type=int, default=None, help="synthetic JPEG samples (default 4096; 256 with --cpu)")
+    p.add_argument("--no-decode-device", dest="decode_device", action="store_false",
+                   help="skip the second real-shards measurement with decode=device (batched decode_jpeg on the device)")
     p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE))
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON here")
     return p.parse_args(argv)
@@ -109,20 +111,29 @@ class GpuUtilisation:
 
 def pretrain_rate(method: str, view: Path, setting: tuple[str, int, int], args: argparse.Namespace,
                   device: torch.device) -> dict[str, Any]:
-    """``bench/pretrain_throughput.py``'s real-vs-memory measurement of one method, with utilisation."""
+    """``bench/pretrain_throughput.py``'s real-vs-memory measurement of one method, with utilisation,
+    then (``--decode-device``, default on) the real rate again with ``decode=device``: the loader ships
+    the JPEG bytes and the training process decodes and augments whole batches on the device."""
     from bench import pretrain_throughput as PT
 
     backbone, size, batch = setting
-    pt_args = PT.parse_args(["--methods", method, "--backbone", backbone, "--image-size", str(size),
-                             "--batch-size", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-                             "--loader-workers", str(args.loader_workers), "--memory-batches", str(args.warmup),
-                             "--device", str(device)])
+    argv = ["--methods", method, "--backbone", backbone, "--image-size", str(size),
+            "--batch-size", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
+            "--loader-workers", str(args.loader_workers), "--memory-batches", str(args.warmup), "--device", str(device)]
     with GpuUtilisation(device) as util:
-        res = PT.bench_method(method, view, pt_args, device)
+        res = PT.bench_method(method, view, PT.parse_args(argv), device)
     keep = ("real_samples_per_s", "memory_samples_per_s", "ratio", "params", "clip_model", "skipped",
             "queue_ran_dry_in_warmup", "max_memory_gib")
-    return {"backbone": backbone, "image_size": size, "batch_size": batch, **{k: res.get(k) for k in keep},
-            "gpu_util_pct": util.mean}
+    out = {"backbone": backbone, "image_size": size, "batch_size": batch, **{k: res.get(k) for k in keep},
+           "gpu_util_pct": util.mean}
+    if args.decode_device:
+        with GpuUtilisation(device) as util:
+            dev = PT.bench_method(method, view, PT.parse_args([*argv, "--decode", "device"]), device)
+        out["decode_device"] = {"real_samples_per_s": dev["real_samples_per_s"], "ratio": dev["ratio"],
+                                "vs_cpu_decode": dev["real_samples_per_s"] / res["real_samples_per_s"],
+                                "skipped": dev["skipped"], "max_memory_gib": dev.get("max_memory_gib"),
+                                "gpu_util_pct": util.mean}
+    return out
 
 
 def _images(n: int, size: int, seed: int = 0) -> np.ndarray:
@@ -211,6 +222,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for m, r in pretrain.items():
         C.log(f"  {m:<10} {r['backbone']:<12} real {r['real_samples_per_s']:9.1f}/s  in-memory "
               f"{r['memory_samples_per_s']:9.1f}/s  ratio {r['ratio']:.2f}  util {r['gpu_util_pct']}")
+        if "decode_device" in r:
+            d = r["decode_device"]
+            C.log(f"  {'':<10} {'':<12} decode=device {d['real_samples_per_s']:9.1f}/s  ratio {d['ratio']:.2f}  "
+                  f"x{d['vs_cpu_decode']:.2f} of decode=cpu  util {d['gpu_util_pct']}")
     C.log(f"  fine-tuning {finetuning['images_per_s']:.1f} images/s; features {features['images_per_s']:.1f} images/s")
     if args.json:
         C.write_json(args.json, out)

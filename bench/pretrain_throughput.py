@@ -57,6 +57,7 @@ import torch
 
 from bench import _common as C
 from pretrain.data import PIPELINES, make_train_loader
+from pretrain.device_decode import for_device
 from pretrain.loop import ToDevice, amp_dtype_for
 from pretrain.methods import METHODS, LossContext
 from pretrain.models import BACKBONES
@@ -84,6 +85,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a wait for a batch this long in the extra warm-up of (a) means the loader's queue ran dry (default: %(default)s)")
     p.add_argument("--loader-alone", action="store_true", help="also time (c): the loader with no training")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
+    p.add_argument("--decode", default="cpu", choices=("cpu", "device"),
+                   help="where (a) and (c) decode: in the loader workers, or batch-wise on --device "
+                        "(resources.pretrain.decode: device; pretrain.device_decode) (default: %(default)s)")
     p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                    help="as TrainConfig.precision: auto = bf16 autocast on CUDA, fp32 on CPU")
     p.add_argument("--threads", type=int, default=0,
@@ -207,6 +211,11 @@ def shutdown_loader(loader: Any) -> None:
 # --------------------------------------------------------------------------- one method
 
 
+def batch_decode(args: argparse.Namespace, device: torch.device) -> Any:
+    """``make_train_loader``'s ``batch_decode`` for ``--decode``: None (the loader decodes) or the device decoder."""
+    return for_device(device) if getattr(args, "decode", "cpu") == "device" else None
+
+
 def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
     warmup, steps, bs = args.warmup, args.steps, args.batch_size
     t_build = time.perf_counter()
@@ -225,7 +234,7 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     loader = make_train_loader(
         view, pipeline=trainer.method.pipeline, batch_size=bs, num_batches=warmup + extra_max + steps,
         image_size=args.image_size, seed=args.seed, num_workers=args.loader_workers, pin_memory=trainer.on_cuda,
-        pipeline_options=trainer.pipeline_options(),
+        pipeline_options=trainer.pipeline_options(), batch_decode=batch_decode(args, device),
     )
     loader.set_epoch(1)
     it = iter(loader)
@@ -274,6 +283,7 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
         loader = make_train_loader(
             view, pipeline=trainer.method.pipeline, batch_size=bs, num_batches=warmup + steps, image_size=args.image_size,
             seed=args.seed, num_workers=args.loader_workers, pin_memory=trainer.on_cuda, pipeline_options=trainer.pipeline_options(),
+            batch_decode=batch_decode(args, device),
         )
         loader.set_epoch(2)
         it = iter(loader)
@@ -289,6 +299,7 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     samples = steps * bs
     res = {
         "method": name,
+        "decode": getattr(args, "decode", "cpu"),
         "pipeline": trainer.method.pipeline,
         "view": str(view),
         "params": trainer.params,

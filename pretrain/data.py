@@ -696,19 +696,17 @@ def make_train_loader(
     prefetch_factor: int | None = None,
     shuffle_buffer: int = 1000,
     pipeline_options: Mapping[str, Any] | None = None,
-    decode: str = "cpu",
-    device: torch.device | str = "cpu",
+    batch_decode: Callable[..., Any] | None = None,
 ) -> TrainLoader:
     """The training loader for one rank.
 
     ``batch_size`` is this rank's (micro-)batch; ``num_batches`` how many of them this rank yields
     per epoch (the same on every rank). ``pipeline_options`` go to the sample pipeline's ``make``
     (e.g. the tokenizer for ``image_text``). Images come out ``uint8``; see :func:`normalize`.
-    ``decode="device"``: the loader ships encoded images and the batches are decoded and augmented
-    on ``device`` in this process (:mod:`pretrain.device_decode`); ``"cpu"`` (default) decodes in the loader.
+    ``batch_decode`` (``decode: device``, e.g. ``pretrain.device_decode.for_device(device)``): the
+    loader ships encoded images and ``batch_decode(sample_fn, image_keys, seed=, rank=)`` builds what
+    decodes and augments each batch in this process; None (default) decodes in the loader.
     """
-    if decode not in DECODE_MODES:
-        raise ValueError(f"decode must be one of {', '.join(DECODE_MODES)}, got {decode!r}")
     if not 0 <= rank < world_size:
         raise ValueError(f"rank must be in [0, {world_size}), got {rank}")
     if batch_size < 1 or num_batches < 1:
@@ -728,13 +726,11 @@ def make_train_loader(
     bufsize = max(1, min(shuffle_buffer, per_reader // 4))
     epoch = SharedEpoch(0)
     counter = SkipCounter()
-    options = dict(pipeline_options or {}, **({"encoded": True} if decode == "device" else {}))
+    options = dict(pipeline_options or {}, **({"encoded": True} if batch_decode is not None else {}))
     sample_fn = sample_pipeline.make(image_size, **options)
     device_decode = None
-    if decode == "device":
-        from pretrain.device_decode import device_decoder
-
-        device_decode = device_decoder(sample_fn, sample_pipeline.image_keys, device, seed=seed, rank=rank)
+    if batch_decode is not None:
+        device_decode = batch_decode(sample_fn, sample_pipeline.image_keys, seed=seed, rank=rank)
     urls = [str(p) for p in view.shards]
     sizes = {u: view.sizes[Path(u).name if view.index is None else u] for u in urls}
     dataset = wds.DataPipeline(

@@ -18,7 +18,7 @@ of draws and the float colour arithmetic differ), which is why ``decode: device`
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg
@@ -140,10 +140,14 @@ class DeviceDecode:
         return out
 
 
-def device_decoder(sample_fn: Any, image_keys: Sequence[str], device: torch.device | str, *, seed: int,
-                   rank: int) -> DeviceDecode:
-    """The :class:`DeviceDecode` of a sample function built with ``encoded=True`` (it holds the transform)."""
-    transform = getattr(sample_fn, "transform", None)
-    if not isinstance(transform, TrainTransform):
-        raise ValueError(f"decode: device needs a sample pipeline with a TrainTransform, got {type(sample_fn).__name__}")
-    return DeviceDecode(transform, image_keys, device, seed=seed, rank=rank)
+def for_device(device: torch.device | str) -> Callable[..., DeviceDecode]:
+    """``make_train_loader``'s ``batch_decode`` for ``device``: builds the :class:`DeviceDecode` of a
+    sample function made with ``encoded=True`` (it holds the pipeline's transform)."""
+
+    def build(sample_fn: Any, image_keys: Sequence[str], *, seed: int, rank: int) -> DeviceDecode:
+        transform = getattr(sample_fn, "transform", None)
+        if not isinstance(transform, TrainTransform):
+            raise ValueError(f"decode: device needs a sample pipeline with a TrainTransform, got {type(sample_fn).__name__}")
+        return DeviceDecode(transform, image_keys, device, seed=seed, rank=rank)
+
+    return build

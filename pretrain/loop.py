@@ -49,6 +49,7 @@ from torch import nn
 from harness.core.atomic import atomic_write_text
 from pretrain.budget import LAST, checkpoint_name, run_length
 from pretrain.data import DECODE_MODES, PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
+from pretrain.device_decode import for_device
 from pretrain.methods import METHODS, LossContext
 from pretrain.models import BACKBONES, atomic_torch_save, save_encoder
 from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
@@ -549,8 +550,7 @@ def _attach_data(run: _Run, view_dir: str | Path) -> None:
         prefetch_factor=4 if on_cuda else None,  # batches each loader process keeps ready ahead of the GPU
         # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
         pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(run.model, cfg.hparams)},
-        decode=cfg.decode,
-        device=run.device,
+        batch_decode=for_device(run.device) if cfg.decode == "device" else None,
     )
     run.to_device = ToDevice(pipeline.image_keys, run.meta_base["mean"], run.meta_base["std"], run.device)
     run.flag_group = _flag_group(dist.world_size, on_cuda)

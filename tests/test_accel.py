@@ -191,5 +191,8 @@ def test_gpu_bench_script_runs_on_the_cpu_and_ends_with_its_json(tmp_path):
     for r in rates.values():
         assert r["real_samples_per_s"] > 0 and r["memory_samples_per_s"] > 0 and r["skipped"] == 0
         assert r["ratio"] == pytest.approx(r["real_samples_per_s"] / r["memory_samples_per_s"])
+        dev = r["decode_device"]  # the same real shards with decode=device (batched decode_jpeg in the training process)
+        assert dev["real_samples_per_s"] > 0 and dev["skipped"] == 0
+        assert dev["vs_cpu_decode"] == pytest.approx(dev["real_samples_per_s"] / r["real_samples_per_s"])
     assert out["finetune"]["images_per_s"] > 0 and out["features"]["images_per_s"] > 0
     assert out["shards"]["jpeg"]["params"]["n"] == out["shards"]["samples"]
