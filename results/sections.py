@@ -152,28 +152,47 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
     pre = d[~is_floor & d["pretrain_size"].notna()]
     if pre.empty:
         return title + empty_note(f"No pre-trained rows yet for {protocol}.")
-    per_size = pre.groupby("pretrain_size")["_line"].nunique()
-    size, n_lines = max(per_size.items(), key=lambda kv: (kv[1], kv[0]))
-    if n_lines >= 2:
-        sel = pre[pre["pretrain_size"] == size]
-        size_note = f"matched pre-training size n={fmt_size(size)} ({n_lines} configurations)"
-    else:
-        largest = pre.groupby("_line")["pretrain_size"].transform("max")
-        sel = pre[pre["pretrain_size"] == largest]
-        size_note = "each configuration at its largest size (no size is shared by two configurations)"
+    sel, size_note = _fewshot_selection(pre)
     have = sel.groupby(["_line", "_shots"])["downstream"].agg(lambda s: frozenset(s))
     common = frozenset.intersection(*have.tolist()) if len(have) else frozenset()
     if not common:
         return title + empty_note(f"No downstream set has rows for every configuration at every shot count ({protocol}).")
     sel = sel[sel["downstream"].isin(common)]
     shots = sorted(sel["_shots"].unique())
-    lines = sorted(set(sel["_line"]), key=lambda ln: ln.label)
-    per_set = sel.groupby(["_line", "_shots", "downstream"])["score"].mean()
     boot = hierarchical_bootstrap(sel, ["_line", "_shots"], strata="downstream").intervals()
-    line_mean = pd.Series({key: iv.estimate for key, iv in boot.items()})
     floor = d[is_floor & d["downstream"].isin(common)].groupby("_shots")["score"].mean()
     scaled = percent_scale(sel["score"])
+    rows, spreads = _fewshot_rows(sel, shots, boot, scaled)
+    name = _fewshot_figure(sel, shots, boot, floor, spreads, protocol, size_note, len(common), out_dir)
+    unit = " (x100)" if scaled else ""
+    table = html_table(["shots", f"range{unit}", f"mean per-set range{unit}", f"std{unit}", "best", "worst",
+                        f"best − worst{unit}, 95% interval"], rows)
+    caption = (f"{size_note}; sets: {', '.join(sorted(common))}. Range: best minus worst configuration mean; "
+               "per-set range: the same within each set, averaged over sets. Bands and the best − worst interval: "
+               "bootstrap over pre-training seeds, then eval seeds, stratified by set (paired on shared eval "
+               "seeds); 'within noise' when the interval covers 0.")
+    note = seed_note([iv.n_pretrain_seeds for iv in boot.values()])
+    extra = f'<p class="data">Intervals: {html.escape(note)}.</p>' if note else ""
+    return title + figure_html(name, f"few-shot versus full data, {protocol}", caption) + table + extra
 
+
+def _fewshot_selection(pre: pd.DataFrame) -> tuple[pd.DataFrame, str]:
+    """The pre-trained rows compared: the size most configurations share, else each one's largest."""
+    per_size = pre.groupby("pretrain_size")["_line"].nunique()
+    size, n_lines = max(per_size.items(), key=lambda kv: (kv[1], kv[0]))
+    if n_lines >= 2:
+        return (pre[pre["pretrain_size"] == size],
+                f"matched pre-training size n={fmt_size(size)} ({n_lines} configurations)")
+    largest = pre.groupby("_line")["pretrain_size"].transform("max")
+    return (pre[pre["pretrain_size"] == largest],
+            "each configuration at its largest size (no size is shared by two configurations)")
+
+
+def _fewshot_rows(sel: pd.DataFrame, shots: list, boot: dict, scaled: bool) -> tuple[list[list[str]], tuple[list, ...]]:
+    """The table's rows (spreads, best and worst configuration, their paired gap) per shot count,
+    and the three spreads per shot count for the figure."""
+    line_mean = pd.Series({key: iv.estimate for key, iv in boot.items()})
+    per_set = sel.groupby(["_line", "_shots", "downstream"])["score"].mean()
     rows, spread_range, spread_sets, spread_std = [], [], [], []
     for shot in shots:
         means = line_mean.xs(shot, level=1)
@@ -189,7 +208,14 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
                      _pct(spread_std[-1], scaled), f"{esc(best.label)} ({_pct(float(means.max()), scaled)})",
                      f"{esc(worst.label)} ({_pct(float(means.min()), scaled)})",
                      esc(difference_text(gap, 100 if scaled else 1, 1 if scaled else 3)) if best != worst else ""])
+    return rows, (spread_range, spread_sets, spread_std)
 
+
+def _fewshot_figure(sel: pd.DataFrame, shots: list, boot: dict, floor: pd.Series, spreads: tuple[list, ...],
+                    protocol: str, size_note: str, n_sets: int, out_dir: Path) -> str:
+    """Mean score per configuration against shots (with bands and the floor) beside the spreads; its file name."""
+    spread_range, spread_sets, spread_std = spreads
+    lines = sorted(set(sel["_line"]), key=lambda ln: ln.label)
     x = np.arange(len(shots))
     fig = _figure(11.0, 4.2)
     ax1, ax2 = fig.subplots(1, 2)
@@ -202,7 +228,7 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
                          color=colours[line], alpha=0.15, linewidth=0)
     if not floor.empty:
         ax1.plot(x, [floor.get(s, math.nan) for s in shots], color="0.35", linestyle="--", label="random init")
-    ax1.set_title(f"mean score over {len(common)} set(s)", fontsize=10)
+    ax1.set_title(f"mean score over {n_sets} set(s)", fontsize=10)
     ax2.plot(x, spread_range, marker="o", color="C3", label="range of the configurations' means")
     ax2.plot(x, spread_sets, marker="s", color="C0", linestyle="--", label="range within a set, mean over sets")
     ax2.plot(x, spread_std, marker="^", color="C2", linestyle=":", label="std of the configurations' means")
@@ -215,17 +241,7 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
         ax.legend(fontsize=7, loc="best")
     fig.suptitle(f"{protocol}: few-shot versus full data, {size_note}", fontsize=11)
     _layout(fig, top=0.75, bottom=0.65, wspace=0.22)
-    name = save_figure(fig, out_dir, f"fewshot_{slug(protocol)}.png")
-    unit = " (x100)" if scaled else ""
-    table = html_table(["shots", f"range{unit}", f"mean per-set range{unit}", f"std{unit}", "best", "worst",
-                        f"best − worst{unit}, 95% interval"], rows)
-    caption = (f"{size_note}; sets: {', '.join(sorted(common))}. Range: best minus worst configuration mean; "
-               "per-set range: the same within each set, averaged over sets. Bands and the best − worst interval: "
-               "bootstrap over pre-training seeds, then eval seeds, stratified by set (paired on shared eval "
-               "seeds); 'within noise' when the interval covers 0.")
-    note = seed_note([iv.n_pretrain_seeds for iv in boot.values()])
-    extra = f'<p class="data">Intervals: {html.escape(note)}.</p>' if note else ""
-    return title + figure_html(name, f"few-shot versus full data, {protocol}", caption) + table + extra
+    return save_figure(fig, out_dir, f"fewshot_{slug(protocol)}.png")
 
 
 # --------------------------------------------------------------------------- heatmap
