@@ -678,7 +678,10 @@ class TrainLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for batch in islice(self.loader, self.num_batches):
             self.skipped += int(batch.pop("skipped"))
-            yield batch if self.device_decode is None else self.device_decode(batch)
+            if self.device_decode is not None:
+                batch = self.device_decode(batch)
+                self.skipped += int(batch.pop("replaced"))
+            yield batch
 
 
 def make_train_loader(

@@ -18,6 +18,7 @@ of draws and the float colour arithmetic differ), which is why ``decode: device`
 
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable, Sequence
 
 import torch
@@ -28,6 +29,8 @@ from pretrain.data import ENCODED_KEY, SimCLRTransform, TrainTransform, _crop_bo
 
 #: The first bytes of a JPEG file (SOI marker).
 JPEG_MAGIC = (0xFF, 0xD8)
+
+logger = logging.getLogger(__name__)
 
 
 def is_jpeg(data: torch.Tensor) -> bool:
@@ -133,11 +136,40 @@ class DeviceDecode:
         self.gen.manual_seed(mix_seed("device-augment", self.seed, epoch, self.rank))
 
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """The batch with its images decoded and augmented; ``replaced`` counts samples whose image
+        passed the loader's header check but did not decode (see :func:`replace_undecodable`)."""
         out = dict(batch)
-        images = decode_batch(out.pop(ENCODED_KEY), self.device)
+        encoded = out.pop(ENCODED_KEY)
+        try:
+            images, out["replaced"] = decode_batch(encoded, self.device), 0
+        except RuntimeError:
+            images, out = replace_undecodable(encoded, out, self.device)
         for key in self.image_keys:
             out[key] = augment_batch(images, self.transform, self.gen)
         return out
+
+
+def replace_undecodable(encoded: Sequence[torch.Tensor], batch: dict[str, Any],
+                        device: torch.device) -> tuple[list[torch.Tensor], dict[str, Any]]:
+    """Decode one by one after a batch failed; a sample that does not decode is logged and replaced,
+    with all its fields, by the batch's first good one (the batch keeps its size, as DDP and the
+    contrastive losses need), and counted in ``replaced`` (the loader adds it to ``skipped``)."""
+    n, keys = len(encoded), batch.get("__key__") or [None] * len(encoded)
+    images: list[torch.Tensor | None] = []
+    for i, data in enumerate(encoded):
+        try:
+            images.append(decode_batch([data], device)[0])
+        except RuntimeError as exn:
+            logger.warning("sample %r does not decode, replaced in its batch: %s", keys[i], str(exn).splitlines()[0])
+            images.append(None)
+    good = [i for i, image in enumerate(images) if image is not None]
+    if not good:
+        raise ValueError(f"no image of the batch decodes (samples {list(keys)})")
+    keep = [i if images[i] is not None else good[0] for i in range(n)]
+    out = {k: (v[keep] if isinstance(v, torch.Tensor) and v.shape[:1] == (n,) else
+               [v[i] for i in keep] if isinstance(v, list) and len(v) == n else v) for k, v in batch.items()}
+    out["replaced"] = n - len(good)
+    return [images[i] for i in keep], out  # type: ignore[misc]
 
 
 def for_device(device: torch.device | str) -> Callable[..., DeviceDecode]:

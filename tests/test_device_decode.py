@@ -33,8 +33,9 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_jpeg_view(root: Path, n: int = 128, shards: int = 2, png_every: int = 16) -> Path:
-    """Labelled JPEG shards (class = colour) of mixed sizes; every ``png_every``-th sample is a PNG (the fallback)."""
+def write_jpeg_view(root: Path, n: int = 128, shards: int = 2, png_every: int = 16, undecodable: tuple[int, ...] = ()) -> Path:
+    """Labelled JPEG shards (class = colour) of mixed sizes; every ``png_every``-th sample is a PNG (the fallback);
+    ``undecodable`` samples are JPEGs cut at their scan (the header reads, the image does not decode)."""
     rng = np.random.default_rng(0)
     (root / "shards").mkdir(parents=True)
     sizes, per_shard = {}, -(-n // shards)
@@ -47,7 +48,11 @@ def write_jpeg_view(root: Path, n: int = 128, shards: int = 2, png_every: int = 
                 h, w = (40, 48) if i % 3 else (36, 36)
                 img = np.clip(COLOURS[label] + rng.normal(0, 25, (h, w, 3)), 0, 255).astype(np.uint8)
                 field, fmt = ("png", "PNG") if i % png_every == 0 else ("jpg", "JPEG")
-                sink.write({"__key__": f"{i:08d}", field: _encode(img, fmt), "txt": f"colour {label}", "cls": str(label)})
+                data = _encode(img, fmt)
+                if i in undecodable:
+                    field, data = "jpg", _encode(img, "JPEG")
+                    data = data[:data.index(b"\xff\xda")]
+                sink.write({"__key__": f"{i:08d}", field: data, "txt": f"colour {label}", "cls": str(label)})
         sizes[name] = len(idx)
     (root / "sizes.json").write_text(json.dumps(sizes))
     return root
@@ -108,6 +113,19 @@ def test_the_device_loader_gives_the_pipeline_keys_and_replays_an_epoch(jpeg_vie
     assert ENCODED_KEY not in a and a["view1"].shape == a["view2"].shape == (8, 3, 32, 32)
     assert not torch.equal(a["view1"], a["view2"])  # two independent augmentations
     assert torch.equal(a["view1"], b["view1"]) and not torch.equal(a["view1"], c["view1"])
+
+
+def test_an_image_that_does_not_decode_is_replaced_with_its_fields_and_counted(tmp_path):
+    view = write_jpeg_view(tmp_path / "v", n=16, shards=1, png_every=100, undecodable=(5,))
+    loader = make_train_loader(view, pipeline="image_label", batch_size=16, num_batches=1, image_size=32, seed=0,
+                               shuffle_buffer=1, pipeline_options={"num_classes": 4}, batch_decode=for_device("cpu"))
+    loader.set_epoch(1)
+    batch = next(iter(loader))
+    assert loader.skipped == 1 and batch["image"].shape == (16, 3, 32, 32)
+    assert "00000005" not in batch["__key__"] and len(batch["__key__"]) == 16
+    first = batch["__key__"].index(batch["__key__"][0])
+    twins = [i for i, k in enumerate(batch["__key__"]) if k == batch["__key__"][first]]
+    assert len(twins) == 2 and batch["label"][twins[0]] == batch["label"][twins[1]]  # the label went with the image
 
 
 def test_a_supervised_run_with_device_decode_trains(jpeg_view, tmp_path):
