@@ -33,11 +33,11 @@ browser:
 
 # The whole suite, slow end-to-end tests included (CI runs this).
 test: venv browser
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 # Everything but the tests marked slow.
 test-fast: venv browser
-	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf tbench-out .pytest_cache
