@@ -54,8 +54,13 @@ def log(msg: str) -> None:
 # --------------------------------------------------------------------------- world sources and views
 
 
-def world_source(name: str, world_dir: str | Path | None = None, cache_dir: Path = DEFAULT_CACHE,
-                 scale: float = DEFAULT_WORLD_SCALE, seed: int = 0) -> Path:
+def world_source(
+    name: str,
+    world_dir: str | Path | None = None,
+    cache_dir: Path = DEFAULT_CACHE,
+    scale: float = DEFAULT_WORLD_SCALE,
+    seed: int = 0,
+) -> Path:
     """The folder of world source ``name`` (``shard-*.tar`` + ``sizes.json``), written if absent.
 
     ``world_dir``: an existing world (``<world_dir>/sources/<name>``); it must hold the source.
@@ -64,7 +69,9 @@ def world_source(name: str, world_dir: str | Path | None = None, cache_dir: Path
     if world_dir is not None:
         src = Path(world_dir) / "sources" / name
         if not (src / "sizes.json").is_file():
-            raise FileNotFoundError(f"{src}/sizes.json not found: --world-dir must be a world folder holding source {name!r}")
+            raise FileNotFoundError(
+                f"{src}/sizes.json not found: --world-dir must be a world folder holding source {name!r}"
+            )
         return src
     src = cache_dir / "world" / "sources" / name
     marker = src / "bench_source.json"
@@ -85,7 +92,9 @@ def world_source(name: str, world_dir: str | Path | None = None, cache_dir: Path
         _rmtree(src)
     src.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, src)
-    log(f"wrote world source {name} ({res['num_samples']} samples, scale {scale}) to {src} in {time.perf_counter() - t0:.1f}s")
+    log(
+        f"wrote world source {name} ({res['num_samples']} samples, scale {scale}) to {src} in {time.perf_counter() - t0:.1f}s"
+    )
     return src
 
 
@@ -135,11 +144,13 @@ def _pink_bank(n: int, size: int, alpha: float, seed: int) -> np.ndarray:
     rng = np.random.default_rng(seed)
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
-    f = np.sqrt(fx ** 2 + fy ** 2)
+    f = np.sqrt(fx**2 + fy**2)
     f[0, 0] = 1.0
     out = np.empty((n, size, size, 3), np.float32)
     for k in range(n):
-        spec = (rng.standard_normal((3, size, size // 2 + 1)) + 1j * rng.standard_normal((3, size, size // 2 + 1))) / f ** alpha
+        spec = (
+            rng.standard_normal((3, size, size // 2 + 1)) + 1j * rng.standard_normal((3, size, size // 2 + 1))
+        ) / f**alpha
         spec[:, 0, 0] = 0
         x = np.fft.irfft2(spec, s=(size, size))
         out[k] = (x / x.std()).transpose(1, 2, 0)
@@ -186,19 +197,31 @@ def _write_synthetic_shard(args: tuple) -> tuple[str, int, int]:
             meta = json.loads(src.get("json", b"{}") or b"{}")
             cls = int(meta.get("concept_id", rng.integers(0, 30)))
             meta.update(width=size, height=size, synthetic_from=src["__key__"])
-            tw.write({
-                "__key__": f"synthetic-{i:08d}",
-                "jpg": jpg,
-                "txt": src.get("txt", b"a photo"),
-                "cls": str(cls).encode(),
-                "json": json.dumps(meta, sort_keys=True).encode(),
-            })
+            tw.write(
+                {
+                    "__key__": f"synthetic-{i:08d}",
+                    "jpg": jpg,
+                    "txt": src.get("txt", b"a photo"),
+                    "cls": str(cls).encode(),
+                    "json": json.dumps(meta, sort_keys=True).encode(),
+                }
+            )
     return Path(path).name, count, nbytes
 
 
-def write_synthetic_shards(n: int, cache_dir: Path = DEFAULT_CACHE, world_dir: str | Path | None = None, *,
-                           size: int = 256, quality: int = 95, shard_size: int = 1000, amplitude: float = 15.0,
-                           alpha: float = 1.2, seed: int = 0, processes: int | None = None) -> Path:
+def write_synthetic_shards(
+    n: int,
+    cache_dir: Path = DEFAULT_CACHE,
+    world_dir: str | Path | None = None,
+    *,
+    size: int = 256,
+    quality: int = 95,
+    shard_size: int = 1000,
+    amplitude: float = 15.0,
+    alpha: float = 1.2,
+    seed: int = 0,
+    processes: int | None = None,
+) -> Path:
     """A view folder of ``n`` img2dataset-like samples: ``jpg`` (``size`` px square), ``txt``, ``cls``, ``json``.
 
     Images are world ``laion`` images (32x32) upscaled bicubically to ``size`` plus 1/f^``alpha``
@@ -210,8 +233,16 @@ def write_synthetic_shards(n: int, cache_dir: Path = DEFAULT_CACHE, world_dir: s
     """
     tag = f"n{n}-s{size}-q{quality}-a{amplitude:g}-p{alpha:g}-seed{seed}"
     view = cache_dir / "synthetic" / tag
-    params = {"format": SYNTHETIC_FORMAT, "n": n, "size": size, "quality": quality, "shard_size": shard_size,
-              "amplitude": amplitude, "alpha": alpha, "seed": seed}
+    params = {
+        "format": SYNTHETIC_FORMAT,
+        "n": n,
+        "size": size,
+        "quality": quality,
+        "shard_size": shard_size,
+        "amplitude": amplitude,
+        "alpha": alpha,
+        "seed": seed,
+    }
     marker = view / "synthetic.json"
     if marker.is_file() and json.loads(marker.read_text()).get("params") == params and (view / "sizes.json").is_file():
         return view
@@ -222,8 +253,10 @@ def write_synthetic_shards(n: int, cache_dir: Path = DEFAULT_CACHE, world_dir: s
         raise RuntimeError(f"no PNG samples in {base_dir}")
     _rmtree(view)
     (view / "shards").mkdir(parents=True)
-    jobs = [(view / "shards" / f"synthetic-{k:06d}.tar", s0, min(shard_size, n - s0), size, quality, amplitude, alpha, seed)
-            for k, s0 in enumerate(range(0, n, shard_size))]
+    jobs = [
+        (view / "shards" / f"synthetic-{k:06d}.tar", s0, min(shard_size, n - s0), size, quality, amplitude, alpha, seed)
+        for k, s0 in enumerate(range(0, n, shard_size))
+    ]
     procs = max(1, min(len(jobs), processes or os.cpu_count() or 1))
     t0 = time.perf_counter()
     log(f"writing {n} synthetic {size}px JPEG samples in {len(jobs)} shard(s) with {procs} process(es) to {view} ...")
@@ -265,15 +298,23 @@ def synchronize(device: torch.device) -> None:
 def describe_device(device: torch.device) -> str:
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        return f"cuda:{device.index or 0} {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+        return (
+            f"cuda:{device.index or 0} {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
+        )
     return f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})"
 
 
 def environment(device: torch.device) -> dict[str, Any]:
     import torchvision
 
-    info = {"device": describe_device(device), "torch": torch.__version__, "torchvision": torchvision.__version__,
-            "python": platform.python_version(), "cpu_count": os.cpu_count(), "hostname": platform.node()}
+    info = {
+        "device": describe_device(device),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "cpu_count": os.cpu_count(),
+        "hostname": platform.node(),
+    }
     try:
         import webdataset
 
@@ -301,8 +342,13 @@ def write_json(path: str | Path, obj: Any) -> None:
 DOWNSTREAM_FORMAT = 1  # bump when the way the sets below are written changes
 
 
-def downstream_sets(names: list[str] | tuple[str, ...], world_dir: str | Path | None = None,
-                    cache_dir: Path = DEFAULT_CACHE, scale: float = 1.0, seed: int = 0) -> Path:
+def downstream_sets(
+    names: list[str] | tuple[str, ...],
+    world_dir: str | Path | None = None,
+    cache_dir: Path = DEFAULT_CACHE,
+    scale: float = 1.0,
+    seed: int = 0,
+) -> Path:
     """A data root holding ``downstream/<name>/`` for every set in ``names`` (written if absent).
 
     ``world_dir``: an existing world folder (``tbench world --out DIR``) that must hold the sets.
@@ -314,8 +360,10 @@ def downstream_sets(names: list[str] | tuple[str, ...], world_dir: str | Path | 
         root = Path(world_dir)
         for name in names:
             if not (root / "downstream" / name / "dataset_dict.json").is_file():
-                raise FileNotFoundError(f"{root}/downstream/{name}/dataset_dict.json not found: --world-dir must be a "
-                                        "world folder (tbench world --out DIR) holding the set")
+                raise FileNotFoundError(
+                    f"{root}/downstream/{name}/dataset_dict.json not found: --world-dir must be a "
+                    "world folder (tbench world --out DIR) holding the set"
+                )
         return root
     from curation import world as W
 
@@ -323,8 +371,13 @@ def downstream_sets(names: list[str] | tuple[str, ...], world_dir: str | Path | 
     for name in names:
         out = root / "downstream" / name
         marker = out / "bench_set.json"
-        want = {"set": name, "scale": float(scale), "seed": int(seed), "world_version": W.WORLD_VERSION,
-                "format": DOWNSTREAM_FORMAT}
+        want = {
+            "set": name,
+            "scale": float(scale),
+            "seed": int(seed),
+            "world_version": W.WORLD_VERSION,
+            "format": DOWNSTREAM_FORMAT,
+        }
         if (out / "dataset_dict.json").is_file() and marker.is_file() and json.loads(marker.read_text()) == want:
             continue
         t0 = time.perf_counter()
@@ -346,8 +399,9 @@ def downstream_sets(names: list[str] | tuple[str, ...], world_dir: str | Path | 
     return root
 
 
-def encoder_checkpoint(checkpoint: str | Path | None, backbone: str, image_size: int,
-                       cache_dir: Path = DEFAULT_CACHE, seed: int = 0) -> Path:
+def encoder_checkpoint(
+    checkpoint: str | Path | None, backbone: str, image_size: int, cache_dir: Path = DEFAULT_CACHE, seed: int = 0
+) -> Path:
     """``checkpoint`` if given (it must exist), else a randomly initialised ``backbone`` saved once."""
     if checkpoint:
         path = Path(checkpoint)

@@ -56,12 +56,22 @@ def main() -> None:
     for name in args.sources:
         folder = world_source(name, None, args.cache_dir / tag, scale=args.scale)
         root = folder.parent.parent
-    cfg = ViewConfig(source=None, mixture={s: 1.0 for s in args.sources}, curation_name="bench", curation=CHAIN,
-                     size=10 ** 9, label_noise=0.0, needs_labels=False, seed=0)
+    cfg = ViewConfig(
+        source=None,
+        mixture={s: 1.0 for s in args.sources},
+        curation_name="bench",
+        curation=CHAIN,
+        size=10**9,
+        label_noise=0.0,
+        needs_labels=False,
+        seed=0,
+    )
     steps = tuple((e.name, p) for e, p in validate_steps(cfg.curation))
     tasks = _scan_tasks(cfg, open_sources(cfg, root, None), steps, None)
-    log(f"{len(tasks)} shards of {', '.join(args.sources)} (scale {args.scale:g}); chain: "
-        f"{' -> '.join(n for n, _ in CHAIN)}")
+    log(
+        f"{len(tasks)} shards of {', '.join(args.sources)} (scale {args.scale:g}); chain: "
+        f"{' -> '.join(n for n, _ in CHAIN)}"
+    )
 
     scan(tasks[:1], "local")  # imports and first-use costs, outside both timings
     t0 = time.perf_counter()
@@ -82,8 +92,10 @@ def main() -> None:
         ray_s = time.perf_counter() - t0
     finally:
         ray.shutdown()
-    log(f"(b) Ray Data on {args.cpus} CPUs: {len(remote)} samples in {ray_s:.2f}s = {len(remote) / ray_s:.0f} "
-        f"samples/s, {len(remote) / ray_s / args.cpus:.0f} per core (start-up {startup_s:.1f}s, not counted)")
+    log(
+        f"(b) Ray Data on {args.cpus} CPUs: {len(remote)} samples in {ray_s:.2f}s = {len(remote) / ray_s:.0f} "
+        f"samples/s, {len(remote) / ray_s / args.cpus:.0f} per core (start-up {startup_s:.1f}s, not counted)"
+    )
 
     key = ["source", "url", "key"]
     same = local.sort_values(key).reset_index(drop=True).equals(remote.sort_values(key).reset_index(drop=True))
@@ -92,15 +104,27 @@ def main() -> None:
     select_s = time.perf_counter() - t0
     log(f"select phase on the table: {select_s:.3f}s; funnel {funnel}; kept {int(alive.sum())}")
     ratio = (len(remote) / ray_s) / (n / local_s)
-    log(f"Ray Data / single process throughput: {ratio:.2f}x on {args.cpus} CPUs "
-        f"(per core {ratio / args.cpus:.2f}x); same table: {same}")
-    figures = {"bench": "curation_throughput", "samples": n, "shards": len(tasks), "cpus": args.cpus,
-               "local_seconds": round(local_s, 3), "local_samples_per_s": round(n / local_s, 1),
-               "ray_seconds": round(ray_s, 3), "ray_samples_per_s": round(len(remote) / ray_s, 1),
-               "ray_samples_per_s_per_core": round(len(remote) / ray_s / args.cpus, 1),
-               "ratio_vs_single_process": round(ratio, 3), "ray_startup_seconds": round(startup_s, 2),
-               "select_seconds": round(select_s, 3), "same_table": bool(same), "chain": [n for n, _ in CHAIN],
-               "baseline": "the same scan in one process"}
+    log(
+        f"Ray Data / single process throughput: {ratio:.2f}x on {args.cpus} CPUs "
+        f"(per core {ratio / args.cpus:.2f}x); same table: {same}"
+    )
+    figures = {
+        "bench": "curation_throughput",
+        "samples": n,
+        "shards": len(tasks),
+        "cpus": args.cpus,
+        "local_seconds": round(local_s, 3),
+        "local_samples_per_s": round(n / local_s, 1),
+        "ray_seconds": round(ray_s, 3),
+        "ray_samples_per_s": round(len(remote) / ray_s, 1),
+        "ray_samples_per_s_per_core": round(len(remote) / ray_s / args.cpus, 1),
+        "ratio_vs_single_process": round(ratio, 3),
+        "ray_startup_seconds": round(startup_s, 2),
+        "select_seconds": round(select_s, 3),
+        "same_table": bool(same),
+        "chain": [n for n, _ in CHAIN],
+        "baseline": "the same scan in one process",
+    }
     if args.json:
         write_json(args.json, figures)
     print(json.dumps(figures), flush=True)

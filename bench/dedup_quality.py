@@ -66,26 +66,63 @@ TARGET_FALSE_REMOVAL = 0.01
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured.")
-    p.add_argument("--sources", default="laion,cc12m,shutterstock", help="comma-separated world sources (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured.",
+    )
+    p.add_argument(
+        "--sources", default="laion,cc12m,shutterstock", help="comma-separated world sources (default: %(default)s)"
+    )
     p.add_argument("--scale", type=float, default=1.0, help="world scale of the sources (default: %(default)s)")
-    p.add_argument("--world-dir", default=None, help="an existing world folder (sources/<name>/) instead of writing the sources")
-    p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="where the sources are written (default: %(default)s)")
-    p.add_argument("--fraction", type=float, default=0.15, help="share of originals given a planted copy (default: %(default)s)")
-    p.add_argument("--transforms", default=",".join(D.TRANSFORMS), help="planted transformations, in turn (default: %(default)s)")
-    p.add_argument("--threshold", type=int, default=D.DEFAULT_THRESHOLD, help="threshold of the headline figures (default: %(default)s)")
-    p.add_argument("--thresholds", default="0-10", help="threshold sweep, 'a-b' or comma-separated (default: %(default)s)")
-    p.add_argument("--crop-sweep", default="0.01,0.02,0.03,0.05,0.1", help="crop fractions for the crop sweep ('' to skip)")
-    p.add_argument("--scale-test", default="100000,1000000", help="synthetic hash-set sizes for the search alone ('' to skip)")
-    p.add_argument("--brute-max", type=int, default=40000, help="largest set checked by brute force (default: %(default)s)")
-    p.add_argument("--jpeg-images", type=int, default=0, help="also time hashing N synthetic 256px JPEGs (default: off)")
+    p.add_argument(
+        "--world-dir", default=None, help="an existing world folder (sources/<name>/) instead of writing the sources"
+    )
+    p.add_argument(
+        "--cache-dir", default=str(C.DEFAULT_CACHE), help="where the sources are written (default: %(default)s)"
+    )
+    p.add_argument(
+        "--fraction", type=float, default=0.15, help="share of originals given a planted copy (default: %(default)s)"
+    )
+    p.add_argument(
+        "--transforms", default=",".join(D.TRANSFORMS), help="planted transformations, in turn (default: %(default)s)"
+    )
+    p.add_argument(
+        "--threshold",
+        type=int,
+        default=D.DEFAULT_THRESHOLD,
+        help="threshold of the headline figures (default: %(default)s)",
+    )
+    p.add_argument(
+        "--thresholds", default="0-10", help="threshold sweep, 'a-b' or comma-separated (default: %(default)s)"
+    )
+    p.add_argument(
+        "--crop-sweep", default="0.01,0.02,0.03,0.05,0.1", help="crop fractions for the crop sweep ('' to skip)"
+    )
+    p.add_argument(
+        "--scale-test", default="100000,1000000", help="synthetic hash-set sizes for the search alone ('' to skip)"
+    )
+    p.add_argument(
+        "--brute-max", type=int, default=40000, help="largest set checked by brute force (default: %(default)s)"
+    )
+    p.add_argument(
+        "--jpeg-images", type=int, default=0, help="also time hashing N synthetic 256px JPEGs (default: off)"
+    )
     p.add_argument("--no-embedding", action="store_true", help="measure the hash method only")
-    p.add_argument("--checkpoint", default=None, metavar="PATH",
-                   help="harness encoder checkpoint of the embedding method (default: a random-init test_resnet, 32 px)")
-    p.add_argument("--cosine", type=float, default=D.DEFAULT_COSINE, help="cosine of the headline figures (default: %(default)s)")
-    p.add_argument("--cosines", default="0.9,0.95,0.98,0.99,0.995,0.998,0.999,0.9995,0.9998,0.9999",
-                   help="cosine sweep, comma-separated (default: %(default)s)")
+    p.add_argument(
+        "--checkpoint",
+        default=None,
+        metavar="PATH",
+        help="harness encoder checkpoint of the embedding method (default: a random-init test_resnet, 32 px)",
+    )
+    p.add_argument(
+        "--cosine", type=float, default=D.DEFAULT_COSINE, help="cosine of the headline figures (default: %(default)s)"
+    )
+    p.add_argument(
+        "--cosines",
+        default="0.9,0.95,0.98,0.99,0.995,0.998,0.999,0.9995,0.9998,0.9999",
+        help="cosine sweep, comma-separated (default: %(default)s)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
@@ -102,8 +139,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if not all(0 < c <= 1 for c in args.cosines):
         p.error(f"--cosine/--cosines must lie in (0, 1], got {args.cosines}")
     if args.checkpoint is not None and not Path(args.checkpoint).is_file():
-        p.error(f"--checkpoint {args.checkpoint}: no such file (give a harness encoder checkpoint, e.g. "
-                "<workdir>/pretrain/<key>/checkpoints/last.pt)")
+        p.error(
+            f"--checkpoint {args.checkpoint}: no such file (give a harness encoder checkpoint, e.g. "
+            "<workdir>/pretrain/<key>/checkpoints/last.pt)"
+        )
     if not 0 < args.fraction <= 1 or not args.sources or not args.transforms:
         p.error("--fraction must be in (0, 1]; --sources and --transforms must not be empty")
     return args
@@ -126,7 +165,7 @@ def brute_force(hashes: np.ndarray, threshold: int, rows: int = 256) -> tuple[np
     n = len(h)
     src, dst = [], []
     for i0 in range(0, n, rows):
-        hi, mi = h[i0:i0 + rows, None], m[i0:i0 + rows, None]
+        hi, mi = h[i0 : i0 + rows, None], m[i0 : i0 + rows, None]
         d = np.minimum(np.minimum(D.popcount(hi ^ h[None]), D.popcount(hi ^ m[None])), D.popcount(mi ^ h[None]))
         a, b = np.nonzero(d <= threshold)
         src.append(a + i0)
@@ -149,7 +188,9 @@ def textbook_phash(images: list[bytes]) -> np.ndarray:
     return np.stack(out, axis=1)
 
 
-def sweep(hashes: np.ndarray, twin: np.ndarray, kind: np.ndarray, kinds: list[str], thresholds: list[int]) -> list[dict]:
+def sweep(
+    hashes: np.ndarray, twin: np.ndarray, kind: np.ndarray, kinds: list[str], thresholds: list[int]
+) -> list[dict]:
     rows = []
     for t in thresholds:
         t0 = time.perf_counter()
@@ -157,8 +198,16 @@ def sweep(hashes: np.ndarray, twin: np.ndarray, kind: np.ndarray, kinds: list[st
         dt = time.perf_counter() - t0
         s = D.score_planted(res, twin, kind, kinds)
         non_crop = [v for k, v in s["recall_per_transform"].items() if "crop" not in k and v is not None]
-        rows.append({"threshold": t, **s, "recall_without_crops": float(np.mean(non_crop)) if non_crop else None,
-                     "clusters": res.num_clusters, "pairs_checked": res.pairs_checked, "search_s": dt})
+        rows.append(
+            {
+                "threshold": t,
+                **s,
+                "recall_without_crops": float(np.mean(non_crop)) if non_crop else None,
+                "clusters": res.num_clusters,
+                "pairs_checked": res.pairs_checked,
+                "search_s": dt,
+            }
+        )
     return rows
 
 
@@ -168,8 +217,17 @@ def best_under(rows: list[dict], key: str, limit: float) -> dict | None:
     if not ok:
         return None
     r = max(ok, key=lambda r: (r[key], -r["threshold"]))
-    return {k: r[k] for k in ("threshold", "recall", "recall_without_crops", "recall_per_transform", "false_removal",
-                              "excess_removal")}
+    return {
+        k: r[k]
+        for k in (
+            "threshold",
+            "recall",
+            "recall_without_crops",
+            "recall_per_transform",
+            "false_removal",
+            "excess_removal",
+        )
+    }
 
 
 def synthetic_hashes(base: np.ndarray, n: int, rng: np.random.Generator) -> np.ndarray:
@@ -205,11 +263,15 @@ def describe_encoder(path: Path, default: bool, seed: int) -> dict[str, Any]:
     import torch
 
     meta = torch.load(path, map_location="cpu", weights_only=True, mmap=True)["meta"]
-    out = {"checkpoint": str(path), **{k: meta.get(k) for k in ("method", "backbone", "image_size", "samples_seen",
-                                                                  "view_size", "pretrain_key")}}
+    out = {
+        "checkpoint": str(path),
+        **{k: meta.get(k) for k in ("method", "backbone", "image_size", "samples_seen", "view_size", "pretrain_key")},
+    }
     if default:
-        out["note"] = (f"random-init test_resnet (torch seed {seed}, 32 px): no trained checkpoint ships; "
-                       "pass --checkpoint PATH for a trained encoder")
+        out["note"] = (
+            f"random-init test_resnet (torch seed {seed}, 32 px): no trained checkpoint ships; "
+            "pass --checkpoint PATH for a trained encoder"
+        )
     return out
 
 
@@ -217,7 +279,7 @@ def cosine_pairs(emb: np.ndarray, lowest: float, rows: int = 2048) -> tuple[np.n
     """(i, j, cosine) of every pair i <= j of unit embeddings with cosine >= ``lowest``, computed once."""
     src, dst, sims = [], [], []
     for a in range(0, len(emb), rows):
-        sim = emb[a:a + rows] @ emb[a:].T
+        sim = emb[a : a + rows] @ emb[a:].T
         i, j = np.nonzero(sim >= lowest - 1e-6)
         src.append(i + a)
         dst.append(j + a)
@@ -229,34 +291,56 @@ def cluster_at(pairs: tuple[np.ndarray, np.ndarray, np.ndarray], cosine: float, 
     """:func:`curation.dedup.embedding_duplicates`'s result at ``cosine`` from precomputed pairs."""
     i, j, sim = pairs
     keep = sim >= cosine - 1e-6
-    comp = connected_components(coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(n, n)),
-                                directed=False)[1]
+    comp = connected_components(
+        coo_matrix((np.ones(int(keep.sum()), np.int8), (i[keep], j[keep])), shape=(n, n)), directed=False
+    )[1]
     return D._keep_one(comp, np.arange(n), n * (n + 1) // 2)
 
 
-def embedding_method(args: argparse.Namespace, items: list[bytes], twin: np.ndarray, kind: np.ndarray,
-                     originals: list[bytes], rng: np.random.Generator) -> dict[str, Any]:
+def embedding_method(
+    args: argparse.Namespace,
+    items: list[bytes],
+    twin: np.ndarray,
+    kind: np.ndarray,
+    originals: list[bytes],
+    rng: np.random.Generator,
+) -> dict[str, Any]:
     """The embedding method's figures: images/s, a cosine sweep, the headline at ``--cosine``, crops."""
     path = Path(args.checkpoint) if args.checkpoint else random_encoder(Path(args.cache_dir), args.seed)
     encoder = describe_encoder(path, args.checkpoint is None, args.seed)
     t0 = time.perf_counter()
     emb = D.embed_images(items, path)
     embed_s = time.perf_counter() - t0
-    C.log(f"\nembedded {len(items)} images in {embed_s:.1f}s: {len(items) / embed_s:.0f} images/s "
-          f"({encoder.get('note') or path}; dim {emb.shape[1]})")
+    C.log(
+        f"\nembedded {len(items)} images in {embed_s:.1f}s: {len(items) / embed_s:.0f} images/s "
+        f"({encoder.get('note') or path}; dim {emb.shape[1]})"
+    )
     t0 = time.perf_counter()
     pairs = cosine_pairs(emb, min(args.cosines))
     rows = []
     for c in args.cosines:
         s = D.score_planted(cluster_at(pairs, c, len(items)), twin, kind, args.transforms)
-        rows.append({"cosine": c, **{k: s[k] for k in ("recall", "recall_per_transform", "false_removal",
-                                                         "excess_removal", "removed")}})
+        rows.append(
+            {
+                "cosine": c,
+                **{k: s[k] for k in ("recall", "recall_per_transform", "false_removal", "excess_removal", "removed")},
+            }
+        )
     search_s = time.perf_counter() - t0
-    C.log(f"{'cos':>7} {'recall':>7} " + " ".join(f"{k:>9}" for k in args.transforms) + f" {'false_rm':>8} {'excess':>7}")
+    C.log(
+        f"{'cos':>7} {'recall':>7} " + " ".join(f"{k:>9}" for k in args.transforms) + f" {'false_rm':>8} {'excess':>7}"
+    )
     for r in rows:
-        C.log(f"{r['cosine']:7.4f} {r['recall']:7.3f} " + " ".join(f"{r['recall_per_transform'][k]:9.3f}" for k in args.transforms)
-              + f" {r['false_removal']:8.4f} {r['excess_removal']:7.4f}")
-    agree = bool(np.array_equal(D.embedding_duplicates(emb, args.cosine).cluster, cluster_at(pairs, args.cosine, len(items)).cluster))
+        C.log(
+            f"{r['cosine']:7.4f} {r['recall']:7.3f} "
+            + " ".join(f"{r['recall_per_transform'][k]:9.3f}" for k in args.transforms)
+            + f" {r['false_removal']:8.4f} {r['excess_removal']:7.4f}"
+        )
+    agree = bool(
+        np.array_equal(
+            D.embedding_duplicates(emb, args.cosine).cluster, cluster_at(pairs, args.cosine, len(items)).cluster
+        )
+    )
     if not agree:
         raise SystemExit("the cosine sweep's clusters disagree with curation.dedup.embedding_duplicates")
     head = next(r for r in rows if r["cosine"] == args.cosine)
@@ -269,13 +353,33 @@ def embedding_method(args: argparse.Namespace, items: list[bytes], twin: np.ndar
         for f in args.crop_sweep:
             cp = D.embed_images([D.transform_image(originals[i], "crop", rng, crop=(f, f)) for i in idx], path)
             cos = (cp * base).sum(axis=1)
-            crops.append({"crop": f, "within_cosine": float((cos >= args.cosine - 1e-6).mean()), "median_cosine": float(np.median(cos))})
-        C.log("embedding crop sweep (share of crop copies at cosine >= {}): {}".format(
-            args.cosine, ", ".join(f"{c['crop']:.0%}: {c['within_cosine']:.3f} (median {c['median_cosine']:.4f})" for c in crops)))
-    return {"encoder": encoder, "embed_per_s": len(items) / embed_s, "dim": int(emb.shape[1]), "cosine": args.cosine,
-            **{k: head[k] for k in ("recall", "recall_per_transform", "false_removal", "excess_removal")},
-            "best_recall_excess_below_1pct": best, "sweep_s": search_s, "clusters_agree": agree,
-            "crop_sweep": crops, "sweep": rows}
+            crops.append(
+                {
+                    "crop": f,
+                    "within_cosine": float((cos >= args.cosine - 1e-6).mean()),
+                    "median_cosine": float(np.median(cos)),
+                }
+            )
+        C.log(
+            "embedding crop sweep (share of crop copies at cosine >= {}): {}".format(
+                args.cosine,
+                ", ".join(
+                    f"{c['crop']:.0%}: {c['within_cosine']:.3f} (median {c['median_cosine']:.4f})" for c in crops
+                ),
+            )
+        )
+    return {
+        "encoder": encoder,
+        "embed_per_s": len(items) / embed_s,
+        "dim": int(emb.shape[1]),
+        "cosine": args.cosine,
+        **{k: head[k] for k in ("recall", "recall_per_transform", "false_removal", "excess_removal")},
+        "best_recall_excess_below_1pct": best,
+        "sweep_s": search_s,
+        "clusters_agree": agree,
+        "crop_sweep": crops,
+        "sweep": rows,
+    }
 
 
 def methods_summary(args: argparse.Namespace, head: dict, embedding: dict | None) -> dict[str, Any]:
@@ -283,11 +387,17 @@ def methods_summary(args: argparse.Namespace, head: dict, embedding: dict | None
     keys = ("recall", "recall_per_transform", "false_removal", "excess_removal")
     out = {"hash": {"threshold": args.threshold, **{k: head[k] for k in keys}}}
     if embedding:
-        out["embedding"] = {"cosine": args.cosine, **{k: embedding[k] for k in keys},
-                            "encoder": embedding["encoder"].get("note") or embedding["encoder"]["checkpoint"]}
+        out["embedding"] = {
+            "cosine": args.cosine,
+            **{k: embedding[k] for k in keys},
+            "encoder": embedding["encoder"].get("note") or embedding["encoder"]["checkpoint"],
+        }
     for name, m in out.items():
-        C.log(f"{name:>9}: recall " + ", ".join(f"{k} {v:.3f}" for k, v in m["recall_per_transform"].items())
-              + f"; false removal {m['false_removal']:.4f}, excess {m['excess_removal']:.4f}")
+        C.log(
+            f"{name:>9}: recall "
+            + ", ".join(f"{k} {v:.3f}" for k, v in m["recall_per_transform"].items())
+            + f"; false removal {m['false_removal']:.4f}, excess {m['excess_removal']:.4f}"
+        )
     return out
 
 
@@ -297,30 +407,43 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     originals = load_originals(args)
     t0 = time.perf_counter()
     items, twin, kind = D.plant_duplicates(originals, args.fraction, args.transforms, seed=args.seed)
-    C.log(f"{len(originals)} originals + {len(items) - len(originals)} planted copies ({', '.join(args.transforms)}) "
-          f"in {time.perf_counter() - t0:.1f}s")
+    C.log(
+        f"{len(originals)} originals + {len(items) - len(originals)} planted copies ({', '.join(args.transforms)}) "
+        f"in {time.perf_counter() - t0:.1f}s"
+    )
     t0 = time.perf_counter()
     hashes = D.hash_images(items)
     hash_s = time.perf_counter() - t0
     C.log(f"hashed {len(items)} images in {hash_s:.2f}s: {len(items) / hash_s:.0f} hashes/s (decode + DCT, 1 process)")
 
     rows = sweep(hashes, twin, kind, args.transforms, args.thresholds)
-    C.log(f"\n{'t':>3} {'recall':>7} {'no-crop':>7} " + " ".join(f"{k:>9}" for k in args.transforms)
-          + f" {'false_rm':>8} {'excess':>7} {'checked':>10} {'search_s':>8}")
+    C.log(
+        f"\n{'t':>3} {'recall':>7} {'no-crop':>7} "
+        + " ".join(f"{k:>9}" for k in args.transforms)
+        + f" {'false_rm':>8} {'excess':>7} {'checked':>10} {'search_s':>8}"
+    )
     for r in rows:
         per = " ".join(f"{r['recall_per_transform'][k]:9.3f}" for k in args.transforms)
-        C.log(f"{r['threshold']:3d} {r['recall']:7.3f} {r['recall_without_crops']:7.3f} {per} "
-              f"{r['false_removal']:8.4f} {r['excess_removal']:7.4f} {r['pairs_checked']:10d} {r['search_s']:8.3f}")
-    head = next((r for r in rows if r["threshold"] == args.threshold), None) or sweep(
-        hashes, twin, kind, args.transforms, [args.threshold])[0]
+        C.log(
+            f"{r['threshold']:3d} {r['recall']:7.3f} {r['recall_without_crops']:7.3f} {per} "
+            f"{r['false_removal']:8.4f} {r['excess_removal']:7.4f} {r['pairs_checked']:10d} {r['search_s']:8.3f}"
+        )
+    head = (
+        next((r for r in rows if r["threshold"] == args.threshold), None)
+        or sweep(hashes, twin, kind, args.transforms, [args.threshold])[0]
+    )
 
     textbook = sweep(textbook_phash(items), twin, kind, args.transforms, args.thresholds)
-    tb = {"best_recall_excess_below_1pct": best_under(textbook, "recall", 0.01),
-          "best_recall_without_crops_excess_below_1pct": best_under(textbook, "recall_without_crops", 0.01)}
+    tb = {
+        "best_recall_excess_below_1pct": best_under(textbook, "recall", 0.01),
+        "best_recall_without_crops_excess_below_1pct": best_under(textbook, "recall_without_crops", 0.01),
+    }
     for name, r in tb.items():
         if r:
-            C.log(f"textbook pHash, {name}: t={r['threshold']} recall {r['recall']:.3f} (no crops {r['recall_without_crops']:.3f}), "
-                  f"{r['recall_per_transform']}, excess removal {r['excess_removal']:.4f}")
+            C.log(
+                f"textbook pHash, {name}: t={r['threshold']} recall {r['recall']:.3f} (no crops {r['recall_without_crops']:.3f}), "
+                f"{r['recall_per_transform']}, excess removal {r['excess_removal']:.4f}"
+            )
 
     speed: dict[str, Any] = {}
     if len(hashes) <= args.brute_max:
@@ -331,30 +454,50 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         brute_cluster, brute_pairs = brute_force(hashes, args.threshold)
         brute_s = time.perf_counter() - t0
         agree = bool(np.array_equal(brute_cluster, banded.cluster))
-        speed = {"n": len(hashes), "banded_s": banded_s, "brute_force_s": brute_s, "ratio": brute_s / banded_s,
-                 "banded_pairs_checked": banded.pairs_checked, "brute_force_pairs": brute_pairs, "clusters_agree": agree,
-                 "brute_ns_per_pair": brute_s / brute_pairs * 1e9}
-        C.log(f"\nsearch at t={args.threshold} on {len(hashes)} hashes: banded {banded_s:.3f}s "
-              f"({banded.pairs_checked} candidates) vs brute force {brute_s:.2f}s ({brute_pairs} pairs x 3 distances): "
-              f"{brute_s / banded_s:.0f}x; clusters agree: {agree}")
+        speed = {
+            "n": len(hashes),
+            "banded_s": banded_s,
+            "brute_force_s": brute_s,
+            "ratio": brute_s / banded_s,
+            "banded_pairs_checked": banded.pairs_checked,
+            "brute_force_pairs": brute_pairs,
+            "clusters_agree": agree,
+            "brute_ns_per_pair": brute_s / brute_pairs * 1e9,
+        }
+        C.log(
+            f"\nsearch at t={args.threshold} on {len(hashes)} hashes: banded {banded_s:.3f}s "
+            f"({banded.pairs_checked} candidates) vs brute force {brute_s:.2f}s ({brute_pairs} pairs x 3 distances): "
+            f"{brute_s / banded_s:.0f}x; clusters agree: {agree}"
+        )
         if not agree:
             raise SystemExit("banded search and brute force disagree")
     scale = []
     if args.scale_test:  # calibration: candidates drawn by real vs synthetic hashes of the same size
         syn = synthetic_hashes(hashes, len(hashes), rng)
-        speed["candidates_real_over_synthetic"] = (D.near_duplicates(hashes, args.threshold).pairs_checked
-                                                   / max(1, D.near_duplicates(syn, args.threshold).pairs_checked))
+        speed["candidates_real_over_synthetic"] = D.near_duplicates(hashes, args.threshold).pairs_checked / max(
+            1, D.near_duplicates(syn, args.threshold).pairs_checked
+        )
     for n in args.scale_test:
         syn = synthetic_hashes(hashes, n, rng)
         t0 = time.perf_counter()
         res = D.near_duplicates(syn, args.threshold)
         dt = time.perf_counter() - t0
         est = speed.get("brute_ns_per_pair", float("nan")) * n * n / 1e9
-        scale.append({"n": n, "plan": D._plan(n, n, args.threshold), "banded_s": dt, "pairs_checked": res.pairs_checked,
-                      "clusters": res.num_clusters,
-                      "brute_force_s_extrapolated": est, "ratio_extrapolated": est / dt})
-        C.log(f"banded search on {n} synthetic hashes: {dt:.2f}s, {res.pairs_checked} candidates "
-              f"({res.pairs_checked / (n * n):.2e} of all pairs); brute force ~{est:.0f}s (extrapolated)")
+        scale.append(
+            {
+                "n": n,
+                "plan": D._plan(n, n, args.threshold),
+                "banded_s": dt,
+                "pairs_checked": res.pairs_checked,
+                "clusters": res.num_clusters,
+                "brute_force_s_extrapolated": est,
+                "ratio_extrapolated": est / dt,
+            }
+        )
+        C.log(
+            f"banded search on {n} synthetic hashes: {dt:.2f}s, {res.pairs_checked} candidates "
+            f"({res.pairs_checked / (n * n):.2e} of all pairs); brute force ~{est:.0f}s (extrapolated)"
+        )
 
     crops = []
     if args.crop_sweep:
@@ -363,9 +506,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for f in args.crop_sweep:
             cp = D.hash_images([D.transform_image(originals[i], "crop", rng, crop=(f, f)) for i in idx])
             d = np.minimum(D.popcount(cp[:, 0] ^ base[:, 0]), D.popcount(cp[:, 0] ^ base[:, 1]))
-            crops.append({"crop": f, "within_threshold": float((d <= args.threshold).mean()), "median_distance": float(np.median(d))})
-        C.log("crop sweep (share of crop copies within t={}): {}".format(
-            args.threshold, ", ".join(f"{c['crop']:.0%}: {c['within_threshold']:.3f} (median d {c['median_distance']:.0f})" for c in crops)))
+            crops.append(
+                {
+                    "crop": f,
+                    "within_threshold": float((d <= args.threshold).mean()),
+                    "median_distance": float(np.median(d)),
+                }
+            )
+        C.log(
+            "crop sweep (share of crop copies within t={}): {}".format(
+                args.threshold,
+                ", ".join(
+                    f"{c['crop']:.0%}: {c['within_threshold']:.3f} (median d {c['median_distance']:.0f})" for c in crops
+                ),
+            )
+        )
 
     jpeg = None
     if args.jpeg_images:
@@ -381,18 +536,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     meets = head["recall"] >= TARGET_RECALL and head["false_removal"] < TARGET_FALSE_REMOVAL
     meets_nc = head["recall_without_crops"] >= TARGET_RECALL and head["false_removal"] < TARGET_FALSE_REMOVAL
-    C.log(f"\nat t={args.threshold}: recall {head['recall']:.3f} (without crops {head['recall_without_crops']:.3f}), "
-          f"false removal {head['false_removal']:.4f}, excess removal {head['excess_removal']:.4f}; "
-          f"requirement (recall >= {TARGET_RECALL}, false removal < {TARGET_FALSE_REMOVAL}) met: {meets}; "
-          f"without crops: {meets_nc}")
-    out = {"bench": "dedup_quality", "sources": args.sources, "scale": args.scale, "originals": len(originals),
-           "planted": head["planted"], "threshold": args.threshold, "recall": head["recall"],
-           "recall_without_crops": head["recall_without_crops"], "recall_per_transform": head["recall_per_transform"],
-           "false_removal": head["false_removal"], "excess_removal": head["excess_removal"],
-           "meets_requirement": meets, "meets_requirement_without_crops": meets_nc,
-           "hashes_per_s": len(items) / hash_s, "search": speed, "scale_test": scale, "crop_sweep": crops,
-           "jpeg_hashing": jpeg, "sweep": rows, "textbook_phash": tb, "embedding": embedding,
-           "methods": methods_summary(args, head, embedding)}
+    C.log(
+        f"\nat t={args.threshold}: recall {head['recall']:.3f} (without crops {head['recall_without_crops']:.3f}), "
+        f"false removal {head['false_removal']:.4f}, excess removal {head['excess_removal']:.4f}; "
+        f"requirement (recall >= {TARGET_RECALL}, false removal < {TARGET_FALSE_REMOVAL}) met: {meets}; "
+        f"without crops: {meets_nc}"
+    )
+    out = {
+        "bench": "dedup_quality",
+        "sources": args.sources,
+        "scale": args.scale,
+        "originals": len(originals),
+        "planted": head["planted"],
+        "threshold": args.threshold,
+        "recall": head["recall"],
+        "recall_without_crops": head["recall_without_crops"],
+        "recall_per_transform": head["recall_per_transform"],
+        "false_removal": head["false_removal"],
+        "excess_removal": head["excess_removal"],
+        "meets_requirement": meets,
+        "meets_requirement_without_crops": meets_nc,
+        "hashes_per_s": len(items) / hash_s,
+        "search": speed,
+        "scale_test": scale,
+        "crop_sweep": crops,
+        "jpeg_hashing": jpeg,
+        "sweep": rows,
+        "textbook_phash": tb,
+        "embedding": embedding,
+        "methods": methods_summary(args, head, embedding),
+    }
     if args.json:
         C.write_json(args.json, out)
     last = {k: v for k, v in out.items() if k not in ("sweep",)}

@@ -45,8 +45,17 @@ from _common import (  # puts the repository on sys.path
     write_json,
 )
 
-WORLD_SETS = ("cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
-              "cameratraps", "cassava")
+WORLD_SETS = (
+    "cifar100",
+    "dtd",
+    "caltech101",
+    "pets",
+    "domainnet_real",
+    "domainnet_clipart",
+    "eurosat",
+    "cameratraps",
+    "cassava",
+)
 SHOTS = (1, 5, 10, 20, None)
 SEEDS = (0, 1, 2)
 
@@ -60,7 +69,9 @@ def main() -> None:
     ap.add_argument("--scale", type=float, default=1.0, help="world scale for the sets written on first use")
     ap.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     ap.add_argument("--threads", type=int, default=max(1, torch.get_num_threads()))
-    ap.add_argument("--quick", action="store_true", help="the two smallest sets (dtd, cassava): about a minute on 2 cores")
+    ap.add_argument(
+        "--quick", action="store_true", help="the two smallest sets (dtd, cassava): about a minute on 2 cores"
+    )
     ap.add_argument("--sets", nargs="+", choices=WORLD_SETS, help="a subset of the nine sets")
     ap.add_argument("--json", type=Path, help="also write the figures here")
     args = ap.parse_args()
@@ -74,9 +85,11 @@ def main() -> None:
     ckpt = encoder_checkpoint(args.checkpoint, args.backbone, args.image_size, args.cache_dir)
     meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]
     runs = len(SHOTS) * len(SEEDS)
-    log(f"checkpoint {ckpt.name}: {meta['backbone']} at {meta['image_size']} px, {meta['feature_dim']} features; "
+    log(
+        f"checkpoint {ckpt.name}: {meta['backbone']} at {meta['image_size']} px, {meta['feature_dim']} features; "
         f"{len(names)} sets x shots {[s or 'full' for s in SHOTS]} x seeds {list(SEEDS)} = {len(names) * runs} runs; "
-        f"{args.threads} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}")
+        f"{args.threads} threads, device {'cuda' if torch.cuda.is_available() else 'cpu'}"
+    )
 
     work = Path(tempfile.mkdtemp(prefix="fewshot-", dir=args.cache_dir))
     try:
@@ -89,19 +102,31 @@ def main() -> None:
             t0 = time.perf_counter()
             info = extract_features(ckpt, name, root, work / "a" / name, num_threads=args.threads)
             t1 = time.perf_counter()
-            res = run_linear(EvalRequest(set_name=name, data_root=root, checkpoint=ckpt,
-                                         features_dir=work / "a" / name, shots=SHOTS, seeds=SEEDS,
-                                         num_threads=args.threads))
+            res = run_linear(
+                EvalRequest(
+                    set_name=name,
+                    data_root=root,
+                    checkpoint=ckpt,
+                    features_dir=work / "a" / name,
+                    shots=SHOTS,
+                    seeds=SEEDS,
+                    num_threads=args.threads,
+                )
+            )
             t2 = time.perf_counter()
             extract_s += t1 - t0
             probe_s += t2 - t1
             images += sum(info["counts"].values())
             scores_a.update({(name, r.shots, r.eval_seed): r.score for r in res})
-            log(f"  (a) {name:18s} extract {t1 - t0:6.2f}s ({sum(info['counts'].values())} images)  "
-                f"{runs} probes {t2 - t1:6.2f}s")
+            log(
+                f"  (a) {name:18s} extract {t1 - t0:6.2f}s ({sum(info['counts'].values())} images)  "
+                f"{runs} probes {t2 - t1:6.2f}s"
+            )
         sweep_s = extract_s + probe_s
-        log(f"(a) harness: extraction pass {extract_s:.1f}s ({images / extract_s:.0f} images/s) + probes "
-            f"{probe_s:.1f}s = {sweep_s:.1f}s")
+        log(
+            f"(a) harness: extraction pass {extract_s:.1f}s ({images / extract_s:.0f} images/s) + probes "
+            f"{probe_s:.1f}s = {sweep_s:.1f}s"
+        )
 
         # (b) naive: every run extracts its own features
         naive_s = 0.0
@@ -113,8 +138,17 @@ def main() -> None:
                     sets.clear_cache()
                     out = work / "b" / f"{name}-{shots}-{seed}"
                     extract_features(ckpt, name, root, out, num_threads=args.threads)
-                    (r,) = run_linear(EvalRequest(set_name=name, data_root=root, checkpoint=ckpt, features_dir=out,
-                                                  shots=(shots,), seeds=(seed,), num_threads=args.threads))
+                    (r,) = run_linear(
+                        EvalRequest(
+                            set_name=name,
+                            data_root=root,
+                            checkpoint=ckpt,
+                            features_dir=out,
+                            shots=(shots,),
+                            seeds=(seed,),
+                            num_threads=args.threads,
+                        )
+                    )
                     scores_b[(name, shots, seed)] = r.score
                     shutil.rmtree(out, ignore_errors=True)
             dt = time.perf_counter() - t_set
@@ -127,19 +161,36 @@ def main() -> None:
     same = all(np.isclose(scores_a[k], scores_b[k]) for k in scores_a)
     multiple = sweep_s / extract_s
     speedup = naive_s / sweep_s
-    log(f"speed-up of the harness over naive: {speedup:.1f}x; sweep = {multiple:.2f} x one extraction pass "
-        f"(target <= 1.3: {'met' if multiple <= 1.3 else 'NOT met'}); same scores: {same}")
+    log(
+        f"speed-up of the harness over naive: {speedup:.1f}x; sweep = {multiple:.2f} x one extraction pass "
+        f"(target <= 1.3: {'met' if multiple <= 1.3 else 'NOT met'}); same scores: {same}"
+    )
     if multiple > 1.3:
-        log(f"  the probes ({probe_s:.1f}s) cost more than 30% of the extraction pass ({extract_s:.1f}s): "
-            f"extraction is cheap for this encoder at {meta['image_size']} px")
-    figures = {"bench": "fewshot_sweep", "multiple_of_extraction": round(multiple, 3), "target": 1.3,
-               "met": multiple <= 1.3, "speedup_vs_naive": round(speedup, 2), "baseline": "features re-extracted per run",
-               "sweep_seconds": round(sweep_s, 2), "extraction_seconds": round(extract_s, 2),
-               "probe_seconds": round(probe_s, 2), "naive_seconds": round(naive_s, 2), "sets": len(names),
-               "runs": len(names) * runs, "images_per_pass": images, "backbone": meta["backbone"],
-               "image_size": int(meta["image_size"]), "feature_dim": int(meta["feature_dim"]),
-               "threads": args.threads, "same_scores": bool(same),
-               "device": "cuda" if torch.cuda.is_available() else "cpu"}
+        log(
+            f"  the probes ({probe_s:.1f}s) cost more than 30% of the extraction pass ({extract_s:.1f}s): "
+            f"extraction is cheap for this encoder at {meta['image_size']} px"
+        )
+    figures = {
+        "bench": "fewshot_sweep",
+        "multiple_of_extraction": round(multiple, 3),
+        "target": 1.3,
+        "met": multiple <= 1.3,
+        "speedup_vs_naive": round(speedup, 2),
+        "baseline": "features re-extracted per run",
+        "sweep_seconds": round(sweep_s, 2),
+        "extraction_seconds": round(extract_s, 2),
+        "probe_seconds": round(probe_s, 2),
+        "naive_seconds": round(naive_s, 2),
+        "sets": len(names),
+        "runs": len(names) * runs,
+        "images_per_pass": images,
+        "backbone": meta["backbone"],
+        "image_size": int(meta["image_size"]),
+        "feature_dim": int(meta["feature_dim"]),
+        "threads": args.threads,
+        "same_scores": bool(same),
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
     if args.json:
         write_json(args.json, figures)
     print(json.dumps(figures), flush=True)

@@ -50,13 +50,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--cpu", action="store_true", help="tiny models, 32 px, a few steps, on the CPU (< 1 min)")
     p.add_argument("--methods", default="supervised,clip,simclr")
-    p.add_argument("--loader-workers", type=int, default=None,
-                   help="decoding processes (default: the harness's auto rule, min(8, CPUs - 1) on a GPU; 1 with --cpu)")
+    p.add_argument(
+        "--loader-workers",
+        type=int,
+        default=None,
+        help="decoding processes (default: the harness's auto rule, min(8, CPUs - 1) on a GPU; 1 with --cpu)",
+    )
     p.add_argument("--steps", type=int, default=None, help="timed steps per phase (default 30; 3 with --cpu)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps per phase (default 5; 2 with --cpu)")
     p.add_argument("--samples", type=int, default=None, help="synthetic JPEG samples (default 4096; 256 with --cpu)")
-    p.add_argument("--no-decode-device", dest="decode_device", action="store_false",
-                   help="skip the second real-shards measurement with decode=device (batched decode_jpeg on the device)")
+    p.add_argument(
+        "--no-decode-device",
+        dest="decode_device",
+        action="store_false",
+        help="skip the second real-shards measurement with decode=device (batched decode_jpeg on the device)",
+    )
     p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE))
     p.add_argument("--json", default=None, metavar="PATH", help="also write the JSON here")
     return p.parse_args(argv)
@@ -81,9 +89,14 @@ class GpuUtilisation:
             index = str(self.device.index or 0)
 
             def read() -> float:
-                out = subprocess.run([smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", index],
-                                     capture_output=True, text=True, timeout=5)
+                out = subprocess.run(
+                    [smi, "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits", "-i", index],
+                    capture_output=True,
+                    text=True,
+                    timeout=5,
+                )
                 return float(out.stdout.strip().splitlines()[0])
+
             return read
 
     def _loop(self) -> None:
@@ -109,30 +122,65 @@ class GpuUtilisation:
         return float(np.mean(self.samples)) if self.samples else None
 
 
-def pretrain_rate(method: str, view: Path, setting: tuple[str, int, int], args: argparse.Namespace,
-                  device: torch.device) -> dict[str, Any]:
+def pretrain_rate(
+    method: str, view: Path, setting: tuple[str, int, int], args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
     """``bench/pretrain_throughput.py``'s real-vs-memory measurement of one method, with utilisation,
     then (``--decode-device``, default on) the real rate again with ``decode=device``: the loader ships
     the JPEG bytes and the training process decodes and augments whole batches on the device."""
     from bench import pretrain_throughput as PT
 
     backbone, size, batch = setting
-    argv = ["--methods", method, "--backbone", backbone, "--image-size", str(size),
-            "--batch-size", str(batch), "--steps", str(args.steps), "--warmup", str(args.warmup),
-            "--loader-workers", str(args.loader_workers), "--memory-batches", str(args.warmup), "--device", str(device)]
+    argv = [
+        "--methods",
+        method,
+        "--backbone",
+        backbone,
+        "--image-size",
+        str(size),
+        "--batch-size",
+        str(batch),
+        "--steps",
+        str(args.steps),
+        "--warmup",
+        str(args.warmup),
+        "--loader-workers",
+        str(args.loader_workers),
+        "--memory-batches",
+        str(args.warmup),
+        "--device",
+        str(device),
+    ]
     with GpuUtilisation(device) as util:
         res = PT.bench_method(method, view, PT.parse_args(argv), device)
-    keep = ("real_samples_per_s", "memory_samples_per_s", "ratio", "params", "clip_model", "skipped",
-            "queue_ran_dry_in_warmup", "max_memory_gib")
-    out = {"backbone": backbone, "image_size": size, "batch_size": batch, **{k: res.get(k) for k in keep},
-           "gpu_util_pct": util.mean}
+    keep = (
+        "real_samples_per_s",
+        "memory_samples_per_s",
+        "ratio",
+        "params",
+        "clip_model",
+        "skipped",
+        "queue_ran_dry_in_warmup",
+        "max_memory_gib",
+    )
+    out = {
+        "backbone": backbone,
+        "image_size": size,
+        "batch_size": batch,
+        **{k: res.get(k) for k in keep},
+        "gpu_util_pct": util.mean,
+    }
     if args.decode_device:
         with GpuUtilisation(device) as util:
             dev = PT.bench_method(method, view, PT.parse_args([*argv, "--decode", "device"]), device)
-        out["decode_device"] = {"real_samples_per_s": dev["real_samples_per_s"], "ratio": dev["ratio"],
-                                "vs_cpu_decode": dev["real_samples_per_s"] / res["real_samples_per_s"],
-                                "skipped": dev["skipped"], "max_memory_gib": dev.get("max_memory_gib"),
-                                "gpu_util_pct": util.mean}
+        out["decode_device"] = {
+            "real_samples_per_s": dev["real_samples_per_s"],
+            "ratio": dev["ratio"],
+            "vs_cpu_decode": dev["real_samples_per_s"] / res["real_samples_per_s"],
+            "skipped": dev["skipped"],
+            "max_memory_gib": dev.get("max_memory_gib"),
+            "gpu_util_pct": util.mean,
+        }
     return out
 
 
@@ -152,11 +200,26 @@ def finetune_rate(backbone: str, size: int, n: int, batch: int, device: torch.de
     small = (_images(2 * classes, size, 1), np.arange(2 * classes) % classes)
     cfg = FinetuneConfig(epochs=2, lrs=(1e-3,), batch_size=batch, warmup_steps=1)
     with GpuUtilisation(device) as util:
-        res = finetune(encoder, meta, (_images(n, size), y), small, small, num_classes=classes, config=cfg,
-                       device=device, num_threads=max(1, torch.get_num_threads()))
+        res = finetune(
+            encoder,
+            meta,
+            (_images(n, size), y),
+            small,
+            small,
+            num_classes=classes,
+            config=cfg,
+            device=device,
+            num_threads=max(1, torch.get_num_threads()),
+        )
     epoch2 = res.curve[-1]["seconds"] if res.curve else res.train_seconds  # the second epoch: warm kernels
-    return {"backbone": backbone, "image_size": size, "batch_size": batch, "images": n,
-            "images_per_s": n / epoch2, "gpu_util_pct": util.mean}
+    return {
+        "backbone": backbone,
+        "image_size": size,
+        "batch_size": batch,
+        "images": n,
+        "images_per_s": n / epoch2,
+        "gpu_util_pct": util.mean,
+    }
 
 
 def features_rate(backbone: str, size: int, n: int, batch: int, device: torch.device) -> dict[str, Any]:
@@ -174,8 +237,14 @@ def features_rate(backbone: str, size: int, n: int, batch: int, device: torch.de
         t0 = time.perf_counter()
         encode(encoder, images, meta, batch_size=batch, device=device)  # ends with the copy to the host
         seconds = time.perf_counter() - t0
-    return {"backbone": backbone, "image_size": size, "batch_size": batch, "images": n,
-            "images_per_s": n / seconds, "gpu_util_pct": util.mean}
+    return {
+        "backbone": backbone,
+        "image_size": size,
+        "batch_size": batch,
+        "images": n,
+        "images_per_s": n / seconds,
+        "gpu_util_pct": util.mean,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -199,33 +268,46 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if cpu:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) - args.loader_workers))
     env = C.environment(device)
-    C.log(f"device: {env['device']}; torch {env['torch']}, torchvision {env['torchvision']}, {env['cpu_count']} CPUs; "
-          f"{args.loader_workers} loader workers, {args.warmup} + {args.steps} steps per phase")
+    C.log(
+        f"device: {env['device']}; torch {env['torch']}, torchvision {env['torchvision']}, {env['cpu_count']} CPUs; "
+        f"{args.loader_workers} loader workers, {args.warmup} + {args.steps} steps per phase"
+    )
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     pretrain = {m: pretrain_rate(m, view, settings[m], args, device) for m in methods}
     ft_backbone, ft_size, _ = settings["supervised"]
     finetuning = finetune_rate(ft_backbone, ft_size, 64 if cpu else 2048, 16 if cpu else 128, device)
     features = features_rate(ft_backbone, ft_size, 128 if cpu else 8192, 32 if cpu else 256, device)
     out = {
-        "bench": "gpu", "mode": "cpu" if cpu else "gpu", "device": env["device"], "environment": env,
-        "loader_workers": args.loader_workers, "steps": args.steps, "warmup": args.warmup,
+        "bench": "gpu",
+        "mode": "cpu" if cpu else "gpu",
+        "device": env["device"],
+        "environment": env,
+        "loader_workers": args.loader_workers,
+        "steps": args.steps,
+        "warmup": args.warmup,
         "shards": {"samples": n, "jpeg": C.synthetic_info(view)},
         "pretrain_samples_per_s_per_gpu": pretrain,
-        "finetune": finetuning, "features": features,
+        "finetune": finetuning,
+        "features": features,
         "ratio_target": RATIO_TARGET,
         "baseline": f"open_clip ViT-B/32: ~{OPEN_CLIP_VIT_B32_A100:.0f} samples/s per A100 (published)",
-        "clip_vs_open_clip_a100": (pretrain["clip"]["real_samples_per_s"] / OPEN_CLIP_VIT_B32_A100
-                                   if "clip" in pretrain and not cpu else None),
+        "clip_vs_open_clip_a100": (
+            pretrain["clip"]["real_samples_per_s"] / OPEN_CLIP_VIT_B32_A100 if "clip" in pretrain and not cpu else None
+        ),
         "seconds": time.perf_counter() - t_start,
     }
     C.log("\nsummary")
     for m, r in pretrain.items():
-        C.log(f"  {m:<10} {r['backbone']:<12} real {r['real_samples_per_s']:9.1f}/s  in-memory "
-              f"{r['memory_samples_per_s']:9.1f}/s  ratio {r['ratio']:.2f}  util {r['gpu_util_pct']}")
+        C.log(
+            f"  {m:<10} {r['backbone']:<12} real {r['real_samples_per_s']:9.1f}/s  in-memory "
+            f"{r['memory_samples_per_s']:9.1f}/s  ratio {r['ratio']:.2f}  util {r['gpu_util_pct']}"
+        )
         if "decode_device" in r:
             d = r["decode_device"]
-            C.log(f"  {'':<10} {'':<12} decode=device {d['real_samples_per_s']:9.1f}/s  ratio {d['ratio']:.2f}  "
-                  f"x{d['vs_cpu_decode']:.2f} of decode=cpu  util {d['gpu_util_pct']}")
+            C.log(
+                f"  {'':<10} {'':<12} decode=device {d['real_samples_per_s']:9.1f}/s  ratio {d['ratio']:.2f}  "
+                f"x{d['vs_cpu_decode']:.2f} of decode=cpu  util {d['gpu_util_pct']}"
+            )
     C.log(f"  fine-tuning {finetuning['images_per_s']:.1f} images/s; features {features['images_per_s']:.1f} images/s")
     if args.json:
         C.write_json(args.json, out)

@@ -58,21 +58,34 @@ CROP_SCALE = (0.35, 1.0)  # pretrain.data.TrainTransform's default
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured.",
+    )
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers for every variant (default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--images", type=int, default=3000, help="images per measurement, whole batches (default: %(default)s)")
+    p.add_argument(
+        "--images", type=int, default=3000, help="images per measurement, whole batches (default: %(default)s)"
+    )
     p.add_argument("--image-size", type=int, default=None, help="output side (default: 32, or 224 with --jpeg)")
-    p.add_argument("--repeats", type=int, default=2, help="measurements per variant; the median is reported (default: %(default)s)")
-    p.add_argument("--variants", default="webdataset,imagefolder",
-                   help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)")
+    p.add_argument(
+        "--repeats", type=int, default=2, help="measurements per variant; the median is reported (default: %(default)s)"
+    )
+    p.add_argument(
+        "--variants",
+        default="webdataset,imagefolder",
+        help=f"comma-separated, from {', '.join(VARIANTS)} (default: %(default)s)",
+    )
     p.add_argument("--jpeg", action="store_true", help="read synthetic 256px JPEG shards (and a folder of JPEGs)")
-    p.add_argument("--jpeg-samples", type=int, default=0,
-                   help="samples in the synthetic shards (default: --images, at least 2000)")
+    p.add_argument(
+        "--jpeg-samples", type=int, default=0, help="samples in the synthetic shards (default: --images, at least 2000)"
+    )
     p.add_argument("--breakdown", action="store_true", help="also profile each path's per-image stages in one process")
     p.add_argument("--breakdown-images", type=int, default=500)
-    p.add_argument("--breakdown-reps", type=int, default=3, help="runs per stage; the minimum is reported (default: %(default)s)")
+    p.add_argument(
+        "--breakdown-reps", type=int, default=3, help="runs per stage; the minimum is reported (default: %(default)s)"
+    )
     p.add_argument("--world-dir", default=None, help="an existing world folder (sources/imagenet); default: the cache")
     p.add_argument("--world-scale", type=float, default=C.DEFAULT_WORLD_SCALE)
     p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="where data is written (default: %(default)s)")
@@ -124,15 +137,24 @@ def image_folder_from_view(view: Path, cache_dir: Path) -> tuple[Path, int]:
 def folder_transform(size: int):
     from torchvision import transforms as T
 
-    return T.Compose([T.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor()])
+    return T.Compose(
+        [T.RandomResizedCrop(size, scale=CROP_SCALE, antialias=True), T.RandomHorizontalFlip(), T.PILToTensor()]
+    )
 
 
 # --------------------------------------------------------------------------- loaders
 
 
 def webdataset_loader(view: Path, args: argparse.Namespace, num_batches: int, epoch: int) -> Iterable[dict]:
-    loader = make_train_loader(view, pipeline="image_label", batch_size=args.batch_size, num_batches=num_batches,
-                               image_size=args.image_size, seed=args.seed, num_workers=args.workers)
+    loader = make_train_loader(
+        view,
+        pipeline="image_label",
+        batch_size=args.batch_size,
+        num_batches=num_batches,
+        image_size=args.image_size,
+        seed=args.seed,
+        num_workers=args.workers,
+    )
     loader.set_epoch(epoch)
     return loader
 
@@ -153,13 +175,21 @@ def plain_wds_loader(view: Path, args: argparse.Namespace, num_batches: int, epo
     # Shards split over workers when there are enough of them, else every worker reads all of them
     # (the total is cut at num_batches either way; only throughput is measured).
     split = wds.split_by_worker if len(urls) >= max(1, args.workers) else wds.single_node_only
-    ds = (wds.WebDataset(urls, repeat=True, shardshuffle=False, nodesplitter=wds.single_node_only,
-                         workersplitter=split, empty_check=False)
-          .shuffle(1000)
-          .decode("pil")
-          .to_tuple("png;jpg;jpeg;webp", "cls")
-          .map_tuple(folder_transform(args.image_size), int)
-          .batched(args.batch_size, partial=False))
+    ds = (
+        wds.WebDataset(
+            urls,
+            repeat=True,
+            shardshuffle=False,
+            nodesplitter=wds.single_node_only,
+            workersplitter=split,
+            empty_check=False,
+        )
+        .shuffle(1000)
+        .decode("pil")
+        .to_tuple("png;jpg;jpeg;webp", "cls")
+        .map_tuple(folder_transform(args.image_size), int)
+        .batched(args.batch_size, partial=False)
+    )
     per_worker = -(-num_batches // max(1, args.workers))
     ds = ds.with_epoch(per_worker)
     loader = DataLoader(ds, batch_size=None, num_workers=args.workers)
@@ -202,10 +232,15 @@ def measure(make: Callable[[], Iterable], expect: int) -> dict[str, float]:
     if n != expect:
         raise RuntimeError(f"expected {expect} images, got {n}")
     steady_n = n - n_first
-    return {"images": n, "total_s": t1 - t0, "first_batch_s": t_first - t0,
-            "total_images_per_s": n / (t1 - t0),
-            "steady_images_per_s": steady_n / (t1 - t_first) if steady_n and t1 > t_first else float("nan"),
-            "batch_shape": list(shape[0]), "dtype": str(shape[1]).replace("torch.", "")}
+    return {
+        "images": n,
+        "total_s": t1 - t0,
+        "first_batch_s": t_first - t0,
+        "total_images_per_s": n / (t1 - t0),
+        "steady_images_per_s": steady_n / (t1 - t_first) if steady_n and t1 > t_first else float("nan"),
+        "batch_shape": list(shape[0]),
+        "dtype": str(shape[1]).replace("torch.", ""),
+    }
 
 
 # --------------------------------------------------------------------------- breakdown (single process)
@@ -256,7 +291,9 @@ def breakdown(view: Path, folder: Path, args: argparse.Namespace) -> dict[str, d
     def tar_samples() -> list[dict]:
         out: list[dict] = []
         while len(out) < m:
-            for s in wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(("cls",)))([{"url": u} for u in shards]):
+            for s in wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(("cls",)))(
+                [{"url": u} for u in shards]
+            ):
                 out.append(s)
                 if len(out) >= m:
                     break
@@ -280,8 +317,15 @@ def breakdown(view: Path, folder: Path, args: argparse.Namespace) -> dict[str, d
         return n
 
     def full_ours() -> int:
-        ld = make_train_loader(view, pipeline="image_label", batch_size=bs, num_batches=nb, image_size=args.image_size,
-                               seed=args.seed, num_workers=0)
+        ld = make_train_loader(
+            view,
+            pipeline="image_label",
+            batch_size=bs,
+            num_batches=nb,
+            image_size=args.image_size,
+            seed=args.seed,
+            num_workers=0,
+        )
         ld.set_epoch(1)
         return sum(b["image"].shape[0] for b in ld)
 
@@ -295,19 +339,31 @@ def breakdown(view: Path, folder: Path, args: argparse.Namespace) -> dict[str, d
     def batches(items: list, coll: Callable) -> int:
         n = 0
         for i in range(0, len(items) - bs + 1, bs):
-            coll(items[i:i + bs])
+            coll(items[i : i + bs])
             n += bs
         return n
 
     ours = {
         "tar: tarfile_to_samples (read + group members)": _per_image(lambda: len(tar_samples()), reps),
         "ShardStream + tar + DetShuffle (stages before Decode)": _per_image(stages_before_decode, reps),
-        "decode_image (PIL -> numpy -> copy -> tensor)": _per_image(lambda: len([decode_image(image_bytes(s)) for s in samples]), reps),
-        "(alternative) torchvision.io.decode_image": _per_image(lambda: len([
-            tv_decode_image(torch.frombuffer(bytearray(image_bytes(s)), dtype=torch.uint8), mode=ImageReadMode.RGB)
-            for s in samples]), reps),
+        "decode_image (PIL -> numpy -> copy -> tensor)": _per_image(
+            lambda: len([decode_image(image_bytes(s)) for s in samples]), reps
+        ),
+        "(alternative) torchvision.io.decode_image": _per_image(
+            lambda: len(
+                [
+                    tv_decode_image(
+                        torch.frombuffer(bytearray(image_bytes(s)), dtype=torch.uint8), mode=ImageReadMode.RGB
+                    )
+                    for s in samples
+                ]
+            ),
+            reps,
+        ),
         "TrainTransform (crop box + resized_crop + flip)": _per_image(lambda: len([tf(x, gen) for x in images]), reps),
-        "ImageLabel sample fn (decode + transform + checks)": _per_image(lambda: len([fn(s, gen) for s in samples]), reps),
+        "ImageLabel sample fn (decode + transform + checks)": _per_image(
+            lambda: len([fn(s, gen) for s in samples]), reps
+        ),
         "collate": _per_image(lambda: batches(outs, collate), reps),
         "whole loader, 0 workers": _per_image(full_ours, reps),
     }
@@ -325,7 +381,9 @@ def breakdown(view: Path, folder: Path, args: argparse.Namespace) -> dict[str, d
 
     def full_folder() -> int:
         ds = ImageFolder(str(folder), transform=t)
-        ld = DataLoader(ds, batch_size=bs, sampler=RandomSampler(ds, num_samples=nb * bs), num_workers=0, drop_last=True)
+        ld = DataLoader(
+            ds, batch_size=bs, sampler=RandomSampler(ds, num_samples=nb * bs), num_workers=0, drop_last=True
+        )
         return sum(b[0].shape[0] for b in ld)
 
     theirs = {
@@ -354,15 +412,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     n_shards = len(read_view(view).shards)
     env = C.environment(torch.device("cpu"))
     C.log(f"device: {env['device']}")
-    C.log(f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, pillow {env.get('pillow')}, "
-          f"python {env['python']}")
+    C.log(
+        f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, pillow {env.get('pillow')}, "
+        f"python {env['python']}"
+    )
     kind = "synthetic 256px JPEG" if args.jpeg else "world 32px PNG"
     C.log(f"{kind}: {view} ({n_files} images in {n_shards} shard(s)), folder {folder}")
-    C.log(f"{images} images per pass ({num_batches} batches of {args.batch_size}) -> uint8 {args.image_size}px, "
-          f"{args.workers} workers, {args.repeats} repeat(s), variants {', '.join(args.variants)}")
+    C.log(
+        f"{images} images per pass ({num_batches} batches of {args.batch_size}) -> uint8 {args.image_size}px, "
+        f"{args.workers} workers, {args.repeats} repeat(s), variants {', '.join(args.variants)}"
+    )
     if n_shards < max(1, args.workers):
-        C.log(f"note: {n_shards} shard(s) for {args.workers} workers: our loader makes every worker read all shards "
-              "and keep every n-th sample (SampleSplit); more shards than workers is the intended layout")
+        C.log(
+            f"note: {n_shards} shard(s) for {args.workers} workers: our loader makes every worker read all shards "
+            "and keep every n-th sample (SampleSplit); more shards than workers is the intended layout"
+        )
 
     makers = {
         "webdataset": lambda e: webdataset_loader(view, args, num_batches, e),
@@ -374,36 +438,60 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for v in args.variants:
             res = measure(lambda v=v, r=r: makers[v](r + 1), images)
             runs[v].append(res)
-            C.log(f"  repeat {r + 1} {v:<12} {res['steady_images_per_s']:9.1f} img/s steady, {res['total_images_per_s']:9.1f} img/s "
-                  f"total ({res['total_s']:.2f}s, first batch {res['first_batch_s']:.2f}s)")
-    summary = {v: {"steady_images_per_s": statistics.median(x["steady_images_per_s"] for x in rs),
-                   "total_images_per_s": statistics.median(x["total_images_per_s"] for x in rs),
-                   "batch_shape": rs[0]["batch_shape"], "dtype": rs[0]["dtype"]} for v, rs in runs.items()}
+            C.log(
+                f"  repeat {r + 1} {v:<12} {res['steady_images_per_s']:9.1f} img/s steady, {res['total_images_per_s']:9.1f} img/s "
+                f"total ({res['total_s']:.2f}s, first batch {res['first_batch_s']:.2f}s)"
+            )
+    summary = {
+        v: {
+            "steady_images_per_s": statistics.median(x["steady_images_per_s"] for x in rs),
+            "total_images_per_s": statistics.median(x["total_images_per_s"] for x in rs),
+            "batch_shape": rs[0]["batch_shape"],
+            "dtype": rs[0]["dtype"],
+        }
+        for v, rs in runs.items()
+    }
     C.log(f"\nsummary (median of {args.repeats}; images/s)")
     C.log(f"  {'variant':<12} {'steady':>10} {'total':>10}   batch")
     for v, s in summary.items():
-        C.log(f"  {v:<12} {s['steady_images_per_s']:>10.1f} {s['total_images_per_s']:>10.1f}   {s['batch_shape']} {s['dtype']}")
+        C.log(
+            f"  {v:<12} {s['steady_images_per_s']:>10.1f} {s['total_images_per_s']:>10.1f}   {s['batch_shape']} {s['dtype']}"
+        )
     ratios = {}
     if "webdataset" in summary and "imagefolder" in summary:
         for k in ("steady", "total"):
             ratios[k] = summary["webdataset"][f"{k}_images_per_s"] / summary["imagefolder"][f"{k}_images_per_s"]
         C.log(f"  webdataset / imagefolder: {ratios['steady']:.2f} steady, {ratios['total']:.2f} total (target >= 3)")
     if "plain_wds" in summary and "imagefolder" in summary:
-        C.log(f"  plain_wds / imagefolder: {summary['plain_wds']['steady_images_per_s'] / summary['imagefolder']['steady_images_per_s']:.2f} steady")
+        C.log(
+            f"  plain_wds / imagefolder: {summary['plain_wds']['steady_images_per_s'] / summary['imagefolder']['steady_images_per_s']:.2f} steady"
+        )
 
     bd = None
     if args.breakdown:
         torch.set_num_threads(1)  # a loader worker runs with one thread
         bd = breakdown(view, folder, args)
-        C.log(f"\nbreakdown: microseconds per image, one process, one thread, {args.breakdown_images} images, "
-              f"min of {args.breakdown_reps} runs")
+        C.log(
+            f"\nbreakdown: microseconds per image, one process, one thread, {args.breakdown_images} images, "
+            f"min of {args.breakdown_reps} runs"
+        )
         for side, stages in bd.items():
             C.log(f"  {side}")
             for name, us in stages.items():
                 C.log(f"    {name:<52} {us:9.1f}")
-    out = {"benchmark": "loader_throughput", "environment": env, "args": vars(args), "view": str(view), "folder": str(folder),
-           "images": images, "runs": runs, "summary": summary, "ratio_webdataset_over_imagefolder": ratios,
-           "synthetic": C.synthetic_info(view) if args.jpeg else None, "breakdown": bd}
+    out = {
+        "benchmark": "loader_throughput",
+        "environment": env,
+        "args": vars(args),
+        "view": str(view),
+        "folder": str(folder),
+        "images": images,
+        "runs": runs,
+        "summary": summary,
+        "ratio_webdataset_over_imagefolder": ratios,
+        "synthetic": C.synthetic_info(view) if args.jpeg else None,
+        "breakdown": bd,
+    }
     if args.json:
         C.write_json(args.json, out)
     return out

@@ -67,8 +67,17 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 DEFAULT_CACHE = REPO_ROOT / "tbench-out" / "bench"
-WORLD_SETS = ["cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
-              "cameratraps", "cassava"]
+WORLD_SETS = [
+    "cifar100",
+    "dtd",
+    "caltech101",
+    "pets",
+    "domainnet_real",
+    "domainnet_clipart",
+    "eurosat",
+    "cameratraps",
+    "cassava",
+]
 ALL_SOURCES = ["laion", "imagenet", "cc12m", "yfcc", "shutterstock", "wit", "cc3m", "redcaps"]
 PROFILE_OVER_S = 3.0  # planning slower than this (make_plan + expected_rows + done_keys, medians) is profiled
 
@@ -78,27 +87,51 @@ def log(msg: str = "") -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured.")
-    p.add_argument("--jobs", type=int, default=10_000, help="least number of jobs in the planned grid (default: %(default)s)")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured.",
+    )
+    p.add_argument(
+        "--jobs", type=int, default=10_000, help="least number of jobs in the planned grid (default: %(default)s)"
+    )
     p.add_argument("--plan-reps", type=int, default=5, help="repetitions of each planning step; the median is reported")
-    p.add_argument("--profile", action="store_true",
-                   help="print a cProfile of make_plan, expected_rows and done_keys "
-                        f"(done anyway when the three take over {PROFILE_OVER_S:g} s together)")
+    p.add_argument(
+        "--profile",
+        action="store_true",
+        help="print a cProfile of make_plan, expected_rows and done_keys "
+        f"(done anyway when the three take over {PROFILE_OVER_S:g} s together)",
+    )
     p.add_argument("--tasks", type=int, default=20, help="evaluation calls/tasks per mode (default: %(default)s)")
     p.add_argument("--noop-tasks", type=int, default=200, help="no-op calls/tasks per mode (default: %(default)s)")
-    p.add_argument("--rounds", type=int, default=3,
-                   help="rounds of (c), each after a block of in-process calls; medians reported (default: %(default)s)")
-    p.add_argument("--warmup", type=int, default=2, help="untimed evaluation calls/tasks per mode first (default: %(default)s)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="rounds of (c), each after a block of in-process calls; medians reported (default: %(default)s)",
+    )
+    p.add_argument(
+        "--warmup", type=int, default=2, help="untimed evaluation calls/tasks per mode first (default: %(default)s)"
+    )
     p.add_argument("--set", default="dtd", help="world set the evaluation probes (default: %(default)s)")
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray (default: %(default)s)")
-    p.add_argument("--worker-niceness", type=int, default=None,
-                   help="niceness of Ray's worker processes (sets RAY_worker_niceness; default: Ray's own, 15)")
+    p.add_argument(
+        "--worker-niceness",
+        type=int,
+        default=None,
+        help="niceness of Ray's worker processes (sets RAY_worker_niceness; default: Ray's own, 15)",
+    )
     p.add_argument("--skip-plan", action="store_true", help="only the Ray measurement")
     p.add_argument("--skip-ray", action="store_true", help="only the planning measurement")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
-                   help="where the small world and the evaluation's inputs are kept (default: %(default)s)")
-    p.add_argument("--out", "--json", dest="out", type=Path, default=None, metavar="PATH", help="write the figures here (JSON)")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE,
+        help="where the small world and the evaluation's inputs are kept (default: %(default)s)",
+    )
+    p.add_argument(
+        "--out", "--json", dest="out", type=Path, default=None, metavar="PATH", help="write the figures here (JSON)"
+    )
     args = p.parse_args(argv)
     if min(args.jobs, args.plan_reps, args.tasks, args.noop_tasks, args.cpus, args.rounds) < 1 or args.warmup < 0:
         p.error("--jobs, --plan-reps, --tasks, --noop-tasks, --cpus and --rounds must be >= 1, --warmup >= 0")
@@ -125,29 +158,64 @@ def grid_spec(seeds: int, main_sources: int) -> dict[str, Any]:
         "world": {"seed": 0, "scale": 1.0},
         "curation": {
             "none": [],
-            "clip_top50": [{"step": "caption_language"}, {"step": "clip_score", "top_fraction": 0.5},
-                           {"step": "dedup", "against": "all"}],
+            "clip_top50": [
+                {"step": "caption_language"},
+                {"step": "clip_score", "top_fraction": 0.5},
+                {"step": "dedup", "against": "all"},
+            ],
         },
         "pretrain": {
-            "backbone": "test_resnet", "epochs": 4, "checkpoint_epochs": [2, 4],
+            "backbone": "test_resnet",
+            "epochs": 4,
+            "checkpoint_epochs": [2, 4],
             "grids": [
-                {"sources": ALL_SOURCES[:main_sources], "sizes": [1000, 3000, 10000],
-                 "methods": ["supervised", "clip", "simclr"], "label_noise": [0.0, 0.2], "seeds": seed_list},
-                {"sources": ["laion", "cc12m", "yfcc"], "sizes": [1000, 3000, 10000], "methods": ["supervised", "clip"],
-                 "curation": ["clip_top50"], "seeds": seed_list},
+                {
+                    "sources": ALL_SOURCES[:main_sources],
+                    "sizes": [1000, 3000, 10000],
+                    "methods": ["supervised", "clip", "simclr"],
+                    "label_noise": [0.0, 0.2],
+                    "seeds": seed_list,
+                },
+                {
+                    "sources": ["laion", "cc12m", "yfcc"],
+                    "sizes": [1000, 3000, 10000],
+                    "methods": ["supervised", "clip"],
+                    "curation": ["clip_top50"],
+                    "seeds": seed_list,
+                },
             ],
         },
         "downstream": {
-            "sets": WORLD_SETS + ["digits", "textures"], "eval_seeds": [0, 1, 2], "checkpoint_epochs": "all",
+            "sets": WORLD_SETS + ["digits", "textures"],
+            "eval_seeds": [0, 1, 2],
+            "checkpoint_epochs": "all",
             "protocols": [
                 {"name": "linear", "shots": [1, 5, 10, 20, "full"]},
                 {"name": "zeroshot", "shots": [0], "sets": WORLD_SETS},
-                {"name": "finetune", "shots": ["full"], "seeds": [0], "sets": ["cifar100", "dtd"], "epochs": 3,
-                 "lrs": [0.001, 0.003]},
-                {"name": "lp_ft", "shots": ["full"], "seeds": [0], "sets": ["cifar100", "dtd"], "epochs": 3,
-                 "lrs": [0.001, 0.003]},
-                {"name": "scratch", "shots": ["full"], "seeds": [0], "sets": ["cifar100", "dtd"], "epochs": 3,
-                 "lrs": [0.001, 0.003]},
+                {
+                    "name": "finetune",
+                    "shots": ["full"],
+                    "seeds": [0],
+                    "sets": ["cifar100", "dtd"],
+                    "epochs": 3,
+                    "lrs": [0.001, 0.003],
+                },
+                {
+                    "name": "lp_ft",
+                    "shots": ["full"],
+                    "seeds": [0],
+                    "sets": ["cifar100", "dtd"],
+                    "epochs": 3,
+                    "lrs": [0.001, 0.003],
+                },
+                {
+                    "name": "scratch",
+                    "shots": ["full"],
+                    "seeds": [0],
+                    "sets": ["cifar100", "dtd"],
+                    "epochs": 3,
+                    "lrs": [0.001, 0.003],
+                },
             ],
         },
     }
@@ -187,12 +255,16 @@ def bench_planning(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     make_plan(spec)  # imports downstream.protocols, pretrain.methods, curation.world
     plan_cold_s = time.perf_counter() - t0
-    log(f"imports: harness.spec + harness.plan {import_s:.2f}s; first parse_spec {parse_cold_s:.2f}s and first "
-        f"make_plan {plan_cold_s:.2f}s (registry imports; once per process, not counted below)")
+    log(
+        f"imports: harness.spec + harness.plan {import_s:.2f}s; first parse_spec {parse_cold_s:.2f}s and first "
+        f"make_plan {plan_cold_s:.2f}s (registry imports; once per process, not counted below)"
+    )
 
     t0 = time.perf_counter()
     seeds, sources, _ = size_grid(args.jobs)
-    log(f"grid: {sources} sources in the main block, {seeds} pre-training seed(s) (sized in {time.perf_counter() - t0:.1f}s, untimed)")
+    log(
+        f"grid: {sources} sources in the main block, {seeds} pre-training seed(s) (sized in {time.perf_counter() - t0:.1f}s, untimed)"
+    )
     data = grid_spec(seeds, sources)
     parse_s, parse_times, spec = median_time(lambda: parse_spec(data), args.plan_reps)
     plan_s, plan_times, plan = median_time(lambda: make_plan(spec), args.plan_reps)
@@ -203,22 +275,42 @@ def bench_planning(args: argparse.Namespace) -> dict[str, Any]:
         done_s, done_times, done = median_time(lambda: plan.done_keys(Path(empty)), args.plan_reps)
     assert not done and len(rows) == plan.planned_rows()
 
-    log(f"plan: {n_jobs:,} jobs ({', '.join(f'{k} {counts[k]:,}' for k in ('world', 'view', 'pretrain', 'init', 'features', 'eval') if counts[k])}), "
-        f"{len(rows):,} expected rows, {len(plan.pruned)} pruned combinations")
-    out = {"seeds": seeds, "main_block_sources": sources, "jobs": n_jobs, "jobs_by_kind": dict(counts),
-           "expected_rows": len(rows), "pruned": len(plan.pruned), "import_s": import_s,
-           "parse_spec_cold_s": parse_cold_s, "make_plan_cold_s": plan_cold_s,
-           "parse_spec_s": parse_s, "make_plan_s": plan_s, "expected_rows_s": rows_s, "done_keys_empty_s": done_s,
-           "times": {"parse_spec": parse_times, "make_plan": plan_times, "expected_rows": rows_times,
-                     "done_keys_empty": done_times}}
+    log(
+        f"plan: {n_jobs:,} jobs ({', '.join(f'{k} {counts[k]:,}' for k in ('world', 'view', 'pretrain', 'init', 'features', 'eval') if counts[k])}), "
+        f"{len(rows):,} expected rows, {len(plan.pruned)} pruned combinations"
+    )
+    out = {
+        "seeds": seeds,
+        "main_block_sources": sources,
+        "jobs": n_jobs,
+        "jobs_by_kind": dict(counts),
+        "expected_rows": len(rows),
+        "pruned": len(plan.pruned),
+        "import_s": import_s,
+        "parse_spec_cold_s": parse_cold_s,
+        "make_plan_cold_s": plan_cold_s,
+        "parse_spec_s": parse_s,
+        "make_plan_s": plan_s,
+        "expected_rows_s": rows_s,
+        "done_keys_empty_s": done_s,
+        "times": {
+            "parse_spec": parse_times,
+            "make_plan": plan_times,
+            "expected_rows": rows_times,
+            "done_keys_empty": done_times,
+        },
+    }
     slow = plan_s + rows_s + done_s > PROFILE_OVER_S
     if args.profile or slow:
         if slow:
             log(f"planning took over {PROFILE_OVER_S:g} s: profiling it")
         out["profile"] = {}
         with tempfile.TemporaryDirectory(prefix="orch-empty-work-") as empty:
-            for what, fn in (("make_plan", lambda: make_plan(spec)), ("expected_rows", plan.expected_rows),
-                             ("done_keys", lambda: plan.done_keys(Path(empty)))):
+            for what, fn in (
+                ("make_plan", lambda: make_plan(spec)),
+                ("expected_rows", plan.expected_rows),
+                ("done_keys", lambda: plan.done_keys(Path(empty))),
+            ):
                 out["profile"][what] = profile(fn)
                 log(f"{what} profile (by own time):")
                 log(out["profile"][what])
@@ -233,8 +325,11 @@ def profile(fn, top: int = 10) -> str:
     prof.disable()
     buf = io.StringIO()
     pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(top)
-    return "\n".join(line for line in buf.getvalue().splitlines()
-                     if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced")))
+    return "\n".join(
+        line
+        for line in buf.getvalue().splitlines()
+        if line.strip() and not line.lstrip().startswith(("Ordered by", "List reduced"))
+    )
 
 
 # --------------------------------------------------------------------------- 2. Ray per evaluation task
@@ -247,10 +342,18 @@ def eval_spec(cache: Path, set_name: str) -> dict[str, Any]:
         "world": {"seed": 0, "scale": 0.1, "dir": str(cache / "world")},
         "workdir": str(cache / "work"),
         "store": str(cache / "store"),
-        "pretrain": {"backbone": "test_resnet", "image_size": 32, "epochs": 1,
-                     "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}]},
-        "downstream": {"sets": [set_name], "eval_seeds": [0, 1, 2], "random_init_floor": True,
-                       "protocols": [{"name": "linear", "shots": [1, 5, 10, 20, "full"]}]},
+        "pretrain": {
+            "backbone": "test_resnet",
+            "image_size": 32,
+            "epochs": 1,
+            "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}],
+        },
+        "downstream": {
+            "sets": [set_name],
+            "eval_seeds": [0, 1, 2],
+            "random_init_floor": True,
+            "protocols": [{"name": "linear", "shots": [1, 5, 10, 20, "full"]}],
+        },
     }
 
 
@@ -269,8 +372,14 @@ def prepare_eval(args: argparse.Namespace):
     version = code_version()
 
     def ctx_for(job) -> RunContext:  # as harness.runner._run_jobs builds it
-        return RunContext(spec.name, paths.workdir, paths.world, version,
-                          num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data)
+        return RunContext(
+            spec.name,
+            paths.workdir,
+            paths.world,
+            version,
+            num_threads=max(1, int(job.resources.get("num_cpus", 1))),
+            data_dir=paths.data,
+        )
 
     floor = [j for j in plan.jobs.values() if j.coords.get("method") == "none"]
     by_kind = {j.kind: j for j in floor}
@@ -278,7 +387,9 @@ def prepare_eval(args: argparse.Namespace):
     for job in (world, by_kind["init"], by_kind["features"]):
         t0 = time.perf_counter()
         execute(job, ctx_for(job))
-        log(f"  {job.kind} job {job.key[:8]} ready in {time.perf_counter() - t0:.1f}s (in-process; cached after the first run)")
+        log(
+            f"  {job.kind} job {job.key[:8]} ready in {time.perf_counter() - t0:.1f}s (in-process; cached after the first run)"
+        )
     job = by_kind["eval"]
     assert job.config["protocol"] == "linear" and job.deps[0] == by_kind["init"].key
     return job, ctx_for(job)
@@ -310,8 +421,10 @@ def timed_noop(job, ctx, *upstream):
 def bench_ray(args: argparse.Namespace) -> dict[str, Any]:
     from harness.runner import _task
 
-    log(f"evaluation job: linear on {args.set} (shots 1/5/10/20/full x 3 seeds) from the random-init test_resnet, "
-        "world scale 0.1")
+    log(
+        f"evaluation job: linear on {args.set} (shots 1/5/10/20/full x 3 seeds) from the random-init test_resnet, "
+        "world scale 0.1"
+    )
     job, ctx = prepare_eval(args)
     rows = len(_task(job, ctx)["runs"])
     log(f"  eval job {job.key[:8]}: {rows} rows per run; ctx num_threads={ctx.num_threads}")
@@ -351,8 +464,12 @@ def _measure(args: argparse.Namespace, job, ctx, rows: int) -> dict[str, Any]:
     t0 = time.perf_counter()
     ray.init(num_cpus=args.cpus, include_dashboard=False, log_to_driver=False, logging_level=logging.ERROR)
     init_s = time.perf_counter() - t0
-    opts = {"num_cpus": job.resources.get("num_cpus", 1), "num_gpus": job.resources.get("num_gpus", 0),
-            "max_retries": 1, "retry_exceptions": True}  # what _run_jobs gives an eval job
+    opts = {
+        "num_cpus": job.resources.get("num_cpus", 1),
+        "num_gpus": job.resources.get("num_gpus", 0),
+        "max_retries": 1,
+        "retry_exceptions": True,
+    }  # what _run_jobs gives an eval job
     remotes = {"eval": ray.remote(timed_eval).options(**opts), "noop": ray.remote(timed_noop).options(**opts)}
     try:
         t0 = time.perf_counter()
@@ -367,9 +484,11 @@ def _measure(args: argparse.Namespace, job, ctx, rows: int) -> dict[str, Any]:
         for _ in range(max(1, args.warmup)):
             for _, _, pid in ray.get([remotes["eval"].remote(job, ctx) for _ in range(args.cpus)]):
                 pids.add(pid)
-        log(f"ray.init {init_s:.2f}s; first no-op task {first_noop_s:.2f}s, first eval task {first_eval_s:.2f}s "
+        log(
+            f"ray.init {init_s:.2f}s; first no-op task {first_noop_s:.2f}s, first eval task {first_eval_s:.2f}s "
             f"(worker start, torch import, data load: not counted); {len(pids)} worker(s) warm, "
-            f"niceness {worker_nice} (this process: {os.nice(0)})")
+            f"niceness {worker_nice} (this process: {os.nice(0)})"
+        )
 
         for name, (body, n) in bodies.items():
             remote = remotes[name]
@@ -397,14 +516,29 @@ def _measure(args: argparse.Namespace, job, ctx, rows: int) -> dict[str, Any]:
                 walls.append((time.perf_counter() - t0) / n)
                 batch_body += [o[1] for o in outs]
                 workers |= {o[2] for o in outs}
-            res[name].update(inproc=inproc, seq=seq, seq_body=seq_body, block=blocks, batch=walls,
-                             batch_body=batch_body, batch_workers=len(workers))
+            res[name].update(
+                inproc=inproc,
+                seq=seq,
+                seq_body=seq_body,
+                block=blocks,
+                batch=walls,
+                batch_body=batch_body,
+                batch_workers=len(workers),
+            )
     finally:
         ray.shutdown()
 
-    out: dict[str, Any] = {"worker_niceness": worker_nice, "driver_niceness": os.nice(0), "ray_init_s": init_s,
-                           "first_noop_task_s": first_noop_s, "first_eval_task_s": first_eval_s,
-                           "cpus": args.cpus, "eval_rows": rows, "eval_job": job.key, "set": args.set}
+    out: dict[str, Any] = {
+        "worker_niceness": worker_nice,
+        "driver_niceness": os.nice(0),
+        "ray_init_s": init_s,
+        "first_noop_task_s": first_noop_s,
+        "first_eval_task_s": first_eval_s,
+        "cpus": args.cpus,
+        "eval_rows": rows,
+        "eval_job": job.key,
+        "set": args.set,
+    }
     for name, r in res.items():
         n = len(r["inproc"])
         alone, inproc = statistics.median(r["inproc_alone"]), statistics.median(r["inproc"])
@@ -412,15 +546,21 @@ def _measure(args: argparse.Namespace, job, ctx, rows: int) -> dict[str, Any]:
         block, per_batch = statistics.median(r["block"]), statistics.median(r["batch"])
         out[name] = {
             "n": n,
-            "inproc_alone_ms": 1e3 * alone, "inproc_ms": 1e3 * inproc,
-            "ray_seq_ms": 1e3 * seq, "ray_seq_body_ms": 1e3 * seq_body,
-            "ray_seq_mean_ms": 1e3 * statistics.fmean(r["seq"]), "inproc_mean_ms": 1e3 * statistics.fmean(r["inproc"]),
-            "inproc_block_ms": 1e3 * block, "ray_batch_ms_per_task": 1e3 * per_batch,
-            "ray_batch_body_median_ms": 1e3 * statistics.median(r["batch_body"]), "ray_batch_workers": r["batch_workers"],
+            "inproc_alone_ms": 1e3 * alone,
+            "inproc_ms": 1e3 * inproc,
+            "ray_seq_ms": 1e3 * seq,
+            "ray_seq_body_ms": 1e3 * seq_body,
+            "ray_seq_mean_ms": 1e3 * statistics.fmean(r["seq"]),
+            "inproc_mean_ms": 1e3 * statistics.fmean(r["inproc"]),
+            "inproc_block_ms": 1e3 * block,
+            "ray_batch_ms_per_task": 1e3 * per_batch,
+            "ray_batch_body_median_ms": 1e3 * statistics.median(r["batch_body"]),
+            "ray_batch_workers": r["batch_workers"],
             "overhead_seq_ms": 1e3 * (seq - inproc),
             "overhead_seq_outside_body_ms": 1e3 * statistics.median(s - b for s, b in zip(r["seq"], r["seq_body"])),
             "overhead_batch_ms": 1e3 * (per_batch - block),
-            "ratio_seq": seq / inproc, "ratio_batch": per_batch / block,
+            "ratio_seq": seq / inproc,
+            "ratio_batch": per_batch / block,
             "ratio_batch_rounds": [w / b for w, b in zip(r["batch"], r["block"])],
             "ratio_seq_vs_alone": seq / alone,
             "raw_s": {k: r[k] for k in ("inproc_alone", "inproc", "seq", "seq_body", "block", "batch", "batch_body")},
@@ -442,12 +582,27 @@ def print_ray_table(r: dict[str, Any], cpus: int) -> None:
         ("(b) Ray, one at a time", f"{e['ray_seq_ms']:.1f}", f"{z['ray_seq_ms']:.2f}"),
         ("    its body, in the worker", f"{e['ray_seq_body_ms']:.1f}", f"{z['ray_seq_body_ms'] * 1e3:.2f} us"),
         ("(a) in-process, blocks before (c)", f"{e['inproc_block_ms']:.1f}", f"{z['inproc_block_ms'] * 1e3:.2f} us"),
-        (f"(c) Ray, all at once ({cpus} CPUs)", f"{e['ray_batch_ms_per_task']:.1f}", f"{z['ray_batch_ms_per_task']:.2f}"),
-        (f"    x {cpus} (core-ms per task)", f"{e['ray_batch_ms_per_task'] * cpus:.1f}",
-         f"{z['ray_batch_ms_per_task'] * cpus:.2f}"),
-        ("    its body, in the worker", f"{e['ray_batch_body_median_ms']:.1f}", f"{z['ray_batch_body_median_ms'] * 1e3:.2f} us"),
+        (
+            f"(c) Ray, all at once ({cpus} CPUs)",
+            f"{e['ray_batch_ms_per_task']:.1f}",
+            f"{z['ray_batch_ms_per_task']:.2f}",
+        ),
+        (
+            f"    x {cpus} (core-ms per task)",
+            f"{e['ray_batch_ms_per_task'] * cpus:.1f}",
+            f"{z['ray_batch_ms_per_task'] * cpus:.2f}",
+        ),
+        (
+            "    its body, in the worker",
+            f"{e['ray_batch_body_median_ms']:.1f}",
+            f"{z['ray_batch_body_median_ms'] * 1e3:.2f} us",
+        ),
         ("overhead (b) - (a), ms/task", f"{e['overhead_seq_ms']:+.1f}", f"{z['overhead_seq_ms']:+.2f}"),
-        ("  (b) round trip - its body", f"{e['overhead_seq_outside_body_ms']:+.1f}", f"{z['overhead_seq_outside_body_ms']:+.2f}"),
+        (
+            "  (b) round trip - its body",
+            f"{e['overhead_seq_outside_body_ms']:+.1f}",
+            f"{z['overhead_seq_outside_body_ms']:+.2f}",
+        ),
         ("overhead (c) - (a), ms/task", f"{e['overhead_batch_ms']:+.1f}", f"{z['overhead_batch_ms']:+.2f}"),
         ("ratio (b) / (a)", f"{e['ratio_seq']:.2f}x", f"{z['ratio_seq']:,.0f}x"),
         ("ratio (c) / (a)", f"{e['ratio_batch']:.2f}x", f"{z['ratio_batch']:,.0f}x"),
@@ -458,10 +613,16 @@ def print_ray_table(r: dict[str, Any], cpus: int) -> None:
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
-    env = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "hostname": platform.node(),
-           "loadavg_start": os.getloadavg()}
-    log(f"orchestration: {env['cpu_count']} CPUs, load average {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}, "
-        f"Python {env['python']}")
+    env = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "hostname": platform.node(),
+        "loadavg_start": os.getloadavg(),
+    }
+    log(
+        f"orchestration: {env['cpu_count']} CPUs, load average {', '.join(f'{x:.2f}' for x in env['loadavg_start'])}, "
+        f"Python {env['python']}"
+    )
     summary: dict[str, Any] = {"bench": "orchestration", "env": env}
     if not args.skip_plan:
         summary["planning"] = bench_planning(args)
@@ -478,26 +639,38 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if "planning" in summary:
         p = summary["planning"]
         per_job_us = 1e6 * p["make_plan_s"] / p["jobs"]
-        log(f"planning {p['jobs']:,} jobs ({', '.join(f'{k} {v:,}' for k, v in p['jobs_by_kind'].items())}), "
-            f"median of {args.plan_reps}:")
+        log(
+            f"planning {p['jobs']:,} jobs ({', '.join(f'{k} {v:,}' for k, v in p['jobs_by_kind'].items())}), "
+            f"median of {args.plan_reps}:"
+        )
         log(f"  {'parse_spec (validate the dict)':<38}{p['parse_spec_s']:>9.4f} s")
-        log(f"  {'make_plan':<38}{p['make_plan_s']:>9.3f} s   ({per_job_us:.0f} us/job; "
-            f"{per_job_us * 10_000 / 1e6:.2f} s per 10,000 jobs)")
+        log(
+            f"  {'make_plan':<38}{p['make_plan_s']:>9.3f} s   ({per_job_us:.0f} us/job; "
+            f"{per_job_us * 10_000 / 1e6:.2f} s per 10,000 jobs)"
+        )
         log(f"  {'expected_rows (' + format(p['expected_rows'], ',') + ' rows)':<38}{p['expected_rows_s']:>9.3f} s")
-        log(f"  {'done_keys, empty workdir':<38}{p['done_keys_empty_s']:>9.3f} s   "
-            f"({1e6 * p['done_keys_empty_s'] / p['jobs']:.1f} us/job)")
-        log(f"  {'first call, registry imports':<38}{p['parse_spec_cold_s'] + p['make_plan_cold_s']:>9.3f} s   (once per process)")
+        log(
+            f"  {'done_keys, empty workdir':<38}{p['done_keys_empty_s']:>9.3f} s   "
+            f"({1e6 * p['done_keys_empty_s'] / p['jobs']:.1f} us/job)"
+        )
+        log(
+            f"  {'first call, registry imports':<38}{p['parse_spec_cold_s'] + p['make_plan_cold_s']:>9.3f} s   (once per process)"
+        )
     if "ray" in summary:
         r = summary["ray"]
-        log(f"Ray: ray.init {r['ray_init_s']:.2f} s, first eval task {r['first_eval_task_s']:.2f} s (not counted); "
-            f"workers at niceness {r['worker_niceness']}, this process at {r['driver_niceness']}")
+        log(
+            f"Ray: ray.init {r['ray_init_s']:.2f} s, first eval task {r['first_eval_task_s']:.2f} s (not counted); "
+            f"workers at niceness {r['worker_niceness']}, this process at {r['driver_niceness']}"
+        )
         print_ray_table(r, args.cpus)
         e = r["eval"]
         log()
-        log(f"Ray / in-process per evaluation task: {e['ratio_seq']:.3f}x one at a time "
+        log(
+            f"Ray / in-process per evaluation task: {e['ratio_seq']:.3f}x one at a time "
             f"({e['overhead_seq_ms']:+.1f} ms), {e['ratio_batch']:.3f}x ({e['overhead_batch_ms']:+.1f} ms) with {args.tasks} submitted at once on "
             f"{args.cpus} CPUs; pure Ray cost per task (no-op): {r['noop']['ray_seq_ms']:.2f} ms one at a time, "
-            f"{r['noop']['ray_batch_ms_per_task']:.2f} ms at once")
+            f"{r['noop']['ray_batch_ms_per_task']:.2f} ms at once"
+        )
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(summary, indent=2, default=str))

@@ -49,18 +49,30 @@ BASELINE = "Ray Train TorchTrainer, 1 worker (run_pretrain launcher='ray_train')
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured.",
+    )
     p.add_argument("--quick", action="store_true", help="1 epoch and 2 runs per path (about a minute on 2 cores)")
     p.add_argument("--epochs", type=int, default=None, help="epochs per run (default: 2, --quick 1)")
     p.add_argument("--reps", type=int, default=None, help="runs per Ray path (default: 3, --quick 2)")
-    p.add_argument("--floor-reps", type=int, default=2, help="timed in-process runs for the floor (default: %(default)s)")
+    p.add_argument(
+        "--floor-reps", type=int, default=2, help="timed in-process runs for the floor (default: %(default)s)"
+    )
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--cpus", type=int, default=2, help="CPUs of the local Ray instance (default: %(default)s)")
-    p.add_argument("--world-dir", default=None,
-                   help="an existing world folder (sources/imagenet/); default: write the source into the cache")
-    p.add_argument("--world-scale", type=float, default=C.DEFAULT_WORLD_SCALE,
-                   help="scale of the source written into the cache (default: %(default)s)")
+    p.add_argument(
+        "--world-dir",
+        default=None,
+        help="an existing world folder (sources/imagenet/); default: write the source into the cache",
+    )
+    p.add_argument(
+        "--world-scale",
+        type=float,
+        default=C.DEFAULT_WORLD_SCALE,
+        help="scale of the source written into the cache (default: %(default)s)",
+    )
     p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="where data is written (default: %(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
     args = p.parse_args(argv)
@@ -74,9 +86,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def train_config(args: argparse.Namespace) -> TrainConfig:
     from curation import render
 
-    return TrainConfig(method="supervised", backbone="test_resnet", image_size=32, epochs=args.epochs,
-                       save_epochs=(args.epochs,), batch_size=args.batch_size, lr=1e-3, warmup_epochs=0.5, seed=0,
-                       num_classes=len(render.CONCEPT_NAMES))
+    return TrainConfig(
+        method="supervised",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=args.epochs,
+        save_epochs=(args.epochs,),
+        batch_size=args.batch_size,
+        lr=1e-3,
+        warmup_epochs=0.5,
+        seed=0,
+        num_classes=len(render.CONCEPT_NAMES),
+    )
 
 
 def timed_run(fn: Callable[[Path], dict[str, Any]], out: Path) -> tuple[float, dict[str, Any]]:
@@ -90,12 +111,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     load_start = os.getloadavg()
     env = C.environment(torch.device("cpu"))
-    C.log(f"pretrain_overhead: {env['cpu_count']} CPUs, load average {', '.join(f'{x:.2f}' for x in load_start)}, "
-          f"torch {env['torch']}")
+    C.log(
+        f"pretrain_overhead: {env['cpu_count']} CPUs, load average {', '.join(f'{x:.2f}' for x in load_start)}, "
+        f"torch {env['torch']}"
+    )
     view = C.source_view("imagenet", args.world_dir, Path(args.cache_dir), args.world_scale)
     cfg = train_config(args)
-    C.log(f"run: supervised test_resnet 32 px, batch {args.batch_size}, {args.epochs} epoch(s) on {view} "
-          f"({C.view_size(view)} samples); {args.reps} run(s) per Ray path")
+    C.log(
+        f"run: supervised test_resnet 32 px, batch {args.batch_size}, {args.epochs} epoch(s) on {view} "
+        f"({C.view_size(view)} samples); {args.reps} run(s) per Ray path"
+    )
     Path(args.cache_dir).mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix="pretrain-overhead-", dir=args.cache_dir))
     counter = iter(range(10_000))
@@ -133,17 +158,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for rep in range(args.reps):
             for launcher, label in paths.items():
                 wall, summary = timed_run(
-                    lambda out, launcher=launcher: run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0,
-                                                                launcher=launcher, log_level="ERROR"), fresh(launcher))
+                    lambda out, launcher=launcher: run_pretrain(
+                        cfg, view, out, num_workers=1, cpus_per_worker=1.0, launcher=launcher, log_level="ERROR"
+                    ),
+                    fresh(launcher),
+                )
                 if summary["launcher"] != launcher or summary["epochs_trained"] != args.epochs:
-                    raise RuntimeError(f"{label} took path {summary['launcher']!r} and trained {summary['epochs_trained']} "
-                                       f"epoch(s); expected {launcher!r} and {args.epochs}")
-                run = {"launcher": launcher, "rep": rep, "wall_s": round(wall, 3), "loop_s": round(summary["seconds"], 3),
-                       "overhead_s": round(wall - floor_s, 3), "outside_loop_s": round(wall - summary["seconds"], 3)}
+                    raise RuntimeError(
+                        f"{label} took path {summary['launcher']!r} and trained {summary['epochs_trained']} "
+                        f"epoch(s); expected {launcher!r} and {args.epochs}"
+                    )
+                run = {
+                    "launcher": launcher,
+                    "rep": rep,
+                    "wall_s": round(wall, 3),
+                    "loop_s": round(summary["seconds"], 3),
+                    "overhead_s": round(wall - floor_s, 3),
+                    "outside_loop_s": round(wall - summary["seconds"], 3),
+                }
                 runs.append(run)
-                C.log(f"{label} run {rep + 1}: wall {wall:.2f} s, loop {summary['seconds']:.2f} s; overhead over the floor "
-                      f"{run['overhead_s']:.2f} s, outside the loop {run['outside_loop_s']:.2f} s"
-                      + (" (first task: a new worker process imports torch)" if launcher == "task" and rep == 0 else ""))
+                C.log(
+                    f"{label} run {rep + 1}: wall {wall:.2f} s, loop {summary['seconds']:.2f} s; overhead over the floor "
+                    f"{run['overhead_s']:.2f} s, outside the loop {run['outside_loop_s']:.2f} s"
+                    + (" (first task: a new worker process imports torch)" if launcher == "task" and rep == 0 else "")
+                )
     finally:
         ray.shutdown()
 
@@ -157,17 +195,30 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     C.log("\nsummary (seconds per run, mean over runs)")
     C.log(f"  floor (in-process loop)       {floor_s:7.2f}")
     for k, label in paths.items():
-        C.log(f"  {label:<29} wall {mean(k, 'wall_s'):6.2f}  overhead {overhead[k]:6.2f}  outside the loop {outside[k]:6.2f}")
+        C.log(
+            f"  {label:<29} wall {mean(k, 'wall_s'):6.2f}  overhead {overhead[k]:6.2f}  outside the loop {outside[k]:6.2f}"
+        )
     C.log(f"  Ray Train overhead / Ray task overhead: {ratio:.1f}x")
     C.log(f"load average at the end: {', '.join(f'{x:.2f}' for x in load_end)}")
     out = {
-        "bench": "pretrain_overhead", "ratio": round(ratio, 1), "baseline": BASELINE,
+        "bench": "pretrain_overhead",
+        "ratio": round(ratio, 1),
+        "baseline": BASELINE,
         "overhead_s": {k: round(v, 2) for k, v in overhead.items()},
         "outside_loop_s": {k: round(v, 2) for k, v in outside.items()},
-        "floor_s": round(floor_s, 2), "floor_cold_s": round(cold_s, 2), "ray_init_s": round(init_s, 2),
-        "epochs": args.epochs, "reps": args.reps, "batch_size": args.batch_size, "view_samples": C.view_size(view),
-        "cpus": args.cpus, "loadavg_start": [round(x, 2) for x in load_start], "loadavg_end": [round(x, 2) for x in load_end],
-        "runs": runs, "quick": bool(args.quick), "seconds": round(time.perf_counter() - t_start, 1),
+        "floor_s": round(floor_s, 2),
+        "floor_cold_s": round(cold_s, 2),
+        "ray_init_s": round(init_s, 2),
+        "epochs": args.epochs,
+        "reps": args.reps,
+        "batch_size": args.batch_size,
+        "view_samples": C.view_size(view),
+        "cpus": args.cpus,
+        "loadavg_start": [round(x, 2) for x in load_start],
+        "loadavg_end": [round(x, 2) for x in load_end],
+        "runs": runs,
+        "quick": bool(args.quick),
+        "seconds": round(time.perf_counter() - t_start, 1),
     }
     if args.json:
         C.write_json(args.json, {**out, "environment": env})

@@ -68,41 +68,85 @@ WORLD_SOURCE = {"supervised": "imagenet", "clip": "laion", "simclr": "laion"}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured.",
+    )
     p.add_argument("--methods", default=",".join(ALL_METHODS), help="comma-separated methods (default: %(default)s)")
     p.add_argument("--backbone", default="test_resnet", help="a pretrain.models backbone (default: %(default)s)")
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--steps", type=int, default=12, help="timed steps per phase, after the warm-up (default: %(default)s)")
+    p.add_argument(
+        "--steps", type=int, default=12, help="timed steps per phase, after the warm-up (default: %(default)s)"
+    )
     p.add_argument("--warmup", type=int, default=3, help="untimed steps before each phase (default: %(default)s)")
-    p.add_argument("--loader-workers", type=int, default=2, help="loader worker processes for (a) (default: %(default)s)")
-    p.add_argument("--memory-batches", type=int, default=8,
-                   help="distinct pre-decoded batches cycled in (b), taken from the warm-up of (a) (default: %(default)s)")
-    p.add_argument("--memory-on-device", action="store_true",
-                   help="keep (b)'s batches on the device (no host-to-device copy): the model alone")
-    p.add_argument("--drain-wait-ms", type=float, default=5.0,
-                   help="a wait for a batch this long in the extra warm-up of (a) means the loader's queue ran dry (default: %(default)s)")
+    p.add_argument(
+        "--loader-workers", type=int, default=2, help="loader worker processes for (a) (default: %(default)s)"
+    )
+    p.add_argument(
+        "--memory-batches",
+        type=int,
+        default=8,
+        help="distinct pre-decoded batches cycled in (b), taken from the warm-up of (a) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--memory-on-device",
+        action="store_true",
+        help="keep (b)'s batches on the device (no host-to-device copy): the model alone",
+    )
+    p.add_argument(
+        "--drain-wait-ms",
+        type=float,
+        default=5.0,
+        help="a wait for a batch this long in the extra warm-up of (a) means the loader's queue ran dry (default: %(default)s)",
+    )
     p.add_argument("--loader-alone", action="store_true", help="also time (c): the loader with no training")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
-    p.add_argument("--decode", default="cpu", choices=("cpu", "device"),
-                   help="where (a) and (c) decode: in the loader workers, or batch-wise on --device "
-                        "(resources.pretrain.decode: device; pretrain.device_decode) (default: %(default)s)")
-    p.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
-                   help="as TrainConfig.precision: auto = bf16 autocast on CUDA, fp32 on CPU")
-    p.add_argument("--threads", type=int, default=0,
-                   help="torch intra-op threads in the main process (default: on CPU, the cores left after the loader workers, at "
-                        "least 1: an OpenMP team sharing cores with busy workers spin-waits; on CUDA, torch's choice)")
+    p.add_argument(
+        "--decode",
+        default="cpu",
+        choices=("cpu", "device"),
+        help="where (a) and (c) decode: in the loader workers, or batch-wise on --device "
+        "(resources.pretrain.decode: device; pretrain.device_decode) (default: %(default)s)",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=("auto", "bf16", "fp16", "fp32"),
+        help="as TrainConfig.precision: auto = bf16 autocast on CUDA, fp32 on CPU",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="torch intra-op threads in the main process (default: on CPU, the cores left after the loader workers, at "
+        "least 1: an OpenMP team sharing cores with busy workers spin-waits; on CUDA, torch's choice)",
+    )
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--weight-decay", type=float, default=0.05)
-    p.add_argument("--num-classes", type=int, default=0, help="supervised head width (default: the world's 30 concepts)")
+    p.add_argument(
+        "--num-classes", type=int, default=0, help="supervised head width (default: the world's 30 concepts)"
+    )
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--world-dir", default=None,
-                   help="an existing world folder (sources/<name>/); default: write the needed sources into the cache")
-    p.add_argument("--world-scale", type=float, default=C.DEFAULT_WORLD_SCALE,
-                   help="scale of the sources written into the cache (default: %(default)s)")
-    p.add_argument("--synthetic-shards", type=int, default=0, metavar="N",
-                   help="write (once, cached) and read N synthetic 256px JPEG samples instead of the world's PNGs")
+    p.add_argument(
+        "--world-dir",
+        default=None,
+        help="an existing world folder (sources/<name>/); default: write the needed sources into the cache",
+    )
+    p.add_argument(
+        "--world-scale",
+        type=float,
+        default=C.DEFAULT_WORLD_SCALE,
+        help="scale of the sources written into the cache (default: %(default)s)",
+    )
+    p.add_argument(
+        "--synthetic-shards",
+        type=int,
+        default=0,
+        metavar="N",
+        help="write (once, cached) and read N synthetic 256px JPEG samples instead of the world's PNGs",
+    )
     p.add_argument("--synthetic-size", type=int, default=256, help="side of the synthetic JPEGs (default: %(default)s)")
     p.add_argument("--cache-dir", default=str(C.DEFAULT_CACHE), help="where data is written (default: %(default)s)")
     p.add_argument("--json", default=None, metavar="PATH", help="also write the results here")
@@ -141,9 +185,12 @@ class Trainer:
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.model.train()
         self.params = sum(p.numel() for p in self.model.parameters())
-        self.optimizer = torch.optim.AdamW(param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999),
-                                           **adamw_kwargs(device))  # fused on CUDA, as the loop's
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, cosine_with_warmup(max(1, total_steps // 10), total_steps))
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, args.weight_decay), lr=args.lr, betas=(0.9, 0.999), **adamw_kwargs(device)
+        )  # fused on CUDA, as the loop's
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, cosine_with_warmup(max(1, total_steps // 10), total_steps)
+        )
         self.amp_dtype = amp_dtype_for(args.precision, self.on_cuda)
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.amp_dtype is torch.float16)
         self.pipeline = PIPELINES.get(self.method.pipeline)
@@ -158,7 +205,11 @@ class Trainer:
     def step(self, batch: dict[str, Any]) -> None:
         """One optimizer step as in the loop (grad_accum 1), metrics summed on the device without a sync."""
         batch = self.to_device(batch)
-        autocast = torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype is not None else contextlib.nullcontext()
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.amp_dtype)
+            if self.amp_dtype is not None
+            else contextlib.nullcontext()
+        )
         with autocast:
             out = self.method.loss(self.model, batch, self.loss_ctx)
         self.scaler.scale(out["loss"]).backward()
@@ -222,8 +273,10 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     trainer = Trainer(name, args, device, total_steps=2 * (warmup + steps))
     build_s = time.perf_counter() - t_build
     n_mem = min(args.memory_batches, warmup)
-    C.log(f"\n[{name}] {args.backbone} ({trainer.params / 1e6:.2f}M params{', open_clip ' + trainer.model.name if name == 'clip' else ''}), "
-          f"pipeline {trainer.method.pipeline}, view {view} ({C.view_size(view)} samples); built in {build_s:.1f}s")
+    C.log(
+        f"\n[{name}] {args.backbone} ({trainer.params / 1e6:.2f}M params{', open_clip ' + trainer.model.name if name == 'clip' else ''}), "
+        f"pipeline {trainer.method.pipeline}, view {view} ({C.view_size(view)} samples); built in {build_s:.1f}s"
+    )
 
     # (a) real: the method's loader, decode + augment in worker processes. After the fixed warm-up,
     # up to one prefetch depth of extra warm-up steps run until a batch had to be waited for (the
@@ -232,9 +285,16 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     # queue at both ends of the window, which is unbiased too.
     extra_max = 2 * args.loader_workers
     loader = make_train_loader(
-        view, pipeline=trainer.method.pipeline, batch_size=bs, num_batches=warmup + extra_max + steps,
-        image_size=args.image_size, seed=args.seed, num_workers=args.loader_workers, pin_memory=trainer.on_cuda,
-        pipeline_options=trainer.pipeline_options(), batch_decode=batch_decode(args, device),
+        view,
+        pipeline=trainer.method.pipeline,
+        batch_size=bs,
+        num_batches=warmup + extra_max + steps,
+        image_size=args.image_size,
+        seed=args.seed,
+        num_workers=args.loader_workers,
+        pin_memory=trainer.on_cuda,
+        pipeline_options=trainer.pipeline_options(),
+        batch_decode=batch_decode(args, device),
     )
     loader.set_epoch(1)
     it = iter(loader)
@@ -260,11 +320,18 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     shutdown_loader(loader)  # batches left over from the extra warm-up allowance are dropped
     del loader, it
 
-    shapes = {k: (tuple(v.shape), str(v.dtype).replace("torch.", "")) for k, v in kept[0].items() if isinstance(v, torch.Tensor)}
+    shapes = {
+        k: (tuple(v.shape), str(v.dtype).replace("torch.", ""))
+        for k, v in kept[0].items()
+        if isinstance(v, torch.Tensor)
+    }
     if args.memory_on_device:
         kept = [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in b.items()} for b in kept]
     elif trainer.on_cuda:
-        kept = [{k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v for k, v in b.items()} for b in kept]
+        kept = [
+            {k: v.pin_memory() if isinstance(v, torch.Tensor) and not v.is_pinned() else v for k, v in b.items()}
+            for b in kept
+        ]
 
     # (b) in-memory: the same step on the kept batches, cycled.
     cursor = [0]
@@ -281,8 +348,15 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     alone_s = None
     if args.loader_alone:
         loader = make_train_loader(
-            view, pipeline=trainer.method.pipeline, batch_size=bs, num_batches=warmup + steps, image_size=args.image_size,
-            seed=args.seed, num_workers=args.loader_workers, pin_memory=trainer.on_cuda, pipeline_options=trainer.pipeline_options(),
+            view,
+            pipeline=trainer.method.pipeline,
+            batch_size=bs,
+            num_batches=warmup + steps,
+            image_size=args.image_size,
+            seed=args.seed,
+            num_workers=args.loader_workers,
+            pin_memory=trainer.on_cuda,
+            pipeline_options=trainer.pipeline_options(),
             batch_decode=batch_decode(args, device),
         )
         loader.set_epoch(2)
@@ -324,10 +398,14 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
         res["max_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
     C.log(f"[{name}] batch {', '.join(f'{k} {list(s)} {d}' for k, (s, d) in shapes.items())}")
     extra = f", loader alone {res['loader_alone_samples_per_s']:.0f}/s" if alone_s else ""
-    C.log(f"[{name}] real {res['real_samples_per_s']:.1f} samples/s ({res['real_ms_per_step']:.1f} ms/step), "
-          f"in-memory {res['memory_samples_per_s']:.1f} samples/s ({res['memory_ms_per_step']:.1f} ms/step), "
-          f"real/in-memory {res['ratio']:.2f}{extra}; skipped {skipped}, mean loss {res['mean_loss']:.3f}")
-    C.log(f"[{name}] real warm-up {warm_steps} steps ({'loader queue ran dry: loader-bound' if drained else 'never waited for a batch: model-bound or balanced'})")
+    C.log(
+        f"[{name}] real {res['real_samples_per_s']:.1f} samples/s ({res['real_ms_per_step']:.1f} ms/step), "
+        f"in-memory {res['memory_samples_per_s']:.1f} samples/s ({res['memory_ms_per_step']:.1f} ms/step), "
+        f"real/in-memory {res['ratio']:.2f}{extra}; skipped {skipped}, mean loss {res['mean_loss']:.3f}"
+    )
+    C.log(
+        f"[{name}] real warm-up {warm_steps} steps ({'loader queue ran dry: loader-bound' if drained else 'never waited for a batch: model-bound or balanced'})"
+    )
     del trainer, kept
     gc.collect()
     if device.type == "cuda":
@@ -351,7 +429,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for m, v in views.items():
         per_reader = math.ceil((args.warmup + args.steps) / max(args.loader_workers, 1)) * args.batch_size
         if C.view_size(v) < per_reader:
-            C.log(f"note: {m}'s view has {C.view_size(v)} samples, fewer than a reader's {per_reader}: readers start over on it")
+            C.log(
+                f"note: {m}'s view has {C.view_size(v)} samples, fewer than a reader's {per_reader}: readers start over on it"
+            )
 
     device = C.pick_device(args.device)
     if not args.threads and device.type == "cpu":
@@ -360,27 +440,37 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         torch.set_num_threads(args.threads)
     env = C.environment(device)
     C.log(f"device: {env['device']}")
-    C.log(f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, python {env['python']}, "
-          f"{env['cpu_count']} CPUs")
-    C.log(f"backbone {args.backbone}, {args.image_size}px, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps "
-          f"per phase, {args.loader_workers} loader workers, precision {args.precision} "
-          f"(autocast {amp_dtype_for(args.precision, device.type == 'cuda')})")
+    C.log(
+        f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, python {env['python']}, "
+        f"{env['cpu_count']} CPUs"
+    )
+    C.log(
+        f"backbone {args.backbone}, {args.image_size}px, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps "
+        f"per phase, {args.loader_workers} loader workers, precision {args.precision} "
+        f"(autocast {amp_dtype_for(args.precision, device.type == 'cuda')})"
+    )
 
     results = []
     for m in args.methods:
         results.append(bench_method(m, views[m], args, device))
 
     C.log("\nsummary (samples/s; ratio = real / in-memory, the data pipeline's efficiency)")
-    C.log(f"  {'method':<11} {'real':>10} {'in-memory':>10} {'ratio':>6}" + (f" {'loader':>10}" if args.loader_alone else ""))
+    C.log(
+        f"  {'method':<11} {'real':>10} {'in-memory':>10} {'ratio':>6}"
+        + (f" {'loader':>10}" if args.loader_alone else "")
+    )
     for r in results:
         line = f"  {r['method']:<11} {r['real_samples_per_s']:>10.1f} {r['memory_samples_per_s']:>10.1f} {r['ratio']:>6.2f}"
         if args.loader_alone:
             line += f" {r['loader_alone_samples_per_s']:>10.1f}"
         C.log(line)
-    out = {"benchmark": "pretrain_throughput", "environment": env,
-           "args": {k: v for k, v in vars(args).items()},
-           "synthetic": C.synthetic_info(views[args.methods[0]]) if args.synthetic_shards else None,
-           "results": results}
+    out = {
+        "benchmark": "pretrain_throughput",
+        "environment": env,
+        "args": {k: v for k, v in vars(args).items()},
+        "synthetic": C.synthetic_info(views[args.methods[0]]) if args.synthetic_shards else None,
+        "results": results,
+    }
     if args.json:
         C.write_json(args.json, out)
     return out

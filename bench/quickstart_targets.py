@@ -34,8 +34,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from results.plotting import final_checkpoints  # noqa: E402
 from results.store import load  # noqa: E402
 
-WORLD_SETS = ("cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
-              "cameratraps", "cassava")
+WORLD_SETS = (
+    "cifar100",
+    "dtd",
+    "caltech101",
+    "pets",
+    "domainnet_real",
+    "domainnet_clipart",
+    "eurosat",
+    "cameratraps",
+    "cassava",
+)
 CONFIG = ["source", "curation", "label_noise", "method", "backbone"]
 
 
@@ -49,8 +58,14 @@ def beats_floor(runs: pd.DataFrame) -> dict:
     for cfg, rows in pre.groupby(CONFIG + ["pretrain_size"], dropna=False):
         mean = rows.groupby("downstream")["score"].mean()
         wins = int(sum(mean[s] > floor[s] for s in mean.index if s in floor.index))
-        out.append({"config": " ".join(str(v) for v in cfg), "sets_beaten": wins, "sets": int(len(mean)),
-                    "mean_gain": round(100 * float((mean - floor.reindex(mean.index)).mean()), 2)})
+        out.append(
+            {
+                "config": " ".join(str(v) for v in cfg),
+                "sets_beaten": wins,
+                "sets": int(len(mean)),
+                "mean_gain": round(100 * float((mean - floor.reindex(mean.index)).mean()), 2),
+            }
+        )
     return {"ok": bool(out) and all(o["sets_beaten"] >= 7 for o in out), "configs": out}
 
 
@@ -63,8 +78,12 @@ def lp_ft_vs_linear(runs: pd.DataFrame) -> dict:
     if both.empty:
         return {"ok": False, "why": "no (checkpoint, set) with both linear and lp_ft at full data"}
     worst = float(100 * (both["lp_ft"] - both["linear"]).min())
-    return {"ok": worst >= -1.0, "pairs": int(len(both)), "worst_lp_ft_minus_linear": round(worst, 2),
-            "mean_lp_ft_minus_linear": round(float(100 * (both["lp_ft"] - both["linear"]).mean()), 2)}
+    return {
+        "ok": worst >= -1.0,
+        "pairs": int(len(both)),
+        "worst_lp_ft_minus_linear": round(worst, 2),
+        "mean_lp_ft_minus_linear": round(float(100 * (both["lp_ft"] - both["linear"]).mean()), 2),
+    }
 
 
 def dtd_above_chance(runs: pd.DataFrame) -> dict:
@@ -76,8 +95,11 @@ def dtd_above_chance(runs: pd.DataFrame) -> dict:
             out[proto] = {"ok": False, "why": "no rows"}
             continue
         above = 100 * (rows["score"] - rows["chance"])
-        out[proto] = {"ok": bool((above >= 100 * margin).all()), "min_points_above_chance": round(float(above.min()), 1),
-                      "rows": int(len(rows))}
+        out[proto] = {
+            "ok": bool((above >= 100 * margin).all()),
+            "min_points_above_chance": round(float(above.min()), 1),
+            "rows": int(len(rows)),
+        }
     return {"ok": all(v["ok"] for v in out.values()), **out}
 
 
@@ -93,15 +115,27 @@ def shots_monotone(runs: pd.DataFrame) -> dict:
             allowed = 2 * math.sqrt(float(se[a]) ** 2 + float(se[b]) ** 2) if by.count()[a] > 1 else 0.0
             worst = min(worst, allowed - drop)
             if drop > allowed:
-                bad.append({"pretrain_key": pkey, "epoch": int(epoch), "set": ds, "shots": [int(a), int(b)],
-                            "drop": round(100 * float(drop), 2), "allowed": round(100 * allowed, 2)})
+                bad.append(
+                    {
+                        "pretrain_key": pkey,
+                        "epoch": int(epoch),
+                        "set": ds,
+                        "shots": [int(a), int(b)],
+                        "drop": round(100 * float(drop), 2),
+                        "allowed": round(100 * allowed, 2),
+                    }
+                )
     return {"ok": not bad, "steps_down_beyond_2se": bad[:10], "count": len(bad)}
 
 
 def pretrain_seeds(runs: pd.DataFrame) -> dict:
     pre = runs[runs["method"] != "none"]
     n = pre.groupby(CONFIG + ["pretrain_size"], dropna=False)["pretrain_seed"].nunique()
-    return {"ok": bool(len(n)) and int(n.min()) >= 2, "configs": int(len(n)), "min_seeds": int(n.min()) if len(n) else 0}
+    return {
+        "ok": bool(len(n)) and int(n.min()) >= 2,
+        "configs": int(len(n)),
+        "min_seeds": int(n.min()) if len(n) else 0,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,14 +144,26 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     runs = load(args.store)["runs"]
     runs = runs[runs["status"] == "ok"]
-    checks = {"beats_floor": beats_floor(runs), "lp_ft_vs_linear": lp_ft_vs_linear(runs),
-              "dtd_above_chance": dtd_above_chance(runs), "shots_monotone": shots_monotone(runs),
-              "pretrain_seeds": pretrain_seeds(runs)}
+    checks = {
+        "beats_floor": beats_floor(runs),
+        "lp_ft_vs_linear": lp_ft_vs_linear(runs),
+        "dtd_above_chance": dtd_above_chance(runs),
+        "shots_monotone": shots_monotone(runs),
+        "pretrain_seeds": pretrain_seeds(runs),
+    }
     for name, res in checks.items():
         print(f"{name}: {'ok' if res['ok'] else 'FAILED'}  {json.dumps({k: v for k, v in res.items() if k != 'ok'})}")
-    print(json.dumps({"bench": "quickstart_targets", "store": str(args.store),
-                      "passed": sum(r["ok"] for r in checks.values()), "checks": len(checks),
-                      **{k: v["ok"] for k, v in checks.items()}}))
+    print(
+        json.dumps(
+            {
+                "bench": "quickstart_targets",
+                "store": str(args.store),
+                "passed": sum(r["ok"] for r in checks.values()),
+                "checks": len(checks),
+                **{k: v["ok"] for k, v in checks.items()},
+            }
+        )
+    )
     return 0
 
 

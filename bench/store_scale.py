@@ -56,19 +56,31 @@ if str(REPO_ROOT) not in sys.path:
 DEFAULT_CACHE = REPO_ROOT / "tbench-out" / "bench"
 TARGET_QUERY_S = 1.0
 GROUP_COLUMNS = ["source", "method", "pretrain_size", "downstream", "protocol", "shots"]
-QUERY = (f"SELECT {', '.join(GROUP_COLUMNS)}, avg(score) AS mean_score, count(*) AS n "
-         "FROM runs GROUP BY ALL")
+QUERY = f"SELECT {', '.join(GROUP_COLUMNS)}, avg(score) AS mean_score, count(*) AS n FROM runs GROUP BY ALL"
 
 SOURCES = ("laion", "datacomp", "yfcc", "cc12m", "shutterstock", "wit", "imagenet")
 SOURCE_QUALITY = dict(zip(SOURCES, (0.02, 0.03, -0.04, 0.0, -0.01, -0.03, 0.05)))
 METHODS = {"supervised": 0.04, "clip": 0.06, "simclr": 0.0}
 SIZES = (1_000, 3_000, 10_000, 30_000, 100_000)
-DOWNSTREAM = {"cifar100": 100, "pets": 37, "flowers": 102, "dtd": 47, "eurosat": 10, "cameratraps": 14,
-              "food": 101, "aircraft": 100, "cars": 196}
+DOWNSTREAM = {
+    "cifar100": 100,
+    "pets": 37,
+    "flowers": 102,
+    "dtd": 47,
+    "eurosat": 10,
+    "cameratraps": 14,
+    "food": 101,
+    "aircraft": 100,
+    "cars": 196,
+}
 PROTOCOLS = {"linear": 0.0, "knn": -0.05, "finetune": 0.06, "lp_ft": 0.07, "zeroshot": -0.12, "scratch": -0.15}
 SHOTS = (None, 1, 5, 10, 20)
 CURATIONS = ("none", "clip_top50", "dedup", "clip_top30+dedup")
-ERRORS = ("RuntimeError: CUDA out of memory", "ValueError: empty few-shot sample", "TimeoutError: evaluation exceeded 3600 s")
+ERRORS = (
+    "RuntimeError: CUDA out of memory",
+    "ValueError: empty few-shot sample",
+    "TimeoutError: evaluation exceeded 3600 s",
+)
 
 
 def log(msg: str) -> None:
@@ -76,20 +88,39 @@ def log(msg: str) -> None:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="See the module docstring for what is measured.")
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="See the module docstring for what is measured.",
+    )
     p.add_argument("--quick", action="store_true", help="100,000 rows (a smoke run; --rows overrides)")
     p.add_argument("--rows", type=int, default=None, help="rows to write (default: 1,000,000; --quick 100,000)")
     p.add_argument("--procs", type=int, default=16, help="writer processes (default: %(default)s)")
     p.add_argument("--part-rows", type=int, default=500, help="rows per part file, one per job (default: %(default)s)")
     p.add_argument("--no-compactor", action="store_true", help="no compaction while the writers write")
-    p.add_argument("--compact-every", type=float, default=2.0,
-                   help="seconds between the concurrent compactor's rounds (default: %(default)s)")
-    p.add_argument("--reps", type=int, default=5, help="Store.query repetitions per state; the median is reported (default: %(default)s)")
-    p.add_argument("--csv-reps", type=int, default=3, help="pandas read_csv + groupby repetitions (default: %(default)s)")
-    p.add_argument("--store", default=None,
-                   help="store root, a directory or a URI (default: <cache-dir>/store_scale/store); emptied first")
-    p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the store and the CSV go (default: %(default)s)")
+    p.add_argument(
+        "--compact-every",
+        type=float,
+        default=2.0,
+        help="seconds between the concurrent compactor's rounds (default: %(default)s)",
+    )
+    p.add_argument(
+        "--reps",
+        type=int,
+        default=5,
+        help="Store.query repetitions per state; the median is reported (default: %(default)s)",
+    )
+    p.add_argument(
+        "--csv-reps", type=int, default=3, help="pandas read_csv + groupby repetitions (default: %(default)s)"
+    )
+    p.add_argument(
+        "--store",
+        default=None,
+        help="store root, a directory or a URI (default: <cache-dir>/store_scale/store); emptied first",
+    )
+    p.add_argument(
+        "--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the store and the CSV go (default: %(default)s)"
+    )
     p.add_argument("--keep", action="store_true", help="keep the store and the CSV afterwards")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--json", type=Path, default=None, metavar="PATH", help="also write the results here")
@@ -136,49 +167,60 @@ def make_rows(part: int, n: int, seed: int) -> list[dict[str, Any]]:
         checkpoint = rng.choice((5, 10, 20, 30))
         num_classes = DOWNSTREAM[downstream]
         chance = 1.0 / num_classes
-        skill = (0.35 + 0.06 * math.log10(size) + METHODS[method] + SOURCE_QUALITY[source] + PROTOCOLS[protocol]
-                 + (0.0 if shots is None else -0.25 / math.sqrt(1 + shots)) + 0.02 * math.log2(checkpoint / 5 + 1))
+        skill = (
+            0.35
+            + 0.06 * math.log10(size)
+            + METHODS[method]
+            + SOURCE_QUALITY[source]
+            + PROTOCOLS[protocol]
+            + (0.0 if shots is None else -0.25 / math.sqrt(1 + shots))
+            + 0.02 * math.log2(checkpoint / 5 + 1)
+        )
         top1 = min(0.99, max(chance, skill + rng.gauss(0, 0.03)))
         failed = rng.random() < 0.01
         pretrain_key = f"pt-{source}-{method}-{size}-s{pretrain_seed}"
-        rows.append({
-            "key": row_key(part, i),
-            "spec": "scaling-grid",
-            "created_at": created + dt.timedelta(milliseconds=37 * i),
-            "code_version": "0.9.0+g3f2c1ab",
-            "status": "failed" if failed else "ok",
-            "error": rng.choice(ERRORS) if failed else None,
-            "pretrain_key": pretrain_key,
-            "source": source,
-            "curation": rng.choice(CURATIONS),
-            "label_noise": rng.choice((0.0, 0.0, 0.1, 0.3)),
-            "pretrain_size": size,
-            "method": method,
-            "backbone": "resnet18",
-            "pretrain_epochs": epochs,
-            "checkpoint_epoch": checkpoint,
-            "pretrain_seed": pretrain_seed,
-            "samples_seen": size * checkpoint,
-            "downstream": downstream,
-            "num_classes": num_classes,
-            "metric": "balanced_acc" if downstream == "cameratraps" else "top1",
-            "chance": chance,
-            "protocol": protocol,
-            "shots": shots,
-            "eval_seed": rng.randrange(3),
-            "top1": None if failed else top1,
-            "balanced_acc": None if failed else top1 - abs(rng.gauss(0, 0.02)),
-            "score": None if failed else top1,
-            "loss": None if failed else -math.log(max(top1, 1e-3)) + rng.gauss(0, 0.05),
-            "train_seconds": rng.uniform(1.0, 900.0),
-            "eval_seconds": rng.uniform(0.2, 30.0),
-            "device": device,
-            "job_key": part_key(part),
-            "view_key": f"view-{source}-{size}",
-            "image_size": 64,
-            "val_score": None if failed else top1 + rng.gauss(0, 0.01),
-            "hparams": None if protocol in ("knn", "zeroshot") else {"lr": rng.choice((1e-3, 3e-3, 1e-2)), "l2": 1e-4},
-        })
+        rows.append(
+            {
+                "key": row_key(part, i),
+                "spec": "scaling-grid",
+                "created_at": created + dt.timedelta(milliseconds=37 * i),
+                "code_version": "0.9.0+g3f2c1ab",
+                "status": "failed" if failed else "ok",
+                "error": rng.choice(ERRORS) if failed else None,
+                "pretrain_key": pretrain_key,
+                "source": source,
+                "curation": rng.choice(CURATIONS),
+                "label_noise": rng.choice((0.0, 0.0, 0.1, 0.3)),
+                "pretrain_size": size,
+                "method": method,
+                "backbone": "resnet18",
+                "pretrain_epochs": epochs,
+                "checkpoint_epoch": checkpoint,
+                "pretrain_seed": pretrain_seed,
+                "samples_seen": size * checkpoint,
+                "downstream": downstream,
+                "num_classes": num_classes,
+                "metric": "balanced_acc" if downstream == "cameratraps" else "top1",
+                "chance": chance,
+                "protocol": protocol,
+                "shots": shots,
+                "eval_seed": rng.randrange(3),
+                "top1": None if failed else top1,
+                "balanced_acc": None if failed else top1 - abs(rng.gauss(0, 0.02)),
+                "score": None if failed else top1,
+                "loss": None if failed else -math.log(max(top1, 1e-3)) + rng.gauss(0, 0.05),
+                "train_seconds": rng.uniform(1.0, 900.0),
+                "eval_seconds": rng.uniform(0.2, 30.0),
+                "device": device,
+                "job_key": part_key(part),
+                "view_key": f"view-{source}-{size}",
+                "image_size": 64,
+                "val_score": None if failed else top1 + rng.gauss(0, 0.01),
+                "hparams": None
+                if protocol in ("knn", "zeroshot")
+                else {"lr": rng.choice((1e-3, 3e-3, 1e-2)), "l2": 1e-4},
+            }
+        )
     return rows
 
 
@@ -242,17 +284,23 @@ def write_concurrently(root: str, args: argparse.Namespace) -> dict[str, Any]:
     with_compactor = not args.no_compactor
     barrier = ctx.Barrier(args.procs + 1 + int(with_compactor))
     results, stop = ctx.Queue(), ctx.Event()
-    procs = [ctx.Process(target=_writer, args=(root, share, args.seed, barrier, results), name=f"writer-{w}")
-             for w, share in enumerate(shares)]
+    procs = [
+        ctx.Process(target=_writer, args=(root, share, args.seed, barrier, results), name=f"writer-{w}")
+        for w, share in enumerate(shares)
+    ]
     if with_compactor:
-        procs.append(ctx.Process(target=_compactor, args=(root, args.compact_every, barrier, stop, results), name="compactor"))
+        procs.append(
+            ctx.Process(target=_compactor, args=(root, args.compact_every, barrier, stop, results), name="compactor")
+        )
     t0 = time.perf_counter()
     for p in procs:
         p.start()
     barrier.wait()  # every process has started and imported the store
     start, start_wall = time.perf_counter(), time.time()
-    log(f"  {len(procs)} processes started in {start - t0:.1f}s (not timed); writing {args.rows:,} rows in "
-        f"{len(sizes):,} parts of {args.part_rows} rows")
+    log(
+        f"  {len(procs)} processes started in {start - t0:.1f}s (not timed); writing {args.rows:,} rows in "
+        f"{len(sizes):,} parts of {args.part_rows} rows"
+    )
     writers, compactor = [], None
     while len(writers) < args.procs:
         try:
@@ -273,10 +321,19 @@ def write_concurrently(root: str, args: argparse.Namespace) -> dict[str, Any]:
         kind, compactor = results.get()
     for p in procs:
         p.join()
-    errors = [w["error"] for w in writers if "error" in w] + ([compactor["error"]] if compactor and "error" in compactor else [])
-    return {"write_s": write_s, "writers": writers, "compactor": compactor, "errors": errors,
-            "rows_reported": sum(w["rows"] for w in writers), "score_sum": sum(w["score_sum"] for w in writers),
-            "make_s_total": sum(w["make_s"] for w in writers), "write_part_s_total": sum(w["write_s"] for w in writers)}
+    errors = [w["error"] for w in writers if "error" in w] + (
+        [compactor["error"]] if compactor and "error" in compactor else []
+    )
+    return {
+        "write_s": write_s,
+        "writers": writers,
+        "compactor": compactor,
+        "errors": errors,
+        "rows_reported": sum(w["rows"] for w in writers),
+        "score_sum": sum(w["score_sum"] for w in writers),
+        "make_s_total": sum(w["make_s"] for w in writers),
+        "write_part_s_total": sum(w["write_s"] for w in writers),
+    }
 
 
 # --------------------------------------------------------------------------- checks and timing
@@ -294,21 +351,34 @@ def check(store, expected: set[str], score_sum: float) -> dict[str, Any]:
     out["read_s"] = time.perf_counter() - t0
     keys = df["key"]
     seen = set(keys)
-    out["read"] = {"rows": len(df), "distinct": len(seen), "lost": len(expected - seen),
-                   "duplicated": len(df) - len(seen), "unexpected": len(seen - expected),
-                   "score_sum_matches": math.isclose(float(df["score"].sum()), score_sum, rel_tol=1e-9)}
+    out["read"] = {
+        "rows": len(df),
+        "distinct": len(seen),
+        "lost": len(expected - seen),
+        "duplicated": len(df) - len(seen),
+        "unexpected": len(seen - expected),
+        "score_sum_matches": math.isclose(float(df["score"].sum()), score_sum, rel_tol=1e-9),
+    }
     del df
     t0 = time.perf_counter()
     q = store.query("SELECT count(*) AS n, count(DISTINCT key) AS d, sum(score) AS s FROM runs")
     keys_sql = set(store.query("SELECT key FROM runs")["key"])
     out["sql_s"] = time.perf_counter() - t0
     n, d = int(q["n"].iloc[0]), int(q["d"].iloc[0])
-    out["sql"] = {"rows": n, "distinct": d, "lost": len(expected - keys_sql), "duplicated": n - d,
-                  "unexpected": len(keys_sql - expected),
-                  "score_sum_matches": math.isclose(float(q["s"].iloc[0]), score_sum, rel_tol=1e-9)}
-    out["ok"] = all(v[k] == 0 for v in (out["read"], out["sql"]) for k in ("lost", "duplicated", "unexpected")) and \
-        out["read"]["rows"] == out["sql"]["rows"] == len(expected) and \
-        out["read"]["score_sum_matches"] and out["sql"]["score_sum_matches"]
+    out["sql"] = {
+        "rows": n,
+        "distinct": d,
+        "lost": len(expected - keys_sql),
+        "duplicated": n - d,
+        "unexpected": len(keys_sql - expected),
+        "score_sum_matches": math.isclose(float(q["s"].iloc[0]), score_sum, rel_tol=1e-9),
+    }
+    out["ok"] = (
+        all(v[k] == 0 for v in (out["read"], out["sql"]) for k in ("lost", "duplicated", "unexpected"))
+        and out["read"]["rows"] == out["sql"]["rows"] == len(expected)
+        and out["read"]["score_sum_matches"]
+        and out["sql"]["score_sum_matches"]
+    )
     return out
 
 
@@ -331,8 +401,11 @@ def time_pandas(csv: Path, reps: int, usecols: list[str] | None = None) -> tuple
     for _ in range(reps):
         t0 = time.perf_counter()
         frame = pd.read_csv(csv, usecols=usecols)
-        result = (frame.groupby(GROUP_COLUMNS, dropna=False)
-                  .agg(mean_score=("score", "mean"), n=("score", "size")).reset_index())
+        result = (
+            frame.groupby(GROUP_COLUMNS, dropna=False)
+            .agg(mean_score=("score", "mean"), n=("score", "size"))
+            .reset_index()
+        )
         times.append(time.perf_counter() - t0)
         del frame
     return statistics.median(times), times, result
@@ -358,8 +431,10 @@ def same_answer(store_result, pandas_result) -> bool:
                 return False
         elif not (a[c].to_numpy() == b[c].to_numpy()).all():
             return False
-    return bool((a["n"].to_numpy() == b["n"].to_numpy()).all()
-                and np.allclose(a["mean_score"].to_numpy(float), b["mean_score"].to_numpy(float), rtol=1e-9, equal_nan=True))
+    return bool(
+        (a["n"].to_numpy() == b["n"].to_numpy()).all()
+        and np.allclose(a["mean_score"].to_numpy(float), b["mean_score"].to_numpy(float), rtol=1e-9, equal_nan=True)
+    )
 
 
 def store_files(store) -> dict[str, int]:
@@ -386,12 +461,22 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         store = Store(root)
         store.fs.delete_dir_contents(store.table_dir("runs"), missing_dir_ok=True)
     work.mkdir(parents=True, exist_ok=True)
-    env = {"cpu_count": os.cpu_count(), "python": platform.python_version(), "pyarrow": pa.__version__,
-           "duckdb": duckdb.__version__, "pandas": pd.__version__, "loadavg_start": os.getloadavg()}
-    log(f"store_scale: {args.rows:,} rows, {args.procs} writer processes, parts of {args.part_rows} rows, "
-        f"compactor {'off' if args.no_compactor else f'every {args.compact_every:g}s'}; store {root}")
-    log(f"  {env['cpu_count']} CPUs, load average {', '.join(f'{x:.1f}' for x in env['loadavg_start'])}; "
-        f"pyarrow {env['pyarrow']}, duckdb {env['duckdb']}, pandas {env['pandas']}")
+    env = {
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "pyarrow": pa.__version__,
+        "duckdb": duckdb.__version__,
+        "pandas": pd.__version__,
+        "loadavg_start": os.getloadavg(),
+    }
+    log(
+        f"store_scale: {args.rows:,} rows, {args.procs} writer processes, parts of {args.part_rows} rows, "
+        f"compactor {'off' if args.no_compactor else f'every {args.compact_every:g}s'}; store {root}"
+    )
+    log(
+        f"  {env['cpu_count']} CPUs, load average {', '.join(f'{x:.1f}' for x in env['loadavg_start'])}; "
+        f"pyarrow {env['pyarrow']}, duckdb {env['duckdb']}, pandas {env['pandas']}"
+    )
 
     w = write_concurrently(root, args)
     if w["errors"]:
@@ -399,12 +484,16 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             log(f"  process failed: {e}")
         raise SystemExit(1)
     c = w["compactor"]
-    log(f"wrote {w['rows_reported']:,} rows in {w['write_s']:.1f}s: {w['rows_reported'] / w['write_s']:,.0f} rows/s "
+    log(
+        f"wrote {w['rows_reported']:,} rows in {w['write_s']:.1f}s: {w['rows_reported'] / w['write_s']:,.0f} rows/s "
         f"(inside the writers: {w['make_s_total']:.1f}s making rows, {w['write_part_s_total']:.1f}s in write_part, "
-        "summed over processes)")
+        "summed over processes)"
+    )
     if c:
-        log(f"  concurrent compactor: {c['rounds']} rounds, {c['parts_merged']:,} parts merged into {c['files_written']} "
-            f"files, {c['parts_kept']} re-written meanwhile, busy {c['busy_s']:.1f}s")
+        log(
+            f"  concurrent compactor: {c['rounds']} rounds, {c['parts_merged']:,} parts merged into {c['files_written']} "
+            f"files, {c['parts_kept']} re-written meanwhile, busy {c['busy_s']:.1f}s"
+        )
 
     store = Store(root)
     expected = expected_keys(args)
@@ -413,31 +502,49 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if state == "compacted":
             t0 = time.perf_counter()
             rep = store.compact("runs", min_parts=1)
-            log(f"compact: {rep['parts_merged']:,} parts, {rep['rows']:,} rows into {len(rep['files_written'])} "
-                f"files in {time.perf_counter() - t0:.1f}s")
+            log(
+                f"compact: {rep['parts_merged']:,} parts, {rep['rows']:,} rows into {len(rep['files_written'])} "
+                f"files in {time.perf_counter() - t0:.1f}s"
+            )
         files = store_files(store)
         chk = check(Store(root), expected, w["score_sum"])
         med, times, result = time_query(root, args.reps)
-        states[state] = {"files": files, "check": chk, "query_s": med, "query_times": times, "groups": len(result),
-                         "result": result}
-        log(f"[{state}] {files['loose_parts']:,} loose parts + {files['compacted_files']} compacted files: "
+        states[state] = {
+            "files": files,
+            "check": chk,
+            "query_s": med,
+            "query_times": times,
+            "groups": len(result),
+            "result": result,
+        }
+        log(
+            f"[{state}] {files['loose_parts']:,} loose parts + {files['compacted_files']} compacted files: "
             f"read {chk['read']['rows']:,} rows ({chk['read']['distinct']:,} keys), lost {chk['read']['lost']}, "
             f"duplicated {chk['read']['duplicated']}, unexpected {chk['read']['unexpected']} in {chk['read_s']:.1f}s; "
             f"SQL {chk['sql']['rows']:,} rows ({chk['sql']['distinct']:,} keys), lost {chk['sql']['lost']}, "
             f"duplicated {chk['sql']['duplicated']}; score sums match: "
-            f"{chk['read']['score_sum_matches'] and chk['sql']['score_sum_matches']}")
-        log(f"[{state}] grouped query ({len(result):,} groups): median {med:.3f}s of {args.reps} "
-            f"({', '.join(f'{t:.3f}' for t in times)})")
+            f"{chk['read']['score_sum_matches'] and chk['sql']['score_sum_matches']}"
+        )
+        log(
+            f"[{state}] grouped query ({len(result):,} groups): median {med:.3f}s of {args.reps} "
+            f"({', '.join(f'{t:.3f}' for t in times)})"
+        )
 
     csv = work / "runs.csv"
     t0 = time.perf_counter()
     pacsv.write_csv(store.read_arrow("runs"), csv)
-    log(f"CSV of the same rows: {csv} ({csv.stat().st_size / 2**20:.0f} MiB, written in {time.perf_counter() - t0:.1f}s, untimed)")
+    log(
+        f"CSV of the same rows: {csv} ({csv.stat().st_size / 2**20:.0f} MiB, written in {time.perf_counter() - t0:.1f}s, untimed)"
+    )
     pd_med, pd_times, pd_result = time_pandas(csv, args.csv_reps)
     pdu_med, _, pdu_result = time_pandas(csv, args.csv_reps, usecols=GROUP_COLUMNS + ["score"])
-    agree = same_answer(states["compacted"]["result"], pd_result) and same_answer(states["compacted"]["result"], pdu_result)
-    log(f"pandas read_csv + groupby: median {pd_med:.2f}s of {args.csv_reps} ({', '.join(f'{t:.2f}' for t in pd_times)}); "
-        f"with usecols (7 columns): {pdu_med:.2f}s; same answer as the store: {agree}")
+    agree = same_answer(states["compacted"]["result"], pd_result) and same_answer(
+        states["compacted"]["result"], pdu_result
+    )
+    log(
+        f"pandas read_csv + groupby: median {pd_med:.2f}s of {args.csv_reps} ({', '.join(f'{t:.2f}' for t in pd_times)}); "
+        f"with usecols (7 columns): {pdu_med:.2f}s; same answer as the store: {agree}"
+    )
 
     lost = max(s["check"][via]["lost"] for s in states.values() for via in ("read", "sql"))
     duplicated = max(s["check"][via]["duplicated"] for s in states.values() for via in ("read", "sql"))
@@ -445,37 +552,61 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     q_compacted, q_loose = states["compacted"]["query_s"], states["as_written"]["query_s"]
     env["loadavg_end"] = os.getloadavg()
     summary = {
-        "bench": "store_scale", "rows": args.rows, "procs": args.procs, "part_rows": args.part_rows,
-        "compactor": not args.no_compactor, "write_s": w["write_s"], "rows_per_s": args.rows / w["write_s"],
-        "lost": lost, "duplicated": duplicated, "rows_ok": ok_rows,
-        "query_s_as_written": q_loose, "query_s_compacted": q_compacted,
-        "files_as_written": states["as_written"]["files"], "files_compacted": states["compacted"]["files"],
-        "pandas_csv_s": pd_med, "pandas_csv_usecols_s": pdu_med,
+        "bench": "store_scale",
+        "rows": args.rows,
+        "procs": args.procs,
+        "part_rows": args.part_rows,
+        "compactor": not args.no_compactor,
+        "write_s": w["write_s"],
+        "rows_per_s": args.rows / w["write_s"],
+        "lost": lost,
+        "duplicated": duplicated,
+        "rows_ok": ok_rows,
+        "query_s_as_written": q_loose,
+        "query_s_compacted": q_compacted,
+        "files_as_written": states["as_written"]["files"],
+        "files_compacted": states["compacted"]["files"],
+        "pandas_csv_s": pd_med,
+        "pandas_csv_usecols_s": pdu_med,
         "ratio_pandas_csv_over_store_compacted": pd_med / q_compacted,
         "ratio_pandas_csv_over_store_as_written": pd_med / q_loose,
         "ratio_pandas_csv_usecols_over_store_compacted": pdu_med / q_compacted,
-        "same_answer": agree, "compactor_stats": w["compactor"], "env": env,
+        "same_answer": agree,
+        "compactor_stats": w["compactor"],
+        "env": env,
         "checks": {k: v["check"] for k, v in states.items()},
         "query_times": {k: v["query_times"] for k, v in states.items()},
     }
     log("")
     log(f"{'rows written':<34}{args.rows:>14,}")
-    log(f"{'seconds to write':<34}{w['write_s']:>14.1f}   ({args.procs} processes"
-        f"{', compaction running' if not args.no_compactor else ''})")
+    log(
+        f"{'seconds to write':<34}{w['write_s']:>14.1f}   ({args.procs} processes"
+        f"{', compaction running' if not args.no_compactor else ''})"
+    )
     log(f"{'rows/s':<34}{args.rows / w['write_s']:>14,.0f}")
     log(f"{'lost / duplicated rows':<34}{f'{lost} / {duplicated}':>14}")
-    log(f"{'query s, as written (median)':<34}{q_loose:>14.3f}   ({states['as_written']['files']['loose_parts']:,} loose parts, "
-        f"{states['as_written']['files']['compacted_files']} compacted files)")
-    log(f"{'query s, compacted (median)':<34}{q_compacted:>14.3f}   ({states['compacted']['files']['compacted_files']} compacted files)")
+    log(
+        f"{'query s, as written (median)':<34}{q_loose:>14.3f}   ({states['as_written']['files']['loose_parts']:,} loose parts, "
+        f"{states['as_written']['files']['compacted_files']} compacted files)"
+    )
+    log(
+        f"{'query s, compacted (median)':<34}{q_compacted:>14.3f}   ({states['compacted']['files']['compacted_files']} compacted files)"
+    )
     log(f"{'pandas read_csv + groupby s':<34}{pd_med:>14.2f}   (usecols: {pdu_med:.2f})")
-    log(f"{'pandas-CSV / store query':<34}{pd_med / q_compacted:>14.1f}x  compacted; {pd_med / q_loose:.1f}x as written; "
-        f"usecols {pdu_med / q_compacted:.1f}x")
+    log(
+        f"{'pandas-CSV / store query':<34}{pd_med / q_compacted:>14.1f}x  compacted; {pd_med / q_loose:.1f}x as written; "
+        f"usecols {pdu_med / q_compacted:.1f}x"
+    )
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(summary, indent=2, default=str))
         log(f"wrote {args.json}")
-    print(json.dumps({k: v for k, v in summary.items() if k not in ("checks", "query_times", "compactor_stats")}, default=str),
-          flush=True)
+    print(
+        json.dumps(
+            {k: v for k, v in summary.items() if k not in ("checks", "query_times", "compactor_stats")}, default=str
+        ),
+        flush=True,
+    )
     if not args.keep:
         csv.unlink(missing_ok=True)
         if "://" not in root:

@@ -55,7 +55,9 @@ from scipy.fft import dctn
 
 HASH_SIZE = 32  # images are hashed at HASH_SIZE x HASH_SIZE
 _POOL = [(u, v) for u in range(12) for v in range(12) if (u, v) != (0, 0)]
-COEFFS: np.ndarray = np.array(sorted(sorted(_POOL, key=lambda p: hashlib.sha256(f"{p[0]},{p[1]}".encode()).digest())[:64]))
+COEFFS: np.ndarray = np.array(
+    sorted(sorted(_POOL, key=lambda p: hashlib.sha256(f"{p[0]},{p[1]}".encode()).digest())[:64])
+)
 _WEIGHTS = np.uint64(1) << np.arange(63, -1, -1, dtype=np.uint64)  # bit k (MSB first) is COEFFS[k]
 MIRROR_MASK: int = int(sum(int(w) for w, (_, v) in zip(_WEIGHTS, COEFFS) if v % 2))
 DEFAULT_THRESHOLD: int = 5  # chosen by measurement: see the module docstring
@@ -100,8 +102,10 @@ def decode_gray(image: bytes | np.ndarray | Image.Image, size: int | None = None
     elif isinstance(image, np.ndarray):
         a = image[..., 0] if image.ndim == 3 and image.shape[2] == 1 else image
         if a.dtype != np.uint8 or not (a.ndim == 2 or (a.ndim == 3 and a.shape[2] in (3, 4))) or 0 in a.shape:
-            raise ValueError(f"expected a uint8 image array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
-                             f"got {image.dtype} {image.shape}")
+            raise ValueError(
+                f"expected a uint8 image array [H, W], [H, W, 1], [H, W, 3] or [H, W, 4], "
+                f"got {image.dtype} {image.shape}"
+            )
         im = Image.fromarray(np.ascontiguousarray(a)).convert("L")
     elif isinstance(image, Image.Image):
         im = image.convert("L")
@@ -151,7 +155,9 @@ def _as_pairs(hashes: np.ndarray, what: str) -> np.ndarray:
         a = a.astype(np.uint64)
         return np.stack([a, a ^ np.uint64(MIRROR_MASK)], axis=1)
     if a.ndim != 2 or a.shape[1] != 2:
-        raise ValueError(f"{what}: expected integer hashes [n, 2] (hash, mirrored hash) or [n], got {a.dtype} {a.shape}")
+        raise ValueError(
+            f"{what}: expected integer hashes [n, 2] (hash, mirrored hash) or [n], got {a.dtype} {a.shape}"
+        )
     return a.astype(np.uint64)
 
 
@@ -174,13 +180,14 @@ def _plan(n_table: int, n_query: int, threshold: int) -> tuple[int, int]:
         r, w = threshold // m, 64 // m
         probes = sum(math.comb(w + (64 % m > 0), k) for k in range(r + 1))
         if probes <= 4096:
-            cost = m * probes * (_PROBE_COST * n_query + n_query * n_table / 2.0 ** w)
+            cost = m * probes * (_PROBE_COST * n_query + n_query * n_table / 2.0**w)
             best = min(best, (cost, m, r))
     return best[1], best[2]
 
 
-def _join(table: np.ndarray, queries: list[tuple[np.ndarray, bool]], threshold: int
-          ) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def _join(
+    table: np.ndarray, queries: list[tuple[np.ndarray, bool]], threshold: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Pairs (table index, query index) within ``threshold``, by multi-index search.
 
     ``queries``: (query hashes, self), where ``self`` means the queries are ``table`` itself and
@@ -208,13 +215,24 @@ def _join(table: np.ndarray, queries: list[tuple[np.ndarray, bool]], threshold: 
                     start[order] = np.arange(1, len(q) + 1)
                     end = lookup(qkeys)[1]
                 else:  # self-join: probe from the side whose key lacks the flip's top bit (each pair once)
-                    qi = np.nonzero((qkeys & np.uint64(1 << (f.bit_length() - 1))) == 0)[0] if is_self else np.arange(len(q))
+                    qi = (
+                        np.nonzero((qkeys & np.uint64(1 << (f.bit_length() - 1))) == 0)[0]
+                        if is_self
+                        else np.arange(len(q))
+                    )
                     start, end = lookup(qkeys[qi] ^ np.uint64(f))
                 yield from _verify(table, order, q, qi, start, end, threshold)
 
 
-def _verify(table: np.ndarray, order: np.ndarray, q: np.ndarray, qi: np.ndarray, start: np.ndarray, end: np.ndarray,
-            threshold: int) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
+def _verify(
+    table: np.ndarray,
+    order: np.ndarray,
+    q: np.ndarray,
+    qi: np.ndarray,
+    start: np.ndarray,
+    end: np.ndarray,
+    threshold: int,
+) -> Iterator[tuple[np.ndarray, np.ndarray, int]]:
     """Check queries ``qi`` against sorted table positions [start, end), at most _CHUNK pairs at a time."""
     counts = np.maximum(end - start, 0)
     ends = np.cumsum(counts)
@@ -231,8 +249,9 @@ def _verify(table: np.ndarray, order: np.ndarray, q: np.ndarray, qi: np.ndarray,
         a = b
 
 
-def near_duplicates(hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, order: np.ndarray | None = None
-                    ) -> DedupResult:
+def near_duplicates(
+    hashes: np.ndarray, threshold: int = DEFAULT_THRESHOLD, order: np.ndarray | None = None
+) -> DedupResult:
     """Cluster near-duplicates (mirror-aware, transitive) and mark all but one per cluster for removal.
 
     ``hashes``: [n, 2] from :func:`hash_images` (or [n] plain hashes). ``order``: keep priority,
@@ -300,8 +319,9 @@ def _as_unit(emb: np.ndarray, what: str) -> np.ndarray:
     return e / np.maximum(norm, 1e-12)
 
 
-def embedding_duplicates(emb: np.ndarray, cosine: float = DEFAULT_COSINE, order: np.ndarray | None = None
-                         ) -> DedupResult:
+def embedding_duplicates(
+    emb: np.ndarray, cosine: float = DEFAULT_COSINE, order: np.ndarray | None = None
+) -> DedupResult:
     """Cluster samples whose embeddings have cosine similarity >= ``cosine`` (transitive), as
     SemDeDup / DataComp-style curation does, and mark all but one per cluster for removal.
 
@@ -321,7 +341,7 @@ def embedding_duplicates(emb: np.ndarray, cosine: float = DEFAULT_COSINE, order:
         return DedupResult(np.zeros(0, bool), np.zeros(0, np.int64), 0, 0)
     rows, cols = [], []
     for a in range(0, n, _EMBED_ROWS):
-        sim = e[a:a + _EMBED_ROWS] @ e[a:].T  # only pairs (i, j >= i)
+        sim = e[a : a + _EMBED_ROWS] @ e[a:].T  # only pairs (i, j >= i)
         i, j = np.nonzero(sim >= cosine - 1e-6)
         rows.append(i + a)
         cols.append(j + a)
@@ -333,12 +353,15 @@ def embedding_duplicates(emb: np.ndarray, cosine: float = DEFAULT_COSINE, order:
 def matches_reference_embeddings(emb: np.ndarray, reference: np.ndarray, cosine: float = DEFAULT_COSINE) -> np.ndarray:
     """bool [n]: sample whose embedding has cosine >= ``cosine`` with some reference embedding."""
     cosine = _check_cosine(cosine)
-    e, ref = _as_unit(emb, "matches_reference_embeddings"), _as_unit(reference, "matches_reference_embeddings reference")
+    e, ref = (
+        _as_unit(emb, "matches_reference_embeddings"),
+        _as_unit(reference, "matches_reference_embeddings reference"),
+    )
     hit = np.zeros(len(e), bool)
     if len(e) == 0 or len(ref) == 0:
         return hit
     for a in range(0, len(e), _EMBED_ROWS):
-        hit[a:a + _EMBED_ROWS] = (e[a:a + _EMBED_ROWS] @ ref.T).max(axis=1) >= cosine - 1e-6
+        hit[a : a + _EMBED_ROWS] = (e[a : a + _EMBED_ROWS] @ ref.T).max(axis=1) >= cosine - 1e-6
     return hit
 
 
@@ -400,8 +423,9 @@ def matches_reference(hashes: np.ndarray, reference: np.ndarray, threshold: int 
     if len(hp) == 0 or len(ref) == 0:
         return hit
     table = np.unique(ref.reshape(-1))
-    for _, qi, _ in _join(table, [(np.ascontiguousarray(hp[:, 0]), False), (np.ascontiguousarray(hp[:, 1]), False)],
-                          int(threshold)):
+    for _, qi, _ in _join(
+        table, [(np.ascontiguousarray(hp[:, 0]), False), (np.ascontiguousarray(hp[:, 1]), False)], int(threshold)
+    ):
         hit[qi] = True
     return hit
 
@@ -411,8 +435,13 @@ def matches_reference(hashes: np.ndarray, reference: np.ndarray, threshold: int 
 TRANSFORMS = ("flip", "crop", "jpeg", "flip+jpeg", "crop+jpeg")
 
 
-def transform_image(data: bytes, kind: str, rng: np.random.Generator, crop: tuple[float, float] = (0.05, 0.10),
-                    quality: tuple[int, int] = (60, 90)) -> bytes:
+def transform_image(
+    data: bytes,
+    kind: str,
+    rng: np.random.Generator,
+    crop: tuple[float, float] = (0.05, 0.10),
+    quality: tuple[int, int] = (60, 90),
+) -> bytes:
     """A planted near-duplicate of encoded image ``data``: ``kind`` joins flip, crop and jpeg with '+'.
 
     flip: left-right mirror. crop: cut a fraction ``f ~ U(crop)`` of the width and of the height,
@@ -438,8 +467,9 @@ def transform_image(data: bytes, kind: str, rng: np.random.Generator, crop: tupl
     return buf.getvalue()
 
 
-def plant_duplicates(images: list[bytes], fraction: float, kinds: Iterable[str] = TRANSFORMS, seed: int = 0,
-                     **transform_kw) -> tuple[list[bytes], np.ndarray, np.ndarray]:
+def plant_duplicates(
+    images: list[bytes], fraction: float, kinds: Iterable[str] = TRANSFORMS, seed: int = 0, **transform_kw
+) -> tuple[list[bytes], np.ndarray, np.ndarray]:
     """Originals plus a planted copy of a random ``fraction`` of them, shuffled together.
 
     Returns (images, twin, kind): ``twin[i]`` is the index of i's planted partner (-1 if none);
@@ -461,8 +491,9 @@ def plant_duplicates(images: list[bytes], fraction: float, kinds: Iterable[str] 
     return [items[i] for i in perm], twin_p, kind[perm]
 
 
-def score_planted(result: DedupResult, twin: np.ndarray, kind: np.ndarray, kinds: Iterable[str] = TRANSFORMS
-                  ) -> dict[str, object]:
+def score_planted(
+    result: DedupResult, twin: np.ndarray, kind: np.ndarray, kinds: Iterable[str] = TRANSFORMS
+) -> dict[str, object]:
     """Recall (planted pairs put in one cluster), overall and per transformation, and false removals.
 
     ``false_removal``: removed samples in no planted pair, over the number of originals.
@@ -473,7 +504,12 @@ def score_planted(result: DedupResult, twin: np.ndarray, kind: np.ndarray, kinds
     n_orig = len(twin) - len(idx)
     per = {k: float(found[kind[idx] == j].mean()) if (kind[idx] == j).any() else None for j, k in enumerate(kinds)}
     removed = int(result.remove.sum())
-    return {"planted": int(len(idx)), "originals": int(n_orig), "recall": float(found.mean()) if len(idx) else 1.0,
-            "recall_per_transform": per,
-            "false_removal": float((result.remove & (twin < 0)).sum() / n_orig),
-            "excess_removal": float((removed - int(found.sum())) / n_orig), "removed": removed}
+    return {
+        "planted": int(len(idx)),
+        "originals": int(n_orig),
+        "recall": float(found.mean()) if len(idx) else 1.0,
+        "recall_per_transform": per,
+        "false_removal": float((result.remove & (twin < 0)).sum() / n_orig),
+        "excess_removal": float((removed - int(found.sum())) / n_orig),
+        "removed": removed,
+    }

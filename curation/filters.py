@@ -44,16 +44,20 @@ class FilterEntry:
 
     def is_global(self, params: dict[str, Any]) -> bool:
         """Whether these parameters make the step need the whole pool (e.g. a top fraction)."""
-        return self.kind == "global" or (self.name == "clip_score" and (
-            params.get("top_fraction") is not None or params.get("scorer", "field") != "field"))
+        return self.kind == "global" or (
+            self.name == "clip_score"
+            and (params.get("top_fraction") is not None or params.get("scorer", "field") != "field")
+        )
 
     def check_params(self, params: dict[str, Any], where: str | None = None) -> dict[str, Any]:
         """Validate ``params`` and return them with defaults filled in."""
         where = where or f"curation step {self.name!r}"
         if not isinstance(params, dict):
             raise TypeError(f"{where}: parameters must be a mapping, got {type(params).__name__}")
-        valid = ", ".join(f"{k} (required)" if v is REQUIRED else f"{k} (default {v!r})"
-                          for k, v in self.params.items()) or "none"
+        valid = (
+            ", ".join(f"{k} (required)" if v is REQUIRED else f"{k} (default {v!r})" for k, v in self.params.items())
+            or "none"
+        )
         unknown = sorted(set(params) - set(self.params))
         if unknown:
             raise ValueError(f"{where}: unknown parameter(s) {unknown}; valid parameters: {valid}")
@@ -88,32 +92,46 @@ def caption_length(sample: dict[str, Any], min_words: int = 1, max_words: int | 
     return n >= min_words and (max_words is None or n <= max_words)
 
 
-def clip_score(sample: dict[str, Any], threshold: float | None = None, top_fraction: float | None = None,
-               scorer: str = "field", field: str = "similarity", checkpoint: str | None = None) -> bool:
+def clip_score(
+    sample: dict[str, Any],
+    threshold: float | None = None,
+    top_fraction: float | None = None,
+    scorer: str = "field",
+    field: str = "similarity",
+    checkpoint: str | None = None,
+) -> bool:
     """Keep samples whose precomputed image-text similarity (json ``field``) is at least ``threshold``.
 
     The per-sample form only; ``top_fraction`` and model scorers are global (see curation.views).
     """
     meta = sample.get("json") or {}
     if field not in meta:
-        raise KeyError(f"sample {sample.get('key')!r} has no {field!r} in its json; clip_score with "
-                       "scorer 'field' needs a precomputed image-text similarity (or use scorer: checkpoint)")
+        raise KeyError(
+            f"sample {sample.get('key')!r} has no {field!r} in its json; clip_score with "
+            "scorer 'field' needs a precomputed image-text similarity (or use scorer: checkpoint)"
+        )
     return float(meta[field]) >= float(threshold)
 
 
 def _check_clip_score(p: dict[str, Any], where: str) -> None:
     if (p["threshold"] is None) == (p["top_fraction"] is None):
-        raise ValueError(f"{where}: give exactly one of 'threshold' (keep score >= threshold) and 'top_fraction' "
-                         f"(keep the best fraction of the pool), got threshold={p['threshold']!r}, "
-                         f"top_fraction={p['top_fraction']!r}")
+        raise ValueError(
+            f"{where}: give exactly one of 'threshold' (keep score >= threshold) and 'top_fraction' "
+            f"(keep the best fraction of the pool), got threshold={p['threshold']!r}, "
+            f"top_fraction={p['top_fraction']!r}"
+        )
     if p["top_fraction"] is not None and not 0 < p["top_fraction"] <= 1:
         raise ValueError(f"{where}: top_fraction must lie in (0, 1], got {p['top_fraction']!r}")
     if p["scorer"] not in ("field", "checkpoint"):
-        raise ValueError(f"{where}: scorer must be 'field' (the source's precomputed similarity, json key "
-                         f"'field') or 'checkpoint' (a CLIP checkpoint file: 'checkpoint'), got {p['scorer']!r}")
+        raise ValueError(
+            f"{where}: scorer must be 'field' (the source's precomputed similarity, json key "
+            f"'field') or 'checkpoint' (a CLIP checkpoint file: 'checkpoint'), got {p['scorer']!r}"
+        )
     if p["scorer"] == "checkpoint" and not p["checkpoint"]:
-        raise ValueError(f"{where}: scorer 'checkpoint' needs 'checkpoint': the path of a CLIP checkpoint "
-                         "(one this harness wrote, or an open_clip state dict with 'model' and 'pretrained')")
+        raise ValueError(
+            f"{where}: scorer 'checkpoint' needs 'checkpoint': the path of a CLIP checkpoint "
+            "(one this harness wrote, or an open_clip state dict with 'model' and 'pretrained')"
+        )
 
 
 def _sizes(meta: dict[str, Any]) -> tuple[int, int]:
@@ -145,18 +163,24 @@ def caption_concept(sample: dict[str, Any], words: list[str] | None = None) -> b
 
 # Function words of a few languages: enough to tell them apart in short captions.
 STOPWORDS: dict[str, frozenset[str]] = {
-    "en": frozenset("a an the of and or in on at with for to from by is are this that its his her their "
-                    "my your our some two three near over under into photo picture image".split()),
-    "de": frozenset("der die das ein eine einer einem einen und oder mit auf im in am zum zur von für ist "
-                    "sind nicht auch bei aus dem den des unter über neben foto bild".split()),
-    "es": frozenset("el la los las un una unos unas y o con en del al de por para es son sobre bajo "
-                    "junto foto imagen".split()),
-    "fr": frozenset("le la les un une des et ou avec dans sur sous du au aux de pour est sont près "
-                    "photo image".split()),
-    "it": frozenset("il lo la gli le un una uno e o con nel nella sul sulla del della di per è sono "
-                    "foto immagine".split()),
-    "pt": frozenset("o a os as um uma uns umas e ou com em no na do da dos das de por para é são "
-                    "foto imagem".split()),
+    "en": frozenset(
+        "a an the of and or in on at with for to from by is are this that its his her their "
+        "my your our some two three near over under into photo picture image".split()
+    ),
+    "de": frozenset(
+        "der die das ein eine einer einem einen und oder mit auf im in am zum zur von für ist "
+        "sind nicht auch bei aus dem den des unter über neben foto bild".split()
+    ),
+    "es": frozenset(
+        "el la los las un una unos unas y o con en del al de por para es son sobre bajo junto foto imagen".split()
+    ),
+    "fr": frozenset(
+        "le la les un une des et ou avec dans sur sous du au aux de pour est sont près photo image".split()
+    ),
+    "it": frozenset(
+        "il lo la gli le un una uno e o con nel nella sul sulla del della di per è sono foto immagine".split()
+    ),
+    "pt": frozenset("o a os as um uma uns umas e ou com em no na do da dos das de por para é são foto imagem".split()),
     "nl": frozenset("de het een en of met op in aan van voor is zijn bij uit onder over foto".split()),
 }
 
@@ -190,58 +214,113 @@ def _check_languages(p: dict[str, Any], where: str) -> None:
 def _check_dedup(p: dict[str, Any], where: str) -> None:
     if p["model"] is not None:
         if not isinstance(p["model"], str) or not p["model"].strip():
-            raise ValueError(f"{where}: model must name a model of the spec's models: or a harness checkpoint "
-                             f"file, got {p['model']!r}")
+            raise ValueError(
+                f"{where}: model must name a model of the spec's models: or a harness checkpoint "
+                f"file, got {p['model']!r}"
+            )
         if p["threshold"] is not None:
-            raise ValueError(f"{where}: threshold is the hash method's Hamming distance; with model give "
-                             "cosine (a cosine similarity in (0, 1]) instead")
+            raise ValueError(
+                f"{where}: threshold is the hash method's Hamming distance; with model give "
+                "cosine (a cosine similarity in (0, 1]) instead"
+            )
     if p["cosine"] is not None:
         if p["model"] is None:
             raise ValueError(f"{where}: cosine needs model (the embedding model); without one dedup hashes")
         if isinstance(p["cosine"], bool) or not 0 < p["cosine"] <= 1:
             raise ValueError(f"{where}: cosine must be a cosine similarity in (0, 1], got {p['cosine']!r}")
     if p["threshold"] is not None and not 0 <= p["threshold"] <= 32:
-        raise ValueError(f"{where}: threshold is a Hamming distance between 64-bit hashes in [0, 32], got "
-                         f"{p['threshold']!r}")
+        raise ValueError(
+            f"{where}: threshold is a Hamming distance between 64-bit hashes in [0, 32], got {p['threshold']!r}"
+        )
     if not p["within"] and not p["against"]:
-        raise ValueError(f"{where}: nothing to do: set within: true and/or against: [downstream sets] "
-                         "(or 'all' for every downstream set of the spec)")
+        raise ValueError(
+            f"{where}: nothing to do: set within: true and/or against: [downstream sets] "
+            "(or 'all' for every downstream set of the spec)"
+        )
 
 
 def _dedup_unapplied(sample: dict[str, Any], **_: Any) -> bool:  # pragma: no cover - never called per sample
     raise TypeError("dedup is a global step: build a view (curation.views) to apply it")
 
 
-FILTERS.register("caption_length", FilterEntry(
-    "caption_length", caption_length, {"min_words": 1, "max_words": None},
-    {"min_words": int, "max_words": int}, "caption word count within [min_words, max_words]"))
-FILTERS.register("clip_score", FilterEntry(
-    "clip_score", clip_score,
-    {"threshold": None, "top_fraction": None, "scorer": "field", "field": "similarity", "checkpoint": None},
-    {"threshold": _NUM, "top_fraction": _NUM, "scorer": str, "field": str, "checkpoint": str},
-    "image-text cosine similarity: >= threshold, or the top_fraction of the pool; scored by the source's "
-    "precomputed json field or by a CLIP checkpoint", validate=_check_clip_score))
-FILTERS.register("min_resolution", FilterEntry(
-    "min_resolution", min_resolution, {"min_side": REQUIRED}, {"min_side": int},
-    "shorter image side (original size when recorded) >= min_side pixels"))
-FILTERS.register("aspect_ratio", FilterEntry(
-    "aspect_ratio", aspect_ratio, {"max_ratio": 3.0}, {"max_ratio": _NUM},
-    "longer side / shorter side (original size when recorded) <= max_ratio"))
-FILTERS.register("caption_concept", FilterEntry(
-    "caption_concept", caption_concept, {"words": None}, {"words": (list, tuple)},
-    "the caption names at least one word of 'words' (default: the class vocabulary)"))
-FILTERS.register("caption_language", FilterEntry(
-    "caption_language", caption_language, {"languages": None}, {"languages": (list, tuple)},
-    "the caption's language by a function-word rule is one of 'languages' (default ['en'])",
-    validate=_check_languages))
-FILTERS.register("dedup", FilterEntry(
-    "dedup", _dedup_unapplied, {"threshold": None, "within": True, "against": None, "model": None, "cosine": None},
-    {"threshold": int, "within": bool, "against": (list, tuple, str), "model": str, "cosine": _NUM},
-    "near-duplicate removal by perceptual hash (threshold: Hamming distance, default "
-    "curation.dedup.DEFAULT_THRESHOLD) or, with model (a model of the spec's models: or a harness "
-    "checkpoint file), by embedding cosine similarity >= cosine (default curation.dedup.DEFAULT_COSINE): "
-    "within the view (keeps one per cluster) and against downstream test sets ('against': names or 'all')",
-    kind="global", validate=_check_dedup))
+FILTERS.register(
+    "caption_length",
+    FilterEntry(
+        "caption_length",
+        caption_length,
+        {"min_words": 1, "max_words": None},
+        {"min_words": int, "max_words": int},
+        "caption word count within [min_words, max_words]",
+    ),
+)
+FILTERS.register(
+    "clip_score",
+    FilterEntry(
+        "clip_score",
+        clip_score,
+        {"threshold": None, "top_fraction": None, "scorer": "field", "field": "similarity", "checkpoint": None},
+        {"threshold": _NUM, "top_fraction": _NUM, "scorer": str, "field": str, "checkpoint": str},
+        "image-text cosine similarity: >= threshold, or the top_fraction of the pool; scored by the source's "
+        "precomputed json field or by a CLIP checkpoint",
+        validate=_check_clip_score,
+    ),
+)
+FILTERS.register(
+    "min_resolution",
+    FilterEntry(
+        "min_resolution",
+        min_resolution,
+        {"min_side": REQUIRED},
+        {"min_side": int},
+        "shorter image side (original size when recorded) >= min_side pixels",
+    ),
+)
+FILTERS.register(
+    "aspect_ratio",
+    FilterEntry(
+        "aspect_ratio",
+        aspect_ratio,
+        {"max_ratio": 3.0},
+        {"max_ratio": _NUM},
+        "longer side / shorter side (original size when recorded) <= max_ratio",
+    ),
+)
+FILTERS.register(
+    "caption_concept",
+    FilterEntry(
+        "caption_concept",
+        caption_concept,
+        {"words": None},
+        {"words": (list, tuple)},
+        "the caption names at least one word of 'words' (default: the class vocabulary)",
+    ),
+)
+FILTERS.register(
+    "caption_language",
+    FilterEntry(
+        "caption_language",
+        caption_language,
+        {"languages": None},
+        {"languages": (list, tuple)},
+        "the caption's language by a function-word rule is one of 'languages' (default ['en'])",
+        validate=_check_languages,
+    ),
+)
+FILTERS.register(
+    "dedup",
+    FilterEntry(
+        "dedup",
+        _dedup_unapplied,
+        {"threshold": None, "within": True, "against": None, "model": None, "cosine": None},
+        {"threshold": int, "within": bool, "against": (list, tuple, str), "model": str, "cosine": _NUM},
+        "near-duplicate removal by perceptual hash (threshold: Hamming distance, default "
+        "curation.dedup.DEFAULT_THRESHOLD) or, with model (a model of the spec's models: or a harness "
+        "checkpoint file), by embedding cosine similarity >= cosine (default curation.dedup.DEFAULT_COSINE): "
+        "within the view (keeps one per cluster) and against downstream test sets ('against': names or 'all')",
+        kind="global",
+        validate=_check_dedup,
+    ),
+)
 
 
 def step_names(steps: Iterable[tuple[str, dict[str, Any]]]) -> list[str]:
@@ -266,8 +345,9 @@ def validate_steps(steps: Iterable[tuple[str, dict[str, Any]]]) -> list[tuple[Fi
     return out
 
 
-def run_steps(samples: Iterable[dict[str, Any]], steps: Iterable[tuple[str, dict[str, Any]]]
-              ) -> tuple[list[dict[str, Any]], dict[str, int]]:
+def run_steps(
+    samples: Iterable[dict[str, Any]], steps: Iterable[tuple[str, dict[str, Any]]]
+) -> tuple[list[dict[str, Any]], dict[str, int]]:
     """Apply ``steps`` in order; return the kept samples and ``{step: removed}`` (in step order)."""
     steps = list(steps)
     resolved = validate_steps(steps)

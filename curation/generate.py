@@ -38,9 +38,9 @@ def stable_seed(*parts: Any) -> list[int]:
     return [zlib.crc32(str(p).encode()) for p in parts]
 
 
-
-def sample_factors(dist: Distribution, n: int, rng: np.random.Generator,
-                   overrides: dict[str, np.ndarray] | None = None) -> R.Factors:
+def sample_factors(
+    dist: Distribution, n: int, rng: np.random.Generator, overrides: dict[str, np.ndarray] | None = None
+) -> R.Factors:
     """Draw ``n`` factor tuples; ``overrides`` fixes concept/texture/colour indices per sample."""
     overrides = overrides or {}
     concepts = list(R.CONCEPT_NAMES)
@@ -52,8 +52,13 @@ def sample_factors(dist: Distribution, n: int, rng: np.random.Generator,
         w = {b: dist.backgrounds.get(b, 0.0) for b in allowed}
         if sum(w.values()) <= 0:
             w = {b: 1.0 for b in allowed}
-        bg[i] = [B.index(b) for b in allowed][0] if len(allowed) == 1 else \
-            np.array([B.index(b) for b in allowed])[rng.choice(len(allowed), len(i), p=probabilities(w, allowed, "backgrounds"))]
+        bg[i] = (
+            [B.index(b) for b in allowed][0]
+            if len(allowed) == 1
+            else np.array([B.index(b) for b in allowed])[
+                rng.choice(len(allowed), len(i), p=probabilities(w, allowed, "backgrounds"))
+            ]
+        )
 
     def pick(key: str, weights: dict[str, float], vocab) -> np.ndarray:
         if key in overrides:
@@ -76,9 +81,17 @@ def sample_factors(dist: Distribution, n: int, rng: np.random.Generator,
         draws = rng.choice(len(concepts), (n, R.MAX_CLUTTER), p=probabilities(cc_w, concepts, "clutter_concepts"))
         cc = np.where(np.arange(R.MAX_CLUTTER)[None, :] < k[:, None], draws, -1)
     return R.Factors(
-        concept=concept, texture=texture, colour=colour, background=bg, style=style,
-        cx=cx.astype(np.float32), cy=cy.astype(np.float32), scale=scale.astype(np.float32), rot=rot.astype(np.float32),
-        noise=noise.astype(np.float32), clutter_concept=cc,
+        concept=concept,
+        texture=texture,
+        colour=colour,
+        background=bg,
+        style=style,
+        cx=cx.astype(np.float32),
+        cy=cy.astype(np.float32),
+        scale=scale.astype(np.float32),
+        rot=rot.astype(np.float32),
+        noise=noise.astype(np.float32),
+        clutter_concept=cc,
         clutter_colour=rng.integers(0, len(C), (n, R.MAX_CLUTTER)),
         clutter_xy=rng.uniform(-0.75, 0.75, (n, R.MAX_CLUTTER, 2)).astype(np.float32),
         clutter_scale=rng.uniform(0.14, 0.26, (n, R.MAX_CLUTTER)).astype(np.float32),
@@ -95,6 +108,7 @@ def render_all(f: R.Factors, seed_parts: tuple, log_every: int = 0) -> list[byte
         images = R.render(f.take(idx), rng)
         out.extend(R.png_bytes(im) for im in images)
     return out
+
 
 # --------------------------------------------------------------------------- captions
 
@@ -130,8 +144,9 @@ def _foreign_caption(lang: str, f: R.Factors, i: int, cm: CaptionModel, rng: np.
     return " ".join(words), colour
 
 
-def make_captions(decl: SourceDecl, f: R.Factors, rng: np.random.Generator,
-                  lang_rng: np.random.Generator | None = None) -> tuple[list[str], list[dict], np.ndarray]:
+def make_captions(
+    decl: SourceDecl, f: R.Factors, rng: np.random.Generator, lang_rng: np.random.Generator | None = None
+) -> tuple[list[str], list[dict], np.ndarray]:
     """Captions, per-sample caption facts (with ``lang``), and the precomputed image-text similarity.
 
     With ``lang_rng``, a share ``decl.caption.p_foreign`` of the captions is replaced by one in
@@ -148,9 +163,15 @@ def make_captions(decl: SourceDecl, f: R.Factors, rng: np.random.Generator,
         sim = np.clip(0.32 + cm.score_noise * rng.standard_normal(n), 0, 1)
         return caps, facts, sim
     u = rng.random((n, 8))
-    kind = np.where(u[:, 0] < cm.p_correct, 0,
-                    np.where(u[:, 0] < cm.p_correct + cm.p_hypernym, 1,
-                             np.where(u[:, 0] < cm.p_correct + cm.p_hypernym + cm.p_wrong, 2, 3)))
+    kind = np.where(
+        u[:, 0] < cm.p_correct,
+        0,
+        np.where(
+            u[:, 0] < cm.p_correct + cm.p_hypernym,
+            1,
+            np.where(u[:, 0] < cm.p_correct + cm.p_hypernym + cm.p_wrong, 2, 3),
+        ),
+    )
     wrong = (f.concept + rng.integers(1, len(concepts), n)) % len(concepts)
     caps, facts = [], []
     score = np.full(n, 0.16)
@@ -210,12 +231,17 @@ def make_captions(decl: SourceDecl, f: R.Factors, rng: np.random.Generator,
 def sample_meta(f: R.Factors, i: int) -> dict[str, Any]:
     c = int(f.concept[i])
     return {
-        "width": R.SIZE, "height": R.SIZE,
-        "concept": R.CONCEPT_NAMES[c], "concept_id": c, "group": R.CONCEPTS[c].group,
-        "texture": T[f.texture[i]], "colour": C[f.colour[i]], "background": B[f.background[i]],
-        "style": S[f.style[i]], "scale": round(float(f.scale[i]), 4),
+        "width": R.SIZE,
+        "height": R.SIZE,
+        "concept": R.CONCEPT_NAMES[c],
+        "concept_id": c,
+        "group": R.CONCEPTS[c].group,
+        "texture": T[f.texture[i]],
+        "colour": C[f.colour[i]],
+        "background": B[f.background[i]],
+        "style": S[f.style[i]],
+        "scale": round(float(f.scale[i]), 4),
         "position": [round(float(f.cx[i]), 4), round(float(f.cy[i]), 4)],
         "rotation_deg": round(float(np.rad2deg(f.rot[i])), 2),
         "clutter": [R.CONCEPT_NAMES[k] for k in f.clutter_concept[i] if k >= 0],
     }
-

@@ -44,8 +44,15 @@ def distribution(values: list[float] | np.ndarray) -> dict[str, float] | None:
     if a.size == 0:
         return None
     q = np.percentile(a, [0, 25, 50, 75, 100])
-    return {"n": int(a.size), "min": float(q[0]), "q1": float(q[1]), "median": float(q[2]), "q3": float(q[3]),
-            "max": float(q[4]), "mean": float(a.mean())}
+    return {
+        "n": int(a.size),
+        "min": float(q[0]),
+        "q1": float(q[1]),
+        "median": float(q[2]),
+        "q3": float(q[3]),
+        "max": float(q[4]),
+        "mean": float(a.mean()),
+    }
 
 
 def _number(v: Any) -> float | None:
@@ -65,8 +72,15 @@ def _header_size(image: bytes) -> tuple[int, int] | None:
         return None
 
 
-def inspect_source(opened: OpenedSource, out_dir: str | Path, *, sample: int = 64, seed: int = 0,
-                   max_samples: int | None = None, progress: bool = False) -> dict[str, Any]:
+def inspect_source(
+    opened: OpenedSource,
+    out_dir: str | Path,
+    *,
+    sample: int = 64,
+    seed: int = 0,
+    max_samples: int | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
     """Scan ``opened`` and write ``inspect.json`` and ``contact_sheet.png`` to ``out_dir``; returns the figures.
 
     ``sample`` images are drawn uniformly at random (reservoir sampling, seeded) from the scanned
@@ -76,8 +90,9 @@ def inspect_source(opened: OpenedSource, out_dir: str | Path, *, sample: int = 6
     """
     if isinstance(sample, bool) or not isinstance(sample, int) or sample < 0:
         raise ValueError(f"sample must be a non-negative integer (images on the contact sheet), got {sample!r}")
-    if max_samples is not None and (isinstance(max_samples, bool) or not isinstance(max_samples, int)
-                                    or max_samples < 1):
+    if max_samples is not None and (
+        isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 1
+    ):
         raise ValueError(f"max_samples must be a positive integer or None (scan everything), got {max_samples!r}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -87,8 +102,11 @@ def inspect_source(opened: OpenedSource, out_dir: str | Path, *, sample: int = 6
     complete = _scan(opened, tally, max_samples, progress, seen0)
     result = _figures(opened, tally, seen0, skipped0, complete, max_samples)
     n, reservoir = tally.n, tally.reservoir
-    sheet = write_contact_sheet([x for _, x in sorted(reservoir, key=lambda t: t[0])], out / CONTACT_SHEET,
-                                title=f"{opened.name}: {len(reservoir)} of {n} samples (seed {seed})")
+    sheet = write_contact_sheet(
+        [x for _, x in sorted(reservoir, key=lambda t: t[0])],
+        out / CONTACT_SHEET,
+        title=f"{opened.name}: {len(reservoir)} of {n} samples (seed {seed})",
+    )
     result["contact_sheet"] = sheet
     result["seconds"] = round(time.perf_counter() - t0, 3)
     (out / INSPECT_FILE).write_text(json.dumps(result, indent=1, sort_keys=True))
@@ -190,8 +208,9 @@ def _scan(opened: OpenedSource, tally: _Tally, max_samples: int | None, progress
     return complete
 
 
-def _figures(opened: OpenedSource, t: _Tally, seen0: Counter, skipped0: Counter, complete: bool,
-             max_samples: int | None) -> dict[str, Any]:
+def _figures(
+    opened: OpenedSource, t: _Tally, seen0: Counter, skipped0: Counter, complete: bool, max_samples: int | None
+) -> dict[str, Any]:
     """The inspection's figures (``inspect.json`` but for the contact sheet, timing and path)."""
     n = t.n
     seen = opened.seen - seen0
@@ -216,15 +235,30 @@ def _figures(opened: OpenedSource, t: _Tally, seen0: Counter, skipped0: Counter,
         "max_samples": max_samples,
         "coverage": coverage,
         "caption_words": distribution(t.words),
-        "image_size": {"width": distribution(t.width), "height": distribution(t.height),
-                       "shorter_side": distribution(shorter), "from": dict(t.size_from)},
-        "original_size": ({"width": distribution(orig_w), "height": distribution(orig_h),
-                           "shorter_side": distribution(orig_short), "aspect_ratio": distribution(orig_aspect),
-                           "aspect_over_3": float(np.mean(np.asarray(orig_aspect) > 3.0))} if orig_w else None),
+        "image_size": {
+            "width": distribution(t.width),
+            "height": distribution(t.height),
+            "shorter_side": distribution(shorter),
+            "from": dict(t.size_from),
+        },
+        "original_size": (
+            {
+                "width": distribution(orig_w),
+                "height": distribution(orig_h),
+                "shorter_side": distribution(orig_short),
+                "aspect_ratio": distribution(orig_aspect),
+                "aspect_over_3": float(np.mean(np.asarray(orig_aspect) > 3.0)),
+            }
+            if orig_w
+            else None
+        ),
         "similarity": distribution(t.sims),
         "languages": dict(sorted(t.langs.items(), key=lambda kv: -kv[1])) or None,
-        "labels": ({"classes": len(t.labels), "histogram": {str(k): v for k, v in sorted(t.labels.items())}}
-                   if t.labels else None),
+        "labels": (
+            {"classes": len(t.labels), "histogram": {str(k): v for k, v in sorted(t.labels.items())}}
+            if t.labels
+            else None
+        ),
         "skipped": dict(opened.skipped - skipped0),
         "notes": list(opened.notes),
     }
@@ -254,8 +288,7 @@ def write_contact_sheet(samples: list[dict[str, Any]], path: str | Path, title: 
     fig = Figure(figsize=(wpx / DPI, hpx / DPI), dpi=DPI, facecolor="white")
     fig.text(0.5, 1 - (HEADER_PX / 2) / hpx, title or "contact sheet", ha="center", va="center", fontsize=9)
     if not samples:
-        fig.text(0.5, 0.5 * (1 - HEADER_PX / hpx), "no samples", ha="center", va="center", fontsize=10,
-                 color="gray")
+        fig.text(0.5, 0.5 * (1 - HEADER_PX / hpx), "no samples", ha="center", va="center", fontsize=10, color="gray")
     pad = 6
     img_h = CELL_PX[1] * 0.62
     for i, s in enumerate(samples):
@@ -271,8 +304,15 @@ def write_contact_sheet(samples: list[dict[str, Any]], path: str | Path, title: 
             ax.imshow(arr, interpolation="nearest" if small else "antialiased")
         except Exception:  # noqa: BLE001 - show what cannot be decoded instead of failing
             ax.text(0.5, 0.5, "undecodable", ha="center", va="center", fontsize=7, color="red")
-        fig.text((x0 + CELL_PX[0] / 2) / wpx, (y_top - 2 * pad - img_h) / hpx, _caption(s), ha="center", va="top",
-                 fontsize=6.5, linespacing=1.1)
+        fig.text(
+            (x0 + CELL_PX[0] / 2) / wpx,
+            (y_top - 2 * pad - img_h) / hpx,
+            _caption(s),
+            ha="center",
+            va="top",
+            fontsize=6.5,
+            linespacing=1.1,
+        )
     path = Path(path)
     fig.savefig(path, dpi=DPI, facecolor="white")
     return {"path": str(path), "images": k, "columns": cols, "rows": rows, "width_px": wpx, "height_px": hpx}
@@ -297,8 +337,11 @@ def report_tables(result: dict[str, Any]) -> list[Any]:
     t.add_row("location", str(result["location"]))
     t.add_row("shards", f"{result['shards']} ({result['shards_scanned']} scanned)")
     t.add_row("samples", f"{result['num_samples']} (counted by {result['counted_by']})")
-    t.add_row("scanned", f"{result['samples_read']} read, {result['valid_samples']} valid"
-              + ("" if result["complete"] else f" (stopped at --max-samples {result['max_samples']})"))
+    t.add_row(
+        "scanned",
+        f"{result['samples_read']} read, {result['valid_samples']} valid"
+        + ("" if result["complete"] else f" (stopped at --max-samples {result['max_samples']})"),
+    )
     cov = result["coverage"]
     t.add_row("coverage", ", ".join(f"{k} {v:.0%}" for k, v in cov.items() if not k.startswith("json.")))
     t.add_row("json keys", ", ".join(f"{k[5:]} {v:.0%}" for k, v in cov.items() if k.startswith("json.")))
@@ -308,15 +351,19 @@ def report_tables(result: dict[str, Any]) -> list[Any]:
     t.add_row("skipped", ", ".join(f"{k} {v}" for k, v in sorted(result["skipped"].items())) or "none")
     sheet = result.get("contact_sheet") or {}
     if sheet:
-        t.add_row("contact sheet", f"{sheet['path']} ({sheet['images']} images, {sheet['width_px']}x"
-                                   f"{sheet['height_px']} px)")
+        t.add_row(
+            "contact sheet", f"{sheet['path']} ({sheet['images']} images, {sheet['width_px']}x{sheet['height_px']} px)"
+        )
     if result.get("inspect_json"):
         t.add_row("figures", result["inspect_json"])
     d = Table(title="distributions")
     for col in ("quantity", "n", "min", "q1", "median", "q3", "max", "mean"):
         d.add_column(col, justify="left" if col == "quantity" else "right")
-    rows = [("caption words", result["caption_words"]),
-            ("image width", result["image_size"]["width"]), ("image height", result["image_size"]["height"])]
+    rows = [
+        ("caption words", result["caption_words"]),
+        ("image width", result["image_size"]["width"]),
+        ("image height", result["image_size"]["height"]),
+    ]
     if result.get("original_size"):
         o = result["original_size"]
         rows += [("original shorter side", o["shorter_side"]), ("original aspect ratio", o["aspect_ratio"])]

@@ -113,8 +113,10 @@ def polar_star(u: F, v: F, points: int, r_out: float, r_in: float) -> F:
 
 def _cat(u, v):
     head = circle(u, v, 0, -0.12, 0.62)
-    ears = union(triangle(u, v, (-0.62, 0.15), (-0.18, 0.42), (-0.58, 0.95)),
-                 triangle(u, v, (0.62, 0.15), (0.18, 0.42), (0.58, 0.95)))
+    ears = union(
+        triangle(u, v, (-0.62, 0.15), (-0.18, 0.42), (-0.58, 0.95)),
+        triangle(u, v, (0.62, 0.15), (0.18, 0.42), (0.58, 0.95)),
+    )
     eyes = union(circle(u, v, -0.24, -0.02, 0.1), circle(u, v, 0.24, -0.02, 0.1))
     return cut(union(head, ears), eyes)
 
@@ -149,8 +151,10 @@ def _mouse(u, v):
 
 def _owl(u, v):
     body = ellipse(u, v, 0, -0.12, 0.58, 0.82)
-    tufts = union(triangle(u, v, (-0.5, 0.35), (-0.15, 0.55), (-0.55, 0.95)),
-                  triangle(u, v, (0.5, 0.35), (0.15, 0.55), (0.55, 0.95)))
+    tufts = union(
+        triangle(u, v, (-0.5, 0.35), (-0.15, 0.55), (-0.55, 0.95)),
+        triangle(u, v, (0.5, 0.35), (0.15, 0.55), (0.55, 0.95)),
+    )
     eyes = union(ring(u, v, -0.24, 0.22, 0.13, 0.05), ring(u, v, 0.24, 0.22, 0.13, 0.05))
     return cut(union(body, tufts), eyes)
 
@@ -184,8 +188,12 @@ def _snake(u, v):
 def _deer(u, v):
     head = ellipse(u, v, 0, -0.35, 0.3, 0.45)
     ears = union(ellipse(u, v, -0.38, -0.05, 0.2, 0.08), ellipse(u, v, 0.38, -0.05, 0.2, 0.08))
-    antlers = union(capsule(u, v, -0.14, 0.0, -0.5, 0.75, 0.06), capsule(u, v, 0.14, 0.0, 0.5, 0.75, 0.06),
-                    capsule(u, v, -0.32, 0.38, -0.72, 0.45, 0.055), capsule(u, v, 0.32, 0.38, 0.72, 0.45, 0.055))
+    antlers = union(
+        capsule(u, v, -0.14, 0.0, -0.5, 0.75, 0.06),
+        capsule(u, v, 0.14, 0.0, 0.5, 0.75, 0.06),
+        capsule(u, v, -0.32, 0.38, -0.72, 0.45, 0.055),
+        capsule(u, v, 0.32, 0.38, 0.72, 0.45, 0.055),
+    )
     return union(head, ears, antlers)
 
 
@@ -237,19 +245,22 @@ def _key(u, v):
 
 def _bell(u, v):
     dome = circle(u, v, 0, 0.2, 0.45)
-    skirt = union(triangle(u, v, (-0.45, 0.2), (0.45, 0.2), (-0.78, -0.55)),
-                  triangle(u, v, (0.45, 0.2), (0.78, -0.55), (-0.78, -0.55)))
+    skirt = union(
+        triangle(u, v, (-0.45, 0.2), (0.45, 0.2), (-0.78, -0.55)),
+        triangle(u, v, (0.45, 0.2), (0.78, -0.55), (-0.78, -0.55)),
+    )
     return union(dome, skirt, circle(u, v, 0, -0.7, 0.14), circle(u, v, 0, 0.75, 0.1))
 
 
 def _bottle(u, v):
-    return union(box(u, v, 0, -0.32, 0.34, 0.6) - 0.04, box(u, v, 0, 0.5, 0.14, 0.3),
-                 box(u, v, 0, 0.84, 0.18, 0.08))
+    return union(box(u, v, 0, -0.32, 0.34, 0.6) - 0.04, box(u, v, 0, 0.5, 0.14, 0.3), box(u, v, 0, 0.84, 0.18, 0.08))
 
 
 def _boat(u, v):
-    hull = union(triangle(u, v, (-0.9, -0.35), (0.9, -0.35), (0.6, -0.78)),
-                 triangle(u, v, (-0.9, -0.35), (0.6, -0.78), (-0.6, -0.78)))
+    hull = union(
+        triangle(u, v, (-0.9, -0.35), (0.9, -0.35), (0.6, -0.78)),
+        triangle(u, v, (-0.9, -0.35), (0.6, -0.78), (-0.6, -0.78)),
+    )
     mast = box(u, v, 0, 0.2, 0.04, 0.56)
     sail = triangle(u, v, (0.07, -0.22), (0.07, 0.8), (0.72, -0.22))
     return union(hull, mast, sail)
@@ -268,8 +279,11 @@ def _cross(u, v):
 
 
 def _heart(u, v):
-    return union(circle(u, v, -0.36, 0.28, 0.43), circle(u, v, 0.36, 0.28, 0.43),
-                 triangle(u, v, (-0.76, 0.16), (0.76, 0.16), (0, -0.88)))
+    return union(
+        circle(u, v, -0.36, 0.28, 0.43),
+        circle(u, v, 0.36, 0.28, 0.43),
+        triangle(u, v, (-0.76, 0.16), (0.76, 0.16), (0, -0.88)),
+    )
 
 
 def _moon(u, v):
@@ -296,18 +310,36 @@ class Concept:
 
 
 CONCEPTS: tuple[Concept, ...] = (
-    Concept("cat", "animal", _cat), Concept("dog", "animal", _dog), Concept("rabbit", "animal", _rabbit),
-    Concept("bear", "animal", _bear), Concept("mouse", "animal", _mouse), Concept("owl", "animal", _owl),
-    Concept("bird", "animal", _bird), Concept("fish", "animal", _fish), Concept("turtle", "animal", _turtle),
-    Concept("snake", "animal", _snake), Concept("deer", "animal", _deer),
-    Concept("leaf", "plant", _leaf), Concept("tree", "plant", _tree), Concept("flower", "plant", _flower),
+    Concept("cat", "animal", _cat),
+    Concept("dog", "animal", _dog),
+    Concept("rabbit", "animal", _rabbit),
+    Concept("bear", "animal", _bear),
+    Concept("mouse", "animal", _mouse),
+    Concept("owl", "animal", _owl),
+    Concept("bird", "animal", _bird),
+    Concept("fish", "animal", _fish),
+    Concept("turtle", "animal", _turtle),
+    Concept("snake", "animal", _snake),
+    Concept("deer", "animal", _deer),
+    Concept("leaf", "plant", _leaf),
+    Concept("tree", "plant", _tree),
+    Concept("flower", "plant", _flower),
     Concept("mushroom", "plant", _mushroom),
-    Concept("house", "object", _house), Concept("cup", "object", _cup), Concept("umbrella", "object", _umbrella),
-    Concept("key", "object", _key), Concept("bell", "object", _bell), Concept("bottle", "object", _bottle),
+    Concept("house", "object", _house),
+    Concept("cup", "object", _cup),
+    Concept("umbrella", "object", _umbrella),
+    Concept("key", "object", _key),
+    Concept("bell", "object", _bell),
+    Concept("bottle", "object", _bottle),
     Concept("boat", "object", _boat),
-    Concept("star", "symbol", _star), Concept("ring", "symbol", _ring), Concept("cross", "symbol", _cross),
-    Concept("heart", "symbol", _heart), Concept("moon", "symbol", _moon), Concept("diamond", "symbol", _diamond),
-    Concept("arrow", "symbol", _arrow), Concept("ball", "symbol", _ball),
+    Concept("star", "symbol", _star),
+    Concept("ring", "symbol", _ring),
+    Concept("cross", "symbol", _cross),
+    Concept("heart", "symbol", _heart),
+    Concept("moon", "symbol", _moon),
+    Concept("diamond", "symbol", _diamond),
+    Concept("arrow", "symbol", _arrow),
+    Concept("ball", "symbol", _ball),
 )
 CONCEPT_NAMES = [c.name for c in CONCEPTS]
 GROUPS = sorted({c.group for c in CONCEPTS})
@@ -316,15 +348,31 @@ GROUPS = sorted({c.group for c in CONCEPTS})
 
 TEXTURES = ("plain", "stripes", "checks", "dots", "grid", "zigzag", "waves", "marble", "spots", "crosshatch")
 TEXTURE_ADJECTIVES = {
-    "plain": "plain", "stripes": "striped", "checks": "checkered", "dots": "dotted", "grid": "gridded",
-    "zigzag": "zigzag", "waves": "wavy", "marble": "marbled", "spots": "spotted", "crosshatch": "crosshatched",
+    "plain": "plain",
+    "stripes": "striped",
+    "checks": "checkered",
+    "dots": "dotted",
+    "grid": "gridded",
+    "zigzag": "zigzag",
+    "waves": "wavy",
+    "marble": "marbled",
+    "spots": "spotted",
+    "crosshatch": "crosshatched",
 }
 
 COLOURS: dict[str, tuple[float, float, float]] = {
-    "red": (0.85, 0.12, 0.12), "orange": (0.95, 0.55, 0.10), "yellow": (0.95, 0.85, 0.15),
-    "green": (0.20, 0.65, 0.20), "blue": (0.15, 0.30, 0.85), "purple": (0.55, 0.20, 0.70),
-    "pink": (0.95, 0.55, 0.70), "brown": (0.50, 0.30, 0.12), "black": (0.08, 0.08, 0.08),
-    "white": (0.95, 0.95, 0.95), "gray": (0.50, 0.50, 0.50), "teal": (0.10, 0.60, 0.60),
+    "red": (0.85, 0.12, 0.12),
+    "orange": (0.95, 0.55, 0.10),
+    "yellow": (0.95, 0.85, 0.15),
+    "green": (0.20, 0.65, 0.20),
+    "blue": (0.15, 0.30, 0.85),
+    "purple": (0.55, 0.20, 0.70),
+    "pink": (0.95, 0.55, 0.70),
+    "brown": (0.50, 0.30, 0.12),
+    "black": (0.08, 0.08, 0.08),
+    "white": (0.95, 0.95, 0.95),
+    "gray": (0.50, 0.50, 0.50),
+    "teal": (0.10, 0.60, 0.60),
 }
 COLOUR_NAMES = list(COLOURS)
 _COLOUR_RGB = np.array([COLOURS[c] for c in COLOUR_NAMES], dtype=np.float32)
@@ -592,8 +640,13 @@ def render(f: Factors, rng: np.random.Generator) -> np.ndarray:
             if len(i) == 0:
                 continue
             rot = rng.uniform(-0.5, 0.5, len(i)).astype(np.float32)
-            sdf_k = shape_sdf_px(f.clutter_concept[i, k], f32(f.clutter_xy[i, k, 0]), f32(f.clutter_xy[i, k, 1]),
-                                 f32(f.clutter_scale[i, k]), rot)
+            sdf_k = shape_sdf_px(
+                f.clutter_concept[i, k],
+                f32(f.clutter_xy[i, k, 0]),
+                f32(f.clutter_xy[i, k, 1]),
+                f32(f.clutter_scale[i, k]),
+                rot,
+            )
             old = c_sdf[i]
             nearer = sdf_k < old
             c_sdf[i] = np.where(nearer, sdf_k, old)
@@ -627,7 +680,7 @@ def render(f: Factors, rng: np.random.Generator) -> np.ndarray:
         sigma = (_STYLE_NOISE[name] + f32(f.noise)[sl])[:, None, None, None]
         channels = 1 if name in ("infrared", "sketch") else 3  # grey sensor / paper noise
         # uniform noise with standard deviation sigma (cheaper to draw than Gaussian)
-        x = x + (sigma * np.float32(12 ** 0.5)) * (rng.random((m, SIZE, SIZE, channels), dtype=np.float32) - 0.5)
+        x = x + (sigma * np.float32(12**0.5)) * (rng.random((m, SIZE, SIZE, channels), dtype=np.float32) - 0.5)
         img[sl] = x
     out = np.empty((n, SIZE, SIZE, 3), np.uint8)
     out[order] = (np.clip(img, 0, 1) * 255 + 0.5).astype(np.uint8)

@@ -33,10 +33,16 @@ def marginals(dist: Distribution, classes: tuple = (), class_weights: tuple | No
         for b, qb in zip(allowed, q):
             bg[B.index(b)] += p * qb
     out["background"] = bg
-    cw = np.full(len(classes), 1.0 / max(1, len(classes))) if class_weights is None else \
-        np.asarray(class_weights, float) / sum(class_weights)
-    for factor, weights, vocab in (("concept", dist.concepts, R.CONCEPT_NAMES), ("texture", dist.textures, T),
-                                   ("colour", dist.colours, C)):
+    cw = (
+        np.full(len(classes), 1.0 / max(1, len(classes)))
+        if class_weights is None
+        else np.asarray(class_weights, float) / sum(class_weights)
+    )
+    for factor, weights, vocab in (
+        ("concept", dist.concepts, R.CONCEPT_NAMES),
+        ("texture", dist.textures, T),
+        ("colour", dist.colours, C),
+    ):
         if classes and any(factor in ov for _, ov in classes):
             m = np.zeros(len(vocab))
             for (_, ov), w in zip(classes, cw):
@@ -51,8 +57,15 @@ def _bc(p: np.ndarray, q: np.ndarray) -> float:
     return float(np.sum(np.sqrt(p * q)))
 
 
-FACTOR_WEIGHTS = {"style": 0.3, "concept": 0.2, "background": 0.15, "texture": 0.1, "colour": 0.1, "scale": 0.1,
-                  "clutter": 0.05}
+FACTOR_WEIGHTS = {
+    "style": 0.3,
+    "concept": 0.2,
+    "background": 0.15,
+    "texture": 0.1,
+    "colour": 0.1,
+    "scale": 0.1,
+    "clutter": 0.05,
+}
 
 
 def factor_similarity(src: Distribution, st: SetDecl) -> float:
@@ -76,4 +89,3 @@ def factor_similarity(src: Distribution, st: SetDecl) -> float:
 
 def similarity_table() -> dict[str, dict[str, float]]:
     return {s.name: {d.name: factor_similarity(s.dist, d) for d in SET_DECLS} for s in SOURCE_DECLS}
-

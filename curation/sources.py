@@ -74,8 +74,15 @@ NOT_SAMPLE_REASONS = ("duplicate_member", "truncated_shard", "unreadable_shard")
 _PROTOCOL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 _KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
 _META_MEMBER = re.compile(r"(^|/)__[^/]*__($|/)")  # webdataset's skipped __meta__ members
-_FS_PACKAGES = {"s3": "s3fs", "s3a": "s3fs", "gs": "gcsfs", "gcs": "gcsfs", "az": "adlfs", "abfs": "adlfs",
-                "hf": "huggingface_hub"}
+_FS_PACKAGES = {
+    "s3": "s3fs",
+    "s3a": "s3fs",
+    "gs": "gcsfs",
+    "gcs": "gcsfs",
+    "az": "adlfs",
+    "abfs": "adlfs",
+    "hf": "huggingface_hub",
+}
 
 
 class SourceError(Exception):
@@ -149,28 +156,39 @@ class SourceEntry:
         if not isinstance(shards, (str, os.PathLike)) or not os.fspath(shards):
             raise SourceConfigError(
                 f"{who}: 'shards' is required: a brace pattern ('{{data_dir}}/mine/{{00000..00099}}.tar'), a folder "
-                f"of .tar shards, a glob, or a URL (s3://bucket/mine/{{00000..00099}}.tar); got {shards!r}")
+                f"of .tar shards, a glob, or a URL (s3://bucket/mine/{{00000..00099}}.tar); got {shards!r}"
+            )
         kind = cfg.get("kind", "image-text")
         if kind not in KINDS:
             raise SourceConfigError(f"{who}: kind {kind!r} is not valid; valid: {', '.join(KINDS)}")
         size = cfg.get("size")
         if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 0):
-            raise SourceConfigError(f"{who}: size must be a non-negative integer (the documented sample count), "
-                                    f"got {size!r}")
+            raise SourceConfigError(
+                f"{who}: size must be a non-negative integer (the documented sample count), got {size!r}"
+            )
         num_classes = cfg.get("num_classes")
         if num_classes is not None:
             if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-                raise SourceConfigError(f"{who}: num_classes must be a positive integer (classes are 0 .. "
-                                        f"num_classes - 1), got {num_classes!r}")
+                raise SourceConfigError(
+                    f"{who}: num_classes must be a positive integer (classes are 0 .. "
+                    f"num_classes - 1), got {num_classes!r}"
+                )
             if kind != "labelled":
-                raise SourceConfigError(f"{who}: num_classes applies to labelled sources (kind: labelled); "
-                                        f"this one is {kind}")
+                raise SourceConfigError(
+                    f"{who}: num_classes applies to labelled sources (kind: labelled); this one is {kind}"
+                )
         exts = cfg.get("image_exts", IMAGE_EXTS)
         if isinstance(exts, str):
             exts = [exts]
-        if not isinstance(exts, (list, tuple)) or not exts or not all(isinstance(e, str) and e.strip(".") for e in exts):
-            raise SourceConfigError(f"{who}: image_exts must be a non-empty list of file extensions such as "
-                                    f"{list(IMAGE_EXTS)}, got {exts!r}")
+        if (
+            not isinstance(exts, (list, tuple))
+            or not exts
+            or not all(isinstance(e, str) and e.strip(".") for e in exts)
+        ):
+            raise SourceConfigError(
+                f"{who}: image_exts must be a non-empty list of file extensions such as "
+                f"{list(IMAGE_EXTS)}, got {exts!r}"
+            )
         out: dict[str, Any] = {}
         for k in ("description", "hint", "origin"):
             v = cfg.get(k, "")
@@ -182,8 +200,15 @@ class SourceEntry:
             if not isinstance(v, str) or not v.strip("."):
                 raise SourceConfigError(f"{who}: {k} must be a member extension such as 'txt', got {v!r}")
             out[k] = v.strip(".").lower()
-        return cls(name=name, kind=kind, shards=os.fspath(shards), size=size, num_classes=num_classes,
-                   image_exts=tuple(e.strip(".").lower() for e in exts), **out)
+        return cls(
+            name=name,
+            kind=kind,
+            shards=os.fspath(shards),
+            size=size,
+            num_classes=num_classes,
+            image_exts=tuple(e.strip(".").lower() for e in exts),
+            **out,
+        )
 
     def to_config(self) -> dict[str, Any]:
         """Plain data: ``shards`` and ``kind`` always, other fields where they differ from the defaults."""
@@ -200,9 +225,14 @@ class SourceEntry:
     def for_location(cls, location: str | os.PathLike, kind: str = AUTO) -> "SourceEntry":
         """An ad-hoc entry for a folder, pattern or URL of shards (its kind decided by the probe)."""
         loc = os.fspath(location)
-        return cls(name=loc, kind=kind, description="shards at a given location", shards=loc,
-                   hint="a folder of webdataset .tar shards, a brace pattern such as 'dir/{00000..00009}.tar', a "
-                        "glob such as 'dir/*.tar', or a URL of any of these (s3://, gs://, https://, file://)")
+        return cls(
+            name=loc,
+            kind=kind,
+            description="shards at a given location",
+            shards=loc,
+            hint="a folder of webdataset .tar shards, a brace pattern such as 'dir/{00000..00009}.tar', a "
+            "glob such as 'dir/*.tar', or a URL of any of these (s3://, gs://, https://, file://)",
+        )
 
     # -- where
 
@@ -225,12 +255,14 @@ class SourceEntry:
             if world_root is None:
                 raise SourceError(
                     f"source {self.name!r} is an embedded-world source: pass the world root, the folder "
-                    f"`tbench world --out DIR` wrote (on the command line: --world DIR, default tbench-out/world)")
+                    f"`tbench world --out DIR` wrote (on the command line: --world DIR, default tbench-out/world)"
+                )
             return str(Path(world_root) / self.relative_dir)
         loc = self.shards
         if DATA_DIR_PLACEHOLDER in loc:
-            loc = loc.replace(DATA_DIR_PLACEHOLDER, str(Path(data_dir).expanduser() if data_dir is not None
-                                                         else default_data_dir()))
+            loc = loc.replace(
+                DATA_DIR_PLACEHOLDER, str(Path(data_dir).expanduser() if data_dir is not None else default_data_dir())
+            )
         if not _PROTOCOL.match(loc):
             loc = os.path.expanduser(loc)
         return loc
@@ -264,7 +296,8 @@ class SourceEntry:
         if not p.is_file():
             raise SourceNotFoundError(
                 f"source {self.name!r}: no {SIZES_FILE} in {d}; write the embedded world there with "
-                f"`tbench world --out {Path(data_root)}` (or place real shards and their {SIZES_FILE} there)")
+                f"`tbench world --out {Path(data_root)}` (or place real shards and their {SIZES_FILE} there)"
+            )
         return _parse_sizes(p.read_text(), str(p), self.name)
 
     def shard_paths(self, data_root: str | Path) -> list[str]:
@@ -277,15 +310,27 @@ class SourceEntry:
         if missing:
             raise SourceNotFoundError(
                 f"source {self.name!r}: {d / SIZES_FILE} lists shards missing from {d}: "
-                f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; rebuild with `tbench world`")
+                f"{missing[:5]}{' ...' if len(missing) > 5 else ''}; rebuild with `tbench world`"
+            )
         return [str(p) for p in paths]
 
     def num_samples(self, data_root: str | Path) -> int:
         return sum(self.sizes(data_root).values())
 
 
-CONFIG_FIELDS = ("shards", "kind", "size", "description", "image_exts", "caption_key", "meta_key", "label_key",
-                 "num_classes", "hint", "origin")
+CONFIG_FIELDS = (
+    "shards",
+    "kind",
+    "size",
+    "description",
+    "image_exts",
+    "caption_key",
+    "meta_key",
+    "label_key",
+    "num_classes",
+    "hint",
+    "origin",
+)
 
 SOURCES: Registry[SourceEntry] = Registry("source")
 REAL_SOURCES: Registry[SourceEntry] = Registry("real source")
@@ -295,37 +340,81 @@ def _register(name: str, kind: str, description: str) -> None:
     SOURCES.register(name, SourceEntry(name, kind, description))
 
 
-_IMG2DATASET = ("img2dataset --url_list {src} --input_format {fmt} --url_col {url} --caption_col {cap}{extra} "
-                "--output_format webdataset --output_folder {{data_dir}}/{name} --image_size 256 "
-                "--resize_mode keep_ratio --processes_count 16 --thread_count 64")
+_IMG2DATASET = (
+    "img2dataset --url_list {src} --input_format {fmt} --url_col {url} --caption_col {cap}{extra} "
+    "--output_format webdataset --output_folder {{data_dir}}/{name} --image_size 256 "
+    "--resize_mode keep_ratio --processes_count 16 --thread_count 64"
+)
 
 # (name, size, description, origin, how to produce the shards)
 _REAL: tuple[tuple[str, int, str, str, str], ...] = (
-    ("cc3m", 3_318_333, "Conceptual Captions: 3.3M alt-texts rewritten with hypernyms",
-     "Sharma et al. 2018, Conceptual Captions (ai.google.com/research/ConceptualCaptions); the tsv of URLs "
-     "and captions", _IMG2DATASET.format(src="cc3m.tsv", fmt="tsv", url="url", cap="caption", extra="", name="cc3m")),
-    ("cc12m", 12_423_374, "Conceptual 12M: CC3M's pipeline with looser filters",
-     "Changpinyo et al. 2021, Conceptual 12M (github.com/google-research-datasets/conceptual-12m); cc12m.tsv",
-     _IMG2DATASET.format(src="cc12m.tsv", fmt="tsv", url="url", cap="caption", extra="", name="cc12m")),
-    ("redcaps", 12_011_111, "RedCaps: image posts and their titles from 350 subreddits",
-     "Desai et al. 2021, RedCaps (redcaps.xyz); the annotation json converted to a parquet of url and caption",
-     _IMG2DATASET.format(src="redcaps.parquet", fmt="parquet", url="url", cap="caption", extra="", name="redcaps")),
-    ("yfcc", 14_829_396, "YFCC15M: the English-captioned subset of YFCC100M (titles and descriptions)",
-     "Thomee et al. 2016, YFCC100M, and Radford et al. 2021's 15M subset (github.com/openai/CLIP, data/yfcc100m.md)",
-     _IMG2DATASET.format(src="yfcc15m.parquet", fmt="parquet", url="url", cap="caption", extra="", name="yfcc")),
-    ("laion", 413_000_000, "LAION-400M: Common Crawl alt-texts kept where CLIP ViT-B/32 similarity >= 0.3",
-     "Schuhmann et al. 2021, LAION-400M (laion.ai/blog/laion-400-open-dataset); the metadata parquets",
-     _IMG2DATASET.format(src="laion400m-meta", fmt="parquet", url="URL", cap="TEXT",
-                         extra=" --save_additional_columns '[\"similarity\",\"NSFW\",\"LICENSE\"]'", name="laion")),
-    ("wit", 11_500_000, "WIT: Wikipedia images with reference, attribution and alt-text captions, 108 languages",
-     "Srinivasan et al. 2021, WIT (github.com/google-research-datasets/wit); the tsv files",
-     _IMG2DATASET.format(src="wit.tsv", fmt="tsv", url="image_url", cap="caption_reference_description",
-                         extra=" --save_additional_columns '[\"language\"]'", name="wit")),
-    ("shutterstock", 15_000_000, "Shutterstock: stock photos and vector art with descriptive captions (licensed)",
-     "Shutterstock image-caption pairs as used by Nguyen et al. 2022 and Entezari et al. 2023; not public, "
-     "needs a license",
-     _IMG2DATASET.format(src="shutterstock.parquet", fmt="parquet", url="url", cap="caption", extra="",
-                         name="shutterstock")),
+    (
+        "cc3m",
+        3_318_333,
+        "Conceptual Captions: 3.3M alt-texts rewritten with hypernyms",
+        "Sharma et al. 2018, Conceptual Captions (ai.google.com/research/ConceptualCaptions); the tsv of URLs "
+        "and captions",
+        _IMG2DATASET.format(src="cc3m.tsv", fmt="tsv", url="url", cap="caption", extra="", name="cc3m"),
+    ),
+    (
+        "cc12m",
+        12_423_374,
+        "Conceptual 12M: CC3M's pipeline with looser filters",
+        "Changpinyo et al. 2021, Conceptual 12M (github.com/google-research-datasets/conceptual-12m); cc12m.tsv",
+        _IMG2DATASET.format(src="cc12m.tsv", fmt="tsv", url="url", cap="caption", extra="", name="cc12m"),
+    ),
+    (
+        "redcaps",
+        12_011_111,
+        "RedCaps: image posts and their titles from 350 subreddits",
+        "Desai et al. 2021, RedCaps (redcaps.xyz); the annotation json converted to a parquet of url and caption",
+        _IMG2DATASET.format(src="redcaps.parquet", fmt="parquet", url="url", cap="caption", extra="", name="redcaps"),
+    ),
+    (
+        "yfcc",
+        14_829_396,
+        "YFCC15M: the English-captioned subset of YFCC100M (titles and descriptions)",
+        "Thomee et al. 2016, YFCC100M, and Radford et al. 2021's 15M subset (github.com/openai/CLIP, data/yfcc100m.md)",
+        _IMG2DATASET.format(src="yfcc15m.parquet", fmt="parquet", url="url", cap="caption", extra="", name="yfcc"),
+    ),
+    (
+        "laion",
+        413_000_000,
+        "LAION-400M: Common Crawl alt-texts kept where CLIP ViT-B/32 similarity >= 0.3",
+        "Schuhmann et al. 2021, LAION-400M (laion.ai/blog/laion-400-open-dataset); the metadata parquets",
+        _IMG2DATASET.format(
+            src="laion400m-meta",
+            fmt="parquet",
+            url="URL",
+            cap="TEXT",
+            extra=' --save_additional_columns \'["similarity","NSFW","LICENSE"]\'',
+            name="laion",
+        ),
+    ),
+    (
+        "wit",
+        11_500_000,
+        "WIT: Wikipedia images with reference, attribution and alt-text captions, 108 languages",
+        "Srinivasan et al. 2021, WIT (github.com/google-research-datasets/wit); the tsv files",
+        _IMG2DATASET.format(
+            src="wit.tsv",
+            fmt="tsv",
+            url="image_url",
+            cap="caption_reference_description",
+            extra=" --save_additional_columns '[\"language\"]'",
+            name="wit",
+        ),
+    ),
+    (
+        "shutterstock",
+        15_000_000,
+        "Shutterstock: stock photos and vector art with descriptive captions (licensed)",
+        "Shutterstock image-caption pairs as used by Nguyen et al. 2022 and Entezari et al. 2023; not public, "
+        "needs a license",
+        _IMG2DATASET.format(
+            src="shutterstock.parquet", fmt="parquet", url="url", cap="caption", extra="", name="shutterstock"
+        ),
+    ),
 )
 
 
@@ -336,26 +425,47 @@ def _fill() -> None:
     for d in SOURCE_DECLS:
         _register(d.name, d.kind, d.description)
     for name, size, desc, origin, cmd in _REAL:
-        REAL_SOURCES.register(f"real.{name}", SourceEntry(
-            f"real.{name}", "image-text", desc, shards=f"{DATA_DIR_PLACEHOLDER}/{name}", size=size, origin=origin,
-            hint=f"img2dataset webdataset shards in {DATA_DIR_PLACEHOLDER}/{name}/ (00000.tar with "
-                 f"00000_stats.json, ...; a sizes.json is used when present); produce them with: {cmd}"))
-    REAL_SOURCES.register("real.imagenet", SourceEntry(
-        "real.imagenet", "labelled", "ImageNet-1k training set: 1.28M photographs, one of 1000 classes each",
-        shards=f"{DATA_DIR_PLACEHOLDER}/imagenet/imagenet-train-*.tar", size=1_281_167, num_classes=1000,
-        origin="Deng et al. 2009 / Russakovsky et al. 2015, ILSVRC-2012 (image-net.org; needs an account)",
-        hint=f"webdataset shards imagenet-train-{{000000..001281}}.tar in {DATA_DIR_PLACEHOLDER}/imagenet/ with "
-             f".jpg, .cls (the class index) and optionally .json per sample, as timm's webdataset layout "
-             f"(e.g. the timm/imagenet-1k-wds shards, or timm's/webdataset's conversion scripts run over "
-             f"ILSVRC2012_img_train)"))
+        REAL_SOURCES.register(
+            f"real.{name}",
+            SourceEntry(
+                f"real.{name}",
+                "image-text",
+                desc,
+                shards=f"{DATA_DIR_PLACEHOLDER}/{name}",
+                size=size,
+                origin=origin,
+                hint=f"img2dataset webdataset shards in {DATA_DIR_PLACEHOLDER}/{name}/ (00000.tar with "
+                f"00000_stats.json, ...; a sizes.json is used when present); produce them with: {cmd}",
+            ),
+        )
+    REAL_SOURCES.register(
+        "real.imagenet",
+        SourceEntry(
+            "real.imagenet",
+            "labelled",
+            "ImageNet-1k training set: 1.28M photographs, one of 1000 classes each",
+            shards=f"{DATA_DIR_PLACEHOLDER}/imagenet/imagenet-train-*.tar",
+            size=1_281_167,
+            num_classes=1000,
+            origin="Deng et al. 2009 / Russakovsky et al. 2015, ILSVRC-2012 (image-net.org; needs an account)",
+            hint=f"webdataset shards imagenet-train-{{000000..001281}}.tar in {DATA_DIR_PLACEHOLDER}/imagenet/ with "
+            f".jpg, .cls (the class index) and optionally .json per sample, as timm's webdataset layout "
+            f"(e.g. the timm/imagenet-1k-wds shards, or timm's/webdataset's conversion scripts run over "
+            f"ILSVRC2012_img_train)",
+        ),
+    )
 
 
 _fill()
 
 
 def _looks_like_location(s: str) -> bool:
-    return bool(_PROTOCOL.match(s)) or any(c in s for c in "/\\{}*") or s.endswith(SHARD_SUFFIXES) \
+    return (
+        bool(_PROTOCOL.match(s))
+        or any(c in s for c in "/\\{}*")
+        or s.endswith(SHARD_SUFFIXES)
         or Path(s).expanduser().exists()
+    )
 
 
 def source_names() -> dict[str, list[str]]:
@@ -373,7 +483,9 @@ def resolve_source(name_or_entry: str | SourceEntry, custom: Mapping[str, Any] |
         return SourceEntry.for_location(name_or_entry)
     name = name_or_entry
     if not isinstance(name, str) or not name:
-        raise SourceConfigError(f"a source is a registered name, a declared name, or a location of shards; got {name!r}")
+        raise SourceConfigError(
+            f"a source is a registered name, a declared name, or a location of shards; got {name!r}"
+        )
     if custom and name in custom:
         cfg = custom[name]
         return cfg if isinstance(cfg, SourceEntry) else SourceEntry.from_config(name, cfg)
@@ -389,8 +501,10 @@ def resolve_source(name_or_entry: str | SourceEntry, custom: Mapping[str, Any] |
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UnknownNameError(
         f"unknown source {name!r}.{hint} Valid: world sources {', '.join(SOURCES.names())}; real sources "
-        f"{', '.join(REAL_SOURCES.names())}" + (f"; declared {', '.join(declared)}" if declared else "")
-        + "; or a folder, a brace pattern (dir/{00000..00009}.tar), a glob or a URL of .tar shards")
+        f"{', '.join(REAL_SOURCES.names())}"
+        + (f"; declared {', '.join(declared)}" if declared else "")
+        + "; or a folder, a brace pattern (dir/{00000..00009}.tar), a glob or a URL of .tar shards"
+    )
 
 
 # ------------------------------------------------------------------------------------ helpers
@@ -412,12 +526,17 @@ def _parse_sizes(text: str, where: str, name: str) -> dict[str, int]:
     try:
         raw = json.loads(text)
     except json.JSONDecodeError as e:
-        raise SourceFormatError(f"source {name!r}: {where} is not valid JSON ({e}); it must map shard file names "
-                                f"to sample counts, e.g. {{\"00000.tar\": 10000}}") from None
-    if not isinstance(raw, dict) or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0
-                                            for v in raw.values()):
-        raise SourceFormatError(f"source {name!r}: {where} must map shard file names to non-negative sample "
-                                f"counts, e.g. {{\"00000.tar\": 10000}}")
+        raise SourceFormatError(
+            f"source {name!r}: {where} is not valid JSON ({e}); it must map shard file names "
+            f'to sample counts, e.g. {{"00000.tar": 10000}}'
+        ) from None
+    if not isinstance(raw, dict) or not all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in raw.values()
+    ):
+        raise SourceFormatError(
+            f"source {name!r}: {where} must map shard file names to non-negative sample "
+            f'counts, e.g. {{"00000.tar": 10000}}'
+        )
     return {str(k): int(v) for k, v in raw.items()}
 
 
@@ -497,7 +616,8 @@ def _filesystem(entry: SourceEntry, loc: str, data_dir: Any) -> _Fs:
         raise SourceError(
             f"source {entry.name!r}: cannot read {loc}: fsspec has no usable filesystem for {protocol}:// ({e}); "
             f"{install}, or copy the shards to a local folder and point the source there"
-            + _hint_suffix(entry, data_dir)) from None
+            + _hint_suffix(entry, data_dir)
+        ) from None
     return _Fs(protocol, fs)
 
 
@@ -518,14 +638,16 @@ def _expand(entry: SourceEntry, loc: str, fs: _Fs, data_dir: Any) -> list[str]:
         except braceexpand.UnbalancedBracesError:
             raise SourceFormatError(
                 f"{who}: bad shard pattern {loc!r}: unbalanced braces; a valid pattern looks like "
-                f"'dir/{{00000..00099}}.tar' (zero-padded range) or 'dir/{{a,b}}.tar'" + hint) from None
+                f"'dir/{{00000..00099}}.tar' (zero-padded range) or 'dir/{{a,b}}.tar'" + hint
+            ) from None
         left = [u for u in urls if _has_braces(u)]
         if left:
             m = re.search(r"\{[^{}]*\}", left[0])
             what = m.group(0) if m else left[0]
             raise SourceFormatError(
                 f"{who}: bad shard pattern {loc!r}: {what} is neither a range ({{00000..00099}}) nor a list "
-                f"({{a,b}}); the only placeholder is {DATA_DIR_PLACEHOLDER}" + hint)
+                f"({{a,b}}); the only placeholder is {DATA_DIR_PLACEHOLDER}" + hint
+            )
     elif "*" in loc:
         urls = fs.glob(loc)
         if not urls:
@@ -544,15 +666,18 @@ def _expand(entry: SourceEntry, loc: str, fs: _Fs, data_dir: Any) -> list[str]:
         raise SourceNotFoundError(f"{who}: {loc} {why}{extra}" + hint)
     bad = [u for u in urls if not u.endswith(SHARD_SUFFIXES)]
     if bad:
-        raise SourceFormatError(f"{who}: shard pattern {loc!r} expands to {bad[0]!r}, which is not a shard; shards "
-                                f"are tar files ({', '.join(SHARD_SUFFIXES)})" + hint)
+        raise SourceFormatError(
+            f"{who}: shard pattern {loc!r} expands to {bad[0]!r}, which is not a shard; shards "
+            f"are tar files ({', '.join(SHARD_SUFFIXES)})" + hint
+        )
     if not fs.remote:
         urls = [str(Path(u).absolute()) for u in urls]
     return urls
 
 
-def _check_reachable(entry: SourceEntry, loc: str, urls: list[str], fs: _Fs, data_dir: Any
-                     ) -> dict[str, set[str] | None]:
+def _check_reachable(
+    entry: SourceEntry, loc: str, urls: list[str], fs: _Fs, data_dir: Any
+) -> dict[str, set[str] | None]:
     """Raise unless every shard exists; returns the listing of each shard folder (None: not listable)."""
     listings: dict[str, set[str] | None] = {}
     missing: list[str] = []
@@ -571,7 +696,8 @@ def _check_reachable(entry: SourceEntry, loc: str, urls: list[str], fs: _Fs, dat
         where = f" (the folder {sorted(missing_dirs)[0]} does not exist)" if missing_dirs else ""
         raise SourceNotFoundError(
             f"source {entry.name!r}: {len(missing)} of {len(urls)} shard(s) of {loc} not found{where}: "
-            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" + _hint_suffix(entry, data_dir))
+            f"{', '.join(missing[:3])}{' ...' if len(missing) > 3 else ''}" + _hint_suffix(entry, data_dir)
+        )
     return listings
 
 
@@ -732,8 +858,15 @@ class OpenedSource:
                 return None, "label_out_of_range"
         elif e.kind == "labelled":
             return None, "no_label"
-        return {"key": key, "url": url, "image": group[ext], "image_ext": ext, "txt": txt, "json": meta,
-                "cls": cls}, None
+        return {
+            "key": key,
+            "url": url,
+            "image": group[ext],
+            "image_ext": ext,
+            "txt": txt,
+            "json": meta,
+            "cls": cls,
+        }, None
 
     def iter_shard(self, url: str) -> Iterator[dict[str, Any]]:
         """The normalised samples of one shard; bad samples and a broken shard are skipped and counted."""
@@ -753,19 +886,36 @@ class OpenedSource:
                 yield sample
         except _ShardBroken as b:
             self.skipped[b.reason] += 1
-            logger.warning("source %r: shard %s %s after %d sample(s): %s; skipping the rest of it", self.name, url,
-                           "is unreadable" if b.reason == "unreadable_shard" else "ends early", n, b.detail)
+            logger.warning(
+                "source %r: shard %s %s after %d sample(s): %s; skipping the rest of it",
+                self.name,
+                url,
+                "is unreadable" if b.reason == "unreadable_shard" else "ends early",
+                n,
+                b.detail,
+            )
         else:
             expected = self.sizes.get(url)
             if expected is not None and n < expected and self.counted_by != "scan":
                 self.skipped["truncated_shard"] += 1
-                logger.warning("source %r: shard %s holds %d sample(s), %s says %d: truncated?", self.name, url,
-                               n, self.counted_by, expected)
+                logger.warning(
+                    "source %r: shard %s holds %d sample(s), %s says %d: truncated?",
+                    self.name,
+                    url,
+                    n,
+                    self.counted_by,
+                    expected,
+                )
         new = self.skipped - before
         bad = {k: v for k, v in new.items() if k not in NOT_SAMPLE_REASONS}
         if bad:
-            logger.warning("source %r: skipped %d bad sample(s) in %s: %s", self.name, sum(bad.values()), url,
-                           ", ".join(f"{k} {v}" for k, v in sorted(bad.items())))
+            logger.warning(
+                "source %r: skipped %d bad sample(s) in %s: %s",
+                self.name,
+                sum(bad.values()),
+                url,
+                ", ".join(f"{k} {v}" for k, v in sorted(bad.items())),
+            )
 
     def iter_samples(self) -> Iterator[dict[str, Any]]:
         """Every shard's normalised samples, in shard order."""
@@ -773,18 +923,37 @@ class OpenedSource:
             yield from self.iter_shard(url)
 
     def summary(self) -> dict[str, Any]:
-        return {"source": self.name, "kind": self.kind, "location": self.location, "shards": self.num_shards,
-                "num_samples": self.num_samples, "counted_by": self.counted_by, "fields": dict(self.fields),
-                "probed": self.probed, "skipped": dict(self.skipped), "notes": list(self.notes)}
+        return {
+            "source": self.name,
+            "kind": self.kind,
+            "location": self.location,
+            "shards": self.num_shards,
+            "num_samples": self.num_samples,
+            "counted_by": self.counted_by,
+            "fields": dict(self.fields),
+            "probed": self.probed,
+            "skipped": dict(self.skipped),
+            "notes": list(self.notes),
+        }
 
 
 def _presence(entry: SourceEntry, group: Mapping[str, bytes]) -> dict[str, bool]:
-    return {"image": _image_ext(entry, group) is not None, "txt": entry.caption_key in group,
-            "json": entry.meta_key in group, "cls": entry.label_key in group}
+    return {
+        "image": _image_ext(entry, group) is not None,
+        "txt": entry.caption_key in group,
+        "json": entry.meta_key in group,
+        "cls": entry.label_key in group,
+    }
 
 
-def _counts(entry: SourceEntry, urls: list[str], listings: Mapping[str, set[str] | None], fs: _Fs,
-            notes: list[str], data_dir: Any) -> tuple[dict[str, int], str]:
+def _counts(
+    entry: SourceEntry,
+    urls: list[str],
+    listings: Mapping[str, set[str] | None],
+    fs: _Fs,
+    notes: list[str],
+    data_dir: Any,
+) -> tuple[dict[str, int], str]:
     """Per-shard sample counts and how they were found."""
     sizes_by_dir: dict[str, dict[str, int]] = {}
     for d, names in listings.items():
@@ -816,30 +985,44 @@ def _counts(entry: SourceEntry, urls: list[str], listings: Mapping[str, set[str]
                 how.add("stats")
                 continue
             except (OSError, ValueError, KeyError, TypeError) as e:
-                logger.warning("source %r: %s has no usable 'successes' (%s); counting %s by scanning it",
-                               entry.name, fs.url(sp), e, u)
+                logger.warning(
+                    "source %r: %s has no usable 'successes' (%s); counting %s by scanning it",
+                    entry.name,
+                    fs.url(sp),
+                    e,
+                    u,
+                )
         to_scan.append(u)
     if to_scan:
-        logger.info("source %r: counting the samples of %d shard(s) by scanning them (no %s or *%s)", entry.name,
-                    len(to_scan), SIZES_FILE, STATS_SUFFIX)
+        logger.info(
+            "source %r: counting the samples of %d shard(s) by scanning them (no %s or *%s)",
+            entry.name,
+            len(to_scan),
+            SIZES_FILE,
+            STATS_SUFFIX,
+        )
         for u in to_scan:
             n, broke = _count_shard(u)
             out[u] = n
             if broke is not None and broke.reason == "unreadable_shard":
-                raise SourceFormatError(f"source {entry.name!r}: shard {u} cannot be read as a tar archive "
-                                        f"({broke.detail}); shards must be webdataset tar files"
-                                        + _hint_suffix(entry, data_dir))
+                raise SourceFormatError(
+                    f"source {entry.name!r}: shard {u} cannot be read as a tar archive "
+                    f"({broke.detail}); shards must be webdataset tar files" + _hint_suffix(entry, data_dir)
+                )
             if broke is not None:
                 notes.append(f"{u}: {broke.reason} ({broke.detail}); counted the {n} sample(s) before the break")
         how.add("scan")
-        notes.append(f"counted {len(to_scan)} of {len(urls)} shard(s) by scanning: no {SIZES_FILE} or "
-                     f"img2dataset *{STATS_SUFFIX} for them")
+        notes.append(
+            f"counted {len(to_scan)} of {len(urls)} shard(s) by scanning: no {SIZES_FILE} or "
+            f"img2dataset *{STATS_SUFFIX} for them"
+        )
     counted_by = "scan" if "scan" in how else ("stats" if "stats" in how else "sizes.json")
     return out, counted_by
 
 
-def _probe(entry: SourceEntry, urls: list[str], sizes: Mapping[str, int], probe: int, data_dir: Any
-           ) -> tuple[SourceEntry, dict[str, float], int]:
+def _probe(
+    entry: SourceEntry, urls: list[str], sizes: Mapping[str, int], probe: int, data_dir: Any
+) -> tuple[SourceEntry, dict[str, float], int]:
     """Read the first ``probe`` samples and check the kind's fields; returns the entry (kind decided
     for an ad-hoc one), each field's coverage and the number of samples probed."""
     who = f"source {entry.name!r}"
@@ -863,8 +1046,10 @@ def _probe(entry: SourceEntry, urls: list[str], sizes: Mapping[str, int], probe:
         if first_error is not None:
             u, b = first_error
             what = "cannot be read as a tar archive" if b.reason == "unreadable_shard" else "is truncated"
-            raise SourceFormatError(f"{who}: could not read a sample: shard {u} {what} ({b.detail}); shards must be "
-                                    "webdataset tar files" + _hint_suffix(entry, data_dir))
+            raise SourceFormatError(
+                f"{who}: could not read a sample: shard {u} {what} ({b.detail}); shards must be "
+                "webdataset tar files" + _hint_suffix(entry, data_dir)
+            )
         raise SourceFormatError(f"{who}: its shards hold no samples (first: {urls[0]})" + _hint_suffix(entry, data_dir))
     if entry.kind == AUTO:  # every probed sample has a class: labelled (captions or not)
         kind = "labelled" if all(entry.label_key in g for g in groups) else "image-text"
@@ -875,21 +1060,37 @@ def _probe(entry: SourceEntry, urls: list[str], sizes: Mapping[str, int], probe:
         if fields[f] > 0:
             continue
         found = sorted({e for g in groups for e in g})
-        member = {"image": f"an image (one of .{', .'.join(entry.image_exts)})",
-                  "txt": f"a caption (.{entry.caption_key})", "json": f"metadata (.{entry.meta_key})",
-                  "cls": f"an integer class (.{entry.label_key})"}[f]
+        member = {
+            "image": f"an image (one of .{', .'.join(entry.image_exts)})",
+            "txt": f"a caption (.{entry.caption_key})",
+            "json": f"metadata (.{entry.meta_key})",
+            "cls": f"an integer class (.{entry.label_key})",
+        }[f]
         raise SourceFormatError(
             f"{who}: none of the first {len(groups)} sample(s) of {urls[0]} has {member}, which {entry.kind} "
             f"sources need; members found: {', '.join('.' + e for e in found) or 'none'}; every sample needs "
-            + ", ".join({"image": "an image", "txt": f".{entry.caption_key}", "json": f".{entry.meta_key}",
-                         "cls": f".{entry.label_key}"}[x] for x in entry.required_fields)
-            + _hint_suffix(entry, data_dir))
+            + ", ".join(
+                {
+                    "image": "an image",
+                    "txt": f".{entry.caption_key}",
+                    "json": f".{entry.meta_key}",
+                    "cls": f".{entry.label_key}",
+                }[x]
+                for x in entry.required_fields
+            )
+            + _hint_suffix(entry, data_dir)
+        )
     return entry, fields, len(groups)
 
 
-def open_source(entry_or_name: str | SourceEntry, *, world_root: str | Path | None = None,
-                data_dir: str | Path | None = None, custom: Mapping[str, Any] | None = None,
-                probe: int = 4) -> OpenedSource:
+def open_source(
+    entry_or_name: str | SourceEntry,
+    *,
+    world_root: str | Path | None = None,
+    data_dir: str | Path | None = None,
+    custom: Mapping[str, Any] | None = None,
+    probe: int = 4,
+) -> OpenedSource:
     """Resolve, locate, validate and count a source (see the module docstring).
 
     ``world_root`` is where the embedded world lives (world sources only); ``data_dir`` replaces
@@ -904,7 +1105,8 @@ def open_source(entry_or_name: str | SourceEntry, *, world_root: str | Path | No
         if not Path(loc).is_dir():
             raise SourceNotFoundError(
                 f"source {entry.name!r}: no shards at {loc}; write the embedded world with "
-                f"`tbench world --out {world_root}` (or give the world root it was written to)")
+                f"`tbench world --out {world_root}` (or give the world root it was written to)"
+            )
     else:
         loc = entry.location(data_dir=data_dir)
     fs = _filesystem(entry, loc, data_dir)
@@ -918,8 +1120,23 @@ def open_source(entry_or_name: str | SourceEntry, *, world_root: str | Path | No
         entry, fields, n_probed = _probe(entry, urls, sizes, probe, data_dir)
     elif entry.kind == AUTO:
         entry = dataclasses.replace(entry, kind="image-text")
-    opened = OpenedSource(entry=entry, location=loc, urls=urls, sizes=sizes, num_samples=sum(sizes.values()),
-                          counted_by=counted_by, fields=fields, probed=n_probed, notes=notes)
-    logger.info("source %r: %d shard(s), %d sample(s) (counted by %s) at %s", entry.name, len(urls),
-                opened.num_samples, counted_by, loc)
+    opened = OpenedSource(
+        entry=entry,
+        location=loc,
+        urls=urls,
+        sizes=sizes,
+        num_samples=sum(sizes.values()),
+        counted_by=counted_by,
+        fields=fields,
+        probed=n_probed,
+        notes=notes,
+    )
+    logger.info(
+        "source %r: %d shard(s), %d sample(s) (counted by %s) at %s",
+        entry.name,
+        len(urls),
+        opened.num_samples,
+        counted_by,
+        loc,
+    )
     return opened

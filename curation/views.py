@@ -104,8 +104,10 @@ class ViewConfig:
         from curation.sources import resolve_source
 
         if (self.source is None) == (self.mixture is None):
-            raise ValueError("ViewConfig: give exactly one of 'source' and 'mixture' "
-                             f"(got source={self.source!r}, mixture={self.mixture!r})")
+            raise ValueError(
+                "ViewConfig: give exactly one of 'source' and 'mixture' "
+                f"(got source={self.source!r}, mixture={self.mixture!r})"
+            )
         names = [self.source] if self.source is not None else list(self.mixture or {})
         if self.mixture is not None:
             if not isinstance(self.mixture, dict) or not self.mixture:
@@ -117,16 +119,23 @@ class ViewConfig:
             try:
                 resolve_source(name, self.sources)
             except (KeyError, ValueError) as exc:
-                raise ValueError(f"ViewConfig.{'source' if self.source is not None else 'mixture'}: "
-                                 f"{exc.args[0] if exc.args else exc}") from None
+                raise ValueError(
+                    f"ViewConfig.{'source' if self.source is not None else 'mixture'}: "
+                    f"{exc.args[0] if exc.args else exc}"
+                ) from None
         if isinstance(self.size, bool) or not isinstance(self.size, int) or self.size <= 0:
             raise ValueError(f"ViewConfig.size: a positive sample count, got {self.size!r}")
-        if isinstance(self.label_noise, bool) or not isinstance(self.label_noise, (int, float)) \
-                or not 0.0 <= self.label_noise < 1.0:
+        if (
+            isinstance(self.label_noise, bool)
+            or not isinstance(self.label_noise, (int, float))
+            or not 0.0 <= self.label_noise < 1.0
+        ):
             raise ValueError(f"ViewConfig.label_noise: a rate in [0, 1), got {self.label_noise!r}")
         if self.label_noise > 0 and not self.needs_labels:
-            raise ValueError(f"ViewConfig.label_noise: {self.label_noise} asks for noisy labels, but needs_labels is "
-                             "False (the view carries no labels); use label_noise 0 for label-free methods")
+            raise ValueError(
+                f"ViewConfig.label_noise: {self.label_noise} asks for noisy labels, but needs_labels is "
+                "False (the view carries no labels); use label_noise 0 for label-free methods"
+            )
         if self.noise_model not in NOISE_MODELS:
             raise ValueError(f"ViewConfig.noise_model: one of {', '.join(NOISE_MODELS)}, got {self.noise_model!r}")
         if self.materialize not in MATERIALIZE:
@@ -240,16 +249,24 @@ def open_sources(cfg: ViewConfig, data_root: str | Path, data_dir: str | Path | 
     """Each source of the view, opened (and so validated) once: name -> OpenedSource."""
     from curation.sources import open_source
 
-    return {name: open_source(name, world_root=data_root, data_dir=data_dir, custom=cfg.sources)
-            for name in cfg.weights}
+    return {
+        name: open_source(name, world_root=data_root, data_dir=data_dir, custom=cfg.sources) for name in cfg.weights
+    }
 
 
 def _shard_reader(source: str, url: str, size: int, counted_by: str, sources: dict | None):
     """A reader of one shard of a source the driver has validated: no listing or probing again."""
     from curation.sources import OpenedSource, resolve_source
 
-    return OpenedSource(entry=resolve_source(source, sources), location=url, urls=[url], sizes={url: size},
-                        num_samples=size, counted_by=counted_by, fields={})
+    return OpenedSource(
+        entry=resolve_source(source, sources),
+        location=url,
+        urls=[url],
+        sizes={url: size},
+        num_samples=size,
+        counted_by=counted_by,
+        fields={},
+    )
 
 
 _SCORERS: dict[str, Any] = {}
@@ -280,8 +297,9 @@ def _checkpoint_scorer(path: str):
 
         @torch.inference_mode()
         def score(images: list[bytes], captions: list[str]) -> np.ndarray:
-            arr = np.stack([resize_center_crop(decode_image(b).permute(1, 2, 0).numpy(), size, **resize)
-                            for b in images])
+            arr = np.stack(
+                [resize_center_crop(decode_image(b).permute(1, 2, 0).numpy(), size, **resize) for b in images]
+            )
             x = accel.images_layout(normalise(accel.to_device(prepare_images(arr, size), device), mean, std))
             with accel.autocast(device):
                 img, txt = model.encode_image(x), model.encode_text(tokenizer(captions).to(device))
@@ -355,8 +373,13 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
         if problem is not None:
             src.skipped["bad_image"] += 1
             if src.skipped["bad_image"] <= 3:
-                logger.warning("source %r: sample %r in %s: its image does not decode (%s); skipping it",
-                               task.source, s["key"], task.url, problem)
+                logger.warning(
+                    "source %r: sample %r in %s: its image does not decode (%s); skipping it",
+                    task.source,
+                    s["key"],
+                    task.url,
+                    problem,
+                )
             continue
         sample = {"key": s["key"], "txt": s.get("txt") or "", "json": s.get("json") or {}}
         cols["key"].append(s["key"])
@@ -396,8 +419,9 @@ def _sample_problem(image: bytes, need_hash: bool, decode: bool, check: str | No
     return problem, hashes
 
 
-def _sample_label(task: ScanTask, kind: str, s: dict[str, Any], sample: dict[str, Any],
-                  vocab_index: dict[str, int]) -> int:
+def _sample_label(
+    task: ScanTask, kind: str, s: dict[str, Any], sample: dict[str, Any], vocab_index: dict[str, int]
+) -> int:
     """A sample's label in the view's vocabulary (its class, or the concept its caption names); -1 if none."""
     label = -1
     if task.needs_labels:
@@ -428,8 +452,14 @@ def _append_step_values(cols: dict[str, list], resolved: list, sample: dict[str,
             cols[f"s{i}"].append(bool(entry.fn(sample, **params)))
 
 
-def _model_columns(cols: dict[str, list], resolved: list, model_steps: list[int], embed_steps: list[int],
-                   pending_images: list[bytes], pending_caps: list[str]) -> None:
+def _model_columns(
+    cols: dict[str, list],
+    resolved: list,
+    model_steps: list[int],
+    embed_steps: list[int],
+    pending_images: list[bytes],
+    pending_caps: list[str],
+) -> None:
     """The columns a model fills for the whole shard: embeddings for dedup, checkpoint CLIP scores."""
     for i in embed_steps:  # the embedding model's unit vectors, float32 bytes per sample
         from curation.dedup import embed_images
@@ -442,14 +472,26 @@ def _model_columns(cols: dict[str, list], resolved: list, model_steps: list[int]
         score = _checkpoint_scorer(resolved[i][1]["checkpoint"])
         out: list[float] = []
         for b0 in range(0, len(pending_images), 256):
-            out.extend(score(pending_images[b0:b0 + 256], pending_caps[b0:b0 + 256]).tolist())
+            out.extend(score(pending_images[b0 : b0 + 256], pending_caps[b0 : b0 + 256]).tolist())
         cols[f"s{i}"] = out
 
 
 def _scan_tasks(cfg: ViewConfig, opened: dict[str, Any], steps, vocab) -> list[ScanTask]:
-    return [ScanTask(name, url, cfg.seed, steps, cfg.needs_labels, tuple(vocab) if vocab else None,
-                     src.sizes[url], src.counted_by, cfg.sources)
-            for name, src in opened.items() for url in src.urls]
+    return [
+        ScanTask(
+            name,
+            url,
+            cfg.seed,
+            steps,
+            cfg.needs_labels,
+            tuple(vocab) if vocab else None,
+            src.sizes[url],
+            src.counted_by,
+            cfg.sources,
+        )
+        for name, src in opened.items()
+        for url in src.urls
+    ]
 
 
 def _concat(parts: Iterable[dict[str, list]], skipped: Counter | None = None):
@@ -519,8 +561,9 @@ def _ray_data():
 # --------------------------------------------------------------------------- select
 
 
-def _reference_hashes(names: Iterable[str], data_root: Path, data_dir: Path | None,
-                      sets_config: dict | None) -> dict[str, np.ndarray]:
+def _reference_hashes(
+    names: Iterable[str], data_root: Path, data_dir: Path | None, sets_config: dict | None
+) -> dict[str, np.ndarray]:
     from curation.dedup import hash_images
     from downstream.sets import load_split, resolve_set
 
@@ -537,8 +580,9 @@ def _reference_hashes(names: Iterable[str], data_root: Path, data_dir: Path | No
     return out
 
 
-def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[str, np.ndarray] | None = None
-           ) -> tuple[np.ndarray, dict[str, int], dict[str, Any]]:
+def select(
+    table, cfg: ViewConfig, steps, names: list[str], *, references: dict[str, np.ndarray] | None = None
+) -> tuple[np.ndarray, dict[str, int], dict[str, Any]]:
     """Apply the steps in order to the scan table; return (surviving mask, funnel, reports)."""
     n = len(table)
     alive = np.ones(n, dtype=bool)
@@ -552,8 +596,10 @@ def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[
             score = col.astype(np.float64)
             if np.isnan(score[alive]).any():
                 bad = table["key"].to_numpy()[alive & np.isnan(score)][:3].tolist()
-                raise ValueError(f"curation step {step!r}: samples {bad} have no score (json field "
-                                 f"{params['field']!r} missing); use scorer: checkpoint or another field")
+                raise ValueError(
+                    f"curation step {step!r}: samples {bad} have no score (json field "
+                    f"{params['field']!r} missing); use scorer: checkpoint or another field"
+                )
             if params["threshold"] is not None:
                 alive &= score >= float(params["threshold"])
             else:
@@ -563,16 +609,21 @@ def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[
                 mask = np.zeros(n, dtype=bool)
                 mask[order[:keep]] = True
                 alive &= mask
-                reports[step] = {"kept_fraction": params["top_fraction"],
-                                 "score_cutoff": float(score[order[keep - 1]]) if keep else None}
+                reports[step] = {
+                    "kept_fraction": params["top_fraction"],
+                    "score_cutoff": float(score[order[keep - 1]]) if keep else None,
+                }
         elif name == "dedup" and params.get("model") is not None:
             reports[step] = _dedup_embeddings(table, i, params, step, alive, rank, cfg, references or {})
         elif name == "dedup":
             from curation.dedup import DEFAULT_THRESHOLD, matches_reference, near_duplicates
 
             threshold = int(params["threshold"] if params["threshold"] is not None else DEFAULT_THRESHOLD)
-            hashes = np.stack([table["h0"].to_numpy(np.uint64), table["h1"].to_numpy(np.uint64)], axis=1) \
-                if n else np.zeros((0, 2), np.uint64)
+            hashes = (
+                np.stack([table["h0"].to_numpy(np.uint64), table["h1"].to_numpy(np.uint64)], axis=1)
+                if n
+                else np.zeros((0, 2), np.uint64)
+            )
             rep: dict[str, Any] = {"threshold": threshold}
             if params["within"]:
                 idx = np.nonzero(alive)[0]
@@ -598,8 +649,16 @@ def select(table, cfg: ViewConfig, steps, names: list[str], *, references: dict[
     return alive, funnel, reports
 
 
-def _dedup_embeddings(table, i: int, params: dict[str, Any], step: str, alive: np.ndarray, rank: np.ndarray,
-                      cfg: ViewConfig, references: dict) -> dict[str, Any]:
+def _dedup_embeddings(
+    table,
+    i: int,
+    params: dict[str, Any],
+    step: str,
+    alive: np.ndarray,
+    rank: np.ndarray,
+    cfg: ViewConfig,
+    references: dict,
+) -> dict[str, Any]:
     """``dedup`` with a model: cosine >= ``cosine`` between the model's embeddings, within the
     survivors (one per cluster kept) and against downstream test sets; updates ``alive``."""
     from curation.dedup import DEFAULT_COSINE, embedding_duplicates, matches_reference_embeddings
@@ -636,15 +695,18 @@ def _dedup_checkpoints(steps, checkpoints: dict[str, str] | None) -> tuple:
         if name == "dedup" and p.get("model") is not None:
             path = (checkpoints or {}).get(p["model"], p["model"])
             if not Path(path).is_file():
-                raise FileNotFoundError(f"curation step dedup: model {p['model']!r} is neither a model of the spec "
-                                        f"(models:) nor a harness checkpoint file (no file at {path})")
+                raise FileNotFoundError(
+                    f"curation step dedup: model {p['model']!r} is neither a model of the spec "
+                    f"(models:) nor a harness checkpoint file (no file at {path})"
+                )
             p = {**p, "checkpoint": str(path)}
         out.append((name, p))
     return tuple(out)
 
 
-def _reference_embeddings(steps, cfg: ViewConfig, data_root: Path, data_dir: Path | None,
-                          sets_config: dict | None) -> dict[tuple[str, str], np.ndarray]:
+def _reference_embeddings(
+    steps, cfg: ViewConfig, data_root: Path, data_dir: Path | None, sets_config: dict | None
+) -> dict[tuple[str, str], np.ndarray]:
     """(set, checkpoint) -> unit embeddings of the set's test images, for each model ``dedup`` step's ``against``."""
     from curation.dedup import _embedder, embed_images
     from downstream.sets import load_split, resolve_set
@@ -656,8 +718,14 @@ def _reference_embeddings(steps, cfg: ViewConfig, data_root: Path, data_dir: Pat
         for set_name in _against(p, cfg):
             if (set_name, p["checkpoint"]) not in out:
                 _, meta, resize, _ = _embedder(p["checkpoint"])  # real sets at the model's size, as it evaluates
-                split = load_split(resolve_set(set_name, sets_config), "test", data_root, data_dir=data_dir,
-                                   image_size=int(meta["image_size"]), **resize)
+                split = load_split(
+                    resolve_set(set_name, sets_config),
+                    "test",
+                    data_root,
+                    data_dir=data_dir,
+                    image_size=int(meta["image_size"]),
+                    **resize,
+                )
                 out[(set_name, p["checkpoint"])] = embed_images(list(split.images), p["checkpoint"])
     return out
 
@@ -690,8 +758,15 @@ def class_partners(num_classes: int, groups: dict[str, str], vocab: list[str] | 
     return partner
 
 
-def add_label_noise(keys: list[str], labels: np.ndarray, num_classes: int, rate: float, seed: int,
-                    model: str = "symmetric", partners: np.ndarray | None = None) -> np.ndarray:
+def add_label_noise(
+    keys: list[str],
+    labels: np.ndarray,
+    num_classes: int,
+    rate: float,
+    seed: int,
+    model: str = "symmetric",
+    partners: np.ndarray | None = None,
+) -> np.ndarray:
     """Flip exactly ``round(rate * n)`` labels (the lowest by hash(key, seed)); return the new labels."""
     labels = np.asarray(labels, dtype=np.int64)
     out = labels.copy()
@@ -712,13 +787,21 @@ def add_label_noise(keys: list[str], labels: np.ndarray, num_classes: int, rate:
 
 
 def _config_matches(manifest: dict, cfg: ViewConfig) -> bool:
-    return manifest.get("version") == VIEW_VERSION and \
-        json.loads(json.dumps(manifest.get("config"))) == json.loads(json.dumps(cfg.to_dict()))
+    return manifest.get("version") == VIEW_VERSION and json.loads(json.dumps(manifest.get("config"))) == json.loads(
+        json.dumps(cfg.to_dict())
+    )
 
 
-def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.PathLike, *,
-               engine: str = "local", data_dir: str | os.PathLike | None = None,
-               sets_config: dict | None = None, checkpoints: dict[str, str] | None = None) -> dict[str, Any]:
+def build_view(
+    cfg: ViewConfig,
+    data_root: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    engine: str = "local",
+    data_dir: str | os.PathLike | None = None,
+    sets_config: dict | None = None,
+    checkpoints: dict[str, str] | None = None,
+) -> dict[str, Any]:
     """Build the view ``cfg`` from the sources under ``data_root`` into ``out_dir``; return its manifest.
 
     ``engine``: ``local`` (this process), ``ray`` (scan and write as Ray Data jobs over the
@@ -742,8 +825,15 @@ def build_view(cfg: ViewConfig, data_root: str | os.PathLike, out_dir: str | os.
     _scan_phase(b, engine)
     _select_phase(b, sets_config)
     _write_phase(b, out_dir)
-    logger.info("view %s/%s: %d of %d requested (pool %d, funnel %s)", cfg.source_label, cfg.curation_name,
-                len(b.chosen), cfg.size, b.pool, b.funnel)
+    logger.info(
+        "view %s/%s: %d of %d requested (pool %d, funnel %s)",
+        cfg.source_label,
+        cfg.curation_name,
+        len(b.chosen),
+        cfg.size,
+        b.pool,
+        b.funnel,
+    )
     return json.loads((out_dir / MANIFEST).read_text())
 
 
@@ -797,11 +887,15 @@ def _set_up(cfg: ViewConfig, data_root: Path, data_dir: Path | None, checkpoints
     if own is not None:  # e.g. real.imagenet: its 1000 classes, not the world's concepts
         vocab = own
     if cfg.needs_labels and vocab is None:
-        raise FileNotFoundError(f"labelled views need the class vocabulary in {data_root / 'world.json'} "
-                                "('concepts'); write the world there with `tbench world`")
+        raise FileNotFoundError(
+            f"labelled views need the class vocabulary in {data_root / 'world.json'} "
+            "('concepts'); write the world there with `tbench world`"
+        )
     if any(n == "caption_concept" and p.get("words") is None for n, p in steps) and vocab is None:
-        raise ValueError("curation step caption_concept without 'words' uses the world's vocabulary, but "
-                         f"{data_root / 'world.json'} is missing; give words: [...]")
+        raise ValueError(
+            "curation step caption_concept without 'words' uses the world's vocabulary, but "
+            f"{data_root / 'world.json'} is missing; give words: [...]"
+        )
     return _Build(cfg, data_root, data_dir, steps, names, vocab, own)
 
 
@@ -849,18 +943,29 @@ def _take_subset(b: _Build, alive: np.ndarray) -> np.ndarray:
     rank = table["rank"].to_numpy() if b.pool else np.zeros(0, np.int64)
     ranked = {name: np.nonzero(alive & (src_col == name))[0] for name in cfg.weights}
     ranked = {k: v[np.argsort(rank[v], kind="stable")] for k, v in ranked.items()}
-    order = mixture_order({k: len(v) for k, v in ranked.items()}, cfg.weights)[:cfg.size]
+    order = mixture_order({k: len(v) for k, v in ranked.items()}, cfg.weights)[: cfg.size]
     take = {k: 0 for k in ranked}
     for k in order:
         take[k] += 1
-    chosen_idx = np.sort(np.concatenate([ranked[k][:take[k]] for k in ranked] or [np.zeros(0, np.int64)]))
+    chosen_idx = np.sort(np.concatenate([ranked[k][: take[k]] for k in ranked] or [np.zeros(0, np.int64)]))
     b.funnel[SUBSET_STEP] = int(alive.sum()) - len(chosen_idx)
     if len(chosen_idx) < cfg.size:
-        logger.warning("view %s/%s: %d samples survive curation, fewer than the %d requested",
-                       cfg.source_label, cfg.curation_name, len(chosen_idx), cfg.size)
+        logger.warning(
+            "view %s/%s: %d samples survive curation, fewer than the %d requested",
+            cfg.source_label,
+            cfg.curation_name,
+            len(chosen_idx),
+            cfg.size,
+        )
     requested = allocate(cfg.size, cfg.weights)
-    b.per_source = {name: {"pool_size": int((src_col == name).sum()), "size": int(take[name]),
-                           "requested_size": int(requested[name])} for name in cfg.weights}
+    b.per_source = {
+        name: {
+            "pool_size": int((src_col == name).sum()),
+            "size": int(take[name]),
+            "requested_size": int(requested[name]),
+        }
+        for name in cfg.weights
+    }
     return chosen_idx
 
 
@@ -879,8 +984,9 @@ def _add_label_noise(b: _Build) -> None:
     partners = class_partners(k, {} if b.own is not None else read_concept_groups(b.data_root), vocab, cfg.seed)
     noisy = add_label_noise(keys, clean, k, float(cfg.label_noise), cfg.seed, cfg.noise_model, partners)
     b.labels["achieved_noise"] = float((noisy != clean).mean())
-    b.labels["achieved_noise_per_class"] = {vocab[c]: round(float((noisy[clean == c] != c).mean()), 4)
-                                            for c in np.unique(clean)}
+    b.labels["achieved_noise_per_class"] = {
+        vocab[c]: round(float((noisy[clean == c] != c).mean()), 4) for c in np.unique(clean)
+    }
     b.clean, b.noisy = clean, noisy
 
 
@@ -900,8 +1006,7 @@ def _write_phase(b: _Build, out_dir: Path) -> None:
         (tmp / SIZES_FILE).write_text(json.dumps(sizes, indent=1, sort_keys=True))
         manifest = _manifest(b, shard_list)
         if b.pool - sum(b.funnel.values()) != len(b.chosen):  # pragma: no cover - an internal invariant
-            raise RuntimeError(f"view funnel does not add up: pool {b.pool}, removed {b.funnel}, "
-                               f"kept {len(b.chosen)}")
+            raise RuntimeError(f"view funnel does not add up: pool {b.pool}, removed {b.funnel}, kept {len(b.chosen)}")
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=1))  # key order kept: the funnel is in step order
         _swap_into_place(tmp, out_dir, cfg)
     except BaseException:
@@ -947,7 +1052,9 @@ class WriteTask:
     source: str
     url: str
     out: str
-    labels: dict[str, tuple[int, int]] = field(default_factory=dict)  # key -> (label, clean label); {} = all kept, unlabelled
+    labels: dict[str, tuple[int, int]] = field(
+        default_factory=dict
+    )  # key -> (label, clean label); {} = all kept, unlabelled
     keys: tuple[str, ...] = ()
     size: int = 0  # the source shard's sample count
     counted_by: str = ""
@@ -967,8 +1074,7 @@ def write_shard(task: WriteTask) -> int:
             if s["key"] not in want:
                 continue
             meta = dict(s.get("json") or {})
-            out = {"__key__": s["key"], s.get("image_ext") or "png": s["image"],
-                   "txt": (s.get("txt") or "").encode()}
+            out = {"__key__": s["key"], s.get("image_ext") or "png": s["image"], "txt": (s.get("txt") or "").encode()}
             if task.needs_labels:
                 label, clean = task.labels[s["key"]]
                 meta["view"] = {"label": label, "clean_label": clean, "noisy": label != clean}
@@ -979,8 +1085,9 @@ def write_shard(task: WriteTask) -> int:
     return n
 
 
-def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, opened: dict[str, Any],
-                  engine: str) -> dict[str, int]:
+def _write_shards(
+    cfg: ViewConfig, chosen, noisy, clean, tmp: Path, opened: dict[str, Any], engine: str
+) -> dict[str, int]:
     shard_dir = tmp / SHARDS_DIR
     shard_dir.mkdir()
     tasks = []
@@ -990,9 +1097,19 @@ def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, opened: dict
             if cfg.needs_labels:
                 idx = grp.index.to_numpy()
                 labels = {k: (int(noisy[i]), int(clean[i])) for k, i in zip(grp["key"], idx)}
-            tasks.append(WriteTask(source, url, str(shard_dir / f"shard-{j:06d}.tar"), labels, tuple(grp["key"]),
-                                   opened[source].sizes[url], opened[source].counted_by, cfg.sources,
-                                   cfg.needs_labels))
+            tasks.append(
+                WriteTask(
+                    source,
+                    url,
+                    str(shard_dir / f"shard-{j:06d}.tar"),
+                    labels,
+                    tuple(grp["key"]),
+                    opened[source].sizes[url],
+                    opened[source].counted_by,
+                    cfg.sources,
+                    cfg.needs_labels,
+                )
+            )
     if engine == "ray" and tasks:
         data = _ray_data()
         rows = [{"task": json.dumps(asdict(t))} for t in tasks]
@@ -1002,8 +1119,10 @@ def _write_shards(cfg: ViewConfig, chosen, noisy, clean, tmp: Path, opened: dict
         counts = {Path(t.out).name: write_shard(t) for t in tasks}
     for t in tasks:
         if counts[Path(t.out).name] != len(t.keys):
-            raise RuntimeError(f"shard {t.url}: wrote {counts[Path(t.out).name]} of {len(t.keys)} kept samples "
-                               "(the source changed while the view was built?)")
+            raise RuntimeError(
+                f"shard {t.url}: wrote {counts[Path(t.out).name]} of {len(t.keys)} kept samples "
+                "(the source changed while the view was built?)"
+            )
     if not tasks:  # an empty view still has one (empty) shard, so readers find the folder well-formed
         import webdataset as wds
 
@@ -1024,13 +1143,15 @@ def _write_index(chosen, noisy, clean, tmp: Path) -> dict[str, int]:
     import pyarrow.parquet as pq
 
     n = len(chosen)
-    table = pa.table({
-        "url": pa.array(chosen["url"].tolist() if n else [], pa.string()),
-        "key": pa.array(chosen["key"].tolist() if n else [], pa.string()),
-        "source": pa.array(chosen["source"].tolist() if n else [], pa.string()),
-        "label": pa.array(noisy.tolist() if noisy is not None else [None] * n, pa.int64()),
-        "clean_label": pa.array(clean.tolist() if clean is not None else [None] * n, pa.int64()),
-    })
+    table = pa.table(
+        {
+            "url": pa.array(chosen["url"].tolist() if n else [], pa.string()),
+            "key": pa.array(chosen["key"].tolist() if n else [], pa.string()),
+            "source": pa.array(chosen["source"].tolist() if n else [], pa.string()),
+            "label": pa.array(noisy.tolist() if noisy is not None else [None] * n, pa.int64()),
+            "clean_label": pa.array(clean.tolist() if clean is not None else [None] * n, pa.int64()),
+        }
+    )
     pq.write_table(table, tmp / INDEX_FILE)
     return {u: int(c) for u, c in chosen.groupby("url").size().items()} if n else {}
 

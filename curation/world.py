@@ -62,9 +62,21 @@ from harness.core.layout import SPLITS
 logger = logging.getLogger(__name__)
 
 __all__ = [  # the writers, and the catalogue's tables that callers read through this module
-    "PACKAGE_SETS", "SETS_BY_NAME", "SET_DECLS", "SOURCES_BY_NAME", "SOURCE_DECLS", "SPLIT_PER_CLASS", "WORLD_FILE",
-    "WORLD_VERSION", "build_world", "similarity_table", "world_description", "write_digits", "write_set",
-    "write_source", "write_textures",
+    "PACKAGE_SETS",
+    "SETS_BY_NAME",
+    "SET_DECLS",
+    "SOURCES_BY_NAME",
+    "SOURCE_DECLS",
+    "SPLIT_PER_CLASS",
+    "WORLD_FILE",
+    "WORLD_VERSION",
+    "build_world",
+    "similarity_table",
+    "world_description",
+    "write_digits",
+    "write_set",
+    "write_source",
+    "write_textures",
 ]
 
 
@@ -110,9 +122,12 @@ def write_source(decl: SourceDecl, out: Path, seed: int, scale: float) -> dict[s
     rng = np.random.default_rng(stable_seed(seed, "source", decl.name))
     f = sample_factors(decl.dist, n, rng)
     # Drawn from their own generators so that every other draw is what it was before world v4.
-    caps, facts, sim = make_captions(decl, f, rng, np.random.default_rng(stable_seed(seed, "source", decl.name, "lang")))
-    orig_w, orig_h = sample_original_sizes(decl.image_size, n,
-                                           np.random.default_rng(stable_seed(seed, "source", decl.name, "size")))
+    caps, facts, sim = make_captions(
+        decl, f, rng, np.random.default_rng(stable_seed(seed, "source", decl.name, "lang"))
+    )
+    orig_w, orig_h = sample_original_sizes(
+        decl.image_size, n, np.random.default_rng(stable_seed(seed, "source", decl.name, "size"))
+    )
     pngs = render_all(f, (seed, "source", decl.name))
     out.mkdir(parents=True, exist_ok=True)
     sizes: dict[str, int] = {}
@@ -121,9 +136,14 @@ def write_source(decl: SourceDecl, out: Path, seed: int, scale: float) -> dict[s
         with wds.TarWriter(str(out / name), encoder=False, mtime=0, format=tarfile.USTAR_FORMAT) as tw:
             for i in range(s0, min(n, s0 + SHARD_SIZE)):
                 meta = sample_meta(f, i)
-                meta.update(source=decl.name, similarity=round(float(sim[i]), 4), lang=facts[i]["lang"],
-                            caption={k: v for k, v in facts[i].items() if k != "lang"},
-                            original_width=int(orig_w[i]), original_height=int(orig_h[i]))
+                meta.update(
+                    source=decl.name,
+                    similarity=round(float(sim[i]), 4),
+                    lang=facts[i]["lang"],
+                    caption={k: v for k, v in facts[i].items() if k != "lang"},
+                    original_width=int(orig_w[i]),
+                    original_height=int(orig_h[i]),
+                )
                 sample = {
                     "__key__": f"{decl.name}-{i:07d}",
                     "png": pngs[i],
@@ -144,12 +164,15 @@ def _save_hf(path: Path, splits: dict[str, tuple[list[bytes], np.ndarray]], clas
     import datasets
 
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=list(class_names))})
-    dd = datasets.DatasetDict({
-        split: datasets.Dataset.from_dict(
-            {"image": [{"bytes": b, "path": None} for b in pngs], "label": [int(x) for x in labels]},
-            features=features)
-        for split, (pngs, labels) in splits.items()
-    })
+    dd = datasets.DatasetDict(
+        {
+            split: datasets.Dataset.from_dict(
+                {"image": [{"bytes": b, "path": None} for b in pngs], "label": [int(x) for x in labels]},
+                features=features,
+            )
+            for split, (pngs, labels) in splits.items()
+        }
+    )
     quiet = not datasets.is_progress_bar_enabled()
     datasets.disable_progress_bars()
     try:
@@ -199,7 +222,7 @@ def write_digits(out: Path, seed: int, scale: float) -> dict[str, Any]:
         start = 0
         for s in SPLITS:
             k = max(1, int(want[s] * shrink))
-            for j in idx[start:start + k]:
+            for j in idx[start : start + k]:
                 g = _resize(imgs[j])
                 splits[s][0].append(R.png_bytes(np.repeat(g[..., None], 3, axis=-1)))
                 splits[s][1].append(c)
@@ -213,9 +236,16 @@ def write_digits(out: Path, seed: int, scale: float) -> dict[str, Any]:
 
 # (class name, skimage.data loader, crop to the central fraction) - all ship with scikit-image.
 TEXTURE_PHOTOS = (
-    ("brick", "brick", 1.0), ("grass", "grass", 1.0), ("gravel", "gravel", 1.0), ("lunar_surface", "moon", 1.0),
-    ("starfield", "hubble_deep_field", 1.0), ("tissue", "immunohistochemistry", 1.0), ("retina", "retina", 0.6),
-    ("coins", "coins", 1.0), ("text_page", "page", 1.0), ("cells", "cell", 1.0),
+    ("brick", "brick", 1.0),
+    ("grass", "grass", 1.0),
+    ("gravel", "gravel", 1.0),
+    ("lunar_surface", "moon", 1.0),
+    ("starfield", "hubble_deep_field", 1.0),
+    ("tissue", "immunohistochemistry", 1.0),
+    ("retina", "retina", 0.6),
+    ("coins", "coins", 1.0),
+    ("text_page", "page", 1.0),
+    ("cells", "cell", 1.0),
 )
 _BLOCKS = 4  # each photograph is cut into 4x4 blocks; blocks are assigned to splits
 
@@ -236,7 +266,7 @@ def write_textures(out: Path, seed: int, scale: float) -> dict[str, Any]:
         img = img[..., :3].astype(np.uint8)
         h, w = img.shape[:2]
         ch, cw = int(h * crop), int(w * crop)
-        img = img[(h - ch) // 2:(h - ch) // 2 + ch, (w - cw) // 2:(w - cw) // 2 + cw]
+        img = img[(h - ch) // 2 : (h - ch) // 2 + ch, (w - cw) // 2 : (w - cw) // 2 + cw]
         h, w = img.shape[:2]
         bh, bw = h // _BLOCKS, w // _BLOCKS
         tile = min(64, bh, bw)
@@ -249,7 +279,7 @@ def write_textures(out: Path, seed: int, scale: float) -> dict[str, Any]:
                 by, bx = divmod(b, _BLOCKS)
                 y = by * bh + int(rng.integers(0, bh - tile + 1))
                 x = bx * bw + int(rng.integers(0, bw - tile + 1))
-                splits[s][0].append(R.png_bytes(_resize(img[y:y + tile, x:x + tile])))
+                splits[s][0].append(R.png_bytes(_resize(img[y : y + tile, x : x + tile])))
                 splits[s][1].append(c)
     rng = np.random.default_rng(stable_seed(seed, "package", "textures", "shuffle"))
     for s in SPLITS:
@@ -281,22 +311,46 @@ def world_description(seed: int, scale: float) -> dict[str, Any]:
         },
         "concepts": R.CONCEPT_NAMES,  # the label vocabulary of supervised pre-training (class index = position)
         "sources": {
-            d.name: {"kind": d.kind, "description": d.description, "pool_size": _pool_size(d, scale),
-                     "path": f"sources/{d.name}", "distribution": asdict(d.dist), "caption_model": asdict(d.caption),
-                     "image_size_model": asdict(d.image_size)}
+            d.name: {
+                "kind": d.kind,
+                "description": d.description,
+                "pool_size": _pool_size(d, scale),
+                "path": f"sources/{d.name}",
+                "distribution": asdict(d.dist),
+                "caption_model": asdict(d.caption),
+                "image_size_model": asdict(d.image_size),
+            }
             for d in SOURCE_DECLS
         },
         "downstream": {
-            **{d.name: {"origin": "world", "description": d.description, "metric": d.metric, "label_rule": d.label_rule,
-                        "path": f"downstream/{d.name}", "classes": [c for c, _ in d.classes],
-                        "class_factors": {c: ov for c, ov in d.classes},
-                        "class_weights": list(d.class_weights) if d.class_weights else None,
-                        "distribution": asdict(d.dist)}
-               for d in SET_DECLS},
-            "digits": {"origin": "package", "description": PACKAGE_SETS["digits"], "metric": "top1",
-                       "path": "downstream/digits", "classes": [str(c) for c in range(10)]},
-            "textures": {"origin": "package", "description": PACKAGE_SETS["textures"], "metric": "top1",
-                         "path": "downstream/textures", "classes": [n for n, _, _ in TEXTURE_PHOTOS]},
+            **{
+                d.name: {
+                    "origin": "world",
+                    "description": d.description,
+                    "metric": d.metric,
+                    "label_rule": d.label_rule,
+                    "path": f"downstream/{d.name}",
+                    "classes": [c for c, _ in d.classes],
+                    "class_factors": {c: ov for c, ov in d.classes},
+                    "class_weights": list(d.class_weights) if d.class_weights else None,
+                    "distribution": asdict(d.dist),
+                }
+                for d in SET_DECLS
+            },
+            "digits": {
+                "origin": "package",
+                "description": PACKAGE_SETS["digits"],
+                "metric": "top1",
+                "path": "downstream/digits",
+                "classes": [str(c) for c in range(10)],
+            },
+            "textures": {
+                "origin": "package",
+                "description": PACKAGE_SETS["textures"],
+                "metric": "top1",
+                "path": "downstream/textures",
+                "classes": [n for n, _, _ in TEXTURE_PHOTOS],
+            },
         },
         "similarity": similarity_table(),
         "similarity_method": factor_similarity.__doc__.strip().split("\n\n")[1].replace("\n", " ").strip(),
@@ -304,8 +358,11 @@ def world_description(seed: int, scale: float) -> dict[str, Any]:
 
 
 def _matches(info: dict, seed: int, scale: float) -> bool:
-    return info.get("version") == WORLD_VERSION and info.get("seed") == int(seed) and \
-        float(info.get("scale", -1)) == float(scale)
+    return (
+        info.get("version") == WORLD_VERSION
+        and info.get("seed") == int(seed)
+        and float(info.get("scale", -1)) == float(scale)
+    )
 
 
 def _read_world(world_dir: Path) -> dict | None:
@@ -337,8 +394,10 @@ def build_world(world_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0)
         logger.info("world at %s is up to date (version %s, seed %s, scale %s)", world_dir, WORLD_VERSION, seed, scale)
         return existing
     if not replaceable_dir(world_dir, WORLD_FILE):
-        raise FileExistsError(f"{world_dir} exists and is not a world folder (no {WORLD_FILE}); "
-                              "choose an empty or new folder for the world")
+        raise FileExistsError(
+            f"{world_dir} exists and is not a world folder (no {WORLD_FILE}); "
+            "choose an empty or new folder for the world"
+        )
     world_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = world_dir.parent / f".{world_dir.name}.building-{os.getpid()}-{uuid.uuid4().hex[:8]}"
     t0 = time.perf_counter()
@@ -348,14 +407,19 @@ def build_world(world_dir: str | os.PathLike, seed: int = 0, scale: float = 1.0)
         for d in SOURCE_DECLS:
             t = time.perf_counter()
             res = write_source(d, tmp / "sources" / d.name, seed, scale)
-            info["sources"][d.name].update(num_samples=res["num_samples"], shards=res["shards"],
-                                           caption_counts=res["caption_counts"], lang_counts=res["lang_counts"])
+            info["sources"][d.name].update(
+                num_samples=res["num_samples"],
+                shards=res["shards"],
+                caption_counts=res["caption_counts"],
+                lang_counts=res["lang_counts"],
+            )
             logger.info("source %-12s %6d samples in %.1fs", d.name, res["num_samples"], time.perf_counter() - t)
         for d in SET_DECLS:
             t = time.perf_counter()
             info["downstream"][d.name]["split_sizes"] = write_set(d, tmp / "downstream" / d.name, seed, scale)
-            logger.info("set %-18s %s in %.1fs", d.name, info["downstream"][d.name]["split_sizes"],
-                        time.perf_counter() - t)
+            logger.info(
+                "set %-18s %s in %.1fs", d.name, info["downstream"][d.name]["split_sizes"], time.perf_counter() - t
+            )
         info["downstream"]["digits"]["split_sizes"] = write_digits(tmp / "downstream" / "digits", seed, scale)
         info["downstream"]["textures"]["split_sizes"] = write_textures(tmp / "downstream" / "textures", seed, scale)
         (tmp / WORLD_FILE).write_text(json.dumps(info, indent=1, sort_keys=True))

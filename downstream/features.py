@@ -82,8 +82,9 @@ def resize_options(meta: dict[str, Any]) -> dict[str, Any]:
     if meta.get("interpolation") is not None:
         interpolation = str(meta["interpolation"])
         if interpolation not in INTERPOLATIONS:
-            raise ValueError(f"checkpoint meta interpolation {interpolation!r} is not supported; "
-                             f"valid: {', '.join(INTERPOLATIONS)}")
+            raise ValueError(
+                f"checkpoint meta interpolation {interpolation!r} is not supported; valid: {', '.join(INTERPOLATIONS)}"
+            )
         out["interpolation"] = interpolation
     if meta.get("crop_pct") is not None:
         crop_pct = float(meta["crop_pct"])
@@ -104,11 +105,12 @@ def _resize_as_model(x: torch.Tensor, image_size: int, interpolation: str, crop_
     if (nh, nw) != (h, w):
         x = F.interpolate(x, size=(nh, nw), mode=mode, **aa)
     top, left = int(round((nh - image_size) / 2.0)), int(round((nw - image_size) / 2.0))
-    return x[..., top:top + image_size, left:left + image_size]
+    return x[..., top : top + image_size, left : left + image_size]
 
 
-def prepare_images(images: np.ndarray, image_size: int, *, interpolation: str | None = None,
-                   crop_pct: float | None = None) -> torch.Tensor:
+def prepare_images(
+    images: np.ndarray, image_size: int, *, interpolation: str | None = None, crop_pct: float | None = None
+) -> torch.Tensor:
     """uint8 ``[N, H, W, 3]`` images -> uint8 ``[N, 3, S, S]`` tensor at ``S = image_size``.
 
     Images already at the target size are only transposed; others are resized and rounded back
@@ -119,8 +121,9 @@ def prepare_images(images: np.ndarray, image_size: int, *, interpolation: str | 
     centre S x S is cropped, as timm's and open_clip's eval transforms do.
     """
     if not isinstance(images, np.ndarray) or images.dtype != np.uint8:
-        raise ValueError(f"images must be a uint8 numpy array, got {type(images).__name__} "
-                         f"{getattr(images, 'dtype', '')}")
+        raise ValueError(
+            f"images must be a uint8 numpy array, got {type(images).__name__} {getattr(images, 'dtype', '')}"
+        )
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"images must have shape [N, H, W, 3], got {images.shape}")
     if interpolation is not None and interpolation not in INTERPOLATIONS:
@@ -132,13 +135,14 @@ def prepare_images(images: np.ndarray, image_size: int, *, interpolation: str | 
         return x.contiguous()
     out = torch.empty((len(x), 3, image_size, image_size), dtype=torch.uint8)
     for start in range(0, len(x), _RESIZE_CHUNK):
-        chunk = x[start:start + _RESIZE_CHUNK].float()
+        chunk = x[start : start + _RESIZE_CHUNK].float()
         if interpolation is None:
-            chunk = F.interpolate(chunk, size=(image_size, image_size), mode="bilinear",
-                                  align_corners=False, antialias=True)
+            chunk = F.interpolate(
+                chunk, size=(image_size, image_size), mode="bilinear", align_corners=False, antialias=True
+            )
         else:
             chunk = _resize_as_model(chunk, image_size, interpolation, 1.0 if crop_pct is None else float(crop_pct))
-        out[start:start + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
+        out[start : start + _RESIZE_CHUNK] = chunk.round_().clamp_(0, 255).to(torch.uint8)
     return out
 
 
@@ -160,8 +164,15 @@ _FLUSH_ROWS = 1 << 16  # features kept on the device before one copy to the host
 
 
 @torch.inference_mode()
-def encode(encoder: nn.Module, images: torch.Tensor, meta: dict[str, Any], *, batch_size: int = 256,
-           device: torch.device | str = "cpu", precision: str = "auto") -> np.ndarray:
+def encode(
+    encoder: nn.Module,
+    images: torch.Tensor,
+    meta: dict[str, Any],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+) -> np.ndarray:
     """Features (float32 ``[N, D]``) of prepared uint8 images from :func:`prepare_images`.
 
     ``precision`` (:mod:`downstream.accel`): ``auto`` is bf16 autocast on a GPU, fp32 on a CPU.
@@ -180,7 +191,7 @@ def encode(encoder: nn.Module, images: torch.Tensor, meta: dict[str, Any], *, ba
     try:
         with accel.autocast(device, precision):
             for start in range(0, len(images), batch_size):
-                xb = normalise(accel.to_device(images[start:start + batch_size], device), mean, std)
+                xb = normalise(accel.to_device(images[start : start + batch_size], device), mean, std)
                 pending.append(encoder(accel.images_layout(xb)).float())
                 rows += len(xb)
                 if rows >= _FLUSH_ROWS:
@@ -200,10 +211,19 @@ def _atomic_savez(path: Path, **arrays: np.ndarray) -> None:
         np.savez(f, **arrays)
 
 
-def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: Path, *,
-                     batch_size: int = 256, num_threads: int = 1,
-                     device: torch.device | str | None = None, set_config: dict[str, Any] | None = None,
-                     data_dir: Path | None = None, precision: str = "auto") -> dict[str, Any]:
+def extract_features(
+    checkpoint: Path,
+    set_name: str,
+    data_root: Path,
+    out_dir: Path,
+    *,
+    batch_size: int = 256,
+    num_threads: int = 1,
+    device: torch.device | str | None = None,
+    set_config: dict[str, Any] | None = None,
+    data_dir: Path | None = None,
+    precision: str = "auto",
+) -> dict[str, Any]:
     """Encode every split of ``set_name`` with the encoder in ``checkpoint``; write the cache.
 
     ``set_config`` is the definition of a set declared in a spec (see ``downstream.sets``);
@@ -230,21 +250,31 @@ def extract_features(checkpoint: Path, set_name: str, data_root: Path, out_dir: 
             if class_names is None:
                 class_names = [str(c) for c in data.class_names]
             elif list(map(str, data.class_names)) != class_names:
-                raise ValueError(f"downstream set {set_name!r}: split {split!r} has different class names "
-                                 "from the train split")
+                raise ValueError(
+                    f"downstream set {set_name!r}: split {split!r} has different class names from the train split"
+                )
             labels = np.asarray(data.labels, dtype=np.int64)
             if len(labels) != len(data.images):
-                raise ValueError(f"downstream set {set_name!r} split {split!r}: {len(data.images)} images "
-                                 f"but {len(labels)} labels")
+                raise ValueError(
+                    f"downstream set {set_name!r} split {split!r}: {len(data.images)} images but {len(labels)} labels"
+                )
             t0 = time.perf_counter()
-            feats = encode(encoder, prepare_images(data.images, image_size, **resize), meta,
-                           batch_size=batch_size, device=device, precision=precision)
+            feats = encode(
+                encoder,
+                prepare_images(data.images, image_size, **resize),
+                meta,
+                batch_size=batch_size,
+                device=device,
+                precision=precision,
+            )
             encode_seconds += time.perf_counter() - t0
             if feats.shape[1] != int(meta["feature_dim"]):
-                raise ValueError(f"{checkpoint}: encoder gives {feats.shape[1]} features, meta says "
-                                 f"{meta['feature_dim']}")
-            _atomic_savez(out_dir / f"{split}.npz", features=feats, labels=labels,
-                          class_names=np.asarray(class_names, dtype=str))
+                raise ValueError(
+                    f"{checkpoint}: encoder gives {feats.shape[1]} features, meta says {meta['feature_dim']}"
+                )
+            _atomic_savez(
+                out_dir / f"{split}.npz", features=feats, labels=labels, class_names=np.asarray(class_names, dtype=str)
+            )
             counts[split] = int(len(labels))
             log.info("features %s/%s: %d x %d", set_name, split, *feats.shape)
     seconds = time.perf_counter() - started

@@ -109,7 +109,9 @@ class FinetuneResult:
     epoch: int  # selected epoch (1-based)
     val_score: float  # validation headline metric at the selection
     test: dict[str, float]  # top1, balanced_acc, score, loss of the selected weights
-    curve: list[dict[str, Any]]  # per epoch of the selected lr: epoch, train_loss, val_score, val_loss, lr, last_lr, seconds
+    curve: list[
+        dict[str, Any]
+    ]  # per epoch of the selected lr: epoch, train_loss, val_score, val_loss, lr, last_lr, seconds
     per_lr: list[dict[str, Any]] = field(default_factory=list)  # lr, best_epoch, best_val_score
     train_seconds: float = 0.0  # every lr's training and validation
     eval_seconds: float = 0.0  # the one test evaluation
@@ -151,8 +153,12 @@ def augment_batch(x: torch.Tensor, gen: torch.Generator, pad: int) -> torch.Tens
         ar = torch.arange(s, device=dev)
         rows = (oy[:, None] + ar)[:, None, :, None]  # [B, 1, S, 1]
         cols = (ox[:, None] + ar)[:, None, None, :]  # [B, 1, 1, S]
-        x = padded[torch.arange(b, device=dev)[:, None, None, None], torch.arange(3, device=dev)[None, :, None, None],
-                   rows, cols]
+        x = padded[
+            torch.arange(b, device=dev)[:, None, None, None],
+            torch.arange(3, device=dev)[None, :, None, None],
+            rows,
+            cols,
+        ]
     flip = (torch.rand(b, generator=gen) < 0.5).to(dev)
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
@@ -167,8 +173,10 @@ def _head(in_features: int, num_classes: int, init: tuple[np.ndarray, np.ndarray
         else:
             W, b = (np.asarray(v, dtype=np.float32) for v in init)
             if W.shape != (num_classes, in_features) or b.shape != (num_classes,):
-                raise ValueError(f"head_init must be W [{num_classes}, {in_features}] and b [{num_classes}], "
-                                 f"got {W.shape} and {b.shape}")
+                raise ValueError(
+                    f"head_init must be W [{num_classes}, {in_features}] and b [{num_classes}], "
+                    f"got {W.shape} and {b.shape}"
+                )
             head.weight.copy_(torch.from_numpy(W))
             head.bias.copy_(torch.from_numpy(b))
     return head
@@ -183,14 +191,28 @@ def loss_weights(labels: np.ndarray, num_classes: int, class_weight: str | None)
 
 
 @torch.inference_mode()
-def _evaluate(model: nn.Module, images: torch.Tensor, labels: np.ndarray, mean: torch.Tensor, std: torch.Tensor,
-              metric: str, batch_size: int, device: torch.device, precision: str = "auto") -> dict[str, float]:
+def _evaluate(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: np.ndarray,
+    mean: torch.Tensor,
+    std: torch.Tensor,
+    metric: str,
+    batch_size: int,
+    device: torch.device,
+    precision: str = "auto",
+) -> dict[str, float]:
     """Metrics of ``model`` on prepared images; logits stay on the device until one copy at the end."""
     model.eval()
     with accel.autocast(device, precision):
-        logits = torch.cat([model(accel.images_layout(normalise(accel.to_device(images[i:i + batch_size], device),
-                                                                mean, std))).float()
-                            for i in range(0, len(images), batch_size)]).cpu()
+        logits = torch.cat(
+            [
+                model(
+                    accel.images_layout(normalise(accel.to_device(images[i : i + batch_size], device), mean, std))
+                ).float()
+                for i in range(0, len(images), batch_size)
+            ]
+        ).cpu()
     out = all_metrics(labels, logits.argmax(dim=1).numpy())
     out["score"] = out[metric]
     out["loss"] = float(F.cross_entropy(logits, torch.from_numpy(labels)))
@@ -210,12 +232,24 @@ def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
-def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
-             validation: tuple[np.ndarray, np.ndarray], test: tuple[np.ndarray, np.ndarray], *,
-             num_classes: int, metric: str = "top1", config: FinetuneConfig = FinetuneConfig(),
-             device: torch.device | str | None = None, num_threads: int = 1,
-             head_init: tuple[np.ndarray, np.ndarray] | None = None, feature_dim: int | None = None,
-             class_weight: str | None = None, pretrained: bool = True, precision: str = "auto") -> FinetuneResult:
+def finetune(
+    encoder: nn.Module,
+    meta: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+    *,
+    num_classes: int,
+    metric: str = "top1",
+    config: FinetuneConfig = FinetuneConfig(),
+    device: torch.device | str | None = None,
+    num_threads: int = 1,
+    head_init: tuple[np.ndarray, np.ndarray] | None = None,
+    feature_dim: int | None = None,
+    class_weight: str | None = None,
+    pretrained: bool = True,
+    precision: str = "auto",
+) -> FinetuneResult:
     """Fine-tune ``encoder`` (left unmodified; each lr trains a copy) and score the selection on test.
 
     ``train``, ``validation`` and ``test`` are ``(images uint8 [N, H, W, 3], labels int64 [N])``;
@@ -246,9 +280,23 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
     accel.check_precision(precision)
 
     with torch_threads(num_threads):
-        run = _set_up(encoder, meta, train, validation, cfg, device, weights, bn_frozen, size=size, resize=resize,
-                      precision=precision, metric=metric, num_classes=int(num_classes), head_init=head_init,
-                      feature_dim=feature_dim)
+        run = _set_up(
+            encoder,
+            meta,
+            train,
+            validation,
+            cfg,
+            device,
+            weights,
+            bn_frozen,
+            size=size,
+            resize=resize,
+            precision=precision,
+            metric=metric,
+            num_classes=int(num_classes),
+            head_init=head_init,
+            feature_dim=feature_dim,
+        )
         started = time.perf_counter()
         start_point, best = _start_point(run)
         per_lr: list[dict[str, Any]] = []
@@ -262,17 +310,39 @@ def finetune(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, 
         test_metrics = _test_selected(run, best, test)
         eval_seconds = time.perf_counter() - t0
 
-    hparams = {"lr": best["lr"], "epoch": best["epoch"], "lrs": [float(v) for v in cfg.lrs], "epochs": run.epochs,
-               "epochs_requested": cfg.epochs, "min_steps": cfg.min_steps, "steps_per_epoch": run.steps_per_epoch,
-               "batch_size": run.batch_size, "weight_decay": cfg.weight_decay, "warmup_steps": run.warmup,
-               "total_steps": run.total_steps, "grad_clip": cfg.grad_clip, "augment": cfg.augment,
-               "bn": "frozen" if bn_frozen else "train", "selected_start": best["epoch"] == 0,
-               "start_val_score": None if start_point is None else start_point["val_score"],
-               "num_train": run.n, "per_lr": per_lr, "head_init": "zero" if head_init is None else "given",
-               "class_weight": class_weight}
-    return FinetuneResult(lr=best["lr"], epoch=best["epoch"], val_score=best["val_score"], test=test_metrics,
-                          curve=best["curve"], per_lr=per_lr, train_seconds=train_seconds,
-                          eval_seconds=eval_seconds, hparams=hparams)
+    hparams = {
+        "lr": best["lr"],
+        "epoch": best["epoch"],
+        "lrs": [float(v) for v in cfg.lrs],
+        "epochs": run.epochs,
+        "epochs_requested": cfg.epochs,
+        "min_steps": cfg.min_steps,
+        "steps_per_epoch": run.steps_per_epoch,
+        "batch_size": run.batch_size,
+        "weight_decay": cfg.weight_decay,
+        "warmup_steps": run.warmup,
+        "total_steps": run.total_steps,
+        "grad_clip": cfg.grad_clip,
+        "augment": cfg.augment,
+        "bn": "frozen" if bn_frozen else "train",
+        "selected_start": best["epoch"] == 0,
+        "start_val_score": None if start_point is None else start_point["val_score"],
+        "num_train": run.n,
+        "per_lr": per_lr,
+        "head_init": "zero" if head_init is None else "given",
+        "class_weight": class_weight,
+    }
+    return FinetuneResult(
+        lr=best["lr"],
+        epoch=best["epoch"],
+        val_score=best["val_score"],
+        test=test_metrics,
+        curve=best["curve"],
+        per_lr=per_lr,
+        train_seconds=train_seconds,
+        eval_seconds=eval_seconds,
+        hparams=hparams,
+    )
 
 
 @dataclass
@@ -306,9 +376,17 @@ class _Tuning:
     pad: int
 
 
-def _set_up(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, np.ndarray],
-            validation: tuple[np.ndarray, np.ndarray], cfg: FinetuneConfig, device: torch.device,
-            weights: torch.Tensor | None, bn_frozen: bool, **settings: Any) -> _Tuning:
+def _set_up(
+    encoder: nn.Module,
+    meta: dict[str, Any],
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    cfg: FinetuneConfig,
+    device: torch.device,
+    weights: torch.Tensor | None,
+    bn_frozen: bool,
+    **settings: Any,
+) -> _Tuning:
     """Prepare the training and validation images on the device and derive the schedule."""
     size, resize = settings["size"], settings["resize"]
     mean, std = meta_stats(meta, device)
@@ -324,22 +402,41 @@ def _set_up(encoder: nn.Module, meta: dict[str, Any], train: tuple[np.ndarray, n
     epochs = cfg.epochs_for(steps_per_epoch)
     total_steps = epochs * steps_per_epoch
     warmup = min(cfg.warmup_steps, math.ceil(cfg.warmup_fraction * total_steps))
-    return _Tuning(encoder=encoder, cfg=cfg, device=device, mean=mean, std=std,
-                   x_train=x_train, y_train=y_train, x_val=x_val, val_labels=validation[1], weights=weights,
-                   bn_frozen=bn_frozen, n=n, batch_size=batch_size, steps_per_epoch=steps_per_epoch, epochs=epochs,
-                   total_steps=total_steps, warmup=warmup, pad=size // 8 if cfg.augment else 0, **settings)
+    return _Tuning(
+        encoder=encoder,
+        cfg=cfg,
+        device=device,
+        mean=mean,
+        std=std,
+        x_train=x_train,
+        y_train=y_train,
+        x_val=x_val,
+        val_labels=validation[1],
+        weights=weights,
+        bn_frozen=bn_frozen,
+        n=n,
+        batch_size=batch_size,
+        steps_per_epoch=steps_per_epoch,
+        epochs=epochs,
+        total_steps=total_steps,
+        warmup=warmup,
+        pad=size // 8 if cfg.augment else 0,
+        **settings,
+    )
 
 
 def _new_model(run: _Tuning, head_init: tuple[np.ndarray, np.ndarray] | None) -> nn.Module:
     """A copy of the encoder with a fresh head, on the device."""
-    return accel.prepare_model(nn.Sequential(copy.deepcopy(run.encoder),
-                                             _head(run.feature_dim, run.num_classes, head_init)), run.device)
+    return accel.prepare_model(
+        nn.Sequential(copy.deepcopy(run.encoder), _head(run.feature_dim, run.num_classes, head_init)), run.device
+    )
 
 
 def _validate(run: _Tuning, model: nn.Module) -> dict[str, float]:
     cfg = run.cfg
-    return _evaluate(model, run.x_val, run.val_labels, run.mean, run.std, run.metric, cfg.eval_batch_size,
-                     run.device, run.precision)
+    return _evaluate(
+        model, run.x_val, run.val_labels, run.mean, run.std, run.metric, cfg.eval_batch_size, run.device, run.precision
+    )
 
 
 def _start_point(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
@@ -349,14 +446,27 @@ def _start_point(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any] | 
     # the starting point is a candidate: selection never falls below it
     model = _new_model(run, run.head_init)
     val = _validate(run, model)
-    start_point = {"epoch": 0, "train_loss": float("nan"), "val_score": val["score"], "val_top1": val["top1"],
-                   "val_loss": val["loss"], "lr": 0.0, "last_lr": 0.0, "seconds": 0.0}
+    start_point = {
+        "epoch": 0,
+        "train_loss": float("nan"),
+        "val_score": val["score"],
+        "val_top1": val["top1"],
+        "val_loss": val["loss"],
+        "lr": 0.0,
+        "last_lr": 0.0,
+        "seconds": 0.0,
+    }
     best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
     return start_point, best
 
 
-def _train_lr(run: _Tuning, lr: float, start_point: dict[str, Any] | None, best: dict[str, Any] | None,
-              per_lr: list[dict[str, Any]]) -> dict[str, Any] | None:
+def _train_lr(
+    run: _Tuning,
+    lr: float,
+    start_point: dict[str, Any] | None,
+    best: dict[str, Any] | None,
+    per_lr: list[dict[str, Any]],
+) -> dict[str, Any] | None:
     """Train one lr for every epoch, validating each; append its best epoch to ``per_lr`` and
     return the best candidate so far (``best`` or one of this lr's epochs)."""
     cfg = run.cfg
@@ -372,12 +482,21 @@ def _train_lr(run: _Tuning, lr: float, start_point: dict[str, Any] | None, best:
         if not math.isfinite(train_loss):
             log.warning("fine-tuning diverged at lr=%g epoch %d (non-finite loss)", lr, epoch)
         val = _validate(run, model)
-        curve.append({"epoch": epoch, "train_loss": train_loss, "val_score": val["score"],
-                      "val_top1": val["top1"],
-                      "val_loss": val["loss"], "lr": lr, "last_lr": float(sched.get_last_lr()[0]),
-                      "seconds": time.perf_counter() - t0})
-        log.debug("finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch,
-                  train_loss, run.metric, val["score"])
+        curve.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "val_score": val["score"],
+                "val_top1": val["top1"],
+                "val_loss": val["loss"],
+                "lr": lr,
+                "last_lr": float(sched.get_last_lr()[0]),
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        log.debug(
+            "finetune lr=%g epoch %d: train loss %.4f, val %s %.4f", lr, epoch, train_loss, run.metric, val["score"]
+        )
         if lr_best is None or val["score"] > lr_best[1]:
             lr_best = (epoch, val["score"])
         if best is None or val["score"] > best["val_score"]:
@@ -390,8 +509,13 @@ def _train_lr(run: _Tuning, lr: float, start_point: dict[str, Any] | None, best:
     return best
 
 
-def _train_epoch(run: _Tuning, model: nn.Module, opt: torch.optim.Optimizer,
-                 sched: torch.optim.lr_scheduler.LRScheduler, gen: torch.Generator) -> float:
+def _train_epoch(
+    run: _Tuning,
+    model: nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    gen: torch.Generator,
+) -> float:
     """One epoch of optimisation steps over shuffled (and augmented) batches; the mean train loss."""
     cfg, device = run.cfg, run.device
     _set_train(model, run.bn_frozen)
@@ -417,5 +541,14 @@ def _test_selected(run: _Tuning, best: dict[str, Any], test: tuple[np.ndarray, n
     """The selected weights' metrics on the test split."""
     model = _new_model(run, None)
     model.load_state_dict(best["state"])
-    return _evaluate(model, prepare_images(test[0], run.size, **run.resize), test[1], run.mean, run.std, run.metric,
-                     run.cfg.eval_batch_size, run.device, run.precision)
+    return _evaluate(
+        model,
+        prepare_images(test[0], run.size, **run.resize),
+        test[1],
+        run.mean,
+        run.std,
+        run.metric,
+        run.cfg.eval_batch_size,
+        run.device,
+        run.precision,
+    )

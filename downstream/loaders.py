@@ -97,6 +97,7 @@ class _PathStorage(SetStorage):
 
 # --------------------------------------------------------------------------------------- helpers
 
+
 def _mtime(p: Path) -> int:
     try:
         return p.stat().st_mtime_ns
@@ -111,17 +112,26 @@ def _map_names(set_name: str, found: list[str], override: tuple[str, ...] | None
     if len(override) != len(found):
         raise DataFormatError(
             f"downstream set {set_name!r}: class_names lists {len(override)} names but the data has "
-            f"{len(found)} classes ({what}); give one name per class, in label order")
+            f"{len(found)} classes ({what}); give one name per class, in label order"
+        )
     return list(override)
 
 
 # --------------------------------------------------------------------------------------- Hugging Face
 
+
 class HFStorage(SetStorage):
     """A DatasetDict from ``save_to_disk``, or the splits of a dataset in the local HF cache."""
 
-    def __init__(self, entry: "DownstreamSet", kind: str, location: str, splits: dict[str, Any],
-                 fingerprint: tuple, extra: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        entry: "DownstreamSet",
+        kind: str,
+        location: str,
+        splits: dict[str, Any],
+        fingerprint: tuple,
+        extra: dict[str, Any] | None = None,
+    ):
         self.entry = entry
         self.kind = kind
         self.location = location
@@ -136,8 +146,10 @@ class HFStorage(SetStorage):
     # -- plumbing
     def _ds(self, split: str):
         if split not in self._splits:
-            raise DataFormatError(f"downstream set {self.entry.name!r} at {self.location} has no split {split!r}; "
-                                  f"it has: {', '.join(self._splits)}")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r} at {self.location} has no split {split!r}; "
+                f"it has: {', '.join(self._splits)}"
+            )
         ds = self._splits[split]
         if callable(ds):
             with self._lock:
@@ -167,35 +179,46 @@ class HFStorage(SetStorage):
         img = e.image_key or "image"
         if img not in feats:
             if not lenient:
-                raise DataFormatError(f"downstream set {e.name!r}: image_key {img!r} is not a column of "
-                                      f"{self.location} (columns: {', '.join(feats)}); set image_key to the image "
-                                      f"column")
+                raise DataFormatError(
+                    f"downstream set {e.name!r}: image_key {img!r} is not a column of "
+                    f"{self.location} (columns: {', '.join(feats)}); set image_key to the image "
+                    f"column"
+                )
             cands = [c for c, f in feats.items() if isinstance(f, datasets.Image)]
             cands = cands or [c for c in ("image", "img") if c in feats]
             if len(cands) != 1:
-                raise DataFormatError(f"downstream set {e.name!r}: cannot tell which column of {self.location} holds "
-                                      f"the images (columns: {', '.join(feats)}); set image_key")
+                raise DataFormatError(
+                    f"downstream set {e.name!r}: cannot tell which column of {self.location} holds "
+                    f"the images (columns: {', '.join(feats)}); set image_key"
+                )
             img = cands[0]
         lab = e.label_key or "label"
         if lab not in feats:
             if not (e.origin == "real" or e.label_key is None):
-                raise DataFormatError(f"downstream set {e.name!r}: label_key {lab!r} is not a column of "
-                                      f"{self.location} (columns: {', '.join(feats)}); set label_key to the label "
-                                      f"column")
+                raise DataFormatError(
+                    f"downstream set {e.name!r}: label_key {lab!r} is not a column of "
+                    f"{self.location} (columns: {', '.join(feats)}); set label_key to the label "
+                    f"column"
+                )
             cands = [c for c, f in feats.items() if isinstance(f, datasets.ClassLabel)]
             if len(cands) != 1:
-                raise DataFormatError(f"downstream set {e.name!r}: cannot tell which column of {self.location} holds "
-                                      f"the labels (columns: {', '.join(feats)}); set label_key")
+                raise DataFormatError(
+                    f"downstream set {e.name!r}: cannot tell which column of {self.location} holds "
+                    f"the labels (columns: {', '.join(feats)}); set label_key"
+                )
             lab = cands[0]
         feat = feats[lab]
         if isinstance(feat, datasets.ClassLabel):
             pass
-        elif isinstance(feat, datasets.Value) and (feat.dtype.startswith("int") or feat.dtype.startswith("uint")
-                                                   or feat.dtype in ("string", "large_string")):
+        elif isinstance(feat, datasets.Value) and (
+            feat.dtype.startswith("int") or feat.dtype.startswith("uint") or feat.dtype in ("string", "large_string")
+        ):
             pass
         else:
-            raise DataFormatError(f"downstream set {e.name!r}: label column {lab!r} of {self.location} is {feat!r}; "
-                                  f"expected a ClassLabel, integers or strings")
+            raise DataFormatError(
+                f"downstream set {e.name!r}: label column {lab!r} of {self.location} is {feat!r}; "
+                f"expected a ClassLabel, integers or strings"
+            )
         self._cols = (img, lab, feat)
         return self._cols
 
@@ -214,15 +237,19 @@ class HFStorage(SetStorage):
                 if col not in ds.features and self.entry.origin == "real":
                     continue  # a copy saved with only the wanted rows (e.g. one DomainNet domain)
                 if col not in ds.features:
-                    raise DataFormatError(f"downstream set {self.entry.name!r}: where names column {col!r}, which "
-                                          f"{self.location} split {split!r} does not have "
-                                          f"(columns: {', '.join(ds.features)})")
+                    raise DataFormatError(
+                        f"downstream set {self.entry.name!r}: where names column {col!r}, which "
+                        f"{self.location} split {split!r} does not have "
+                        f"(columns: {', '.join(ds.features)})"
+                    )
                 values = self._arrow(split, col).to_pylist()
                 feat = ds.features[col]
                 if isinstance(feat, datasets.ClassLabel) and isinstance(want, str):
                     if want not in feat.names:
-                        raise DataFormatError(f"downstream set {self.entry.name!r}: where {col}={want!r}, but {col!r} "
-                                              f"has only the values {', '.join(feat.names)}")
+                        raise DataFormatError(
+                            f"downstream set {self.entry.name!r}: where {col}={want!r}, but {col!r} "
+                            f"has only the values {', '.join(feat.names)}"
+                        )
                     want = feat.names.index(want)
                 mask &= np.asarray([v == want for v in values], dtype=bool)
             rows = np.flatnonzero(mask)
@@ -247,8 +274,9 @@ class HFStorage(SetStorage):
             if e.class_names is not None:
                 missing = [v for v in found if v not in e.class_names]
                 if missing:
-                    raise DataFormatError(f"downstream set {e.name!r}: labels {missing[:5]} of column {lab!r} are "
-                                          f"not in class_names")
+                    raise DataFormatError(
+                        f"downstream set {e.name!r}: labels {missing[:5]} of column {lab!r} are not in class_names"
+                    )
                 names = list(e.class_names)
             else:
                 names = found
@@ -257,7 +285,8 @@ class HFStorage(SetStorage):
                 raise DataFormatError(
                     f"downstream set {e.name!r}: column {lab!r} of {self.location} holds plain integers, so the class "
                     f"names are unknown; list them in class_names (in label order), or save the labels as a "
-                    f"datasets.ClassLabel")
+                    f"datasets.ClassLabel"
+                )
             names = list(e.class_names)
         self._names = names
         return names
@@ -284,9 +313,11 @@ class HFStorage(SetStorage):
         bad = (y < 0) | (y >= len(names))
         if bad.any():
             example = raw[int(np.argmax(bad))]
-            raise DataFormatError(f"downstream set {self.entry.name!r}: split {split!r} of {self.location} has "
-                                  f"{int(bad.sum())} examples without a valid label (e.g. {example!r}; "
-                                  f"{len(names)} classes); map a labelled split with splits")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: split {split!r} of {self.location} has "
+                f"{int(bad.sum())} examples without a valid label (e.g. {example!r}; "
+                f"{len(names)} classes); map a labelled split with splits"
+            )
         return y
 
     def payloads(self, split: str, rows: np.ndarray) -> list:
@@ -305,13 +336,17 @@ class HFStorage(SetStorage):
         elif pa.types.is_binary(sub.type) or pa.types.is_large_binary(sub.type):
             blobs, paths = sub.to_pylist(), [None] * len(sub)
         else:
-            raise DataFormatError(f"downstream set {self.entry.name!r}: column {img!r} of {self.location} is not an "
-                                  f"image column ({sub.type})")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: column {img!r} of {self.location} is not an "
+                f"image column ({sub.type})"
+            )
         out = []
         for b, p in zip(blobs, paths):
             if b is None and not p:
-                raise DataFormatError(f"downstream set {self.entry.name!r}: an image of {self.location} split "
-                                      f"{split!r} has neither bytes nor a path")
+                raise DataFormatError(
+                    f"downstream set {self.entry.name!r}: an image of {self.location} split "
+                    f"{split!r} has neither bytes nor a path"
+                )
             out.append(b if b is not None else p)
         return out
 
@@ -379,11 +414,19 @@ def open_hub_cached(entry: "DownstreamSet", hub_id: str, config_name: str | None
     level = log.level
     log.setLevel(logging.ERROR)
     try:
-        builder = Cache(cache_dir=str(cache_dir), dataset_name=hub_id.split("/")[-1], repo_id=hub_id,
-                        config_name=config_name, version="auto", hash="auto")
+        builder = Cache(
+            cache_dir=str(cache_dir),
+            dataset_name=hub_id.split("/")[-1],
+            repo_id=hub_id,
+            config_name=config_name,
+            version="auto",
+            hash="auto",
+        )
     except ValueError as exc:  # no cache for this config, or several configs and none named
-        raise DataFormatError(f"downstream set {entry.name!r}: the Hugging Face cache at {root} holds {hub_id!r} but "
-                              f"not as asked: {exc}. Set config_name to one of the cached configurations") from None
+        raise DataFormatError(
+            f"downstream set {entry.name!r}: the Hugging Face cache at {root} holds {hub_id!r} but "
+            f"not as asked: {exc}. Set config_name to one of the cached configurations"
+        ) from None
     finally:
         log.setLevel(level)
     infos = builder.info.splits or {}
@@ -397,11 +440,13 @@ def open_hub_cached(entry: "DownstreamSet", hub_id: str, config_name: str | None
 
     splits = {s: loader(s) for s in names}
     fp = ("hf_hub", str(cache), _mtime(cache / "dataset_info.json"))
-    return HFStorage(entry, "hf_hub", hub_id, splits, fp,
-                    extra={"config_name": builder.config.name, "cache": str(cache)})
+    return HFStorage(
+        entry, "hf_hub", hub_id, splits, fp, extra={"config_name": builder.config.name, "cache": str(cache)}
+    )
 
 
 # --------------------------------------------------------------------------------------- image folder
+
 
 def _is_image(name: str) -> bool:
     return not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
@@ -427,17 +472,23 @@ class FolderStorage(_PathStorage):
     def __init__(self, entry: "DownstreamSet", path: Path):
         super().__init__(entry, path)
         if not path.is_dir():
-            raise DataNotFoundError(f"downstream set {entry.name!r}: image folder {path} does not exist; "
-                                    f"provide {path}/<split>/<class name>/<image files>")
+            raise DataNotFoundError(
+                f"downstream set {entry.name!r}: image folder {path} does not exist; "
+                f"provide {path}/<split>/<class name>/<image files>"
+            )
         self._split_dirs = {d.name: d for d in _subdirs(path) if _subdirs(d)}
         if not self._split_dirs:
             loose = [p.name for p in path.iterdir() if p.is_file() and _is_image(p.name)][:3] if path.is_dir() else []
-            what = (f"image files directly in it ({', '.join(loose)}, ...)" if loose
-                    else "no split folders holding class folders")
+            what = (
+                f"image files directly in it ({', '.join(loose)}, ...)"
+                if loose
+                else "no split folders holding class folders"
+            )
             raise DataFormatError(
                 f"downstream set {entry.name!r}: {path} is not an image folder: found {what}. Expected "
                 f"{path}/<split>/<class name>/<image files>, e.g. {path}/train/cat/0001.jpg and "
-                f"{path}/test/cat/0002.jpg")
+                f"{path}/test/cat/0002.jpg"
+            )
         self._files: dict[str, tuple[list[str], np.ndarray]] = {}
         self._names: list[str] | None = None
 
@@ -452,7 +503,8 @@ class FolderStorage(_PathStorage):
                 if extra:
                     raise DataFormatError(
                         f"downstream set {self.entry.name!r}: class folders {extra[:5]} under {self.path} are not in "
-                        f"class_names; for an image folder, class_names lists the folder names in label order")
+                        f"class_names; for an image folder, class_names lists the folder names in label order"
+                    )
                 self._names = list(self.entry.class_names)
             else:
                 self._names = found
@@ -462,13 +514,17 @@ class FolderStorage(_PathStorage):
         if split in self._files:
             return self._files[split]
         if split not in self._split_dirs:
-            raise DataFormatError(f"downstream set {self.entry.name!r}: {self.path} has no split folder {split!r}; "
-                                  f"it has: {', '.join(self._split_dirs)}")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: {self.path} has no split folder {split!r}; "
+                f"it has: {', '.join(self._split_dirs)}"
+            )
         d = self._split_dirs[split]
         loose = [p.name for p in d.iterdir() if p.is_file() and _is_image(p.name)]
         if loose:
-            raise DataFormatError(f"downstream set {self.entry.name!r}: image files directly in {d} ({loose[0]}, ...); "
-                                  f"put each image in the folder of its class: {d}/<class name>/<image file>")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: image files directly in {d} ({loose[0]}, ...); "
+                f"put each image in the folder of its class: {d}/<class name>/<image file>"
+            )
         index = {n: i for i, n in enumerate(self.class_names())}
         files: list[str] = []
         labels: list[int] = []
@@ -480,8 +536,10 @@ class FolderStorage(_PathStorage):
                         files.append(os.path.join(root, n))
                         labels.append(index[c.name])
         if not files:
-            raise DataFormatError(f"downstream set {self.entry.name!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
-                                  f"under {d}/<class name>/")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: no image files ({', '.join(IMAGE_EXTENSIONS)}) "
+                f"under {d}/<class name>/"
+            )
         out = (files, np.asarray(labels, dtype=np.int64))
         self._files[split] = out
         return out
@@ -502,6 +560,7 @@ class FolderStorage(_PathStorage):
 
 
 # --------------------------------------------------------------------------------------- webdataset
+
 
 def _split_key(name: str) -> tuple[str, str]:
     """webdataset's convention: the key is the path up to the first dot of the basename."""
@@ -527,8 +586,9 @@ class WdsStorage(_PathStorage):
 
     def __init__(self, entry: "DownstreamSet", path: Path):
         super().__init__(entry, path)
-        self.image_exts = [x.strip().lower().lstrip(".") for x in (entry.image_key or DEFAULT_WDS_IMAGE_KEY).split(";")
-                           if x.strip()]
+        self.image_exts = [
+            x.strip().lower().lstrip(".") for x in (entry.image_key or DEFAULT_WDS_IMAGE_KEY).split(";") if x.strip()
+        ]
         self.label_ext = (entry.label_key or DEFAULT_WDS_LABEL_KEY).lower().lstrip(".")
         self._shards: dict[str, _Shards] = {}
         explicit = dict(entry.splits or {})
@@ -541,16 +601,22 @@ class WdsStorage(_PathStorage):
                 self._shards[d.name] = _Shards(tars)
         if not self._shards:
             if not path.is_dir():
-                raise DataNotFoundError(f"downstream set {entry.name!r}: webdataset folder {path} does not exist; "
-                                        f"provide shards {path}/<split>/*.tar")
-            raise DataFormatError(f"downstream set {entry.name!r}: no webdataset shards under {path}; expected "
-                                  f"{path}/<split>/*.tar (e.g. {path}/train/000000.tar), or map each split to a "
-                                  f"brace pattern in splits, e.g. {{train: 'train-{{000000..000009}}.tar'}}")
+                raise DataNotFoundError(
+                    f"downstream set {entry.name!r}: webdataset folder {path} does not exist; "
+                    f"provide shards {path}/<split>/*.tar"
+                )
+            raise DataFormatError(
+                f"downstream set {entry.name!r}: no webdataset shards under {path}; expected "
+                f"{path}/<split>/*.tar (e.g. {path}/train/000000.tar), or map each split to a "
+                f"brace pattern in splits, e.g. {{train: 'train-{{000000..000009}}.tar'}}"
+            )
         for name, sh in self._shards.items():
             missing = [str(f) for f in sh.files if not f.is_file()]
             if missing or not sh.files:
-                raise DataNotFoundError(f"downstream set {entry.name!r}: split {name!r} names shards that do not "
-                                        f"exist: {', '.join(missing[:3]) or '(none)'}")
+                raise DataNotFoundError(
+                    f"downstream set {entry.name!r}: split {name!r} names shards that do not "
+                    f"exist: {', '.join(missing[:3]) or '(none)'}"
+                )
         self._names: list[str] | None = None
 
     def split_names(self) -> list[str]:
@@ -585,15 +651,21 @@ class WdsStorage(_PathStorage):
         if found is None and self.entry.class_names is None:
             raise DataFormatError(
                 f"downstream set {self.entry.name!r}: no class names for the shards under {self.path}; write "
-                f"{self.path}/classes.txt (one name per line, in label order) or list them in class_names")
-        self._names = list(self.entry.class_names) if found is None else _map_names(
-            self.entry.name, found, self.entry.class_names, str(f))
+                f"{self.path}/classes.txt (one name per line, in label order) or list them in class_names"
+            )
+        self._names = (
+            list(self.entry.class_names)
+            if found is None
+            else _map_names(self.entry.name, found, self.entry.class_names, str(f))
+        )
         return self._names
 
     def _read(self, split: str, with_images: bool) -> _Shards:
         if split not in self._shards:
-            raise DataFormatError(f"downstream set {self.entry.name!r}: no shards for split {split!r} under "
-                                  f"{self.path}; it has: {', '.join(self._shards)}")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: no shards for split {split!r} under "
+                f"{self.path}; it has: {', '.join(self._shards)}"
+            )
         sh = self._shards[split]
         if sh.labels is not None and (sh.images is not None or not with_images):
             return sh
@@ -609,18 +681,24 @@ class WdsStorage(_PathStorage):
                     return
                 img = next((sample[x] for x in self.image_exts if x in sample), None)
                 if img is None:
-                    raise DataFormatError(f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no image "
-                                          f"under {';'.join(self.image_exts)} (it has: {', '.join(sorted(sample))}); "
-                                          f"set image_key")
+                    raise DataFormatError(
+                        f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no image "
+                        f"under {';'.join(self.image_exts)} (it has: {', '.join(sorted(sample))}); "
+                        f"set image_key"
+                    )
                 if self.label_ext not in sample:
-                    raise DataFormatError(f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no "
-                                          f"label under {self.label_ext!r} (it has: {', '.join(sorted(sample))}); "
-                                          f"set label_key")
+                    raise DataFormatError(
+                        f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no "
+                        f"label under {self.label_ext!r} (it has: {', '.join(sorted(sample))}); "
+                        f"set label_key"
+                    )
                 try:
                     labels.append(int(sample[self.label_ext].decode().strip()))
                 except ValueError:
-                    raise DataFormatError(f"downstream set {self.entry.name!r}: sample {key!r} in {shard}: label "
-                                          f"{sample[self.label_ext][:20]!r} is not an integer") from None
+                    raise DataFormatError(
+                        f"downstream set {self.entry.name!r}: sample {key!r} in {shard}: label "
+                        f"{sample[self.label_ext][:20]!r} is not an integer"
+                    ) from None
                 keys.append(key)
                 if with_images:
                     images.append(img)
@@ -648,8 +726,10 @@ class WdsStorage(_PathStorage):
         n = len(self.class_names())
         bad = (sh.labels < 0) | (sh.labels >= n)
         if bad.any():
-            raise DataFormatError(f"downstream set {self.entry.name!r}: split {split!r} has labels outside 0..{n - 1} "
-                                  f"(e.g. {int(sh.labels[bad][0])}); the class list has {n} names")
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: split {split!r} has labels outside 0..{n - 1} "
+                f"(e.g. {int(sh.labels[bad][0])}); the class list has {n} names"
+            )
         return sh
 
     def labels(self, split: str) -> np.ndarray:
@@ -686,6 +766,7 @@ def _expand(base: Path, pattern: str) -> list[Path]:
 
 # --------------------------------------------------------------------------------------- finding the data
 
+
 def resolve_path(location: str, data_dir: Path) -> Path:
     p = Path(os.path.expandvars(location)).expanduser()
     return p if p.is_absolute() else data_dir / p
@@ -719,8 +800,10 @@ def open_set_storage(entry: "DownstreamSet", data_dir: Path) -> SetStorage:
                 return WdsStorage(entry, path)
         state = "is not a saved dataset, an image folder or webdataset shards" if path.is_dir() else "does not exist"
         if entry.origin == "real":
-            looked.append(f"{path} (a dataset saved with save_to_disk, an image folder <split>/<class name>/<images>, "
-                          f"or webdataset shards <split>/*.tar): {state}")
+            looked.append(
+                f"{path} (a dataset saved with save_to_disk, an image folder <split>/<class name>/<images>, "
+                f"or webdataset shards <split>/*.tar): {state}"
+            )
         else:
             looked.append(f"{path} (a dataset saved with save_to_disk: dataset_dict.json): {state}")
     else:
@@ -736,8 +819,10 @@ def _from_hub_cache(entry: "DownstreamSet", dataset_id: str, looked: list[str]) 
     """The set from the local Hugging Face cache (read offline), else None with the place noted in ``looked``."""
     src = open_hub_cached(entry, dataset_id, entry.config_name)
     if src is None:
-        looked.append(f"the Hugging Face datasets cache {hub_cache_path(dataset_id)} (dataset {dataset_id!r}; "
-                      f"read offline, nothing is downloaded): not there")
+        looked.append(
+            f"the Hugging Face datasets cache {hub_cache_path(dataset_id)} (dataset {dataset_id!r}; "
+            f"read offline, nothing is downloaded): not there"
+        )
     return src
 
 
@@ -751,28 +836,39 @@ def _absent_message(entry: "DownstreamSet", data_dir: Path, looked: list[str], p
     n = 0
     if path is not None and entry.format in ("hf_disk",) and hub:
         n += 1
-        lines.append(f"  {n}. a saved Hugging Face dataset (run once where the hub is reachable): python -c \"import "
-                     f"datasets; datasets.load_dataset({hub!r}{cfg}).save_to_disk('{path}')\"")
+        lines.append(
+            f'  {n}. a saved Hugging Face dataset (run once where the hub is reachable): python -c "import '
+            f"datasets; datasets.load_dataset({hub!r}{cfg}).save_to_disk('{path}')\""
+        )
     elif path is not None and entry.format == "hf_disk":
         n += 1
-        lines.append(f"  {n}. a saved Hugging Face dataset: DatasetDict({{'train': ..., 'test': ...}})"
-                     f".save_to_disk('{path}') with an image column and a ClassLabel label column")
+        lines.append(
+            f"  {n}. a saved Hugging Face dataset: DatasetDict({{'train': ..., 'test': ...}})"
+            f".save_to_disk('{path}') with an image column and a ClassLabel label column"
+        )
     if hub:
         n += 1
-        lines.append(f"  {n}. the dataset in the local Hugging Face cache: python -c \"import datasets; "
-                     f"datasets.load_dataset({hub!r}{cfg})\" (with the same HF_DATASETS_CACHE as here)")
+        lines.append(
+            f'  {n}. the dataset in the local Hugging Face cache: python -c "import datasets; '
+            f'datasets.load_dataset({hub!r}{cfg})" (with the same HF_DATASETS_CACHE as here)'
+        )
     if path is not None and (entry.format == "imagefolder" or entry.origin == "real"):
         n += 1
-        lines.append(f"  {n}. an image folder {path}/<split>/<class name>/<image files>, splits train and test "
-                     f"(validation is optional: without it one is carved from train)")
+        lines.append(
+            f"  {n}. an image folder {path}/<split>/<class name>/<image files>, splits train and test "
+            f"(validation is optional: without it one is carved from train)"
+        )
     if path is not None and entry.format == "wds":
         n += 1
-        lines.append(f"  {n}. webdataset shards {path}/<split>/*.tar with an image "
-                     f"({entry.image_key or DEFAULT_WDS_IMAGE_KEY}) and an integer label "
-                     f"({entry.label_key or DEFAULT_WDS_LABEL_KEY}) per sample, and {path}/classes.txt")
+        lines.append(
+            f"  {n}. webdataset shards {path}/<split>/*.tar with an image "
+            f"({entry.image_key or DEFAULT_WDS_IMAGE_KEY}) and an integer label "
+            f"({entry.label_key or DEFAULT_WDS_LABEL_KEY}) per sample, and {path}/classes.txt"
+        )
     if path is not None and not Path(os.path.expanduser(entry.location)).is_absolute():
-        lines.append(f"Relative paths are under the data dir {data_dir} (set TBENCH_DATA, or pass data_dir, "
-                     f"to move it).")
+        lines.append(
+            f"Relative paths are under the data dir {data_dir} (set TBENCH_DATA, or pass data_dir, to move it)."
+        )
     if entry.hint:
         lines.append(entry.hint.replace("<dir>", str(path)) if path is not None else entry.hint)
     return "\n".join(lines)

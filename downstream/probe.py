@@ -85,11 +85,15 @@ class LinearProbe:
     l2: float  # the selected strength
     val_score: float  # its validation headline metric
     metric: str
-    sweep: list[dict[str, Any]] = field(default_factory=list)  # per strength: l2, val_score, train_objective, iterations, ...
+    sweep: list[dict[str, Any]] = field(
+        default_factory=list
+    )  # per strength: l2, val_score, train_objective, iterations, ...
     fit_seconds: float = 0.0
     class_weight: str | None = None
     rank: int = 0  # dimension the solve ran in (D when not reduced)
-    path: list[tuple[float, np.ndarray, np.ndarray]] | None = None  # (l2, weight, bias) per strength, with keep_path=True
+    path: list[tuple[float, np.ndarray, np.ndarray]] | None = (
+        None  # (l2, weight, bias) per strength, with keep_path=True
+    )
 
     @property
     def num_classes(self) -> int:
@@ -189,8 +193,15 @@ class _Problem:
     unit step.
     """
 
-    def __init__(self, Z: np.ndarray, y: np.ndarray, num_classes: int, weights: np.ndarray | None,
-                 dtype: type = np.float32, V: np.ndarray | None = None):
+    def __init__(
+        self,
+        Z: np.ndarray,
+        y: np.ndarray,
+        num_classes: int,
+        weights: np.ndarray | None,
+        dtype: type = np.float32,
+        V: np.ndarray | None = None,
+    ):
         self.n, self.r = Z.shape
         self.c = int(num_classes)
         self.dtype = dtype
@@ -293,8 +304,9 @@ class _Problem:
         q *= -1.0
         return q
 
-    def solve(self, lam: float, T0: np.ndarray, max_iter: int, tol: float, refresh: int = 10,
-              guess: np.ndarray | None = None) -> dict[str, Any]:
+    def solve(
+        self, lam: float, T0: np.ndarray, max_iter: int, tol: float, refresh: int = 10, guess: np.ndarray | None = None
+    ) -> dict[str, Any]:
         """Minimise from ``T0`` [C, r + 1], or from ``guess`` when its objective is lower."""
         self.k = 0  # curvature pairs of another strength start slower than none (measured)
         x = np.asarray(T0, np.float64).ravel().copy()
@@ -340,13 +352,20 @@ class _Problem:
                 self.k += 1
             x, f, g = x_new, f_new, g_new
             it += 1
-        return {"T": x.reshape(self.c, self.r + 1), "objective": float(f), "iterations": it, "evaluations": nfev,
-                "grad_max": self.grad_max(g)}
+        return {
+            "T": x.reshape(self.c, self.r + 1),
+            "objective": float(f),
+            "iterations": it,
+            "evaluations": nfev,
+            "grad_max": self.grad_max(g),
+        }
 
 
 def _mm(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """``a @ b`` for float32 arrays through torch's CPU BLAS (faster here than numpy's)."""
-    return torch.mm(torch.from_numpy(np.asarray(a, dtype=np.float32)), torch.from_numpy(np.asarray(b, dtype=np.float32))).numpy()
+    return torch.mm(
+        torch.from_numpy(np.asarray(a, dtype=np.float32)), torch.from_numpy(np.asarray(b, dtype=np.float32))
+    ).numpy()
 
 
 def _basis(Xt: np.ndarray, reduce: bool) -> tuple[np.ndarray | None, np.ndarray]:
@@ -379,9 +398,17 @@ def _basis(Xt: np.ndarray, reduce: bool) -> tuple[np.ndarray | None, np.ndarray]
     return V, Z
 
 
-def fit_softmax_regression(X: np.ndarray, y: np.ndarray, num_classes: int, l2: float, *,
-                           init: np.ndarray | None = None, max_iter: int = 200, tol: float = DEFAULT_TOL,
-                           sample_weight: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+def fit_softmax_regression(
+    X: np.ndarray,
+    y: np.ndarray,
+    num_classes: int,
+    l2: float,
+    *,
+    init: np.ndarray | None = None,
+    max_iter: int = 200,
+    tol: float = DEFAULT_TOL,
+    sample_weight: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
     """Minimise ``sum_i s_i CE_i / n + l2/2 * ||W||^2`` on ``X`` as given (no basis change), in float64.
 
     Returns ``(W, b, info)``; ``init`` warm-starts from a previous ``info["x"]`` (``[W | b]`` flattened).
@@ -400,10 +427,21 @@ def fit_softmax_regression(X: np.ndarray, y: np.ndarray, num_classes: int, l2: f
     return out["T"][:, :d].copy(), out["T"][:, d].copy(), info
 
 
-def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val: np.ndarray, *,
-              num_classes: int, metric: str = "top1", l2_grid: Sequence[float] = DEFAULT_L2_GRID,
-              max_iter: int = 100, class_weight: str | None = None, tol: float = DEFAULT_TOL,
-              reduce: bool = True, keep_path: bool = False) -> LinearProbe:
+def fit_probe(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    y_val: np.ndarray,
+    *,
+    num_classes: int,
+    metric: str = "top1",
+    l2_grid: Sequence[float] = DEFAULT_L2_GRID,
+    max_iter: int = 100,
+    class_weight: str | None = None,
+    tol: float = DEFAULT_TOL,
+    reduce: bool = True,
+    keep_path: bool = False,
+) -> LinearProbe:
     """Fit a probe for every strength in ``l2_grid`` and keep the one best on validation.
 
     Only the training and validation splits are passed in; score test with ``probe.evaluate``.
@@ -436,8 +474,14 @@ def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
     Xv = (X_val - mean) / scale
     # validation logits in float64 from the float32 projection (rounding ~1e-7 of a logit)
     Zv = _mm(Xv.astype(np.float32), V).astype(np.float64) if V is not None else Xv
-    prob = _Problem(Z, y_train, num_classes, sample_weights(y_train, num_classes, class_weight),
-                    dtype=np.float32 if reduce else np.float64, V=V)
+    prob = _Problem(
+        Z,
+        y_train,
+        num_classes,
+        sample_weights(y_train, num_classes, class_weight),
+        dtype=np.float32 if reduce else np.float64,
+        V=V,
+    )
 
     best: tuple[float, float, np.ndarray] | None = None
     sweep: list[dict[str, Any]] = []
@@ -460,9 +504,16 @@ def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
             path.append((lam, A @ V.T.astype(np.float64) if V is not None else A.copy(), b.copy()))
         pred_val = (Zv @ A.T + b).argmax(axis=1)
         score = headline(metric, y_val, pred_val)
-        sweep.append({"l2": lam, "val_score": score, "train_objective": out["objective"],
-                      "iterations": out["iterations"], "grad_max": out["grad_max"],
-                      "seconds": time.perf_counter() - t0})
+        sweep.append(
+            {
+                "l2": lam,
+                "val_score": score,
+                "train_objective": out["objective"],
+                "iterations": out["iterations"],
+                "grad_max": out["grad_max"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
         if best is None or score > best[1]:  # strict: on a tie the earlier (stronger) strength stays
             best = (lam, score, T)
     if best is None:  # unreachable: the grid is non-empty
@@ -471,8 +522,28 @@ def fit_probe(X_train: np.ndarray, y_train: np.ndarray, X_val: np.ndarray, y_val
     A, b = T[:, :r], T[:, r].copy()
     W = A @ V.T.astype(np.float64) if V is not None else A.copy()
     seconds = time.perf_counter() - started
-    log.debug("probe: %d x %d (rank %d), %d classes, chose l2=%g (val %s %.4f) in %.3fs",
-              len(X_train), X_train.shape[1], Z.shape[1], num_classes, lam, metric, score, seconds)
-    return LinearProbe(mean=mean, scale=scale, weight=W, bias=b, l2=lam, val_score=score, metric=metric,
-                       sweep=sweep, fit_seconds=seconds, class_weight=class_weight, rank=int(Z.shape[1]),
-                       path=path if keep_path else None)
+    log.debug(
+        "probe: %d x %d (rank %d), %d classes, chose l2=%g (val %s %.4f) in %.3fs",
+        len(X_train),
+        X_train.shape[1],
+        Z.shape[1],
+        num_classes,
+        lam,
+        metric,
+        score,
+        seconds,
+    )
+    return LinearProbe(
+        mean=mean,
+        scale=scale,
+        weight=W,
+        bias=b,
+        l2=lam,
+        val_score=score,
+        metric=metric,
+        sweep=sweep,
+        fit_seconds=seconds,
+        class_weight=class_weight,
+        rank=int(Z.shape[1]),
+        path=path if keep_path else None,
+    )

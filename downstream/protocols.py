@@ -37,8 +37,15 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from downstream import accel
-from downstream.features import (default_device, downstream_sets, load_class_names, load_features,
-                                 prepare_images, resize_options, torch_threads)
+from downstream.features import (
+    default_device,
+    downstream_sets,
+    load_class_names,
+    load_features,
+    prepare_images,
+    resize_options,
+    torch_threads,
+)
 from downstream.fewshot import sample_shots
 from downstream.finetune import FinetuneConfig, finetune
 from downstream.metrics import all_metrics, chance_level, check_metric
@@ -117,8 +124,9 @@ def _entry(req: EvalRequest):
 
 def _split(req: EvalRequest, split: str, image_size: int | None = None, resize: dict[str, Any] | None = None):
     """Split ``split`` of the request's set; ``resize`` is the checkpoint's own (features.resize_options)."""
-    return downstream_sets().load_split(_entry(req), split, req.data_root, data_dir=req.data_dir,
-                                        image_size=image_size, **(resize or {}))
+    return downstream_sets().load_split(
+        _entry(req), split, req.data_root, data_dir=req.data_dir, image_size=image_size, **(resize or {})
+    )
 
 
 def _headline_metric(req: EvalRequest) -> str:
@@ -178,8 +186,16 @@ def _fit_probes(req: EvalRequest, metric: str, X_train, y_train, X_val, y_val, n
             reused = key in fits
             if not reused:
                 t0 = time.perf_counter()
-                probe = fit_probe(X_train[idx], y_train[idx], X_val, y_val, num_classes=num_classes, metric=metric,
-                                  l2_grid=DEFAULT_L2_GRID, class_weight=_class_weight(metric))
+                probe = fit_probe(
+                    X_train[idx],
+                    y_train[idx],
+                    X_val,
+                    y_val,
+                    num_classes=num_classes,
+                    metric=metric,
+                    l2_grid=DEFAULT_L2_GRID,
+                    class_weight=_class_weight(metric),
+                )
                 fits[key] = (probe, time.perf_counter() - t0)
             probe, seconds = fits[key]
             yield shots, seed, idx, probe, seconds, reused
@@ -189,8 +205,10 @@ def _cached_train_val(req: EvalRequest, protocol: str):
     """``(metric, X_train, y_train, X_val, y_val, num_classes)`` from the feature cache (never test)."""
     _check_request(req)
     if req.features_dir is None:
-        raise ValueError(f"protocol {protocol!r} reads cached features, but EvalRequest.features_dir is None "
-                         f"(set {req.set_name!r}); run extract_features first and pass its out_dir")
+        raise ValueError(
+            f"protocol {protocol!r} reads cached features, but EvalRequest.features_dir is None "
+            f"(set {req.set_name!r}); run extract_features first and pass its out_dir"
+        )
     X_train, y_train = load_features(req.features_dir, "train")
     X_val, y_val = load_features(req.features_dir, "validation")
     num_classes = len(load_class_names(req.features_dir)) or int(max(y_train.max(), y_val.max()) + 1)
@@ -210,25 +228,60 @@ def run_linear(req: EvalRequest) -> list[EvalResult]:
             t0 = time.perf_counter()
             test = probe.evaluate(X_test, y_test)
             eval_seconds = time.perf_counter() - t0
-            hparams = {"l2": probe.l2, "l2_grid": list(DEFAULT_L2_GRID), "solver": "lbfgs",
-                       "num_train": int(len(idx)), "feature_dim": int(X_train.shape[1]),
-                       "class_weight": _class_weight(metric), "sweep": probe.sweep, "reused_fit": reused}
-            results.append(EvalResult(shots=shots, eval_seed=int(seed), top1=test["top1"],
-                                      balanced_acc=test["balanced_acc"], score=test["score"], loss=test["loss"],
-                                      val_score=probe.val_score, num_classes=num_classes, metric=metric,
-                                      chance=chance, train_seconds=train_seconds, eval_seconds=eval_seconds,
-                                      hparams=hparams, curve=[]))
-            log.info("linear %s shots=%s seed=%d: val %.4f test %s %.4f (l2=%g, n=%d)", req.set_name,
-                     shots, seed, probe.val_score, metric, test["score"], probe.l2, len(idx))
+            hparams = {
+                "l2": probe.l2,
+                "l2_grid": list(DEFAULT_L2_GRID),
+                "solver": "lbfgs",
+                "num_train": int(len(idx)),
+                "feature_dim": int(X_train.shape[1]),
+                "class_weight": _class_weight(metric),
+                "sweep": probe.sweep,
+                "reused_fit": reused,
+            }
+            results.append(
+                EvalResult(
+                    shots=shots,
+                    eval_seed=int(seed),
+                    top1=test["top1"],
+                    balanced_acc=test["balanced_acc"],
+                    score=test["score"],
+                    loss=test["loss"],
+                    val_score=probe.val_score,
+                    num_classes=num_classes,
+                    metric=metric,
+                    chance=chance,
+                    train_seconds=train_seconds,
+                    eval_seconds=eval_seconds,
+                    hparams=hparams,
+                    curve=[],
+                )
+            )
+            log.info(
+                "linear %s shots=%s seed=%d: val %.4f test %s %.4f (l2=%g, n=%d)",
+                req.set_name,
+                shots,
+                seed,
+                probe.val_score,
+                metric,
+                test["score"],
+                probe.l2,
+                len(idx),
+            )
     return results
 
 
 # ------------------------------------------------------------------------------------------ fine-tuning
 
 
-def _finetune_runs(req: EvalRequest, protocol: str, make_encoder: Callable[[int], tuple[Any, dict, dict]],
-                   image_size: int, head_for: Callable[[int, np.ndarray], tuple[Any, dict]] | None = None,
-                   pretrained: bool = True, resize: dict[str, Any] | None = None) -> list[EvalResult]:
+def _finetune_runs(
+    req: EvalRequest,
+    protocol: str,
+    make_encoder: Callable[[int], tuple[Any, dict, dict]],
+    image_size: int,
+    head_for: Callable[[int, np.ndarray], tuple[Any, dict]] | None = None,
+    pretrained: bool = True,
+    resize: dict[str, Any] | None = None,
+) -> list[EvalResult]:
     """The shared body of finetune, lp_ft and scratch.
 
     ``make_encoder(seed)`` gives ``(encoder, meta, extra)`` where ``extra`` may hold
@@ -251,23 +304,63 @@ def _finetune_runs(req: EvalRequest, protocol: str, make_encoder: Callable[[int]
                 head_init, head_hparams = (extra.get("head_init"), {})
                 if head_for is not None:
                     head_init, head_hparams = head_for(int(seed), idx)
-                cfg = FinetuneConfig(epochs=int(req.epochs), lrs=tuple(float(v) for v in req.lrs), seed=int(seed),
-                                     batch_size=int(req.batch_size), min_steps=int(req.min_steps), bn=req.bn)
-                out = finetune(encoder, meta, (data.train.images[idx], y_train[idx]), (data.val.images, y_val),
-                               (data.test.images, y_test), num_classes=num_classes, metric=metric, config=cfg,
-                               device=device, num_threads=req.num_threads, head_init=head_init,
-                               feature_dim=extra.get("feature_dim"), class_weight=_class_weight(metric),
-                               pretrained=pretrained)
+                cfg = FinetuneConfig(
+                    epochs=int(req.epochs),
+                    lrs=tuple(float(v) for v in req.lrs),
+                    seed=int(seed),
+                    batch_size=int(req.batch_size),
+                    min_steps=int(req.min_steps),
+                    bn=req.bn,
+                )
+                out = finetune(
+                    encoder,
+                    meta,
+                    (data.train.images[idx], y_train[idx]),
+                    (data.val.images, y_val),
+                    (data.test.images, y_test),
+                    num_classes=num_classes,
+                    metric=metric,
+                    config=cfg,
+                    device=device,
+                    num_threads=req.num_threads,
+                    head_init=head_init,
+                    feature_dim=extra.get("feature_dim"),
+                    class_weight=_class_weight(metric),
+                    pretrained=pretrained,
+                )
                 hparams = {**out.hparams, **head_hparams, **extra.get("hparams", {})}
                 if data.provenance:
                     hparams["data"] = data.provenance
-                results.append(EvalResult(shots=shots, eval_seed=int(seed), top1=out.test["top1"],
-                                          balanced_acc=out.test["balanced_acc"], score=out.test["score"],
-                                          loss=out.test["loss"], val_score=out.val_score, num_classes=num_classes,
-                                          metric=metric, chance=chance, train_seconds=out.train_seconds,
-                                          eval_seconds=out.eval_seconds, hparams=hparams, curve=out.curve))
-                log.info("%s %s shots=%s seed=%d: lr=%g epoch %d, val %.4f test %s %.4f", protocol, req.set_name,
-                         shots, seed, out.lr, out.epoch, out.val_score, metric, out.test["score"])
+                results.append(
+                    EvalResult(
+                        shots=shots,
+                        eval_seed=int(seed),
+                        top1=out.test["top1"],
+                        balanced_acc=out.test["balanced_acc"],
+                        score=out.test["score"],
+                        loss=out.test["loss"],
+                        val_score=out.val_score,
+                        num_classes=num_classes,
+                        metric=metric,
+                        chance=chance,
+                        train_seconds=out.train_seconds,
+                        eval_seconds=out.eval_seconds,
+                        hparams=hparams,
+                        curve=out.curve,
+                    )
+                )
+                log.info(
+                    "%s %s shots=%s seed=%d: lr=%g epoch %d, val %.4f test %s %.4f",
+                    protocol,
+                    req.set_name,
+                    shots,
+                    seed,
+                    out.lr,
+                    out.epoch,
+                    out.val_score,
+                    metric,
+                    out.test["score"],
+                )
     return results
 
 
@@ -277,7 +370,13 @@ def run_finetune(req: EvalRequest) -> list[EvalResult]:
     from pretrain.models import load_encoder
 
     if req.head_init == "zeroshot":
-        from downstream.zeroshot import ClipImageFeatures, class_weights, load_zeroshot_model, templates_for, zeroshot_head
+        from downstream.zeroshot import (
+            ClipImageFeatures,
+            class_weights,
+            load_zeroshot_model,
+            templates_for,
+            zeroshot_head,
+        )
 
         model, tokenizer, meta = load_zeroshot_model(req.checkpoint)
         names = _split(req, "train", int(meta["image_size"]), resize_options(meta)).class_names
@@ -285,14 +384,19 @@ def run_finetune(req: EvalRequest) -> list[EvalResult]:
         with torch_threads(req.num_threads):
             head = zeroshot_head(model, class_weights(model, tokenizer, names, templates))
         encoder = ClipImageFeatures(model.visual)
-        extra = {"feature_dim": int(head[0].shape[1]), "head_init": head,
-                 "hparams": {"head_init": "zeroshot", "templates": list(templates)}}
-        return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, extra), int(meta["image_size"]),
-                              resize=resize_options(meta))
+        extra = {
+            "feature_dim": int(head[0].shape[1]),
+            "head_init": head,
+            "hparams": {"head_init": "zeroshot", "templates": list(templates)},
+        }
+        return _finetune_runs(
+            req, "finetune", lambda seed: (encoder, meta, extra), int(meta["image_size"]), resize=resize_options(meta)
+        )
 
     encoder, meta = load_encoder(req.checkpoint, map_location="cpu")
-    return _finetune_runs(req, "finetune", lambda seed: (encoder, meta, {}), int(meta["image_size"]),
-                          resize=resize_options(meta))
+    return _finetune_runs(
+        req, "finetune", lambda seed: (encoder, meta, {}), int(meta["image_size"]), resize=resize_options(meta)
+    )
 
 
 def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
@@ -308,14 +412,22 @@ def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
         key = hashlib.sha1(idx.tobytes()).hexdigest()
         if key not in probes:
             with torch_threads(req.num_threads):
-                probes[key] = fit_probe(X_train[idx], y_train[idx], X_val, y_val, num_classes=num_classes,
-                                        metric=metric, l2_grid=DEFAULT_L2_GRID, class_weight=_class_weight(metric))
+                probes[key] = fit_probe(
+                    X_train[idx],
+                    y_train[idx],
+                    X_val,
+                    y_val,
+                    num_classes=num_classes,
+                    metric=metric,
+                    l2_grid=DEFAULT_L2_GRID,
+                    class_weight=_class_weight(metric),
+                )
         probe = probes[key]
-        return probe_to_linear(probe), {"head_init": "probe", "probe_l2": probe.l2,
-                                        "probe_val_score": probe.val_score}
+        return probe_to_linear(probe), {"head_init": "probe", "probe_l2": probe.l2, "probe_val_score": probe.val_score}
 
-    return _finetune_runs(req, "lp_ft", lambda seed: (encoder, meta, {}), int(meta["image_size"]), head_for,
-                          resize=resize_options(meta))
+    return _finetune_runs(
+        req, "lp_ft", lambda seed: (encoder, meta, {}), int(meta["image_size"]), head_for, resize=resize_options(meta)
+    )
 
 
 def run_scratch(req: EvalRequest) -> list[EvalResult]:
@@ -375,29 +487,73 @@ def run_zeroshot(req: EvalRequest) -> list[EvalResult]:
         loss = float(F.cross_entropy(logits, y))
         eval_seconds = time.perf_counter() - t0
     num_classes = len(names)
-    hparams = {"templates": list(templates), "class_prompts": [n.replace("_", " ") for n in names],
-               "logit_scale": float(model.logit_scale.detach().exp())}
+    hparams = {
+        "templates": list(templates),
+        "class_prompts": [n.replace("_", " ") for n in names],
+        "logit_scale": float(model.logit_scale.detach().exp()),
+    }
     log.info("zeroshot %s: test %s %.4f (chance %.4f)", req.set_name, metric, scores[metric], 1 / num_classes)
-    return [EvalResult(shots=0, eval_seed=int(seed), top1=scores["top1"], balanced_acc=scores["balanced_acc"],
-                       score=scores[metric], loss=loss, val_score=val_metrics[metric], num_classes=num_classes,
-                       metric=metric, chance=chance_level(metric, num_classes), train_seconds=build_seconds,
-                       eval_seconds=eval_seconds, hparams=hparams, curve=[])
-            for seed in req.seeds]
+    return [
+        EvalResult(
+            shots=0,
+            eval_seed=int(seed),
+            top1=scores["top1"],
+            balanced_acc=scores["balanced_acc"],
+            score=scores[metric],
+            loss=loss,
+            val_score=val_metrics[metric],
+            num_classes=num_classes,
+            metric=metric,
+            chance=chance_level(metric, num_classes),
+            train_seconds=build_seconds,
+            eval_seconds=eval_seconds,
+            hparams=hparams,
+            curve=[],
+        )
+        for seed in req.seeds
+    ]
 
 
-PROTOCOLS.register("linear", ProtocolEntry(
-    run=run_linear, needs_features=True,
-    description="multinomial logistic regression on frozen features; L2 strength chosen on validation"))
-PROTOCOLS.register("finetune", ProtocolEntry(
-    run=run_finetune, trains=True,
-    description="whole encoder + new linear head (zero, or CLIP's zero-shot classifier), AdamW wd 0.1, cosine; "
-                "lr and epoch chosen on validation"))
-PROTOCOLS.register("lp_ft", ProtocolEntry(
-    run=run_lp_ft, needs_features=True, trains=True,
-    description="linear probe on frozen features, then fine-tuning of the whole network from it"))
-PROTOCOLS.register("zeroshot", ProtocolEntry(
-    run=run_zeroshot, needs_text_tower=True,
-    description="CLIP checkpoints: class-name prompts through the text tower (shots 0)"))
-PROTOCOLS.register("scratch", ProtocolEntry(
-    run=run_scratch, trains=True, from_scratch=True,
-    description="the same backbone from random initialisation, fine-tuned with the same recipe"))
+PROTOCOLS.register(
+    "linear",
+    ProtocolEntry(
+        run=run_linear,
+        needs_features=True,
+        description="multinomial logistic regression on frozen features; L2 strength chosen on validation",
+    ),
+)
+PROTOCOLS.register(
+    "finetune",
+    ProtocolEntry(
+        run=run_finetune,
+        trains=True,
+        description="whole encoder + new linear head (zero, or CLIP's zero-shot classifier), AdamW wd 0.1, cosine; "
+        "lr and epoch chosen on validation",
+    ),
+)
+PROTOCOLS.register(
+    "lp_ft",
+    ProtocolEntry(
+        run=run_lp_ft,
+        needs_features=True,
+        trains=True,
+        description="linear probe on frozen features, then fine-tuning of the whole network from it",
+    ),
+)
+PROTOCOLS.register(
+    "zeroshot",
+    ProtocolEntry(
+        run=run_zeroshot,
+        needs_text_tower=True,
+        description="CLIP checkpoints: class-name prompts through the text tower (shots 0)",
+    ),
+)
+PROTOCOLS.register(
+    "scratch",
+    ProtocolEntry(
+        run=run_scratch,
+        trains=True,
+        from_scratch=True,
+        description="the same backbone from random initialisation, fine-tuned with the same recipe",
+    ),
+)

@@ -59,15 +59,46 @@ FORMATS = ("world", "hf_disk", "hf_hub", "imagefolder", "wds")
 USER_FORMATS = ("hf_disk", "hf_hub", "imagefolder", "wds")
 RESIZE_INTERPOLATION = "bicubic"
 
-__all__ = ["SPLITS", "METRICS", "ORIGINS", "FORMATS", "USER_FORMATS", "DownstreamSet", "SplitData", "DOWNSTREAM",
-           "REAL_SETS", "resolve_set", "load_split", "split_info", "clear_cache", "default_data_dir",
-           "carve_indices", "resize_center_crop", "DataNotFoundError", "DataFormatError"]
+__all__ = [
+    "SPLITS",
+    "METRICS",
+    "ORIGINS",
+    "FORMATS",
+    "USER_FORMATS",
+    "DownstreamSet",
+    "SplitData",
+    "DOWNSTREAM",
+    "REAL_SETS",
+    "resolve_set",
+    "load_split",
+    "split_info",
+    "clear_cache",
+    "default_data_dir",
+    "carve_indices",
+    "resize_center_crop",
+    "DataNotFoundError",
+    "DataFormatError",
+]
 
 # The fields of a plain-data definition (from_config / to_config). ``path`` and ``hub`` hold the
 # location: ``hub`` is the dataset id of an hf_hub set, or for a folder set the hub copy tried
 # when the folder is absent.
-_DATA_FIELDS = ("format", "path", "hub", "config_name", "splits", "image_key", "label_key", "class_names",
-                "carve_fraction", "carve_seed", "test_fraction", "where", "metric", "origin")
+_DATA_FIELDS = (
+    "format",
+    "path",
+    "hub",
+    "config_name",
+    "splits",
+    "image_key",
+    "label_key",
+    "class_names",
+    "carve_fraction",
+    "carve_seed",
+    "test_fraction",
+    "where",
+    "metric",
+    "origin",
+)
 _DOC_FIELDS = ("description", "hint")
 CONFIG_FIELDS = _DATA_FIELDS + _DOC_FIELDS
 
@@ -140,8 +171,10 @@ class DownstreamSet:
         if self.format not in FORMATS:
             raise ValueError(f"{who}: format {self.format!r} is not valid; valid: {', '.join(FORMATS)}")
         if (self.format == "world") != (self.origin in ("world", "package")):
-            raise ValueError(f"{who}: format 'world' goes with origins world and package only "
-                             f"(format {self.format!r}, origin {self.origin!r})")
+            raise ValueError(
+                f"{who}: format 'world' goes with origins world and package only "
+                f"(format {self.format!r}, origin {self.origin!r})"
+            )
         if not self.location:
             if self.format != "world":
                 field_name = "hub" if self.format == "hf_hub" else "path"
@@ -157,8 +190,10 @@ class DownstreamSet:
                 raise ValueError(f"{who}: {fname} must be a non-empty string, got {v!r}")
         if self.splits is not None:
             if not isinstance(self.splits, Mapping):
-                raise ValueError(f"{who}: splits must map split names ({', '.join(SPLITS)}) to the source's split "
-                                 f"names, got {self.splits!r}")
+                raise ValueError(
+                    f"{who}: splits must map split names ({', '.join(SPLITS)}) to the source's split "
+                    f"names, got {self.splits!r}"
+                )
             bad = [k for k in self.splits if k not in SPLITS]
             if bad:
                 raise ValueError(f"{who}: splits names {bad[0]!r}, which is not a split; valid: {', '.join(SPLITS)}")
@@ -169,8 +204,10 @@ class DownstreamSet:
                 raise ValueError(f"{who}: splits.train cannot be null: every set needs training data")
             named = [v for v in self.splits.values() if v is not None]
             if len(set(named)) != len(named):
-                raise ValueError(f"{who}: splits maps two of our splits to the same source split ({self.splits!r}); "
-                                 f"leave validation (or test) out to carve it from train instead")
+                raise ValueError(
+                    f"{who}: splits maps two of our splits to the same source split ({self.splits!r}); "
+                    f"leave validation (or test) out to carve it from train instead"
+                )
             object.__setattr__(self, "splits", _FrozenDict({k: self.splits[k] for k in SPLITS if k in self.splits}))
         if self.class_names is not None:
             names = self.class_names
@@ -244,8 +281,10 @@ class DownstreamSet:
         path, hub = c.get("path"), c.get("hub")
         if fmt == "hf_hub":
             if path is not None:
-                raise ValueError(f"{who}: format hf_hub takes hub (a dataset id such as 'uoft-cs/cifar100'), not path; "
-                                 f"for a dataset saved with save_to_disk use format hf_disk")
+                raise ValueError(
+                    f"{who}: format hf_hub takes hub (a dataset id such as 'uoft-cs/cifar100'), not path; "
+                    f"for a dataset saved with save_to_disk use format hf_disk"
+                )
             if not isinstance(hub, str) or not hub:
                 raise ValueError(f"{who}: hub is required for format hf_hub (a dataset id such as 'uoft-cs/cifar100')")
             location, hub = hub, None
@@ -255,8 +294,10 @@ class DownstreamSet:
             location = os.fspath(path) if path is not None else ""
         splits = c.get("splits")
         if splits is not None and not isinstance(splits, Mapping):
-            raise ValueError(f"{who}: splits must map split names ({', '.join(SPLITS)}) to the source's split names "
-                             f"(or null), got {splits!r}")
+            raise ValueError(
+                f"{who}: splits must map split names ({', '.join(SPLITS)}) to the source's split names "
+                f"(or null), got {splits!r}"
+            )
         names = c.get("class_names")
         if names is not None and (isinstance(names, (str, bytes)) or not isinstance(names, (list, tuple))):
             raise ValueError(f"{who}: class_names must be a list of names, got {names!r}")
@@ -267,13 +308,23 @@ class DownstreamSet:
             if fname in c and not _is_num(c[fname]):
                 raise ValueError(f"{who}: {fname} must be a number between 0 and 1 (exclusive), got {c[fname]!r}")
         return cls(
-            name=name, metric=metric, description=c.get("description", ""), origin=origin, format=fmt,
-            location=location, config_name=c.get("config_name"), hub=hub,
+            name=name,
+            metric=metric,
+            description=c.get("description", ""),
+            origin=origin,
+            format=fmt,
+            location=location,
+            config_name=c.get("config_name"),
+            hub=hub,
             splits=dict(splits) if splits is not None else None,
-            image_key=c.get("image_key"), label_key=c.get("label_key"),
+            image_key=c.get("image_key"),
+            label_key=c.get("label_key"),
             class_names=tuple(names) if names is not None else None,
-            carve_fraction=c.get("carve_fraction", 0.1), carve_seed=c.get("carve_seed", 0),
-            test_fraction=c.get("test_fraction", 0.2), where=c.get("where"), hint=c.get("hint", ""),
+            carve_fraction=c.get("carve_fraction", 0.1),
+            carve_seed=c.get("carve_seed", 0),
+            test_fraction=c.get("test_fraction", 0.2),
+            where=c.get("where"),
+            hint=c.get("hint", ""),
         )
 
     def to_config(self, docs: bool = True) -> dict[str, Any]:
@@ -334,41 +385,116 @@ _SAVE_HINT = "Class names come from the data (the ClassLabel names, or the folde
 # name, metric, folder under the data dir, hub id (None: no standard copy), image column, label column,
 # where-filter, description, hint
 REAL_SETS: tuple[tuple, ...] = (
-    ("real.cifar100", "top1", "cifar100", "uoft-cs/cifar100", "img", "fine_label", None,
-     "CIFAR-100: 100 classes of 32x32 photos (fine labels)", _SAVE_HINT),
-    ("real.dtd", "top1", "dtd", "tanganke/dtd", "image", "label", None,
-     "Describable Textures (DTD): 47 texture classes", _SAVE_HINT),
-    ("real.caltech101", "top1", "caltech101", "flwrlabs/caltech101", "image", "label", None,
-     "Caltech-101: 101 object classes (plus background where the copy has it)",
-     "The hub copy has only a train split: test (test_fraction) and validation (carve_fraction) are then carved "
-     "from it, seeded and stratified. " + _SAVE_HINT),
-    ("real.pets", "top1", "pets", "timm/oxford-iiit-pet", "image", "label", None,
-     "Oxford-IIIT Pets: 37 cat and dog breeds", _SAVE_HINT),
-    ("real.domainnet_real", "top1", "domainnet_real", "wltjr1007/DomainNet", "image", "label", {"domain": "real"},
-     "DomainNet 'real' domain: photographs of 345 classes",
-     "The hub copy holds all six domains; rows whose 'domain' is 'real' are kept (a saved copy may hold just that "
-     "domain). From the official release (ai.bu.edu/M3SDA), use real_train.txt/real_test.txt to lay out "
-     "<dir>/train/<class>/*.jpg and <dir>/test/<class>/*.jpg."),
-    ("real.domainnet_clipart", "top1", "domainnet_clipart", "wltjr1007/DomainNet", "image", "label",
-     {"domain": "clipart"},
-     "DomainNet 'clipart' domain: clipart of 345 classes",
-     "The hub copy holds all six domains; rows whose 'domain' is 'clipart' are kept (a saved copy may hold just "
-     "that domain). From the official release (ai.bu.edu/M3SDA), use clipart_train.txt/clipart_test.txt to lay "
-     "out <dir>/train/<class>/*.jpg and <dir>/test/<class>/*.jpg."),
-    ("real.eurosat", "top1", "eurosat", "timm/eurosat-rgb", "image", "label", None,
-     "EuroSAT (RGB): 10 land-cover classes of Sentinel-2 patches", _SAVE_HINT),
-    ("real.cameratraps", "balanced_acc", "cameratraps", None, None, None, None,
-     "Camera-trap frames of animal species; classes are imbalanced, so the headline is mean per-class recall",
-     "There is no standard Hugging Face copy. Take camera-trap images from LILA BC (lila.science; e.g. Caltech "
-     "Camera Traps), one folder per species, and lay them out as <dir>/train/<species>/*.jpg and "
-     "<dir>/test/<species>/*.jpg (camera locations disjoint between train and test is recommended); "
-     "validation is carved from train. Or save a DatasetDict with image and ClassLabel label columns there."),
-    ("real.cassava", "top1", "cassava", None, None, None, None,
-     "Cassava leaf disease: 5 classes (4 diseases and healthy) of cassava leaf photos",
-     "There is no standard Hugging Face copy. From Kaggle's cassava-leaf-disease-classification "
-     "(train_images/ with train.csv and label_num_to_disease_map.json), lay the images out as "
-     "<dir>/train/<disease>/*.jpg; the competition's test labels are not public, so with only train/ a test "
-     "split (test_fraction) and a validation split (carve_fraction) are carved from it, seeded and stratified."),
+    (
+        "real.cifar100",
+        "top1",
+        "cifar100",
+        "uoft-cs/cifar100",
+        "img",
+        "fine_label",
+        None,
+        "CIFAR-100: 100 classes of 32x32 photos (fine labels)",
+        _SAVE_HINT,
+    ),
+    (
+        "real.dtd",
+        "top1",
+        "dtd",
+        "tanganke/dtd",
+        "image",
+        "label",
+        None,
+        "Describable Textures (DTD): 47 texture classes",
+        _SAVE_HINT,
+    ),
+    (
+        "real.caltech101",
+        "top1",
+        "caltech101",
+        "flwrlabs/caltech101",
+        "image",
+        "label",
+        None,
+        "Caltech-101: 101 object classes (plus background where the copy has it)",
+        "The hub copy has only a train split: test (test_fraction) and validation (carve_fraction) are then carved "
+        "from it, seeded and stratified. " + _SAVE_HINT,
+    ),
+    (
+        "real.pets",
+        "top1",
+        "pets",
+        "timm/oxford-iiit-pet",
+        "image",
+        "label",
+        None,
+        "Oxford-IIIT Pets: 37 cat and dog breeds",
+        _SAVE_HINT,
+    ),
+    (
+        "real.domainnet_real",
+        "top1",
+        "domainnet_real",
+        "wltjr1007/DomainNet",
+        "image",
+        "label",
+        {"domain": "real"},
+        "DomainNet 'real' domain: photographs of 345 classes",
+        "The hub copy holds all six domains; rows whose 'domain' is 'real' are kept (a saved copy may hold just that "
+        "domain). From the official release (ai.bu.edu/M3SDA), use real_train.txt/real_test.txt to lay out "
+        "<dir>/train/<class>/*.jpg and <dir>/test/<class>/*.jpg.",
+    ),
+    (
+        "real.domainnet_clipart",
+        "top1",
+        "domainnet_clipart",
+        "wltjr1007/DomainNet",
+        "image",
+        "label",
+        {"domain": "clipart"},
+        "DomainNet 'clipart' domain: clipart of 345 classes",
+        "The hub copy holds all six domains; rows whose 'domain' is 'clipart' are kept (a saved copy may hold just "
+        "that domain). From the official release (ai.bu.edu/M3SDA), use clipart_train.txt/clipart_test.txt to lay "
+        "out <dir>/train/<class>/*.jpg and <dir>/test/<class>/*.jpg.",
+    ),
+    (
+        "real.eurosat",
+        "top1",
+        "eurosat",
+        "timm/eurosat-rgb",
+        "image",
+        "label",
+        None,
+        "EuroSAT (RGB): 10 land-cover classes of Sentinel-2 patches",
+        _SAVE_HINT,
+    ),
+    (
+        "real.cameratraps",
+        "balanced_acc",
+        "cameratraps",
+        None,
+        None,
+        None,
+        None,
+        "Camera-trap frames of animal species; classes are imbalanced, so the headline is mean per-class recall",
+        "There is no standard Hugging Face copy. Take camera-trap images from LILA BC (lila.science; e.g. Caltech "
+        "Camera Traps), one folder per species, and lay them out as <dir>/train/<species>/*.jpg and "
+        "<dir>/test/<species>/*.jpg (camera locations disjoint between train and test is recommended); "
+        "validation is carved from train. Or save a DatasetDict with image and ClassLabel label columns there.",
+    ),
+    (
+        "real.cassava",
+        "top1",
+        "cassava",
+        None,
+        None,
+        None,
+        None,
+        "Cassava leaf disease: 5 classes (4 diseases and healthy) of cassava leaf photos",
+        "There is no standard Hugging Face copy. From Kaggle's cassava-leaf-disease-classification "
+        "(train_images/ with train.csv and label_num_to_disease_map.json), lay the images out as "
+        "<dir>/train/<disease>/*.jpg; the competition's test labels are not public, so with only train/ a test "
+        "split (test_fraction) and a validation split (carve_fraction) are carved from it, seeded and stratified.",
+    ),
 )
 
 
@@ -381,9 +507,22 @@ def _fill() -> None:
     for name, desc in PACKAGE_SETS.items():
         DOWNSTREAM.register(name, DownstreamSet(name, "top1", desc, "package"))
     for name, metric, folder, hub, image_key, label_key, where, desc, hint in REAL_SETS:
-        DOWNSTREAM.register(name, DownstreamSet(
-            name, metric, desc, "real", format="hf_disk", location=folder, hub=hub, image_key=image_key,
-            label_key=label_key, where=where, hint=hint))
+        DOWNSTREAM.register(
+            name,
+            DownstreamSet(
+                name,
+                metric,
+                desc,
+                "real",
+                format="hf_disk",
+                location=folder,
+                hub=hub,
+                image_key=image_key,
+                label_key=label_key,
+                where=where,
+                hint=hint,
+            ),
+        )
 
 
 _fill()
@@ -408,8 +547,9 @@ def _data_dir(data_dir: str | Path | None) -> Path:
 _STREAMS = {"validation": 0, "test": 1}
 
 
-def carve_indices(labels: np.ndarray, fraction: float, seed: int, stream: str = "validation"
-                  ) -> tuple[np.ndarray, np.ndarray]:
+def carve_indices(
+    labels: np.ndarray, fraction: float, seed: int, stream: str = "validation"
+) -> tuple[np.ndarray, np.ndarray]:
     """Split positions ``0..len(labels)-1`` into (kept, carved), seeded and stratified by class.
 
     Each class with n >= 2 examples gives ``round(fraction * n)`` of them, at least 1 and at most
@@ -446,25 +586,32 @@ def _map_splits(entry: DownstreamSet, storage: loaders.SetStorage) -> dict[str, 
         if s in explicit:
             v = explicit[s]
             if v is not None and v not in available:
-                raise DataFormatError(f"downstream set {entry.name!r}: splits maps {s} to {v!r}, which "
-                                      f"{storage.location} does not have; it has: {', '.join(available)}")
+                raise DataFormatError(
+                    f"downstream set {entry.name!r}: splits maps {s} to {v!r}, which "
+                    f"{storage.location} does not have; it has: {', '.join(available)}"
+                )
             out[s] = v
         else:
             out[s] = next((c for c in loaders.AUTO_SPLITS[s] if c in available and c not in explicit.values()), None)
     if out["train"] is None:
-        raise DataFormatError(f"downstream set {entry.name!r}: {storage.location} has no training split (looked for "
-                              f"{', '.join(loaders.AUTO_SPLITS['train'])}; it has: {', '.join(available)}); "
-                              f"map one with splits: {{train: NAME}}")
+        raise DataFormatError(
+            f"downstream set {entry.name!r}: {storage.location} has no training split (looked for "
+            f"{', '.join(loaders.AUTO_SPLITS['train'])}; it has: {', '.join(available)}); "
+            f"map one with splits: {{train: NAME}}"
+        )
     if entry.format == "world":
         missing = [s for s in SPLITS if out[s] is None]
         if missing:
-            raise DataFormatError(f"downstream set {entry.name!r} at {storage.location} has no split {missing[0]!r}; "
-                                  f"it has: {', '.join(available)}; rebuild it with `tbench world`")
+            raise DataFormatError(
+                f"downstream set {entry.name!r} at {storage.location} has no split {missing[0]!r}; "
+                f"it has: {', '.join(available)}; rebuild it with `tbench world`"
+            )
     return out
 
 
-def _rows(entry: DownstreamSet, storage: loaders.SetStorage, mapping: dict[str, str | None], split: str
-          ) -> tuple[str, np.ndarray]:
+def _rows(
+    entry: DownstreamSet, storage: loaders.SetStorage, mapping: dict[str, str | None], split: str
+) -> tuple[str, np.ndarray]:
     """(the storage's split name, row positions in it) of our ``split``."""
     src = mapping[split]
     if split != "train" and src is not None:
@@ -541,15 +688,19 @@ def _decode_all(payloads: list, size: int | None, what: str, resize: dict[str, A
     out: np.ndarray | None = None
     pool = ThreadPoolExecutor(max_workers=workers) if workers > 1 else None
     try:
-        results = (pool.map(_decode_one, payloads, [size] * n, [resize] * n) if pool
-                   else (_decode_one(p, size, resize) for p in payloads))
+        results = (
+            pool.map(_decode_one, payloads, [size] * n, [resize] * n)
+            if pool
+            else (_decode_one(p, size, resize) for p in payloads)
+        )
         for i, arr in enumerate(results):
             if out is None:
                 out = np.empty((n,) + arr.shape, np.uint8)
             elif arr.shape != out.shape[1:]:
                 raise ValueError(
                     f"{what}: images differ in size ({out.shape[2]}x{out.shape[1]} and {arr.shape[1]}x{arr.shape[0]}); "
-                    f"pass image_size so each image is resized (shorter side) and centre-cropped to one size")
+                    f"pass image_size so each image is resized (shorter side) and centre-cropped to one size"
+                )
             out[i] = arr
     finally:
         if pool is not None:
@@ -591,18 +742,22 @@ def _cache_put(key: tuple, data: SplitData) -> None:
 
 # --------------------------------------------------------------------------------------- loading
 
+
 def _check_split(entry: DownstreamSet, split: str) -> None:
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r} for downstream set {entry.name!r}; "
-                         f"valid splits: {', '.join(SPLITS)}")
+        raise ValueError(
+            f"unknown split {split!r} for downstream set {entry.name!r}; valid splits: {', '.join(SPLITS)}"
+        )
 
 
 def _world_set_path(entry: DownstreamSet, data_root: str | Path) -> tuple[Path, Path]:
     path = entry.directory(data_root)
     marker = path / "dataset_dict.json"
     if not marker.is_file():
-        raise FileNotFoundError(f"downstream set {entry.name!r} is not on disk at {path} (no dataset_dict.json); "
-                                f"write the world there with `tbench world --out {Path(data_root)}`")
+        raise FileNotFoundError(
+            f"downstream set {entry.name!r} is not on disk at {path} (no dataset_dict.json); "
+            f"write the world there with `tbench world --out {Path(data_root)}`"
+        )
     return path.resolve(), marker
 
 
@@ -615,9 +770,16 @@ def _open(entry: DownstreamSet, data_root: str | Path | None, data_dir: str | Pa
     return loaders.open_set_storage(entry, _data_dir(data_dir))
 
 
-def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | Path | None, *,
-               data_dir: str | Path | None = None, image_size: int | None = None,
-               interpolation: str | None = None, crop_pct: float | None = None) -> SplitData:
+def load_split(
+    name_or_entry: str | DownstreamSet,
+    split: str,
+    data_root: str | Path | None,
+    *,
+    data_dir: str | Path | None = None,
+    image_size: int | None = None,
+    interpolation: str | None = None,
+    crop_pct: float | None = None,
+) -> SplitData:
     """Decode split ``split`` (train, validation or test) of a downstream set.
 
     ``data_root`` is the embedded world's folder (world and package sets, returned as stored);
@@ -663,8 +825,13 @@ def load_split(name_or_entry: str | DownstreamSet, split: str, data_root: str | 
     return data
 
 
-def _load(entry: DownstreamSet, storage: loaders.SetStorage, split: str, size: int | None,
-          resize: dict[str, Any] | None = None) -> SplitData:
+def _load(
+    entry: DownstreamSet,
+    storage: loaders.SetStorage,
+    split: str,
+    size: int | None,
+    resize: dict[str, Any] | None = None,
+) -> SplitData:
     mapping = _map_splits(entry, storage)
     src, rows = _rows(entry, storage, mapping, split)
     names = storage.class_names()
@@ -675,18 +842,29 @@ def _load(entry: DownstreamSet, storage: loaders.SetStorage, split: str, size: i
     labels.setflags(write=False)
     info: dict[str, Any] = {"set": entry.name, "origin": entry.origin}
     info.update(storage.describe())
-    info.update({"split": split, "source_split": src, "num_examples": int(len(labels)), "num_classes": len(names),
-                 "image_shape": [int(x) for x in images.shape[1:]]})
-    info["preprocess"] = ({"resize_shorter_side": size, "center_crop": size, "interpolation": RESIZE_INTERPOLATION}
-                          if size is not None else None)
+    info.update(
+        {
+            "split": split,
+            "source_split": src,
+            "num_examples": int(len(labels)),
+            "num_classes": len(names),
+            "image_shape": [int(x) for x in images.shape[1:]],
+        }
+    )
+    info["preprocess"] = (
+        {"resize_shorter_side": size, "center_crop": size, "interpolation": RESIZE_INTERPOLATION}
+        if size is not None
+        else None
+    )
     if size is not None and resize:  # a checkpoint's own resizing (recorded only then: default rows stay as they were)
         info["preprocess"].update(resize)
     info.update(_carves(entry, mapping))
     return SplitData(images=images, labels=labels, class_names=list(names), info=json.loads(json.dumps(info)))
 
 
-def split_info(name_or_entry: str | DownstreamSet, data_root: str | Path | None, *,
-               data_dir: str | Path | None = None) -> dict[str, Any]:
+def split_info(
+    name_or_entry: str | DownstreamSet, data_root: str | Path | None, *, data_dir: str | Path | None = None
+) -> dict[str, Any]:
     """A summary of a set's splits, read from the labels only (no image is decoded).
 
     ``{"set", "origin", "metric", "format", "location", "num_classes", "class_names", "chance",
@@ -704,8 +882,12 @@ def split_info(name_or_entry: str | DownstreamSet, data_root: str | Path | None,
     for s in SPLITS:
         src, rows = _rows(entry, storage, mapping, s)
         y = storage.labels(src)[rows]
-        splits[s] = {"source_split": src, "count": int(len(rows)), "carved": mapping[s] is None,
-                     "class_counts": [int(x) for x in np.bincount(y, minlength=len(names))]}
+        splits[s] = {
+            "source_split": src,
+            "count": int(len(rows)),
+            "carved": mapping[s] is None,
+            "class_counts": [int(x) for x in np.bincount(y, minlength=len(names))],
+        }
     out["splits"] = splits
     out.update(_carves(entry, mapping))
     return json.loads(json.dumps(out))

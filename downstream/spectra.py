@@ -62,5 +62,11 @@ def effective_rank(singular_values: np.ndarray) -> float:
 def summarise(features: np.ndarray, *, center: bool = False) -> dict[str, Any]:
     """``{"singular_values": [...], "k80": int, "effective_rank": float, "n": N, "dim": D}``."""
     s = spectrum(features, center=center)
-    return {"singular_values": s.tolist(), "k80": k_mass(s), "effective_rank": effective_rank(s),
-            "n": int(features.shape[0]), "dim": int(features.shape[1]), "centred": bool(center)}
+    return {
+        "singular_values": s.tolist(),
+        "k80": k_mass(s),
+        "effective_rank": effective_rank(s),
+        "n": int(features.shape[0]),
+        "dim": int(features.shape[1]),
+        "centred": bool(center),
+    }

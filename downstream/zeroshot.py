@@ -40,18 +40,36 @@ DEFAULT_TEMPLATES: tuple[str, ...] = (
 
 # Keyed by the set's base name (a real set "real.dtd" uses the entry "dtd").
 TEMPLATES: dict[str, tuple[str, ...]] = {
-    "cifar100": ("a photo of a {}.", "a blurry photo of a {}.", "a low resolution photo of a {}.",
-                 "a photo of the small {}.", "a picture of a {}."),
-    "dtd": ("a photo of a {} texture.", "a photo of a {} pattern.", "a photo of a {} thing.",
-            "a photo of a {} object.", "a close-up of a {} surface."),
+    "cifar100": (
+        "a photo of a {}.",
+        "a blurry photo of a {}.",
+        "a low resolution photo of a {}.",
+        "a photo of the small {}.",
+        "a picture of a {}.",
+    ),
+    "dtd": (
+        "a photo of a {} texture.",
+        "a photo of a {} pattern.",
+        "a photo of a {} thing.",
+        "a photo of a {} object.",
+        "a close-up of a {} surface.",
+    ),
     "caltech101": ("a photo of a {}.", "a photo of the {}.", "a picture of a {}.", "a centered photo of a {}."),
     "pets": ("a photo of a {}, a type of pet.", "a photo of a {}.", "a picture of a {}."),
     "domainnet_real": ("a photo of a {}.", "a picture of a {}.", "a photo of the {}."),
     "domainnet_clipart": ("clipart of a {}.", "a cartoon {}.", "a drawing of a {}.", "an illustration of a {}."),
-    "eurosat": ("a centered satellite photo of {}.", "a centered satellite photo of a {}.",
-                "a satellite image of {}.", "an aerial view of {}."),
-    "cameratraps": ("a camera trap image of a {}.", "a trail camera shot of a {}.", "a night vision image of a {}.",
-                    "a photo of a {} in the wild."),
+    "eurosat": (
+        "a centered satellite photo of {}.",
+        "a centered satellite photo of a {}.",
+        "a satellite image of {}.",
+        "an aerial view of {}.",
+    ),
+    "cameratraps": (
+        "a camera trap image of a {}.",
+        "a trail camera shot of a {}.",
+        "a night vision image of a {}.",
+        "a photo of a {} in the wild.",
+    ),
     "cassava": ("a photo of a {} cassava leaf.", "a close-up of a cassava leaf with {}.", "a photo of a leaf with {}."),
     "digits": ('a photo of the number: "{}".', "a picture of the digit {}."),
     "textures": ("a photo of {}.", "a close-up of {}.", "a photo of a {} texture."),
@@ -70,8 +88,14 @@ def prompt_name(class_name: str) -> str:
 
 
 @torch.inference_mode()
-def class_weights(model: nn.Module, tokenizer: Any, class_names: Sequence[str], templates: Sequence[str],
-                  device: torch.device | str = "cpu", precision: str = "auto") -> torch.Tensor:
+def class_weights(
+    model: nn.Module,
+    tokenizer: Any,
+    class_names: Sequence[str],
+    templates: Sequence[str],
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+) -> torch.Tensor:
     """Normalised class embeddings ``[embed_dim, C]`` from the prompts (open_clip's builder), in
     :mod:`downstream.accel`'s ``precision`` (bf16 autocast on a GPU by default), returned in fp32."""
     from open_clip.zero_shot_classifier import build_zero_shot_classifier
@@ -81,8 +105,15 @@ def class_weights(model: nn.Module, tokenizer: Any, class_names: Sequence[str], 
     if not templates or any("{}" not in t for t in templates):
         raise ValueError(f"every zero-shot template needs one '{{}}' for the class name, got {list(templates)}")
     with accel.autocast(device, precision):
-        weights = build_zero_shot_classifier(model, tokenizer, [prompt_name(c) for c in class_names], list(templates),
-                                             num_classes_per_batch=16, device=device, use_tqdm=False)
+        weights = build_zero_shot_classifier(
+            model,
+            tokenizer,
+            [prompt_name(c) for c in class_names],
+            list(templates),
+            num_classes_per_batch=16,
+            device=device,
+            use_tqdm=False,
+        )
     return weights.float()
 
 
@@ -98,8 +129,16 @@ class ClipImageFeatures(nn.Module):
 
 
 @torch.inference_mode()
-def zeroshot_logits(model: nn.Module, images: torch.Tensor, weights: torch.Tensor, meta: dict[str, Any], *,
-                    batch_size: int = 256, device: torch.device | str = "cpu", precision: str = "auto") -> torch.Tensor:
+def zeroshot_logits(
+    model: nn.Module,
+    images: torch.Tensor,
+    weights: torch.Tensor,
+    meta: dict[str, Any],
+    *,
+    batch_size: int = 256,
+    device: torch.device | str = "cpu",
+    precision: str = "auto",
+) -> torch.Tensor:
     """``logit_scale * normalised image embeddings @ weights`` for prepared uint8 images ``[N, 3, S, S]``.
 
     The image tower runs in :mod:`downstream.accel`'s ``precision`` (bf16 autocast on a GPU by
@@ -112,7 +151,7 @@ def zeroshot_logits(model: nn.Module, images: torch.Tensor, weights: torch.Tenso
     images, weights = accel.pinned(images, device), weights.to(device)
     out = []
     for start in range(0, len(images), batch_size):
-        x = accel.images_layout(normalise(accel.to_device(images[start:start + batch_size], device), mean, std))
+        x = accel.images_layout(normalise(accel.to_device(images[start : start + batch_size], device), mean, std))
         with accel.autocast(device, precision):
             emb = model.encode_image(x, normalize=True)
         out.append(scale * emb.float() @ weights)

@@ -11,8 +11,15 @@ from harness.estimate import Estimate, KindCost, human_bytes, human_hours
 
 
 def _row(t: Table, k: KindCost, label: str | None = None, style: str | None = None, wall: bool = True) -> None:
-    t.add_row(label or k.kind, f"{k.jobs:,}", human_hours(k.gpu_hours), human_hours(k.cpu_hours), human_bytes(k.bytes),
-              human_hours(k.longest_hours) if wall else "—", style=style)
+    t.add_row(
+        label or k.kind,
+        f"{k.jobs:,}",
+        human_hours(k.gpu_hours),
+        human_hours(k.cpu_hours),
+        human_bytes(k.bytes),
+        human_hours(k.longest_hours) if wall else "—",
+        style=style,
+    )
 
 
 def print_estimate(console: Console, est: Estimate) -> None:
@@ -20,8 +27,10 @@ def print_estimate(console: Console, est: Estimate) -> None:
     used and where each came from; the assumptions."""
     tot = est.total
     read = f" (+{human_bytes(est.input_bytes)} of source shards read)" if est.inputs else ""
-    t = Table(title=f"estimate of {est.spec!r}: {human_hours(tot.gpu_hours)} GPU-hours, "
-                    f"{human_hours(tot.cpu_hours)} CPU-hours, {human_bytes(tot.bytes)} written{read}")
+    t = Table(
+        title=f"estimate of {est.spec!r}: {human_hours(tot.gpu_hours)} GPU-hours, "
+        f"{human_hours(tot.cpu_hours)} CPU-hours, {human_bytes(tot.bytes)} written{read}"
+    )
     for col in ("kind", "jobs", "GPU-hours", "CPU-hours", "storage", "longest job (h)"):
         t.add_column(col, justify="left" if col == "kind" else "right")
     for k in est.kinds:
@@ -38,11 +47,15 @@ def print_estimate(console: Console, est: Estimate) -> None:
     for what, n, how in est.storage:
         st.add_row(what, human_bytes(n), how)
     for name, samples, n in est.inputs:
-        st.add_row(f"read: {name}", human_bytes(n), f"{samples:,} samples in its pool (input, not written)", style="dim")
+        st.add_row(
+            f"read: {name}", human_bytes(n), f"{samples:,} samples in its pool (input, not written)", style="dim"
+        )
     console.print(st)
 
-    ft = Table(title="figures used (measured: finished runs in the workdir; spec: resources.throughput; "
-                     "default: harness/estimate.py)")
+    ft = Table(
+        title="figures used (measured: finished runs in the workdir; spec: resources.throughput; "
+        "default: harness/estimate.py)"
+    )
     for col in ("figure", "value", "unit", "source", "basis"):
         ft.add_column(col, justify="right" if col == "value" else "left", overflow="fold")
     for f in sorted(est.figures, key=lambda f: f.name):

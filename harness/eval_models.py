@@ -40,14 +40,19 @@ def parse_model(text: str) -> tuple[str, dict[str, Any]]:
         name, rest = head, tail
     parts = rest.split(":", 2)
     if len(parts) != 3 or not all(parts):
-        raise ValueError(f"model {text!r}: expected {MODEL_SYNTAX}, e.g. timm:resnet50:/weights/r50.safetensors "
-                         "or open_clip:ViT-B-32:laion2b_s34b_b79k")
+        raise ValueError(
+            f"model {text!r}: expected {MODEL_SYNTAX}, e.g. timm:resnet50:/weights/r50.safetensors "
+            "or open_clip:ViT-B-32:laion2b_s34b_b79k"
+        )
     framework, arch, weights = parts
     if framework not in FRAMEWORKS:
         raise ValueError(f"model {text!r}: unknown framework {framework!r}; valid: {', '.join(FRAMEWORKS)}")
     if not name:
-        shown = weights.removeprefix(HUB_PREFIX).replace("/", ".") if weights.startswith(HUB_PREFIX) or \
-            "/" not in weights else Path(weights).stem
+        shown = (
+            weights.removeprefix(HUB_PREFIX).replace("/", ".")
+            if weights.startswith(HUB_PREFIX) or "/" not in weights
+            else Path(weights).stem
+        )
         name = _slug(f"{arch}@{shown}")
     return name, {"framework": framework, "arch": arch, "weights": weights}
 
@@ -74,9 +79,19 @@ def _names(text: str, what: str) -> list[str]:
     return names
 
 
-def eval_spec(models: list[str], *, sets: str, protocols: str, shots: str, eval_seeds: str = "0",
-              name: str = "eval", store: str | None = None, workdir: str | None = None,
-              world_dir: str | None = None, world_scale: float = 1.0) -> dict[str, Any]:
+def eval_spec(
+    models: list[str],
+    *,
+    sets: str,
+    protocols: str,
+    shots: str,
+    eval_seeds: str = "0",
+    name: str = "eval",
+    store: str | None = None,
+    workdir: str | None = None,
+    world_dir: str | None = None,
+    world_scale: float = 1.0,
+) -> dict[str, Any]:
     """The spec data of ``tbench eval`` (validate it with :func:`harness.spec.parse_spec`). Local
     paths are made absolute, so the saved spec repeats the run from any folder."""
     from pretrain.existing import weights_kind
@@ -101,7 +116,8 @@ def eval_spec(models: list[str], *, sets: str, protocols: str, shots: str, eval_
         suite.append({"name": protocol, "shots": given})
     seeds = [int(s) for s in _names(eval_seeds, "eval-seeds")]
     data: dict[str, Any] = {
-        "name": name, "description": "written by tbench eval",
+        "name": name,
+        "description": "written by tbench eval",
         "world": {"scale": world_scale, **({"dir": str(Path(world_dir).absolute())} if world_dir else {})},
         "models": entries,
         "downstream": {"sets": _names(sets, "sets"), "protocols": suite, "eval_seeds": seeds},

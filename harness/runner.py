@@ -69,8 +69,14 @@ def _location(text: str | os.PathLike[str], base: Path) -> str | Path:
     return (p if p.is_absolute() else base / p).absolute()
 
 
-def resolve_paths(spec: Spec, plan: Plan, *, base_dir: Path | None = None, workdir: str | Path | None = None,
-                  store: str | Path | None = None) -> Paths:
+def resolve_paths(
+    spec: Spec,
+    plan: Plan,
+    *,
+    base_dir: Path | None = None,
+    workdir: str | Path | None = None,
+    store: str | Path | None = None,
+) -> Paths:
     """Where a run's workdir, store, report, world and data live. ``workdir`` and ``store`` may
     be object-store URIs (``s3://bucket/prefix``, see harness.workdir and results.store)."""
     base = Path(base_dir) if base_dir is not None else Path.cwd()
@@ -121,10 +127,16 @@ def code_version() -> str:
         return sent
     here = Path(__file__).resolve().parent.parent
     try:
-        rev = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
-                             text=True, timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        rev = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
         return rev + ("+dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         from importlib.metadata import version
@@ -140,9 +152,17 @@ def _short_error(exc: BaseException) -> str:
     return text.strip()[-2000:]
 
 
-def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None = None,
-        store: str | Path | None = None, address: str | None = None, num_cpus: int | None = None,
-        progress: bool = True, kinds: tuple[str, ...] | None = None) -> RunSummary:
+def run(
+    spec: Spec,
+    *,
+    base_dir: Path | None = None,
+    workdir: str | Path | None = None,
+    store: str | Path | None = None,
+    address: str | None = None,
+    num_cpus: int | None = None,
+    progress: bool = True,
+    kinds: tuple[str, ...] | None = None,
+) -> RunSummary:
     """Run every unfinished job of ``spec``; rows of finished evaluations land in the store.
 
     ``kinds``: run only jobs of these kinds (e.g. ``("world", "view")`` for `tbench data curate`).
@@ -171,8 +191,12 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
     os.environ.setdefault("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", "3600")
     started_ray = False
     if not ray.is_initialized():
-        kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False,
-                                  "logging_level": logging.ERROR, "configure_logging": True}
+        kwargs: dict[str, Any] = {
+            "include_dashboard": False,
+            "log_to_driver": False,
+            "logging_level": logging.ERROR,
+            "configure_logging": True,
+        }
         if address:
             ray.init(address=address, **kwargs)
         else:
@@ -186,16 +210,17 @@ def run(spec: Spec, *, base_dir: Path | None = None, workdir: str | Path | None 
             cpus = num_cpus or os.cpu_count() or 1
             ray.init(num_cpus=cpus, resources={TRAINER_SLOT: _trainer_slots(spec, cpus), VIEW_SLOT: 1}, **kwargs)
         started_ray = True
-    asks_gpu = spec.resources.pretrain.gpus_per_worker > 0 or any(
-        j.resources.get("num_gpus", 0) > 0 for j in todo)
+    asks_gpu = spec.resources.pretrain.gpus_per_worker > 0 or any(j.resources.get("num_gpus", 0) > 0 for j in todo)
     cpu_only = False
     if asks_gpu and not ray.cluster_resources().get("GPU"):
         if address:  # an autoscaling cluster may have no GPU node yet: the asks stand
             log.warning("the cluster has no GPU yet; jobs asking for GPUs wait until GPU nodes join")
         else:  # this machine has none: everything falls back to CPU
             cpu_only = True
-            log.warning("no GPU on this machine: pre-training and evaluations run on CPU "
-                        "(the spec's GPU asks apply on a cluster)")
+            log.warning(
+                "no GPU on this machine: pre-training and evaluations run on CPU "
+                "(the spec's GPU asks apply on a cluster)"
+            )
     try:
         _run_jobs(plan, todo, done, paths, st, summary, progress, cpu_only=cpu_only)
     finally:
@@ -334,8 +359,16 @@ class Scheduler:
         self.failed[key] = error
 
 
-def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, summary: RunSummary,
-              progress: bool, cpu_only: bool = False) -> None:
+def _run_jobs(
+    plan: Plan,
+    todo: list[Job],
+    done: set[str],
+    paths: Paths,
+    st,
+    summary: RunSummary,
+    progress: bool,
+    cpu_only: bool = False,
+) -> None:
     """Submit ``todo`` as Ray tasks and land their results as they finish.
 
     A job is submitted once every input it needs is finished or submitted: Ray starts it when the
@@ -377,7 +410,9 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
 
         def submit(job: Job, handles: list[Any]) -> Any:
             ctx = context(job)
-            ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **_task_options(job, retries, cpu_only)).remote(job, ctx, *handles)
+            ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **_task_options(job, retries, cpu_only)).remote(
+                job, ctx, *handles
+            )
             pending[ref] = (job, ctx)
             return ref
 
@@ -412,10 +447,19 @@ def _run_jobs(plan: Plan, todo: list[Job], done: set[str], paths: Paths, st, sum
 
 def _job_context(plan: Plan, paths: Paths, job: Job, *, version: str, run_id: str, cpu_only: bool) -> RunContext:
     """The context a job's task runs with (its threads, the workdir's paths, its inputs' kinds)."""
-    return RunContext(plan.spec.name, paths.workdir, paths.world, version,
-                      num_threads=max(1, int(job.resources.get("num_cpus", 1))), data_dir=paths.data,
-                      run_id=run_id, remote=paths.remote, world_key=paths.world_key,
-                      inputs=tuple((plan.jobs[d].kind, d) for d in job.deps), cpu_only=cpu_only)
+    return RunContext(
+        plan.spec.name,
+        paths.workdir,
+        paths.world,
+        version,
+        num_threads=max(1, int(job.resources.get("num_cpus", 1))),
+        data_dir=paths.data,
+        run_id=run_id,
+        remote=paths.remote,
+        world_key=paths.world_key,
+        inputs=tuple((plan.jobs[d].kind, d) for d in job.deps),
+        cpu_only=cpu_only,
+    )
 
 
 def _task_options(job: Job, retries: int, cpu_only: bool) -> dict[str, Any]:
@@ -426,9 +470,12 @@ def _task_options(job: Job, retries: int, cpu_only: bool) -> dict[str, Any]:
         # One worker: the loop runs in this task itself (harness.executors._pretrain), which
         # holds the run's CPUs/GPU, so Ray runs as many runs side by side as fit; Ray retries
         # it, and the loop resumes from its last epoch.
-        opts: dict[str, Any] = {"num_cpus": job.resources.get("cpus_per_worker", 1),
-                                "num_gpus": 0 if cpu_only else job.resources.get("gpus_per_worker", 0),
-                                "max_retries": retries, "retry_exceptions": True}
+        opts: dict[str, Any] = {
+            "num_cpus": job.resources.get("cpus_per_worker", 1),
+            "num_gpus": 0 if cpu_only else job.resources.get("gpus_per_worker", 0),
+            "max_retries": retries,
+            "retry_exceptions": True,
+        }
     elif job.kind == "pretrain":
         # Ray Train reserves the workers' CPUs/GPUs itself and restores failed workers itself
         # (FailureConfig); the task that drives it holds nothing and is not retried.
@@ -442,9 +489,12 @@ def _task_options(job: Job, retries: int, cpu_only: bool) -> dict[str, Any]:
         if VIEW_SLOT in ray.cluster_resources():
             opts["resources"] = {VIEW_SLOT: 1}
     else:
-        opts = {"num_cpus": job.resources.get("num_cpus", 1),
-                "num_gpus": 0 if cpu_only else job.resources.get("num_gpus", 0),
-                "max_retries": retries, "retry_exceptions": True}
+        opts = {
+            "num_cpus": job.resources.get("num_cpus", 1),
+            "num_gpus": 0 if cpu_only else job.resources.get("num_gpus", 0),
+            "max_retries": retries,
+            "retry_exceptions": True,
+        }
     return opts
 
 
@@ -480,10 +530,21 @@ def record_attempt(job: Job, ctx: RunContext, exc: BaseException) -> None:
     d = job_dir(ctx.workdir if ctx.remote is None else ctx.remote.local, ATTEMPTS, job.key)
     d.mkdir(parents=True, exist_ok=True)
     name = f"{ctx.run_id}-{uuid.uuid4().hex[:8]}.json"
-    (d / name).write_text(json.dumps({
-        "run_id": ctx.run_id, "kind": job.kind, "label": job.label, "host": socket.gethostname(), "pid": os.getpid(),
-        "time": datetime.now(UTC).isoformat(), "error": f"{type(exc).__name__}: {exc}"[-2000:],
-        "traceback": "".join(traceback.format_exception(exc))[-8000:]}, indent=1))
+    (d / name).write_text(
+        json.dumps(
+            {
+                "run_id": ctx.run_id,
+                "kind": job.kind,
+                "label": job.label,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "time": datetime.now(UTC).isoformat(),
+                "error": f"{type(exc).__name__}: {exc}"[-2000:],
+                "traceback": "".join(traceback.format_exception(exc))[-8000:],
+            },
+            indent=1,
+        )
+    )
     if ctx.remote is not None:
         ctx.remote.push(ATTEMPTS, job.key, files=[name])
 
@@ -538,24 +599,35 @@ def _write_view_row(st, job: Job, spec_name: str, paths: Paths) -> None:
     if paths.remote is not None:
         paths.wd.pull("view", job.key, only=["manifest.json"])
     manifest = json.loads((job_dir(paths.workdir, "view", job.key) / "manifest.json").read_text())
-    st.write_part("views", job.key, [{
-        "view_key": job.key,
-        "spec": spec_name,
-        "created_at": datetime.now(UTC),
-        "source": job.coords["source"],
-        "curation": job.coords["curation"],
-        "requested_size": manifest.get("requested_size"),
-        "size": manifest.get("size"),
-        "label_noise": manifest.get("label_noise"),
-        "achieved_noise": manifest.get("achieved_noise"),
-        "label_accuracy": manifest.get("label_accuracy"),
-        "num_classes": manifest.get("num_classes"),
-        "funnel": json.dumps(manifest.get("funnel", {})),
-        "pool_size": manifest.get("pool_size"),
-        "noise_model": manifest.get("noise_model", "symmetric"),
-        "materialize": manifest.get("materialize", "shards"),
-        "details": json.dumps({"steps": manifest.get("steps", {}), "per_source": manifest.get("per_source", {}),
-                               "achieved_noise_per_class": manifest.get("achieved_noise_per_class"),
-                               "skipped_samples": manifest.get("skipped_samples", 0),
-                               "skipped": manifest.get("skipped", {})}),
-    }])
+    st.write_part(
+        "views",
+        job.key,
+        [
+            {
+                "view_key": job.key,
+                "spec": spec_name,
+                "created_at": datetime.now(UTC),
+                "source": job.coords["source"],
+                "curation": job.coords["curation"],
+                "requested_size": manifest.get("requested_size"),
+                "size": manifest.get("size"),
+                "label_noise": manifest.get("label_noise"),
+                "achieved_noise": manifest.get("achieved_noise"),
+                "label_accuracy": manifest.get("label_accuracy"),
+                "num_classes": manifest.get("num_classes"),
+                "funnel": json.dumps(manifest.get("funnel", {})),
+                "pool_size": manifest.get("pool_size"),
+                "noise_model": manifest.get("noise_model", "symmetric"),
+                "materialize": manifest.get("materialize", "shards"),
+                "details": json.dumps(
+                    {
+                        "steps": manifest.get("steps", {}),
+                        "per_source": manifest.get("per_source", {}),
+                        "achieved_noise_per_class": manifest.get("achieved_noise_per_class"),
+                        "skipped_samples": manifest.get("skipped_samples", 0),
+                        "skipped": manifest.get("skipped", {}),
+                    }
+                ),
+            }
+        ],
+    )

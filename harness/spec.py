@@ -196,8 +196,10 @@ class PretrainGrid(_Model):
         bad = [c for c in v if c not in declared]
         if bad:
             default = " ('none' is the default of a block that names no curation)" if "none" in bad else ""
-            raise ValueError(f"unknown curation variant(s) {bad}{default}; declared under 'curation': "
-                             f"{', '.join(declared) or '(none)'}; declare it (e.g. `none: []`) or list declared ones")
+            raise ValueError(
+                f"unknown curation variant(s) {bad}{default}; declared under 'curation': "
+                f"{', '.join(declared) or '(none)'}; declare it (e.g. `none: []`) or list declared ones"
+            )
         return v
 
     @field_validator("samples_seen")
@@ -288,8 +290,10 @@ class Pretrain(_Model):
                 epochs = g.epochs or self.epochs
                 bad = [e for e in g.checkpoint_epochs if not 1 <= e <= epochs]
                 if bad:
-                    raise ValueError(f"grids.{i}.checkpoint_epochs {bad} outside 1..{epochs}; "
-                                     "give epochs in that range, 'last' or 'all'")
+                    raise ValueError(
+                        f"grids.{i}.checkpoint_epochs {bad} outside 1..{epochs}; "
+                        "give epochs in that range, 'last' or 'all'"
+                    )
         return self
 
     def _budget_checkpoints(self, i: int, g: "PretrainGrid") -> str | None:
@@ -298,30 +302,41 @@ class Pretrain(_Model):
         if samples is None:
             return None
         own = g.checkpoint_epochs is not None
-        which, where = (g.checkpoint_epochs, f"grids.{i}.checkpoint_epochs") if own else \
-            (self.checkpoint_epochs, "checkpoint_epochs")
+        which, where = (
+            (g.checkpoint_epochs, f"grids.{i}.checkpoint_epochs")
+            if own
+            else (self.checkpoint_epochs, "checkpoint_epochs")
+        )
         budget = f"grids.{i} has samples_seen {samples}" + ("" if g.samples_seen else " (pretrain.samples_seen)")
         if which == "all":
-            return (f"{where}: 'all' needs a fixed number of epochs, and {budget}: its epochs depend on the "
-                    f"view's size; give {'this block' if own else f'grids.{i}'} checkpoint_epochs 'last' or a "
-                    "list of epochs before the end")
+            return (
+                f"{where}: 'all' needs a fixed number of epochs, and {budget}: its epochs depend on the "
+                f"view's size; give {'this block' if own else f'grids.{i}'} checkpoint_epochs 'last' or a "
+                "list of epochs before the end"
+            )
         if not isinstance(which, list):
             return None
         for size in g.sizes:
             epochs = epochs_for_size(samples, size, self.batch_size)
             bad = [e for e in which if epochs is not None and not 1 <= e < epochs]
             if bad:
-                return (f"{where}: epochs {bad} are not whole epochs before the end of every run of grids.{i}: "
-                        f"{budget}, {epochs} epoch(s) over a view of {size} at batch {self.batch_size} (more if "
-                        f"curation keeps fewer samples); give epochs in 1..{epochs - 1} or 'last' (the end is "
-                        "always saved)")
+                return (
+                    f"{where}: epochs {bad} are not whole epochs before the end of every run of grids.{i}: "
+                    f"{budget}, {epochs} epoch(s) over a view of {size} at batch {self.batch_size} (more if "
+                    f"curation keeps fewer samples); give epochs in 1..{epochs - 1} or 'last' (the end is "
+                    "always saved)"
+                )
         return None
 
     def saved_epochs(self, epochs: int | None = None, grid: "PretrainGrid | None" = None) -> list[int | str]:
         """Checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps (``grid.checkpoint_epochs``
         when that block sets it, else ``pretrain.checkpoint_epochs``). For a block whose budget is
         ``samples_seen`` (``epochs`` is then ignored): the listed epochs, then :data:`LAST`, the end."""
-        which = grid.checkpoint_epochs if grid is not None and grid.checkpoint_epochs is not None else self.checkpoint_epochs
+        which = (
+            grid.checkpoint_epochs
+            if grid is not None and grid.checkpoint_epochs is not None
+            else self.checkpoint_epochs
+        )
         if grid is not None and self.budget(grid)[1] is not None:
             return (sorted(set(which)) if isinstance(which, list) else []) + [LAST]
         epochs = epochs or self.epochs
@@ -355,12 +370,20 @@ class RunFilter(_Model):
     label_noise: list[float] | None = None
     seeds: list[int] | None = None  # pre-training seeds
 
-    _COORDS: ClassVar[dict[str, str]] = {"sources": "source", "methods": "method", "sizes": "requested_size", "curation": "curation",
-               "label_noise": "label_noise", "seeds": "pretrain_seed"}
+    _COORDS: ClassVar[dict[str, str]] = {
+        "sources": "source",
+        "methods": "method",
+        "sizes": "requested_size",
+        "curation": "curation",
+        "label_noise": "label_noise",
+        "seeds": "pretrain_seed",
+    }
 
     def matches(self, coords: dict[str, Any]) -> bool:
-        return all(getattr(self, field) is None or coords.get(coord) in getattr(self, field)
-                   for field, coord in self._COORDS.items())
+        return all(
+            getattr(self, field) is None or coords.get(coord) in getattr(self, field)
+            for field, coord in self._COORDS.items()
+        )
 
 
 class Protocol(_Model):
@@ -579,8 +602,11 @@ class Storage(_Model):
     def _bytes(cls, v: dict[str, int], info: ValidationInfo) -> dict[str, int]:
         problems = _unknown_sources([k for k in v if k != "default"], info)
         problems = [p + " (or 'default')" for p in problems]
-        problems += [f"{k}: bytes per sample must be a positive integer, got {n!r}" for k, n in v.items()
-                     if isinstance(n, bool) or not isinstance(n, int) or n <= 0]
+        problems += [
+            f"{k}: bytes per sample must be a positive integer, got {n!r}"
+            for k, n in v.items()
+            if isinstance(n, bool) or not isinstance(n, int) or n <= 0
+        ]
         if problems:
             raise ValueError("; ".join(problems))
         return v
@@ -617,8 +643,9 @@ class ExistingModelSpec(_Model):
         """The plain :class:`pretrain.existing.ExistingModel` of this entry."""
         from pretrain.existing import ExistingModel
 
-        return ExistingModel(name, self.framework, self.arch, self.weights, self.image_size,
-                             self.describes.model_dump())
+        return ExistingModel(
+            name, self.framework, self.arch, self.weights, self.image_size, self.describes.model_dump()
+        )
 
 
 class World(_Model):
@@ -698,8 +725,9 @@ class Spec(_Model):
         if clash:
             raise ValueError(f"mixture names {sorted(clash)} clash with source names")
         if not self.pretrain.grids and not self.models:
-            raise ValueError("nothing to evaluate: give pretrain.grids (blocks to pre-train) or models (existing "
-                             "models), or both")
+            raise ValueError(
+                "nothing to evaluate: give pretrain.grids (blocks to pre-train) or models (existing models), or both"
+            )
         problems = []
         for variant, steps in self.curation.items():
             for i, st in enumerate(steps):
@@ -708,21 +736,30 @@ class Spec(_Model):
                     names = [against] if isinstance(against, str) else list(against)
                     unknown = [n for n in names if n not in self.downstream.sets]
                     if unknown:
-                        problems.append(f"curation.{variant}.{i}: dedup against {unknown}: not sets of this spec; "
-                                        f"valid: 'all' or names from downstream.sets: {', '.join(self.downstream.sets)}")
+                        problems.append(
+                            f"curation.{variant}.{i}: dedup against {unknown}: not sets of this spec; "
+                            f"valid: 'all' or names from downstream.sets: {', '.join(self.downstream.sets)}"
+                        )
                 model = st.params.get("model") if st.step == "dedup" else None
                 if model is not None and model not in self.models and not _is_checkpoint_file(model):
-                    problems.append(f"curation.{variant}.{i}.model: {model!r} is neither a model of this spec's "
-                                    f"models: ({', '.join(self.models) or 'none declared'}) nor a harness checkpoint "
-                                    "file (.pt)")
+                    problems.append(
+                        f"curation.{variant}.{i}.model: {model!r} is neither a model of this spec's "
+                        f"models: ({', '.join(self.models) or 'none declared'}) nor a harness checkpoint "
+                        "file (.pt)"
+                    )
         ckpt = self.downstream.checkpoint_epochs
         if isinstance(ckpt, list):
-            sized = [f"grids.{i}" for i, g in enumerate(self.pretrain.grids)
-                     if self.pretrain.budget(g)[1] is not None and g.checkpoint_epochs is None]
+            sized = [
+                f"grids.{i}"
+                for i, g in enumerate(self.pretrain.grids)
+                if self.pretrain.budget(g)[1] is not None and g.checkpoint_epochs is None
+            ]
             if sized:
-                problems.append(f"downstream.checkpoint_epochs: a list of epochs cannot apply to {', '.join(sized)} "
-                                "(samples_seen: the number of epochs depends on the view's size); give 'last' or "
-                                "'all', or give those blocks their own checkpoint_epochs")
+                problems.append(
+                    f"downstream.checkpoint_epochs: a list of epochs cannot apply to {', '.join(sized)} "
+                    "(samples_seen: the number of epochs depends on the view's size); give 'last' or "
+                    "'all', or give those blocks their own checkpoint_epochs"
+                )
         if isinstance(ckpt, list) and self.pretrain.all_epochs():
             saved = sorted(set.intersection(*(set(self.pretrain.saved_epochs(e)) for e in self.pretrain.all_epochs())))
             missing = [e for e in ckpt if e not in saved]

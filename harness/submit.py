@@ -34,10 +34,35 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # Never uploaded: outputs, environments, version control, caches, build products, checkpoints.
 # Patterns are .gitignore-style (what Ray's runtime_env "excludes" takes), relative to the root.
 DEFAULT_EXCLUDES = [
-    ".git/", ".venv/", "venv/", ".env", "tbench-out/", "tbench-data/", ".tbench-submit/",
-    "__pycache__/", "*.pyc", "*.pyo", ".pytest_cache/", ".mypy_cache/", ".ruff_cache/", ".ipynb_checkpoints/",
-    "*.egg-info/", "build/", "dist/", ".gl/", ".whl/", "node_modules/",
-    "*.ckpt", "*.pt", "*.pth", "*.safetensors", "*.tar", "*.parquet", "*.npz", "*.zip", "*.tar.gz",
+    ".git/",
+    ".venv/",
+    "venv/",
+    ".env",
+    "tbench-out/",
+    "tbench-data/",
+    ".tbench-submit/",
+    "__pycache__/",
+    "*.pyc",
+    "*.pyo",
+    ".pytest_cache/",
+    ".mypy_cache/",
+    ".ruff_cache/",
+    ".ipynb_checkpoints/",
+    "*.egg-info/",
+    "build/",
+    "dist/",
+    ".gl/",
+    ".whl/",
+    "node_modules/",
+    "*.ckpt",
+    "*.pt",
+    "*.pth",
+    "*.safetensors",
+    "*.tar",
+    "*.parquet",
+    "*.npz",
+    "*.zip",
+    "*.tar.gz",
 ]
 # A working dir above this is refused (Ray's own hard limit is the GCS message size, 512 MiB;
 # a project this size that is not code means outputs were left in the tree).
@@ -48,9 +73,11 @@ SPEC_ENV = "TBENCH_SUBMIT_SPEC_B64"
 SPEC_DIR = ".tbench-submit"
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
 CONNECT_TIMEOUT_S = 15.0
-START_HEAD_HINT = ("start a head there with `ray start --head --dashboard-host 0.0.0.0` "
-                   "(the Jobs API listens on the dashboard port, 8265 by default), "
-                   "or pass --address / set RAY_ADDRESS")
+START_HEAD_HINT = (
+    "start a head there with `ray start --head --dashboard-host 0.0.0.0` "
+    "(the Jobs API listens on the dashboard port, 8265 by default), "
+    "or pass --address / set RAY_ADDRESS"
+)
 
 
 class SubmitError(Exception):
@@ -58,6 +85,7 @@ class SubmitError(Exception):
 
 
 # ----------------------------------------------------------------------------- addresses
+
 
 def default_address() -> str:
     """``$RAY_API_SERVER_ADDRESS``, else ``$RAY_ADDRESS`` when it is an http(s) URL, else the local head."""
@@ -90,12 +118,15 @@ def submission_id_for(spec_name: str, now: datetime | None = None) -> str:
 
 # ----------------------------------------------------------------------------- the upload
 
+
 def project_root(working_dir: str | Path | None = None) -> Path:
     """The directory shipped as the job's working dir: it must hold the ``harness`` package."""
     root = Path(working_dir).expanduser().resolve() if working_dir else PROJECT_ROOT
     if not (root / "harness" / "cli.py").is_file():
-        raise SubmitError(f"{root} is not the transfer-bench project (no harness/cli.py there); run from a "
-                          "checkout of the project or pass --working-dir")
+        raise SubmitError(
+            f"{root} is not the transfer-bench project (no harness/cli.py there); run from a "
+            "checkout of the project or pass --working-dir"
+        )
     return root
 
 
@@ -169,9 +200,11 @@ def check_upload(up: Upload, limit: int = MAX_UPLOAD_BYTES) -> str | None:
     """Refuse an upload over ``limit``; return a warning for a large one (else None)."""
     big = ", ".join(f"{rel} ({_human(n)})" for n, rel in up.largest)
     if up.bytes > limit:
-        raise SubmitError(f"the working dir to upload is {_human(up.bytes)} ({up.files} files), over the "
-                          f"{_human(limit)} limit; largest: {big}. Leave outputs out of the project tree, or "
-                          "exclude them with --exclude PATTERN or a .rayignore file")
+        raise SubmitError(
+            f"the working dir to upload is {_human(up.bytes)} ({up.files} files), over the "
+            f"{_human(limit)} limit; largest: {big}. Leave outputs out of the project tree, or "
+            "exclude them with --exclude PATTERN or a .rayignore file"
+        )
     if up.bytes > WARN_UPLOAD_BYTES:
         return f"the upload is {_human(up.bytes)}; largest files: {big}"
     return None
@@ -186,6 +219,7 @@ def _human(n: float) -> str:
 
 
 # ----------------------------------------------------------------------------- the submission
+
 
 @dataclass
 class Submission:
@@ -218,12 +252,22 @@ def _rel_inside(path: Path, root: Path) -> str | None:
         return None
 
 
-def build_submission(spec_path: str | Path, spec, *, address: str | None = None, workdir: str | None = None,
-                     store: str | None = None, working_dir: str | Path | None = None,
-                     pip: Iterable[str] = (), env: dict[str, str] | None = None,
-                     runtime_env_file: str | Path | None = None, extra_excludes: Iterable[str] = (),
-                     submission_id: str | None = None, python: str = "python",
-                     cwd: Path | None = None) -> Submission:
+def build_submission(
+    spec_path: str | Path,
+    spec,
+    *,
+    address: str | None = None,
+    workdir: str | None = None,
+    store: str | None = None,
+    working_dir: str | Path | None = None,
+    pip: Iterable[str] = (),
+    env: dict[str, str] | None = None,
+    runtime_env_file: str | Path | None = None,
+    extra_excludes: Iterable[str] = (),
+    submission_id: str | None = None,
+    python: str = "python",
+    cwd: Path | None = None,
+) -> Submission:
     """The submission for a validated ``spec`` read from ``spec_path`` (nothing is contacted).
 
     ``workdir``/``store`` are passed to ``tbench run`` on the cluster; they should be shared
@@ -236,8 +280,9 @@ def build_submission(spec_path: str | Path, spec, *, address: str | None = None,
     cwd = Path(cwd or Path.cwd())
     spec_file = Path(spec_path).expanduser()
     notes: list[str] = []
-    runtime_env, env_vars = _runtime_env(root, DEFAULT_EXCLUDES + [e for e in extra_excludes if e],
-                                         runtime_env_file, env, pip)
+    runtime_env, env_vars = _runtime_env(
+        root, DEFAULT_EXCLUDES + [e for e in extra_excludes if e], runtime_env_file, env, pip
+    )
     excludes = runtime_env["excludes"]
     rel, cmd_prefix = _place_spec(spec_file, spec, root, excludes, python, env_vars, notes)
     if workdir is None or store is None:
@@ -257,14 +302,30 @@ def build_submission(spec_path: str | Path, spec, *, address: str | None = None,
     # The uploaded copy has no .git: the commit (and '+dirty') is taken here and sent along.
     version = code_version()
     env_vars.setdefault("TBENCH_CODE_VERSION", version)
-    metadata = {"tbench_spec": spec.name, "tbench_spec_path": str(spec_file), "tbench_code_version": version,
-                "tbench_workdir": str(workdir or ""), "tbench_store": str(store or "")}
-    return Submission(addr, sid, entrypoint, runtime_env, metadata, upload, spec.name,
-                      None if workdir is None else str(workdir), None if store is None else str(store), notes)
+    metadata = {
+        "tbench_spec": spec.name,
+        "tbench_spec_path": str(spec_file),
+        "tbench_code_version": version,
+        "tbench_workdir": str(workdir or ""),
+        "tbench_store": str(store or ""),
+    }
+    return Submission(
+        addr,
+        sid,
+        entrypoint,
+        runtime_env,
+        metadata,
+        upload,
+        spec.name,
+        None if workdir is None else str(workdir),
+        None if store is None else str(store),
+        notes,
+    )
 
 
-def _runtime_env(root: Path, excludes: list[str], runtime_env_file: str | Path | None, env: dict[str, str] | None,
-                 pip: Iterable[str]) -> tuple[dict[str, Any], dict[str, str]]:
+def _runtime_env(
+    root: Path, excludes: list[str], runtime_env_file: str | Path | None, env: dict[str, str] | None, pip: Iterable[str]
+) -> tuple[dict[str, Any], dict[str, str]]:
     """The job's runtime env (working dir, excludes, --runtime-env merged, pip) and its env vars."""
     env_vars = {
         "PYTHONUNBUFFERED": "1",
@@ -288,8 +349,9 @@ def _runtime_env(root: Path, excludes: list[str], runtime_env_file: str | Path |
     return runtime_env, env_vars
 
 
-def _place_spec(spec_file: Path, spec, root: Path, excludes: list[str], python: str, env_vars: dict[str, str],
-                notes: list[str]) -> tuple[str, str]:
+def _place_spec(
+    spec_file: Path, spec, root: Path, excludes: list[str], python: str, env_vars: dict[str, str], notes: list[str]
+) -> tuple[str, str]:
     """The spec's path on the cluster and the command that writes it there first (or "").
 
     By its path inside the working dir, else shipped inline (in ``env_vars``) and written out first."""
@@ -302,25 +364,32 @@ def _place_spec(spec_file: Path, spec, root: Path, excludes: list[str], python: 
         rel = f"{SPEC_DIR}/{spec.name}-{digest}.yaml"
         env_vars[SPEC_ENV] = base64.b64encode(text).decode()
         cmd_prefix = f"{python} -m harness.submit write-spec {shlex.quote(rel)} && "
-        notes.append(f"the spec is outside the uploaded project; it travels inline and is written to {rel} "
-                     "on the cluster")
+        notes.append(
+            f"the spec is outside the uploaded project; it travels inline and is written to {rel} on the cluster"
+        )
     return rel, cmd_prefix
 
 
-def _default_paths(spec, addr: str, cwd: Path, workdir: str | None, store: str | None,
-                   notes: list[str]) -> tuple[str | None, str | None]:
+def _default_paths(
+    spec, addr: str, cwd: Path, workdir: str | None, store: str | None, notes: list[str]
+) -> tuple[str | None, str | None]:
     """Workdir and store where not given: a loopback cluster's from ``cwd``; a remote one keeps the
     spec's own, with a note when they are relative."""
-    relative = [w for w, given in (("workdir", workdir), ("store", store))
-                if given is None and not Path(getattr(spec, w).format(name=spec.name)).is_absolute()]
+    relative = [
+        w
+        for w, given in (("workdir", workdir), ("store", store))
+        if given is None and not Path(getattr(spec, w).format(name=spec.name)).is_absolute()
+    ]
     if is_loopback(addr):
         workdir = workdir or str(spec.path("workdir", cwd).absolute())
         store = store or str(spec.path("store", cwd).absolute())
     elif relative:
-        notes.append(f"the spec's {' and '.join(relative)} {'is' if len(relative) == 1 else 'are'} relative: "
-                     "on the cluster that is the job's temporary working dir on the head node, which workers "
-                     "do not share and which is deleted with the session; pass --workdir and --store on "
-                     "shared storage (a file system mounted on every node, or s3://...)")
+        notes.append(
+            f"the spec's {' and '.join(relative)} {'is' if len(relative) == 1 else 'are'} relative: "
+            "on the cluster that is the job's temporary working dir on the head node, which workers "
+            "do not share and which is deleted with the session; pass --workdir and --store on "
+            "shared storage (a file system mounted on every node, or s3://...)"
+        )
     return workdir, store
 
 
@@ -378,6 +447,7 @@ def write_spec_from_env(rel: str) -> Path:
 
 # ----------------------------------------------------------------------------- the plan's asks
 
+
 def resource_asks(plan) -> list[dict[str, Any]]:
     """Per job kind: jobs, result rows, what one job asks Ray for, and the total if all ran at once."""
     from harness.plan import KINDS
@@ -394,8 +464,15 @@ def resource_asks(plan) -> list[dict[str, Any]]:
         else:
             cpus = sum(j.resources.get("num_cpus", 1) for j in jobs)
             gpus = sum(j.resources.get("num_gpus", 0) for j in jobs)
-        out.append({"kind": kind, "jobs": len(jobs), "rows": sum(j.rows for j in jobs), "per_job": "; ".join(asks),
-                    "all_at_once": f"{cpus:g} CPU" + (f", {gpus:g} GPU" if gpus else "")})
+        out.append(
+            {
+                "kind": kind,
+                "jobs": len(jobs),
+                "rows": sum(j.rows for j in jobs),
+                "per_job": "; ".join(asks),
+                "all_at_once": f"{cpus:g} CPU" + (f", {gpus:g} GPU" if gpus else ""),
+            }
+        )
     return out
 
 
@@ -404,8 +481,10 @@ def gpu_note(plan) -> str | None:
     r = plan.spec.resources
     if r.pretrain.gpus_per_worker or r.eval.num_gpus or r.view.num_gpus:
         return None
-    return ("this spec asks for no GPU: on a GPU cluster set resources.pretrain.gpus_per_worker (GPUs per Ray Train "
-            "worker) and resources.eval.num_gpus (a fraction of a GPU per evaluation task)")
+    return (
+        "this spec asks for no GPU: on a GPU cluster set resources.pretrain.gpus_per_worker (GPUs per Ray Train "
+        "worker) and resources.eval.num_gpus (a fraction of a GPU per evaluation task)"
+    )
 
 
 def _ask(kind: str, r: dict[str, Any]) -> str:
@@ -422,6 +501,7 @@ def _ask(kind: str, r: dict[str, Any]) -> str:
 
 
 # ----------------------------------------------------------------------------- the Jobs API
+
 
 def connect(address: str | None = None):
     """A :class:`JobSubmissionClient` for ``address``, or :class:`SubmitError` naming it and how to start a head."""
@@ -446,8 +526,10 @@ def connect(address: str | None = None):
         raise SubmitError(f"cannot reach the Ray Jobs API at {addr} ({_reason(e)}); {START_HEAD_HINT}") from None
     except Exception as e:  # requests' errors, version checks, auth
         if "404" in str(e):
-            raise SubmitError(f"cannot reach the Ray Jobs API at {addr}: something answers there but it is not a "
-                              f"Ray dashboard (HTTP 404 on /api/version); {START_HEAD_HINT}") from None
+            raise SubmitError(
+                f"cannot reach the Ray Jobs API at {addr}: something answers there but it is not a "
+                f"Ray dashboard (HTTP 404 on /api/version); {START_HEAD_HINT}"
+            ) from None
         raise SubmitError(f"cannot use the Ray Jobs API at {addr}: {_reason(e)}; {START_HEAD_HINT}") from None
     finally:
         socket.setdefaulttimeout(timeout)
@@ -484,8 +566,15 @@ def _call(fn: Callable, address: str, job_id: str | None = None):
 
 def submit(sub: Submission, client=None) -> str:
     client = client or connect(sub.address)
-    return _call(lambda: client.submit_job(entrypoint=sub.entrypoint, runtime_env=sub.runtime_env,
-                                           submission_id=sub.submission_id, metadata=sub.metadata), sub.address)
+    return _call(
+        lambda: client.submit_job(
+            entrypoint=sub.entrypoint,
+            runtime_env=sub.runtime_env,
+            submission_id=sub.submission_id,
+            metadata=sub.metadata,
+        ),
+        sub.address,
+    )
 
 
 def job_info(address: str | None, job_id: str, client=None):
@@ -499,7 +588,7 @@ def list_jobs(address: str | None, client=None) -> list:
     addr = normalize_address(address)
     client = client or connect(addr)
     jobs = _call(client.list_jobs, addr)
-    return sorted(jobs, key=lambda j: (j.start_time or 0), reverse=True)
+    return sorted(jobs, key=lambda j: j.start_time or 0, reverse=True)
 
 
 def stop(address: str | None, job_id: str, *, wait_s: float = 30.0, client=None) -> tuple[bool, str]:
@@ -542,8 +631,10 @@ def follow(address: str | None, job_id: str, write: Callable[[str], Any], client
     except RuntimeError as e:  # the stream closed before the job ended (head restarted, network)
         status = status_name(_call(lambda: client.get_job_status(job_id), addr, job_id))
         if status not in TERMINAL:
-            raise SubmitError(f"the log stream of {job_id} at {addr} broke ({_reason(e)}); the job is {status}: "
-                              f"run `tbench logs {job_id} --follow --address {addr}` again") from None
+            raise SubmitError(
+                f"the log stream of {job_id} at {addr} broke ({_reason(e)}); the job is {status}: "
+                f"run `tbench logs {job_id} --follow --address {addr}` again"
+            ) from None
     except Exception as e:  # aiohttp's connection errors
         if isinstance(e, SubmitError):
             raise

@@ -42,8 +42,14 @@ RAY_DIR = "ray"  # Ray Train's own storage, under the run's out_dir
 LAUNCHERS = ("auto", "task", "in_process", "ray_train")
 
 
-def _synced_loop(cfg: TrainConfig, view_dir: str, out_dir: str, dist: DistInfo, sync: tuple[Any, str, str] | None,
-                 after_epoch: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
+def _synced_loop(
+    cfg: TrainConfig,
+    view_dir: str,
+    out_dir: str,
+    dist: DistInfo,
+    sync: tuple[Any, str, str] | None,
+    after_epoch: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """The loop of one rank, with a workdir on object storage kept in step (``sync``: see
     :func:`run_pretrain`): the view and the run's uploads are pulled into this node's cache first,
     and rank 0 uploads every epoch's checkpoint and state, then the summary the loop writes last."""
@@ -79,12 +85,19 @@ def _train_worker(config: dict[str, Any]) -> None:
     )
     logging.getLogger("pretrain").setLevel(config["log_level"])
     # ray.train.report is a barrier: every rank reports once per epoch
-    _synced_loop(config["cfg"], config["view_dir"], config["out_dir"], dist, config.get("sync"),
-                 lambda metrics: ray.train.report(dict(metrics)))
+    _synced_loop(
+        config["cfg"],
+        config["view_dir"],
+        config["out_dir"],
+        dist,
+        config.get("sync"),
+        lambda metrics: ray.train.report(dict(metrics)),
+    )
 
 
-def _one_worker(cfg: TrainConfig, view_dir: str, out_dir: str, cpus: float, gpus: float,
-                sync: tuple[Any, str, str] | None) -> dict[str, Any]:
+def _one_worker(
+    cfg: TrainConfig, view_dir: str, out_dir: str, cpus: float, gpus: float, sync: tuple[Any, str, str] | None
+) -> dict[str, Any]:
     """The loop as the only rank, in this process (which holds ``cpus`` CPUs and ``gpus`` GPUs:
     under Ray, ``CUDA_VISIBLE_DEVICES`` names the assigned GPU, so it is ``cuda:0`` here)."""
     import torch
@@ -94,8 +107,15 @@ def _one_worker(cfg: TrainConfig, view_dir: str, out_dir: str, cpus: float, gpus
     return _synced_loop(cfg, view_dir, out_dir, DistInfo(rank=0, world_size=1, local_rank=0, device=device), sync)
 
 
-def _train_task(cfg: TrainConfig, view_dir: str, out_dir: str, cpus: float, gpus: float, log_level: str,
-                sync: tuple[Any, str, str] | None) -> dict[str, Any]:
+def _train_task(
+    cfg: TrainConfig,
+    view_dir: str,
+    out_dir: str,
+    cpus: float,
+    gpus: float,
+    log_level: str,
+    sync: tuple[Any, str, str] | None,
+) -> dict[str, Any]:
     """The body of the Ray task of a one-worker run (``launcher="task"``)."""
     logging.getLogger("pretrain").setLevel(log_level)
     return _one_worker(cfg, view_dir, out_dir, cpus, gpus, sync)
@@ -153,13 +173,17 @@ def run_pretrain(
     if num_workers < 1:
         raise ValueError(f"num_workers must be >= 1, got {num_workers}")
     if cpus_per_worker <= 0 or gpus_per_worker < 0:
-        raise ValueError(f"need cpus_per_worker > 0 and gpus_per_worker >= 0, got {cpus_per_worker} and {gpus_per_worker}")
+        raise ValueError(
+            f"need cpus_per_worker > 0 and gpus_per_worker >= 0, got {cpus_per_worker} and {gpus_per_worker}"
+        )
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
     if launcher == "auto":
         launcher = "task" if num_workers == 1 else "ray_train"
     if launcher in ("task", "in_process") and num_workers != 1:
-        raise ValueError(f"launcher {launcher!r} runs one worker, got num_workers={num_workers}; use 'ray_train' or 'auto'")
+        raise ValueError(
+            f"launcher {launcher!r} runs one worker, got num_workers={num_workers}; use 'ray_train' or 'auto'"
+        )
     view_dir, out_dir = Path(view_dir).resolve(), Path(out_dir).resolve()  # Ray workers chdir elsewhere
     if not (view_dir / "sizes.json").is_file():
         raise FileNotFoundError(f"{view_dir} is not a view folder (no sizes.json)")
@@ -172,20 +196,34 @@ def run_pretrain(
         import ray
 
         task = ray.remote(_train_task).options(
-            name="pretrain", num_cpus=float(cpus_per_worker), num_gpus=float(gpus_per_worker),
-            max_retries=max_failures, retry_exceptions=True)
-        summary = ray.get(task.remote(cfg, str(view_dir), str(out_dir), cpus_per_worker, gpus_per_worker,
-                                      log_level, sync))
+            name="pretrain",
+            num_cpus=float(cpus_per_worker),
+            num_gpus=float(gpus_per_worker),
+            max_retries=max_failures,
+            retry_exceptions=True,
+        )
+        summary = ray.get(
+            task.remote(cfg, str(view_dir), str(out_dir), cpus_per_worker, gpus_per_worker, log_level, sync)
+        )
     else:
-        summary = _fit_ray_train(cfg, view_dir, out_dir, num_workers, cpus_per_worker, gpus_per_worker,
-                                 max_failures, log_level, sync)
+        summary = _fit_ray_train(
+            cfg, view_dir, out_dir, num_workers, cpus_per_worker, gpus_per_worker, max_failures, log_level, sync
+        )
     wall = time.perf_counter() - t0
     return {**summary, "wall_seconds": wall, "num_workers": num_workers, "launcher": launcher}
 
 
-def _fit_ray_train(cfg: TrainConfig, view_dir: Path, out_dir: Path, num_workers: int, cpus_per_worker: float,
-                   gpus_per_worker: float, max_failures: int, log_level: str,
-                   sync: tuple[Any, str, str] | None) -> dict[str, Any]:
+def _fit_ray_train(
+    cfg: TrainConfig,
+    view_dir: Path,
+    out_dir: Path,
+    num_workers: int,
+    cpus_per_worker: float,
+    gpus_per_worker: float,
+    max_failures: int,
+    log_level: str,
+    sync: tuple[Any, str, str] | None,
+) -> dict[str, Any]:
     """Run the loop under Ray Train's ``TorchTrainer``; returns the summary rank 0 wrote."""
     import ray.train
     from ray.train.torch import TorchTrainer
@@ -210,7 +248,11 @@ def _fit_ray_train(cfg: TrainConfig, view_dir: Path, out_dir: Path, num_workers:
             name="pretrain",
             storage_path=str(out_dir / RAY_DIR),
             failure_config=ray.train.FailureConfig(max_failures=max_failures),
-            **({"logging_config": ray.train.LoggingConfig(log_level=log_level)} if hasattr(ray.train, "LoggingConfig") else {}),
+            **(
+                {"logging_config": ray.train.LoggingConfig(log_level=log_level)}
+                if hasattr(ray.train, "LoggingConfig")
+                else {}
+            ),
         ),
     )
     trainer.fit()  # raises if training failed beyond max_failures

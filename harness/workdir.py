@@ -168,7 +168,7 @@ class Workdir:
         keys = set()
         for info in self.fs.get_file_info(pafs.FileSelector(prefix[:-1], recursive=True, allow_not_found=True)):
             if info.type == pafs.FileType.File and info.base_name == DONE:
-                key, _, rest = info.path[len(prefix):].partition("/")
+                key, _, rest = info.path[len(prefix) :].partition("/")
                 if rest == DONE:
                     keys.add(key)
         return keys
@@ -184,7 +184,11 @@ class Workdir:
         """{relative path: size} of the job folder's files where the truth lives (one listing)."""
         if not self.is_remote:
             d = self.dir(kind, key)
-            return {p.relative_to(d).as_posix(): p.stat().st_size for p in d.rglob("*") if p.is_file()} if d.is_dir() else {}
+            return (
+                {p.relative_to(d).as_posix(): p.stat().st_size for p in d.rglob("*") if p.is_file()}
+                if d.is_dir()
+                else {}
+            )
         return self._listing(self._remote(kind, key))
 
     def read_done(self, kind: str, key: str) -> dict[str, Any]:
@@ -208,8 +212,16 @@ class Workdir:
 
     # ---------------------------------------------------------------- sync
 
-    def pull(self, kind: str, key: str, *, only: Iterable[str | os.PathLike[str]] | None = None,
-             exclude: Iterable[str] = (), allow_partial: bool = False, force: bool = False) -> Path:
+    def pull(
+        self,
+        kind: str,
+        key: str,
+        *,
+        only: Iterable[str | os.PathLike[str]] | None = None,
+        exclude: Iterable[str] = (),
+        allow_partial: bool = False,
+        force: bool = False,
+    ) -> Path:
         """Make the local folder hold the remote folder's files; return the local folder.
 
         ``only``: just these paths (relative to the folder, e.g. ``checkpoints/epoch_003.pt``;
@@ -230,8 +242,10 @@ class Workdir:
         finished = DONE in remote
         if not finished and not allow_partial:
             state = "has no files" if not remote else f"has no {DONE}"
-            raise UnfinishedError(f"{self.uri_of(kind, key)} is not finished (it {state}); "
-                                  "pass allow_partial=True to pull an unfinished folder")
+            raise UnfinishedError(
+                f"{self.uri_of(kind, key)} is not finished (it {state}); "
+                "pass allow_partial=True to pull an unfinished folder"
+            )
         if only is None:
             wanted = list(remote)
         else:
@@ -240,16 +254,26 @@ class Workdir:
             if missing:
                 raise FileNotFoundError(f"{self.uri_of(kind, key, missing[0])} does not exist")
         skip = set(exclude)
-        todo = [r for r in dict.fromkeys(wanted)
-                if r != DONE and r.split("/", 1)[0] not in skip and (force or not _same_size(d / r, remote[r]))]
+        todo = [
+            r
+            for r in dict.fromkeys(wanted)
+            if r != DONE and r.split("/", 1)[0] not in skip and (force or not _same_size(d / r, remote[r]))
+        ]
         d.mkdir(parents=True, exist_ok=True)
         self._each(lambda r: self._get(f"{root}/{r}", d / r), todo)
         if finished:
             self._get(f"{root}/{DONE}", d / DONE)
         return d
 
-    def push(self, kind: str, key: str, *, files: Iterable[str | os.PathLike[str]] | None = None,
-             exclude: Iterable[str] = (), force: bool = False) -> Path:
+    def push(
+        self,
+        kind: str,
+        key: str,
+        *,
+        files: Iterable[str | os.PathLike[str]] | None = None,
+        exclude: Iterable[str] = (),
+        force: bool = False,
+    ) -> Path:
         """Upload the local folder's files (or just ``files``, relative to the folder) except the
         marker and temporary files, then the marker, last, if it exists locally; return the local
         folder. ``exclude``: top-level names not to push. Files the remote already holds with
@@ -267,8 +291,11 @@ class Workdir:
         if files is None:
             rels = list(_walk(d, skip))
         else:
-            rels = [r for r in dict.fromkeys(self._relative(d, p) for p in files)
-                    if r != DONE and r.split("/", 1)[0] not in skip]
+            rels = [
+                r
+                for r in dict.fromkeys(self._relative(d, p) for p in files)
+                if r != DONE and r.split("/", 1)[0] not in skip
+            ]
             missing = [r for r in rels if not (d / r).is_file()]
             if missing:
                 raise FileNotFoundError(f"nothing to push: {d / missing[0]} does not exist")
@@ -301,7 +328,9 @@ class Workdir:
     def _listing(self, root: str) -> dict[str, int]:
         """{path relative to ``root``: size} of every remote file below ``root`` (one listing)."""
         selector = pafs.FileSelector(root, recursive=True, allow_not_found=True)
-        return {i.path[len(root) + 1:]: i.size for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File}
+        return {
+            i.path[len(root) + 1 :]: i.size for i in self.fs.get_file_info(selector) if i.type == pafs.FileType.File
+        }
 
     @staticmethod
     def _relative(d: Path, path: str | os.PathLike[str]) -> str:

@@ -26,8 +26,10 @@ def run_length(samples_seen: int, steps_per_epoch: int, batch_size: int) -> tupl
     """``(optimizer steps, epochs)`` of a run that sees ``samples_seen`` samples with a global batch of
     ``batch_size`` on a view of ``steps_per_epoch`` steps per pass (the last epoch may be partial)."""
     if samples_seen < 1 or steps_per_epoch < 1 or batch_size < 1:
-        raise ValueError(f"samples_seen, steps_per_epoch and batch_size must be >= 1, got "
-                         f"{samples_seen}, {steps_per_epoch} and {batch_size}")
+        raise ValueError(
+            f"samples_seen, steps_per_epoch and batch_size must be >= 1, got "
+            f"{samples_seen}, {steps_per_epoch} and {batch_size}"
+        )
     steps = math.ceil(samples_seen / batch_size)
     return steps, math.ceil(steps / steps_per_epoch)
 

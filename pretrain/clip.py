@@ -97,8 +97,10 @@ def _own_trunk(visual: nn.Module, cfg: Mapping[str, Any], image_size: int) -> nn
     if backbone is not None and isinstance(visual, TimmModel):
         trunk = build_encoder(backbone, image_size)
         if trunk.num_features != visual.trunk.num_features:
-            raise ValueError(f"{backbone} at {image_size}px has {trunk.num_features} features, the tower expects "
-                             f"{visual.trunk.num_features}")
+            raise ValueError(
+                f"{backbone} at {image_size}px has {trunk.num_features} features, the tower expects "
+                f"{visual.trunk.num_features}"
+            )
         visual.trunk = trunk
     return visual
 
@@ -161,17 +163,28 @@ class ClipPretrainer(nn.Module):
         }
         if transfers_trunk(self.clip):  # a plain timm encoder, loadable like any other method's
             return {**encoder_meta(self.encoder, backbone, image_size), **clip_meta}
-        return {"format": CHECKPOINT_FORMAT, "arch": "open_clip", "backbone": backbone, "image_size": int(image_size),
-                "feature_dim": int(self.cfg["embed_dim"]), **clip_meta}
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "arch": "open_clip",
+            "backbone": backbone,
+            "image_size": int(image_size),
+            "feature_dim": int(self.cfg["embed_dim"]),
+            **clip_meta,
+        }
 
     def export(self) -> dict[str, Any]:
         """The rest of the model (text tower, projections, temperature) for zero-shot evaluation."""
         prefix = "visual.trunk." if transfers_trunk(self.clip) else "visual."
-        return {"clip_state_dict": {k: v.detach().cpu() for k, v in self.clip.state_dict().items() if not k.startswith(prefix)}}
+        return {
+            "clip_state_dict": {
+                k: v.detach().cpu() for k, v in self.clip.state_dict().items() if not k.startswith(prefix)
+            }
+        }
 
 
-def build_clip_pretrainer(backbone: str, image_size: int, *, model: str | None = None,
-                          context_length: int | None = None, **_: Any) -> ClipPretrainer:
+def build_clip_pretrainer(
+    backbone: str, image_size: int, *, model: str | None = None, context_length: int | None = None, **_: Any
+) -> ClipPretrainer:
     name = model or DEFAULT_MODELS.get(backbone)
     if name is None:
         raise ValueError(
@@ -204,8 +217,11 @@ def load_clip(path: str | Path, map_location: str | torch.device = "cpu") -> tup
     meta = blob["meta"]
     if "clip_cfg" not in meta or "clip_state_dict" not in blob:
         raise ValueError(f"{path} is not a CLIP checkpoint (method {meta.get('method')!r})")
-    model = clip_from_config(meta["clip_cfg"]) if meta.get("clip_build") == "open_clip" else \
-        assemble(meta["clip_cfg"], int(meta["image_size"]))
+    model = (
+        clip_from_config(meta["clip_cfg"])
+        if meta.get("clip_build") == "open_clip"
+        else assemble(meta["clip_cfg"], int(meta["image_size"]))
+    )
     prefix = "visual.trunk." if meta.get("clip_encoder") == "trunk" else "visual."
     state = {f"{prefix}{k}": v for k, v in blob["state_dict"].items()}
     state.update(blob["clip_state_dict"])

@@ -55,7 +55,6 @@ from harness.core.registry import Registry
 logger = logging.getLogger(__name__)
 
 
-
 # --------------------------------------------------------------------------- the view on disk
 
 
@@ -193,7 +192,8 @@ class SkipCounter:
         if self.limit is not None and self.run >= self.limit:
             raise ReaderStalled(
                 f"{self.run} bad samples in a row (two passes' worth) and none good in shard(s) "
-                f"{sorted(self.shards)}; last error: {type(exn).__name__}: {exn}")
+                f"{sorted(self.shards)}; last error: {type(exn).__name__}: {exn}"
+            )
         return True  # continue
 
     def good(self) -> None:
@@ -215,8 +215,19 @@ class ShardStream(wds.PipelineStage):
     every shard and :class:`SampleSplit` divides the samples instead.
     """
 
-    def __init__(self, urls: Sequence[str], *, seed: int, epoch: SharedEpoch, rank: int, world_size: int, split_shards: bool,
-                 counter: SkipCounter | None = None, sizes: Mapping[str, int] | None = None, bufsize: int = 0):
+    def __init__(
+        self,
+        urls: Sequence[str],
+        *,
+        seed: int,
+        epoch: SharedEpoch,
+        rank: int,
+        world_size: int,
+        split_shards: bool,
+        counter: SkipCounter | None = None,
+        sizes: Mapping[str, int] | None = None,
+        bufsize: int = 0,
+    ):
         self.urls = list(urls)
         self.seed, self.epoch = seed, epoch
         self.rank, self.world_size = rank, world_size
@@ -232,7 +243,9 @@ class ShardStream(wds.PipelineStage):
             random.Random(mix_seed("shards", self.seed, epoch, rep)).shuffle(order)
             mine = order[self.rank :: self.world_size][worker::num_workers] if self.split_shards else order
             if not mine:
-                raise RuntimeError(f"reader rank={self.rank} worker={worker} got no shards (split_shards with too few shards)")
+                raise RuntimeError(
+                    f"reader rank={self.rank} worker={worker} got no shards (split_shards with too few shards)"
+                )
             if self.counter is not None:
                 self._check(rep, raw_at, mine, worker)
             for url in mine:
@@ -243,9 +256,11 @@ class ShardStream(wds.PipelineStage):
         counter = self.counter
         raw_at.append(counter.raw)
         if rep >= 2 and counter.raw == raw_at[rep - 2]:
-            raise ReaderStalled(f"reader rank={self.rank} worker={worker} read no sample in two passes over shard(s) "
-                                f"{sorted(set(self.urls if not self.split_shards else mine))}: empty, unreadable or "
-                                "not tar files (check the view's shards and sizes.json)")
+            raise ReaderStalled(
+                f"reader rank={self.rank} worker={worker} read no sample in two passes over shard(s) "
+                f"{sorted(set(self.urls if not self.split_shards else mine))}: empty, unreadable or "
+                "not tar files (check the view's shards and sizes.json)"
+            )
         per_pass = sum(self.sizes.get(u, 0) for u in mine)
         if not self.split_shards:  # SampleSplit keeps one sample in (ranks x workers) for this reader
             per_pass = -(-per_pass // (self.world_size * max(_worker()[1], 1)))
@@ -326,7 +341,15 @@ class Decode(wds.PipelineStage):
     process or what else consumed random numbers.
     """
 
-    def __init__(self, fn: Callable[[dict, torch.Generator], dict], *, seed: int, epoch: SharedEpoch, rank: int, handler: Callable):
+    def __init__(
+        self,
+        fn: Callable[[dict, torch.Generator], dict],
+        *,
+        seed: int,
+        epoch: SharedEpoch,
+        rank: int,
+        handler: Callable,
+    ):
         self.fn = fn
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.handler = handler
@@ -392,8 +415,11 @@ IMAGE_FIELDS = ("png", "jpg", "jpeg", "webp")
 # torchvision 0.29 marks its decoders deprecated in favour of TorchCodec (not a dependency here)
 # and warns on every call; the pinned torchvision keeps them. When the pin moves past their
 # removal, decode_image falls back to PIL (see below) until it is ported to TorchCodec.
-warnings.filterwarnings("ignore", message="The image decoding and encoding capabilities of TorchVision are deprecated",
-                        category=DeprecationWarning)
+warnings.filterwarnings(
+    "ignore",
+    message="The image decoding and encoding capabilities of TorchVision are deprecated",
+    category=DeprecationWarning,
+)
 
 
 def decode_image(data: bytes) -> torch.Tensor:
@@ -418,7 +444,9 @@ def image_bytes(sample: dict) -> bytes:
     for field in IMAGE_FIELDS:
         if field in sample:
             return sample[field]
-    raise KeyError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image (looked for {', '.join(IMAGE_FIELDS)})")
+    raise KeyError(
+        f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image (looked for {', '.join(IMAGE_FIELDS)})"
+    )
 
 
 def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
@@ -430,8 +458,9 @@ def normalize(images: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     return (images.float().div_(255.0) - mean.view(1, 3, 1, 1)) / std.view(1, 3, 1, 1)
 
 
-def _crop_box(height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float],
-              gen: torch.Generator) -> tuple[int, int, int, int]:
+def _crop_box(
+    height: int, width: int, scale: tuple[float, float], ratio: tuple[float, float], gen: torch.Generator
+) -> tuple[int, int, int, int]:
     """torchvision's ``RandomResizedCrop.get_params``, drawing from ``gen``."""
     area = height * width
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
@@ -482,8 +511,14 @@ class SimCLRTransform(TrainTransform):
     for CIFAR-sized images.
     """
 
-    def __init__(self, image_size: int, scale: tuple[float, float] = (0.2, 1.0), strength: float = 0.5,
-                 p_jitter: float = 0.8, p_gray: float = 0.2):
+    def __init__(
+        self,
+        image_size: int,
+        scale: tuple[float, float] = (0.2, 1.0),
+        strength: float = 0.5,
+        p_jitter: float = 0.8,
+        p_gray: float = 0.2,
+    ):
         super().__init__(image_size, scale=scale)
         self.strength, self.p_jitter, self.p_gray = strength, p_jitter, p_gray
 
@@ -492,8 +527,12 @@ class SimCLRTransform(TrainTransform):
         u = torch.rand(6, generator=gen).tolist()
         if u[0] < self.p_jitter:
             s = self.strength
-            factors = [1 + (2 * u[1] - 1) * 0.8 * s, 1 + (2 * u[2] - 1) * 0.8 * s, 1 + (2 * u[3] - 1) * 0.8 * s,
-                       (2 * u[4] - 1) * 0.2 * s]
+            factors = [
+                1 + (2 * u[1] - 1) * 0.8 * s,
+                1 + (2 * u[2] - 1) * 0.8 * s,
+                1 + (2 * u[3] - 1) * 0.8 * s,
+                (2 * u[4] - 1) * 0.2 * s,
+            ]
             ops = (TF.adjust_brightness, TF.adjust_contrast, TF.adjust_saturation, TF.adjust_hue)
             for k in torch.randperm(4, generator=gen).tolist():
                 img = ops[k](img, factors[k])
@@ -529,7 +568,9 @@ def _named(sample: dict, fn: Callable[[], dict[str, Any]]) -> dict[str, Any]:
     try:
         return fn()
     except Exception as exn:
-        raise ValueError(f"sample {sample.get('__key__')!r} in {sample.get('__url__')}: {type(exn).__name__}: {exn}") from exn
+        raise ValueError(
+            f"sample {sample.get('__key__')!r} in {sample.get('__url__')}: {type(exn).__name__}: {exn}"
+        ) from exn
 
 
 def _require(sample: dict, fields: Sequence[str]) -> None:
@@ -600,8 +641,13 @@ class ImageText(_Encodable):
     tokenizers do; tokenising in the loader workers keeps it off the training step.
     """
 
-    def __init__(self, image_size: int, tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
-                 encoded: bool = False, **_: Any):
+    def __init__(
+        self,
+        image_size: int,
+        tokenizer: Callable[[list[str]], torch.Tensor] | None = None,
+        encoded: bool = False,
+        **_: Any,
+    ):
         if tokenizer is None:
             raise ValueError("the image_text pipeline needs a tokenizer")
         self.transform = TrainTransform(image_size, scale=(0.5, 1.0))
@@ -636,10 +682,16 @@ class TwoViews(_Encodable):
         return _named(sample, make)
 
 
-PIPELINES.register("image_label", SamplePipeline(ImageLabel, ("cls",), ("image",),
-                                                  "augmented image and its integer class (in [0, num_classes))"))
-PIPELINES.register("image_text", SamplePipeline(ImageText, ("txt",), ("image",), "augmented image and its tokenised caption"))
-PIPELINES.register("two_views", SamplePipeline(TwoViews, (), ("view1", "view2"), "two SimCLR augmentations of one image"))
+PIPELINES.register(
+    "image_label",
+    SamplePipeline(ImageLabel, ("cls",), ("image",), "augmented image and its integer class (in [0, num_classes))"),
+)
+PIPELINES.register(
+    "image_text", SamplePipeline(ImageText, ("txt",), ("image",), "augmented image and its tokenised caption")
+)
+PIPELINES.register(
+    "two_views", SamplePipeline(TwoViews, (), ("view1", "view2"), "two SimCLR augmentations of one image")
+)
 
 
 # --------------------------------------------------------------------------- the loader
@@ -652,8 +704,17 @@ class TrainLoader:
     ``skipped`` totals the bad samples dropped so far (across workers).
     """
 
-    def __init__(self, pipeline: wds.DataPipeline, *, num_batches: int, num_workers: int, shared_epoch: SharedEpoch,
-                 pin_memory: bool = False, prefetch_factor: int | None = None, device_decode: Any = None):
+    def __init__(
+        self,
+        pipeline: wds.DataPipeline,
+        *,
+        num_batches: int,
+        num_workers: int,
+        shared_epoch: SharedEpoch,
+        pin_memory: bool = False,
+        prefetch_factor: int | None = None,
+        device_decode: Any = None,
+    ):
         self.num_batches = num_batches
         self.shared_epoch = shared_epoch
         self.device_decode = device_decode  # a pretrain.device_decode.DeviceDecode (decode: device), else None
@@ -721,7 +782,9 @@ def make_train_loader(
     if not split_shards:
         logger.info(
             "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every %d-th sample",
-            len(view.shards), readers, readers,
+            len(view.shards),
+            readers,
+            readers,
         )
     # The buffer reads two samples per output until full and is dropped at the epoch's end, so
     # keep it to a quarter of what a reader yields per epoch: at most 25% extra reading.
@@ -737,8 +800,17 @@ def make_train_loader(
     urls = [str(p) for p in view.shards]
     sizes = {u: view.sizes[Path(u).name if view.index is None else u] for u in urls}
     dataset = wds.DataPipeline(
-        ShardStream(urls, seed=seed, epoch=epoch, rank=rank, world_size=world_size, split_shards=split_shards,
-                    counter=counter, sizes=sizes, bufsize=bufsize),
+        ShardStream(
+            urls,
+            seed=seed,
+            epoch=epoch,
+            rank=rank,
+            world_size=world_size,
+            split_shards=split_shards,
+            counter=counter,
+            sizes=sizes,
+            bufsize=bufsize,
+        ),
         wds.tarfile_to_samples(handler=counter, select_files=FieldFilter(sample_pipeline.fields)),
         None if view.index is None else IndexSelect(view.index),
         None if split_shards else SampleSplit(rank=rank, world_size=world_size),
@@ -749,5 +821,12 @@ def make_train_loader(
     )
     # Each worker yields its share (rounded up); TrainLoader cuts the epoch at num_batches.
     dataset = dataset.with_epoch(math.ceil(num_batches / max(num_workers, 1)))
-    return TrainLoader(dataset, num_batches=num_batches, num_workers=num_workers, shared_epoch=epoch, pin_memory=pin_memory,
-                       prefetch_factor=prefetch_factor, device_decode=device_decode)
+    return TrainLoader(
+        dataset,
+        num_batches=num_batches,
+        num_workers=num_workers,
+        shared_epoch=epoch,
+        pin_memory=pin_memory,
+        prefetch_factor=prefetch_factor,
+        device_decode=device_decode,
+    )

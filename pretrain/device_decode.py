@@ -56,8 +56,9 @@ def crop_flip(images: Sequence[torch.Tensor], transform: TrainTransform, gen: to
     """:class:`TrainTransform`'s random resized crop (a box per image, drawn from ``gen``) and
     horizontal flip, for a batch of decoded images of any sizes -> ``uint8 [B, 3, S, S]``."""
     boxes = [_crop_box(img.shape[-2], img.shape[-1], transform.scale, transform.ratio, gen) for img in images]
-    crops = torch.stack([TF.resized_crop(img, i, j, h, w, transform.size, antialias=True)
-                         for img, (i, j, h, w) in zip(images, boxes)])
+    crops = torch.stack(
+        [TF.resized_crop(img, i, j, h, w, transform.size, antialias=True) for img, (i, j, h, w) in zip(images, boxes)]
+    )
     flip = (torch.rand(len(images), generator=gen) < transform.hflip).to(crops.device)
     return torch.where(flip.view(-1, 1, 1, 1), crops.flip(-1), crops)
 
@@ -92,8 +93,15 @@ def colour(images: torch.Tensor, transform: SimCLRTransform, gen: torch.Generato
     n, dev, s = images.shape[0], images.device, transform.strength
     u = torch.rand(n, 6, generator=gen)
     order = torch.stack([torch.randperm(4, generator=gen) for _ in range(n)]).to(dev)
-    factors = torch.stack([1 + (2 * u[:, 1] - 1) * 0.8 * s, 1 + (2 * u[:, 2] - 1) * 0.8 * s,
-                           1 + (2 * u[:, 3] - 1) * 0.8 * s, (2 * u[:, 4] - 1) * 0.2 * s], 1).to(dev)
+    factors = torch.stack(
+        [
+            1 + (2 * u[:, 1] - 1) * 0.8 * s,
+            1 + (2 * u[:, 2] - 1) * 0.8 * s,
+            1 + (2 * u[:, 3] - 1) * 0.8 * s,
+            (2 * u[:, 4] - 1) * 0.2 * s,
+        ],
+        1,
+    ).to(dev)
     jitter, gray = (u[:, 0] < transform.p_jitter).to(dev), (u[:, 5] < transform.p_gray).to(dev)
     x = images.float() / 255.0
     ops = (
@@ -124,8 +132,9 @@ class DeviceDecode:
     Call :meth:`set_epoch` before each epoch: the generator is reseeded by (seed, epoch, rank).
     """
 
-    def __init__(self, transform: TrainTransform, image_keys: Sequence[str], device: torch.device | str, *,
-                 seed: int, rank: int):
+    def __init__(
+        self, transform: TrainTransform, image_keys: Sequence[str], device: torch.device | str, *, seed: int, rank: int
+    ):
         self.transform, self.image_keys = transform, tuple(image_keys)
         self.device = torch.device(device)
         self.seed, self.rank = seed, rank
@@ -149,8 +158,9 @@ class DeviceDecode:
         return out
 
 
-def replace_undecodable(encoded: Sequence[torch.Tensor], batch: dict[str, Any],
-                        device: torch.device) -> tuple[list[torch.Tensor], dict[str, Any]]:
+def replace_undecodable(
+    encoded: Sequence[torch.Tensor], batch: dict[str, Any], device: torch.device
+) -> tuple[list[torch.Tensor], dict[str, Any]]:
     """Decode one by one after a batch failed; a sample that does not decode is logged and replaced,
     with all its fields, by the batch's first good one (the batch keeps its size, as DDP and the
     contrastive losses need), and counted in ``replaced`` (the loader adds it to ``skipped``)."""
@@ -166,8 +176,16 @@ def replace_undecodable(encoded: Sequence[torch.Tensor], batch: dict[str, Any],
     if not good:
         raise ValueError(f"no image of the batch decodes (samples {list(keys)})")
     keep = [i if images[i] is not None else good[0] for i in range(n)]
-    out = {k: (v[keep] if isinstance(v, torch.Tensor) and v.shape[:1] == (n,) else
-               [v[i] for i in keep] if isinstance(v, list) and len(v) == n else v) for k, v in batch.items()}
+    out = {
+        k: (
+            v[keep]
+            if isinstance(v, torch.Tensor) and v.shape[:1] == (n,)
+            else [v[i] for i in keep]
+            if isinstance(v, list) and len(v) == n
+            else v
+        )
+        for k, v in batch.items()
+    }
     out["replaced"] = n - len(good)
     return [images[i] for i in keep], out  # type: ignore[misc]
 
@@ -179,7 +197,9 @@ def for_device(device: torch.device | str) -> Callable[..., DeviceDecode]:
     def build(sample_fn: Any, image_keys: Sequence[str], *, seed: int, rank: int) -> DeviceDecode:
         transform = getattr(sample_fn, "transform", None)
         if not isinstance(transform, TrainTransform):
-            raise ValueError(f"decode: device needs a sample pipeline with a TrainTransform, got {type(sample_fn).__name__}")
+            raise ValueError(
+                f"decode: device needs a sample pipeline with a TrainTransform, got {type(sample_fn).__name__}"
+            )
         return DeviceDecode(transform, image_keys, device, seed=seed, rank=rank)
 
     return build

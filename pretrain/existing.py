@@ -87,8 +87,9 @@ def weights_kind(framework: str, weights: str) -> str:
     """``hub``, ``file`` or ``tag`` (an open_clip pretrained tag), from the text alone."""
     if weights.startswith(HUB_PREFIX):
         return "hub"
-    looks_like_path = os.sep in weights or "/" in weights or weights.startswith(("~", ".")) \
-        or weights.lower().endswith(FILE_SUFFIXES)
+    looks_like_path = (
+        os.sep in weights or "/" in weights or weights.startswith(("~", ".")) or weights.lower().endswith(FILE_SUFFIXES)
+    )
     if framework == "open_clip" and not looks_like_path:
         return "tag"
     return "file"
@@ -140,7 +141,7 @@ def _resolve_hub(m: ExistingModel) -> Weights:
     from huggingface_hub import constants
     from huggingface_hub.errors import HFValidationError, RepositoryNotFoundError
 
-    repo = m.weights[len(HUB_PREFIX):]
+    repo = m.weights[len(HUB_PREFIX) :]
     names = HUB_FILES[m.framework]
     try:
         for name in names:
@@ -150,10 +151,13 @@ def _resolve_hub(m: ExistingModel) -> Weights:
                 return Weights("hub", path, sha256_file(path), config)
     except (RepositoryNotFoundError, HFValidationError) as exc:
         raise m.fail(f"no Hugging Face Hub repository {repo!r} ({type(exc).__name__})") from None
-    where = f"the cache {constants.HF_HUB_CACHE}" + (" (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else
-                                                     " or the hub")
-    raise m.fail(f"{repo!r} has none of {', '.join(names)} in {where}; give hf-hub:org/name of a {m.framework} "
-                 "repository, or a local file")
+    where = f"the cache {constants.HF_HUB_CACHE}" + (
+        " (HF_HUB_OFFLINE is set)" if constants.HF_HUB_OFFLINE else " or the hub"
+    )
+    raise m.fail(
+        f"{repo!r} has none of {', '.join(names)} in {where}; give hf-hub:org/name of a {m.framework} "
+        "repository, or a local file"
+    )
 
 
 def locate_weights(m: ExistingModel) -> Weights:
@@ -168,13 +172,18 @@ def locate_weights(m: ExistingModel) -> Weights:
         tags = open_clip.list_pretrained_tags_by_model(m.arch)
         if m.weights not in tags:
             shown = ", ".join(tags[:8]) + (f", ... ({len(tags)} in all)" if len(tags) > 8 else "")
-            raise m.fail(f"{m.weights!r} is not an open_clip pretrained tag of {m.arch} (tags: {shown or 'none'}), "
-                         "nor a file; give a tag, a path (.pt, .bin, .safetensors) or hf-hub:org/name")
+            raise m.fail(
+                f"{m.weights!r} is not an open_clip pretrained tag of {m.arch} (tags: {shown or 'none'}), "
+                "nor a file; give a tag, a path (.pt, .bin, .safetensors) or hf-hub:org/name"
+            )
         return Weights("tag", None, None)
     path = Path(m.weights).expanduser()
     if not path.is_file():
-        raise m.fail(f"no weights file at {path.absolute()}; give an existing .pt/.pth/.bin/.safetensors file"
-                     + (", an open_clip pretrained tag" if m.framework == "open_clip" else "") + " or hf-hub:org/name")
+        raise m.fail(
+            f"no weights file at {path.absolute()}; give an existing .pt/.pth/.bin/.safetensors file"
+            + (", an open_clip pretrained tag" if m.framework == "open_clip" else "")
+            + " or hf-hub:org/name"
+        )
     return Weights("file", path.absolute(), sha256_file(path))
 
 
@@ -214,8 +223,10 @@ def _summarise_load_error(exc: BaseException) -> str:
     """A strict ``load_state_dict`` error as counts and a few names of missing/unexpected/mismatched keys."""
     text = str(exc)
     parts = []
-    for label, pattern in (("missing keys", r"Missing key\(s\) in state_dict: (.*?)\.\s*$"),
-                           ("unexpected keys", r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$")):
+    for label, pattern in (
+        ("missing keys", r"Missing key\(s\) in state_dict: (.*?)\.\s*$"),
+        ("unexpected keys", r"Unexpected key\(s\) in state_dict: (.*?)\.\s*$"),
+    ):
         found = re.search(pattern, text, flags=re.M)
         if found:
             keys = [k.strip().strip('"') for k in found.group(1).split(",")]
@@ -260,8 +271,9 @@ def _load_open_clip(m: ExistingModel, w: Weights) -> Loaded:
     cfg = _clip_cfg(m)
     pretrained = m.weights if w.kind == "tag" else str(w.path)
     try:
-        model = open_clip.create_model(m.arch, pretrained=pretrained, force_image_size=m.image_size,
-                                       require_pretrained=True, weights_only=True)
+        model = open_clip.create_model(
+            m.arch, pretrained=pretrained, force_image_size=m.image_size, require_pretrained=True, weights_only=True
+        )
     except RuntimeError as exc:
         raise m.fail(f"the weights do not fit the architecture: {_summarise_load_error(exc)}") from None
     model.eval()
@@ -269,14 +281,23 @@ def _load_open_clip(m: ExistingModel, w: Weights) -> Loaded:
     size = pp.get("size", cfg["vision_cfg"]["image_size"])
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     text_cfg = cfg.get("text_cfg", {})
-    meta = {"format": CHECKPOINT_FORMAT, "arch": "open_clip", "backbone": m.arch, "image_size": size,
-            "mean": [float(x) for x in pp.get("mean", open_clip.OPENAI_DATASET_MEAN)],
-            "std": [float(x) for x in pp.get("std", open_clip.OPENAI_DATASET_STD)],
-            "interpolation": str(pp.get("interpolation", "bicubic")), "resize_mode": str(pp.get("resize_mode", "shortest")),
-            "feature_dim": int(cfg["embed_dim"]), "clip_model": m.arch, "clip_cfg": copy.deepcopy(cfg),
-            "clip_encoder": "tower", "clip_build": "open_clip",
-            "tokenizer": f"hf:{text_cfg['hf_tokenizer_name']}" if "hf_tokenizer_name" in text_cfg else "open_clip_bpe",
-            "context_length": int(text_cfg.get("context_length", 77))}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": "open_clip",
+        "backbone": m.arch,
+        "image_size": size,
+        "mean": [float(x) for x in pp.get("mean", open_clip.OPENAI_DATASET_MEAN)],
+        "std": [float(x) for x in pp.get("std", open_clip.OPENAI_DATASET_STD)],
+        "interpolation": str(pp.get("interpolation", "bicubic")),
+        "resize_mode": str(pp.get("resize_mode", "shortest")),
+        "feature_dim": int(cfg["embed_dim"]),
+        "clip_model": m.arch,
+        "clip_cfg": copy.deepcopy(cfg),
+        "clip_encoder": "tower",
+        "clip_build": "open_clip",
+        "tokenizer": f"hf:{text_cfg['hf_tokenizer_name']}" if "hf_tokenizer_name" in text_cfg else "open_clip_bpe",
+        "context_length": int(text_cfg.get("context_length", 77)),
+    }
     rest = {k: v.detach().cpu() for k, v in model.state_dict().items() if not k.startswith("visual.")}
     return Loaded(model.visual, meta, {"clip_state_dict": rest})
 
@@ -314,17 +335,27 @@ def _load_timm(m: ExistingModel, w: Weights) -> Loaded:
     try:
         classes = _timm_head_size(m, w, classifier)
         overlay.update(file=str(w.path), num_classes=classes)
-        model = timm.create_model(m.arch, pretrained=True, num_classes=classes, pretrained_cfg_overlay=overlay, **kwargs)
+        model = timm.create_model(
+            m.arch, pretrained=True, num_classes=classes, pretrained_cfg_overlay=overlay, **kwargs
+        )
     except (RuntimeError, KeyError, ValueError) as exc:
         raise m.fail(f"the weights do not fit the architecture: {_summarise_load_error(exc)}") from None
     model.reset_classifier(0)
     model.eval()
     data = resolve_model_data_config(model)
-    meta = {"format": CHECKPOINT_FORMAT, "arch": "timm", "backbone": m.arch, "timm_model": m.arch,
-            "timm_kwargs": kwargs, "image_size": int(m.image_size or data["input_size"][-1]),
-            "mean": [float(x) for x in data["mean"]], "std": [float(x) for x in data["std"]],
-            "interpolation": str(data.get("interpolation", "bilinear")), "crop_pct": float(data.get("crop_pct", 1.0)),
-            "feature_dim": int(model.num_features)}
+    meta = {
+        "format": CHECKPOINT_FORMAT,
+        "arch": "timm",
+        "backbone": m.arch,
+        "timm_model": m.arch,
+        "timm_kwargs": kwargs,
+        "image_size": int(m.image_size or data["input_size"][-1]),
+        "mean": [float(x) for x in data["mean"]],
+        "std": [float(x) for x in data["std"]],
+        "interpolation": str(data.get("interpolation", "bilinear")),
+        "crop_pct": float(data.get("crop_pct", 1.0)),
+        "feature_dim": int(model.num_features),
+    }
     return Loaded(model, meta, {})
 
 
@@ -336,8 +367,14 @@ def load_model(m: ExistingModel, w: Weights | None = None) -> Loaded:
     w = w or locate_weights(m)
     loaded = (_load_open_clip if m.framework == "open_clip" else _load_timm)(m, w)
     describes = {k: v for k, v in m.describes.items() if v is not None}
-    loaded.meta.update(method=describes.get("method", DEFAULT_METHOD), model=m.name, framework=m.framework,
-                       weights=m.weights, weights_sha256=w.sha256, epoch=None)
+    loaded.meta.update(
+        method=describes.get("method", DEFAULT_METHOD),
+        model=m.name,
+        framework=m.framework,
+        weights=m.weights,
+        weights_sha256=w.sha256,
+        epoch=None,
+    )
     if describes.get("pretrain_size") is not None:
         loaded.meta["view_size"] = int(describes["pretrain_size"])
     return loaded
@@ -352,8 +389,9 @@ def check_model(m: ExistingModel) -> dict[str, Any]:
     with torch.inference_mode():
         out = loaded.encoder(torch.zeros(1, 3, size, size))
     if out.ndim != 2 or out.shape[1] != loaded.meta["feature_dim"]:
-        raise m.fail(f"the encoder gives features of shape {tuple(out.shape)}, expected [N, "
-                     f"{loaded.meta['feature_dim']}]")
+        raise m.fail(
+            f"the encoder gives features of shape {tuple(out.shape)}, expected [N, {loaded.meta['feature_dim']}]"
+        )
     return {"image_size": size, "feature_dim": loaded.meta["feature_dim"]}
 
 
@@ -372,7 +410,14 @@ def import_model(m: ExistingModel, out_path: Path, *, seed: int = 0) -> dict[str
     with torch.inference_mode():
         want, got = loaded.encoder(x), encoder(x)
     if want.shape != got.shape or not torch.allclose(want, got, rtol=1e-4, atol=1e-5):
-        raise m.fail(f"the written checkpoint {out_path} does not reproduce the framework model's features "
-                     f"(max difference {float((want - got).abs().max()) if want.shape == got.shape else 'shape'})")
-    return {"feature_dim": int(meta["feature_dim"]), "image_size": size, "sha256": meta.get("weights_sha256"),
-            "framework": m.framework, "arch": m.arch}
+        raise m.fail(
+            f"the written checkpoint {out_path} does not reproduce the framework model's features "
+            f"(max difference {float((want - got).abs().max()) if want.shape == got.shape else 'shape'})"
+        )
+    return {
+        "feature_dim": int(meta["feature_dim"]),
+        "image_size": size,
+        "sha256": meta.get("weights_sha256"),
+        "framework": m.framework,
+        "arch": m.arch,
+    }

@@ -59,8 +59,22 @@ logger = logging.getLogger(__name__)
 STATE_FORMAT = 2
 # Fields that must match for a saved state to be resumed (the rest only changes outputs' metadata).
 _RESUME_FIELDS = (
-    "method", "backbone", "image_size", "epochs", "samples_seen", "batch_size", "lr", "weight_decay",
-    "warmup_epochs", "warmup_fraction", "label_smoothing", "seed", "num_classes", "grad_accum", "hparams", "precision",
+    "method",
+    "backbone",
+    "image_size",
+    "epochs",
+    "samples_seen",
+    "batch_size",
+    "lr",
+    "weight_decay",
+    "warmup_epochs",
+    "warmup_fraction",
+    "label_smoothing",
+    "seed",
+    "num_classes",
+    "grad_accum",
+    "hparams",
+    "precision",
 )
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
@@ -99,7 +113,9 @@ class TrainConfig:
     precision: str = "auto"
     samples_seen: int | None = None  # a budget in samples seen instead of epochs
     extra: dict[str, Any] = field(default_factory=dict)
-    decode: str = "cpu"  # "device": the loader ships encoded images, decoded batch-wise on the device (pretrain.device_decode)
+    decode: str = (
+        "cpu"  # "device": the loader ships encoded images, decoded batch-wise on the device (pretrain.device_decode)
+    )
 
     def __post_init__(self) -> None:
         method = METHODS.get(self.method)  # unknown names raise with the valid ones
@@ -110,8 +126,10 @@ class TrainConfig:
         if self.precision not in PRECISIONS:
             raise ValueError(f"TrainConfig.precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
         if (self.epochs is None) == (self.samples_seen is None):
-            raise ValueError("TrainConfig needs exactly one budget: epochs or samples_seen, got "
-                             f"epochs={self.epochs!r} and samples_seen={self.samples_seen!r}")
+            raise ValueError(
+                "TrainConfig needs exactly one budget: epochs or samples_seen, got "
+                f"epochs={self.epochs!r} and samples_seen={self.samples_seen!r}"
+            )
         budget = "epochs" if self.samples_seen is None else "samples_seen"
         for name in ("image_size", budget, "batch_size", "grad_accum"):
             if int(getattr(self, name)) < 1:
@@ -125,11 +143,16 @@ class TrainConfig:
         save = tuple(sorted({int(e) for e in self.save_epochs}))
         bad = [e for e in save if e < 0 or (self.epochs is not None and e > self.epochs)]
         if bad:
-            raise ValueError(f"TrainConfig.save_epochs {bad} outside 0..epochs={self.epochs}"
-                             if self.epochs is not None else f"TrainConfig.save_epochs {bad}: epochs are >= 0")
+            raise ValueError(
+                f"TrainConfig.save_epochs {bad} outside 0..epochs={self.epochs}"
+                if self.epochs is not None
+                else f"TrainConfig.save_epochs {bad}: epochs are >= 0"
+            )
         object.__setattr__(self, "save_epochs", save)
         if METHODS.get(self.method).needs_labels and self.num_classes < 2:
-            raise ValueError(f"method {self.method!r} trains on labels: TrainConfig.num_classes must be >= 2, got {self.num_classes}")
+            raise ValueError(
+                f"method {self.method!r} trains on labels: TrainConfig.num_classes must be >= 2, got {self.num_classes}"
+            )
 
 
 @dataclass(frozen=True)
@@ -223,8 +246,10 @@ def _load_state(path: Path, cfg: TrainConfig) -> dict[str, Any] | None:
     data = "view_manifest_sha256"
     saved_data = (saved.get("extra") or {}).get(data, now["extra"].get(data))
     if saved_data != now["extra"].get(data):
-        raise ValueError(f"{path} was trained on another build of its view (manifest sha256 {saved_data} vs "
-                         f"{now['extra'].get(data)}: the view was rebuilt with other samples); use a fresh out_dir")
+        raise ValueError(
+            f"{path} was trained on another build of its view (manifest sha256 {saved_data} vs "
+            f"{now['extra'].get(data)}: the view was rebuilt with other samples); use a fresh out_dir"
+        )
     if diff:
         raise ValueError(
             f"{path} was written by a different run (fields {diff} differ: "
@@ -251,7 +276,8 @@ def run_schedule(cfg: TrainConfig, num_samples: int) -> tuple[int, int, int]:
         raise ValueError(
             f"save_epochs (checkpoint_epochs) {late} are not whole epochs before the end of this run: samples_seen="
             f"{cfg.samples_seen} at batch {cfg.batch_size} is {total} steps, {epochs} epoch(s) of at most {steps} "
-            f"steps over this view of {num_samples} samples; give epochs below {epochs} (the end is always saved)")
+            f"steps over this view of {num_samples} samples; give epochs below {epochs} (the end is always saved)"
+        )
     return steps, total, epochs
 
 
@@ -349,12 +375,16 @@ def agreed_batches(batches: Iterable[Any], rank: int, world_size: int, group: An
             raise error
         failed = [r for r in range(world_size) if state[r] == 0]
         if failed:
-            raise RankFailed(f"rank {rank} stops: the reader of rank(s) {failed} could not produce a batch (see their error)")
+            raise RankFailed(
+                f"rank {rank} stops: the reader of rank(s) {failed} could not produce a batch (see their error)"
+            )
         if bool((state == 1).all()):
             return
         if bool((state == 1).any()):
-            raise RankFailed(f"ranks disagree on the epoch's length: rank(s) {[r for r in range(world_size) if state[r] == 1]} "
-                             "ran out of batches before the others")
+            raise RankFailed(
+                f"ranks disagree on the epoch's length: rank(s) {[r for r in range(world_size) if state[r] == 1]} "
+                "ran out of batches before the others"
+            )
         yield batch
 
 
@@ -418,9 +448,17 @@ class _Run:
 
     def meta(self, epoch: int, train_loss: float | None) -> dict[str, Any]:
         cfg = self.cfg
-        return {**self.meta_base, "method": cfg.method, "epoch": epoch, "epochs": self.epochs,
-                "samples_seen": self.samples_seen, "samples_budget": cfg.samples_seen, "train_loss": train_loss,
-                "hparams": dict(cfg.hparams), **cfg.extra}
+        return {
+            **self.meta_base,
+            "method": cfg.method,
+            "epoch": epoch,
+            "epochs": self.epochs,
+            "samples_seen": self.samples_seen,
+            "samples_budget": cfg.samples_seen,
+            "train_loss": train_loss,
+            "hparams": dict(cfg.hparams),
+            **cfg.extra,
+        }
 
     def autocast(self):
         if self.amp_dtype is None:
@@ -439,8 +477,9 @@ def _train_loop(
     run = _set_up(cfg, view_dir, Path(out_dir), dist)
     _resume(run)
     if run.start_epoch == 0 and 0 in cfg.save_epochs and dist.is_main:
-        save_encoder(checkpoint_path(run.out_dir, 0), run.model.encoder, run.meta(0, None),
-                     **run.method.export(run.model))
+        save_encoder(
+            checkpoint_path(run.out_dir, 0), run.model.encoder, run.meta(0, None), **run.method.export(run.model)
+        )
     _attach_data(run, view_dir)
     epoch_loss = float("nan")
     for epoch in range(run.start_epoch + 1, run.epochs + 1):
@@ -480,20 +519,38 @@ def _set_up(cfg: TrainConfig, view_dir: str | Path, out_dir: Path, dist: DistInf
     warmup_steps = warmup_steps_for(cfg, steps, total_steps)
 
     torch.manual_seed(cfg.seed)
-    model = method.build(cfg.backbone, cfg.image_size, cfg.num_classes, label_smoothing=cfg.label_smoothing, **cfg.hparams)
+    model = method.build(
+        cfg.backbone, cfg.image_size, cfg.num_classes, label_smoothing=cfg.label_smoothing, **cfg.hparams
+    )
     meta_base = method.meta(model, cfg.backbone, cfg.image_size)
     if dist.world_size > 1 and on_cuda and method.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     model.to(device)
     if on_cuda:
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.AdamW(param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999),
-                                  **adamw_kwargs(device))  # fused on CUDA
+    optimizer = torch.optim.AdamW(
+        param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), **adamw_kwargs(device)
+    )  # fused on CUDA
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
     amp_dtype = amp_dtype_for(cfg.precision, on_cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)
-    return _Run(cfg, dist, out_dir, method, device, cfg.batch_size // shares, steps, total_steps, epochs, model,
-                meta_base, optimizer, scheduler, scaler, amp_dtype)
+    return _Run(
+        cfg,
+        dist,
+        out_dir,
+        method,
+        device,
+        cfg.batch_size // shares,
+        steps,
+        total_steps,
+        epochs,
+        model,
+        meta_base,
+        optimizer,
+        scheduler,
+        scaler,
+        amp_dtype,
+    )
 
 
 def _resume(run: _Run) -> None:
@@ -514,8 +571,9 @@ def _resume(run: _Run) -> None:
         run.history = list(state["history"])
         run.resumed_from = run.start_epoch
         if dist.is_main:
-            logger.info("resuming %s from epoch %d of %d (%s)", cfg.method, run.start_epoch, run.epochs,
-                        state_path(out_dir))
+            logger.info(
+                "resuming %s from epoch %d of %d (%s)", cfg.method, run.start_epoch, run.epochs, state_path(out_dir)
+            )
     del state
     if dist.is_main:  # one line per start and per finished epoch: how a run went across restarts
         if run.resumed_from:  # a process killed between saving an epoch's state and logging it
@@ -523,8 +581,14 @@ def _resume(run: _Run) -> None:
             for e in range(1, run.start_epoch + 1):
                 if e not in logged:
                     log_event(out_dir, "epoch", epoch=e, recovered=True)
-        log_event(out_dir, "start", from_epoch=run.start_epoch, epochs=run.epochs, total_steps=run.total_steps,
-                  samples_budget=cfg.samples_seen)
+        log_event(
+            out_dir,
+            "start",
+            from_epoch=run.start_epoch,
+            epochs=run.epochs,
+            total_steps=run.total_steps,
+            samples_budget=cfg.samples_seen,
+        )
 
 
 def _attach_data(run: _Run, view_dir: str | Path) -> None:
@@ -534,7 +598,8 @@ def _attach_data(run: _Run, view_dir: str | Path) -> None:
     run.ddp_model = run.model
     if dist.world_size > 1:
         run.ddp_model = nn.parallel.DistributedDataParallel(
-            run.model, device_ids=[run.device.index] if run.device.index is not None else None)
+            run.model, device_ids=[run.device.index] if run.device.index is not None else None
+        )
     pipeline = PIPELINES.get(method.pipeline)
     run.loader = make_train_loader(
         view_dir,
@@ -634,9 +699,13 @@ def _train_state(run: _Run, epoch: int) -> dict[str, Any]:
         "epoch": epoch,
         "samples_seen": run.samples_seen,
         # Where the data stream stands: epoch e is finished; epoch e + 1 replays from (seed, e + 1).
-        "data": {"seed": cfg.seed, "epochs_done": epoch, "steps_per_epoch": run.steps,
-                 "micro_batches_per_epoch": run.steps * cfg.grad_accum,
-                 "skipped": sum(r["skipped"] for r in run.history)},
+        "data": {
+            "seed": cfg.seed,
+            "epochs_done": epoch,
+            "steps_per_epoch": run.steps,
+            "micro_batches_per_epoch": run.steps * cfg.grad_accum,
+            "skipped": sum(r["skipped"] for r in run.history),
+        },
         "model": {k: v.detach().cpu() for k, v in run.model.state_dict().items()},
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
@@ -650,15 +719,25 @@ def _save_epoch(run: _Run, epoch: int, record: dict[str, Any]) -> None:
     """Rank 0 after an epoch: its checkpoints (a requested epoch; the end of a samples_seen run),
     the resumable state, ``metrics.json`` and the train log's line."""
     cfg, out_dir = run.cfg, run.out_dir
-    logger.info("%s epoch %d/%d: %s", cfg.method, epoch, run.epochs,
-                {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()})
+    logger.info(
+        "%s epoch %d/%d: %s",
+        cfg.method,
+        epoch,
+        run.epochs,
+        {k: round(v, 4) if isinstance(v, float) else v for k, v in record.items()},
+    )
     train_state = _train_state(run, epoch)
     kept: list[int | str] = [epoch] if epoch in cfg.save_epochs else []
     if cfg.samples_seen is not None and epoch == run.epochs:
         kept.append(LAST)  # the end of a samples_seen run, whatever its number of epochs
     for e in kept:
-        save_encoder(checkpoint_path(out_dir, e), run.model.encoder, run.meta(epoch, record["loss"]),
-                     **run.method.export(run.model), train=train_state)
+        save_encoder(
+            checkpoint_path(out_dir, e),
+            run.model.encoder,
+            run.meta(epoch, record["loss"]),
+            **run.method.export(run.model),
+            train=train_state,
+        )
     atomic_torch_save(train_state, state_path(out_dir))
     _write_json(out_dir / "metrics.json", {"config": asdict(cfg), "epochs": run.history})
     log_event(out_dir, "epoch", epoch=epoch, saved=bool(kept), steps=record["steps"], samples_seen=run.samples_seen)
@@ -678,8 +757,10 @@ def _finish(run: _Run, epoch_loss: float, t_start: float) -> dict[str, Any]:
         "resumed_from": run.resumed_from,
         "steps_per_epoch": run.steps,
         "skipped": sum(r.get("skipped", 0) for r in run.history),
-        "checkpoints": [str(checkpoint_path(run.out_dir, e))
-                        for e in list(cfg.save_epochs) + ([LAST] if cfg.samples_seen is not None else [])],
+        "checkpoints": [
+            str(checkpoint_path(run.out_dir, e))
+            for e in list(cfg.save_epochs) + ([LAST] if cfg.samples_seen is not None else [])
+        ],
     }
     if run.dist.is_main:
         _write_json(run.out_dir / "metrics.json", {"config": asdict(cfg), "epochs": run.history, "summary": summary})

@@ -177,7 +177,9 @@ METHODS.register(
 class SimCLRModel(nn.Module):
     """Encoder + SimCLR's projection MLP (Linear, ReLU, Linear); ``forward`` returns unit-norm projections."""
 
-    def __init__(self, encoder: nn.Module, proj_dim: int = 128, hidden_dim: int | None = None, temperature: float = 0.5):
+    def __init__(
+        self, encoder: nn.Module, proj_dim: int = 128, hidden_dim: int | None = None, temperature: float = 0.5
+    ):
         super().__init__()
         self.encoder = encoder
         self.temperature = float(temperature)
@@ -189,8 +191,16 @@ class SimCLRModel(nn.Module):
         return F.normalize(self.projector(self.encoder(images)).float(), dim=-1)
 
 
-def build_simclr(backbone: str, image_size: int, num_classes: int = 0, *, proj_dim: int = 128,
-                 hidden_dim: int | None = None, temperature: float = 0.5, **_: Any) -> SimCLRModel:
+def build_simclr(
+    backbone: str,
+    image_size: int,
+    num_classes: int = 0,
+    *,
+    proj_dim: int = 128,
+    hidden_dim: int | None = None,
+    temperature: float = 0.5,
+    **_: Any,
+) -> SimCLRModel:
     if proj_dim < 1:
         raise ValueError(f"simclr proj_dim must be >= 1, got {proj_dim}")
     if not temperature > 0:
@@ -198,7 +208,9 @@ def build_simclr(backbone: str, image_size: int, num_classes: int = 0, *, proj_d
     return SimCLRModel(build_encoder(backbone, image_size), proj_dim, hidden_dim, temperature)
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float, ctx: LossContext = LossContext()) -> tuple[torch.Tensor, torch.Tensor]:
+def nt_xent(
+    z1: torch.Tensor, z2: torch.Tensor, temperature: float, ctx: LossContext = LossContext()
+) -> tuple[torch.Tensor, torch.Tensor]:
     """SimCLR's NT-Xent loss for this rank's pairs, with negatives from every rank.
 
     ``z1``, ``z2``: this rank's unit-norm projections of the two views, ``[n, d]`` each. Every

@@ -32,8 +32,15 @@ class Backbone:
 
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
-BACKBONES.register("test_resnet", Backbone("test_resnet", description="timm's ~0.37M-parameter ResNet for tests and CPU runs"))
-BACKBONES.register("test_vit", Backbone("test_vit", takes_img_size=True, kwargs={"patch_size": 4}, description="timm's ~0.3M-parameter ViT, 4x4 patches"))
+BACKBONES.register(
+    "test_resnet", Backbone("test_resnet", description="timm's ~0.37M-parameter ResNet for tests and CPU runs")
+)
+BACKBONES.register(
+    "test_vit",
+    Backbone(
+        "test_vit", takes_img_size=True, kwargs={"patch_size": 4}, description="timm's ~0.3M-parameter ViT, 4x4 patches"
+    ),
+)
 BACKBONES.register("test_convnext", Backbone("test_convnext", description="timm's ~0.2M-parameter ConvNeXt"))
 BACKBONES.register("resnet18", Backbone("resnet18"))
 BACKBONES.register("resnet50", Backbone("resnet50", description="the study's main backbone"))

@@ -22,8 +22,9 @@ import torch
 import torch.multiprocessing as mp
 
 
-def fake_batch(pipeline: str, n: int, image_size: int, seed: int = 0, num_classes: int = 4,
-               context_length: int = 32) -> dict[str, torch.Tensor]:
+def fake_batch(
+    pipeline: str, n: int, image_size: int, seed: int = 0, num_classes: int = 4, context_length: int = 32
+) -> dict[str, torch.Tensor]:
     """A deterministic normalised batch in the shape a pipeline yields (images already float)."""
     g = torch.Generator().manual_seed(seed)
     images = torch.randn(n, 3, image_size, image_size, generator=g)
@@ -59,7 +60,7 @@ def _rank_loss_and_grads(rank: int, world_size: int, args: dict[str, Any]) -> di
     entry, model = _build(args["method"], args["backbone"], args["image_size"], args["num_classes"], args["hparams"])
     ddp = torch.nn.parallel.DistributedDataParallel(model)
     n = args["batch"]["__n__"] // world_size
-    local = {k: v[rank * n:(rank + 1) * n] for k, v in args["batch"].items() if k != "__n__"}
+    local = {k: v[rank * n : (rank + 1) * n] for k, v in args["batch"].items() if k != "__n__"}
     out = entry.loss(ddp, local, LossContext(rank=rank, world_size=world_size))
     out["loss"].backward()
     loss = out["loss"].detach().clone()
@@ -100,9 +101,17 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def loss_and_grads(method: str, *, backbone: str = "test_vit", image_size: int = 32, global_batch: int = 16,
-                   world_size: int = 1, num_classes: int = 4, hparams: Mapping[str, Any] | None = None,
-                   seed: int = 0) -> tuple[float, dict[str, torch.Tensor]]:
+def loss_and_grads(
+    method: str,
+    *,
+    backbone: str = "test_vit",
+    image_size: int = 32,
+    global_batch: int = 16,
+    world_size: int = 1,
+    num_classes: int = 4,
+    hparams: Mapping[str, Any] | None = None,
+    seed: int = 0,
+) -> tuple[float, dict[str, torch.Tensor]]:
     """The loss and parameter gradients of ``method`` on one fixed global batch.
 
     ``world_size == 1`` runs in this process; more spawns that many gloo processes, each taking
@@ -122,8 +131,14 @@ def loss_and_grads(method: str, *, backbone: str = "test_vit", image_size: int =
         return float(out["loss"].detach()), _grads(model)
     with tempfile.TemporaryDirectory() as tmp:
         path = str(Path(tmp) / "rank0.pt")
-        args = {"method": method, "backbone": backbone, "image_size": image_size, "num_classes": num_classes,
-                "hparams": dict(hparams or {}), "batch": {**batch, "__n__": global_batch}}
+        args = {
+            "method": method,
+            "backbone": backbone,
+            "image_size": image_size,
+            "num_classes": num_classes,
+            "hparams": dict(hparams or {}),
+            "batch": {**batch, "__n__": global_batch},
+        }
         env_threads = os.environ.get("OMP_NUM_THREADS")
         os.environ["OMP_NUM_THREADS"] = "1"
         try:

@@ -83,8 +83,13 @@ def calibration_blocks(runs_ok: pd.DataFrame) -> tuple[list[tuple[dict, pd.DataF
     if runs_ok.empty or "declared_similarity" not in runs_ok.columns:
         return [], 0
     df = final_checkpoints(runs_ok)
-    df = df[(df["protocol"] == PROTOCOL) & df["score"].notna() & (df["method"].astype(object) != FLOOR_METHOD)
-            & df["declared_similarity"].notna() & df["pretrain_size"].notna()]
+    df = df[
+        (df["protocol"] == PROTOCOL)
+        & df["score"].notna()
+        & (df["method"].astype(object) != FLOOR_METHOD)
+        & df["declared_similarity"].notna()
+        & df["pretrain_size"].notna()
+    ]
     if df.empty:
         return [], 0
     cols = [c for c in BLOCK_COLUMNS if c in df.columns]
@@ -103,8 +108,9 @@ def _chosen_shots(rows: pd.DataFrame, floor: pd.DataFrame) -> list[float]:
     return chosen + ([math.inf] if math.inf in have else [])
 
 
-def calibrate(rows: pd.DataFrame, floor: pd.DataFrame, shot: float, block: dict, n_boot: int = N_BOOT,
-              seed: int = 0) -> Calibration:
+def calibrate(
+    rows: pd.DataFrame, floor: pd.DataFrame, shot: float, block: dict, n_boot: int = N_BOOT, seed: int = 0
+) -> Calibration:
     """Gain over the floor per (source, set) at ``shot`` with intervals, and Spearman's rho
     between declared similarity and gain with its two-level bootstrap interval."""
     at = rows[rows["shots"].map(shots_order) == shot]
@@ -126,9 +132,17 @@ def calibrate(rows: pd.DataFrame, floor: pd.DataFrame, shot: float, block: dict,
         f = where[(_FLOOR, ds_name)]
         g = draws.draws[:, i] - draws.draws[:, f]
         lo, hi = percentile_interval(g, draws.level)
-        records.append({"source": unit, "downstream": ds_name, "similarity": float(similarity[(unit, ds_name)]),
-                        "gain": float(draws.estimate[i] - draws.estimate[f]), "lo": lo, "hi": hi,
-                        "n_pretrain_seeds": int(draws.n_pretrain[i])})
+        records.append(
+            {
+                "source": unit,
+                "downstream": ds_name,
+                "similarity": float(similarity[(unit, ds_name)]),
+                "gain": float(draws.estimate[i] - draws.estimate[f]),
+                "lo": lo,
+                "hi": hi,
+                "n_pretrain_seeds": int(draws.n_pretrain[i]),
+            }
+        )
         gain_draws.append(g)
     points = pd.DataFrame(records, columns=empty.columns)
     result = Calibration(block, shot, points)
@@ -180,9 +194,17 @@ def _figure(cals: list[Calibration], title: str, out_dir: Path, number: int, sca
     axes = np.atleast_1d(fig.subplots(1, len(cals), squeeze=False)).ravel()
     for ax, c in zip(axes, cals):
         for rec in c.points.itertuples(index=False):
-            ax.errorbar([rec.similarity], [k * rec.gain], yerr=[[k * max(rec.gain - rec.lo, 0)], [k * max(rec.hi - rec.gain, 0)]],
-                        fmt=markers[rec.source], color=colours[rec.downstream], markersize=5, capsize=2,
-                        elinewidth=0.8, alpha=0.9)
+            ax.errorbar(
+                [rec.similarity],
+                [k * rec.gain],
+                yerr=[[k * max(rec.gain - rec.lo, 0)], [k * max(rec.hi - rec.gain, 0)]],
+                fmt=markers[rec.source],
+                color=colours[rec.downstream],
+                markersize=5,
+                capsize=2,
+                elinewidth=0.8,
+                alpha=0.9,
+            )
         ax.axhline(0, color="0.35", linestyle="--", linewidth=0.9)
         ax.set_title(f"{shots_title(c.shot)}: Spearman {_rho_text(c)}", fontsize=9)
         ax.set_xlabel("declared similarity (world.json)", fontsize=8)
@@ -194,39 +216,54 @@ def _figure(cals: list[Calibration], title: str, out_dir: Path, number: int, sca
     fig.legend(handles=handles, loc="lower center", ncol=6, fontsize=7, frameon=False)
     fig.suptitle(title, fontsize=10)
     width = fig.get_size_inches()[0]
-    fig.subplots_adjust(left=0.75 / width, right=1 - 0.25 / width, top=1 - 0.7 / height,
-                        bottom=(0.65 + 0.22 * legend_rows) / height, wspace=0.28)
+    fig.subplots_adjust(
+        left=0.75 / width,
+        right=1 - 0.25 / width,
+        top=1 - 0.7 / height,
+        bottom=(0.65 + 0.22 * legend_rows) / height,
+        wspace=0.28,
+    )
     return save_figure(fig, out_dir, f"calibration_{number}.png")
 
 
 def calibration_section(runs_ok: pd.DataFrame, out_dir: Path, n_boot: int = N_BOOT) -> str:
     """Measured gain over random init against the world's declared similarity, per block."""
     blocks, most = calibration_blocks(runs_ok)
-    explain = ("<p>The embedded world declares how similar each source is to each downstream set, from its "
-               "generative process alone (<code>world.json</code>, the rows' <code>declared_similarity</code>). "
-               f"For every group of ≥{MIN_SOURCES} sources pre-trained at one size, method, curation, label noise, "
-               f"budget and backbone: the {PROTOCOL} probe's gain over the random-init floor (config mean minus "
-               "floor mean on the same set and shots), one point per (source, set), against that similarity, with "
-               "Spearman's ρ. Intervals: 95% bootstrap over pre-training seeds, then eval seeds, per point; ρ is "
-               "recomputed on every replicate. A protocol that measures transfer soundly ranks like the "
-               "declaration.</p>")
+    explain = (
+        "<p>The embedded world declares how similar each source is to each downstream set, from its "
+        "generative process alone (<code>world.json</code>, the rows' <code>declared_similarity</code>). "
+        f"For every group of ≥{MIN_SOURCES} sources pre-trained at one size, method, curation, label noise, "
+        f"budget and backbone: the {PROTOCOL} probe's gain over the random-init floor (config mean minus "
+        "floor mean on the same set and shots), one point per (source, set), against that similarity, with "
+        "Spearman's ρ. Intervals: 95% bootstrap over pre-training seeds, then eval seeds, per point; ρ is "
+        "recomputed on every replicate. A protocol that measures transfer soundly ranks like the "
+        "declaration.</p>"
+    )
     if not blocks:
         return explain + empty_note(
             f"Too few sources for the calibration: it needs ≥{MIN_SOURCES} world sources (rows with a "
             f"declared_similarity) pre-trained at one size, method, curation, label noise and budget, evaluated "
-            f"with {PROTOCOL}; the store has at most {most} at any one (configs/calibration.yaml has seven).")
+            f"with {PROTOCOL}; the store has at most {most} at any one (configs/calibration.yaml has seven)."
+        )
     df = final_checkpoints(runs_ok)
     floor_all = df[(df["method"].astype(object) == FLOOR_METHOD) & (df["protocol"] == PROTOCOL) & df["score"].notna()]
     parts, rows = [explain], []
     for number, (block, block_rows) in enumerate(blocks[:MAX_BLOCKS], start=1):
         title = _block_title(block)
-        floor = floor_all[floor_all["backbone"].astype(object) == block.get("backbone")] \
-            if "backbone" in block and not pd.isna(block.get("backbone")) else floor_all
+        floor = (
+            floor_all[floor_all["backbone"].astype(object) == block.get("backbone")]
+            if "backbone" in block and not pd.isna(block.get("backbone"))
+            else floor_all
+        )
         shots = _chosen_shots(block_rows, floor)
         parts.append(f"<h3>{esc(title)} ({block_rows['source'].nunique()} sources)</h3>")
         if not shots:
-            parts.append(empty_note(f"No random-init {PROTOCOL} rows at this block's shot counts: the gain needs "
-                                    "the floor (downstream.random_init_floor: true)."))
+            parts.append(
+                empty_note(
+                    f"No random-init {PROTOCOL} rows at this block's shot counts: the gain needs "
+                    "the floor (downstream.random_init_floor: true)."
+                )
+            )
             continue
         cals = [calibrate(block_rows, floor, shot, block, n_boot=n_boot) for shot in shots]
         cals = [c for c in cals if not c.points.empty]
@@ -234,23 +271,39 @@ def calibration_section(runs_ok: pd.DataFrame, out_dir: Path, n_boot: int = N_BO
             parts.append(empty_note("No (source, set) has both configuration and random-init rows."))
             continue
         name = _figure(cals, f"calibration: {title}", out_dir, number, percent_scale(block_rows["score"]))
-        parts.append(figure_html(name, f"calibration {title}",
-                                 "Points: gain over random init per (source, set), colour by set, marker by "
-                                 "source, with 95% intervals; dashed: no gain."))
+        parts.append(
+            figure_html(
+                name,
+                f"calibration {title}",
+                "Points: gain over random init per (source, set), colour by set, marker by "
+                "source, with 95% intervals; dashed: no gain.",
+            )
+        )
         for c in cals:
             note = seed_note(c.points["n_pretrain_seeds"].tolist())
-            rows.append([esc(title), html.escape(shots_title(c.shot)), str(len(c.points)),
-                         f"<b>{c.rho:.2f}</b>" if not math.isnan(c.rho) else "",
-                         f"[{c.lo:.2f}, {c.hi:.2f}]" if math.isfinite(c.lo) else "", esc(c.verdict),
-                         esc(note)])
+            rows.append(
+                [
+                    esc(title),
+                    html.escape(shots_title(c.shot)),
+                    str(len(c.points)),
+                    f"<b>{c.rho:.2f}</b>" if not math.isnan(c.rho) else "",
+                    f"[{c.lo:.2f}, {c.hi:.2f}]" if math.isfinite(c.lo) else "",
+                    esc(c.verdict),
+                    esc(note),
+                ]
+            )
         details = "".join(
             f"<tr><td>{html.escape(shots_title(c.shot))}</td><td>{esc(r.source)}</td><td>{esc(r.downstream)}</td>"
             f"<td>{r.similarity:.3f}</td><td>{r.gain:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]</td></tr>"
-            for c in cals for r in c.points.sort_values(["downstream", "similarity"]).itertuples(index=False))
-        parts.append(f"<details><summary>the {sum(len(c.points) for c in cals)} points</summary><table><thead><tr>"
-                     "<th>shots</th><th>source</th><th>set</th><th>declared similarity</th>"
-                     f"<th>gain over random init, 95% interval</th></tr></thead><tbody>{details}</tbody></table>"
-                     "</details>")
+            for c in cals
+            for r in c.points.sort_values(["downstream", "similarity"]).itertuples(index=False)
+        )
+        parts.append(
+            f"<details><summary>the {sum(len(c.points) for c in cals)} points</summary><table><thead><tr>"
+            "<th>shots</th><th>source</th><th>set</th><th>declared similarity</th>"
+            f"<th>gain over random init, 95% interval</th></tr></thead><tbody>{details}</tbody></table>"
+            "</details>"
+        )
     if rows:
         parts.append(html_table(["block", "shots", "points", "Spearman ρ", "95% interval", "verdict", "seeds"], rows))
     if len(blocks) > MAX_BLOCKS:

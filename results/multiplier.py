@@ -116,7 +116,9 @@ def _as_list(scores, name, n) -> list[float]:
     raise MultiplierError(f"{name}: scores for samples={n!r} must be a number or a list of numbers")
 
 
-def _profile(z: np.ndarray, s: np.ndarray, a_lo: np.ndarray | float, a_max: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def _profile(
+    z: np.ndarray, s: np.ndarray, a_lo: np.ndarray | float, a_max: float
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Least squares of ``s ≈ a - b0 * z`` in ``(a, b0)`` for each exponent's ``z = (n/n0) ** -c``,
     under ``a_lo <= a <= a_max`` and ``b0 >= 0``; returns ``(a, b0, sse)``.
 
@@ -265,14 +267,16 @@ def bootstrap_multiplier(
     rng = np.random.default_rng(seed)
     _check_scale(na, sa, a_max, "points_a")
     _check_scale(nb, sb, a_max, "points_b")
-    draws = _multipliers(na, sa[_resample_index(na, n_boot, rng)], nb, sb[_resample_index(nb, n_boot, rng)],
-                         float(at_n_b), a_max)
+    draws = _multipliers(
+        na, sa[_resample_index(na, n_boot, rng)], nb, sb[_resample_index(nb, n_boot, rng)], float(at_n_b), a_max
+    )
     lo, hi = _percentiles(draws, 0.95)
     return float(estimate), lo, hi
 
 
-def _multipliers(n_a: np.ndarray, scores_a: np.ndarray, n_b: np.ndarray, scores_b: np.ndarray, at_n_b: float,
-                 a_max: float) -> np.ndarray:
+def _multipliers(
+    n_a: np.ndarray, scores_a: np.ndarray, n_b: np.ndarray, scores_b: np.ndarray, at_n_b: float, a_max: float
+) -> np.ndarray:
     """The multiplier of every row: A's curve fitted to ``scores_a[d]`` (at sample counts
     ``n_a``) inverted at B's curve fitted to ``scores_b[d]``, evaluated at ``at_n_b``; ``inf``
     where A's asymptote falls short, NaN where a fit failed."""
@@ -298,18 +302,25 @@ def _samples_for_many(n_a: np.ndarray, scores_a: np.ndarray, target: np.ndarray,
 def _percentiles(draws: np.ndarray, level: float) -> tuple[float, float]:
     ok = draws[~np.isnan(draws)]
     if len(ok) < len(draws) / 2:
-        raise MultiplierError(
-            f"only {len(ok)} of {len(draws)} bootstrap fits converged; add points or seeds per size"
-        )
+        raise MultiplierError(f"only {len(ok)} of {len(draws)} bootstrap fits converged; add points or seeds per size")
     ordered = np.sort(ok)  # inf sorts last
     m = len(ordered)
     alpha = (1 - level) / 2
     return float(ordered[int(math.floor(alpha * (m - 1)))]), float(ordered[int(math.ceil((1 - alpha) * (m - 1)))])
 
 
-def multiplier_interval(sizes_a: Sequence[float], scores_a: Sequence[float], draws_a: np.ndarray,
-                        sizes_b: Sequence[float], scores_b: Sequence[float], draws_b: np.ndarray, at_n_b: float,
-                        *, a_max: float = 1.0, level: float = 0.95) -> tuple[float, float, float]:
+def multiplier_interval(
+    sizes_a: Sequence[float],
+    scores_a: Sequence[float],
+    draws_a: np.ndarray,
+    sizes_b: Sequence[float],
+    scores_b: Sequence[float],
+    draws_b: np.ndarray,
+    at_n_b: float,
+    *,
+    a_max: float = 1.0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
     """(estimate, lo, hi): the multiplier of A over B at ``at_n_b`` from each side's mean score
     per size (``scores_*``, one per entry of ``sizes_*``) and bootstrap draws of those means
     (``draws_*``, shape ``(D, len(sizes_*))``, row ``d`` of A going with row ``d`` of B, so that
@@ -325,10 +336,17 @@ def multiplier_interval(sizes_a: Sequence[float], scores_a: Sequence[float], dra
     if not (isinstance(at_n_b, (int, float, np.integer, np.floating)) and math.isfinite(at_n_b) and at_n_b > 0):
         raise MultiplierError(f"at_n_b must be a finite number of samples > 0, got {at_n_b!r}")
     draws_a, draws_b = np.asarray(draws_a, dtype=float), np.asarray(draws_b, dtype=float)
-    if draws_a.ndim != 2 or draws_a.shape[1] != len(n_a) or draws_b.ndim != 2 or draws_b.shape[1] != len(n_b) \
-            or draws_a.shape[0] != draws_b.shape[0]:
-        raise MultiplierError(f"draws must be (D, sizes) arrays with the same D: got A {draws_a.shape} for "
-                              f"{len(n_a)} sizes, B {draws_b.shape} for {len(n_b)} sizes")
+    if (
+        draws_a.ndim != 2
+        or draws_a.shape[1] != len(n_a)
+        or draws_b.ndim != 2
+        or draws_b.shape[1] != len(n_b)
+        or draws_a.shape[0] != draws_b.shape[0]
+    ):
+        raise MultiplierError(
+            f"draws must be (D, sizes) arrays with the same D: got A {draws_a.shape} for "
+            f"{len(n_a)} sizes, B {draws_b.shape} for {len(n_b)} sizes"
+        )
     _check_scale(n_a, s_a, a_max, "A")
     _check_scale(n_b, s_b, a_max, "B")
     estimate = _multipliers(n_a, s_a[None, :], n_b, s_b[None, :], float(at_n_b), a_max)[0]
@@ -342,9 +360,16 @@ def multiplier_interval(sizes_a: Sequence[float], scores_a: Sequence[float], dra
     return float(estimate), lo, hi
 
 
-def matched_samples_interval(sizes: Sequence[float], scores: Sequence[float], draws: np.ndarray, target: float,
-                             target_draws: np.ndarray, *, a_max: float = 1.0,
-                             level: float = 0.95) -> tuple[float, float, float]:
+def matched_samples_interval(
+    sizes: Sequence[float],
+    scores: Sequence[float],
+    draws: np.ndarray,
+    target: float,
+    target_draws: np.ndarray,
+    *,
+    a_max: float = 1.0,
+    level: float = 0.95,
+) -> tuple[float, float, float]:
     """(estimate, lo, hi): the samples a configuration's fitted curve needs to reach one point's
     score ``target`` (an existing model, evaluated at a single size or none), with the ``level``
     percentile interval.
@@ -362,8 +387,10 @@ def matched_samples_interval(sizes: Sequence[float], scores: Sequence[float], dr
         raise MultiplierError(f"target must be a finite score, got {target!r}")
     draws, target_draws = np.asarray(draws, dtype=float), np.asarray(target_draws, dtype=float).ravel()
     if draws.ndim != 2 or draws.shape[1] != len(n) or target_draws.shape != (draws.shape[0],):
-        raise MultiplierError(f"draws must be a (D, sizes) array and target_draws (D,): got {draws.shape} for "
-                              f"{len(n)} sizes and {target_draws.shape}")
+        raise MultiplierError(
+            f"draws must be a (D, sizes) array and target_draws (D,): got {draws.shape} for "
+            f"{len(n)} sizes and {target_draws.shape}"
+        )
     _check_scale(n, s, a_max, "the curve")
     estimate = _samples_for_many(n, s[None, :], np.array([float(target)]), a_max)[0]
     if math.isnan(estimate):

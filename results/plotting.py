@@ -31,9 +31,38 @@ VARIANT_COLUMNS = ("curation", "label_noise", "backbone", "samples_budget")
 
 
 # Two-sided 95% Student-t quantiles, degrees of freedom 1..30.
-_T975 = [12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179,
-         2.160, 2.145, 2.131, 2.120, 2.110, 2.101, 2.093, 2.086, 2.080, 2.074, 2.069, 2.064,
-         2.060, 2.056, 2.052, 2.048, 2.045, 2.042]
+_T975 = [
+    12.706,
+    4.303,
+    3.182,
+    2.776,
+    2.571,
+    2.447,
+    2.365,
+    2.306,
+    2.262,
+    2.228,
+    2.201,
+    2.179,
+    2.160,
+    2.145,
+    2.131,
+    2.120,
+    2.110,
+    2.101,
+    2.093,
+    2.086,
+    2.080,
+    2.074,
+    2.069,
+    2.064,
+    2.060,
+    2.056,
+    2.052,
+    2.048,
+    2.045,
+    2.042,
+]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -141,6 +170,7 @@ class Line:
 
 def line_keys(df: pd.DataFrame, variant_cols: Sequence[str]) -> list[Line]:
     """The line identity of every row of ``df`` (source, method and the varying coordinates)."""
+
     def clean(v: Any) -> Any:
         return None if v is None or v is pd.NA or (isinstance(v, float) and math.isnan(v)) else v
 
@@ -182,8 +212,6 @@ def marker(method: str) -> str:
     return _EXTRA_MARKERS[sum(map(ord, method)) % len(_EXTRA_MARKERS)]
 
 
-
-
 # --------------------------------------------------------------------------- html
 
 
@@ -201,11 +229,19 @@ def shade(value: float, lo: float, hi: float) -> str:
     return f' style="background: rgba(46, 125, 200, {0.08 + 0.42 * frac:.2f})"'
 
 
-
 # --------------------------------------------------------------------------- sections and figures
 
-FIGURE_PREFIXES = ("scaling_", "fewshot_", "heatmap_", "calibration_", "multiplier_", "checkpoints_", "spectra_",
-                   "convergence_", "funnel_")
+FIGURE_PREFIXES = (
+    "scaling_",
+    "fewshot_",
+    "heatmap_",
+    "calibration_",
+    "multiplier_",
+    "checkpoints_",
+    "spectra_",
+    "convergence_",
+    "funnel_",
+)
 """File-name prefixes of the report's figures: a new report replaces files with these prefixes."""
 
 
@@ -217,8 +253,10 @@ def empty_note(text: str) -> str:
 def figure_html(name: str, alt: str, caption: str = "") -> str:
     """A linked figure (the PNG beside the page) with its caption."""
     cap = f"<figcaption>{html.escape(caption)}</figcaption>" if caption else ""
-    return (f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" alt="{html.escape(alt)}"></a>'
-            f"{cap}</figure>")
+    return (
+        f'<figure><a href="{html.escape(name)}"><img src="{html.escape(name)}" alt="{html.escape(alt)}"></a>'
+        f"{cap}</figure>"
+    )
 
 
 def save_figure(fig: Any, out_dir: Path, name: str) -> str:

@@ -107,9 +107,7 @@ def frame_to_csv(df: pd.DataFrame) -> str:
 def frame_to_json(df: pd.DataFrame) -> str:
     """One JSON array of records; missing values are ``null``."""
     columns = [str(c) for c in df.columns]
-    records = [
-        {c: _plain(v) for c, v in zip(columns, row)} for row in df.itertuples(index=False, name=None)
-    ]
+    records = [{c: _plain(v) for c, v in zip(columns, row)} for row in df.itertuples(index=False, name=None)]
     return json.dumps(records, ensure_ascii=False, allow_nan=False)
 
 

@@ -100,8 +100,15 @@ def _aggregate_cells(curves: pd.DataFrame) -> dict[tuple[str, float], _Cell]:
     frame = curves.assign(_size=curves["pretrain_size"].astype(float))
     table = hierarchical_bootstrap(frame, ["downstream", "_shots", "_line", "_size"], strata=None).table()
     points: dict[tuple, list[tuple[float, float, float, float]]] = {}
-    for ds_name, shot, line, size, est, lo, hi in zip(table["downstream"], table["_shots"], table["_line"],
-                                                      table["_size"], table["estimate"], table["lo"], table["hi"]):
+    for ds_name, shot, line, size, est, lo, hi in zip(
+        table["downstream"],
+        table["_shots"],
+        table["_line"],
+        table["_size"],
+        table["estimate"],
+        table["lo"],
+        table["hi"],
+    ):
         points.setdefault((ds_name, shot, line), []).append((size, est, lo, hi))
     for (ds_name, shot, line), values in points.items():
         values.sort()
@@ -170,8 +177,10 @@ def _scaling_figures(runs_ok: pd.DataFrame, out_dir: Path) -> list[tuple[str, li
     ctx = _scaling_context(runs_ok)
     if ctx is None:
         return []
-    return [_protocol_figures(ctx, str(protocol), protocol, out_dir)
-            for protocol in sorted(ctx.full["protocol"].dropna().unique())]
+    return [
+        _protocol_figures(ctx, str(protocol), protocol, out_dir)
+        for protocol in sorted(ctx.full["protocol"].dropna().unique())
+    ]
 
 
 def _scaling_context(runs_ok: pd.DataFrame) -> _Scaling | None:
@@ -219,15 +228,19 @@ def _protocol_figures(ctx: _Scaling, name: str, protocol: Any, out_dir: Path) ->
         xlim=None,
     )
     if not lines_here and marks.empty:
-        return (name, [], f"{len(pdf)} row(s), all from the random-init encoder "
-                "(no pre-training size to plot against).")
+        return (
+            name,
+            [],
+            f"{len(pdf)} row(s), all from the random-init encoder (no pre-training size to plot against).",
+        )
     sizes = pd.concat([curves["pretrain_size"].dropna().astype(float), marks["size"].dropna().astype(float)])
     sizes = sizes[sizes > 0]
     plot.xlim = (float(sizes.min()) / 1.4, float(sizes.max()) * 1.4) if not sizes.empty else None
     sets = plot.sets
     chunks = [sets[i : i + MAX_SET_ROWS_PER_FIGURE] for i in range(0, len(sets), MAX_SET_ROWS_PER_FIGURE)]
-    names = [_draw_chunk(ctx, plot, chunk, chunk_index, len(chunks), out_dir)
-             for chunk_index, chunk in enumerate(chunks)]
+    names = [
+        _draw_chunk(ctx, plot, chunk, chunk_index, len(chunks), out_dir) for chunk_index, chunk in enumerate(chunks)
+    ]
     return (name, names, _protocol_note(plot, len(every)))
 
 
@@ -238,16 +251,21 @@ def _protocol_note(plot: _ProtocolPlot, n_every: int) -> str:
     skipped = n_every - len(pdf)
     return (
         (f"{skipped} row(s) without a pretrain_size not plotted; " if skipped else "")
-        + (f"existing models ({', '.join(sorted(set(marks['model'])))}): a star at their declared "
-           "pretrain_size (mean over seeds), a dash-dot line where none is declared; " if not marks.empty else "")
+        + (
+            f"existing models ({', '.join(sorted(set(marks['model'])))}): a star at their declared "
+            "pretrain_size (mean over seeds), a dash-dot line where none is declared; "
+            if not marks.empty
+            else ""
+        )
         + f"{len(pdf)} rows, {len(plot.sets)} set(s), {len(plot.shots)} shot setting(s), "
         f"{len(plot.lines_here)} line(s); "
         f"up to {int(n_values.max()) if len(n_values) else 0} values per point."
     )
 
 
-def _draw_chunk(ctx: _Scaling, plot: _ProtocolPlot, chunk: list[str], chunk_index: int, n_chunks: int,
-                out_dir: Path) -> str:
+def _draw_chunk(
+    ctx: _Scaling, plot: _ProtocolPlot, chunk: list[str], chunk_index: int, n_chunks: int, out_dir: Path
+) -> str:
     """Draw one figure (a chunk of sets as rows, shots as columns) and save it; return its file name."""
     fig, axes, legend_cols, height = _chunk_figure(ctx, plot, len(chunk))
     nrows = len(chunk)
@@ -263,11 +281,16 @@ def _draw_chunk(ctx: _Scaling, plot: _ProtocolPlot, chunk: list[str], chunk_inde
     handles = _legend_handles(ctx, plot)
     protocol = plot.protocol
     suffix = f" ({chunk_index + 1}/{n_chunks})" if n_chunks > 1 else ""
-    fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11,
-                 y=1 - 0.12 / height, va="top")
+    fig.suptitle(f"{protocol}: score vs pre-training samples{suffix}", fontsize=11, y=1 - 0.12 / height, va="top")
     if handles:
-        fig.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 0.08 / height),
-                   ncol=min(len(handles), legend_cols), fontsize=8, frameon=False)
+        fig.legend(
+            handles=handles,
+            loc="lower center",
+            bbox_to_anchor=(0.5, 0.08 / height),
+            ncol=min(len(handles), legend_cols),
+            fontsize=8,
+            frameon=False,
+        )
     name = f"{_FIGURE_PREFIX}{slug(protocol)}" + (f"_{chunk_index + 1}" if n_chunks > 1 else "") + ".png"
     fig.savefig(out_dir / name)
     return name
@@ -280,8 +303,9 @@ def _chunk_figure(ctx: _Scaling, plot: _ProtocolPlot, nrows: int) -> tuple[Any, 
     ncols = len(plot.shots)
     width = max(5.5, PANEL_SIZE[0] * ncols + 1.05)
     # as many legend columns as the widest label lets fit across the figure
-    label_inches = 0.075 * max([len(ln.label) for ln in plot.lines_here]
-                               + [len(n) + 12 for n in ctx.model_colours]) + 0.55
+    label_inches = (
+        0.075 * max([len(ln.label) for ln in plot.lines_here] + [len(n) + 12 for n in ctx.model_colours]) + 0.55
+    )
     legend_cols = max(1, min(LEGEND_COLUMNS, int((width - 0.3) // label_inches)))
     legend_rows = math.ceil((len(plot.lines_here) + len(set(plot.marks["model"])) + 2) / legend_cols)
     margins = {"left": 0.85, "right": 0.2, "top": 0.75, "bottom": 0.55 + 0.2 * legend_rows + 0.15}
@@ -303,8 +327,9 @@ def _chunk_figure(ctx: _Scaling, plot: _ProtocolPlot, nrows: int) -> tuple[Any, 
     return fig, axes, legend_cols, height
 
 
-def _draw_panel(ax: Any, ctx: _Scaling, plot: _ProtocolPlot, ds_name: str, shot: float,
-                ylim: tuple[float, float]) -> None:
+def _draw_panel(
+    ax: Any, ctx: _Scaling, plot: _ProtocolPlot, ds_name: str, shot: float, ylim: tuple[float, float]
+) -> None:
     """One panel's data: the lines with their bands, the models, the floor and chance."""
     ax.set_autoscale_on(False)
     if plot.xlim is not None:
@@ -313,8 +338,15 @@ def _draw_panel(ax: Any, ctx: _Scaling, plot: _ProtocolPlot, ds_name: str, shot:
     ax.set_ylim(*ylim)
     drawn = plot.cells.get((ds_name, shot), [])
     for line, x, mean, lo, hi in drawn:
-        ax.plot(x, mean, color=ctx.colours[line], marker=marker(line.method),
-                markersize=3.5, linewidth=1.4, label=line.label)
+        ax.plot(
+            x,
+            mean,
+            color=ctx.colours[line],
+            marker=marker(line.method),
+            markersize=3.5,
+            linewidth=1.4,
+            label=line.label,
+        )
         ax.fill_between(x, lo, hi, color=ctx.colours[line], alpha=0.18, linewidth=0)
     marks = plot.marks
     _draw_models(ax, marks[(marks["downstream"] == ds_name) & (marks["_shots"] == shot)], ctx.model_colours)
@@ -325,8 +357,7 @@ def _draw_panel(ax: Any, ctx: _Scaling, plot: _ProtocolPlot, ds_name: str, shot:
     if ch is not None and not pd.isna(ch):
         ax.axhline(float(ch), color="0.2", linestyle=":", linewidth=1.0)
     if not drawn and fl is None and marks[marks["downstream"] == ds_name].empty:
-        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center",
-                color="0.5", fontsize=8)
+        ax.text(0.5, 0.5, "no rows", transform=ax.transAxes, ha="center", va="center", color="0.5", fontsize=8)
 
 
 def _label_panel(ax: Any, ctx: _Scaling, ds_name: str, shot: float, r: int, c: int, nrows: int) -> None:
@@ -357,8 +388,17 @@ def _legend_handles(ctx: _Scaling, plot: _ProtocolPlot) -> list[Any]:
     ]
     for name in sorted(set(marks["model"])):
         sized = marks.loc[marks["model"] == name, "size"].notna().any()
-        handles.append(Line2D([], [], color=ctx.model_colours[name], marker="*" if sized else None, markersize=8,
-                              linestyle="none" if sized else "-.", label=f"model {name}"))
+        handles.append(
+            Line2D(
+                [],
+                [],
+                color=ctx.model_colours[name],
+                marker="*" if sized else None,
+                markersize=8,
+                linestyle="none" if sized else "-.",
+                label=f"model {name}",
+            )
+        )
     if not plot.floor.empty:
         handles.append(Line2D([], [], color="0.35", linestyle="--", label="random init (method none)"))
     if ctx.chance.notna().any():
@@ -374,7 +414,8 @@ def _model_points(df: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame(columns=cols)
     rows = df[df["model"].notna()].assign(size=lambda d: d["pretrain_size"].astype(float))
     return rows.groupby(["protocol", "downstream", "_shots", "model"], as_index=False).agg(
-        score=("score", "mean"), size=("size", "first"))[cols]
+        score=("score", "mean"), size=("size", "first")
+    )[cols]
 
 
 def _draw_models(ax: Any, marks: pd.DataFrame, colours: dict[str, Any]) -> None:
@@ -387,7 +428,6 @@ def _draw_models(ax: Any, marks: pd.DataFrame, colours: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------- tables
-
 
 
 def _summary_section(runs_ok: pd.DataFrame) -> str:
@@ -421,8 +461,13 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
         def sort_key(idx: tuple) -> tuple:
             row = dict(zip(keys, idx))
             size = row["pretrain_size"]
-            return (row["method"] == FLOOR_METHOD, str(row["source"]), str(row["method"]),
-                    *(str(row[c]) for c in variant_cols), float(size) if size != "" else -1.0)
+            return (
+                row["method"] == FLOOR_METHOD,
+                str(row["source"]),
+                str(row["method"]),
+                *(str(row[c]) for c in variant_cols),
+                float(size) if size != "" else -1.0,
+            )
 
         rows = []
         for idx in sorted(table.index, key=sort_key):
@@ -452,19 +497,33 @@ def _failed_section(runs: pd.DataFrame) -> str:
     bad = runs[runs["status"].astype(object) != "ok"] if not runs.empty else runs
     if bad.empty:
         return '<p class="empty">No failed runs.</p>'
-    cols = ["key", "job_key", "source", "method", "pretrain_size", "downstream", "protocol", "shots",
-            "eval_seed", "status"]
+    cols = [
+        "key",
+        "job_key",
+        "source",
+        "method",
+        "pretrain_size",
+        "downstream",
+        "protocol",
+        "shots",
+        "eval_seed",
+        "status",
+    ]
     rows = []
     for _, r in bad.sort_values(["protocol", "downstream", "key"], na_position="last").iterrows():
         cells = [esc(r[c]) if c != "shots" else esc(shots_label(r[c])) for c in cols]
         err = "" if pd.isna(r["error"]) else str(r["error"])
         first = err.strip().splitlines()[-1] if err.strip() else ""
         if len(err) > 160 or "\n" in err.strip():
-            cells.append(f"<details><summary>{html.escape(first[:160])}</summary><pre>{html.escape(err)}</pre></details>")
+            cells.append(
+                f"<details><summary>{html.escape(first[:160])}</summary><pre>{html.escape(err)}</pre></details>"
+            )
         else:
             cells.append(html.escape(err))
         rows.append(cells)
-    return f"<p>{len(bad)} row(s) with status other than <code>ok</code>.</p>" + html_table([*cols, "error"], rows, "failed")
+    return f"<p>{len(bad)} row(s) with status other than <code>ok</code>.</p>" + html_table(
+        [*cols, "error"], rows, "failed"
+    )
 
 
 def _funnel_html(value: Any) -> str:
@@ -482,8 +541,17 @@ def _funnel_html(value: Any) -> str:
 def _views_section(views: pd.DataFrame) -> str:
     if views.empty:
         return '<p class="empty">No rows yet for views (no curated pre-training views recorded).</p>'
-    cols = ["view_key", "source", "curation", "requested_size", "size", "label_noise", "achieved_noise",
-            "label_accuracy", "num_classes"]
+    cols = [
+        "view_key",
+        "source",
+        "curation",
+        "requested_size",
+        "size",
+        "label_noise",
+        "achieved_noise",
+        "label_accuracy",
+        "num_classes",
+    ]
     rows = []
     for _, r in views.sort_values(["source", "curation", "requested_size"], na_position="last").iterrows():
         cells = []
@@ -524,8 +592,12 @@ def _overview(runs: pd.DataFrame, views: pd.DataFrame) -> str:
         ("rows", f"{len(runs)} ({len(ok)} ok, {len(runs) - len(ok)} not ok)"),
         ("protocols", ", ".join(sorted(map(str, runs["protocol"].dropna().unique())))),
         ("downstream sets", ", ".join(sorted(map(str, runs["downstream"].dropna().unique())))),
-        ("sources", ", ".join(sorted(map(str, runs.loc[runs["method"].astype(object) != FLOOR_METHOD, "source"]
-                                        .dropna().unique())))),
+        (
+            "sources",
+            ", ".join(
+                sorted(map(str, runs.loc[runs["method"].astype(object) != FLOOR_METHOD, "source"].dropna().unique()))
+            ),
+        ),
         ("methods", ", ".join(sorted(map(str, runs["method"].dropna().unique())))),
         ("specs", ", ".join(sorted(map(str, runs["spec"].dropna().unique())))),
         ("views", str(len(views))),
@@ -547,8 +619,10 @@ def _guarded(name: str, build: Callable[[], str]) -> str:
         return build()
     except Exception as exc:  # noqa: BLE001 - the rest of the report is still worth writing
         log.exception("report section %r failed", name)
-        return (f'<p class="error">This section could not be drawn: {html.escape(type(exc).__name__)}: '
-                f"{html.escape(str(exc))}</p>")
+        return (
+            f'<p class="error">This section could not be drawn: {html.escape(type(exc).__name__)}: '
+            f"{html.escape(str(exc))}</p>"
+        )
 
 
 def write_report(
@@ -594,8 +668,7 @@ def write_report(
         return funnel_section(views, out) + _views_section(views)
 
     def missing_and_failed() -> str:
-        return ("<h3>Missing</h3>" + missing_section(runs, expected, pruned)
-                + "<h3>Failed</h3>" + _failed_section(runs))
+        return "<h3>Missing</h3>" + missing_section(runs, expected, pruned) + "<h3>Failed</h3>" + _failed_section(runs)
 
     builders: list[tuple[str, str, Callable[[], str]]] = [
         ("overview", "Overview", lambda: _overview(runs, views)),
@@ -603,11 +676,17 @@ def write_report(
         ("multiplier", "Data multiplier", lambda: multiplier_section(runs_ok, out, multipliers, n_boot=n_boot)),
         ("fewshot", "Few-shot versus full data", lambda: fewshot_section(runs_ok, out)),
         ("heatmap", "Configurations × downstream sets", lambda: heatmap_section(runs_ok, out, heatmap_shots)),
-        ("calibration", "Calibration: measured gain against the world's declared similarity",
-         lambda: calibration_section(runs_ok, out)),
+        (
+            "calibration",
+            "Calibration: measured gain against the world's declared similarity",
+            lambda: calibration_section(runs_ok, out),
+        ),
         ("summary", f"Summary table ({SUMMARY_PROTOCOL} protocol)", summary),
-        ("checkpoints", "Mid-training checkpoints: feature extractor versus fine-tuning start",
-         lambda: checkpoints_section(runs_ok, out)),
+        (
+            "checkpoints",
+            "Mid-training checkpoints: feature extractor versus fine-tuning start",
+            lambda: checkpoints_section(runs_ok, out),
+        ),
         ("spectra", "Feature spectra", lambda: spectra_section(spectra, runs_ok, out)),
         ("convergence", "Convergence against training from scratch", lambda: convergence_section(store, runs_ok, out)),
         ("views", "Curation: funnels and label accuracy", curation),
@@ -644,8 +723,9 @@ def _scaling_section(runs_ok: pd.DataFrame, out: Path) -> str:
     ]
     pre = final_checkpoints(runs_ok)
     pre = pre[(pre["method"].astype(object) != FLOOR_METHOD) & pre["pretrain_size"].notna()]
-    seeds = pre.groupby(["source", "method", "curation", "label_noise", "backbone", "pretrain_size"],
-                        dropna=False)["pretrain_seed"].nunique(dropna=False)
+    seeds = pre.groupby(["source", "method", "curation", "label_noise", "backbone", "pretrain_size"], dropna=False)[
+        "pretrain_seed"
+    ].nunique(dropna=False)
     note = seed_note(seeds.astype(int).tolist())
     if note:
         fig_html.append(f'<p class="data">Bands of the pre-trained points: {html.escape(note)}.</p>')
@@ -661,11 +741,11 @@ def _scaling_section(runs_ok: pd.DataFrame, out: Path) -> str:
 def _page(page_title: str, store_root: str, now: str, sections: list[tuple[str, str, str]]) -> str:
     """The whole HTML page: head, navigation, the sections-without-data line and the sections."""
     no_data = [name for _, name, content in sections if _only_empty(content)]
-    status = (f'<p class="meta">Sections without data yet: {html.escape(", ".join(no_data))}.</p>'
-              if no_data else "")
+    status = f'<p class="meta">Sections without data yet: {html.escape(", ".join(no_data))}.</p>' if no_data else ""
     nav = " ".join(f'<a href="#{sid}">{html.escape(name.split(":")[0])}</a>' for sid, name, _ in sections)
-    body = "\n".join(f'<section id="{sid}"><h2>{html.escape(name)}</h2>\n{content}\n</section>'
-                     for sid, name, content in sections)
+    body = "\n".join(
+        f'<section id="{sid}"><h2>{html.escape(name)}</h2>\n{content}\n</section>' for sid, name, content in sections
+    )
     return f"""<!doctype html>
 <html lang="en">
 <head>

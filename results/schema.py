@@ -223,9 +223,7 @@ def schema_for(table: str) -> pa.Schema:
     try:
         return TABLES[table]
     except KeyError:
-        raise SchemaError(
-            f"unknown results table {table!r}; valid tables: {', '.join(TABLES)}"
-        ) from None
+        raise SchemaError(f"unknown results table {table!r}; valid tables: {', '.join(TABLES)}") from None
 
 
 def upgrade_step(from_version: int, *tables: str) -> Callable[[Upgrade], Upgrade]:
@@ -241,7 +239,9 @@ def upgrade_step(from_version: int, *tables: str) -> Callable[[Upgrade], Upgrade
     def register(fn: Upgrade) -> Upgrade:
         for table in tables:
             if (table, from_version) in UPGRADES:
-                raise SchemaError(f"an upgrade step for table {table!r} from version {from_version} is already registered")
+                raise SchemaError(
+                    f"an upgrade step for table {table!r} from version {from_version} is already registered"
+                )
             UPGRADES[(table, from_version)] = fn
         return fn
 
@@ -336,9 +336,7 @@ def conform(table: str, rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     known = set(names)
     for i, row in enumerate(rows):
         if not isinstance(row, Mapping):
-            raise SchemaError(
-                f"table {table!r}: row {i} is a {type(row).__name__}, expected a dict of column -> value"
-            )
+            raise SchemaError(f"table {table!r}: row {i} is a {type(row).__name__}, expected a dict of column -> value")
         unknown = [c for c in row if c not in known]
         if unknown:
             raise SchemaError(
@@ -372,6 +370,4 @@ def _to_array(table: str, field: pa.Field, values: list[Any]) -> pa.Array:
                 f"table {table!r}, column {field.name!r}, row {i}: cannot store {v!r} "
                 f"({type(v).__name__}) as {field.type}"
             ) from None
-    raise SchemaError(
-        f"table {table!r}, column {field.name!r}: values of mixed types cannot be stored as {field.type}"
-    )
+    raise SchemaError(f"table {table!r}, column {field.name!r}: values of mixed types cannot be stored as {field.type}")

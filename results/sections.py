@@ -84,12 +84,26 @@ def _figure(width: float, height: float):
     return Figure(figsize=(width, height))
 
 
-def _layout(fig, *, left: float = 0.75, right: float = 0.25, top: float = 0.65, bottom: float = 0.6,
-            wspace: float = 0.28, hspace: float = 0.5) -> None:
+def _layout(
+    fig,
+    *,
+    left: float = 0.75,
+    right: float = 0.25,
+    top: float = 0.65,
+    bottom: float = 0.6,
+    wspace: float = 0.28,
+    hspace: float = 0.5,
+) -> None:
     """Fixed margins in inches (tight_layout measures every label and costs seconds per figure)."""
     width, height = fig.get_size_inches()
-    fig.subplots_adjust(left=left / width, right=1 - right / width, top=1 - top / height,
-                        bottom=bottom / height, wspace=wspace, hspace=hspace)
+    fig.subplots_adjust(
+        left=left / width,
+        right=1 - right / width,
+        top=1 - top / height,
+        bottom=bottom / height,
+        wspace=wspace,
+        hspace=hspace,
+    )
 
 
 def _style_panel(ax, title: str, xlabel: str, *, legend: int | None = None, integer_x: bool = False) -> None:
@@ -133,14 +147,21 @@ def fewshot_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
     df = annotate(final_checkpoints(runs_ok))
     if df.empty:
         return empty_note("No data yet for the few-shot picture (no runs with a score).")
-    protocols = [p for p in sorted(df["protocol"].dropna().unique())
-                 if p not in ("zeroshot", "scratch") and df.loc[df["protocol"] == p, "_shots"].nunique() >= 2]
+    protocols = [
+        p
+        for p in sorted(df["protocol"].dropna().unique())
+        if p not in ("zeroshot", "scratch") and df.loc[df["protocol"] == p, "_shots"].nunique() >= 2
+    ]
     if not protocols:
-        return empty_note("No data yet for the few-shot picture: it needs a protocol (e.g. linear) "
-                          "evaluated at two or more shot counts.")
-    parts = ["<p>How far apart the pre-training configurations are at each shot count: mean score "
-             "over the downstream sets every configuration has (each set weighs the same), bands: 95% intervals over pre-training seeds, then eval seeds. "
-             "Configurations are compared at a matched pre-training size, the one most of them share.</p>"]
+        return empty_note(
+            "No data yet for the few-shot picture: it needs a protocol (e.g. linear) "
+            "evaluated at two or more shot counts."
+        )
+    parts = [
+        "<p>How far apart the pre-training configurations are at each shot count: mean score "
+        "over the downstream sets every configuration has (each set weighs the same), bands: 95% intervals over pre-training seeds, then eval seeds. "
+        "Configurations are compared at a matched pre-training size, the one most of them share.</p>"
+    ]
     for protocol in protocols:
         parts.append(_fewshot_protocol(df[df["protocol"] == protocol], protocol, out_dir))
     return "\n".join(parts)
@@ -156,7 +177,9 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
     have = sel.groupby(["_line", "_shots"])["downstream"].agg(lambda s: frozenset(s))
     common = frozenset.intersection(*have.tolist()) if len(have) else frozenset()
     if not common:
-        return title + empty_note(f"No downstream set has rows for every configuration at every shot count ({protocol}).")
+        return title + empty_note(
+            f"No downstream set has rows for every configuration at every shot count ({protocol})."
+        )
     sel = sel[sel["downstream"].isin(common)]
     shots = sorted(sel["_shots"].unique())
     boot = hierarchical_bootstrap(sel, ["_line", "_shots"], strata="downstream").intervals()
@@ -165,12 +188,24 @@ def _fewshot_protocol(d: pd.DataFrame, protocol: str, out_dir: Path) -> str:
     rows, spreads = _fewshot_rows(sel, shots, boot, scaled)
     name = _fewshot_figure(sel, shots, boot, floor, spreads, protocol, size_note, len(common), out_dir)
     unit = " (x100)" if scaled else ""
-    table = html_table(["shots", f"range{unit}", f"mean per-set range{unit}", f"std{unit}", "best", "worst",
-                        f"best − worst{unit}, 95% interval"], rows)
-    caption = (f"{size_note}; sets: {', '.join(sorted(common))}. Range: best minus worst configuration mean; "
-               "per-set range: the same within each set, averaged over sets. Bands and the best − worst interval: "
-               "bootstrap over pre-training seeds, then eval seeds, stratified by set (paired on shared eval "
-               "seeds); 'within noise' when the interval covers 0.")
+    table = html_table(
+        [
+            "shots",
+            f"range{unit}",
+            f"mean per-set range{unit}",
+            f"std{unit}",
+            "best",
+            "worst",
+            f"best − worst{unit}, 95% interval",
+        ],
+        rows,
+    )
+    caption = (
+        f"{size_note}; sets: {', '.join(sorted(common))}. Range: best minus worst configuration mean; "
+        "per-set range: the same within each set, averaged over sets. Bands and the best − worst interval: "
+        "bootstrap over pre-training seeds, then eval seeds, stratified by set (paired on shared eval "
+        "seeds); 'within noise' when the interval covers 0."
+    )
     note = seed_note([iv.n_pretrain_seeds for iv in boot.values()])
     extra = f'<p class="data">Intervals: {html.escape(note)}.</p>' if note else ""
     return title + figure_html(name, f"few-shot versus full data, {protocol}", caption) + table + extra
@@ -181,11 +216,15 @@ def _fewshot_selection(pre: pd.DataFrame) -> tuple[pd.DataFrame, str]:
     per_size = pre.groupby("pretrain_size")["_line"].nunique()
     size, n_lines = max(per_size.items(), key=lambda kv: (kv[1], kv[0]))
     if n_lines >= 2:
-        return (pre[pre["pretrain_size"] == size],
-                f"matched pre-training size n={fmt_size(size)} ({n_lines} configurations)")
+        return (
+            pre[pre["pretrain_size"] == size],
+            f"matched pre-training size n={fmt_size(size)} ({n_lines} configurations)",
+        )
     largest = pre.groupby("_line")["pretrain_size"].transform("max")
-    return (pre[pre["pretrain_size"] == largest],
-            "each configuration at its largest size (no size is shared by two configurations)")
+    return (
+        pre[pre["pretrain_size"] == largest],
+        "each configuration at its largest size (no size is shared by two configurations)",
+    )
 
 
 def _fewshot_rows(sel: pd.DataFrame, shots: list, boot: dict, scaled: bool) -> tuple[list[list[str]], tuple[list, ...]]:
@@ -204,15 +243,31 @@ def _fewshot_rows(sel: pd.DataFrame, shots: list, boot: dict, scaled: bool) -> t
         best, worst = means.idxmax(), means.idxmin()
         at = sel[sel["_shots"] == shot]
         gap = paired_difference(at[at["_line"] == best], at[at["_line"] == worst])
-        rows.append([html.escape(shots_title(shot)), _pct(rng, scaled), _pct(float(within.mean()), scaled),
-                     _pct(spread_std[-1], scaled), f"{esc(best.label)} ({_pct(float(means.max()), scaled)})",
-                     f"{esc(worst.label)} ({_pct(float(means.min()), scaled)})",
-                     esc(difference_text(gap, 100 if scaled else 1, 1 if scaled else 3)) if best != worst else ""])
+        rows.append(
+            [
+                html.escape(shots_title(shot)),
+                _pct(rng, scaled),
+                _pct(float(within.mean()), scaled),
+                _pct(spread_std[-1], scaled),
+                f"{esc(best.label)} ({_pct(float(means.max()), scaled)})",
+                f"{esc(worst.label)} ({_pct(float(means.min()), scaled)})",
+                esc(difference_text(gap, 100 if scaled else 1, 1 if scaled else 3)) if best != worst else "",
+            ]
+        )
     return rows, (spread_range, spread_sets, spread_std)
 
 
-def _fewshot_figure(sel: pd.DataFrame, shots: list, boot: dict, floor: pd.Series, spreads: tuple[list, ...],
-                    protocol: str, size_note: str, n_sets: int, out_dir: Path) -> str:
+def _fewshot_figure(
+    sel: pd.DataFrame,
+    shots: list,
+    boot: dict,
+    floor: pd.Series,
+    spreads: tuple[list, ...],
+    protocol: str,
+    size_note: str,
+    n_sets: int,
+    out_dir: Path,
+) -> str:
     """Mean score per configuration against shots (with bands and the floor) beside the spreads; its file name."""
     spread_range, spread_sets, spread_std = spreads
     lines = sorted(set(sel["_line"]), key=lambda ln: ln.label)
@@ -224,8 +279,14 @@ def _fewshot_figure(sel: pd.DataFrame, shots: list, boot: dict, floor: pd.Series
         ivs = [boot.get((line, shot)) for shot in shots]
         mean = [iv.estimate if iv else math.nan for iv in ivs]
         ax1.plot(x, mean, color=colours[line], marker=marker(line.method), label=line.label, linewidth=1.5)
-        ax1.fill_between(x, [iv.lo if iv else math.nan for iv in ivs], [iv.hi if iv else math.nan for iv in ivs],
-                         color=colours[line], alpha=0.15, linewidth=0)
+        ax1.fill_between(
+            x,
+            [iv.lo if iv else math.nan for iv in ivs],
+            [iv.hi if iv else math.nan for iv in ivs],
+            color=colours[line],
+            alpha=0.15,
+            linewidth=0,
+        )
     if not floor.empty:
         ax1.plot(x, [floor.get(s, math.nan) for s in shots], color="0.35", linestyle="--", label="random init")
     ax1.set_title(f"mean score over {n_sets} set(s)", fontsize=10)
@@ -247,8 +308,9 @@ def _fewshot_figure(sel: pd.DataFrame, shots: list, boot: dict, floor: pd.Series
 # --------------------------------------------------------------------------- heatmap
 
 
-def heatmap_section(runs_ok: pd.DataFrame, out_dir: Path, shots: Sequence[int | None] | None = None,
-                    protocol: str = SUMMARY_PROTOCOL) -> str:
+def heatmap_section(
+    runs_ok: pd.DataFrame, out_dir: Path, shots: Sequence[int | None] | None = None, protocol: str = SUMMARY_PROTOCOL
+) -> str:
     """Configuration x downstream set at the chosen shot counts (default: the fewest shots and full data)."""
     df = annotate(final_checkpoints(runs_ok))
     d = df[df["protocol"] == protocol] if not df.empty else df
@@ -260,14 +322,19 @@ def heatmap_section(runs_ok: pd.DataFrame, out_dir: Path, shots: Sequence[int | 
         wanted = sorted({*(few[:1]), *([math.inf] if math.inf in available else [])}) or available[:1]
     else:
         wanted = [shots_order(s) for s in shots]
-    parts = [f"<p>Mean {html.escape(protocol)} score per pre-training configuration (last checkpoint) and "
-             "downstream set. Colour: the score minus the set's mean over configurations (blue above, red below), "
-             "so each column reads as a ranking; numbers are the scores.</p>"]
+    parts = [
+        f"<p>Mean {html.escape(protocol)} score per pre-training configuration (last checkpoint) and "
+        "downstream set. Colour: the score minus the set's mean over configurations (blue above, red below), "
+        "so each column reads as a ranking; numbers are the scores.</p>"
+    ]
     for shot in wanted:
         s = d[d["_shots"] == shot]
         if s.empty:
-            parts.append(empty_note(f"No {protocol} rows at {shots_title(shot)} "
-                                    f"(available: {', '.join(_shot_cols(available))})."))
+            parts.append(
+                empty_note(
+                    f"No {protocol} rows at {shots_title(shot)} (available: {', '.join(_shot_cols(available))})."
+                )
+            )
             continue
         parts.append(_heatmap(s, protocol, shot, out_dir))
     return "\n".join(parts)
@@ -287,14 +354,27 @@ def _heatmap(s: pd.DataFrame, protocol: str, shot: float, out_dir: Path) -> str:
     nrows, ncols = values.shape
     label_w = 0.075 * max(len(str(i)) for i in table.index) + 0.4
     fig = _figure(label_w + 0.62 * ncols + 1.2, 1.4 + 0.32 * nrows)
-    ax = fig.add_axes([label_w / (label_w + 0.62 * ncols + 1.2), 1.05 / (1.4 + 0.32 * nrows),
-                       0.62 * ncols / (label_w + 0.62 * ncols + 1.2), 0.32 * nrows / (1.4 + 0.32 * nrows)])
+    ax = fig.add_axes(
+        [
+            label_w / (label_w + 0.62 * ncols + 1.2),
+            1.05 / (1.4 + 0.32 * nrows),
+            0.62 * ncols / (label_w + 0.62 * ncols + 1.2),
+            0.32 * nrows / (1.4 + 0.32 * nrows),
+        ]
+    )
     image = ax.imshow(centred, cmap=colormaps["RdBu"], vmin=-(vmax or 1), vmax=vmax or 1, aspect="auto")
     for i in range(nrows):
         for j in range(ncols):
             if np.isfinite(values[i, j]):
-                ax.text(j, i, _pct(values[i, j], scaled), ha="center", va="center", fontsize=7,
-                        color="white" if abs(centred[i, j]) > 0.6 * (vmax or 1) else "black")
+                ax.text(
+                    j,
+                    i,
+                    _pct(values[i, j], scaled),
+                    ha="center",
+                    va="center",
+                    fontsize=7,
+                    color="white" if abs(centred[i, j]) > 0.6 * (vmax or 1) else "black",
+                )
     ax.set_xticks(range(ncols), [str(c) for c in table.columns], rotation=40, ha="right", fontsize=8)
     ax.set_yticks(range(nrows), [str(i) for i in table.index], fontsize=8)
     ax.axvline(ncols - 1.5, color="black", linewidth=1.0)
@@ -302,9 +382,14 @@ def _heatmap(s: pd.DataFrame, protocol: str, shot: float, out_dir: Path) -> str:
     title = f"{protocol}, {shots_title(shot)}" + (" (score x100)" if scaled else "")
     ax.set_title(title, fontsize=10)
     name = save_figure(fig, out_dir, f"heatmap_{slug(protocol)}_{_shot_cols([shot])[0]}.png")
-    return (f'<h3 id="heatmap-{slug(protocol)}-{_shot_cols([shot])[0]}">{html.escape(shots_title(shot))}</h3>'
-            + figure_html(name, f"heatmap {protocol} {shots_title(shot)}",
-                          f"{nrows} configuration(s) x {ncols - 1} set(s); the last column is the mean over sets."))
+    return (
+        f'<h3 id="heatmap-{slug(protocol)}-{_shot_cols([shot])[0]}">{html.escape(shots_title(shot))}</h3>'
+        + figure_html(
+            name,
+            f"heatmap {protocol} {shots_title(shot)}",
+            f"{nrows} configuration(s) x {ncols - 1} set(s); the last column is the mean over sets.",
+        )
+    )
 
 
 # --------------------------------------------------------------------------- data multiplier
@@ -336,13 +421,17 @@ class MultiplierPair:
             try:
                 at = float(at_text.strip().replace("_", ""))
             except ValueError:
-                raise ReportError(f"--multiplier {text!r}: {at_text.strip()!r} after '@' is not a sample count") from None
+                raise ReportError(
+                    f"--multiplier {text!r}: {at_text.strip()!r} after '@' is not a sample count"
+                ) from None
             if not (math.isfinite(at) and at > 0):
                 raise ReportError(f"--multiplier {text!r}: the sample count after '@' must be > 0")
         halves = body.split(" vs ")
         if len(halves) != 2:
-            raise ReportError(f"--multiplier {text!r}: expected 'A vs B[@N]', e.g. "
-                              "'source=laion,method=clip vs source=imagenet,method=supervised@3000'")
+            raise ReportError(
+                f"--multiplier {text!r}: expected 'A vs B[@N]', e.g. "
+                "'source=laion,method=clip vs source=imagenet,method=supervised@3000'"
+            )
         pair = cls(_parse_selector(halves[0], text), _parse_selector(halves[1], text), at, protocol, text.strip())
         pair.check()
         return pair
@@ -357,14 +446,20 @@ class MultiplierPair:
         what = f"--multiplier {self.label!r}" if self.label else "multiplier"
         for name, side in (("A", self.a), ("B", self.b)):
             if "model" in side and len(side) > 1:
-                raise ReportError(f"{what}: side {name} names a model, so it takes model=NAME alone "
-                                  f"(got {', '.join(sorted(side))}); a model's rows are already one configuration")
+                raise ReportError(
+                    f"{what}: side {name} names a model, so it takes model=NAME alone "
+                    f"(got {', '.join(sorted(side))}); a model's rows are already one configuration"
+                )
         if "model" in self.a and "model" in self.b:
-            raise ReportError(f"{what}: both sides are existing models; a multiplier needs a fitted curve "
-                              "(a grid configuration with >= 3 sizes) on one side")
+            raise ReportError(
+                f"{what}: both sides are existing models; a multiplier needs a fitted curve "
+                "(a grid configuration with >= 3 sizes) on one side"
+            )
         if self.model_side and self.at is not None:
-            raise ReportError(f"{what}: '@N' chooses the reference's size on a curve, but a model is one point at "
-                              "its declared size; drop '@N'")
+            raise ReportError(
+                f"{what}: '@N' chooses the reference's size on a curve, but a model is one point at "
+                "its declared size; drop '@N'"
+            )
 
 
 def _parse_selector(text: str, whole: str) -> dict[str, str]:
@@ -424,10 +519,14 @@ def default_pairs(runs_ok: pd.DataFrame, protocol: str = SUMMARY_PROTOCOL) -> li
     def selector(line: Line) -> dict[str, str]:
         return {"source": line.source, "method": line.method, **{k: str(v) for k, v in line.variant if v is not None}}
 
-    return [MultiplierPair(selector(ln), selector(ref), None, protocol, f"{ln.label} vs {ref.label}")
-            for ln in sorted(curves, key=lambda ln: ln.label) if ln != ref] + [
+    return [
+        MultiplierPair(selector(ln), selector(ref), None, protocol, f"{ln.label} vs {ref.label}")
+        for ln in sorted(curves, key=lambda ln: ln.label)
+        if ln != ref
+    ] + [
         MultiplierPair({"model": name}, selector(ref), None, protocol, f"model={name} vs {ref.label}")
-        for name in models]
+        for name in models
+    ]
 
 
 @dataclass
@@ -504,7 +603,9 @@ def _mean_draws(a: pd.DataFrame, b: pd.DataFrame, sets: frozenset, n_boot: int):
     return out
 
 
-def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int = 200) -> tuple[list[MultiplierResult], str, str]:
+def compute_multiplier(
+    runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int = 200
+) -> tuple[list[MultiplierResult], str, str]:
     """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% interval (a
     two-level bootstrap of each size's mean score over the common sets, curves refitted per
     draw). Returns (results, A's description, B's description)."""
@@ -538,9 +639,11 @@ def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int 
         res.sizes_a = (float(na.min()), float(na.max()))
         res.at = float(pair.at) if pair.at else float(nb.max())
         if len(na) < MIN_SIZES or len(nb) < MIN_SIZES:
-            res.note = (f"needs >= {MIN_SIZES} pre-training sizes on both sides; A has "
-                        f"{', '.join(fmt_size(s) for s in sorted(na)) or 'none'}, B has "
-                        f"{', '.join(fmt_size(s) for s in sorted(nb)) or 'none'}")
+            res.note = (
+                f"needs >= {MIN_SIZES} pre-training sizes on both sides; A has "
+                f"{', '.join(fmt_size(s) for s in sorted(na)) or 'none'}, B has "
+                f"{', '.join(fmt_size(s) for s in sorted(nb)) or 'none'}"
+            )
             continue
         try:
             fa = fit_power_law(list(zip(na, ma)), name="A")
@@ -554,22 +657,31 @@ def compute_multiplier(runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int 
         n_a = res.estimate * res.at
         shown = res.shown()[0]
         if fa.b * float(na.min()) ** -fa.c < 1e-6:
-            res.note = ("A's fitted curve is flat: its score does not grow with its size over "
-                        f"{fmt_size(na.min())}-{fmt_size(na.max())}, so no multiplier is meaningful")
+            res.note = (
+                "A's fitted curve is flat: its score does not grow with its size over "
+                f"{fmt_size(na.min())}-{fmt_size(na.max())}, so no multiplier is meaningful"
+            )
             res.estimate, res.lo, res.hi = math.nan, math.nan, math.nan
         elif not math.isfinite(n_a):
-            res.note = (f"A's fitted asymptote stays below B's score: no amount of A's data matches it; reported "
-                        f"as more than {EXTRAPOLATION:g}× A's largest measured size")
+            res.note = (
+                f"A's fitted asymptote stays below B's score: no amount of A's data matches it; reported "
+                f"as more than {EXTRAPOLATION:g}× A's largest measured size"
+            )
         elif shown.is_bound:
             side = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
-            res.note = (f"A's fit matches B's score only {side} measured size ({fmt_size(na.min())}-"
-                        f"{fmt_size(na.max())}): reported as a bound, not extrapolated")
+            res.note = (
+                f"A's fit matches B's score only {side} measured size ({fmt_size(na.min())}-"
+                f"{fmt_size(na.max())}): reported as a bound, not extrapolated"
+            )
         elif n_a > 2 * na.max() or n_a < na.min() / 2:
-            res.note = (f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
-                        f"{fmt_size(na.min())}-{fmt_size(na.max())}")
+            res.note = (
+                f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
+                f"{fmt_size(na.min())}-{fmt_size(na.max())}"
+            )
         if math.isfinite(res.lo) and res.lo <= 1 <= res.hi:
-            res.note = "; ".join(filter(None, [res.note, "the interval includes 1×: A and B are equally "
-                                                         "data-efficient within noise"]))
+            res.note = "; ".join(
+                filter(None, [res.note, "the interval includes 1×: A and B are equally data-efficient within noise"])
+            )
     return results, desc[0], desc[1]
 
 
@@ -581,8 +693,10 @@ def _describe_side(rows: pd.DataFrame, name: str, pair: MultiplierPair) -> str:
     idents = rows[["source", "method", "curation", "label_noise", "backbone"]].astype(object).drop_duplicates()
     if len(idents) > 1:
         shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in idents.to_dict("records")[:4])
-        raise ReportError(f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
-                          f"({shown}); add curation=, label_noise= or backbone= to pick one")
+        raise ReportError(
+            f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
+            f"({shown}); add curation=, label_noise= or backbone= to pick one"
+        )
     ident = idents.iloc[0]
     parts = [str(ident["source"]), str(ident["method"])]
     if ident["curation"] not in (None, "none") and not pd.isna(ident["curation"]):
@@ -599,21 +713,26 @@ def _model_rows(df: pd.DataFrame, name: str, side: str, pair: MultiplierPair) ->
     rows = df[is_model & (df["model"].astype(object) == name)] if "model" in df.columns else df.iloc[:0]
     if rows.empty:
         known = sorted(set(df.loc[is_model, "model"].astype(str)))
-        raise ReportError(f"multiplier {pair.label!r}: side {side} names model {name!r}, which has no "
-                          f"{pair.protocol} rows; models with {pair.protocol} rows: {', '.join(known) or 'none'}")
+        raise ReportError(
+            f"multiplier {pair.label!r}: side {side} names model {name!r}, which has no "
+            f"{pair.protocol} rows; models with {pair.protocol} rows: {', '.join(known) or 'none'}"
+        )
     hashes = set(rows["weights_sha256"].dropna()) if "weights_sha256" in rows.columns else set()
     sizes = set(rows["pretrain_size"].dropna().astype(float))
     if len(hashes) > 1 or len(sizes) > 1:
-        raise ReportError(f"multiplier {pair.label!r}: model {name!r} names {len(hashes)} different weight files "
-                          f"(sha256 {', '.join(sorted(h[:12] for h in hashes))}) or declared sizes "
-                          f"({', '.join(fmt_size(x) for x in sorted(sizes))}) in this store; give them distinct names")
+        raise ReportError(
+            f"multiplier {pair.label!r}: model {name!r} names {len(hashes)} different weight files "
+            f"(sha256 {', '.join(sorted(h[:12] for h in hashes))}) or declared sizes "
+            f"({', '.join(fmt_size(x) for x in sorted(sizes))}) in this store; give them distinct names"
+        )
     declared = sizes.pop() if sizes else math.nan
     what = f"declared n={fmt_size(declared)}" if math.isfinite(declared) else "no declared size"
     return rows, declared, f"model {name} ({what})"
 
 
-def _compute_model_multiplier(df: pd.DataFrame, pair: MultiplierPair,
-                              n_boot: int) -> tuple[list[MultiplierResult], str, str]:
+def _compute_model_multiplier(
+    df: pd.DataFrame, pair: MultiplierPair, n_boot: int
+) -> tuple[list[MultiplierResult], str, str]:
     """:func:`compute_multiplier` when one side is an existing model: per shot count, the samples
     the other side's fitted curve needs to reach the model's score, over the model's declared size."""
     side = pair.model_side
@@ -646,8 +765,10 @@ def _fit_model_pair(res: MultiplierResult, curve, point, fitted: str) -> None:
     res.sizes_fit = (float(nf.min()), float(nf.max()))
     res.target = float(mm[0])
     if len(nf) < MIN_SIZES:
-        res.note = (f"needs >= {MIN_SIZES} pre-training sizes for {fitted}'s curve; it has "
-                    f"{', '.join(fmt_size(s) for s in sorted(nf))}")
+        res.note = (
+            f"needs >= {MIN_SIZES} pre-training sizes for {fitted}'s curve; it has "
+            f"{', '.join(fmt_size(s) for s in sorted(nf))}"
+        )
         return
     try:
         fit = fit_power_law(list(zip(nf, mf)), name=fitted)
@@ -659,25 +780,40 @@ def _fit_model_pair(res: MultiplierResult, curve, point, fitted: str) -> None:
     model = "B" if fitted == "A" else "A"
     n, shown = res.matched[0], res.shown_matched()[0]
     if fit.b * float(nf.min()) ** -fit.c < 1e-6:
-        res.note = (f"{fitted}'s fitted curve is flat: its score does not grow with its size over "
-                    f"{fmt_size(nf.min())}-{fmt_size(nf.max())}, so no matched size is meaningful")
+        res.note = (
+            f"{fitted}'s fitted curve is flat: its score does not grow with its size over "
+            f"{fmt_size(nf.min())}-{fmt_size(nf.max())}, so no matched size is meaningful"
+        )
         res.matched = (math.nan, math.nan, math.nan)
     elif not math.isfinite(n):
-        res.note = (f"{fitted}'s fitted asymptote stays below the model's score: no amount of {fitted}'s data "
-                    f"matches it; reported as more than {EXTRAPOLATION:g}× {fitted}'s largest measured size")
+        res.note = (
+            f"{fitted}'s fitted asymptote stays below the model's score: no amount of {fitted}'s data "
+            f"matches it; reported as more than {EXTRAPOLATION:g}× {fitted}'s largest measured size"
+        )
     elif shown.is_bound:
         where = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
-        res.note = (f"{fitted}'s fit reaches the model's score only {where} measured size ({fmt_size(nf.min())}-"
-                    f"{fmt_size(nf.max())}): reported as a bound, not extrapolated")
+        res.note = (
+            f"{fitted}'s fit reaches the model's score only {where} measured size ({fmt_size(nf.min())}-"
+            f"{fmt_size(nf.max())}): reported as a bound, not extrapolated"
+        )
     if math.isfinite(res.declared) and not math.isnan(res.matched[0]):
         ratios = [_ratio(v, res.declared) if fitted == "A" else _ratio(res.declared, v) for v in res.matched]
         res.estimate, res.lo, res.hi = ratios[0], min(ratios[1:]), max(ratios[1:])
         if res.lo <= 1 <= res.hi and math.isfinite(res.hi):
-            res.note = "; ".join(filter(None, [res.note, "the interval includes 1×: A and B are equally "
-                                                         "data-efficient within noise"]))
+            res.note = "; ".join(
+                filter(None, [res.note, "the interval includes 1×: A and B are equally data-efficient within noise"])
+            )
     elif not math.isfinite(res.declared):
-        res.note = "; ".join(filter(None, [res.note, f"model {model} declares no pre-training size (describes: "
-                                                     "pretrain_size), so there is no factor, only the matched size"]))
+        res.note = "; ".join(
+            filter(
+                None,
+                [
+                    res.note,
+                    f"model {model} declares no pre-training size (describes: "
+                    "pretrain_size), so there is no factor, only the matched size",
+                ],
+            )
+        )
 
 
 def _ratio(x: float, y: float) -> float:
@@ -693,22 +829,25 @@ def _interval_text(r: MultiplierResult) -> str:
     return f"{lo.text()} – {hi.text()}"
 
 
-def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[MultiplierPair] | None = None,
-                       n_boot: int = 200) -> str:
+def multiplier_section(
+    runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[MultiplierPair] | None = None, n_boot: int = 200
+) -> str:
     """The data multiplier per pair and shot count, with fits and bootstrap intervals."""
-    explain = ("<p>For configuration A against reference B: each curve (mean score over the sets both have, "
-               "per pre-training size) is fitted with a saturating power law "
-               "<code>score(n) = a − b·n<sup>−c</sup></code>; the multiplier is the factor of B's samples that A "
-               "needs to reach B's score at n<sub>B</sub> (B's largest size unless set). Interval: 95% bootstrap "
-               f"({n_boot} draws) over pre-training seeds, then eval seeds within them, stratified by set, both "
-               f"curves refitted per draw. Where A's matched size lies more than {EXTRAPOLATION:g}× outside A's "
-               "measured sizes the report gives a bound (“more than …”), not an extrapolated number. "
-               "Choose pairs with <code>tbench report --multiplier 'source=laion,method=clip vs "
-               "source=imagenet,method=supervised@3000'</code>. An existing model (<code>model=NAME</code>, "
-               "either side) is one point at its declared size: the other side's curve is inverted at the model's "
-               "score, and the multiplier is that matched size over the model's declared size (A's samples over "
-               "B's, whichever side the model is), bootstrapped the same way (the model's eval seeds); a model "
-               "that declares no size gets the matched size only.</p>")
+    explain = (
+        "<p>For configuration A against reference B: each curve (mean score over the sets both have, "
+        "per pre-training size) is fitted with a saturating power law "
+        "<code>score(n) = a − b·n<sup>−c</sup></code>; the multiplier is the factor of B's samples that A "
+        "needs to reach B's score at n<sub>B</sub> (B's largest size unless set). Interval: 95% bootstrap "
+        f"({n_boot} draws) over pre-training seeds, then eval seeds within them, stratified by set, both "
+        f"curves refitted per draw. Where A's matched size lies more than {EXTRAPOLATION:g}× outside A's "
+        "measured sizes the report gives a bound (“more than …”), not an extrapolated number. "
+        "Choose pairs with <code>tbench report --multiplier 'source=laion,method=clip vs "
+        "source=imagenet,method=supervised@3000'</code>. An existing model (<code>model=NAME</code>, "
+        "either side) is one point at its declared size: the other side's curve is inverted at the model's "
+        "score, and the multiplier is that matched size over the model's declared size (A's samples over "
+        "B's, whichever side the model is), bootstrapped the same way (the model's eval seeds); a model "
+        "that declares no size gets the matched size only.</p>"
+    )
     if runs_ok.empty:
         return empty_note("No data yet for the data multiplier (no runs).")
     if pairs is None:
@@ -718,7 +857,8 @@ def multiplier_section(runs_ok: pd.DataFrame, out_dir: Path, pairs: Sequence[Mul
                 "No data yet for the data multiplier: by default it compares every configuration with "
                 f">= {MIN_SIZES} pre-training sizes against the labelled source ({', '.join(LABELLED_SOURCES)}) "
                 f"under supervised training with >= {MIN_SIZES} sizes; the store has no such pair "
-                "(name one with --multiplier).")
+                "(name one with --multiplier)."
+            )
     parts = [explain]
     for index, pair in enumerate(pairs):
         try:
@@ -741,45 +881,71 @@ def _matched_size_text(r: MultiplierResult) -> str:
 
 def _multiplier_headline(r: MultiplierResult) -> str:
     est, lo, hi = r.shown()
-    where = (f"to match B's score {fmt_num(r.target)} at n<sub>B</sub>={esc(fmt_size(r.at))}")
+    where = f"to match B's score {fmt_num(r.target)} at n<sub>B</sub>={esc(fmt_size(r.at))}"
     interval = f"95% interval {esc(_interval_text(r))}"
     at = f"At {html.escape(shots_title(r.shot))}"
     if est.relation == "=":
         text = f"<b>{at}, A needs {esc(est.text())}× ({interval}) the samples of B</b> {where}."
     elif est.relation == ">":
-        why = ("A's fitted curve levels off below that score" if math.isinf(r.estimate) else
-               f"A's fit reaches that score only beyond {EXTRAPOLATION:g}× A's largest measured size "
-               f"({esc(fmt_size(r.sizes_a[1]))}), further than the fit is trusted")
-        text = (f"<b>{at}, A needs more than {esc(fmt_factor(est.value))}× the samples of B</b> {where}: {why} "
-                f"({interval}).")
+        why = (
+            "A's fitted curve levels off below that score"
+            if math.isinf(r.estimate)
+            else f"A's fit reaches that score only beyond {EXTRAPOLATION:g}× A's largest measured size "
+            f"({esc(fmt_size(r.sizes_a[1]))}), further than the fit is trusted"
+        )
+        text = (
+            f"<b>{at}, A needs more than {esc(fmt_factor(est.value))}× the samples of B</b> {where}: {why} "
+            f"({interval})."
+        )
     else:
-        text = (f"<b>{at}, A needs less than {esc(fmt_factor(est.value))}× the samples of B</b> {where}: its fit "
-                f"reaches that score below a tenth of A's smallest measured size ({esc(fmt_size(r.sizes_a[0]))}), "
-                f"further than the fit is trusted ({interval}).")
+        text = (
+            f"<b>{at}, A needs less than {esc(fmt_factor(est.value))}× the samples of B</b> {where}: its fit "
+            f"reaches that score below a tenth of A's smallest measured size ({esc(fmt_size(r.sizes_a[0]))}), "
+            f"further than the fit is trusted ({interval})."
+        )
     if math.isfinite(r.lo) and r.lo <= 1 <= r.hi:
         text += " The interval includes 1×: within noise, A and B are equally data-efficient."
     return f"<p>{text}</p>"
 
 
-def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str,
-                     index: int, out_dir: Path) -> str:
+def _multiplier_html(
+    pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str, index: int, out_dir: Path
+) -> str:
     head = f"<h3>A = {esc(desc_a)} &nbsp;vs&nbsp; B = {esc(desc_b)} ({esc(pair.protocol)})</h3>"
     rows = []
     for r in results:
         est = r.shown()[0]
-        rows.append([html.escape(shots_title(r.shot)), esc(fmt_size(r.at) if math.isfinite(r.at) else ""),
-                     fmt_num(r.target), esc(_matched_size_text(r)),
-                     f"<b>{esc(est.text())}</b>" if est.relation else "", esc(_interval_text(r)),
-                     f"{fmt_num(r.fits[0].rmse, 4)} / {fmt_num(r.fits[1].rmse, 4)}" if r.fits else "",
-                     esc(r.note)])
+        rows.append(
+            [
+                html.escape(shots_title(r.shot)),
+                esc(fmt_size(r.at) if math.isfinite(r.at) else ""),
+                fmt_num(r.target),
+                esc(_matched_size_text(r)),
+                f"<b>{esc(est.text())}</b>" if est.relation else "",
+                esc(_interval_text(r)),
+                f"{fmt_num(r.fits[0].rmse, 4)} / {fmt_num(r.fits[1].rmse, 4)}" if r.fits else "",
+                esc(r.note),
+            ]
+        )
     good = [r for r in results if not math.isnan(r.estimate)]
     headline = _multiplier_headline(good[-1]) if good else ""  # full data when present, else the most shots
     seeds = [iv.n_pretrain_seeds for r in results if r.points for side in r.points for iv in side.values()]
     note = seed_note(seeds)
     if note:
         headline += f'<p class="data">Intervals: {html.escape(note)}.</p>'
-    table = html_table(["shots", "n<sub>B</sub>", "B's score", "n<sub>A</sub> to match", "multiplier (×)",
-                        "95% interval (×)", "fit rmse A / B", "note"], rows)
+    table = html_table(
+        [
+            "shots",
+            "n<sub>B</sub>",
+            "B's score",
+            "n<sub>A</sub> to match",
+            "multiplier (×)",
+            "95% interval (×)",
+            "fit rmse A / B",
+            "note",
+        ],
+        rows,
+    )
     drawn = [r for r in results if r.points]
     if not drawn:
         return head + headline + table
@@ -797,9 +963,16 @@ def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc
         for (pts, colour, name), fit in zip(((pa_, "C0", "A"), (pb_, "C3", "B")), r.fits or (None, None)):
             xs = sorted(pts)
             ivs = [pts[x] for x in xs]
-            ax.errorbar(xs, [iv.estimate for iv in ivs],
-                        yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]],
-                        fmt="o", color=colour, markersize=4, capsize=2, label=name)
+            ax.errorbar(
+                xs,
+                [iv.estimate for iv in ivs],
+                yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]],
+                fmt="o",
+                color=colour,
+                markersize=4,
+                capsize=2,
+                label=name,
+            )
             if fit is not None:
                 ax.plot(grid, fit(grid), color=colour, linewidth=1.2, alpha=0.8)
         if math.isfinite(r.target):
@@ -814,18 +987,23 @@ def _multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc
             interval = _interval_text(r).replace(" (whole interval)", "")
             title = f"{shots_title(r.shot)}: {est.text()}×" + (f" [{interval}]" if "–" in _interval_text(r) else "")
         if est.is_bound:
-            title += ("\nA's fit levels off below B's score" if math.isinf(r.estimate) else
-                      f"\nA's fit matches B only {'beyond 10× its largest' if est.relation == '>' else 'below a tenth of its smallest'} size")
+            title += (
+                "\nA's fit levels off below B's score"
+                if math.isinf(r.estimate)
+                else f"\nA's fit matches B only {'beyond 10× its largest' if est.relation == '>' else 'below a tenth of its smallest'} size"
+            )
         _style_panel(ax, title, "pre-training samples", legend=7)
-    for ax in axes[len(drawn):]:
+    for ax in axes[len(drawn) :]:
         ax.set_visible(False)
     fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
     _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
     name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
-    caption = ("Points: mean score over the common sets with 95% intervals (pre-training seeds, then eval seeds); "
-               "lines: the fitted power laws; dotted: B's score at n_B (red dashed); blue dashed: the n at which "
-               f"A's fit reaches it, drawn only within {EXTRAPOLATION:g}× of A's measured sizes (beyond, the "
-               "multiplier is a bound).")
+    caption = (
+        "Points: mean score over the common sets with 95% intervals (pre-training seeds, then eval seeds); "
+        "lines: the fitted power laws; dotted: B's score at n_B (red dashed); blue dashed: the n at which "
+        f"A's fit reaches it, drawn only within {EXTRAPOLATION:g}× of A's measured sizes (beyond, the "
+        "multiplier is a bound)."
+    )
     return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
 
 
@@ -865,27 +1043,37 @@ def _model_headline(r: MultiplierResult) -> str:
     interval = f"95% interval {esc(_samples_interval(n_lo, n_hi))}"
     why = ""
     if n_est.relation == ">":
-        why = (f": {fitted}'s fitted curve levels off below it" if math.isinf(r.matched[0]) else
-               f": {fitted}'s fit reaches it only beyond {EXTRAPOLATION:g}× its largest measured size "
-               f"({esc(fmt_size(r.sizes_fit[1]))}), further than the fit is trusted")
+        why = (
+            f": {fitted}'s fitted curve levels off below it"
+            if math.isinf(r.matched[0])
+            else f": {fitted}'s fit reaches it only beyond {EXTRAPOLATION:g}× its largest measured size "
+            f"({esc(fmt_size(r.sizes_fit[1]))}), further than the fit is trusted"
+        )
     elif n_est.relation == "<":
-        why = (f": {fitted}'s fit reaches it below a tenth of its smallest measured size "
-               f"({esc(fmt_size(r.sizes_fit[0]))}), further than the fit is trusted")
-    matched = (f"{fitted} needs {needs}{esc(_fmt_samples(n_est.value))} samples to reach model {model}'s "
-               f"score {fmt_num(r.target)}{why} ({interval})")
+        why = (
+            f": {fitted}'s fit reaches it below a tenth of its smallest measured size "
+            f"({esc(fmt_size(r.sizes_fit[0]))}), further than the fit is trusted"
+        )
+    matched = (
+        f"{fitted} needs {needs}{esc(_fmt_samples(n_est.value))} samples to reach model {model}'s "
+        f"score {fmt_num(r.target)}{why} ({interval})"
+    )
     est = r.shown()[0]
     if not est.relation:
         return f"<p>{at}, <b>{matched}</b>; model {model} declares no pre-training size, so there is no factor.</p>"
     rel = {"=": "", ">": "more than ", "<": "less than "}[est.relation]
-    text = (f"<b>{at}, A needs {rel}{esc(fmt_factor(est.value))}× the samples of B</b> "
-            f"(95% interval {esc(_interval_text(r))}; model {model} declares n={esc(fmt_size(r.declared))}): {matched}.")
+    text = (
+        f"<b>{at}, A needs {rel}{esc(fmt_factor(est.value))}× the samples of B</b> "
+        f"(95% interval {esc(_interval_text(r))}; model {model} declares n={esc(fmt_size(r.declared))}): {matched}."
+    )
     if math.isfinite(r.lo) and r.lo <= 1 <= r.hi and math.isfinite(r.hi):
         text += " The interval includes 1×: within noise, A and B are equally data-efficient."
     return f"<p>{text}</p>"
 
 
-def _model_multiplier_html(pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str,
-                           index: int, out_dir: Path) -> str:
+def _model_multiplier_html(
+    pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str, index: int, out_dir: Path
+) -> str:
     """A model pair's headline, table and figure (the fitted curve, the model as a star or a line)."""
     fitted = "B" if pair.model_side == "A" else "A"
     head = f"<h3>A = {esc(desc_a)} &nbsp;vs&nbsp; B = {esc(desc_b)} ({esc(pair.protocol)})</h3>"
@@ -893,14 +1081,33 @@ def _model_multiplier_html(pair: MultiplierPair, results: list[MultiplierResult]
     for r in results:
         n_est, n_lo, n_hi = r.shown_matched()
         fit = next((f for f in r.fits if f is not None), None)
-        rows.append([html.escape(shots_title(r.shot)), fmt_num(r.target), esc(_samples_text(n_est)),
-                     esc(_samples_interval(n_lo, n_hi)),
-                     f"<b>{esc(r.shown()[0].text())}</b>" if r.shown()[0].relation else "", esc(_interval_text(r)),
-                     fmt_num(fit.rmse, 4) if fit else "", esc(r.note)])
+        rows.append(
+            [
+                html.escape(shots_title(r.shot)),
+                fmt_num(r.target),
+                esc(_samples_text(n_est)),
+                esc(_samples_interval(n_lo, n_hi)),
+                f"<b>{esc(r.shown()[0].text())}</b>" if r.shown()[0].relation else "",
+                esc(_interval_text(r)),
+                fmt_num(fit.rmse, 4) if fit else "",
+                esc(r.note),
+            ]
+        )
     good = [r for r in results if r.shown_matched()[0].relation]
     headline = _model_headline(good[-1]) if good else ""
-    table = html_table(["shots", "model's score", f"n<sub>{fitted}</sub> to match", "95% interval (samples)",
-                        "multiplier (×)", "95% interval (×)", f"fit rmse {fitted}", "note"], rows)
+    table = html_table(
+        [
+            "shots",
+            "model's score",
+            f"n<sub>{fitted}</sub> to match",
+            "95% interval (samples)",
+            "multiplier (×)",
+            "95% interval (×)",
+            f"fit rmse {fitted}",
+            "note",
+        ],
+        rows,
+    )
     drawn = [r for r in results if r.points]
     if not drawn:
         return head + headline + table
@@ -909,15 +1116,17 @@ def _model_multiplier_html(pair: MultiplierPair, results: list[MultiplierResult]
     axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
     for ax, r in zip(axes, drawn):
         _draw_model_panel(ax, r, fitted)
-    for ax in axes[len(drawn):]:
+    for ax in axes[len(drawn) :]:
         ax.set_visible(False)
     fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
     _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
     name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
-    caption = (f"Points: {fitted}'s mean score over the common sets with 95% intervals, and its fitted power law; "
-               "the star: the model at its declared size (a dash-dot line when it declares none); dotted: the model's "
-               f"score; blue dashed: the n at which {fitted}'s fit reaches it, drawn only within {EXTRAPOLATION:g}× "
-               f"of {fitted}'s measured sizes (beyond, it is a bound).")
+    caption = (
+        f"Points: {fitted}'s mean score over the common sets with 95% intervals, and its fitted power law; "
+        "the star: the model at its declared size (a dash-dot line when it declares none); dotted: the model's "
+        f"score; blue dashed: the n at which {fitted}'s fit reaches it, drawn only within {EXTRAPOLATION:g}× "
+        f"of {fitted}'s measured sizes (beyond, it is a bound)."
+    )
     return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
 
 
@@ -931,15 +1140,31 @@ def _draw_model_panel(ax, r: MultiplierResult, fitted: str) -> None:
     lo_x, hi_x = min(every) / 1.5, max(every) * 1.5
     xs = sorted(pts_f)
     ivs = [pts_f[x] for x in xs]
-    ax.errorbar(xs, [iv.estimate for iv in ivs], fmt="o", color="C0", markersize=4, capsize=2, label=fitted,
-                yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]])
+    ax.errorbar(
+        xs,
+        [iv.estimate for iv in ivs],
+        fmt="o",
+        color="C0",
+        markersize=4,
+        capsize=2,
+        label=fitted,
+        yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]],
+    )
     if fit is not None:
         grid = np.logspace(math.log10(lo_x), math.log10(hi_x), 80)
         ax.plot(grid, fit(grid), color="C0", linewidth=1.2, alpha=0.8)
     (iv,) = pts_m.values()
     if math.isfinite(r.declared):
-        ax.errorbar([r.declared], [iv.estimate], yerr=[[max(iv.estimate - iv.lo, 0)], [max(iv.hi - iv.estimate, 0)]],
-                    fmt="*", color="C3", markersize=10, capsize=2, label="model")
+        ax.errorbar(
+            [r.declared],
+            [iv.estimate],
+            yerr=[[max(iv.estimate - iv.lo, 0)], [max(iv.hi - iv.estimate, 0)]],
+            fmt="*",
+            color="C3",
+            markersize=10,
+            capsize=2,
+            label="model",
+        )
     else:
         ax.axhline(iv.estimate, color="C3", linestyle="-.", linewidth=1.1, label="model (no size)")
     ax.axhline(r.target, color="0.3", linestyle=":", linewidth=1)
@@ -948,8 +1173,9 @@ def _draw_model_panel(ax, r: MultiplierResult, fitted: str) -> None:
     ax.set_xlim(lo_x, hi_x)
     log_size_axis(ax)
     est = r.shown()[0]
-    title = f"{shots_title(r.shot)}: " + (f"{est.text()}×" if est.relation else
-                                          f"n={_samples_text(n_est)}" if n_est.relation else "not estimated")
+    title = f"{shots_title(r.shot)}: " + (
+        f"{est.text()}×" if est.relation else f"n={_samples_text(n_est)}" if n_est.relation else "not estimated"
+    )
     _style_panel(ax, title, "pre-training samples", legend=7)
 
 
@@ -961,18 +1187,24 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
     df = annotate(runs_ok)
     if df.empty:
         return empty_note("No data yet for mid-training checkpoints (no runs).")
-    pre = df[(df["method"].astype(object) != FLOOR_METHOD) & df["pretrain_key"].notna() & df["checkpoint_epoch"].notna()]
+    pre = df[
+        (df["method"].astype(object) != FLOOR_METHOD) & df["pretrain_key"].notna() & df["checkpoint_epoch"].notna()
+    ]
     counts = pre.groupby("pretrain_key")["checkpoint_epoch"].nunique()
     keys = sorted(counts[counts >= 2].index)
     if not keys:
-        return empty_note("No data yet for mid-training checkpoints: evaluate a pre-training run at two or more "
-                          "checkpoint epochs (pretrain.checkpoint_epochs with downstream.checkpoint_epochs: all).")
-    parts = ["<p>Each pre-training run evaluated at several checkpoint epochs: as a frozen feature extractor "
-             f"(<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
-             f"(<code>{'</code>, <code>'.join(FT_PROTOCOLS)}</code>, FT). Stars mark each curve's best epoch; "
-             "bands are 95% bootstrap intervals over eval seeds (one pre-training run per figure, so the "
-             "pre-training seed's variance is not in them). Deng et al. (ICCV 2023) found FE can peak before "
-             "the end of pre-training while FT keeps improving.</p>"]
+        return empty_note(
+            "No data yet for mid-training checkpoints: evaluate a pre-training run at two or more "
+            "checkpoint epochs (pretrain.checkpoint_epochs with downstream.checkpoint_epochs: all)."
+        )
+    parts = [
+        "<p>Each pre-training run evaluated at several checkpoint epochs: as a frozen feature extractor "
+        f"(<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
+        f"(<code>{'</code>, <code>'.join(FT_PROTOCOLS)}</code>, FT). Stars mark each curve's best epoch; "
+        "bands are 95% bootstrap intervals over eval seeds (one pre-training run per figure, so the "
+        "pre-training seed's variance is not in them). Deng et al. (ICCV 2023) found FE can peak before "
+        "the end of pre-training while FT keeps improving.</p>"
+    ]
     table_rows, summary = [], {"FE": [0, 0, 0], "FT": [0, 0, 0]}
     for index, pkey in enumerate(keys):
         run = pre[pre["pretrain_key"] == pkey]
@@ -995,36 +1227,72 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
                 means = [points[e].estimate for e in epochs]
                 style = "-" if name.startswith("FE") else "--"
                 ax.plot(epochs, means, style, color=colours[name], marker="o", markersize=3, label=name)
-                ax.fill_between(epochs, [points[e].lo for e in epochs], [points[e].hi for e in epochs],
-                                color=colours[name], alpha=0.15, linewidth=0)
+                ax.fill_between(
+                    epochs,
+                    [points[e].lo for e in epochs],
+                    [points[e].hi for e in epochs],
+                    color=colours[name],
+                    alpha=0.15,
+                    linewidth=0,
+                )
                 best = int(np.nanargmax(means))
                 ax.plot([epochs[best]], [means[best]], marker="*", markersize=11, color=colours[name])
                 kind = "FE" if name.startswith("FE") else "FT"
                 gap_text = ""
                 if epochs[best] < epochs[-1]:
                     curve = curve_rows[(curve_rows["_curve"] == name) & (curve_rows["downstream"] == ds_name)]
-                    gap = paired_difference(curve[curve["checkpoint_epoch"] == epochs[best]],
-                                            curve[curve["checkpoint_epoch"] == epochs[-1]], strata=None)
+                    gap = paired_difference(
+                        curve[curve["checkpoint_epoch"] == epochs[best]],
+                        curve[curve["checkpoint_epoch"] == epochs[-1]],
+                        strata=None,
+                    )
                     summary[kind][2] += gap.excludes_zero()
                     gap_text = difference_text(gap, 1, 3)
                 summary[kind][0] += epochs[best] < epochs[-1]
                 summary[kind][1] += 1
-                table_rows.append([esc(label), esc(ds_name), esc(name), str(epochs[best]), fmt_num(means[best]),
-                                   str(epochs[-1]), fmt_num(means[-1]), esc(gap_text or fmt_num(means[best] - means[-1]))])
+                table_rows.append(
+                    [
+                        esc(label),
+                        esc(ds_name),
+                        esc(name),
+                        str(epochs[best]),
+                        fmt_num(means[best]),
+                        str(epochs[-1]),
+                        fmt_num(means[-1]),
+                        esc(gap_text or fmt_num(means[best] - means[-1])),
+                    ]
+                )
             _style_panel(ax, ds_name, "checkpoint epoch", legend=6, integer_x=True)
-        for ax in axes[len(sets):]:
+        for ax in axes[len(sets) :]:
             ax.set_visible(False)
         fig.suptitle(f"{label}: score by checkpoint epoch", fontsize=10)
         _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.6)
         name = save_figure(fig, out_dir, f"checkpoints_{index + 1}.png")
-        parts.append(f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}",
-                                                            f"pre-training run {pkey}"))
-    lines = [f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
-             + (f", {beyond} of them by more than noise (the best − last interval excludes 0)" if n else "")
-             for kind, (n, total, beyond) in summary.items() if total]
+        parts.append(
+            f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}", f"pre-training run {pkey}")
+        )
+    lines = [
+        f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
+        + (f", {beyond} of them by more than noise (the best − last interval excludes 0)" if n else "")
+        for kind, (n, total, beyond) in summary.items()
+        if total
+    ]
     parts.append(f"<p>{html.escape('; '.join(lines))}.</p>")
-    parts.append(html_table(["run", "set", "curve", "best epoch", "score", "last epoch", "score",
-                             "best − last, 95% interval (paired on eval seeds)"], table_rows))
+    parts.append(
+        html_table(
+            [
+                "run",
+                "set",
+                "curve",
+                "best epoch",
+                "score",
+                "last epoch",
+                "score",
+                "best − last, 95% interval (paired on eval seeds)",
+            ],
+            table_rows,
+        )
+    )
     return "\n".join(parts)
 
 
@@ -1046,8 +1314,9 @@ def _checkpoint_series(run: pd.DataFrame) -> tuple[dict[tuple[str, str], dict[in
         return {}, run.iloc[:0].assign(_curve=pd.Series(dtype=object))
     rows = pd.concat(parts)
     out: dict[tuple[str, str], dict[int, Interval]] = {}
-    for (name, ds_name, epoch), iv in hierarchical_bootstrap(rows, ["_curve", "downstream", "checkpoint_epoch"],
-                                                             strata=None).intervals().items():
+    for (name, ds_name, epoch), iv in (
+        hierarchical_bootstrap(rows, ["_curve", "downstream", "checkpoint_epoch"], strata=None).intervals().items()
+    ):
         out.setdefault((name, ds_name), {})[int(epoch)] = iv
     return {k: v for k, v in out.items() if len(v) >= 2}, rows
 
@@ -1062,36 +1331,51 @@ def spectra_section(spectra: pd.DataFrame, runs: pd.DataFrame, out_dir: Path) ->
     split = "train" if (spectra["split"] == "train").any() else str(spectra["split"].dropna().iloc[0])
     sp = spectra[spectra["split"] == split]
     labels = _run_labels(runs)
-    sp = sp.assign(_run=[labels.get(k) or f"{m} · {s}" for k, m, s in zip(sp["pretrain_key"], sp["method"], sp["source"])])
-    summary = (sp.groupby(["_run", "pretrain_key", "downstream", "checkpoint_epoch"])
-               [["k80", "effective_rank", "feature_dim", "num_examples"]].first().reset_index())
+    sp = sp.assign(
+        _run=[labels.get(k) or f"{m} · {s}" for k, m, s in zip(sp["pretrain_key"], sp["method"], sp["source"])]
+    )
+    summary = (
+        sp.groupby(["_run", "pretrain_key", "downstream", "checkpoint_epoch"])[
+            ["k80", "effective_rank", "feature_dim", "num_examples"]
+        ]
+        .first()
+        .reset_index()
+    )
     sets = sorted(summary["downstream"].unique())
     runs_here = sorted(summary["_run"].unique())
     from matplotlib import colormaps
 
     cmap = colormaps["tab10" if len(runs_here) <= 10 else "tab20"]
     colours = {r: cmap(i % cmap.N) for i, r in enumerate(runs_here)}
-    parts = [f"<p>Singular values of the penultimate features of each checkpoint on each set ({html.escape(split)} "
-             "split). k80: the smallest number of singular values holding 80% of their sum (Deng et al., ICCV 2023); "
-             "effective rank: exp of the entropy of the normalised singular values. Top row: k80 by checkpoint "
-             "epoch; bottom row: the spectrum of each run's last checkpoint, relative to its largest value.</p>"]
+    parts = [
+        f"<p>Singular values of the penultimate features of each checkpoint on each set ({html.escape(split)} "
+        "split). k80: the smallest number of singular values holding 80% of their sum (Deng et al., ICCV 2023); "
+        "effective rank: exp of the entropy of the normalised singular values. Top row: k80 by checkpoint "
+        "epoch; bottom row: the spectrum of each run's last checkpoint, relative to its largest value.</p>"
+    ]
     per_figure = 4
     for index in range(0, len(sets), per_figure):
-        chunk = sets[index:index + per_figure]
+        chunk = sets[index : index + per_figure]
         parts.append(_spectra_figure(summary, sp, chunk, colours, out_dir, index // per_figure + 1))
     rows = []
     for (run_label, ds_name), g in summary.groupby(["_run", "downstream"]):
         g = g.sort_values("checkpoint_epoch")
-        rows.append([esc(run_label), esc(ds_name),
-                     " · ".join(f"e{int(e)}: {int(k)}" for e, k in zip(g["checkpoint_epoch"], g["k80"])),
-                     " · ".join(f"e{int(e)}: {r:.1f}" for e, r in zip(g["checkpoint_epoch"], g["effective_rank"])),
-                     esc(g["feature_dim"].iloc[-1])])
+        rows.append(
+            [
+                esc(run_label),
+                esc(ds_name),
+                " · ".join(f"e{int(e)}: {int(k)}" for e, k in zip(g["checkpoint_epoch"], g["k80"])),
+                " · ".join(f"e{int(e)}: {r:.1f}" for e, r in zip(g["checkpoint_epoch"], g["effective_rank"])),
+                esc(g["feature_dim"].iloc[-1]),
+            ]
+        )
     parts.append(html_table(["run", "set", "k80 by epoch", "effective rank by epoch", "feature dim"], rows))
     return "\n".join(parts)
 
 
-def _spectra_figure(summary: pd.DataFrame, sp: pd.DataFrame, sets: Sequence[str], colours: dict[str, Any],
-                    out_dir: Path, number: int) -> str:
+def _spectra_figure(
+    summary: pd.DataFrame, sp: pd.DataFrame, sets: Sequence[str], colours: dict[str, Any], out_dir: Path, number: int
+) -> str:
     fig = _figure(3.3 * max(len(sets), 2), 6.0)
     axes = fig.subplots(2, len(sets), squeeze=False)
     names: list[str] = []
@@ -1099,8 +1383,9 @@ def _spectra_figure(summary: pd.DataFrame, sp: pd.DataFrame, sets: Sequence[str]
         s = summary[summary["downstream"] == ds_name]
         for run_label, g in s.groupby("_run"):
             g = g.sort_values("checkpoint_epoch")
-            axes[0][c].plot(g["checkpoint_epoch"], g["k80"], marker="o", markersize=3, color=colours[run_label],
-                            label=run_label)
+            axes[0][c].plot(
+                g["checkpoint_epoch"], g["k80"], marker="o", markersize=3, color=colours[run_label], label=run_label
+            )
         axes[0][c].set_title(ds_name, fontsize=9)
         axes[0][c].set_xlabel("checkpoint epoch", fontsize=8)
         _integer_ticks(axes[0][c])
@@ -1147,7 +1432,10 @@ def _run_labels(runs: pd.DataFrame) -> dict[str, str]:
     if df.empty:
         return {}
     first = df[df["pretrain_key"].notna()].drop_duplicates("pretrain_key")
-    return {k: config_label(line, size) for k, line, size in zip(first["pretrain_key"], first["_line"], first["pretrain_size"])}
+    return {
+        k: config_label(line, size)
+        for k, line, size in zip(first["pretrain_key"], first["_line"], first["pretrain_size"])
+    }
 
 
 # --------------------------------------------------------------------------- convergence
@@ -1157,14 +1445,18 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
     """Fine-tuning from pre-trained checkpoints against training from scratch, epoch by epoch."""
     conv = store.query("SELECT * FROM convergence")
     if conv.empty:
-        return empty_note("No data yet for convergence: it needs finetune, lp_ft or scratch runs with per-epoch "
-                          "curves (the curves table).")
+        return empty_note(
+            "No data yet for convergence: it needs finetune, lp_ft or scratch runs with per-epoch "
+            "curves (the curves table)."
+        )
     gaps = store.query("SELECT * FROM convergence_gaps")
     labels = _run_labels(runs_ok)
-    parts = ["<p>Validation score per epoch of fine-tuning (each run's selected learning rate) from pre-trained "
-             "checkpoints against training from scratch with the same backbone, set, shots and seed, and the "
-             "relative gaps <code>(pre-trained − scratch) / scratch</code> in validation accuracy and training "
-             "loss (Pu et al., 2023). Only each run's last checkpoint is drawn.</p>"]
+    parts = [
+        "<p>Validation score per epoch of fine-tuning (each run's selected learning rate) from pre-trained "
+        "checkpoints against training from scratch with the same backbone, set, shots and seed, and the "
+        "relative gaps <code>(pre-trained − scratch) / scratch</code> in validation accuracy and training "
+        "loss (Pu et al., 2023). Only each run's last checkpoint is drawn.</p>"
+    ]
     last = conv.groupby("pretrain_key", dropna=False)["checkpoint_epoch"].transform("max")
     conv = conv[conv["checkpoint_epoch"].isna() | (conv["checkpoint_epoch"] == last)]
     curves = store.query("SELECT key, epoch, val_score, train_loss FROM curves")
@@ -1182,13 +1474,21 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
         for key in keys:
             c = curves[curves["key"] == key].sort_values("epoch")
             name = run_names[key]
-            axes[r][0].plot(c["epoch"], c["val_score"], color="black" if name == "scratch" else colours[name],
-                            linestyle="--" if name == "scratch" else "-", linewidth=1.3, label=name)
+            axes[r][0].plot(
+                c["epoch"],
+                c["val_score"],
+                color="black" if name == "scratch" else colours[name],
+                linestyle="--" if name == "scratch" else "-",
+                linewidth=1.3,
+                label=name,
+            )
         g = keep_gaps[keep_gaps["downstream"] == ds_name] if not keep_gaps.empty else keep_gaps
-        for key, part in (g.groupby("key") if not g.empty else []):
+        for key, part in g.groupby("key") if not g.empty else []:
             part = part.sort_values("epoch")
             axes[r][1].plot(part["epoch"], part["rel_acc_gap"], color=colours[run_names[key]], marker="o", markersize=3)
-            axes[r][2].plot(part["epoch"], part["rel_loss_gap"], color=colours[run_names[key]], marker="o", markersize=3)
+            axes[r][2].plot(
+                part["epoch"], part["rel_loss_gap"], color=colours[run_names[key]], marker="o", markersize=3
+            )
         for c_, title in enumerate(("validation score", "relative accuracy gap", "relative train-loss gap")):
             ax = axes[r][c_]
             if c_:
@@ -1204,26 +1504,54 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
     for r in range(1, len(shown)):
         h, n = axes[r][0].get_legend_handles_labels()
         by_name.update(zip(n, h))
-    fig.legend(list(by_name.values()), list(by_name), loc="lower center", ncol=min(3, len(by_name)), fontsize=7,
-               frameon=False)
+    fig.legend(
+        list(by_name.values()), list(by_name), loc="lower center", ncol=min(3, len(by_name)), fontsize=7, frameon=False
+    )
     _layout(fig, top=0.4, bottom=0.55 + 0.2 * math.ceil(len(by_name) / 3), wspace=0.25, hspace=0.55)
     name = save_figure(fig, out_dir, "convergence_1.png")
-    caption = f"{len(conv)} run(s) on {len(sets)} set(s)" + (f"; first {len(shown)} sets shown" if len(sets) > len(shown) else "")
+    caption = f"{len(conv)} run(s) on {len(sets)} set(s)" + (
+        f"; first {len(shown)} sets shown" if len(sets) > len(shown) else ""
+    )
     if gaps.empty:
         caption += "; no scratch run matches a pre-trained one (same backbone, set, shots, seed), so no gaps"
     parts.append(figure_html(name, "convergence against scratch", caption))
-    scratch_e95 = {(b, d, s if not pd.isna(s) else None, e): v for b, d, s, e, v, p in zip(
-        conv["backbone"], conv["downstream"], conv["shots"], conv["eval_seed"], conv["epochs_to_95"], conv["protocol"])
-        if p == "scratch"}
+    scratch_e95 = {
+        (b, d, s if not pd.isna(s) else None, e): v
+        for b, d, s, e, v, p in zip(
+            conv["backbone"],
+            conv["downstream"],
+            conv["shots"],
+            conv["eval_seed"],
+            conv["epochs_to_95"],
+            conv["protocol"],
+        )
+        if p == "scratch"
+    }
     rows = []
     for rec in conv.sort_values(["downstream", "protocol", "key"]).to_dict("records"):
         shots = None if pd.isna(rec["shots"]) else rec["shots"]
         ref = scratch_e95.get((rec["backbone"], rec["downstream"], shots, rec["eval_seed"]))
-        speedup = "" if rec["protocol"] == "scratch" or not ref or not rec["epochs_to_95"] else f"{ref / rec['epochs_to_95']:.2g}×"
-        rows.append([esc(rec["downstream"]), esc(run_names[rec["key"]]), esc(rec["epochs"]), esc(rec["epochs_to_95"]),
-                     fmt_num(rec["final_val_score"]), fmt_num(rec["test_score"]), speedup])
-    parts.append(html_table(["set", "run", "epochs", "epochs to 95% of final", "final val", "test score",
-                             "speed-up vs scratch"], rows))
+        speedup = (
+            ""
+            if rec["protocol"] == "scratch" or not ref or not rec["epochs_to_95"]
+            else f"{ref / rec['epochs_to_95']:.2g}×"
+        )
+        rows.append(
+            [
+                esc(rec["downstream"]),
+                esc(run_names[rec["key"]]),
+                esc(rec["epochs"]),
+                esc(rec["epochs_to_95"]),
+                fmt_num(rec["final_val_score"]),
+                fmt_num(rec["test_score"]),
+                speedup,
+            ]
+        )
+    parts.append(
+        html_table(
+            ["set", "run", "epochs", "epochs to 95% of final", "final val", "test score", "speed-up vs scratch"], rows
+        )
+    )
     return "\n".join(parts)
 
 
@@ -1235,7 +1563,9 @@ def funnel_section(views: pd.DataFrame, out_dir: Path) -> str:
     if views.empty or views["funnel"].isna().all():
         return ""
     records = []
-    for rec in views.sort_values(["source", "curation", "requested_size", "label_noise"], na_position="last").to_dict("records"):
+    for rec in views.sort_values(["source", "curation", "requested_size", "label_noise"], na_position="last").to_dict(
+        "records"
+    ):
         try:
             funnel = json.loads(rec["funnel"]) if isinstance(rec["funnel"], str) else {}
         except json.JSONDecodeError:
@@ -1261,10 +1591,13 @@ def funnel_section(views: pd.DataFrame, out_dir: Path) -> str:
         acc = rec.get("label_accuracy")
         noise = rec.get("label_noise")
         note = ("" if acc is None or pd.isna(acc) else f"label acc. {acc:.2f}") + (
-            "" if noise is None or pd.isna(noise) or not noise else f", noise {noise:g}")
+            "" if noise is None or pd.isna(noise) or not noise else f", noise {noise:g}"
+        )
         ax.text(left, i, f"  {note}", va="center", fontsize=7)
-        ticks.append(f"{rec['source']}/{rec['curation']} n={fmt_size(rec['requested_size'])}"
-                     + ("" if noise is None or pd.isna(noise) or not noise else f" noise={noise:g}"))
+        ticks.append(
+            f"{rec['source']}/{rec['curation']} n={fmt_size(rec['requested_size'])}"
+            + ("" if noise is None or pd.isna(noise) or not noise else f" noise={noise:g}")
+        )
     seen = {t: ticks.count(t) for t in ticks}
     ticks = [t if seen[t] == 1 else f"{t} ({str(rec['view_key'])[:6]})" for t, (rec, _) in zip(ticks, records)]
     ax.set_yticks(range(len(records)), ticks, fontsize=7)
@@ -1288,29 +1621,46 @@ def funnel_section(views: pd.DataFrame, out_dir: Path) -> str:
 def missing_section(runs: pd.DataFrame, expected: pd.DataFrame | None, pruned: Sequence[tuple[str, str]] | None) -> str:
     """Planned rows without any row in the store, grouped by evaluation job."""
     if expected is None:
-        return empty_note("Missing runs are found against a plan: give the spec (tbench report --spec SPEC) "
-                          "to list planned rows that have no result yet.")
+        return empty_note(
+            "Missing runs are found against a plan: give the spec (tbench report --spec SPEC) "
+            "to list planned rows that have no result yet."
+        )
     have_ok = set(runs.loc[runs["status"].astype(object) == "ok", "key"]) if not runs.empty else set()
     have_bad = set(runs.loc[runs["status"].astype(object) != "ok", "key"]) if not runs.empty else set()
-    exp = expected.assign(_state=["ok" if k in have_ok else "failed" if k in have_bad else "missing" for k in expected["key"]])
+    exp = expected.assign(
+        _state=["ok" if k in have_ok else "failed" if k in have_bad else "missing" for k in expected["key"]]
+    )
     counts = exp["_state"].value_counts()
     n_ok, n_failed, n_missing = (int(counts.get(state, 0)) for state in ("ok", "failed", "missing"))
-    parts = [f'<p class="data">{len(exp)} planned row(s): {n_ok} ok, {n_failed} failed, '
-             f"<b>{n_missing} missing</b> (no row in the store: not run yet, or interrupted).</p>"]
+    parts = [
+        f'<p class="data">{len(exp)} planned row(s): {n_ok} ok, {n_failed} failed, '
+        f"<b>{n_missing} missing</b> (no row in the store: not run yet, or interrupted).</p>"
+    ]
     missing = exp[exp["_state"] == "missing"]
     if not missing.empty:
         rows = []
         for job_key, g in missing.groupby("job_key", sort=False):
             first = g.iloc[0]
             total = int((exp["job_key"] == job_key).sum())
-            rows.append([esc(job_key), esc(first.get("label", "")), esc(first.get("protocol", "")),
-                         esc(first.get("downstream", "")), f"{len(g)} / {total}",
-                         esc(", ".join(sorted({_shot_cols([shots_order(s)])[0] for s in g["shots"]})))])
-        parts.append(html_table(["eval job", "what", "protocol", "set", "missing / planned", "shots"], rows[:500], "missing"))
+            rows.append(
+                [
+                    esc(job_key),
+                    esc(first.get("label", "")),
+                    esc(first.get("protocol", "")),
+                    esc(first.get("downstream", "")),
+                    f"{len(g)} / {total}",
+                    esc(", ".join(sorted({_shot_cols([shots_order(s)])[0] for s in g["shots"]}))),
+                ]
+            )
+        parts.append(
+            html_table(["eval job", "what", "protocol", "set", "missing / planned", "shots"], rows[:500], "missing")
+        )
         if len(rows) > 500:
             parts.append(f"<p>… and {len(rows) - 500} more job(s).</p>")
     if pruned:
         items = "".join(f"<li>{esc(what)}: {esc(why)}</li>" for what, why in pruned)
-        parts.append(f"<details><summary>{len(pruned)} combination(s) the planner left out on purpose</summary>"
-                     f"<ul>{items}</ul></details>")
+        parts.append(
+            f"<details><summary>{len(pruned)} combination(s) the planner left out on purpose</summary>"
+            f"<ul>{items}</ul></details>"
+        )
     return "\n".join(parts)

@@ -164,14 +164,19 @@ def seed_note(n_pretrain_seeds: int | Sequence[int]) -> str:
     two = sum(1 for n in counts if n == 2)
     notes = []
     if single:
-        notes.append("this interval rests on one pre-training seed: it resamples eval seeds only and does not cover "
-                     "the pre-training seed's variance" if len(counts) == 1 else
-                     f"{single} of {len(counts)} intervals rest on one pre-training seed: they resample eval seeds "
-                     "only and do not cover the pre-training seed's variance")
+        notes.append(
+            "this interval rests on one pre-training seed: it resamples eval seeds only and does not cover "
+            "the pre-training seed's variance"
+            if len(counts) == 1
+            else f"{single} of {len(counts)} intervals rest on one pre-training seed: they resample eval seeds "
+            "only and do not cover the pre-training seed's variance"
+        )
     if two:
-        notes.append(("this interval rests on" if len(counts) == 1 else f"{two} of {len(counts)} rest on")
-                     + " two pre-training seeds, from which a 95% interval covers the truth only about 80% of the "
-                     "time (simulation in results/stats.py): read it as a rough guide")
+        notes.append(
+            ("this interval rests on" if len(counts) == 1 else f"{two} of {len(counts)} rest on")
+            + " two pre-training seeds, from which a 95% interval covers the truth only about 80% of the "
+            "time (simulation in results/stats.py): read it as a rough guide"
+        )
     return "; ".join(notes)
 
 
@@ -218,27 +223,50 @@ class Draws:
         """The interval of group ``key``."""
         i = self.position(key)
         lo, hi = percentile_interval(self.draws[:, i], self.level)
-        return Interval(float(self.estimate[i]), lo, hi, int(self.n_pretrain[i]), int(self.n_eval[i]),
-                        int(self.n_sets[i]), self.level)
+        return Interval(
+            float(self.estimate[i]),
+            lo,
+            hi,
+            int(self.n_pretrain[i]),
+            int(self.n_eval[i]),
+            int(self.n_sets[i]),
+            self.level,
+        )
 
     def table(self) -> pd.DataFrame:
         """The ``by`` columns plus ``estimate, lo, hi, n_pretrain_seeds, n_eval_seeds, n_sets``."""
         lo, hi = percentile_interval(self.draws, self.level)
-        return self.keys.assign(estimate=self.estimate, lo=lo, hi=hi, n_pretrain_seeds=self.n_pretrain,
-                                n_eval_seeds=self.n_eval, n_sets=self.n_sets)
+        return self.keys.assign(
+            estimate=self.estimate,
+            lo=lo,
+            hi=hi,
+            n_pretrain_seeds=self.n_pretrain,
+            n_eval_seeds=self.n_eval,
+            n_sets=self.n_sets,
+        )
 
     def intervals(self) -> dict[tuple, Interval]:
         """Group key (a tuple, one value per ``by`` column) -> its :class:`Interval`."""
         lo, hi = percentile_interval(self.draws, self.level)
-        return {key: Interval(float(self.estimate[i]), float(lo[i]), float(hi[i]), int(self.n_pretrain[i]),
-                              int(self.n_eval[i]), int(self.n_sets[i]), self.level)
-                for i, key in enumerate(self.keys.itertuples(index=False, name=None))}
+        return {
+            key: Interval(
+                float(self.estimate[i]),
+                float(lo[i]),
+                float(hi[i]),
+                int(self.n_pretrain[i]),
+                int(self.n_eval[i]),
+                int(self.n_sets[i]),
+                self.level,
+            )
+            for i, key in enumerate(self.keys.itertuples(index=False, name=None))
+        }
 
 
 def _same(a: Any, b: Any) -> bool:
     if a is None or b is None or a is pd.NA or b is pd.NA:
-        return (a is None or a is pd.NA or (isinstance(a, float) and math.isnan(a))) and \
-               (b is None or b is pd.NA or (isinstance(b, float) and math.isnan(b)))
+        return (a is None or a is pd.NA or (isinstance(a, float) and math.isnan(a))) and (
+            b is None or b is pd.NA or (isinstance(b, float) and math.isnan(b))
+        )
     if isinstance(a, float) and isinstance(b, float) and math.isnan(a) and math.isnan(b):
         return True
     return bool(a == b)
@@ -272,7 +300,9 @@ def _check(rows: pd.DataFrame, need: Sequence[str], n_boot: int, level: float) -
         raise StatsError(f"rows must be a pandas DataFrame, got {type(rows).__name__}")
     missing = [c for c in need if c not in rows.columns]
     if missing:
-        raise StatsError(f"rows lack column(s) {', '.join(map(repr, missing))}; they have {', '.join(map(str, rows.columns))}")
+        raise StatsError(
+            f"rows lack column(s) {', '.join(map(repr, missing))}; they have {', '.join(map(str, rows.columns))}"
+        )
     if isinstance(n_boot, bool) or not isinstance(n_boot, (int, np.integer)) or n_boot < 10:
         raise StatsError(f"n_boot must be an integer >= 10, got {n_boot!r}")
     if not (isinstance(level, (int, float)) and 0 < level < 1):
@@ -327,8 +357,13 @@ def _layout(rows: pd.DataFrame, by: Sequence[str], strata: str | None, value: st
     g, s, p, e, v = gid[ok], sid[ok], p[ok], e[ok], v[ok]
     G, S = len(keys), len(set_names)
     if not len(v):
-        return _Layout(keys, set_names, np.full((G, S, 1, 1), np.nan), np.full((G, 1), _NO_SEED - 1),
-                       np.full((G, S, 1, 1), _NO_SEED - 1))
+        return _Layout(
+            keys,
+            set_names,
+            np.full((G, S, 1, 1), np.nan),
+            np.full((G, 1), _NO_SEED - 1),
+            np.full((G, S, 1, 1), _NO_SEED - 1),
+        )
     order = np.lexsort((e, p, s, g))
     g, s, p, e, v = g[order], s[order], p[order], e[order], v[order]
     # rows sharing (group, set, both seeds) are averaged
@@ -374,9 +409,16 @@ def _counts(rng: np.random.Generator, n: int, n_boot: int) -> np.ndarray:
     return rng.multinomial(_size(n), np.full(n, 1.0 / n), size=n_boot).astype(float)
 
 
-def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata: str | None = "downstream",
-                           value: str = "score", n_boot: int = N_BOOT, seed: int = 0,
-                           level: float = LEVEL) -> Draws:
+def hierarchical_bootstrap(
+    rows: pd.DataFrame,
+    by: Sequence[str] = (),
+    *,
+    strata: str | None = "downstream",
+    value: str = "score",
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Draws:
     """Two-level bootstrap replicates of the mean ``value`` of every group of ``rows`` by ``by``.
 
     ``rows`` need the columns ``by``, ``strata`` (the sets an aggregate is stratified by;
@@ -396,7 +438,9 @@ def hierarchical_bootstrap(rows: pd.DataFrame, by: Sequence[str] = (), *, strata
     first = np.argmax(present, axis=2)  # (G, S)
     ref = np.take_along_axis(lay.e_seeds, first[:, :, None, None], axis=2)  # (G, S, 1, E)
     crossed = ((lay.e_seeds == ref).all(axis=-1) | ~present).all(axis=-1)  # (G, S)
-    key_values = list(lay.keys.itertuples(index=False, name=None)) if (~crossed & has_set).any() else []  # nested streams
+    key_values = (
+        list(lay.keys.itertuples(index=False, name=None)) if (~crossed & has_set).any() else []
+    )  # nested streams
     # one draw per distinct list of pre-training seeds, and per (set, list of eval seeds) of crossed cells
     p_draws, p_of = _pretrain_draws(lay.p_seeds, seed, n_boot)
     shared, nested = crossed & has_set, ~crossed & has_set  # (G, S)
@@ -426,11 +470,15 @@ def _pretrain_draws(p_seeds: np.ndarray, seed: int, n_boot: int) -> tuple[np.nda
     for k, row in enumerate(p_lists):
         seeds = row[row >= _NO_SEED]
         if len(seeds):
-            p_draws[:, k, :len(seeds)] = _counts(_stream(seed, ("pretrain", tuple(seeds.tolist()))), len(seeds), n_boot)
+            p_draws[:, k, : len(seeds)] = _counts(
+                _stream(seed, ("pretrain", tuple(seeds.tolist()))), len(seeds), n_boot
+            )
     return p_draws, p_of
 
 
-def _eval_draws(lay: _Layout, shared: np.ndarray, first: np.ndarray, seed: int, n_boot: int) -> tuple[np.ndarray, np.ndarray]:
+def _eval_draws(
+    lay: _Layout, shared: np.ndarray, first: np.ndarray, seed: int, n_boot: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Eval-seed counts ``(n_boot, lists, E)``, one stream per (set, list of eval seeds) of the crossed
     cells, and each ``(G, S)`` cell's list (-1: not crossed or empty)."""
     G, S, _, E = lay.values.shape
@@ -444,8 +492,9 @@ def _eval_draws(lay: _Layout, shared: np.ndarray, first: np.ndarray, seed: int, 
         e_draws = np.zeros((n_boot, len(e_lists), E))
         for k, row in enumerate(e_lists):
             seeds = row[1:][row[1:] >= _NO_SEED]
-            e_draws[:, k, :len(seeds)] = _counts(_stream(seed, ("eval", lay.set_names[int(row[0])],
-                                                                tuple(seeds.tolist()))), len(seeds), n_boot)
+            e_draws[:, k, : len(seeds)] = _counts(
+                _stream(seed, ("eval", lay.set_names[int(row[0])], tuple(seeds.tolist()))), len(seeds), n_boot
+            )
     return e_draws, e_of
 
 
@@ -467,8 +516,17 @@ def _chunks(shape: tuple[int, ...], n_boot: int) -> list[tuple[int, int]]:
     return [(start, min(G, start + step)) for start in range(0, G, step)]
 
 
-def _chunk_means(lay: _Layout, draws: _SeedDraws, present: np.ndarray, has_set: np.ndarray, nested: np.ndarray,
-                 key_values: list, seed: int, start: int, stop: int) -> np.ndarray:
+def _chunk_means(
+    lay: _Layout,
+    draws: _SeedDraws,
+    present: np.ndarray,
+    has_set: np.ndarray,
+    nested: np.ndarray,
+    key_values: list,
+    seed: int,
+    start: int,
+    stop: int,
+) -> np.ndarray:
     """``(n_boot, stop - start)``: the replicate means of groups ``start:stop``."""
     values, n_eval = lay.values, lay.n_eval
     cp = draws.p_draws[:, draws.p_of[start:stop]]  # (B, g, P) pre-training seed counts
@@ -497,12 +555,20 @@ def _chunk_means(lay: _Layout, draws: _SeedDraws, present: np.ndarray, has_set: 
         return np.nanmean(set_mean, axis=-1)
 
 
-def interval(rows: pd.DataFrame, *, strata: str | None = "downstream", value: str = "score", n_boot: int = N_BOOT,
-             seed: int = 0, level: float = LEVEL) -> Interval:
+def interval(
+    rows: pd.DataFrame,
+    *,
+    strata: str | None = "downstream",
+    value: str = "score",
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Interval:
     """The two-level bootstrap interval of the mean ``value`` of ``rows`` (one group; over
     ``strata`` when given, each set weighing the same)."""
-    return hierarchical_bootstrap(rows, (), strata=strata, value=value, n_boot=n_boot, seed=seed,
-                                  level=level).interval()
+    return hierarchical_bootstrap(
+        rows, (), strata=strata, value=value, n_boot=n_boot, seed=seed, level=level
+    ).interval()
 
 
 def intervals(rows: pd.DataFrame, by: Sequence[str], **kwargs: Any) -> dict[tuple, Interval]:
@@ -511,8 +577,16 @@ def intervals(rows: pd.DataFrame, by: Sequence[str], **kwargs: Any) -> dict[tupl
     return hierarchical_bootstrap(rows, by, **kwargs).intervals()
 
 
-def paired_difference(rows_a: pd.DataFrame, rows_b: pd.DataFrame, *, strata: str | None = "downstream",
-                      value: str = "score", n_boot: int = N_BOOT, seed: int = 0, level: float = LEVEL) -> Interval:
+def paired_difference(
+    rows_a: pd.DataFrame,
+    rows_b: pd.DataFrame,
+    *,
+    strata: str | None = "downstream",
+    value: str = "score",
+    n_boot: int = N_BOOT,
+    seed: int = 0,
+    level: float = LEVEL,
+) -> Interval:
     """The interval of ``mean(A) - mean(B)`` over the sets both sides have (each set weighing
     the same), paired where the design pairs the two sides (same eval seeds on a set: the same
     k-shot examples; same pre-training seeds) and resampled independently elsewhere.
@@ -533,8 +607,15 @@ def paired_difference(rows_a: pd.DataFrame, rows_b: pd.DataFrame, *, strata: str
     d = hierarchical_bootstrap(both, ["_side"], strata=strata, value=value, n_boot=n_boot, seed=seed, level=level)
     ia, ib = d.position(0), d.position(1)
     lo, hi = percentile_interval(d.draws[:, ia] - d.draws[:, ib], level)
-    return Interval(float(d.estimate[ia] - d.estimate[ib]), lo, hi, int(min(d.n_pretrain[ia], d.n_pretrain[ib])),
-                    int(min(d.n_eval[ia], d.n_eval[ib])), int(min(d.n_sets[ia], d.n_sets[ib])), level)
+    return Interval(
+        float(d.estimate[ia] - d.estimate[ib]),
+        lo,
+        hi,
+        int(min(d.n_pretrain[ia], d.n_pretrain[ib])),
+        int(min(d.n_eval[ia], d.n_eval[ib])),
+        int(min(d.n_sets[ia], d.n_sets[ib])),
+        level,
+    )
 
 
 def average_ranks(values: np.ndarray) -> np.ndarray:

@@ -91,8 +91,17 @@ from results.schema import TABLES, conform, schema_for
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "COMPACT_PREFIX", "DEFAULT_TARGET_ROWS", "META_PARTS_KEY", "META_WRITE_ID_KEY", "PART_COLUMN", "PART_SUFFIX",
-    "Store", "StoreError", "StoreQueryError", "arrow_to_pandas", "load",
+    "COMPACT_PREFIX",
+    "DEFAULT_TARGET_ROWS",
+    "META_PARTS_KEY",
+    "META_WRITE_ID_KEY",
+    "PART_COLUMN",
+    "PART_SUFFIX",
+    "Store",
+    "StoreError",
+    "StoreQueryError",
+    "arrow_to_pandas",
+    "load",
 ]
 
 _READ_RETRIES = 20  # re-list this many times when a listed file vanished (a compaction moved it)
@@ -182,7 +191,7 @@ def _footer_value(footer: bytes, key: bytes) -> bytes | None:
         raise _Ambiguous(key)
     if i + length > len(footer):
         raise _Ambiguous(key)
-    return footer[i:i + length]
+    return footer[i : i + length]
 
 
 class Store:
@@ -259,7 +268,9 @@ class Store:
 
     def _compacted_infos(self, table: str) -> list[pafs.FileInfo]:
         """Compacted files of ``table``, oldest generation first (zero-padded generations sort by age)."""
-        return self._files(table, lambda n: n.startswith(COMPACT_PREFIX) and n.endswith(PART_SUFFIX) and TMP_MARK not in n)
+        return self._files(
+            table, lambda n: n.startswith(COMPACT_PREFIX) and n.endswith(PART_SUFFIX) and TMP_MARK not in n
+        )
 
     def part_files(self, table: str) -> list[str]:
         """Paths of ``table``'s loose (not compacted) finished parts, sorted; temporary and
@@ -333,7 +344,7 @@ class Store:
             if self.fs.get_file_info(path).type != pafs.FileType.File:
                 raise FileNotFoundError(path) from exc
             raise StoreError(f"cannot read {path!r}: {exc}") from exc
-        return bytes(tail[-8 - length:-8])
+        return bytes(tail[-8 - length : -8])
 
     def _part_facts(self, info: pafs.FileInfo) -> tuple[int, bytes | None]:
         """(schema version, write id) of a loose part, from its footer; cached by
@@ -476,8 +487,11 @@ class Store:
         rows = self._upgraded(table, served.path, data.drop_columns([PART_COLUMN]), version)
         if not keep_part:
             return rows
-        return arrange(table, [schema_for(table).empty_table(), rows.append_column(PART_COLUMN, data[PART_COLUMN])],
-                        tail=[PART_COLUMN])
+        return arrange(
+            table,
+            [schema_for(table).empty_table(), rows.append_column(PART_COLUMN, data[PART_COLUMN])],
+            tail=[PART_COLUMN],
+        )
 
     def _read_arrow_once(self, table: str) -> pa.Table:
         schema = schema_for(table)
@@ -550,14 +564,21 @@ class Store:
                 partial = [src for src in served if not src.complete]
                 if complete:  # every row of these files counts
                     listing = ", ".join(_sql_str(path) for path in complete)
-                    sql += (f" UNION ALL BY NAME SELECT * EXCLUDE ({PART_COLUMN}) FROM "
-                            f"read_parquet([{listing}], union_by_name=true)")
+                    sql += (
+                        f" UNION ALL BY NAME SELECT * EXCLUDE ({PART_COLUMN}) FROM "
+                        f"read_parquet([{listing}], union_by_name=true)"
+                    )
                 if partial:  # some keys of these files were re-written since: keep the others' rows
                     live_name = f"__compacted_{table}"
-                    con.register(live_name, pa.table({
-                        "__file": [src.path for src in partial for _ in src.keys],
-                        "__key": [k for src in partial for k in sorted(src.keys)],
-                    }))
+                    con.register(
+                        live_name,
+                        pa.table(
+                            {
+                                "__file": [src.path for src in partial for _ in src.keys],
+                                "__key": [k for src in partial for k in sorted(src.keys)],
+                            }
+                        ),
+                    )
                     listing = ", ".join(_sql_str(src.path) for src in partial)
                     sql += (
                         f" UNION ALL BY NAME SELECT c.* EXCLUDE (filename, {PART_COLUMN}) FROM "
@@ -589,9 +610,7 @@ class Store:
         for table, schema in TABLES.items():
             n = len(self._part_infos(table))
             c = len(self._compacted_infos(table))
-            counts = f"{n} part{'s' if n != 1 else ''}" + (
-                f", {c} compacted file{'s' if c != 1 else ''}" if c else ""
-            )
+            counts = f"{n} part{'s' if n != 1 else ''}" + (f", {c} compacted file{'s' if c != 1 else ''}" if c else "")
             lines.append(f"  {table} ({counts}): {', '.join(schema.names)}")
         return "\n".join(lines)
 
@@ -666,7 +685,6 @@ class Store:
             except (OSError, FileNotFoundError):
                 pass
             raise
-
 
 
 def _backoff(attempt: int) -> float:

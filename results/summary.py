@@ -39,8 +39,9 @@ def summary_intervals(runs: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0) -
     ok["pretrain_size"] = ok["pretrain_size"].fillna(0).astype(int)
     ok["epoch"] = ok["checkpoint_epoch"].fillna(0).astype(int)
     # label each configuration once, not each row
-    codes = ok.groupby(["method", "source", "curation", "pretrain_size", "label_noise"], dropna=False,
-                       sort=False).ngroup()
+    codes = ok.groupby(
+        ["method", "source", "curation", "pretrain_size", "label_noise"], dropna=False, sort=False
+    ).ngroup()
     first = ~codes.duplicated()
     labels = {code: config_label(row) for code, (_, row) in zip(codes[first], ok[first].iterrows())}
     ok["pre-training"] = codes.map(labels)
@@ -60,8 +61,11 @@ def summary_frame(runs: pd.DataFrame, n_boot: int = N_BOOT, seed: int = 0, scale
     order = sorted((c for c in table.columns if c != "full"), key=int) + (["full"] if "full" in table.columns else [])
     table = table[order].fillna("")
     grouped = long.groupby(_INDEX)
-    table["seeds"] = grouped["n_pretrain_seeds"].min().astype(int).astype(str) + "×" + \
-        grouped["n_eval_seeds"].min().astype(int).astype(str)
+    table["seeds"] = (
+        grouped["n_pretrain_seeds"].min().astype(int).astype(str)
+        + "×"
+        + grouped["n_eval_seeds"].min().astype(int).astype(str)
+    )
     table["sets"] = grouped["sets"].max().astype(int)
     table.columns.name = None
     return table.reset_index().sort_values(_INDEX).reset_index(drop=True)
@@ -87,11 +91,16 @@ def results_table(store_root: str | Path, spec: str | None = None, n_boot: int =
     if frame.empty:
         return "no results in the store yet"
     n_failed = int((runs["status"] != "ok").sum())
-    title = (f"mean score x100 over sets and seeds, by shots per class, with 95% intervals ({len(runs)} rows"
-             + (f", {n_failed} failed" if n_failed else "") + ")")
+    title = (
+        f"mean score x100 over sets and seeds, by shots per class, with 95% intervals ({len(runs)} rows"
+        + (f", {n_failed} failed" if n_failed else "")
+        + ")"
+    )
     pretrained = frame["pre-training"] != "random init"  # the floor is one initialisation by design
-    caption = ("intervals: 95% bootstrap over pre-training seeds, then eval seeds, stratified by set; "
-               "seeds: pre-training × eval seeds")
+    caption = (
+        "intervals: 95% bootstrap over pre-training seeds, then eval seeds, stratified by set; "
+        "seeds: pre-training × eval seeds"
+    )
     note = seed_note([int(s.split("×")[0]) for s in frame.loc[pretrained, "seeds"]])
     if note:
         caption += f"; {note.replace('intervals rest', 'rows rest')}"

@@ -59,7 +59,7 @@ def _proc_table() -> dict[int, tuple[int, int]]:
             stat = Path(f"/proc/{d}/stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rfind(")") + 2:].split()
+        fields = stat[stat.rfind(")") + 2 :].split()
         out[int(d)] = (int(fields[1]), int(fields[2]))
     return out
 
@@ -105,7 +105,7 @@ def _cpu_seconds(pids: set[int]) -> float:
             stat = Path(f"/proc/{p}/stat").read_text()
         except OSError:
             continue
-        f = stat[stat.rfind(")") + 2:].split()
+        f = stat[stat.rfind(")") + 2 :].split()
         total += sum(int(x) for x in f[11:15])  # utime, stime, cutime, cstime
     return total / tick
 
@@ -113,7 +113,7 @@ def _cpu_seconds(pids: set[int]) -> float:
 def _state(pid: int) -> str:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
-        return stat[stat.rfind(")") + 2:].split()[0]
+        return stat[stat.rfind(")") + 2 :].split()[0]
     except OSError:
         return "Z"
 
@@ -128,26 +128,64 @@ def start_head(request):
     except ImportError as e:
         import pytest
 
-        pytest.skip(f"the Ray dashboard, which serves the Jobs API, needs ray[default] ({e}): "
-                    "pip install 'ray[default,train,data]==2.58.0'")
+        pytest.skip(
+            f"the Ray dashboard, which serves the Jobs API, needs ray[default] ({e}): "
+            "pip install 'ray[default,train,data]==2.58.0'"
+        )
     # A short temp dir: Ray's unix sockets live under it (paths over 107 characters fail).
     temp = Path(tempfile.mkdtemp(prefix="tbr-", dir="/tmp"))
     gcs, dash, client, agent_http, agent_grpc, metrics, rt_agent, nm, om, dmetrics = free_ports(10)
-    cmd = [str(BIN / "ray"), "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(gcs),
-           "--dashboard-host", "127.0.0.1", "--dashboard-port", str(dash), "--include-dashboard", "true",
-           "--num-cpus", "2", "--num-gpus", "0", "--temp-dir", str(temp), "--disable-usage-stats",
-           "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent_http),
-           "--dashboard-agent-grpc-port", str(agent_grpc), "--metrics-export-port", str(metrics),
-           "--runtime-env-agent-port", str(rt_agent), "--node-manager-port", str(nm),
-           "--object-manager-port", str(om), "--object-store-memory", str(400 * 2**20)]
+    cmd = [
+        str(BIN / "ray"),
+        "start",
+        "--head",
+        "--node-ip-address",
+        "127.0.0.1",
+        "--port",
+        str(gcs),
+        "--dashboard-host",
+        "127.0.0.1",
+        "--dashboard-port",
+        str(dash),
+        "--include-dashboard",
+        "true",
+        "--num-cpus",
+        "2",
+        "--num-gpus",
+        "0",
+        "--temp-dir",
+        str(temp),
+        "--disable-usage-stats",
+        "--ray-client-server-port",
+        str(client),
+        "--dashboard-agent-listen-port",
+        str(agent_http),
+        "--dashboard-agent-grpc-port",
+        str(agent_grpc),
+        "--metrics-export-port",
+        str(metrics),
+        "--runtime-env-agent-port",
+        str(rt_agent),
+        "--node-manager-port",
+        str(nm),
+        "--object-manager-port",
+        str(om),
+        "--object-store-memory",
+        str(400 * 2**20),
+    ]
     t0 = time.perf_counter()
     # The dashboard starts nine modules as processes, gives each 30 s and itself 60 s to come up:
     # too little on two busy cores (seen: "Module MetricsHead failed to start"). Its metrics port
     # is fixed by default (44227): another head on the machine would hold it.
-    env = dict(head_env(), DASHBOARD_METRIC_PORT=str(dmetrics), RAY_DASHBOARD_STARTUP_TIMEOUT_S="240",
-                    RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="180")
-    proc = subprocess.Popen(cmd, cwd=temp, env=env,
-                            start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    env = dict(
+        head_env(),
+        DASHBOARD_METRIC_PORT=str(dmetrics),
+        RAY_DASHBOARD_STARTUP_TIMEOUT_S="240",
+        RAY_DASHBOARD_SUBPROCESS_MODULE_WAIT_READY_TIMEOUT="180",
+    )
+    proc = subprocess.Popen(
+        cmd, cwd=temp, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     pgid = proc.pid  # the head's daemons stay in this process group after `ray start` returns
     address = f"http://127.0.0.1:{dash}"
     try:

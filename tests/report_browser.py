@@ -126,8 +126,9 @@ def open_chromium() -> Iterator[Any]:
         raise RuntimeError("playwright is not installed: pip install -e '.[test]'") from exc
     executable = find_chromium()
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS,
-                                     timeout=LAUNCH_TIMEOUT_MS)
+        browser = pw.chromium.launch(
+            executable_path=executable, headless=True, args=CHROMIUM_ARGS, timeout=LAUNCH_TIMEOUT_MS
+        )
         try:
             yield browser
         finally:
@@ -149,8 +150,14 @@ def image_stats(png: Path) -> dict[str, Any]:
     with Image.open(png) as im:
         rgb = np.asarray(im.convert("RGB"))
     if rgb.size == 0:
-        return {"width": 0, "height": 0, "dominant": None, "nonblank_fraction": 0.0,
-                "distinct_colours": 0, "nonblank": False}
+        return {
+            "width": 0,
+            "height": 0,
+            "dominant": None,
+            "nonblank_fraction": 0.0,
+            "distinct_colours": 0,
+            "nonblank": False,
+        }
     # one int per colour (0xRRGGBB): a 1-D unique is much faster than np.unique(axis=0)
     packed = (rgb[..., 0].astype(np.uint32) << 16) | (rgb[..., 1].astype(np.uint32) << 8) | rgb[..., 2]
     colours, counts = np.unique(packed.ravel(), return_counts=True)
@@ -285,8 +292,15 @@ def check_report(report_dir: Path, shots_dir: Path, browser: Any = None) -> dict
     shots_dir.mkdir(parents=True, exist_ok=True)
 
     timings: dict[str, float] = {}
-    summary: dict[str, Any] = {"url": None, "title": None, "sections": {}, "figures": [],
-                               "page_screenshot": None, "errors": [], "timings": timings}
+    summary: dict[str, Any] = {
+        "url": None,
+        "title": None,
+        "sections": {},
+        "figures": [],
+        "page_screenshot": None,
+        "errors": [],
+        "timings": timings,
+    }
 
     def mark(step: str, since: float) -> float:
         now = time.monotonic()
@@ -324,7 +338,7 @@ def _check_page(context: Any, origin: str, shots_dir: Path, summary: dict, Playw
     figures: list[dict[str, Any]] = summary["figures"]
 
     def short(u: str) -> str:
-        return unquote(u[len(origin) + 1:]) if u.startswith(origin + "/") else u
+        return unquote(u[len(origin) + 1 :]) if u.startswith(origin + "/") else u
 
     def on_route(route: Any) -> None:
         # The report must be self-contained: anything outside the served folder is refused and
@@ -381,8 +395,12 @@ def _check_page(context: Any, origin: str, shots_dir: Path, summary: dict, Playw
             errors.append(f"{sid}: <section> without an id")
         elif sid in sections:
             errors.append(f"section {sid}: duplicate id")
-        sections[sid] = {"h2": rec["h2"], "figures": rec["figures"], "tables": rec["tables"],
-                         "empty_notes": rec["empty_notes"]}
+        sections[sid] = {
+            "h2": rec["h2"],
+            "figures": rec["figures"],
+            "tables": rec["tables"],
+            "empty_notes": rec["empty_notes"],
+        }
         if rec["hidden"] or rec["width"] <= 0 or rec["height"] <= 0:
             errors.append(f"section {sid}: not visible ({rec['width']:.0f}x{rec['height']:.0f} px)")
         if not rec["h2"]:
@@ -393,7 +411,9 @@ def _check_page(context: Any, origin: str, shots_dir: Path, summary: dict, Playw
         if len(notes) != len(rec["empty_notes"]):
             errors.append(f"section {sid}: a p.empty note without text")
         if rec["figures"] == 0 and rec["tables"] == 0 and not notes:
-            errors.append(f"section {sid}: no content (no figure, no table and no p.empty note saying there is no data yet)")
+            errors.append(
+                f"section {sid}: no content (no figure, no table and no p.empty note saying there is no data yet)"
+            )
         if rec["empty_tables"]:
             errors.append(f"section {sid}: {rec['empty_tables']} table(s) without a row")
 
@@ -455,21 +475,23 @@ def _check_page(context: Any, origin: str, shots_dir: Path, summary: dict, Playw
                 )
         except PlaywrightError as exc:
             problems.append(f"screenshot failed: {str(exc).splitlines()[0]}")
-        figures.append({
-            "index": i,
-            "src": info["src"],
-            "section": info["section"],
-            "alt": info["alt"],
-            "caption": info["caption"],
-            "screenshot": str(shot) if shot.exists() else None,
-            "natural_size": [info["natural_width"], info["natural_height"]],
-            "rendered_size": [round(info["rendered_width"]), round(info["rendered_height"])],
-            "loaded": loaded,
-            "nonblank_fraction": stats.get("nonblank_fraction"),
-            "distinct_colours": stats.get("distinct_colours"),
-            "dominant": stats.get("dominant"),
-            "ok": not problems,
-        })
+        figures.append(
+            {
+                "index": i,
+                "src": info["src"],
+                "section": info["section"],
+                "alt": info["alt"],
+                "caption": info["caption"],
+                "screenshot": str(shot) if shot.exists() else None,
+                "natural_size": [info["natural_width"], info["natural_height"]],
+                "rendered_size": [round(info["rendered_width"]), round(info["rendered_height"])],
+                "loaded": loaded,
+                "nonblank_fraction": stats.get("nonblank_fraction"),
+                "distinct_colours": stats.get("distinct_colours"),
+                "dominant": stats.get("dominant"),
+                "ok": not problems,
+            }
+        )
         errors.extend(f"{label}: {p}" for p in problems)
 
 

@@ -45,13 +45,23 @@ A, B, C = 0.9, 2.0, 0.3  # score(n) = A - B * n ** -C before per-set and per-sho
 CALIBRATION_SOURCES = ("yfcc", "redcaps", "wit", "cc3m")
 """Sources trained only at :data:`CALIBRATION_SIZE` under SimCLR."""
 CALIBRATION_SIZE = 4_000
-EFFICIENCY = {("laion", "clip"): 1.0, ("laion", "simclr"): 0.5, ("cc12m", "clip"): 0.7,
-              ("cc12m", "simclr"): 0.35, (LABELLED, "supervised"): 8.0,
-              **{(s, "simclr"): 0.5 for s in CALIBRATION_SOURCES}}
-SIMILARITY = {"laion": {"cifar100": 0.55, "pets": 0.60}, "cc12m": {"cifar100": 0.50, "pets": 0.45},
-              "yfcc": {"cifar100": 0.35, "pets": 0.30}, "redcaps": {"cifar100": 0.40, "pets": 0.70},
-              "wit": {"cifar100": 0.25, "pets": 0.20}, "cc3m": {"cifar100": 0.45, "pets": 0.50},
-              LABELLED: {"cifar100": 0.70, "pets": 0.65}}
+EFFICIENCY = {
+    ("laion", "clip"): 1.0,
+    ("laion", "simclr"): 0.5,
+    ("cc12m", "clip"): 0.7,
+    ("cc12m", "simclr"): 0.35,
+    (LABELLED, "supervised"): 8.0,
+    **{(s, "simclr"): 0.5 for s in CALIBRATION_SOURCES},
+}
+SIMILARITY = {
+    "laion": {"cifar100": 0.55, "pets": 0.60},
+    "cc12m": {"cifar100": 0.50, "pets": 0.45},
+    "yfcc": {"cifar100": 0.35, "pets": 0.30},
+    "redcaps": {"cifar100": 0.40, "pets": 0.70},
+    "wit": {"cifar100": 0.25, "pets": 0.20},
+    "cc3m": {"cifar100": 0.45, "pets": 0.50},
+    LABELLED: {"cifar100": 0.70, "pets": 0.65},
+}
 """The world's declared similarity[source][set] of the synthetic study."""
 SIM_GAIN = 0.4
 """SimCLR scores rise by this much per unit of declared similarity (centred at 0.5)."""
@@ -74,23 +84,57 @@ def truth(n: float, source: str, method: str, ds_name: str, shots: int | None) -
 
 def _row(pkey: str, source: str, method: str, size: int, epoch: int, seed: int = 0, **extra) -> dict:
     return {
-        "spec": "synthetic", "created_at": NOW, "status": "ok", "pretrain_key": pkey, "source": source,
-        "curation": "none", "label_noise": 0.0, "pretrain_size": size, "method": method,
-        "backbone": "resnet18", "checkpoint_epoch": epoch, "pretrain_epochs": EPOCHS, "pretrain_seed": seed,
-        "num_classes": 10, "metric": "top1", "chance": 0.1, "hparams": {"lr": 0.1},
-        "declared_similarity": SIMILARITY.get(source, {}).get(extra.get("downstream")), **extra,
+        "spec": "synthetic",
+        "created_at": NOW,
+        "status": "ok",
+        "pretrain_key": pkey,
+        "source": source,
+        "curation": "none",
+        "label_noise": 0.0,
+        "pretrain_size": size,
+        "method": method,
+        "backbone": "resnet18",
+        "checkpoint_epoch": epoch,
+        "pretrain_epochs": EPOCHS,
+        "pretrain_seed": seed,
+        "num_classes": 10,
+        "metric": "top1",
+        "chance": 0.1,
+        "hparams": {"lr": 0.1},
+        "declared_similarity": SIMILARITY.get(source, {}).get(extra.get("downstream")),
+        **extra,
     }
 
 
-def _curve(key: str, job_key: str, protocol: str, ds_name: str, start: float, end: float, rate: float,
-           loss0: float, epochs: int = 5) -> list[dict]:
+def _curve(
+    key: str,
+    job_key: str,
+    protocol: str,
+    ds_name: str,
+    start: float,
+    end: float,
+    rate: float,
+    loss0: float,
+    epochs: int = 5,
+) -> list[dict]:
     """An exponential approach from ``start`` to ``end`` (validation score) and a falling loss."""
     out = []
     for e in range(1, epochs + 1):
         frac = 1 - math.exp(-rate * e)
-        out.append({"key": key, "job_key": job_key, "protocol": protocol, "downstream": ds_name, "shots": None,
-                    "eval_seed": 0, "epoch": e, "val_score": start + (end - start) * frac,
-                    "train_loss": loss0 * math.exp(-rate * e) + 0.1, "lr": 0.01})
+        out.append(
+            {
+                "key": key,
+                "job_key": job_key,
+                "protocol": protocol,
+                "downstream": ds_name,
+                "shots": None,
+                "eval_seed": 0,
+                "epoch": e,
+                "val_score": start + (end - start) * frac,
+                "train_loss": loss0 * math.exp(-rate * e) + 0.1,
+                "lr": 0.01,
+            }
+        )
     return out
 
 
@@ -124,20 +168,47 @@ def build_synthetic_store(root) -> Store:
                     for seed in SEEDS:
                         score = truth(size, source, method, ds_name, shots) + shift
                         score += 0.03 * ((EPOCHS - 2) ** 2 - (epoch - 2) ** 2)  # peaks at epoch 2, truth at the last
-                        rows.append(_row(pkey, source, method, size, epoch, pseed,
-                                         key=f"{pkey}-e{epoch}-{ds_name}-{shots_label(shots)}-{seed}",
-                                         job_key=f"ev-{pkey}-e{epoch}-{ds_name}", downstream=ds_name,
-                                         protocol="linear", shots=shots, eval_seed=seed,
-                                         score=score + rng.normal(0, SEED_NOISE), top1=score))
+                        rows.append(
+                            _row(
+                                pkey,
+                                source,
+                                method,
+                                size,
+                                epoch,
+                                pseed,
+                                key=f"{pkey}-e{epoch}-{ds_name}-{shots_label(shots)}-{seed}",
+                                job_key=f"ev-{pkey}-e{epoch}-{ds_name}",
+                                downstream=ds_name,
+                                protocol="linear",
+                                shots=shots,
+                                eval_seed=seed,
+                                score=score + rng.normal(0, SEED_NOISE),
+                                top1=score,
+                            )
+                        )
                 if not first or source in CALIBRATION_SOURCES:
                     continue
                 if size == max(SIZES) or (source, method) == (LABELLED, "supervised") and size == max(LABELLED_SIZES):
                     # fine-tuning from this checkpoint: better with every epoch of pre-training
                     ft = truth(size, source, method, ds_name, None) + 0.05 + 0.02 * epoch
                     key = f"{pkey}-e{epoch}-{ds_name}-ft"
-                    rows.append(_row(pkey, source, method, size, epoch, key=key, job_key=f"ft-{pkey}-e{epoch}",
-                                     downstream=ds_name, protocol="finetune", shots=None, eval_seed=0,
-                                     score=ft, top1=ft))
+                    rows.append(
+                        _row(
+                            pkey,
+                            source,
+                            method,
+                            size,
+                            epoch,
+                            key=key,
+                            job_key=f"ft-{pkey}-e{epoch}",
+                            downstream=ds_name,
+                            protocol="finetune",
+                            shots=None,
+                            eval_seed=0,
+                            score=ft,
+                            top1=ft,
+                        )
+                    )
                     curves += _curve(key, f"ft-{pkey}-e{epoch}", "finetune", ds_name, 0.3, ft, 1.2, 2.0)
             store.write_part("runs", f"ev-{pkey}-e{epoch}", rows)
             if curves:
@@ -146,53 +217,150 @@ def build_synthetic_store(root) -> Store:
                 spectra = []
                 sv, k80, erank = _spectrum(epoch)
                 for ds_name in SETS:
-                    spectra += [{"key": f"sp-{pkey}-e{epoch}-{ds_name}-{i}", "job_key": f"fx-{pkey}-e{epoch}-{ds_name}",
-                                 "pretrain_key": pkey, "checkpoint_epoch": epoch, "downstream": ds_name,
-                                 "split": "train", "rank_index": i, "singular_value": v, "k80": k80,
-                                 "effective_rank": erank, "num_examples": 500, "feature_dim": len(sv),
-                                 "method": method, "source": source} for i, v in enumerate(sv)]
+                    spectra += [
+                        {
+                            "key": f"sp-{pkey}-e{epoch}-{ds_name}-{i}",
+                            "job_key": f"fx-{pkey}-e{epoch}-{ds_name}",
+                            "pretrain_key": pkey,
+                            "checkpoint_epoch": epoch,
+                            "downstream": ds_name,
+                            "split": "train",
+                            "rank_index": i,
+                            "singular_value": v,
+                            "k80": k80,
+                            "effective_rank": erank,
+                            "num_examples": 500,
+                            "feature_dim": len(sv),
+                            "method": method,
+                            "source": source,
+                        }
+                        for i, v in enumerate(sv)
+                    ]
                 store.write_part("spectra", f"fx-{pkey}-e{epoch}", spectra)
 
     floor = [
-        {"key": f"floor-{d}-{shots_label(s)}-{seed}", "status": "ok", "method": "none", "source": "none",
-         "protocol": "linear", "downstream": d, "shots": s, "eval_seed": seed, "score": 0.15, "chance": 0.1,
-         "backbone": "resnet18", "spec": "synthetic"}
-        for d in SETS for s in SHOTS for seed in SEEDS
+        {
+            "key": f"floor-{d}-{shots_label(s)}-{seed}",
+            "status": "ok",
+            "method": "none",
+            "source": "none",
+            "protocol": "linear",
+            "downstream": d,
+            "shots": s,
+            "eval_seed": seed,
+            "score": 0.15,
+            "chance": 0.1,
+            "backbone": "resnet18",
+            "spec": "synthetic",
+        }
+        for d in SETS
+        for s in SHOTS
+        for seed in SEEDS
     ]
     store.write_part("runs", "floor", floor)
     scratch_rows, scratch_curves = [], []
     for ds_name in SETS:
         key = f"scratch-{ds_name}"
-        scratch_rows.append({"key": key, "job_key": "scratch", "status": "ok", "method": "none", "source": "none",
-                             "protocol": "scratch", "downstream": ds_name, "shots": None, "eval_seed": 0,
-                             "score": 0.35, "chance": 0.1, "backbone": "resnet18", "spec": "synthetic",
-                             "metric": "top1"})
+        scratch_rows.append(
+            {
+                "key": key,
+                "job_key": "scratch",
+                "status": "ok",
+                "method": "none",
+                "source": "none",
+                "protocol": "scratch",
+                "downstream": ds_name,
+                "shots": None,
+                "eval_seed": 0,
+                "score": 0.35,
+                "chance": 0.1,
+                "backbone": "resnet18",
+                "spec": "synthetic",
+                "metric": "top1",
+            }
+        )
         scratch_curves += _curve(key, "scratch", "scratch", ds_name, 0.1, 0.35, 0.35, 2.4)
     store.write_part("runs", "scratch", scratch_rows)
     store.write_part("curves", "scratch", scratch_curves)
-    store.write_part("runs", "broken", [
-        {"key": "bad-1", "job_key": "broken", "status": "failed", "protocol": "finetune", "downstream": "pets",
-         "source": "laion", "method": "clip", "spec": "synthetic",
-         "error": "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA <oom>"}
-    ])
-    store.write_part("views", "views-1", [
-        {"view_key": "v-laion-1000", "source": "laion", "curation": "clip_score", "requested_size": 1000,
-         "size": 1000, "pool_size": 2000, "label_noise": 0.0, "achieved_noise": 0.0, "label_accuracy": 0.91,
-         "num_classes": 10, "funnel": {"resolution": 12, "clip_score": 340, "labels": 48, "size": 600}},
-        {"view_key": "v-laion-1000-noisy", "source": "laion", "curation": "clip_score", "requested_size": 1000,
-         "size": 1000, "pool_size": 2000, "label_noise": 0.2, "achieved_noise": 0.2, "label_accuracy": 0.73,
-         "num_classes": 10, "funnel": {"resolution": 12, "clip_score": 340, "labels": 48, "size": 600}},
-        {"view_key": "v-cc12m-4000", "source": "cc12m", "curation": "none", "requested_size": 4000,
-         "size": 3900, "pool_size": 5000, "label_noise": 0.0, "achieved_noise": 0.0, "label_accuracy": 0.66,
-         "num_classes": 10, "funnel": {"labels": 1100}},
-    ])
+    store.write_part(
+        "runs",
+        "broken",
+        [
+            {
+                "key": "bad-1",
+                "job_key": "broken",
+                "status": "failed",
+                "protocol": "finetune",
+                "downstream": "pets",
+                "source": "laion",
+                "method": "clip",
+                "spec": "synthetic",
+                "error": "Traceback (most recent call last):\n  ...\nRuntimeError: CUDA <oom>",
+            }
+        ],
+    )
+    store.write_part(
+        "views",
+        "views-1",
+        [
+            {
+                "view_key": "v-laion-1000",
+                "source": "laion",
+                "curation": "clip_score",
+                "requested_size": 1000,
+                "size": 1000,
+                "pool_size": 2000,
+                "label_noise": 0.0,
+                "achieved_noise": 0.0,
+                "label_accuracy": 0.91,
+                "num_classes": 10,
+                "funnel": {"resolution": 12, "clip_score": 340, "labels": 48, "size": 600},
+            },
+            {
+                "view_key": "v-laion-1000-noisy",
+                "source": "laion",
+                "curation": "clip_score",
+                "requested_size": 1000,
+                "size": 1000,
+                "pool_size": 2000,
+                "label_noise": 0.2,
+                "achieved_noise": 0.2,
+                "label_accuracy": 0.73,
+                "num_classes": 10,
+                "funnel": {"resolution": 12, "clip_score": 340, "labels": 48, "size": 600},
+            },
+            {
+                "view_key": "v-cc12m-4000",
+                "source": "cc12m",
+                "curation": "none",
+                "requested_size": 4000,
+                "size": 3900,
+                "pool_size": 5000,
+                "label_noise": 0.0,
+                "achieved_noise": 0.0,
+                "label_accuracy": 0.66,
+                "num_classes": 10,
+                "funnel": {"labels": 1100},
+            },
+        ],
+    )
     return store
 
 
-def calibration_rows(similarity: dict[str, dict[str, float]], gain: dict[str, dict[str, float]], *,
-                     floor: float = 0.2, pretrain_seeds=(0, 1), eval_seeds=(0, 1, 2), shots=(10, None),
-                     pretrain_noise: float = 0.01, eval_noise: float = 0.01, size: int = 3_000,
-                     method: str = "simclr", seed: int = 0) -> list[dict]:
+def calibration_rows(
+    similarity: dict[str, dict[str, float]],
+    gain: dict[str, dict[str, float]],
+    *,
+    floor: float = 0.2,
+    pretrain_seeds=(0, 1),
+    eval_seeds=(0, 1, 2),
+    shots=(10, None),
+    pretrain_noise: float = 0.01,
+    eval_noise: float = 0.01,
+    size: int = 3_000,
+    method: str = "simclr",
+    seed: int = 0,
+) -> list[dict]:
     """Linear rows of every source in ``similarity`` at one (size, method, budget) on every set, whose
     mean score is ``floor + gain[source][set]``, with per-(source, pre-training seed) and per-(set, eval
     seed) effects and noise, plus the random-init floor's rows (declared similarity as the world writes it)."""
@@ -206,20 +374,57 @@ def calibration_rows(similarity: dict[str, dict[str, float]], gain: dict[str, di
             for d in sets:
                 for s in shots:
                     for e in eval_seeds:
-                        rows.append({"key": f"{source}-{p}-{d}-{shots_label(s)}-{e}", "status": "ok",
-                                     "source": source, "method": method, "curation": "none", "label_noise": 0.0,
-                                     "pretrain_size": size, "pretrain_epochs": 10, "backbone": "resnet18",
-                                     "pretrain_seed": p, "pretrain_key": f"pt-{source}-{p}", "checkpoint_epoch": 10,
-                                     "protocol": "linear", "downstream": d, "shots": s, "eval_seed": e,
-                                     "declared_similarity": similarity[source][d], "metric": "top1", "chance": 0.05,
-                                     "score": floor + gain[source][d] + shift + luck[(d, s, e)]
-                                     + rng.normal(0, eval_noise / 3)})
+                        rows.append(
+                            {
+                                "key": f"{source}-{p}-{d}-{shots_label(s)}-{e}",
+                                "status": "ok",
+                                "source": source,
+                                "method": method,
+                                "curation": "none",
+                                "label_noise": 0.0,
+                                "pretrain_size": size,
+                                "pretrain_epochs": 10,
+                                "backbone": "resnet18",
+                                "pretrain_seed": p,
+                                "pretrain_key": f"pt-{source}-{p}",
+                                "checkpoint_epoch": 10,
+                                "protocol": "linear",
+                                "downstream": d,
+                                "shots": s,
+                                "eval_seed": e,
+                                "declared_similarity": similarity[source][d],
+                                "metric": "top1",
+                                "chance": 0.05,
+                                "score": floor
+                                + gain[source][d]
+                                + shift
+                                + luck[(d, s, e)]
+                                + rng.normal(0, eval_noise / 3),
+                            }
+                        )
     for d in sets:
         for s in shots:
             for e in eval_seeds:
-                rows.append({"key": f"floor-{d}-{shots_label(s)}-{e}", "status": "ok", "source": "none",
-                             "method": "none", "curation": "none", "label_noise": 0.0, "pretrain_size": 0,
-                             "backbone": "resnet18", "pretrain_seed": 0, "pretrain_key": "init", "checkpoint_epoch": 0,
-                             "protocol": "linear", "downstream": d, "shots": s, "eval_seed": e, "metric": "top1",
-                             "chance": 0.05, "score": floor + luck[(d, s, e)] + rng.normal(0, eval_noise / 3)})
+                rows.append(
+                    {
+                        "key": f"floor-{d}-{shots_label(s)}-{e}",
+                        "status": "ok",
+                        "source": "none",
+                        "method": "none",
+                        "curation": "none",
+                        "label_noise": 0.0,
+                        "pretrain_size": 0,
+                        "backbone": "resnet18",
+                        "pretrain_seed": 0,
+                        "pretrain_key": "init",
+                        "checkpoint_epoch": 0,
+                        "protocol": "linear",
+                        "downstream": d,
+                        "shots": s,
+                        "eval_seed": e,
+                        "metric": "top1",
+                        "chance": 0.05,
+                        "score": floor + luck[(d, s, e)] + rng.normal(0, eval_noise / 3),
+                    }
+                )
     return rows

@@ -82,7 +82,7 @@ def test_batch_augmentation_draws_the_same_crops_whatever_the_batch_holds():
     assert torch.equal(a, b)
     for i in range(6):  # each output is a shifted (zero-filled) window of its own image, maybe mirrored
         padded = torch.nn.functional.pad(x[i], (2, 2, 2, 2))
-        windows = [padded[:, r:r + 8, c:c + 8] for r in range(5) for c in range(5)]
+        windows = [padded[:, r : r + 8, c : c + 8] for r in range(5) for c in range(5)]
         assert any(torch.equal(a[i], w) or torch.equal(a[i], w.flip(-1)) for w in windows)
 
 
@@ -160,7 +160,9 @@ def test_the_curation_clip_scorer_puts_its_model_on_the_default_device(tmp_path,
     placed = []
     monkeypatch.setattr(features, "default_device", lambda: torch.device("cpu"))
     real = accel.prepare_model
-    monkeypatch.setattr(accel, "prepare_model", lambda m, d: placed.append((type(m).__name__, torch.device(d))) or real(m, d))
+    monkeypatch.setattr(
+        accel, "prepare_model", lambda m, d: placed.append((type(m).__name__, torch.device(d))) or real(m, d)
+    )
     monkeypatch.setattr(views, "_SCORERS", {})
     score = views._checkpoint_scorer(str(ckpt))
     buf = io.BytesIO()
@@ -180,8 +182,14 @@ def test_gpu_bench_script_runs_on_the_cpu_and_ends_with_its_json(tmp_path):
 
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHON=sys.executable, OUT_JSON=str(tmp_path / "gpu.json"))
-    proc = subprocess.run(["bash", "bench/gpu.sh", "--cpu", "--cache-dir", str(tmp_path / "cache")], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=300)
+    proc = subprocess.run(
+        ["bash", "bench/gpu.sh", "--cpu", "--cache-dir", str(tmp_path / "cache")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     assert out == json.loads((tmp_path / "gpu.json").read_text())
@@ -191,7 +199,9 @@ def test_gpu_bench_script_runs_on_the_cpu_and_ends_with_its_json(tmp_path):
     for r in rates.values():
         assert r["real_samples_per_s"] > 0 and r["memory_samples_per_s"] > 0 and r["skipped"] == 0
         assert r["ratio"] == pytest.approx(r["real_samples_per_s"] / r["memory_samples_per_s"])
-        dev = r["decode_device"]  # the same real shards with decode=device (batched decode_jpeg in the training process)
+        dev = r[
+            "decode_device"
+        ]  # the same real shards with decode=device (batched decode_jpeg in the training process)
         assert dev["real_samples_per_s"] > 0 and dev["skipped"] == 0
         assert dev["vs_cpu_decode"] == pytest.approx(dev["real_samples_per_s"] / r["real_samples_per_s"])
     assert out["finetune"]["images_per_s"] > 0 and out["features"]["images_per_s"] > 0

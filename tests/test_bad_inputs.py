@@ -89,33 +89,54 @@ def sources(tmp_path_factory) -> tuple[Path, dict[str, dict], dict[str, list[str
     root = tmp_path_factory.mktemp("bad-inputs")
     (root / "world.json").write_text(json.dumps({"concepts": [f"class{c}" for c in range(NUM_CLASSES)]}))
 
-    cap0 = [_caption(f"c0-{i}", i) for i in range(3)] + [
-        {**_caption("c0-garbage", 90), "jpg": GARBAGE},  # an image that does not decode
-        {k: v for k, v in _caption("c0-nocap", 91).items() if k != "txt"},  # no caption
-        {**_caption("c0-blank", 92), "txt": b"  \n"},  # an empty caption
-    ] + [_caption(f"c0-{i}", i) for i in range(3, 6)]
+    cap0 = (
+        [_caption(f"c0-{i}", i) for i in range(3)]
+        + [
+            {**_caption("c0-garbage", 90), "jpg": GARBAGE},  # an image that does not decode
+            {k: v for k, v in _caption("c0-nocap", 91).items() if k != "txt"},  # no caption
+            {**_caption("c0-blank", 92), "txt": b"  \n"},  # an empty caption
+        ]
+        + [_caption(f"c0-{i}", i) for i in range(3, 6)]
+    )
     cap1 = [_caption(f"c1-{i}", 10 + i) for i in range(5)]
     write_source(root / "captions", [cap0, cap1], cut=(1, "c1-3"))  # keeps c1-0 .. c1-2
 
-    lab0 = [_labelled(f"l0-{i}", 20 + i, i % NUM_CLASSES) for i in range(4)] + [
-        {**_labelled("l0-garbage", 93, 1), "jpg": GARBAGE},
-        _labelled("l0-big", 94, NUM_CLASSES),  # one past the last class
-        _labelled("l0-neg", 95, -1),
-        _labelled("l0-nocls", 96, None),
-    ] + [_labelled(f"l0-{i}", 20 + i, i % NUM_CLASSES) for i in range(4, 8)]
+    lab0 = (
+        [_labelled(f"l0-{i}", 20 + i, i % NUM_CLASSES) for i in range(4)]
+        + [
+            {**_labelled("l0-garbage", 93, 1), "jpg": GARBAGE},
+            _labelled("l0-big", 94, NUM_CLASSES),  # one past the last class
+            _labelled("l0-neg", 95, -1),
+            _labelled("l0-nocls", 96, None),
+        ]
+        + [_labelled(f"l0-{i}", 20 + i, i % NUM_CLASSES) for i in range(4, 8)]
+    )
     lab1 = [_labelled(f"l1-{i}", 40 + i, i % NUM_CLASSES) for i in range(6)]
     write_source(root / "labelled", [lab0, lab1], cut=(1, "l1-4"))  # keeps l1-0 .. l1-3
 
-    declared = {"captions": {"shards": str(root / "captions"), "kind": "image-text"},
-                "labelled": {"shards": str(root / "labelled"), "kind": "labelled", "num_classes": NUM_CLASSES}}
-    good = {"captions": [f"c0-{i}" for i in range(6)] + [f"c1-{i}" for i in range(3)],
-            "labelled": [f"l0-{i}" for i in range(8)] + [f"l1-{i}" for i in range(4)]}
+    declared = {
+        "captions": {"shards": str(root / "captions"), "kind": "image-text"},
+        "labelled": {"shards": str(root / "labelled"), "kind": "labelled", "num_classes": NUM_CLASSES},
+    }
+    good = {
+        "captions": [f"c0-{i}" for i in range(6)] + [f"c1-{i}" for i in range(3)],
+        "labelled": [f"l0-{i}" for i in range(8)] + [f"l1-{i}" for i in range(4)],
+    }
     return root, declared, good
 
 
 def view_cfg(source: str, declared: dict, *, labels: bool, size: int = 1000, chain=CHAIN) -> ViewConfig:
-    return ViewConfig(source=source, mixture=None, curation_name="images", curation=chain, size=size, label_noise=0.0,
-                      needs_labels=labels, seed=0, sources=declared)
+    return ViewConfig(
+        source=source,
+        mixture=None,
+        curation_name="images",
+        curation=chain,
+        size=size,
+        label_noise=0.0,
+        needs_labels=labels,
+        seed=0,
+        sources=declared,
+    )
 
 
 def view_samples(view_dir: Path) -> list[dict]:
@@ -194,8 +215,9 @@ def _inject(view_dir: Path, samples: list[dict[str, bytes]]) -> None:
     kept = view_samples(view_dir)
     for p in (view_dir / "shards").glob("*.tar"):
         p.unlink()
-    with wds.TarWriter(str(view_dir / "shards" / "shard-000000.tar"), encoder=False, mtime=0,
-                       format=tarfile.USTAR_FORMAT) as tw:
+    with wds.TarWriter(
+        str(view_dir / "shards" / "shard-000000.tar"), encoder=False, mtime=0, format=tarfile.USTAR_FORMAT
+    ) as tw:
         for s in samples + kept:
             tw.write({k: v for k, v in s.items() if k == "__key__" or not k.startswith("__")})
     for p in (view_dir / "sizes.json", view_dir / "shards" / "sizes.json"):
@@ -206,11 +228,25 @@ def test_pretraining_skips_and_counts_bad_samples(sources, tmp_path):
     root, declared, good = sources
     view = tmp_path / "view"
     build_view(view_cfg("labelled", declared, labels=True), root, view)
-    _inject(view, [{"__key__": "x-garbage", "jpg": GARBAGE, "cls": b"1", "json": b"{}", "txt": b""},
-                   {"__key__": "x-big", "jpg": _jpg(99), "cls": b"7", "json": b"{}", "txt": b""}])
+    _inject(
+        view,
+        [
+            {"__key__": "x-garbage", "jpg": GARBAGE, "cls": b"1", "json": b"{}", "txt": b""},
+            {"__key__": "x-big", "jpg": _jpg(99), "cls": b"7", "json": b"{}", "txt": b""},
+        ],
+    )
     # 14 samples, 2 steps of 5: the epoch reads each sample at most once (bad ones are counted once)
-    cfg = TrainConfig(method="supervised", backbone="test_resnet", image_size=32, epochs=1, batch_size=5, lr=1e-3,
-                      warmup_epochs=0.0, seed=0, num_classes=NUM_CLASSES)
+    cfg = TrainConfig(
+        method="supervised",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=1,
+        batch_size=5,
+        lr=1e-3,
+        warmup_epochs=0.0,
+        seed=0,
+        num_classes=NUM_CLASSES,
+    )
     summary = train_loop(cfg, view, tmp_path / "run", DistInfo())
     assert summary["epochs_trained"] == 1 and np.isfinite(summary["final_loss"])
     assert summary["steps_per_epoch"] == (len(good["labelled"]) + 2) // 5 == 2

@@ -29,7 +29,9 @@ def _section(tmp_path, rows) -> str:
 
 
 def _rho(section: str, shots: str) -> tuple[float, float, float]:
-    m = re.search(rf"<td>{shots}</td><td>\d+</td><td><b>(-?[\d.]+)</b></td><td>\[(-?[\d.]+), (-?[\d.]+)\]</td>", section)
+    m = re.search(
+        rf"<td>{shots}</td><td>\d+</td><td><b>(-?[\d.]+)</b></td><td>\[(-?[\d.]+), (-?[\d.]+)\]</td>", section
+    )
     assert m, section
     return tuple(float(x) for x in m.groups())
 
@@ -73,8 +75,11 @@ def test_one_pretraining_seed_and_too_few_sources_are_said(tmp_path):
     assert "<figure>" not in section
     # five sources, but at two sizes: no size holds four
     doubled = {"cc12m", "laion"}
-    mixed = [dict(r, pretrain_size=2 * r["pretrain_size"]) if r["source"] in doubled else r
-             for r in rows if r["source"] in ("cc3m", "cc12m", "redcaps", "laion", "wit", "none")]
+    mixed = [
+        dict(r, pretrain_size=2 * r["pretrain_size"]) if r["source"] in doubled else r
+        for r in rows
+        if r["source"] in ("cc3m", "cc12m", "redcaps", "laion", "wit", "none")
+    ]
     assert "at most 3 at any one" in _section(tmp_path, mixed)
 
 
@@ -92,9 +97,19 @@ def test_rows_carry_the_declared_similarity_of_the_world(tmp_path):
     ctx = RunContext(spec_name="t", workdir=tmp_path / "work", world_dir=world, code_version="test")
 
     def row(source: str, downstream: str, context=ctx) -> dict:
-        coords = {"pretrain_key": "p", "source": source, "curation": "none", "label_noise": 0.0, "method": "simclr",
-                  "backbone": "resnet18", "pretrain_epochs": 10, "checkpoint_epoch": 10, "pretrain_seed": 0,
-                  "downstream": downstream, "protocol": "linear"}
+        coords = {
+            "pretrain_key": "p",
+            "source": source,
+            "curation": "none",
+            "label_noise": 0.0,
+            "method": "simclr",
+            "backbone": "resnet18",
+            "pretrain_epochs": 10,
+            "checkpoint_epoch": 10,
+            "pretrain_seed": 0,
+            "downstream": downstream,
+            "protocol": "linear",
+        }
         return base_row(Job("eval", "k", {}, coords=coords), context)
 
     assert row("laion", "cifar100")["declared_similarity"] == pytest.approx(table["laion"]["cifar100"])

@@ -19,8 +19,16 @@ SCALE = 0.1
 
 
 def _cfg(**kw) -> ViewConfig:
-    base = dict(source="laion", mixture=None, curation_name="c", curation=(), size=100_000, label_noise=0.0,
-                needs_labels=False, seed=0)
+    base = dict(
+        source="laion",
+        mixture=None,
+        curation_name="c",
+        curation=(),
+        size=100_000,
+        label_noise=0.0,
+        needs_labels=False,
+        seed=0,
+    )
     return ViewConfig(**{**base, **kw})
 
 
@@ -52,6 +60,7 @@ def _plant_test_copies(world: Path, out: Path, n_copies: int) -> list[str]:
     out.mkdir(parents=True)
     planted = []
     with tarfile.open(out / "00000.tar", "w") as tf:
+
         def add(key: str, ext: str, data: bytes) -> None:
             info = tarfile.TarInfo(f"{key}.{ext}")
             info.size = len(data)
@@ -99,10 +108,14 @@ def test_spec_validates_curation(tmp_path):
             parse_spec(data)
 
     bad(lambda d: d["curation"]["clean"].append({"step": "clip_score", "top_fraction": 2}), "top_fraction must lie in")
-    bad(lambda d: d["curation"]["clean"].append({"step": "caption_language", "languages": ["xx"]}),
-        r"unknown language\(s\) \['xx'\]")
-    bad(lambda d: d["curation"]["clean"].append({"step": "dedup", "against": ["cifar100"]}),
-        "dedup against \\['cifar100'\\]: not sets of this spec")
+    bad(
+        lambda d: d["curation"]["clean"].append({"step": "caption_language", "languages": ["xx"]}),
+        r"unknown language\(s\) \['xx'\]",
+    )
+    bad(
+        lambda d: d["curation"]["clean"].append({"step": "dedup", "against": ["cifar100"]}),
+        "dedup against \\['cifar100'\\]: not sets of this spec",
+    )
     bad(lambda d: d["pretrain"]["grids"][1].update(noise_model="pairs"), "noise_model")
     bad(lambda d: d.update(sources={"mine": {"shard": "x/{0..3}.tar"}}), "did you mean 'shards'")
 
@@ -129,8 +142,11 @@ def test_data_curate_builds_views_and_plan_shows_funnels(world, tmp_path, run_tb
         "workdir": str(tmp_path / "work"),
         "store": str(tmp_path / "store"),
         "curation": {"none": [], "english": [{"step": "caption_language"}, {"step": "dedup"}]},
-        "pretrain": {"grids": [{"sources": ["laion"], "sizes": [100], "curation": ["none", "english"],
-                                "label_noise": [0.0, 0.25]}]},
+        "pretrain": {
+            "grids": [
+                {"sources": ["laion"], "sizes": [100], "curation": ["none", "english"], "label_noise": [0.0, 0.25]}
+            ]
+        },
         "downstream": {"sets": ["dtd"], "protocols": [{"name": "linear", "shots": [1]}]},
     }
     path = tmp_path / "curate.yaml"
@@ -149,8 +165,11 @@ def test_data_curate_builds_views_and_plan_shows_funnels(world, tmp_path, run_tb
     assert "caption_language -" in plan.output and "not built" not in plan.output
     from results.store import Store
 
-    rows = Store(tmp_path / "store").query("SELECT curation, label_noise, achieved_noise, label_accuracy, funnel "
-                                           "FROM views ORDER BY 1, 2").to_dict("records")
+    rows = (
+        Store(tmp_path / "store")
+        .query("SELECT curation, label_noise, achieved_noise, label_accuracy, funnel FROM views ORDER BY 1, 2")
+        .to_dict("records")
+    )
     assert len(rows) == 4 and all(r["label_accuracy"] > 0 for r in rows)
     assert [abs(r["achieved_noise"] - r["label_noise"]) <= 0.01 for r in rows] == [True] * 4
     assert list(json.loads(rows[0]["funnel"])) == ["caption_language", "dedup", "labels_from_captions", "size_subset"]

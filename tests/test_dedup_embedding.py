@@ -70,26 +70,34 @@ def test_exact_flipped_and_jittered_copies_are_found_distinct_images_kept(world,
     res = D.embedding_duplicates(emb, 0.995)
     assert res.num_clusters == n
     for k in range(1, 4):  # every copy is in its original's cluster
-        assert (res.cluster[k * n:(k + 1) * n] == res.cluster[:n]).all()
+        assert (res.cluster[k * n : (k + 1) * n] == res.cluster[:n]).all()
     assert len(np.unique(res.cluster[:n])) == n  # distinct images stay apart
     assert not res.remove[:n].any() and res.remove[n:].all()
 
 
 def _spec(tmp_path: Path, step: dict, models: dict | None = None) -> dict:
-    return {"name": "emb", "workdir": str(tmp_path / "w"), "store": str(tmp_path / "s"), "world": {"scale": 0.1},
-            "curation": {"none": [], "sem": [{"step": "dedup", **step}]}, "models": models or {},
-            "pretrain": {"grids": [{"sources": ["laion"], "sizes": [100], "curation": ["sem"]}]},
-            "downstream": {"sets": ["dtd"], "protocols": [{"name": "linear", "shots": [5]}]}}
+    return {
+        "name": "emb",
+        "workdir": str(tmp_path / "w"),
+        "store": str(tmp_path / "s"),
+        "world": {"scale": 0.1},
+        "curation": {"none": [], "sem": [{"step": "dedup", **step}]},
+        "models": models or {},
+        "pretrain": {"grids": [{"sources": ["laion"], "sizes": [100], "curation": ["sem"]}]},
+        "downstream": {"sets": ["dtd"], "protocols": [{"name": "linear", "shots": [5]}]},
+    }
 
 
 def test_bad_model_or_cosine_is_a_spec_error_naming_the_field(tmp_path, tiny_encoder):
     from harness.spec import parse_spec
 
-    cases = [({"model": "nope", "cosine": 0.9}, r"curation.*sem\.0\.model: 'nope' is neither a model"),
-             ({"model": str(tiny_encoder), "cosine": 1.5}, r"cosine must be a cosine similarity in \(0, 1\]"),
-             ({"model": str(tiny_encoder), "cosine": 0}, r"cosine must be a cosine similarity in \(0, 1\]"),
-             ({"cosine": 0.9}, "cosine needs model"),
-             ({"model": str(tiny_encoder), "threshold": 3}, "with model give cosine")]
+    cases = [
+        ({"model": "nope", "cosine": 0.9}, r"curation.*sem\.0\.model: 'nope' is neither a model"),
+        ({"model": str(tiny_encoder), "cosine": 1.5}, r"cosine must be a cosine similarity in \(0, 1\]"),
+        ({"model": str(tiny_encoder), "cosine": 0}, r"cosine must be a cosine similarity in \(0, 1\]"),
+        ({"cosine": 0.9}, "cosine needs model"),
+        ({"model": str(tiny_encoder), "threshold": 3}, "with model give cosine"),
+    ]
     for step, pattern in cases:
         with pytest.raises(ValueError, match=pattern):
             parse_spec(_spec(tmp_path, step))
@@ -127,8 +135,16 @@ def test_a_view_deduplicated_by_embeddings(world, tmp_path, tiny_encoder):
     from curation.views import ViewConfig, build_view
 
     step = ("dedup", {"model": str(tiny_encoder), "cosine": 0.995, "against": ["dtd"]})
-    cfg = ViewConfig(source="laion", mixture=None, curation_name="sem", curation=(step,), size=50,
-                     label_noise=0.0, needs_labels=False, seed=0)
+    cfg = ViewConfig(
+        source="laion",
+        mixture=None,
+        curation_name="sem",
+        curation=(step,),
+        size=50,
+        label_noise=0.0,
+        needs_labels=False,
+        seed=0,
+    )
     m = build_view(cfg, world, tmp_path / "v")
     rep = m["steps"]["dedup"]
     assert rep["method"] == "embedding" and rep["cosine"] == 0.995 and "dtd" in rep["overlap"]

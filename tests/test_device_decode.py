@@ -33,7 +33,9 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
     return buf.getvalue()
 
 
-def write_jpeg_view(root: Path, n: int = 128, shards: int = 2, png_every: int = 16, undecodable: tuple[int, ...] = ()) -> Path:
+def write_jpeg_view(
+    root: Path, n: int = 128, shards: int = 2, png_every: int = 16, undecodable: tuple[int, ...] = ()
+) -> Path:
     """Labelled JPEG shards (class = colour) of mixed sizes; every ``png_every``-th sample is a PNG (the fallback);
     ``undecodable`` samples are JPEGs cut at their scan (the header reads, the image does not decode)."""
     rng = np.random.default_rng(0)
@@ -51,7 +53,7 @@ def write_jpeg_view(root: Path, n: int = 128, shards: int = 2, png_every: int = 
                 data = _encode(img, fmt)
                 if i in undecodable:
                     field, data = "jpg", _encode(img, "JPEG")
-                    data = data[:data.index(b"\xff\xda")]
+                    data = data[: data.index(b"\xff\xda")]
                 sink.write({"__key__": f"{i:08d}", field: data, "txt": f"colour {label}", "cls": str(label)})
         sizes[name] = len(idx)
     (root / "sizes.json").write_text(json.dumps(sizes))
@@ -65,8 +67,16 @@ def jpeg_view(tmp_path_factory) -> Path:
 
 def _encoded_batch(view: Path, **kw) -> dict:
     """One loader batch of encoded images (the loader's side of decode: device, without decoding)."""
-    loader = make_train_loader(view, pipeline="image_label", batch_size=16, num_batches=1, image_size=32, seed=0,
-                               pipeline_options={"num_classes": 4, "encoded": True}, **kw)
+    loader = make_train_loader(
+        view,
+        pipeline="image_label",
+        batch_size=16,
+        num_batches=1,
+        image_size=32,
+        seed=0,
+        pipeline_options={"num_classes": 4, "encoded": True},
+        **kw,
+    )
     loader.set_epoch(1)
     return next(iter(loader))
 
@@ -104,8 +114,15 @@ def test_batch_augmentation_has_the_size_and_replays_for_a_seed(jpeg_view):
 
 def test_the_device_loader_gives_the_pipeline_keys_and_replays_an_epoch(jpeg_view):
     def first(epoch: int) -> dict:
-        loader = make_train_loader(jpeg_view, pipeline="two_views", batch_size=8, num_batches=2, image_size=32, seed=3,
-                                   batch_decode=for_device("cpu"))
+        loader = make_train_loader(
+            jpeg_view,
+            pipeline="two_views",
+            batch_size=8,
+            num_batches=2,
+            image_size=32,
+            seed=3,
+            batch_decode=for_device("cpu"),
+        )
         loader.set_epoch(epoch)
         return next(iter(loader))
 
@@ -117,8 +134,17 @@ def test_the_device_loader_gives_the_pipeline_keys_and_replays_an_epoch(jpeg_vie
 
 def test_an_image_that_does_not_decode_is_replaced_with_its_fields_and_counted(tmp_path):
     view = write_jpeg_view(tmp_path / "v", n=16, shards=1, png_every=100, undecodable=(5,))
-    loader = make_train_loader(view, pipeline="image_label", batch_size=16, num_batches=1, image_size=32, seed=0,
-                               shuffle_buffer=1, pipeline_options={"num_classes": 4}, batch_decode=for_device("cpu"))
+    loader = make_train_loader(
+        view,
+        pipeline="image_label",
+        batch_size=16,
+        num_batches=1,
+        image_size=32,
+        seed=0,
+        shuffle_buffer=1,
+        pipeline_options={"num_classes": 4},
+        batch_decode=for_device("cpu"),
+    )
     loader.set_epoch(1)
     batch = next(iter(loader))
     assert loader.skipped == 1 and batch["image"].shape == (16, 3, 32, 32)
@@ -129,8 +155,19 @@ def test_an_image_that_does_not_decode_is_replaced_with_its_fields_and_counted(t
 
 
 def test_a_supervised_run_with_device_decode_trains(jpeg_view, tmp_path):
-    cfg = TrainConfig(method="supervised", backbone="test_resnet", image_size=32, epochs=2, save_epochs=(2,),
-                      batch_size=16, lr=3e-3, warmup_epochs=0.5, seed=0, num_classes=4, decode="device")
+    cfg = TrainConfig(
+        method="supervised",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=2,
+        save_epochs=(2,),
+        batch_size=16,
+        lr=3e-3,
+        warmup_epochs=0.5,
+        seed=0,
+        num_classes=4,
+        decode="device",
+    )
     seen: list[dict] = []
     train_loop(cfg, jpeg_view, tmp_path, DistInfo(), seen.append)
     assert [r["epoch"] for r in seen] == [1, 2] and all(np.isfinite(r["loss"]) for r in seen)

@@ -31,6 +31,7 @@ torch.set_num_threads(1)
 
 # --------------------------------------------------------------------------------------------- fixtures
 
+
 @pytest.fixture
 def world(monkeypatch):
     """A patched ``downstream.sets``: ``world.add(name, metric, {split: (images, labels)}, class_names)``."""
@@ -54,8 +55,9 @@ def world(monkeypatch):
     def add(name, metric, data, class_names):
         registry.register(name, SimpleNamespace(name=name, metric=metric, description="test set", origin="test"))
         for split, (images, labels) in data.items():
-            splits[(name, split)] = SimpleNamespace(images=images, labels=np.asarray(labels, dtype=np.int64),
-                                                    class_names=list(class_names))
+            splits[(name, split)] = SimpleNamespace(
+                images=images, labels=np.asarray(labels, dtype=np.int64), class_names=list(class_names)
+            )
 
     monkeypatch.setattr(sets_mod, "DOWNSTREAM", registry, raising=False)
     monkeypatch.setattr(sets_mod, "load_split", load_split, raising=False)
@@ -82,6 +84,7 @@ def write_cache(out_dir: Path, splits: dict[str, tuple[np.ndarray, np.ndarray]],
 
 
 # --------------------------------------------------------------------------------------------- shots
+
 
 def test_shot_sets_are_nested_across_k_for_a_seed():
     rng = np.random.default_rng(0)
@@ -119,6 +122,7 @@ def test_sample_shots_rejects_bad_k(bad):
 
 # --------------------------------------------------------------------------------------------- metrics
 
+
 def test_balanced_accuracy_on_an_imbalanced_example():
     from sklearn.metrics import balanced_accuracy_score
 
@@ -138,6 +142,7 @@ def test_balanced_accuracy_on_an_imbalanced_example():
 
 
 # --------------------------------------------------------------------------------------------- probe
+
 
 def test_probe_matches_sklearn_on_a_separable_problem():
     from sklearn.linear_model import LogisticRegression
@@ -173,8 +178,10 @@ def test_probe_ties_go_to_the_strongest_regularisation():
 def test_linear_protocol_selection_never_reads_test(world, tmp_path):
     rng = np.random.default_rng(3)
     centres = rng.normal(0, 0.8, size=(4, 16))
-    splits = {s: gaussian_features(n, centres, rng, noise=1.0) for s, n in
-              (("train", 200), ("validation", 200), ("test", 300))}
+    splits = {
+        s: gaussian_features(n, centres, rng, noise=1.0)
+        for s, n in (("train", 200), ("validation", 200), ("test", 300))
+    }
     names = ["a", "b", "c", "d"]
     world.add("toy", "balanced_acc", {}, names)
     clean, poisoned = tmp_path / "clean", tmp_path / "poisoned"
@@ -183,8 +190,14 @@ def test_linear_protocol_selection_never_reads_test(world, tmp_path):
     write_cache(poisoned, {**splits, "test": (X_test, rng.permutation(y_test))}, names)
 
     def run(features_dir):
-        req = EvalRequest(set_name="toy", data_root=tmp_path, checkpoint=tmp_path / "unused.pt",
-                          features_dir=features_dir, shots=(2, 10, None), seeds=(0, 1))
+        req = EvalRequest(
+            set_name="toy",
+            data_root=tmp_path,
+            checkpoint=tmp_path / "unused.pt",
+            features_dir=features_dir,
+            shots=(2, 10, None),
+            seeds=(0, 1),
+        )
         return PROTOCOLS.get("linear").run(req)
 
     def strip(sweep):  # everything but timings
@@ -204,14 +217,17 @@ def test_linear_protocol_selection_never_reads_test(world, tmp_path):
 
 # --------------------------------------------------------------------------------------------- features
 
+
 def test_feature_cache_round_trip(world, tmp_path):
     rng = np.random.default_rng(4)
     torch.manual_seed(0)
     encoder = build_encoder("test_resnet", 32)
     ckpt = tmp_path / "ckpt.pt"
     save_encoder(ckpt, encoder, encoder_meta(encoder, "test_resnet", 32))
-    data = {s: (rng.integers(0, 256, size=(n, 24, 24, 3), dtype=np.uint8), rng.integers(0, 3, n))
-            for s, n in (("train", 20), ("validation", 9), ("test", 7))}
+    data = {
+        s: (rng.integers(0, 256, size=(n, 24, 24, 3), dtype=np.uint8), rng.integers(0, 3, n))
+        for s, n in (("train", 20), ("validation", 9), ("test", 7))
+    }
     world.add("toy", "top1", data, ["x", "y", "z"])
     out = tmp_path / "features"
     summary = feat.extract_features(ckpt, "toy", tmp_path, out, batch_size=8, num_threads=1)
@@ -242,6 +258,7 @@ def test_prepare_images_resizes_and_checks_input():
 
 # --------------------------------------------------------------------------------------------- fine-tuning
 
+
 def test_augmentation_keeps_shape_and_content():
     gen = torch.Generator().manual_seed(0)
     x = torch.arange(2 * 3 * 8 * 8, dtype=torch.int64).reshape(2, 3, 8, 8).to(torch.uint8)
@@ -271,8 +288,15 @@ def test_finetune_learns_colour_and_is_deterministic():
     assert max(c["val_score"] for c in res.curve) == res.val_score
     assert res.curve[-1]["train_loss"] < res.curve[0]["train_loss"]
     assert all(torch.equal(v, encoder.state_dict()[k]) for k, v in before.items())  # input untouched
-    again = finetune(encoder, meta, *splits, num_classes=4, metric="top1",
-                     config=FinetuneConfig(epochs=2, lrs=(res.lr,), batch_size=16, seed=0), device="cpu")
+    again = finetune(
+        encoder,
+        meta,
+        *splits,
+        num_classes=4,
+        metric="top1",
+        config=FinetuneConfig(epochs=2, lrs=(res.lr,), batch_size=16, seed=0),
+        device="cpu",
+    )
     assert [c["train_loss"] for c in again.curve] == [c["train_loss"] for c in res.curve]
 
 
@@ -287,8 +311,16 @@ def test_finetune_protocol_plumbing(world, tmp_path):
         y = np.tile(np.arange(3), n // 3)
         data[split] = (colour_images(y, 16, rng), y)
     world.add("colours", "top1", data, ["red", "green", "blue"])
-    req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None,
-                      shots=(2, None), seeds=(0,), epochs=1, lrs=(1e-3,))
+    req = EvalRequest(
+        set_name="colours",
+        data_root=tmp_path,
+        checkpoint=ckpt,
+        features_dir=None,
+        shots=(2, None),
+        seeds=(0,),
+        epochs=1,
+        lrs=(1e-3,),
+    )
     entry = PROTOCOLS.get("finetune")
     assert not entry.needs_features and PROTOCOLS.get("linear").needs_features
     results = entry.run(req)
@@ -302,6 +334,7 @@ def test_finetune_protocol_plumbing(world, tmp_path):
 
 
 # --------------------------------------------------------------------------------------------- lp_ft, scratch, zero-shot
+
 
 def _colour_set(world, tmp_path, name="colours", size=16, metric="top1", seed=6):
     rng = np.random.default_rng(seed)
@@ -341,8 +374,16 @@ def test_fine_tuning_protocols_never_select_on_test(world, tmp_path, protocol):
         assert PROTOCOLS.get(protocol).needs_features and PROTOCOLS.get(protocol).trains
 
     def run(name):
-        req = EvalRequest(set_name=name, data_root=tmp_path, checkpoint=ckpt, features_dir=feats,
-                          shots=(4,), seeds=(0,), epochs=2, lrs=(1e-3, 1e-2))
+        req = EvalRequest(
+            set_name=name,
+            data_root=tmp_path,
+            checkpoint=ckpt,
+            features_dir=feats,
+            shots=(4,),
+            seeds=(0,),
+            epochs=2,
+            lrs=(1e-3, 1e-2),
+        )
         return PROTOCOLS.get(protocol).run(req)[0]
 
     clean, poisoned = run("colours"), run("poisoned")
@@ -383,8 +424,9 @@ def test_lp_ft_never_selects_worse_than_its_probe_on_validation(world, tmp_path)
     ckpt = _checkpoint(tmp_path)
     feats = tmp_path / "feats"
     feat.extract_features(ckpt, "colours", tmp_path, feats)
-    probe_req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=feats,
-                            shots=(None,), seeds=(0,))
+    probe_req = EvalRequest(
+        set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=feats, shots=(None,), seeds=(0,)
+    )
     probe = PROTOCOLS.get("linear").run(probe_req)[0]
     wrecked = PROTOCOLS.get("lp_ft").run(dataclasses.replace(probe_req, epochs=2, lrs=(50.0,), batch_size=4))[0]
     assert wrecked.hparams["selected_start"] and wrecked.hparams["epoch"] == 0
@@ -412,9 +454,15 @@ def test_batchnorm_statistics_frozen_from_pretrained_weights_only(pretrained, mo
     meta = encoder_meta(encoder, "test_resnet", 16)
     y = np.tile(np.arange(2), 8)
     splits = [(colour_images(y, 16, rng), y.astype(np.int64)) for _ in range(3)]
-    res = finetune(encoder, meta, *splits, num_classes=2, config=FinetuneConfig(epochs=1, lrs=(1e-2,), batch_size=4,
-                                                                                  min_steps=6),
-                   device="cpu", pretrained=pretrained)
+    res = finetune(
+        encoder,
+        meta,
+        *splits,
+        num_classes=2,
+        config=FinetuneConfig(epochs=1, lrs=(1e-2,), batch_size=4, min_steps=6),
+        device="cpu",
+        pretrained=pretrained,
+    )
     assert res.hparams["bn"] == ("frozen" if pretrained else "train")
     assert res.hparams["epochs"] == 2 and res.hparams["total_steps"] == 8  # 4 steps an epoch, stretched to >= 6
     bn_before = {k: v for k, v in encoder.state_dict().items() if "running_mean" in k}
@@ -432,8 +480,15 @@ def test_batchnorm_statistics_frozen_from_pretrained_weights_only(pretrained, mo
 
     ft_mod._snapshot = spy
     try:
-        finetune(encoder, meta, *splits, num_classes=2, config=FinetuneConfig(epochs=1, lrs=(1e-2,), batch_size=4),
-                 device="cpu", pretrained=pretrained)
+        finetune(
+            encoder,
+            meta,
+            *splits,
+            num_classes=2,
+            config=FinetuneConfig(epochs=1, lrs=(1e-2,), batch_size=4),
+            device="cpu",
+            pretrained=pretrained,
+        )
     finally:
         ft_mod._snapshot = real
     changed = any(not torch.equal(captured[k], v) for k, v in bn_before.items())
@@ -443,8 +498,16 @@ def test_batchnorm_statistics_frozen_from_pretrained_weights_only(pretrained, mo
 def test_scratch_is_seeded_by_the_eval_seed(world, tmp_path):
     _colour_set(world, tmp_path)
     ckpt = _checkpoint(tmp_path)
-    req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None,
-                      shots=(2,), seeds=(0, 1, 0), epochs=2, lrs=(1e-2,))
+    req = EvalRequest(
+        set_name="colours",
+        data_root=tmp_path,
+        checkpoint=ckpt,
+        features_dir=None,
+        shots=(2,),
+        seeds=(0, 1, 0),
+        epochs=2,
+        lrs=(1e-2,),
+    )
     a, b, c = PROTOCOLS.get("scratch").run(req)
     assert (a.hparams["init_seed"], b.hparams["init_seed"]) == (0, 1)
     # the first epoch's loss is ln(3) for any encoder (the head starts at zero); the second is not
@@ -476,11 +539,16 @@ def test_zeroshot_scores_prompts_through_the_text_tower(world, tmp_path):
 
     data = _colour_set(world, tmp_path, size=32)
     ckpt = _clip_checkpoint(tmp_path / "clip.pt")
-    req = EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None,
-                      shots=(0,), seeds=(0,))
+    req = EvalRequest(
+        set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None, shots=(0,), seeds=(0,)
+    )
     (r,) = PROTOCOLS.get("zeroshot").run(req)
     assert r.shots == 0 and r.num_classes == 3 and r.chance == pytest.approx(1 / 3)
-    assert r.hparams["templates"] == list(templates_for("colours")) and r.hparams["class_prompts"] == ["red", "green", "blue"]
+    assert r.hparams["templates"] == list(templates_for("colours")) and r.hparams["class_prompts"] == [
+        "red",
+        "green",
+        "blue",
+    ]
     # The score is what the text tower's class weights give, computed by hand.
     model, tok, meta = load_zeroshot_model(ckpt)
     w = class_weights(model, tok, ["red", "green", "blue"], templates_for("colours"))
@@ -495,15 +563,35 @@ def test_zeroshot_scores_prompts_through_the_text_tower(world, tmp_path):
         net[1].weight.copy_(torch.from_numpy(W)), net[1].bias.copy_(torch.from_numpy(b))
         torch.testing.assert_close(net(feat.normalise(x, mean, std)), logits, rtol=1e-4, atol=1e-3)
     with pytest.raises(ValueError, match="shots 0"):
-        PROTOCOLS.get("zeroshot").run(EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt,
-                                                  features_dir=None, shots=(1,), seeds=(0,)))
+        PROTOCOLS.get("zeroshot").run(
+            EvalRequest(
+                set_name="colours", data_root=tmp_path, checkpoint=ckpt, features_dir=None, shots=(1,), seeds=(0,)
+            )
+        )
     with pytest.raises(ValueError, match="text tower"):
-        PROTOCOLS.get("zeroshot").run(EvalRequest(set_name="colours", data_root=tmp_path,
-                                                  checkpoint=_checkpoint(tmp_path, 32), features_dir=None,
-                                                  shots=(0,), seeds=(0,)))
-    ft = PROTOCOLS.get("finetune").run(EvalRequest(set_name="colours", data_root=tmp_path, checkpoint=ckpt,
-                                                   features_dir=None, shots=(2,), seeds=(0,), epochs=1,
-                                                   lrs=(1e-4,), head_init="zeroshot"))[0]
+        PROTOCOLS.get("zeroshot").run(
+            EvalRequest(
+                set_name="colours",
+                data_root=tmp_path,
+                checkpoint=_checkpoint(tmp_path, 32),
+                features_dir=None,
+                shots=(0,),
+                seeds=(0,),
+            )
+        )
+    ft = PROTOCOLS.get("finetune").run(
+        EvalRequest(
+            set_name="colours",
+            data_root=tmp_path,
+            checkpoint=ckpt,
+            features_dir=None,
+            shots=(2,),
+            seeds=(0,),
+            epochs=1,
+            lrs=(1e-4,),
+            head_init="zeroshot",
+        )
+    )[0]
     assert ft.hparams["head_init"] == "zeroshot" and ft.hparams["templates"] == list(templates_for("colours"))
 
 
@@ -518,6 +606,7 @@ def test_balanced_sets_weight_classes_equally_in_fine_tuning():
 
 
 # --------------------------------------------------------------------------------------------- spectra
+
 
 def test_spectra_k80_and_effective_rank():
     from downstream.spectra import effective_rank, k_mass, spectrum, summarise

@@ -48,14 +48,21 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert counts == {"n": planned, "k": planned, "ok": planned}
     parts = sorted((tmp_path / "store" / "runs").glob("*.parquet"))
     mtimes = {p: p.stat().st_mtime_ns for p in parts}
-    views = query("SELECT source, curation, requested_size, size, label_noise, achieved_noise, label_accuracy, "
-                  "funnel, noise_model, details FROM views ORDER BY 1, 3, 5")
+    views = query(
+        "SELECT source, curation, requested_size, size, label_noise, achieved_noise, label_accuracy, "
+        "funnel, noise_model, details FROM views ORDER BY 1, 3, 5"
+    )
     assert len(views) == 4 and all(v["size"] > 0 for v in views)
     curated = [v for v in views if v["curation"] == "clean"]
     assert len(curated) == 2 and {v["label_noise"] for v in curated} == {0.0, 0.2}
     for v in curated:  # the funnel in step order, label accuracy against the world's truth, the noise achieved
-        assert list(json.loads(v["funnel"])) == ["caption_language", "clip_score", "dedup", "labels_from_captions",
-                                                 "size_subset"]
+        assert list(json.loads(v["funnel"])) == [
+            "caption_language",
+            "clip_score",
+            "dedup",
+            "labels_from_captions",
+            "size_subset",
+        ]
         assert json.loads(v["funnel"])["caption_language"] > 0 and 0 < v["label_accuracy"] < 1
         assert abs(v["achieved_noise"] - v["label_noise"]) <= 0.01
         overlap = json.loads(v["details"])["steps"]["dedup"]["overlap"]
@@ -75,8 +82,10 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert len(squares) == checkpoints * 3 * 2 and all(r["num_classes"] == 2 for r in squares)
     assert json.loads(squares[0]["hparams"])["num_train"] > 0
     # spectra: every feature cache, every split; convergence against scratch for finetune and lp_ft
-    (spec_counts,) = query("SELECT count(DISTINCT job_key) AS caches, count(DISTINCT key) AS spectra, "
-                           "min(k80) AS k80, min(effective_rank) AS erank FROM spectra")
+    (spec_counts,) = query(
+        "SELECT count(DISTINCT job_key) AS caches, count(DISTINCT key) AS spectra, "
+        "min(k80) AS k80, min(effective_rank) AS erank FROM spectra"
+    )
     assert spec_counts["caches"] == checkpoints * 3 and spec_counts["spectra"] == checkpoints * 3 * 3
     assert spec_counts["k80"] >= 1 and spec_counts["erank"] >= 1
     gaps = query("SELECT protocol, count(*) AS n FROM convergence_gaps GROUP BY protocol ORDER BY protocol")
@@ -126,5 +135,5 @@ def _image_folder(root: Path) -> None:
             for i in range(n):
                 size = 24 if i % 2 else 40
                 img = rng.integers(0, 80, size=(size, size, 3), dtype=np.uint8)
-                img[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = colour
+                img[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = colour
                 Image.fromarray(img).save(d / f"{i:03d}.png")

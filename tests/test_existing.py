@@ -48,12 +48,24 @@ def weights(tmp_path_factory) -> dict[str, Path]:
     torch.save(oc, d / "oc.pt")
     save_file(oc, d / "oc.safetensors")
     # what open_clip's training writes: epoch, name, DDP-wrapped state dict, optimizer
-    torch.save({"epoch": 3, "name": "run", "state_dict": {f"module.{k}": v for k, v in oc.items()},
-                "optimizer": {"state": {}, "param_groups": []}}, d / "epoch_3.pt")
+    torch.save(
+        {
+            "epoch": 3,
+            "name": "run",
+            "state_dict": {f"module.{k}": v for k, v in oc.items()},
+            "optimizer": {"state": {}, "param_groups": []},
+        },
+        d / "epoch_3.pt",
+    )
     torch.save(tm, d / "tm.pth")
     save_file(tm, d / "tm.safetensors")
-    return {"oc_plain": d / "oc.pt", "oc_safetensors": d / "oc.safetensors", "oc_training": d / "epoch_3.pt",
-            "timm_plain": d / "tm.pth", "timm_safetensors": d / "tm.safetensors"}
+    return {
+        "oc_plain": d / "oc.pt",
+        "oc_safetensors": d / "oc.safetensors",
+        "oc_training": d / "epoch_3.pt",
+        "timm_plain": d / "tm.pth",
+        "timm_safetensors": d / "tm.safetensors",
+    }
 
 
 def _model(fmt: str, path: Path, name: str = "m", **kw) -> ExistingModel:
@@ -116,27 +128,44 @@ def test_bad_models_fail_naming_the_model_and_what_is_valid(weights, tmp_path):
 
 
 def _spec(models: dict, world: Path, tmp_path: Path, **downstream) -> dict:
-    return {"name": "existing", "world": {"seed": 0, "scale": 0.1, "dir": str(world)},
-            "workdir": str(tmp_path / "work"), "store": str(tmp_path / "store"), "models": models,
-            "downstream": {"sets": ["dtd"], "eval_seeds": [0], **downstream,
-                           "protocols": downstream.get("protocols", [{"name": "linear", "shots": [5]}])}}
+    return {
+        "name": "existing",
+        "world": {"seed": 0, "scale": 0.1, "dir": str(world)},
+        "workdir": str(tmp_path / "work"),
+        "store": str(tmp_path / "store"),
+        "models": models,
+        "downstream": {
+            "sets": ["dtd"],
+            "eval_seeds": [0],
+            **downstream,
+            "protocols": downstream.get("protocols", [{"name": "linear", "shots": [5]}]),
+        },
+    }
 
 
 def test_a_misfit_fails_before_any_work(weights, world, tmp_path):
     """The runner loads every model to import before anything runs (no job folder, no Ray)."""
     from harness.runner import run
 
-    spec = parse_spec(_spec({"ok": {"framework": "timm", "arch": TIMM_ARCH, "weights": str(weights["timm_plain"])},
-                             "bad": {"framework": "timm", "arch": "test_vit", "weights": str(weights["timm_plain"])}},
-                            world, tmp_path))
+    spec = parse_spec(
+        _spec(
+            {
+                "ok": {"framework": "timm", "arch": TIMM_ARCH, "weights": str(weights["timm_plain"])},
+                "bad": {"framework": "timm", "arch": "test_vit", "weights": str(weights["timm_plain"])},
+            },
+            world,
+            tmp_path,
+        )
+    )
     with pytest.raises(ModelError, match="model 'bad'"):
         run(spec, progress=False)
     assert not [p for p in (tmp_path / "work").glob("*/*")], "work started before the models were checked"
 
 
 def test_missing_weights_fail_at_planning(world, tmp_path):
-    spec = parse_spec(_spec({"lost": {"framework": "timm", "arch": TIMM_ARCH, "weights": str(tmp_path / "x.pt")}},
-                            world, tmp_path))
+    spec = parse_spec(
+        _spec({"lost": {"framework": "timm", "arch": TIMM_ARCH, "weights": str(tmp_path / "x.pt")}}, world, tmp_path)
+    )
     with pytest.raises(ModelError, match="model 'lost'.*no weights file"):
         make_plan(spec)
 
@@ -146,9 +175,15 @@ def test_keys_hold_the_weights_content_and_rows_their_provenance(weights, world,
     zero-shot is planned for open_clip models only; describes fills the pre-training coordinates."""
     copy = tmp_path / "copy.pth"
     copy.write_bytes(weights["timm_plain"].read_bytes())
-    models = {"oc": {"framework": "open_clip", "arch": OC_ARCH, "weights": str(weights["oc_plain"]),
-                     "describes": {"source": "laion", "method": "clip", "pretrain_size": 5000}},
-              "tm": {"framework": "timm", "arch": TIMM_ARCH, "weights": str(copy)}}
+    models = {
+        "oc": {
+            "framework": "open_clip",
+            "arch": OC_ARCH,
+            "weights": str(weights["oc_plain"]),
+            "describes": {"source": "laion", "method": "clip", "pretrain_size": 5000},
+        },
+        "tm": {"framework": "timm", "arch": TIMM_ARCH, "weights": str(copy)},
+    }
     protocols = [{"name": "linear", "shots": [5]}, {"name": "zeroshot", "shots": [0]}]
     plan = make_plan(parse_spec(_spec(models, world, tmp_path, protocols=protocols)))
     jobs = {j.coords["model"]: j for j in plan.of_kind("model")}
@@ -185,9 +220,11 @@ def test_hf_hub_name_resolves_from_an_offline_cache(weights, tmp_path, monkeypat
     from huggingface_hub import constants
 
     config = {"architecture": TIMM_ARCH, "pretrained_cfg": {"mean": [0.1, 0.2, 0.3], "std": [0.3, 0.3, 0.3]}}
-    cache = _hub_cache(tmp_path / "hub", "tbench/tiny-resnet",
-                       {"model.safetensors": weights["timm_safetensors"].read_bytes(),
-                        "config.json": json.dumps(config).encode()})
+    cache = _hub_cache(
+        tmp_path / "hub",
+        "tbench/tiny-resnet",
+        {"model.safetensors": weights["timm_safetensors"].read_bytes(), "config.json": json.dumps(config).encode()},
+    )
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
     model = ExistingModel("hub", "timm", TIMM_ARCH, "hf-hub:tbench/tiny-resnet")
@@ -207,17 +244,25 @@ def test_eval_spec_parses_model_arguments(tmp_path):
 
     assert parse_model("timm:resnet50.a1_in1k:hf-hub:timm/resnet50.a1_in1k") == (
         "resnet50.a1_in1k@timm.resnet50.a1_in1k",
-        {"framework": "timm", "arch": "resnet50.a1_in1k", "weights": "hf-hub:timm/resnet50.a1_in1k"})
+        {"framework": "timm", "arch": "resnet50.a1_in1k", "weights": "hf-hub:timm/resnet50.a1_in1k"},
+    )
     assert parse_model("mine=open_clip:RN50:/ckpt/epoch_32.pt")[0] == "mine"
     with pytest.raises(ValueError, match="FRAMEWORK:ARCH:WEIGHTS"):
         parse_model("timm:resnet50")
     with pytest.raises(ValueError, match="unknown framework 'tf'"):
         parse_model("tf:resnet50:/w.pt")
-    data = eval_spec(["a=timm:test_resnet:w.pt"], sets="dtd,digits", protocols="linear,zeroshot",
-                     shots="1,full", store=str(tmp_path / "s"))
+    data = eval_spec(
+        ["a=timm:test_resnet:w.pt"],
+        sets="dtd,digits",
+        protocols="linear,zeroshot",
+        shots="1,full",
+        store=str(tmp_path / "s"),
+    )
     assert data["models"]["a"]["weights"] == str(Path("w.pt").absolute())
-    assert data["downstream"]["protocols"] == [{"name": "linear", "shots": [1, "full"]},
-                                               {"name": "zeroshot", "shots": [0]}]
+    assert data["downstream"]["protocols"] == [
+        {"name": "linear", "shots": [1, "full"]},
+        {"name": "zeroshot", "shots": [0]},
+    ]
     parse_spec(data)  # a valid spec
 
 
@@ -230,33 +275,71 @@ def test_tbench_eval_two_models_two_sets_then_rerun_and_report(weights, world, t
     import subprocess
     import sys
 
-    cache = _hub_cache(tmp_path / "hub", "tbench/tiny-resnet", {"pytorch_model.bin": weights["timm_plain"].read_bytes()})
+    cache = _hub_cache(
+        tmp_path / "hub", "tbench/tiny-resnet", {"pytorch_model.bin": weights["timm_plain"].read_bytes()}
+    )
     store, work = tmp_path / "store", tmp_path / "work"
-    common = ["--sets", "dtd,digits", "--protocols", "linear,zeroshot", "--shots", "5", "--store", str(store),
-              "--workdir", str(work), "--world-dir", str(world), "--world-scale", "0.1", "--name", "models",
-              "--no-progress"]
+    common = [
+        "--sets",
+        "dtd,digits",
+        "--protocols",
+        "linear,zeroshot",
+        "--shots",
+        "5",
+        "--store",
+        str(store),
+        "--workdir",
+        str(work),
+        "--world-dir",
+        str(world),
+        "--world-scale",
+        "0.1",
+        "--name",
+        "models",
+        "--no-progress",
+    ]
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HUB_CACHE=str(cache), COLUMNS="200")
-    args = [f"clip_run=open_clip:{OC_ARCH}:{weights['oc_training']}", f"timm:{TIMM_ARCH}:{weights['timm_safetensors']}",
-            f"hub=timm:{TIMM_ARCH}:hf-hub:tbench/tiny-resnet"]
-    proc = subprocess.run([sys.executable, "-m", "harness.cli", "eval", *args, *common], env=env, capture_output=True,
-                          text=True, timeout=900, cwd=Path(__file__).resolve().parent.parent)
+    args = [
+        f"clip_run=open_clip:{OC_ARCH}:{weights['oc_training']}",
+        f"timm:{TIMM_ARCH}:{weights['timm_safetensors']}",
+        f"hub=timm:{TIMM_ARCH}:hf-hub:tbench/tiny-resnet",
+    ]
+    proc = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "eval", *args, *common],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     saved = tmp_path / "models.yaml"
     assert saved.is_file() and "0 failed" in proc.stdout
-    sql = ("SELECT model, framework, arch, weights, weights_sha256, protocol, downstream, status FROM runs "
-           "ORDER BY model, protocol, downstream")
+    sql = (
+        "SELECT model, framework, arch, weights, weights_sha256, protocol, downstream, status FROM runs "
+        "ORDER BY model, protocol, downstream"
+    )
     rows = json.loads(run_tbench("results", "query", sql, "--store", str(store), "--format", "json").stdout)
     assert {r["status"] for r in rows} == {"ok"}
     by_model = {}
     for r in rows:
         by_model.setdefault(r["model"], []).append((r["protocol"], r["downstream"]))
-    assert sorted(by_model["clip_run"]) == [("linear", "digits"), ("linear", "dtd"), ("zeroshot", "digits"),
-                                            ("zeroshot", "dtd")]
+    assert sorted(by_model["clip_run"]) == [
+        ("linear", "digits"),
+        ("linear", "dtd"),
+        ("zeroshot", "digits"),
+        ("zeroshot", "dtd"),
+    ]
     assert sorted(by_model["hub"]) == [("linear", "digits"), ("linear", "dtd")]
     shas = {r["model"]: r["weights_sha256"] for r in rows}
     assert len(set(shas.values())) == 3 and all(len(s) == 64 for s in shas.values())
-    again = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(saved), "--no-progress"], env=env,
-                           capture_output=True, text=True, timeout=900)
+    again = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(saved), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert again.returncode == 0 and "0 ran" in again.stdout, again.stdout + again.stderr
     report = run_tbench("report", "--store", str(store), "--out", str(tmp_path / "report"))
     assert report.returncode == 0, report.stderr
@@ -264,8 +347,13 @@ def test_tbench_eval_two_models_two_sets_then_rerun_and_report(weights, world, t
     data = yaml.safe_load(saved.read_text())
     data["models"]["bad"] = {"framework": "timm", "arch": "test_vit", "weights": str(weights["timm_plain"])}
     saved.write_text(yaml.safe_dump(data))
-    bad = subprocess.run([sys.executable, "-m", "harness.cli", "run", str(saved), "--no-progress"], env=env,
-                         capture_output=True, text=True, timeout=900)
+    bad = subprocess.run(
+        [sys.executable, "-m", "harness.cli", "run", str(saved), "--no-progress"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
     assert bad.returncode == 2 and "model 'bad'" in bad.stderr and "do not fit" in bad.stderr, bad.stderr
 
 
@@ -282,10 +370,24 @@ def test_scaling_figures_draw_models_as_reference_points(synthetic_store_root, t
     model_rows = []
     for name, size, score in (("openai_b32", 400_000_000, 0.7), ("mine", None, 0.5)):
         for ds_name in sorted(linear["downstream"].unique()):
-            model_rows.append({"status": "ok", "protocol": "linear", "shots": None, "downstream": ds_name,
-                               "score": score, "pretrain_size": size, "model": name, "method": "existing",
-                               "source": name, "pretrain_seed": 0, "eval_seed": 0, "chance": 0.1, "metric": "top1",
-                               "pretrain_key": name})
+            model_rows.append(
+                {
+                    "status": "ok",
+                    "protocol": "linear",
+                    "shots": None,
+                    "downstream": ds_name,
+                    "score": score,
+                    "pretrain_size": size,
+                    "model": name,
+                    "method": "existing",
+                    "source": name,
+                    "pretrain_seed": 0,
+                    "eval_seed": 0,
+                    "chance": 0.1,
+                    "metric": "top1",
+                    "pretrain_key": name,
+                }
+            )
     frame = pd.concat([linear, pd.DataFrame(model_rows)], ignore_index=True)
     frame["pretrain_size"] = frame["pretrain_size"].astype("Float64")
     figures = dict((p, (names, note)) for p, names, note in _scaling_figures(frame, tmp_path))

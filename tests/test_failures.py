@@ -34,11 +34,21 @@ def _spec(tmp_path: Path, world: Path, **downstream) -> dict:
         "world": {"seed": 0, "scale": 0.1, "dir": str(world)},
         "workdir": str(tmp_path / "work"),
         "store": str(tmp_path / "store"),
-        "pretrain": {"backbone": "test_resnet", "epochs": 3, "checkpoint_epochs": [2], "batch_size": 64,
-                     "grids": [{"sources": ["imagenet"], "sizes": [600], "methods": ["supervised"]}]},
-        "downstream": {"sets": ["dtd", "digits"], "eval_seeds": [0], "checkpoint_epochs": "all",
-                       "random_init_floor": False, "protocols": [{"name": "linear", "shots": [1, "full"]}],
-                       **downstream},
+        "pretrain": {
+            "backbone": "test_resnet",
+            "epochs": 3,
+            "checkpoint_epochs": [2],
+            "batch_size": 64,
+            "grids": [{"sources": ["imagenet"], "sizes": [600], "methods": ["supervised"]}],
+        },
+        "downstream": {
+            "sets": ["dtd", "digits"],
+            "eval_seeds": [0],
+            "checkpoint_epochs": "all",
+            "random_init_floor": False,
+            "protocols": [{"name": "linear", "shots": [1, "full"]}],
+            **downstream,
+        },
         "resources": {"view": {"engine": "local"}, "max_retries": 1},
     }
 
@@ -60,7 +70,9 @@ def _progress(work: Path, store: Path) -> tuple[int, list[str]]:
     from pretrain.loop import read_train_log
 
     done = sorted(str(p.parent.relative_to(work)) for p in work.glob("*/*/_DONE.json"))
-    epochs = [f"epoch {e['epoch']}" for d in work.glob("pretrain/*") for e in read_train_log(d) if e["event"] == "epoch"]
+    epochs = [
+        f"epoch {e['epoch']}" for d in work.glob("pretrain/*") for e in read_train_log(d) if e["event"] == "epoch"
+    ]
     return len(done) + len(epochs), done + epochs
 
 
@@ -74,8 +86,13 @@ def test_driver_killed_at_random_points_then_rerun_completes_exactly_once(tmp_pa
     plan = make_plan(parse_spec(data))
     work, store = tmp_path / "work", tmp_path / "store"
     # Ray Train reads these in the driver (a local Ray gets them from harness.runner)
-    env = dict(head_env(), RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0", RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
-               RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION="0", RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600")
+    env = dict(
+        head_env(),
+        RAY_TRAIN_ENABLE_PREEMPTION_WATCHER="0",
+        RAY_TRAIN_HEALTH_CHECK_INTERVAL_S="0.5",
+        RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION="0",
+        RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S="600",
+    )
     command = [sys.executable, "-m", "harness.cli", "run", str(path), "--address", ray_head.gcs, "--no-progress"]
     # Ten random points of the run: after a random one of its events (a job finished, an epoch
     # trained; 13 in all) and a random fraction of a second more, so kills land mid-job too;
@@ -98,8 +115,17 @@ def test_driver_killed_at_random_points_then_rerun_completes_exactly_once(tmp_pa
             proc.kill()
             proc.wait(timeout=60)
         after, what = _progress(work, store)
-        trials.append({"trial": trial, "point": target, "seconds": round(time.monotonic() - t0, 1), "events_before": before,
-                       "events_after": after, "killed": not finished, "last": what[-1] if what else None})
+        trials.append(
+            {
+                "trial": trial,
+                "point": target,
+                "seconds": round(time.monotonic() - t0, 1),
+                "events_before": before,
+                "events_after": after,
+                "killed": not finished,
+                "last": what[-1] if what else None,
+            }
+        )
     print(json.dumps(trials, indent=1))
     assert sum(t["killed"] for t in trials) >= 9, trials  # the run was still going at (almost) every point
 

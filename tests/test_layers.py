@@ -56,15 +56,18 @@ def tree_copy(tmp_path_factory) -> Path:
     return out
 
 
-@pytest.mark.parametrize(("module", "wrong", "contract"), [
-    ("curation/filters.py", "import harness.runner", "stages-below-harness"),
-    ("downstream/metrics.py", "from harness.registry import Registry", "stages-below-harness"),
-    ("harness/core/layout.py", "import results.schema", "core-is-the-floor"),
-    ("results/schema.py", "import downstream.metrics", "results-is-a-leaf"),
-    ("pretrain/optim.py", "import downstream.metrics", "stage-layers"),
-    ("curation/render.py", "import curation.world", "no-module-cycles"),
-    ("downstream/metrics.py", "import ray", "ray-edges"),
-])
+@pytest.mark.parametrize(
+    ("module", "wrong", "contract"),
+    [
+        ("curation/filters.py", "import harness.runner", "stages-below-harness"),
+        ("downstream/metrics.py", "from harness.registry import Registry", "stages-below-harness"),
+        ("harness/core/layout.py", "import results.schema", "core-is-the-floor"),
+        ("results/schema.py", "import downstream.metrics", "results-is-a-leaf"),
+        ("pretrain/optim.py", "import downstream.metrics", "stage-layers"),
+        ("curation/render.py", "import curation.world", "no-module-cycles"),
+        ("downstream/metrics.py", "import ray", "ray-edges"),
+    ],
+)
 def test_a_wrong_import_breaks_its_contract(tree_copy, module, wrong, contract):
     path = tree_copy / module
     original = path.read_text()
@@ -79,6 +82,7 @@ def test_a_wrong_import_breaks_its_contract(tree_copy, module, wrong, contract):
 
 def test_ruff_check_passes():
     """``ruff check .`` with the rules of [tool.ruff.lint] in pyproject.toml."""
-    run = subprocess.run([str(BIN / "ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True,
-                         timeout=120)
+    run = subprocess.run(
+        [str(BIN / "ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -33,16 +33,38 @@ def views(world, tmp_path_factory) -> dict[str, Path]:
     out = {}
     for name, source, labels in (("labelled", "imagenet", True), ("image_text", "laion", False)):
         d = tmp_path_factory.mktemp(name)
-        build_view(ViewConfig(source=source, mixture=None, curation_name="none", curation=(), size=256,
-                              label_noise=0.0, needs_labels=labels, seed=0), world, d)
+        build_view(
+            ViewConfig(
+                source=source,
+                mixture=None,
+                curation_name="none",
+                curation=(),
+                size=256,
+                label_noise=0.0,
+                needs_labels=labels,
+                seed=0,
+            ),
+            world,
+            d,
+        )
         out[name] = d
     return out
 
 
 def cfg_for(method: str, **kw) -> TrainConfig:
-    base = dict(method=method, backbone="test_resnet", image_size=32, epochs=3, save_epochs=(3,), batch_size=32,
-                lr=2e-3, weight_decay=0.05, warmup_epochs=0.5, seed=0,
-                num_classes=30 if METHODS.get(method).needs_labels else 0)
+    base = dict(
+        method=method,
+        backbone="test_resnet",
+        image_size=32,
+        epochs=3,
+        save_epochs=(3,),
+        batch_size=32,
+        lr=2e-3,
+        weight_decay=0.05,
+        warmup_epochs=0.5,
+        seed=0,
+        num_classes=30 if METHODS.get(method).needs_labels else 0,
+    )
     return TrainConfig(**{**base, **kw})
 
 
@@ -80,7 +102,7 @@ def test_without_gathering_the_loss_would_differ():
     z1 = torch.nn.functional.normalize(torch.randn(16, 8), dim=-1)
     z2 = torch.nn.functional.normalize(z1 + 0.3 * torch.randn(16, 8), dim=-1)
     full, _ = nt_xent(z1, z2, 0.5)
-    halves = [nt_xent(z1[i:i + 8], z2[i:i + 8], 0.5)[0] for i in (0, 8)]
+    halves = [nt_xent(z1[i : i + 8], z2[i : i + 8], 0.5)[0] for i in (0, 8)]
     assert abs(float(sum(halves) / 2) - float(full)) > 1e-2
 
 
@@ -96,7 +118,7 @@ def test_simclr_loss_is_the_textbook_nt_xent():
     terms = []
     for i in range(2 * n):
         j = (i + n) % (2 * n)
-        denom = torch.logsumexp(torch.cat([sim[i, :i], sim[i, i + 1:]]), dim=0)
+        denom = torch.logsumexp(torch.cat([sim[i, :i], sim[i, i + 1 :]]), dim=0)
         terms.append(denom - sim[i, j])
     ours, _ = nt_xent(z1, z2, t, LossContext())
     assert float(ours) == pytest.approx(float(torch.stack(terms).mean()), rel=1e-5)
@@ -124,7 +146,9 @@ def test_clip_checkpoint_carries_the_encoder_text_tower_and_tokenizer(views, tmp
         text = model.encode_text(tokenizer(["a photo of a dog", "a cat", "a bird"]), normalize=True)
     assert text.shape == (3, 64)
     blob = torch.load(ckpt, weights_only=True)  # the whole training state rides along
-    assert blob["train"]["epoch"] == 1 and {"model", "optimizer", "scheduler", "scaler", "data", "rng"} <= set(blob["train"])
+    assert blob["train"]["epoch"] == 1 and {"model", "optimizer", "scheduler", "scaler", "data", "rng"} <= set(
+        blob["train"]
+    )
     assert blob["train"]["data"]["epochs_done"] == 1
     assert float(blob["clip_state_dict"]["logit_scale"]) <= torch.log(torch.tensor(100.0))
 
@@ -153,16 +177,30 @@ print(json.dumps(train_loop(cfg, sys.argv[2], sys.argv[3])))
 
 def _train_process(cfg: dict, view: Path, out: Path) -> subprocess.Popen:
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))
-    return subprocess.Popen([sys.executable, "-c", _TRAIN, json.dumps(cfg), str(view), str(out)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", _TRAIN, json.dumps(cfg), str(view), str(out)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 @pytest.mark.slow
 def test_a_killed_run_resumes_from_its_last_epoch(views, tmp_path):
     """SIGKILL a training process after its first epoch; the restart trains only what was missing
     and ends exactly where an uninterrupted run ends."""
-    cfg = dict(method="clip", backbone="test_resnet", image_size=32, epochs=4, save_epochs=[2, 4], batch_size=32,
-               lr=2e-3, seed=0)
+    cfg = dict(
+        method="clip",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=4,
+        save_epochs=[2, 4],
+        batch_size=32,
+        lr=2e-3,
+        seed=0,
+    )
     view = views["image_text"]
     full = _train_process(cfg, view, tmp_path / "full")
     cut = _train_process(cfg, view, tmp_path / "cut")
@@ -208,8 +246,16 @@ def test_fake_batches_match_the_pipelines():
 def test_a_second_trainer_on_the_same_run_waits_instead_of_racing(views, tmp_path):
     """A killed driver's Ray instance may still be finishing a run when the job is started again:
     the second trainer waits for the first's lock, then finds the run finished (or resumes it)."""
-    cfg = dict(method="simclr", backbone="test_resnet", image_size=32, epochs=15, save_epochs=[15], batch_size=32,
-               lr=2e-3, seed=0)  # long enough to outlast the second process's start-up
+    cfg = dict(
+        method="simclr",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=15,
+        save_epochs=[15],
+        batch_size=32,
+        lr=2e-3,
+        seed=0,
+    )  # long enough to outlast the second process's start-up
     out = tmp_path / "run"
     first = _train_process(cfg, views["image_text"], out)
     deadline = time.monotonic() + 240

@@ -30,8 +30,10 @@ def test_resize_options_come_from_meta_and_are_empty_for_harness_checkpoints():
 
     harness = encoder_meta(build_encoder("resnet18", 32), "resnet18", 32, method="supervised")
     assert resize_options(harness) == {}
-    assert resize_options({"interpolation": "bicubic", "crop_pct": 0.9}) == {"interpolation": "bicubic",
-                                                                             "crop_pct": 0.9}
+    assert resize_options({"interpolation": "bicubic", "crop_pct": 0.9}) == {
+        "interpolation": "bicubic",
+        "crop_pct": 0.9,
+    }
     with pytest.raises(ValueError, match="interpolation 'lanczos2'.*valid: bilinear, bicubic, nearest"):
         resize_options({"interpolation": "lanczos2"})
     with pytest.raises(ValueError, match="crop_pct must be in"):
@@ -45,7 +47,9 @@ def test_a_bicubic_model_gets_bicubic_inputs_and_a_harness_checkpoint_bilinear_a
     default = prepare_images(images, 56, **resize_options({}))
     assert torch.equal(default, _torch_resize(images, 56, "bilinear"))
     assert not torch.equal(bicubic, default)
-    assert torch.equal(prepare_images(images, 32, interpolation="bicubic"), torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert torch.equal(
+        prepare_images(images, 32, interpolation="bicubic"), torch.from_numpy(images).permute(0, 3, 1, 2)
+    )
 
 
 def test_crop_pct_applies_to_images_larger_than_the_model_input():
@@ -96,6 +100,14 @@ def test_features_and_finetuning_of_a_model_use_its_interpolation(world, tmp_pat
     monkeypatch.setattr(ft, "prepare_images", lambda im, size, **kw: seen.append(kw) or real(im, size, **kw))
     y = np.asarray(test.labels)[:8] % 2
     imgs = np.asarray(test.images)[:8]
-    ft.finetune(encoder, meta, (imgs, y), (imgs, y), (imgs, y), num_classes=2,
-                config=ft.FinetuneConfig(epochs=1, lrs=(1e-3,), batch_size=8, min_steps=1), device="cpu")
+    ft.finetune(
+        encoder,
+        meta,
+        (imgs, y),
+        (imgs, y),
+        (imgs, y),
+        num_classes=2,
+        config=ft.FinetuneConfig(epochs=1, lrs=(1e-3,), batch_size=8, min_steps=1),
+        device="cpu",
+    )
     assert seen and all(kw == resize_options(meta) for kw in seen)

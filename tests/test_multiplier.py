@@ -57,8 +57,9 @@ def test_planted_multiplier_is_recovered():
     assert est == pytest.approx(FACTOR, rel=0.10)
     assert lo <= est <= hi and lo < FACTOR * 1.1 and hi > FACTOR / 1.1
     assert hi / lo < 3  # a meaningful interval, not everything
-    assert bootstrap_multiplier(points_a, points_b, 1e4, n_boot=10, seed=3) == \
-        bootstrap_multiplier(points_a, points_b, 1e4, n_boot=10, seed=3)  # seeded
+    assert bootstrap_multiplier(points_a, points_b, 1e4, n_boot=10, seed=3) == bootstrap_multiplier(
+        points_a, points_b, 1e4, n_boot=10, seed=3
+    )  # seeded
 
 
 def test_asymptote_below_target_is_inf():
@@ -109,11 +110,25 @@ def _runs(curves: dict[tuple[str, str], tuple[list[int], float]], seeds=(0, 1), 
             for p in seeds:
                 shift = rng.normal(0, 0.001)
                 for e in evals:
-                    rows.append({"status": "ok", "source": source, "method": method, "curation": "none",
-                                 "label_noise": 0.0, "backbone": "resnet18", "pretrain_size": n, "pretrain_seed": p,
-                                 "pretrain_key": f"{source}-{method}-{n}-{p}", "checkpoint_epoch": 4,
-                                 "protocol": "linear", "downstream": "pets", "shots": None, "eval_seed": e,
-                                 "score": float(_truth(n * eff)) + shift + rng.normal(0, 0.001)})
+                    rows.append(
+                        {
+                            "status": "ok",
+                            "source": source,
+                            "method": method,
+                            "curation": "none",
+                            "label_noise": 0.0,
+                            "backbone": "resnet18",
+                            "pretrain_size": n,
+                            "pretrain_seed": p,
+                            "pretrain_key": f"{source}-{method}-{n}-{p}",
+                            "checkpoint_epoch": 4,
+                            "protocol": "linear",
+                            "downstream": "pets",
+                            "shots": None,
+                            "eval_seed": e,
+                            "score": float(_truth(n * eff)) + shift + rng.normal(0, 0.001),
+                        }
+                    )
     return pd.DataFrame(rows)
 
 
@@ -121,8 +136,12 @@ def _runs(curves: dict[tuple[str, str], tuple[list[int], float]], seeds=(0, 1), 
 def test_multiplier_section_states_a_bound_instead_of_extrapolating(tmp_path, efficiency_b, relation):
     from results.sections import MultiplierPair, compute_multiplier, multiplier_section
 
-    runs = _runs({("laion", "clip"): ([1_000, 4_000, 16_000], 1.0),
-                  ("imagenet", "supervised"): ([500, 2_000, 8_000], efficiency_b)})
+    runs = _runs(
+        {
+            ("laion", "clip"): ([1_000, 4_000, 16_000], 1.0),
+            ("imagenet", "supervised"): ([500, 2_000, 8_000], efficiency_b),
+        }
+    )
     pair = MultiplierPair.parse("source=laion,method=clip vs source=imagenet,method=supervised")
     (result,), _, _ = compute_multiplier(runs, pair, n_boot=50)
     est, lo, hi = result.shown()
@@ -142,8 +161,9 @@ def test_multiplier_section_states_a_bound_instead_of_extrapolating(tmp_path, ef
 def test_an_asymptote_below_the_target_is_a_bound_too(tmp_path):
     from results.sections import MultiplierPair, compute_multiplier, multiplier_section
 
-    runs = _runs({("laion", "clip"): ([1_000, 4_000, 16_000], 1.0),
-                  ("imagenet", "supervised"): ([500, 2_000, 8_000], 10.0)})
+    runs = _runs(
+        {("laion", "clip"): ([1_000, 4_000, 16_000], 1.0), ("imagenet", "supervised"): ([500, 2_000, 8_000], 10.0)}
+    )
     weak = runs["source"] == "laion"
     runs.loc[weak, "score"] = runs.loc[weak, "score"] - 0.3  # A's curve saturates below B's score
     pair = MultiplierPair.parse("source=laion,method=clip vs source=imagenet,method=supervised")

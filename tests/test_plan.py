@@ -68,8 +68,9 @@ def test_quickstart_plan_is_within_budget():
     seeds: dict[tuple, set] = {}
     for job in plan.of_kind("pretrain"):
         c = job.coords
-        seeds.setdefault((c["source"], c["curation"], c["label_noise"], c["method"], c["requested_size"]),
-                         set()).add(c["pretrain_seed"])
+        seeds.setdefault((c["source"], c["curation"], c["label_noise"], c["method"], c["requested_size"]), set()).add(
+            c["pretrain_seed"]
+        )
     assert len(seeds) == 10 and all(len(s) == 2 for s in seeds.values())
 
 
@@ -95,8 +96,9 @@ def test_a_grid_block_can_evaluate_mid_training_checkpoints():
 
 def test_methods_settings_and_grid_epochs_reach_the_pretraining_jobs():
     data = _tiny()
-    data["pretrain"]["grids"].append({"sources": ["shutterstock"], "sizes": [300], "methods": ["clip", "simclr"],
-                                      "epochs": 3})
+    data["pretrain"]["grids"].append(
+        {"sources": ["shutterstock"], "sizes": [300], "methods": ["clip", "simclr"], "epochs": 3}
+    )
     data["pretrain"]["method_args"] = {"simclr": {"temperature": 0.2}}
     data["pretrain"]["checkpoint_epochs"] = "last"
     plan = make_plan(parse_spec(data))
@@ -172,13 +174,17 @@ def test_sets_declared_in_the_spec_travel_with_their_jobs(tmp_path):
 
     data = _tiny()
     data["downstream"]["sets"] = ["dtd", "my_leaves"]
-    data["downstream"]["custom_sets"] = {"my_leaves": {"format": "imagefolder", "path": str(tmp_path / "leaves"),
-                                                       "metric": "balanced_acc"}}
+    data["downstream"]["custom_sets"] = {
+        "my_leaves": {"format": "imagefolder", "path": str(tmp_path / "leaves"), "metric": "balanced_acc"}
+    }
     plan = make_plan(parse_spec(data))
     jobs = [j for j in plan.jobs.values() if j.kind in ("features", "eval") and j.config["downstream"] == "my_leaves"]
     assert jobs and all(j.config["set_config"]["path"] == str(tmp_path / "leaves") for j in jobs)
-    assert all("set_config" not in j.config for j in plan.jobs.values()
-               if j.kind in ("features", "eval") and j.config["downstream"] == "dtd")
+    assert all(
+        "set_config" not in j.config
+        for j in plan.jobs.values()
+        if j.kind in ("features", "eval") and j.config["downstream"] == "dtd"
+    )
     # moving the data changes the jobs' keys; rewording its description does not
     data["downstream"]["custom_sets"]["my_leaves"]["description"] = "leaves from the garden"
     assert {j.key for j in make_plan(parse_spec(data)).jobs.values()} == set(plan.jobs)
@@ -203,8 +209,9 @@ def test_a_samples_seen_budget_joins_the_run_key_and_its_end_is_the_last_checkpo
 
     base = make_plan(parse_spec(_tiny()))
     data = _tiny()
-    data["pretrain"]["grids"].append({"sources": ["imagenet"], "sizes": [150, 300], "samples_seen": 1200,
-                                      "checkpoint_epochs": [1]})
+    data["pretrain"]["grids"].append(
+        {"sources": ["imagenet"], "sizes": [150, 300], "samples_seen": 1200, "checkpoint_epochs": [1]}
+    )
     plan = make_plan(parse_spec(data))
     runs = [j for j in plan.of_kind("pretrain") if "samples_seen" in j.config]
     assert len(runs) == 2 and all("epochs" not in r.config and r.config["save_epochs"] == [1] for r in runs)

@@ -21,9 +21,15 @@ ROOT = Path(__file__).resolve().parent.parent
 SNAPSHOT = ROOT / "tests" / "data" / "plan_snapshot.json.gz"
 SPECS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").glob("*.yaml")) + ["tests/spec_example.yaml"]
 # open_clip pretrained tags: planned without reading a file (their sha256 is None), so the key is machine-independent
-MODELS = {"oc_tag": {"framework": "open_clip", "arch": "ViT-B-32-quickgelu", "weights": "openai",
-                     "describes": {"source": "wit", "method": "clip", "pretrain_size": 400_000_000}},
-          "oc_rn50": {"framework": "open_clip", "arch": "RN50", "weights": "yfcc15m", "image_size": 224}}
+MODELS = {
+    "oc_tag": {
+        "framework": "open_clip",
+        "arch": "ViT-B-32-quickgelu",
+        "weights": "openai",
+        "describes": {"source": "wit", "method": "clip", "pretrain_size": 400_000_000},
+    },
+    "oc_rn50": {"framework": "open_clip", "arch": "RN50", "weights": "yfcc15m", "image_size": 224},
+}
 WITH_MODELS = "tests/spec_example.yaml+models"
 
 
@@ -38,8 +44,15 @@ def _spec(name: str):
 
 
 def _record(job) -> dict:
-    rec = {"kind": job.kind, "key": job.key, "deps": list(job.deps), "coords": job.coords, "config": job.config,
-           "resources": job.resources, "rows": job.rows}
+    rec = {
+        "kind": job.kind,
+        "key": job.key,
+        "deps": list(job.deps),
+        "coords": job.coords,
+        "config": job.config,
+        "resources": job.resources,
+        "rows": job.rows,
+    }
     return json.loads(json.dumps(rec, sort_keys=True))  # tuples as lists, as the snapshot holds them
 
 

@@ -48,7 +48,15 @@ def write_view(root: Path, n: int = 256, shards: int = 2, seed: int = 0, corrupt
                 img = np.clip(COLOURS[label] + rng.normal(0, 25, (32, 32, 3)), 0, 255).astype(np.uint8)
                 png = b"\x89PNG-not-really" if i in corrupt else _png(img)
                 meta = {"width": 32, "height": 32}
-                sink.write({"__key__": f"{i:08d}", "png": png, "txt": f"a colour {label}", "json": json.dumps(meta), "cls": str(label)})
+                sink.write(
+                    {
+                        "__key__": f"{i:08d}",
+                        "png": png,
+                        "txt": f"a colour {label}",
+                        "json": json.dumps(meta),
+                        "cls": str(label),
+                    }
+                )
         sizes[name] = len(idx)
     (root / "sizes.json").write_text(json.dumps(sizes))
     return root
@@ -61,8 +69,18 @@ def view(tmp_path_factory) -> Path:
 
 def small_cfg(**kw) -> TrainConfig:
     base = dict(
-        method="supervised", backbone="test_resnet", image_size=32, epochs=2, save_epochs=(), batch_size=32,
-        lr=3e-3, weight_decay=0.05, warmup_epochs=0.5, label_smoothing=0.0, seed=0, num_classes=4,
+        method="supervised",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=2,
+        save_epochs=(),
+        batch_size=32,
+        lr=3e-3,
+        weight_decay=0.05,
+        warmup_epochs=0.5,
+        label_smoothing=0.0,
+        seed=0,
+        num_classes=4,
     )
     return TrainConfig(**{**base, **kw})
 
@@ -118,8 +136,14 @@ def test_every_rank_yields_the_same_number_of_batches(view, world_size):
     seen = []
     for rank in range(world_size):
         loader = make_train_loader(
-            view, pipeline="image_label", batch_size=batch, num_batches=steps, image_size=32,
-            seed=0, rank=rank, world_size=world_size,
+            view,
+            pipeline="image_label",
+            batch_size=batch,
+            num_batches=steps,
+            image_size=32,
+            seed=0,
+            rank=rank,
+            world_size=world_size,
         )
         loader.set_epoch(1)
         batches = list(loader)
@@ -134,8 +158,13 @@ def test_every_rank_yields_the_same_number_of_batches(view, world_size):
 def test_epochs_are_deterministic_and_differ(view):
     def first_batch(epoch: int, workers: int) -> torch.Tensor:
         loader = make_train_loader(
-            view, pipeline="image_label", batch_size=16, num_batches=2, image_size=32,
-            seed=0, num_workers=workers,
+            view,
+            pipeline="image_label",
+            batch_size=16,
+            num_batches=2,
+            image_size=32,
+            seed=0,
+            num_workers=workers,
         )
         loader.set_epoch(epoch)
         return next(iter(loader))["image"]
@@ -146,8 +175,13 @@ def test_epochs_are_deterministic_and_differ(view):
 
 def test_loader_workers_split_shards(view):
     loader = make_train_loader(
-        view, pipeline="image_label", batch_size=16, num_batches=5, image_size=32,
-        seed=0, num_workers=2,
+        view,
+        pipeline="image_label",
+        batch_size=16,
+        num_batches=5,
+        image_size=32,
+        seed=0,
+        num_workers=2,
     )
     for epoch in (1, 2):  # persistent workers pick up the new epoch
         loader.set_epoch(epoch)
@@ -157,8 +191,13 @@ def test_loader_workers_split_shards(view):
 def test_bad_sample_is_logged_skipped_and_counted(tmp_path, caplog):
     bad_view = write_view(tmp_path / "bad", n=64, shards=1, corrupt=(5,))
     loader = make_train_loader(
-        bad_view, pipeline="image_label", batch_size=21, num_batches=3, image_size=32,
-        seed=0, shuffle_buffer=4,  # so sample 5 is decoded early
+        bad_view,
+        pipeline="image_label",
+        batch_size=21,
+        num_batches=3,
+        image_size=32,
+        seed=0,
+        shuffle_buffer=4,  # so sample 5 is decoded early
     )
     loader.set_epoch(1)
     with caplog.at_level("WARNING", logger="pretrain.data"):
@@ -186,8 +225,9 @@ def test_a_reader_with_no_readable_sample_fails_after_two_passes(tmp_path):
     view = write_view(tmp_path / "v", n=8, shards=1)
     (view / "shards" / "shard-000000.tar").write_bytes(b"not a tar file at all")
     for workers in (0, 1):  # in the process and from a loader worker
-        loader = make_train_loader(view, pipeline="image_label", batch_size=4, num_batches=2, image_size=32,
-                                   seed=0, num_workers=workers)
+        loader = make_train_loader(
+            view, pipeline="image_label", batch_size=4, num_batches=2, image_size=32, seed=0, num_workers=workers
+        )
         loader.set_epoch(1)
         with pytest.raises(ReaderStalled, match="read no sample in two passes over shard.*shard-000000.tar"):
             next(iter(loader))
@@ -262,7 +302,11 @@ def test_supervised_loss_falls_and_checkpoints_load(view, tmp_path):
 
     metrics = json.loads((tmp_path / "metrics.json").read_text())
     assert [e["epoch"] for e in metrics["epochs"]] == [1, 2, 3] and metrics["summary"]["epochs"] == 3
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_000.pt", "epoch_001.pt", "epoch_003.pt"]
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
+        "epoch_000.pt",
+        "epoch_001.pt",
+        "epoch_003.pt",
+    ]
     encoder, meta = load_encoder(tmp_path / "checkpoints" / "epoch_003.pt")
     assert meta["method"] == "supervised" and meta["epoch"] == 3 and meta["pretrain_key"] == "abc123"
     assert meta["samples_seen"] == 3 * 8 * 32 and meta["train_loss"] == pytest.approx(seen[-1]["loss"])
@@ -328,8 +372,9 @@ def test_an_epoch_saved_but_not_logged_is_logged_when_the_run_resumes(view, tmp_
     assert json.loads(lines[-1])["event"] == "epoch"
     log.write_text("\n".join(lines[:-1]) + "\n")  # the epoch's line never written
     train_loop(cfg, view, tmp_path)
-    events = [(e["event"], e.get("epoch", e.get("from_epoch")), e.get("recovered", False))
-              for e in read_train_log(tmp_path)]
+    events = [
+        (e["event"], e.get("epoch", e.get("from_epoch")), e.get("recovered", False)) for e in read_train_log(tmp_path)
+    ]
     assert events == [("start", 0, False), ("epoch", 1, True), ("start", 1, False), ("epoch", 2, False)]
 
 
@@ -427,8 +472,16 @@ def test_two_ray_train_workers_train_one_run_with_the_global_batch(view, tmp_pat
     set of checkpoints written by rank 0, each rank reading its own shard."""
     from harness.train_ray import run_pretrain
 
-    cfg = TrainConfig(method="simclr", backbone="test_resnet", image_size=32, epochs=2, save_epochs=(2,), batch_size=64,
-                      lr=2e-3, seed=0)
+    cfg = TrainConfig(
+        method="simclr",
+        backbone="test_resnet",
+        image_size=32,
+        epochs=2,
+        save_epochs=(2,),
+        batch_size=64,
+        lr=2e-3,
+        seed=0,
+    )
 
     @local_ray.remote(num_cpus=0)
     def job() -> dict:
@@ -459,8 +512,9 @@ def test_one_worker_runs_in_a_ray_task_that_holds_its_cpu_and_resumes_when_kille
     cfg = small_cfg(epochs=4, save_epochs=(4,), batch_size=32)
     out = tmp_path / "run"
     result: dict = {}
-    runner = threading.Thread(target=lambda: result.update(
-        run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, max_failures=2)))
+    runner = threading.Thread(
+        target=lambda: result.update(run_pretrain(cfg, view, out, num_workers=1, cpus_per_worker=1.0, max_failures=2))
+    )
     runner.start()
     deadline, killed, cpus_free = time.monotonic() + 300, None, set()
     while time.monotonic() < deadline and killed is None and runner.is_alive():
@@ -526,7 +580,12 @@ def test_samples_seen_budget_stops_mid_epoch_with_the_schedule_sized_to_it(view,
         names = sorted(p.name for p in (out / "checkpoints").iterdir())
         assert names == (["epoch_001.pt", "last.pt"] if len(steps) > 1 else ["last.pt"])
         _, meta = load_encoder(out / "checkpoints" / "last.pt")
-        assert (meta["epoch"], meta["epochs"], meta["samples_seen"], meta["samples_budget"]) == (len(steps), len(steps), 224, 200)
+        assert (meta["epoch"], meta["epochs"], meta["samples_seen"], meta["samples_budget"]) == (
+            len(steps),
+            len(steps),
+            224,
+            200,
+        )
         (start,) = _events(out, "start")
         assert (start["epochs"], start["total_steps"], start["samples_budget"]) == (len(steps), 7, 200)
         assert [e["steps"] for e in _events(out, "epoch")] == steps
@@ -573,14 +632,23 @@ def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path
     from harness.spec import parse_spec
     from results.schema import conform
 
-    monkeypatch.setattr(harness.train_ray, "run_pretrain", lambda cfg, view_dir, out_dir, **_: train_loop(cfg, view_dir, out_dir))
-    spec = parse_spec({
-        "name": "budget", "world": {"seed": 0, "scale": 0.1},
-        "pretrain": {"batch_size": 64, "grids": [{"sources": ["imagenet"], "sizes": [150], "samples_seen": 300}]},
-        "downstream": {"sets": ["digits"], "eval_seeds": [0], "random_init_floor": False,
-                       "protocols": [{"name": "linear", "shots": ["full"]}]},
-        "resources": {"view": {"engine": "local"}},
-    })
+    monkeypatch.setattr(
+        harness.train_ray, "run_pretrain", lambda cfg, view_dir, out_dir, **_: train_loop(cfg, view_dir, out_dir)
+    )
+    spec = parse_spec(
+        {
+            "name": "budget",
+            "world": {"seed": 0, "scale": 0.1},
+            "pretrain": {"batch_size": 64, "grids": [{"sources": ["imagenet"], "sizes": [150], "samples_seen": 300}]},
+            "downstream": {
+                "sets": ["digits"],
+                "eval_seeds": [0],
+                "random_init_floor": False,
+                "protocols": [{"name": "linear", "shots": ["full"]}],
+            },
+            "resources": {"view": {"engine": "local"}},
+        }
+    )
     plan = make_plan(spec)
     (run,) = plan.of_kind("pretrain")
     assert run.config["samples_seen"] == 300 and "epochs" not in run.config
@@ -590,7 +658,10 @@ def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path
         if job.kind != "world":
             out = execute(job, ctx)
             rows += out["runs"] if job.kind == "eval" else []
-    assert json.loads((tmp_path / "work" / "pretrain" / run.key / "metrics.json").read_text())["summary"]["total_steps"] == 5
+    assert (
+        json.loads((tmp_path / "work" / "pretrain" / run.key / "metrics.json").read_text())["summary"]["total_steps"]
+        == 5
+    )
     (row,) = rows
     assert (row["pretrain_size"], row["samples_budget"], row["samples_seen"]) == (150, 300, 5 * 64)
     assert (row["pretrain_epochs"], row["checkpoint_epoch"]) == (3, 3)
@@ -598,7 +669,9 @@ def test_a_samples_seen_run_through_the_executors_fills_its_rows(world, tmp_path
     assert {r["checkpoint_epoch"] for r in spectra_rows(feats, ctx)} == {3}
     (ev,) = plan.of_kind("eval")
     failed = failed_rows(ev, ctx, "boom")
-    assert failed[0]["samples_budget"] == 300 and failed[0]["checkpoint_epoch"] is None  # the epoch is known once trained
+    assert (
+        failed[0]["samples_budget"] == 300 and failed[0]["checkpoint_epoch"] is None
+    )  # the epoch is known once trained
     assert conform("runs", rows + failed).num_rows == 2
     assert base_row(ev, ctx)["pretrain_epochs"] is None
 

@@ -52,8 +52,7 @@ def test_reduced_solve_equals_the_full_solve(few_shot):
     (Xt, yt), (Xv, yv), (Xs, _) = few_shot
     grid = [1e-2, 1e-1, 1.0]
     red = fit_probe(Xt, yt, Xv, yv, num_classes=5, l2_grid=grid, tol=1e-6, max_iter=3000, keep_path=True)
-    full = fit_probe(Xt, yt, Xv, yv, num_classes=5, l2_grid=grid, tol=1e-6, max_iter=3000, reduce=False,
-                     keep_path=True)
+    full = fit_probe(Xt, yt, Xv, yv, num_classes=5, l2_grid=grid, tol=1e-6, max_iter=3000, reduce=False, keep_path=True)
     assert red.rank <= len(yt) < Xt.shape[1] == full.rank
     assert red.l2 == full.l2 and red.val_score == full.val_score
     assert [s["val_score"] for s in red.sweep] == [s["val_score"] for s in full.sweep]

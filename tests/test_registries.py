@@ -118,8 +118,12 @@ def _world_samples(n: int = 4) -> list[dict]:
     out = []
     for i in range(n):
         meta = sample_meta(f, i)
-        meta.update(similarity=float(sim[i]), lang=facts[i]["lang"], original_width=int(width[i]),
-                    original_height=int(height[i]))
+        meta.update(
+            similarity=float(sim[i]),
+            lang=facts[i]["lang"],
+            original_width=int(width[i]),
+            original_height=int(height[i]),
+        )
         out.append({"key": f"laion-{i:07d}", "txt": caps[i], "json": meta})
     return out
 
@@ -192,8 +196,13 @@ def _raw_sample() -> dict:
     from curation import render as R
 
     image = R.png_bytes(np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8))
-    return {"__key__": "s-0000000", "png": image, "txt": b"a photo of a red cat on grass", "cls": b"3",
-            "json": b'{"concept_id": 3}'}
+    return {
+        "__key__": "s-0000000",
+        "png": image,
+        "txt": b"a photo of a red cat on grass",
+        "cls": b"3",
+        "json": b'{"concept_id": 3}',
+    }
 
 
 @pytest.mark.parametrize("name", entries("pipelines"))

@@ -29,7 +29,18 @@ def test_project_registries_are_filled():
     from pretrain.models import BACKBONES
 
     assert set(SOURCES.names()) >= {"cc3m", "cc12m", "redcaps", "yfcc", "laion", "wit", "shutterstock", "imagenet"}
-    assert set(DOWNSTREAM.names()) >= {"cifar100", "dtd", "caltech101", "pets", "domainnet_real",
-                                       "domainnet_clipart", "eurosat", "cameratraps", "cassava", "digits", "textures"}
+    assert set(DOWNSTREAM.names()) >= {
+        "cifar100",
+        "dtd",
+        "caltech101",
+        "pets",
+        "domainnet_real",
+        "domainnet_clipart",
+        "eurosat",
+        "cameratraps",
+        "cassava",
+        "digits",
+        "textures",
+    }
     assert {"linear", "finetune"} <= set(PROTOCOLS.names())
     assert "supervised" in METHODS and "test_resnet" in BACKBONES and len(FILTERS) >= 1

@@ -13,8 +13,20 @@ from results.report import final_checkpoints, spread, write_report
 from results.sections import MultiplierPair, ReportError, compute_multiplier, missing_section
 from results.store import Store
 
-SECTIONS = ("overview", "scaling", "multiplier", "fewshot", "heatmap", "calibration", "summary", "checkpoints",
-            "spectra", "convergence", "views", "missing")
+SECTIONS = (
+    "overview",
+    "scaling",
+    "multiplier",
+    "fewshot",
+    "heatmap",
+    "calibration",
+    "summary",
+    "checkpoints",
+    "spectra",
+    "convergence",
+    "views",
+    "missing",
+)
 
 
 @pytest.fixture
@@ -132,14 +144,37 @@ def test_report_from_empty_store(tmp_path):
 
 
 def test_missing_runs_against_a_plan(synthetic_store_root):
-    expected = pd.DataFrame([
-        {"key": "pt-laion-clip-1000-e4-pets-1-0", "job_key": "ev-a", "label": "linear pets", "protocol": "linear",
-         "downstream": "pets", "shots": 1, "eval_seed": 0},
-        {"key": "bad-1", "job_key": "broken", "label": "finetune pets", "protocol": "finetune",
-         "downstream": "pets", "shots": None, "eval_seed": 0},
-        {"key": "never-ran", "job_key": "ev-b", "label": "linear dtd ← clip", "protocol": "linear",
-         "downstream": "dtd", "shots": 5, "eval_seed": 2},
-    ])
+    expected = pd.DataFrame(
+        [
+            {
+                "key": "pt-laion-clip-1000-e4-pets-1-0",
+                "job_key": "ev-a",
+                "label": "linear pets",
+                "protocol": "linear",
+                "downstream": "pets",
+                "shots": 1,
+                "eval_seed": 0,
+            },
+            {
+                "key": "bad-1",
+                "job_key": "broken",
+                "label": "finetune pets",
+                "protocol": "finetune",
+                "downstream": "pets",
+                "shots": None,
+                "eval_seed": 0,
+            },
+            {
+                "key": "never-ran",
+                "job_key": "ev-b",
+                "label": "linear dtd ← clip",
+                "protocol": "linear",
+                "downstream": "dtd",
+                "shots": 5,
+                "eval_seed": 2,
+            },
+        ]
+    )
     runs = Store(synthetic_store_root).read("runs")
     missing = missing_section(runs, expected, [("zeroshot on x", "no text tower")])
     assert "3 planned row(s): 1 ok, 1 failed, <b>1 missing</b>" in missing
@@ -158,11 +193,15 @@ def test_spread_uses_interval_or_range():
 
 def test_final_checkpoints_keeps_last_epoch(tmp_path):
     store = Store(tmp_path)
-    store.write_part("runs", "a", [
-        {"key": "e1", "pretrain_key": "p", "checkpoint_epoch": 1, "score": 0.1},
-        {"key": "e3", "pretrain_key": "p", "checkpoint_epoch": 3, "score": 0.3},
-        {"key": "s", "method": "none", "score": 0.05},
-    ])
+    store.write_part(
+        "runs",
+        "a",
+        [
+            {"key": "e1", "pretrain_key": "p", "checkpoint_epoch": 1, "score": 0.1},
+            {"key": "e3", "pretrain_key": "p", "checkpoint_epoch": 3, "score": 0.3},
+            {"key": "s", "method": "none", "score": 0.05},
+        ],
+    )
     kept = final_checkpoints(store.read("runs"))
     assert sorted(kept["key"]) == ["e3", "s"]
 
@@ -188,7 +227,12 @@ def test_summary_table_prints_intervals(synthetic_store_root):
     runs = Store(synthetic_store_root).read("runs")
     long = summary_intervals(runs, n_boot=100)
     row = long[(long["pre-training"] == "clip laion n=16000") & (long["shots"] == "full")].iloc[0]
-    rows = runs[(runs["source"] == "laion") & (runs["method"] == "clip") & (runs["pretrain_size"] == 16000)
-                & runs["shots"].isna() & (runs["protocol"] == "linear")]
+    rows = runs[
+        (runs["source"] == "laion")
+        & (runs["method"] == "clip")
+        & (runs["pretrain_size"] == 16000)
+        & runs["shots"].isna()
+        & (runs["protocol"] == "linear")
+    ]
     assert row["estimate"] == pytest.approx(rows.groupby("downstream")["score"].mean().mean())
     assert (row["n_pretrain_seeds"], row["n_eval_seeds"], row["sets"]) == (2, 3, 2)

@@ -10,10 +10,19 @@ from harness.spec import parse_spec
 
 SPEC = {
     "name": "sched",
-    "pretrain": {"backbone": "test_resnet", "epochs": 4, "checkpoint_epochs": [2],
-                 "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}]},
-    "downstream": {"sets": ["digits"], "eval_seeds": [0], "checkpoint_epochs": "all", "random_init_floor": False,
-                   "protocols": [{"name": "linear", "shots": [1, "full"]}]},
+    "pretrain": {
+        "backbone": "test_resnet",
+        "epochs": 4,
+        "checkpoint_epochs": [2],
+        "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}],
+    },
+    "downstream": {
+        "sets": ["digits"],
+        "eval_seeds": [0],
+        "checkpoint_epochs": "all",
+        "random_init_floor": False,
+        "protocols": [{"name": "linear", "shots": [1, "full"]}],
+    },
 }
 
 
@@ -62,7 +71,9 @@ def test_a_failed_run_gives_up_what_waited_on_its_checkpoint_unless_it_exists():
     sched.fail(pre.key, "RuntimeError: out of memory")
     given_up = sched.release(submit)
     assert [(j.key, e.startswith("input failed: pretrain") and "out of memory" in e) for j, e in given_up] == [
-        (by["features", 2].key, True), (by["eval", 2].key, True)]
+        (by["features", 2].key, True),
+        (by["eval", 2].key, True),
+    ]
 
     # had the checkpoint been written before the run failed, its evaluations would still run
     ready = {(pre.key, 2)}

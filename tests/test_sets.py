@@ -19,8 +19,17 @@ from PIL import Image
 from downstream import sets
 from downstream.sets import DOWNSTREAM, DataFormatError, DataNotFoundError, DownstreamSet, load_split, resolve_set
 
-WORLD_SETS = {"cifar100", "dtd", "caltech101", "pets", "domainnet_real", "domainnet_clipart", "eurosat",
-              "cameratraps", "cassava"}
+WORLD_SETS = {
+    "cifar100",
+    "dtd",
+    "caltech101",
+    "pets",
+    "domainnet_real",
+    "domainnet_clipart",
+    "eurosat",
+    "cameratraps",
+    "cassava",
+}
 REAL = {f"real.{n}" for n in WORLD_SETS}
 
 
@@ -55,22 +64,33 @@ def colour_of(label: int) -> tuple[int, int, int]:
     return (40 * label, 255 - 40 * label, 100)
 
 
-def save_dataset_dict(path: Path, splits: dict[str, list[int]], class_names, image_col="image", label_col="label",
-                      sizes=None) -> None:
+def save_dataset_dict(
+    path: Path, splits: dict[str, list[int]], class_names, image_col="image", label_col="label", sizes=None
+) -> None:
     import datasets
 
     datasets.disable_progress_bars()
     features = datasets.Features({image_col: datasets.Image(), label_col: datasets.ClassLabel(names=list(class_names))})
-    dd = datasets.DatasetDict({
-        s: datasets.Dataset.from_dict(
-            {image_col: [{"bytes": png(colour_of(y), (sizes or {}).get((s, i), (8, 8))), "path": None}
-                         for i, y in enumerate(ys)],
-             label_col: ys}, features=features)
-        for s, ys in splits.items()})
+    dd = datasets.DatasetDict(
+        {
+            s: datasets.Dataset.from_dict(
+                {
+                    image_col: [
+                        {"bytes": png(colour_of(y), (sizes or {}).get((s, i), (8, 8))), "path": None}
+                        for i, y in enumerate(ys)
+                    ],
+                    label_col: ys,
+                },
+                features=features,
+            )
+            for s, ys in splits.items()
+        }
+    )
     dd.save_to_disk(str(path))
 
 
 # --------------------------------------------------------------------------------------- registry
+
 
 def test_registry():
     assert set(DOWNSTREAM.names()) == WORLD_SETS | {"digits", "textures"} | REAL
@@ -124,12 +144,15 @@ def test_cache_and_errors(world, tmp_path):
 
 # --------------------------------------------------------------------------------------- real sets
 
+
 @pytest.mark.parametrize("name", sorted(REAL))
 def test_real_set_absent_says_what_to_provide(offline, monkeypatch, name):
     entry = DOWNSTREAM.get(name)
     folder = offline / entry.location
-    for call in (lambda: load_split(name, "train", None, data_dir=offline, image_size=32),
-                 lambda: sets.split_info(name, None, data_dir=offline)):
+    for call in (
+        lambda: load_split(name, "train", None, data_dir=offline, image_size=32),
+        lambda: sets.split_info(name, None, data_dir=offline),
+    ):
         with pytest.raises(DataNotFoundError) as exc:
             call()
         msg = str(exc.value)
@@ -151,8 +174,14 @@ def test_real_set_from_saved_dataset_and_image_folder(offline):
     # What `datasets.load_dataset("uoft-cs/cifar100").save_to_disk(<data dir>/cifar100)` writes: img/fine_label,
     # train and test only, images of differing sizes.
     sizes = {("train", 0): (12, 9), ("test", 1): (7, 10)}
-    save_dataset_dict(offline / "cifar100", {"train": [0, 1, 2] * 10, "test": [0, 1, 2, 2]}, ["apple", "bee", "cup"],
-                      image_col="img", label_col="fine_label", sizes=sizes)
+    save_dataset_dict(
+        offline / "cifar100",
+        {"train": [0, 1, 2] * 10, "test": [0, 1, 2, 2]},
+        ["apple", "bee", "cup"],
+        image_col="img",
+        label_col="fine_label",
+        sizes=sizes,
+    )
     with pytest.raises(ValueError, match="pass image_size"):
         load_split("real.cifar100", "train", None, data_dir=offline)
     tr = load_split("real.cifar100", "train", None, data_dir=offline, image_size=6)
@@ -187,11 +216,18 @@ def test_real_set_from_local_hub_cache(offline):
     src.mkdir()
     features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["banded", "dotted"])})
     for split, ys in (("train", [0, 1] * 5), ("test", [1, 0, 1])):
-        datasets.Dataset.from_dict({"image": [{"bytes": png(colour_of(y)), "path": None} for y in ys], "label": ys},
-                                   features=features).to_parquet(str(src / f"{split}.parquet"))
+        datasets.Dataset.from_dict(
+            {"image": [{"bytes": png(colour_of(y)), "path": None} for y in ys], "label": ys}, features=features
+        ).to_parquet(str(src / f"{split}.parquet"))
     cache = Path(os.environ["HF_DATASETS_CACHE"])
-    builder = Parquet(cache_dir=str(cache / "build"), dataset_name="dtd", config_name="default", hash="0123abcd",
-                      features=features, data_files={s: str(src / f"{s}.parquet") for s in ("train", "test")})
+    builder = Parquet(
+        cache_dir=str(cache / "build"),
+        dataset_name="dtd",
+        config_name="default",
+        hash="0123abcd",
+        features=features,
+        data_files={s: str(src / f"{s}.parquet") for s in ("train", "test")},
+    )
     builder.download_and_prepare()
     prepared = glob.glob(str(cache / "build" / "dtd" / "default*" / "0.0.0" / "0123abcd"))[0]
     (cache / "tanganke___dtd" / "default" / "0.0.0").mkdir(parents=True)
@@ -202,8 +238,9 @@ def test_real_set_from_local_hub_cache(offline):
     assert te.info["format"] == "hf_hub" and te.info["location"] == "tanganke/dtd"
     va = load_split("real.dtd", "validation", None, data_dir=offline)
     assert sorted(va.labels.tolist()) == [0, 1] and va.info["validation"]["carved_from"] == "train"
-    hub_set = DownstreamSet.from_config("mydtd", {"format": "hf_hub", "hub": "tanganke/dtd",
-                                                   "splits": {"test": "test"}})
+    hub_set = DownstreamSet.from_config(
+        "mydtd", {"format": "hf_hub", "hub": "tanganke/dtd", "splits": {"test": "test"}}
+    )
     assert load_split(hub_set, "test", None, data_dir=offline).labels.tolist() == [1, 0, 1]
     missing = DownstreamSet.from_config("nope", {"format": "hf_hub", "hub": "someone/absent"})
     with pytest.raises(DataNotFoundError, match=r"(?s)'nope'.*someone___absent"):
@@ -211,6 +248,7 @@ def test_real_set_from_local_hub_cache(offline):
 
 
 # --------------------------------------------------------------------------------------- user sets
+
 
 def test_custom_saved_dataset_carves_validation(offline, tmp_path):
     train = [0] * 20 + [1] * 7 + [2] * 2 + [3] * 1
@@ -227,8 +265,11 @@ def test_custom_saved_dataset_carves_validation(offline, tmp_path):
     # Stratified: round(10% of n), at least 1 for any class with >= 2 examples, none for a singleton.
     assert np.bincount(va.labels, minlength=4).tolist() == [2, 1, 1, 0]
     assert np.bincount(tr.labels, minlength=4).tolist() == [18, 6, 1, 1]
-    assert va.info["validation"] == tr.info["validation"] == {
-        "carved_from": "train", "fraction": 0.1, "seed": 0, "stratified": True}
+    assert (
+        va.info["validation"]
+        == tr.info["validation"]
+        == {"carved_from": "train", "fraction": 0.1, "seed": 0, "stratified": True}
+    )
     assert va.info["source_split"] == "train" and json.loads(json.dumps(va.info)) == va.info
     # Disjoint and covering: the carve's positions, and the decoded images, partition train.
     keep, carved = sets.carve_indices(np.asarray(train), 0.1, 0)
@@ -242,8 +283,12 @@ def test_custom_saved_dataset_carves_validation(offline, tmp_path):
     assert not np.array_equal(other, carved)
     assert np.bincount(np.asarray(train)[other], minlength=4).tolist() == [2, 1, 1, 0]
     info = sets.split_info(entry, None)
-    assert info["splits"]["validation"] == {"source_split": "train", "count": 4, "carved": True,
-                                            "class_counts": [2, 1, 1, 0]}
+    assert info["splits"]["validation"] == {
+        "source_split": "train",
+        "count": 4,
+        "carved": True,
+        "class_counts": [2, 1, 1, 0],
+    }
     assert info["validation"]["seed"] == 0 and info["splits"]["test"]["carved"] is False
     # A relative path is under the data dir; a validation split mapped explicitly is used as is.
     shutil.copytree(tmp_path / "mine", offline / "rel")
@@ -252,8 +297,12 @@ def test_custom_saved_dataset_carves_validation(offline, tmp_path):
     with pytest.raises(DataFormatError, match="splits maps test to 'heldout'.*it has: train, test"):
         load_split(DownstreamSet.from_config("x", {**cfg, "splits": {"test": "heldout"}}), "test", None)
     with pytest.raises(DataNotFoundError, match=r"(?s)'gone'.*no_such_folder"):
-        load_split(DownstreamSet.from_config("gone", {"format": "hf_disk", "path": "no_such_folder"}), "train", None,
-                   data_dir=offline)
+        load_split(
+            DownstreamSet.from_config("gone", {"format": "hf_disk", "path": "no_such_folder"}),
+            "train",
+            None,
+            data_dir=offline,
+        )
 
 
 def test_custom_image_folder_resizes_and_crops(offline, tmp_path):
@@ -263,9 +312,9 @@ def test_custom_image_folder_resizes_and_crops(offline, tmp_path):
         """Red | green | blue bands along the longer side, the green band the middle half."""
         img = np.zeros((h, w, 3), np.uint8)
         if w >= h:
-            bands = (img[:, : w // 4], img[:, w // 4: 3 * w // 4], img[:, 3 * w // 4:])
+            bands = (img[:, : w // 4], img[:, w // 4 : 3 * w // 4], img[:, 3 * w // 4 :])
         else:
-            bands = (img[: h // 4], img[h // 4: 3 * h // 4], img[3 * h // 4:])
+            bands = (img[: h // 4], img[h // 4 : 3 * h // 4], img[3 * h // 4 :])
         for band, colour in zip(bands, ((255, 0, 0), (0, 255, 0), (0, 0, 255))):
             band[...] = colour
         return img
@@ -294,6 +343,7 @@ def test_custom_image_folder_resizes_and_crops(offline, tmp_path):
     va = load_split(entry, "validation", None, image_size=16)
     assert len(tr.labels) + len(va.labels) == 6 and sorted(va.labels.tolist()) == [0, 1]
     assert va.info["validation"]["seed"] == 3
+
     # Errors: empty folder, images not inside class folders, a class_names override that misses a folder.
     def folder(name: str, path: Path, **cfg) -> DownstreamSet:
         return DownstreamSet.from_config(name, {"format": "imagefolder", "path": str(path), **cfg})
@@ -318,9 +368,12 @@ def write_shards(folder: Path, items: list[tuple[int, str]], per_shard: int = 3)
     folder.mkdir(parents=True, exist_ok=True)
     for s in range(0, len(items), per_shard):
         with tarfile.open(folder / f"{s // per_shard:06d}.tar", "w") as tf:
-            for i, (label, ext) in enumerate(items[s: s + per_shard], start=s):
-                for name, data in ((f"s{i:05d}.{ext}", png(colour_of(label)) if ext == "png" else _jpg(label)),
-                                   (f"s{i:05d}.cls", str(label).encode()), (f"s{i:05d}.json", b"{}")):
+            for i, (label, ext) in enumerate(items[s : s + per_shard], start=s):
+                for name, data in (
+                    (f"s{i:05d}.{ext}", png(colour_of(label)) if ext == "png" else _jpg(label)),
+                    (f"s{i:05d}.cls", str(label).encode()),
+                    (f"s{i:05d}.json", b"{}"),
+                ):
                     ti = tarfile.TarInfo(name)
                     ti.size = len(data)
                     tf.addfile(ti, io.BytesIO(data))
@@ -349,9 +402,16 @@ def test_custom_webdataset_shards(offline, tmp_path):
     assert np.bincount(va.labels).tolist() == [1, 1, 1] and len(tr.labels) == 12
     assert np.abs(tr.images[:, 4, 4].astype(int) - np.array([colour_of(y) for y in tr.labels])).max() <= 6
     # Brace patterns per split, png only, class names overridden.
-    pat = DownstreamSet.from_config("pat", {
-        "format": "wds", "path": str(root), "image_key": "png", "class_names": ["r", "g", "b"],
-        "splits": {"train": "train/{000000..000004}.tar", "test": "test/000000.tar"}})
+    pat = DownstreamSet.from_config(
+        "pat",
+        {
+            "format": "wds",
+            "path": str(root),
+            "image_key": "png",
+            "class_names": ["r", "g", "b"],
+            "splits": {"train": "train/{000000..000004}.tar", "test": "test/000000.tar"},
+        },
+    )
     with pytest.raises(DataFormatError, match="has no image under png"):
         load_split(pat, "train", None)
     only_png = DownstreamSet.from_config("pat2", {**pat.to_config(), "image_key": "png;jpg"})
@@ -361,28 +421,36 @@ def test_custom_webdataset_shards(offline, tmp_path):
 
 # --------------------------------------------------------------------------------------- plain-data definitions
 
-@pytest.mark.parametrize("cfg, message", [
-    ({"format": "zip", "path": "x"},
-     "downstream set 'myset': format 'zip' is not valid; valid: hf_disk, hf_hub, imagefolder, wds"),
-    ({"path": "x"}, "format is required; valid: hf_disk, hf_hub, imagefolder, wds"),
-    ({"format": "world"}, "format 'world' is not valid; valid: hf_disk"),
-    ({"format": "imagefolder"}, "path is required for format 'imagefolder'"),
-    ({"format": "hf_hub"}, "hub is required for format hf_hub"),
-    ({"format": "hf_hub", "path": "a/b"}, "format hf_hub takes hub"),
-    ({"format": "hf_disk", "path": "x", "metric": "top5"}, "metric 'top5' is not valid; valid: top1, balanced_acc"),
-    ({"format": "hf_disk", "path": "x", "splits": {"val": "validation"}},
-     "splits names 'val'.*valid: train, validation, test"),
-    ({"format": "hf_disk", "path": "x", "splits": ["train"]}, "splits must map split names"),
-    ({"format": "hf_disk", "path": "x", "splits": {"train": None}}, "splits.train cannot be null"),
-    ({"format": "hf_disk", "path": "x", "carve_fraction": 1.5}, "carve_fraction must be a number between 0 and 1"),
-    ({"format": "hf_disk", "path": "x", "carve_fraction": "a tenth"}, "carve_fraction must be a number"),
-    ({"format": "hf_disk", "path": "x", "carve_seed": -1}, "carve_seed must be a non-negative integer"),
-    ({"format": "hf_disk", "path": "x", "class_names": "abc"}, "class_names must be a list"),
-    ({"format": "hf_disk", "path": "x", "class_names": ["a", "a"]}, "class_names repeats"),
-    ({"format": "hf_disk", "path": "x", "image_key": ""}, "image_key must be a non-empty string"),
-    ({"format": "hf_disk", "path": "x", "colour": "red"}, "unknown field 'colour'; valid: format, path"),
-    ("hf_disk", "expected a mapping of fields"),
-])
+
+@pytest.mark.parametrize(
+    "cfg, message",
+    [
+        (
+            {"format": "zip", "path": "x"},
+            "downstream set 'myset': format 'zip' is not valid; valid: hf_disk, hf_hub, imagefolder, wds",
+        ),
+        ({"path": "x"}, "format is required; valid: hf_disk, hf_hub, imagefolder, wds"),
+        ({"format": "world"}, "format 'world' is not valid; valid: hf_disk"),
+        ({"format": "imagefolder"}, "path is required for format 'imagefolder'"),
+        ({"format": "hf_hub"}, "hub is required for format hf_hub"),
+        ({"format": "hf_hub", "path": "a/b"}, "format hf_hub takes hub"),
+        ({"format": "hf_disk", "path": "x", "metric": "top5"}, "metric 'top5' is not valid; valid: top1, balanced_acc"),
+        (
+            {"format": "hf_disk", "path": "x", "splits": {"val": "validation"}},
+            "splits names 'val'.*valid: train, validation, test",
+        ),
+        ({"format": "hf_disk", "path": "x", "splits": ["train"]}, "splits must map split names"),
+        ({"format": "hf_disk", "path": "x", "splits": {"train": None}}, "splits.train cannot be null"),
+        ({"format": "hf_disk", "path": "x", "carve_fraction": 1.5}, "carve_fraction must be a number between 0 and 1"),
+        ({"format": "hf_disk", "path": "x", "carve_fraction": "a tenth"}, "carve_fraction must be a number"),
+        ({"format": "hf_disk", "path": "x", "carve_seed": -1}, "carve_seed must be a non-negative integer"),
+        ({"format": "hf_disk", "path": "x", "class_names": "abc"}, "class_names must be a list"),
+        ({"format": "hf_disk", "path": "x", "class_names": ["a", "a"]}, "class_names repeats"),
+        ({"format": "hf_disk", "path": "x", "image_key": ""}, "image_key must be a non-empty string"),
+        ({"format": "hf_disk", "path": "x", "colour": "red"}, "unknown field 'colour'; valid: format, path"),
+        ("hf_disk", "expected a mapping of fields"),
+    ],
+)
 def test_from_config_errors_name_the_field(cfg, message):
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")) as exc:
         DownstreamSet.from_config("myset", cfg)
@@ -395,17 +463,31 @@ def test_to_config_round_trips():
         assert list(cfg) == sorted(cfg) and json.loads(json.dumps(cfg)) == cfg
         assert DownstreamSet.from_config(name, cfg) == entry
         assert "description" not in entry.to_config(docs=False)
-    custom = DownstreamSet.from_config("c", {
-        "format": "wds", "path": "/data/c", "splits": {"test": "val/{0..3}.tar", "train": "train"},
-        "image_key": "jpg;png", "label_key": "cls", "class_names": ["x", "y"], "carve_fraction": 0.25,
-        "carve_seed": 7, "metric": "balanced_acc", "description": "mine", "hint": "ask me"})
+    custom = DownstreamSet.from_config(
+        "c",
+        {
+            "format": "wds",
+            "path": "/data/c",
+            "splits": {"test": "val/{0..3}.tar", "train": "train"},
+            "image_key": "jpg;png",
+            "label_key": "cls",
+            "class_names": ["x", "y"],
+            "carve_fraction": 0.25,
+            "carve_seed": 7,
+            "metric": "balanced_acc",
+            "description": "mine",
+            "hint": "ask me",
+        },
+    )
     again = DownstreamSet.from_config("c", json.loads(json.dumps(custom.to_config())))
     assert again == custom and again.splits == {"train": "train", "test": "val/{0..3}.tar"}
     assert again.class_names == ("x", "y") and again.chance(2) == 0.5
     # Spelling out a default gives the same (hashable) definition as leaving it out.
     short = DownstreamSet.from_config("s", {"format": "hf_disk", "path": "p"})
-    long = DownstreamSet.from_config("s", {"format": "hf_disk", "path": "p", "metric": "top1", "carve_fraction": 0.1,
-                                           "carve_seed": 0, "splits": None})
+    long = DownstreamSet.from_config(
+        "s",
+        {"format": "hf_disk", "path": "p", "metric": "top1", "carve_fraction": 0.1, "carve_seed": 0, "splits": None},
+    )
     assert short.to_config(docs=False) == long.to_config(docs=False) and hash(short) == hash(long)
     # Entries travel to other processes (Ray) as pickles too; their mappings stay read-only.
     dn = DOWNSTREAM.get("real.domainnet_real")
@@ -420,8 +502,10 @@ def test_to_config_round_trips():
 def test_resolve_set():
     pets = DOWNSTREAM.get("pets")
     assert resolve_set("pets") is pets and resolve_set(pets) is pets
-    custom = {"pets": {"format": "imagefolder", "path": "my_pets", "metric": "balanced_acc"},
-              "mine": {"format": "hf_disk", "path": "mine"}}
+    custom = {
+        "pets": {"format": "imagefolder", "path": "my_pets", "metric": "balanced_acc"},
+        "mine": {"format": "hf_disk", "path": "mine"},
+    }
     over = resolve_set("pets", custom)
     assert over.origin == "custom" and over.format == "imagefolder" and over.metric == "balanced_acc"
     assert resolve_set("mine", custom).location == "mine"

@@ -66,8 +66,12 @@ def _good(shard: int, i: int, *, sizes: bool = True) -> dict[str, bytes]:
     meta = {"url": f"http://x/{i}.jpg", "caption": "...", "status": "success"}
     if sizes:
         meta.update(width=48, height=36, original_width=640 + i, original_height=480, similarity=0.3 + i / 100)
-    return {"__key__": f"{shard:05d}{i:04d}", "jpg": _jpg(i), "txt": f"a photo of thing {i} on a table".encode(),
-            "json": json.dumps(meta).encode()}
+    return {
+        "__key__": f"{shard:05d}{i:04d}",
+        "jpg": _jpg(i),
+        "txt": f"a photo of thing {i} on a table".encode(),
+        "json": json.dumps(meta).encode(),
+    }
 
 
 def write_img2dataset(d: Path, shards: list[list[dict[str, bytes]]], *, stats: bool = True) -> list[Path]:
@@ -77,9 +81,17 @@ def write_img2dataset(d: Path, shards: list[list[dict[str, bytes]]], *, stats: b
         p = d / f"{k:05d}.tar"
         p.write_bytes(_tar_bytes(samples))
         if stats:
-            (d / f"{k:05d}_stats.json").write_text(json.dumps(
-                {"count": len(samples) + 2, "successes": len(samples), "failed_to_download": 2,
-                 "failed_to_resize": 0, "status_dict": {"success": len(samples)}}))
+            (d / f"{k:05d}_stats.json").write_text(
+                json.dumps(
+                    {
+                        "count": len(samples) + 2,
+                        "successes": len(samples),
+                        "failed_to_download": 2,
+                        "failed_to_resize": 0,
+                        "status_dict": {"success": len(samples)},
+                    }
+                )
+            )
         out.append(p)
     return out
 
@@ -100,15 +112,20 @@ def test_registries_and_config_round_trip():
     assert "imagenet-train-" in REAL_SOURCES.get("real.imagenet").shards
     with pytest.raises(UnknownNameError, match="Did you mean 'laion'.*real.laion"):
         resolve_source("laoin")
-    with pytest.raises(SourceConfigError, match=r"unknown key\(s\) 'shard' \(did you mean 'shards'\?\); valid keys: "
-                                                r"shards, kind, size"):
+    with pytest.raises(
+        SourceConfigError,
+        match=r"unknown key\(s\) 'shard' \(did you mean 'shards'\?\); valid keys: "
+        r"shards, kind, size",
+    ):
         SourceEntry.from_config("mine", {"shard": "x/{0..1}.tar"})
     with pytest.raises(SourceConfigError, match="'shards' is required"):
         SourceEntry.from_config("mine", {"kind": "image-text"})
     with pytest.raises(SourceConfigError, match="kind 'captions' is not valid; valid: image-text, labelled"):
         SourceEntry.from_config("mine", {"shards": "x.tar", "kind": "captions"})
-    e = SourceEntry.from_config("mine", {"shards": "{data_dir}/m/{00000..00001}.tar", "kind": "labelled",
-                                         "size": 10, "image_exts": [".JPG", "png"]})
+    e = SourceEntry.from_config(
+        "mine",
+        {"shards": "{data_dir}/m/{00000..00001}.tar", "kind": "labelled", "size": 10, "image_exts": [".JPG", "png"]},
+    )
     assert e.image_exts == ("jpg", "png") and SourceEntry.from_config("mine", e.to_config()) == e
     assert resolve_source("mine", custom={"mine": e.to_config()}) == e
 
@@ -144,8 +161,12 @@ def test_every_world_source_opens_and_counts(world):
 
 def test_declared_brace_pattern_and_real_layout(tmp_path):
     write_img2dataset(tmp_path / "mine", [[_good(k, i) for i in range(5)] for k in range(3)])
-    cfg = {"shards": "{data_dir}/mine/{00000..00002}.tar", "kind": "image-text", "size": 15,
-           "description": "three img2dataset shards"}
+    cfg = {
+        "shards": "{data_dir}/mine/{00000..00002}.tar",
+        "kind": "image-text",
+        "size": 15,
+        "description": "three img2dataset shards",
+    }
     o = open_source("mine", custom={"mine": cfg}, data_dir=tmp_path)
     assert o.counted_by == "stats" and o.num_shards == 3 and o.num_samples == 15
     assert o.urls == [str(tmp_path / "mine" / f"{k:05d}.tar") for k in range(3)]
@@ -175,8 +196,9 @@ def test_declared_brace_pattern_and_real_layout(tmp_path):
     inet = tmp_path / "imagenet"
     inet.mkdir()
     for split in ("train", "val"):
-        (inet / f"imagenet-{split}-000000.tar").write_bytes(_tar_bytes(
-            [{"__key__": f"n0144{i}", "jpg": _jpg(i), "cls": str(i % 3).encode()} for i in range(4)]))
+        (inet / f"imagenet-{split}-000000.tar").write_bytes(
+            _tar_bytes([{"__key__": f"n0144{i}", "jpg": _jpg(i), "cls": str(i % 3).encode()} for i in range(4)])
+        )
     o = open_source("real.imagenet", data_dir=tmp_path)
     assert [Path(u).name for u in o.urls] == ["imagenet-train-000000.tar"] and o.kind == "labelled"
     assert [s["cls"] for s in o.iter_samples()] == [0, 1, 2, 0]
@@ -186,13 +208,19 @@ def test_errors_name_the_path_and_what_is_valid(tmp_path):
     write_img2dataset(tmp_path / "m", [[_good(k, i) for i in range(3)] for k in range(3)])
     with pytest.raises(SourceNotFoundError, match=r"1 of 4 shard\(s\) .* not found: .*00003\.tar"):
         open_source(str(tmp_path / "m" / "{00000..00003}.tar"))
-    with pytest.raises(SourceFormatError, match=r"bad shard pattern .*unbalanced braces; a valid pattern looks like "
-                                                r"'dir/\{00000..00099\}.tar'"):
+    with pytest.raises(
+        SourceFormatError,
+        match=r"bad shard pattern .*unbalanced braces; a valid pattern looks like "
+        r"'dir/\{00000..00099\}.tar'",
+    ):
         open_source(str(tmp_path / "m" / "{00000..00002.tar"))
     with pytest.raises(SourceFormatError, match=r"\{shard\} is neither a range"):
         open_source(str(tmp_path / "m" / "{shard}.tar"))
-    with pytest.raises(SourceNotFoundError, match=r"real.cc3m.*/cc3m does not exist.*Expected: img2dataset webdataset "
-                                                  r"shards in .*--output_folder"):
+    with pytest.raises(
+        SourceNotFoundError,
+        match=r"real.cc3m.*/cc3m does not exist.*Expected: img2dataset webdataset "
+        r"shards in .*--output_folder",
+    ):
         open_source("real.cc3m", data_dir=tmp_path)
     (tmp_path / "empty").mkdir()
     with pytest.raises(SourceNotFoundError, match="no .tar shards in the folder"):
@@ -201,8 +229,11 @@ def test_errors_name_the_path_and_what_is_valid(tmp_path):
     no_txt = [[{k: v for k, v in _good(0, i).items() if k != "txt"} for i in range(3)]]
     write_img2dataset(tmp_path / "notxt", no_txt)
     cfg = {"shards": str(tmp_path / "notxt" / "{00000..00000}.tar"), "kind": "image-text"}
-    with pytest.raises(SourceFormatError, match=r"has a caption \(\.txt\), which image-text sources need; members "
-                                                r"found: \.jpg, \.json"):
+    with pytest.raises(
+        SourceFormatError,
+        match=r"has a caption \(\.txt\), which image-text sources need; members "
+        r"found: \.jpg, \.json",
+    ):
         open_source(SourceEntry.from_config("notxt", cfg))
     # images under an extension the source does not list
     with pytest.raises(SourceFormatError, match=r"an image \(one of \.png\)"):
@@ -221,12 +252,16 @@ def test_errors_name_the_path_and_what_is_valid(tmp_path):
 
 def test_bad_samples_and_truncated_shards_are_skipped_and_counted(tmp_path, caplog):
     good = [_good(0, i) for i in range(6)]
-    shard0 = good[:2] + [
-        {"__key__": "000000090", "txt": b"no image here", "json": b"{}"},  # no image
-        {"__key__": "000000091", "jpg": _jpg(1), "txt": b"   ", "json": b"{}"},  # empty caption
-        {"__key__": "000000092", "jpg": _jpg(2), "txt": b"a caption", "json": b"{not json"},  # bad json
-        {"__key__": "000000093", "jpg": _jpg(3), "txt": b"a caption", "json": b"[1, 2]"},  # json not an object
-    ] + good[2:4]
+    shard0 = (
+        good[:2]
+        + [
+            {"__key__": "000000090", "txt": b"no image here", "json": b"{}"},  # no image
+            {"__key__": "000000091", "jpg": _jpg(1), "txt": b"   ", "json": b"{}"},  # empty caption
+            {"__key__": "000000092", "jpg": _jpg(2), "txt": b"a caption", "json": b"{not json"},  # bad json
+            {"__key__": "000000093", "jpg": _jpg(3), "txt": b"a caption", "json": b"[1, 2]"},  # json not an object
+        ]
+        + good[2:4]
+    )
     shard1 = [_good(1, i) for i in range(5)]
     shard2 = [_good(2, i) for i in range(5)]
     paths = write_img2dataset(tmp_path / "bad", [shard0, shard1, shard2])
@@ -310,8 +345,10 @@ def test_inspect_world_sources(world, tmp_path):
     # world v4: foreign captions and original sizes follow the sources' declarations
     wit = inspect_source(open_source("wit", world_root=root), tmp_path / "wit", sample=3)
     shut = inspect_source(open_source("shutterstock", world_root=root), tmp_path / "s", sample=3)
-    foreign = {k: 1 - x["languages"].get("en", 0) / x["valid_samples"] for k, x in
-               (("wit", wit), ("shutterstock", shut), ("laion", r))}
+    foreign = {
+        k: 1 - x["languages"].get("en", 0) / x["valid_samples"]
+        for k, x in (("wit", wit), ("shutterstock", shut), ("laion", r))
+    }
     assert 0.3 < foreign["wit"] < 0.5 and 0.05 < foreign["laion"] < 0.16 and foreign["shutterstock"] < 0.04
     assert r["original_size"]["shorter_side"]["median"] < shut["original_size"]["shorter_side"]["median"]
     assert 0.0 < r["original_size"]["aspect_over_3"] < 0.1
@@ -346,8 +383,22 @@ def test_cli_data_inspect(world, tmp_path):
 
     root, _ = world
     runner = CliRunner()
-    res = runner.invoke(app, ["data", "inspect", "cc3m", "--world", str(root), "--out", str(tmp_path / "o"),
-                              "--sample", "6", "--max-samples", "50"])
+    res = runner.invoke(
+        app,
+        [
+            "data",
+            "inspect",
+            "cc3m",
+            "--world",
+            str(root),
+            "--out",
+            str(tmp_path / "o"),
+            "--sample",
+            "6",
+            "--max-samples",
+            "50",
+        ],
+    )
     assert res.exit_code == 0, res.output
     assert "cc3m" in _flat(res.output) and "caption words" in _flat(res.output) and "sizes.json" in _flat(res.output)
     assert (tmp_path / "o" / "contact_sheet.png").is_file() and (tmp_path / "o" / "inspect.json").is_file()

@@ -27,7 +27,7 @@ def _errors(data) -> list[tuple[str, str]]:
 def test_unknown_source_names_field_and_valid_choices():
     data = _quickstart()
     data["pretrain"]["grids"][0]["sources"] = ["laoin"]
-    (path, msg), = _errors(data)
+    ((path, msg),) = _errors(data)
     assert "pretrain.grids.0.sources" in path + msg
     assert "laoin" in msg and "laion" in msg and "imagenet" in msg
 
@@ -129,16 +129,19 @@ def _budget_block(**kw) -> dict:
     return data
 
 
-@pytest.mark.parametrize("kw, field, words", [
-    ({"samples_seen": 15000, "epochs": 4}, "pretrain.grids.7.samples_seen", "epochs or samples_seen, not both"),
-    ({"samples_seen": 0}, "pretrain.grids.7.samples_seen", "greater than or equal to 1"),
-    ({"samples_seen": -30}, "pretrain.grids.7.samples_seen", "greater than or equal to 1"),
-    ({"samples_seen": 1500.5}, "pretrain.grids.7.samples_seen", "valid integer"),
-    ({"samples_seen": True}, "pretrain.grids.7.samples_seen", "valid integer"),
-    ({"samples_seen": "lots"}, "pretrain.grids.7.samples_seen", "valid integer"),
-])
+@pytest.mark.parametrize(
+    "kw, field, words",
+    [
+        ({"samples_seen": 15000, "epochs": 4}, "pretrain.grids.7.samples_seen", "epochs or samples_seen, not both"),
+        ({"samples_seen": 0}, "pretrain.grids.7.samples_seen", "greater than or equal to 1"),
+        ({"samples_seen": -30}, "pretrain.grids.7.samples_seen", "greater than or equal to 1"),
+        ({"samples_seen": 1500.5}, "pretrain.grids.7.samples_seen", "valid integer"),
+        ({"samples_seen": True}, "pretrain.grids.7.samples_seen", "valid integer"),
+        ({"samples_seen": "lots"}, "pretrain.grids.7.samples_seen", "valid integer"),
+    ],
+)
 def test_samples_seen_is_one_positive_integer_budget(kw, field, words):
-    (path, msg), = _errors(_budget_block(**kw))
+    ((path, msg),) = _errors(_budget_block(**kw))
     assert path == field and words in msg, (path, msg)
 
 
@@ -149,7 +152,7 @@ def test_samples_seen_default_and_its_checkpoints():
     assert pt.budget(pt.grids[7]) == (None, 15000) and pt.budget(pt.grids[0]) == (5, None)
     # pretrain's default is either budget, not both; a block's own budget overrides it either way
     data["pretrain"]["samples_seen"] = 20000
-    (path, msg), = _errors(data)
+    ((path, msg),) = _errors(data)
     assert path == "pretrain" and "samples_seen" in msg and "not both" in msg
     del data["pretrain"]["epochs"]
     pt = parse_spec(data).pretrain
@@ -162,7 +165,7 @@ def test_samples_seen_default_and_its_checkpoints():
         if ok:
             assert parse_spec(data).eval_epochs(grid=parse_spec(data).pretrain.grids[7])[-1] == "last"
             continue
-        (path, msg), = _errors(data)
+        ((path, msg),) = _errors(data)
         assert "grids.7.checkpoint_epochs" in msg, msg
         assert ("1..5" in msg) if ckpt == [6] else ("'all' needs a fixed number of epochs" in msg)
     data = _budget_block(samples_seen=15000)

@@ -22,8 +22,18 @@ from results.stats import (
 )
 
 
-def _study(rng, sims: int, pretrain: int, evals: int, *, sets: int = 1, sd_pretrain: float = 1.0,
-           sd_eval: float = 1.0, sd_noise: float = 0.3, nested: bool = False) -> pd.DataFrame:
+def _study(
+    rng,
+    sims: int,
+    pretrain: int,
+    evals: int,
+    *,
+    sets: int = 1,
+    sd_pretrain: float = 1.0,
+    sd_eval: float = 1.0,
+    sd_noise: float = 0.3,
+    nested: bool = False,
+) -> pd.DataFrame:
     """``sims`` independent studies with true mean 0: score = pre-training seed effect (shared by
     the sets) + eval seed effect + noise. Crossed: eval seed e is one effect for every
     pre-training seed (the harness's design); nested: each pre-training seed has its own eval
@@ -36,8 +46,15 @@ def _study(rng, sims: int, pretrain: int, evals: int, *, sets: int = 1, sd_pretr
             for p in range(pretrain):
                 for e in range(evals):
                     effect = rng.normal(0, sd_eval) if nested else c[e]
-                    rows.append((k, f"set{s}", 1000 * k + p, 1000 * k + (100 * p if nested else 0) + e,
-                                 a[p] + effect + rng.normal(0, sd_noise)))
+                    rows.append(
+                        (
+                            k,
+                            f"set{s}",
+                            1000 * k + p,
+                            1000 * k + (100 * p if nested else 0) + e,
+                            a[p] + effect + rng.normal(0, sd_noise),
+                        )
+                    )
     return pd.DataFrame(rows, columns=["sim", "downstream", "pretrain_seed", "eval_seed", "score"])
 
 
@@ -48,11 +65,14 @@ def _coverage(frame: pd.DataFrame) -> float:
 
 # Mean coverage over 1,200 studies each (6 x 200, other random seeds): 0.93, 0.92, 0.905; with
 # 200 studies the standard error is about 0.02.
-@pytest.mark.parametrize("design", [
-    dict(pretrain=5, evals=3, nested=True),
-    dict(pretrain=10, evals=5),  # crossed, as the harness evaluates
-    dict(pretrain=5, evals=3, sets=4),  # an aggregate over 4 sets
-])
+@pytest.mark.parametrize(
+    "design",
+    [
+        dict(pretrain=5, evals=3, nested=True),
+        dict(pretrain=10, evals=5),  # crossed, as the harness evaluates
+        dict(pretrain=5, evals=3, sets=4),  # an aggregate over 4 sets
+    ],
+)
 def test_95_percent_intervals_cover_the_true_mean(design):
     rng = np.random.default_rng(7)
     coverage = _coverage(_study(rng, 200, **design))
@@ -74,8 +94,9 @@ def test_pretraining_seed_variance_widens_the_interval():
 
 
 def test_one_pretraining_seed_still_resamples_eval_seeds():
-    rows = pd.DataFrame({"downstream": "a", "pretrain_seed": 0, "eval_seed": [0, 1, 2, 3],
-                         "score": [0.50, 0.52, 0.54, 0.56]})
+    rows = pd.DataFrame(
+        {"downstream": "a", "pretrain_seed": 0, "eval_seed": [0, 1, 2, 3], "score": [0.50, 0.52, 0.54, 0.56]}
+    )
     iv = interval(rows)
     assert iv.estimate == pytest.approx(0.53)
     assert iv.lo < 0.53 < iv.hi and iv.hi - iv.lo > 0.01
@@ -92,8 +113,11 @@ def test_sets_weigh_the_same_and_pretraining_draws_are_shared_by_sets():
     assert interval(pd.DataFrame(rows)).estimate == pytest.approx(0.4)
     # two sets whose scores move with the pre-training seed in opposite directions: drawing the
     # seed once for both sets cancels it in the aggregate; drawing it per set would not
-    rows = [{"downstream": s, "pretrain_seed": p, "eval_seed": 0, "score": 0.5 + sign * (0.1 if p else -0.1)}
-            for s, sign in (("a", 1), ("b", -1)) for p in (0, 1)]
+    rows = [
+        {"downstream": s, "pretrain_seed": p, "eval_seed": 0, "score": 0.5 + sign * (0.1 if p else -0.1)}
+        for s, sign in (("a", 1), ("b", -1))
+        for p in (0, 1)
+    ]
     iv = interval(pd.DataFrame(rows))
     assert (iv.lo, iv.estimate, iv.hi) == pytest.approx((0.5, 0.5, 0.5))
 
@@ -120,8 +144,12 @@ def test_differences_are_paired_on_shared_eval_seeds():
 
 def test_groups_are_computed_together_and_deterministically():
     rng = np.random.default_rng(1)
-    frame = pd.concat([_study(rng, 1, 3, 3).assign(config=name, score=lambda d, m=m: d["score"] + m)
-                       for name, m in (("a", 0.0), ("b", 5.0))])
+    frame = pd.concat(
+        [
+            _study(rng, 1, 3, 3).assign(config=name, score=lambda d, m=m: d["score"] + m)
+            for name, m in (("a", 0.0), ("b", 5.0))
+        ]
+    )
     draws = hierarchical_bootstrap(frame, ["config"], n_boot=200, seed=4)
     assert draws.draws.shape == (200, 2)
     alone = hierarchical_bootstrap(frame[frame["config"] == "b"], ["config"], n_boot=200, seed=4)

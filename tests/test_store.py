@@ -24,8 +24,18 @@ RUN_COLUMNS = (
 
 
 def _run(key: str, **extra) -> dict:
-    row = {"key": key, "status": "ok", "source": "laion", "method": "clip", "downstream": "pets",
-           "protocol": "linear", "shots": 5, "eval_seed": 0, "score": 0.5, "pretrain_size": 1000}
+    row = {
+        "key": key,
+        "status": "ok",
+        "source": "laion",
+        "method": "clip",
+        "downstream": "pets",
+        "protocol": "linear",
+        "shots": 5,
+        "eval_seed": 0,
+        "score": 0.5,
+        "pretrain_size": 1000,
+    }
     row.update(extra)
     return row
 
@@ -43,8 +53,18 @@ def test_runs_schema_keeps_design_columns_in_order():
 
 
 def test_conform_fills_casts_and_serialises():
-    table = conform("runs", [{"key": "a", "pretrain_size": 3.0, "label_noise": 0, "hparams": {"lr": 0.1},
-                              "created_at": dt.datetime(2024, 1, 1)}])
+    table = conform(
+        "runs",
+        [
+            {
+                "key": "a",
+                "pretrain_size": 3.0,
+                "label_noise": 0,
+                "hparams": {"lr": 0.1},
+                "created_at": dt.datetime(2024, 1, 1),
+            }
+        ],
+    )
     assert table.schema.equals(TABLES["runs"], check_metadata=False)
     row = table.to_pylist()[0]
     assert row["pretrain_size"] == 3 and row["label_noise"] == 0.0 and row["shots"] is None
@@ -201,8 +221,11 @@ def test_query_error_keeps_duckdb_message_and_lists_tables(tmp_path):
 @pytest.fixture()
 def frame(tmp_path):
     store = Store(tmp_path / "s")
-    store.write_part("runs", "j1", [_run("a", shots=None, created_at=dt.datetime(2024, 1, 2, tzinfo=dt.UTC)),
-                                    _run("b[x]", score=None)])
+    store.write_part(
+        "runs",
+        "j1",
+        [_run("a", shots=None, created_at=dt.datetime(2024, 1, 2, tzinfo=dt.UTC)), _run("b[x]", score=None)],
+    )
     return store.query("SELECT key, shots, score, created_at FROM runs ORDER BY key")
 
 

@@ -13,9 +13,19 @@ from results.store import COMPACT_PREFIX, META_PARTS_KEY, Store, StoreError
 
 
 def _run(key: str, **extra) -> dict:
-    row = {"key": key, "spec": "s1", "status": "ok", "source": "laion", "method": "clip",
-           "downstream": "pets", "protocol": "linear", "shots": 5, "eval_seed": 0, "score": 0.5,
-           "created_at": dt.datetime(2024, 1, 1, 12, 0)}
+    row = {
+        "key": key,
+        "spec": "s1",
+        "status": "ok",
+        "source": "laion",
+        "method": "clip",
+        "downstream": "pets",
+        "protocol": "linear",
+        "shots": 5,
+        "eval_seed": 0,
+        "score": 0.5,
+        "created_at": dt.datetime(2024, 1, 1, 12, 0),
+    }
     row.update(extra)
     return row
 
@@ -137,8 +147,9 @@ def test_cli_ls_and_compact(tmp_path):
 
     store = Store(tmp_path)
     _fill(store, n_parts=3)
-    store.write_part("runs", "job-f", [_run("bad", status="failed", spec="s2",
-                                            created_at=dt.datetime(2024, 2, 3, 4, 5))])
+    store.write_part(
+        "runs", "job-f", [_run("bad", status="failed", spec="s2", created_at=dt.datetime(2024, 2, 3, 4, 5))]
+    )
     store.write_part("curves", "job-0", [{"key": "r0-0", "epoch": e} for e in range(4)])
     runner = CliRunner()
     res = runner.invoke(app, ["results", "ls", "--store", str(tmp_path)])

@@ -41,14 +41,25 @@ def root(s3):
 def _objects(s3, root: str) -> list[str]:
     """Object keys under the store's prefix, relative to it, less folder markers (pyarrow puts
     ``runs/`` when it deletes the last object below it, so that the "folder" stays)."""
-    prefix = root.split("?")[0][len(f"s3://{BUCKET}/"):] + "/"
+    prefix = root.split("?")[0][len(f"s3://{BUCKET}/") :] + "/"
     listing = s3[1].list_objects_v2(Bucket=BUCKET, Prefix=prefix)
-    return sorted(o["Key"][len(prefix):] for o in listing.get("Contents", []) if not o["Key"].endswith("/"))
+    return sorted(o["Key"][len(prefix) :] for o in listing.get("Contents", []) if not o["Key"].endswith("/"))
 
 
 def _run(key: str, **extra) -> dict:
-    row = {"key": key, "spec": "s1", "status": "ok", "source": "laion", "method": "clip", "downstream": "pets",
-           "protocol": "linear", "shots": 5, "eval_seed": 0, "score": 0.5, "pretrain_size": 1000}
+    row = {
+        "key": key,
+        "spec": "s1",
+        "status": "ok",
+        "source": "laion",
+        "method": "clip",
+        "downstream": "pets",
+        "protocol": "linear",
+        "shots": 5,
+        "eval_seed": 0,
+        "score": 0.5,
+        "pretrain_size": 1000,
+    }
     row.update(extra)
     return row
 
@@ -77,15 +88,19 @@ def test_write_rewrite_read_query_compact_on_s3(s3, root):
     assert sorted(df.index) == ["a", "b", "c"] and df.loc["a", "score"] == 0.9
     assert str(df["shots"].dtype) == "Int64" and df["shots"].isna().sum() == 1
     q = store.query("SELECT method, count(*) AS n, sum(score) AS s FROM runs GROUP BY method ORDER BY method")
-    assert q.to_dict("records") == [{"method": "clip", "n": 2, "s": pytest.approx(1.1)},
-                                    {"method": "simclr", "n": 1, "s": pytest.approx(0.4)}]
+    assert q.to_dict("records") == [
+        {"method": "clip", "n": 2, "s": pytest.approx(1.1)},
+        {"method": "simclr", "n": 1, "s": pytest.approx(0.4)},
+    ]
     joined = store.query("SELECT r.key, count(*) AS n FROM runs r JOIN curves c USING (key) GROUP BY 1")
     assert joined.to_dict("records") == [{"key": "a", "n": 3}]
 
     report = store.compact("runs")
     assert report["parts_merged"] == 3 and report["rows"] == 3 and report["parts_removed"] == 3
     objects = _objects(s3, root)
-    assert [o for o in objects if o.startswith("runs/")] == [o for o in objects if o.startswith(f"runs/{COMPACT_PREFIX}")]
+    assert [o for o in objects if o.startswith("runs/")] == [
+        o for o in objects if o.startswith(f"runs/{COMPACT_PREFIX}")
+    ]
     assert store.part_files("runs") == [] and len(store.compacted_files("runs")) == 1
     assert _counts(store) == (3, 3) and store.has_part("runs", "j3")
     assert sorted(store.read("runs")["key"]) == ["a", "b", "c"]
@@ -105,8 +120,11 @@ def test_upgrade_steps_and_newer_parts_on_s3(s3, root, monkeypatch):
     store.write_part("runs", "j1", [_run("a", score=0.25)])
     store.write_part("runs", "j2", [_run("b", score=0.5)])
     monkeypatch.setattr(S, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(S.UPGRADES, ("runs", 1),
-                        lambda t: t.set_column(t.schema.get_field_index("score"), "score", pc.multiply(t["score"], 100.0)))
+    monkeypatch.setitem(
+        S.UPGRADES,
+        ("runs", 1),
+        lambda t: t.set_column(t.schema.get_field_index("score"), "score", pc.multiply(t["score"], 100.0)),
+    )
     assert sorted(store.read("runs")["score"]) == [25.0, 50.0]
     assert sorted(store.query("SELECT score FROM runs")["score"]) == [25.0, 50.0]
     store.compact("runs")
@@ -146,8 +164,14 @@ def test_cli_query_ls_compact_on_s3(s3, root):
     env = {**os.environ, "PYTHONPATH": str(REPO), "COLUMNS": "200"}
 
     def cli(*args: str) -> subprocess.Popen:
-        return subprocess.Popen([sys.executable, "-m", "harness.cli", "results", *args, "--store", root],
-                                cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        return subprocess.Popen(
+            [sys.executable, "-m", "harness.cli", "results", *args, "--store", root],
+            cwd=REPO,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
 
     def done(proc: subprocess.Popen) -> str:
         out, err = proc.communicate(timeout=120)

@@ -17,8 +17,19 @@ from results.store import META_WRITE_ID_KEY, Store, StoreError
 
 
 def _run(key: str, **extra) -> dict:
-    row = {"key": key, "spec": "s1", "status": "ok", "source": "laion", "method": "clip", "downstream": "pets",
-           "protocol": "linear", "shots": 5, "eval_seed": 0, "score": 0.5, "pretrain_size": 1000}
+    row = {
+        "key": key,
+        "spec": "s1",
+        "status": "ok",
+        "source": "laion",
+        "method": "clip",
+        "downstream": "pets",
+        "protocol": "linear",
+        "shots": 5,
+        "eval_seed": 0,
+        "score": 0.5,
+        "pretrain_size": 1000,
+    }
     row.update(extra)
     return row
 
@@ -74,8 +85,14 @@ def v2(monkeypatch):
 
 def test_v0_part_reads_back_through_read_query_and_compact(tmp_path):
     store = Store(tmp_path)
-    legacy = pa.table({"key": ["old-a", "old-b"], "source": ["laion", "yfcc"], "score": [0.25, 0.75],
-                       "shots": pa.array([None, 10], pa.int64())})
+    legacy = pa.table(
+        {
+            "key": ["old-a", "old-b"],
+            "source": ["laion", "yfcc"],
+            "score": [0.25, 0.75],
+            "shots": pa.array([None, 10], pa.int64()),
+        }
+    )
     path = _write_raw(store, "runs", "legacy", legacy)
     assert pq.read_metadata(path).metadata is None or S.META_VERSION_KEY not in pq.read_metadata(path).metadata
     store.write_part("runs", "new", [_run("new-a", score=0.5, hparams={"C": 1.0})])

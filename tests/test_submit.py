@@ -30,16 +30,30 @@ BIN = Path(sys.executable).parent
 SPEC = {
     "name": "submit-test",
     "world": {"seed": 0, "scale": 0.05},
-    "pretrain": {"backbone": "test_resnet", "epochs": 1, "batch_size": 32,
-                 "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}]},
-    "downstream": {"sets": ["digits"], "eval_seeds": [0], "random_init_floor": False,
-                   "protocols": [{"name": "linear", "shots": [1, "full"]}]},
+    "pretrain": {
+        "backbone": "test_resnet",
+        "epochs": 1,
+        "batch_size": 32,
+        "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}],
+    },
+    "downstream": {
+        "sets": ["digits"],
+        "eval_seeds": [0],
+        "random_init_floor": False,
+        "protocols": [{"name": "linear", "shots": [1, "full"]}],
+    },
     "resources": {"pretrain": {"num_workers": 1, "cpus_per_worker": 1}, "eval": {"num_cpus": 1}},
 }
 # Ray Train's preemption watcher and slow health checks cost seconds per run on 2 cores
 # (harness.runner switches them off for a local Ray; on a cluster they stay on by default).
-FAST_TRAIN = ["--env", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0", "--env", "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5",
-              "--env", "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION=0"]
+FAST_TRAIN = [
+    "--env",
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER=0",
+    "--env",
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S=0.5",
+    "--env",
+    "RAY_TRAIN_ENABLE_STATE_ACTOR_RECONCILIATION=0",
+]
 
 
 def _write_spec(d: Path, **overrides) -> Path:
@@ -66,6 +80,7 @@ def _flat(text: str) -> str:
 
 # --------------------------------------------------------------------------- no cluster needed
 
+
 def _cli(*args: str):
     """The real command in this process (no Ray is started: the Jobs API client only speaks HTTP)."""
     from typer.testing import CliRunner
@@ -77,11 +92,25 @@ def _cli(*args: str):
 
 
 def test_submit_dry_run_prints_plan_asks_and_runtime_env(tmp_path):
-    spec = _write_spec(tmp_path, resources={"pretrain": {"num_workers": 2, "cpus_per_worker": 4, "gpus_per_worker": 1},
-                                            "eval": {"num_cpus": 2, "num_gpus": 0.25}})
+    spec = _write_spec(
+        tmp_path,
+        resources={
+            "pretrain": {"num_workers": 2, "cpus_per_worker": 4, "gpus_per_worker": 1},
+            "eval": {"num_cpus": 2, "num_gpus": 0.25},
+        },
+    )
     closed = _free_ports(1)[0]  # nothing listens: a dry run must not try
-    r = _cli("submit", spec, "--address", f"http://127.0.0.1:{closed}", "--dry-run",
-             "--store", "/shared/tbench/store", "--workdir", "/shared/tbench/work")
+    r = _cli(
+        "submit",
+        spec,
+        "--address",
+        f"http://127.0.0.1:{closed}",
+        "--dry-run",
+        "--store",
+        "/shared/tbench/store",
+        "--workdir",
+        "/shared/tbench/work",
+    )
     out = _flat(r.output)
     assert r.exit_code == 0, r.output
     assert "dry run: nothing was sent" in out and "(not contacted)" in out
@@ -92,7 +121,7 @@ def test_submit_dry_run_prints_plan_asks_and_runtime_env(tmp_path):
     assert re.search(r"submission id tbench-submit-test-\d{8}-\d{6}-[0-9a-f]{4}", out)
     assert "-m harness.cli run .tbench-submit/submit-test-" in out
     assert "--address auto --no-progress --workdir /shared/tbench/work --store /shared/tbench/store" in out
-    env = json.loads(r.output[r.output.index("{", r.output.index("runtime env:")):r.output.index("\n}\n") + 2])
+    env = json.loads(r.output[r.output.index("{", r.output.index("runtime env:")) : r.output.index("\n}\n") + 2])
     assert env["working_dir"] == str(ROOT)
     assert {".git/", ".venv/", "tbench-out/", "__pycache__/"} <= set(env["excludes"])
     assert env["env_vars"]["PYTHONUNBUFFERED"] == "1" and "pip" not in env  # nothing installed at run time
@@ -107,8 +136,9 @@ def test_build_submission_upload_and_paths(tmp_path):
     spec_path = _write_spec(tmp_path)
     s = load_spec(spec_path)
     # A loopback cluster shares this machine's disk: relative paths resolve as `tbench run` would here.
-    sub = S.build_submission(spec_path, s, address="127.0.0.1:8265", cwd=tmp_path, pip=["rich"],
-                             env={"TBENCH_DATA": "/data"})
+    sub = S.build_submission(
+        spec_path, s, address="127.0.0.1:8265", cwd=tmp_path, pip=["rich"], env={"TBENCH_DATA": "/data"}
+    )
     assert sub.address == "http://127.0.0.1:8265"
     assert f"--workdir {tmp_path}/tbench-out/submit-test/work" in sub.entrypoint
     assert sub.runtime_env["pip"] == ["rich"] and sub.runtime_env["env_vars"]["TBENCH_DATA"] == "/data"
@@ -128,14 +158,16 @@ def test_build_submission_upload_and_paths(tmp_path):
         del os.environ[S.SPEC_ENV]
     assert (tmp_path / rel).read_bytes() == spec_path.read_bytes()
     # A remote cluster with the spec's relative paths: a note says they would not be shared.
-    remote = S.build_submission(ROOT / "configs" / "tiny.yaml", load_spec(ROOT / "configs" / "tiny.yaml"),
-                                address="http://head.example:8265")
+    remote = S.build_submission(
+        ROOT / "configs" / "tiny.yaml", load_spec(ROOT / "configs" / "tiny.yaml"), address="http://head.example:8265"
+    )
     assert remote.entrypoint.startswith("python -m harness.cli run configs/tiny.yaml --address auto")
     assert "--store" not in remote.entrypoint and any("shared storage" in n for n in remote.notes)
     assert S.SPEC_ENV not in remote.runtime_env["env_vars"]
     # The documented runtime-env YAML merges into the default.
-    merged = S.build_submission(spec_path, s, address="127.0.0.1:8265", cwd=tmp_path,
-                                runtime_env_file=ROOT / "cluster" / "runtime_env.yaml")
+    merged = S.build_submission(
+        spec_path, s, address="127.0.0.1:8265", cwd=tmp_path, runtime_env_file=ROOT / "cluster" / "runtime_env.yaml"
+    )
     assert merged.runtime_env["env_vars"]["TBENCH_DATA"] == "/mnt/tbench/data"
     assert merged.runtime_env["env_vars"]["PYTHONUNBUFFERED"] == "1"
     assert {"*.png", ".venv/"} <= set(merged.runtime_env["excludes"]) and "pip" not in merged.runtime_env
@@ -147,8 +179,13 @@ def test_build_submission_upload_and_paths(tmp_path):
 def test_unreachable_address_names_it_and_how_to_start_a_head(tmp_path):
     port = _free_ports(1)[0]
     addr = f"http://127.0.0.1:{port}"
-    for args in (("jobs",), ("status", "tbench-x"), ("logs", "tbench-x", "--follow"), ("stop", "tbench-x"),
-                 ("submit", _write_spec(tmp_path))):
+    for args in (
+        ("jobs",),
+        ("status", "tbench-x"),
+        ("logs", "tbench-x", "--follow"),
+        ("stop", "tbench-x"),
+        ("submit", _write_spec(tmp_path)),
+    ):
         t0 = time.perf_counter()
         r = _cli(*args, "--address", addr)
         out = _flat(r.output)
@@ -208,6 +245,7 @@ def test_follow_streams_chunks_then_returns_the_final_status():
 
 # --------------------------------------------------------------------------- cluster/ configs
 
+
 def test_cluster_configs_parse():
     up = yaml.safe_load((ROOT / "cluster" / "ray-up.yaml").read_text())
     for key in ("cluster_name", "provider", "available_node_types", "head_node_type"):
@@ -242,6 +280,7 @@ def test_cluster_configs_parse():
 
 # --------------------------------------------------------------------------- a real head
 
+
 @pytest.mark.slow
 def test_submit_follow_status_jobs_stop_on_a_loopback_head(ray_head, tmp_path):
     from harness import submit as S
@@ -260,8 +299,14 @@ def test_submit_follow_status_jobs_stop_on_a_loopback_head(ray_head, tmp_path):
     job = m.group(1)
     assert f"tbench logs {job} --follow --address {address}" in _flat(r.output)
     # Followed by the real command line in its own process, while the rest goes on here.
-    follower = subprocess.Popen(_tbench_cmd("logs", job, "--follow", "--address", address), cwd=ROOT, env=_env(),
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follower = subprocess.Popen(
+        _tbench_cmd("logs", job, "--follow", "--address", address),
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         # A second submission of the same spec (other paths), stopped as soon as it runs.
         r = _cli("submit", spec, "--address", address, "--store", tmp_path / "store2", "--workdir", tmp_path / "work2")

@@ -14,14 +14,33 @@ from curation.filters import FILTERS, run_steps
 from curation.views import LABEL_STEP, SUBSET_STEP, ViewConfig, allocate, build_view
 
 SCALE = 0.1
-CONTRACT_KEYS = {"source", "curation", "requested_size", "size", "label_noise", "achieved_noise", "label_accuracy",
-                 "num_classes", "class_names", "funnel", "shards"}
+CONTRACT_KEYS = {
+    "source",
+    "curation",
+    "requested_size",
+    "size",
+    "label_noise",
+    "achieved_noise",
+    "label_accuracy",
+    "num_classes",
+    "class_names",
+    "funnel",
+    "shards",
+}
 CLEAN = (("caption_length", {"min_words": 2, "max_words": 30}), ("clip_score", {"threshold": 0.25}))
 
 
 def cfg(source="laion", size=100, curation=(), name="none", noise=0.0, labels=False, seed=0, mixture=None):
-    return ViewConfig(source=None if mixture else source, mixture=mixture, curation_name=name,
-                      curation=tuple(curation), size=size, label_noise=noise, needs_labels=labels, seed=seed)
+    return ViewConfig(
+        source=None if mixture else source,
+        mixture=mixture,
+        curation_name=name,
+        curation=tuple(curation),
+        size=size,
+        label_noise=noise,
+        needs_labels=labels,
+        seed=seed,
+    )
 
 
 def keys_of(view_dir: Path) -> list[str]:
@@ -115,7 +134,9 @@ def test_config_errors_name_the_field():
         cfg(noise=1.5, labels=True)
     with pytest.raises(ValueError, match="needs_labels"):
         cfg(noise=0.1, labels=False)
-    with pytest.raises(ValueError, match=r"clip_score.*unknown parameter\(s\) \['treshold'\].*threshold \(default None\), top_fraction"):
+    with pytest.raises(
+        ValueError, match=r"clip_score.*unknown parameter\(s\) \['treshold'\].*threshold \(default None\), top_fraction"
+    ):
         cfg(curation=(("clip_score", {"treshold": 0.3}),))
     with pytest.raises(KeyError, match="unknown curation step 'clip'"):
         cfg(curation=(("clip", {}),))
@@ -123,8 +144,14 @@ def test_config_errors_name_the_field():
 
 def test_filters_funnel_counts():
     samples = [{"key": str(i), "txt": "a " * i, "json": {"similarity": i / 10}} for i in range(10)]
-    kept, funnel = run_steps(samples, [("caption_length", {"min_words": 2}), ("clip_score", {"threshold": 0.5}),
-                                       ("caption_length", {"max_words": 8})])
+    kept, funnel = run_steps(
+        samples,
+        [
+            ("caption_length", {"min_words": 2}),
+            ("clip_score", {"threshold": 0.5}),
+            ("caption_length", {"max_words": 8}),
+        ],
+    )
     assert [s["key"] for s in kept] == ["5", "6", "7", "8"]
     assert funnel == {"caption_length": 2, "clip_score": 3, "caption_length#2": 1}
     assert {"caption_length", "clip_score"} <= set(FILTERS.names())
@@ -162,8 +189,12 @@ def test_label_noise_rate_within_one_point_on_10000_samples():
     assert (other != add_label_noise(keys, clean, 20, 0.2, seed=3, model="symmetric", partners=partners)).any()
 
 
-CURATED = (("caption_length", {"min_words": 2}), ("clip_score", {"top_fraction": 0.8}),
-           ("dedup", {}), ("aspect_ratio", {"max_ratio": 3.0}))
+CURATED = (
+    ("caption_length", {"min_words": 2}),
+    ("clip_score", {"top_fraction": 0.8}),
+    ("dedup", {}),
+    ("aspect_ratio", {"max_ratio": 3.0}),
+)
 
 
 @pytest.mark.parametrize("mixture", [None, {"laion": 2.0, "cc12m": 1.0, "yfcc": 1.0}])
@@ -188,14 +219,17 @@ def test_every_size_pair_nests(world, tmp_path, mixture):
 
 def test_top_fraction_keeps_the_best_scores(world, tmp_path):
     full = build_view(cfg(size=100_000, name="none"), world, tmp_path / "all")
-    top = build_view(cfg(size=100_000, curation=(("clip_score", {"top_fraction": 0.25}),), name="top"), world,
-                     tmp_path / "top")
+    top = build_view(
+        cfg(size=100_000, curation=(("clip_score", {"top_fraction": 0.25}),), name="top"), world, tmp_path / "top"
+    )
     assert top["funnel"]["clip_score"] == full["size"] - math.ceil(0.25 * full["size"])
     cut = top["steps"]["clip_score"]["score_cutoff"]
     import webdataset as wds
 
-    sims = [json.loads(s["json"])["similarity"] for s in wds.WebDataset(
-        sorted(str(p) for p in (tmp_path / "top" / "shards").glob("*.tar")), shardshuffle=False)]
+    sims = [
+        json.loads(s["json"])["similarity"]
+        for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "top" / "shards").glob("*.tar")), shardshuffle=False)
+    ]
     assert min(sims) >= cut
     with pytest.raises(ValueError, match="exactly one of 'threshold'.*'top_fraction'"):
         cfg(curation=(("clip_score", {"threshold": 0.2, "top_fraction": 0.5}),))
@@ -216,25 +250,35 @@ def test_index_view_reads_the_source_shards(world, tmp_path):
     want = {k: lab for per in v.index.values() for k, lab in per.items()}
     import webdataset as wds
 
-    got = {s["__key__"]: int(s["cls"]) for s in wds.WebDataset(
-        sorted(str(p) for p in (tmp_path / "s" / "shards").glob("*.tar")), shardshuffle=False)}
+    got = {
+        s["__key__"]: int(s["cls"])
+        for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "s" / "shards").glob("*.tar")), shardshuffle=False)
+    }
     assert want == got, "the index keeps the same samples with the same (noisy) labels"
-    loader = make_train_loader(tmp_path / "i", pipeline="image_label", batch_size=50, num_batches=3, image_size=32, seed=0)
+    loader = make_train_loader(
+        tmp_path / "i", pipeline="image_label", batch_size=50, num_batches=3, image_size=32, seed=0
+    )
     loader.set_epoch(0)
     seen = [int(x) for b in loader for x in b["label"]]
     assert len(seen) == 150 and set(seen) <= set(got.values())
 
 
 def test_caption_and_image_steps(world, tmp_path):
-    steps = (("caption_language", {}), ("caption_concept", {}), ("min_resolution", {"min_side": 300}),
-             ("aspect_ratio", {"max_ratio": 2.5}))
+    steps = (
+        ("caption_language", {}),
+        ("caption_concept", {}),
+        ("min_resolution", {"min_side": 300}),
+        ("aspect_ratio", {"max_ratio": 2.5}),
+    )
     m = build_view(cfg(source="wit", size=100_000, curation=steps, name="rules"), world, tmp_path / "wit")
     assert list(m["funnel"]) == ["caption_language", "caption_concept", "min_resolution", "aspect_ratio", SUBSET_STEP]
     assert all(m["funnel"][s] > 0 for s in ("caption_language", "min_resolution"))
     import webdataset as wds
 
-    metas = [json.loads(s["json"]) for s in wds.WebDataset(
-        sorted(str(p) for p in (tmp_path / "wit" / "shards").glob("*.tar")), shardshuffle=False)]
+    metas = [
+        json.loads(s["json"])
+        for s in wds.WebDataset(sorted(str(p) for p in (tmp_path / "wit" / "shards").glob("*.tar")), shardshuffle=False)
+    ]
     kept_lang = [meta.get("lang", "en") for meta in metas]
     assert sum(x == "en" for x in kept_lang) / len(kept_lang) >= 0.95, "the language rule keeps English captions"
     assert all(min(meta["original_width"], meta["original_height"]) >= 300 for meta in metas)

@@ -74,15 +74,18 @@ def requests():
 
 
 def _prefix(root: str) -> str:
-    return root.split("?")[0][len(f"s3://{BUCKET}/"):] + "/"
+    return root.split("?")[0][len(f"s3://{BUCKET}/") :] + "/"
 
 
 def _objects(s3, root: str) -> dict[str, bytes]:
     """{key relative to the root: content} of the objects below the root, less folder markers."""
     prefix, client = _prefix(root), s3[1]
     listing = client.list_objects_v2(Bucket=BUCKET, Prefix=prefix).get("Contents", [])
-    return {o["Key"][len(prefix):]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
-            for o in listing if not o["Key"].endswith("/")}
+    return {
+        o["Key"][len(prefix) :]: client.get_object(Bucket=BUCKET, Key=o["Key"])["Body"].read()
+        for o in listing
+        if not o["Key"].endswith("/")
+    }
 
 
 def _tree(d: Path) -> dict[str, bytes]:
@@ -133,7 +136,7 @@ def test_push_then_pull_into_an_empty_cache(s3, root, tmp_path, monkeypatch):
     gets = _record(monkeypatch, "_get")
     local = other.pull("pretrain", "k1")
     assert local == tmp_path / "node-b" / "pretrain" / "k1"
-    assert _tree(local) == {k[len("pretrain/k1/"):]: v for k, v in expected.items()}
+    assert _tree(local) == {k[len("pretrain/k1/") :]: v for k, v in expected.items()}
     assert gets[-1].endswith(f"/pretrain/k1/{DONE}") and len(gets) == len(FILES) + 1  # the marker last
     assert artifacts.is_done(local) and artifacts.read_done(local) == {"epochs": 2}
     gets.clear()
@@ -167,7 +170,9 @@ def test_interrupted_push_leaves_no_marker(s3, root, tmp_path, monkeypatch):
         wd.read_done("pretrain", "k2")
 
     other = Workdir(root, cache=tmp_path / "b")
-    with pytest.raises(UnfinishedError, match=r"s3://.*/wd/pretrain/k2\?endpoint_override=.* has no _DONE\.json.*allow_partial"):
+    with pytest.raises(
+        UnfinishedError, match=r"s3://.*/wd/pretrain/k2\?endpoint_override=.* has no _DONE\.json.*allow_partial"
+    ):
         other.pull("pretrain", "k2")
     assert not other.dir("pretrain", "k2").exists()  # nothing was fetched
     partial = other.pull("pretrain", "k2", allow_partial=True)  # resuming from what made it up
@@ -176,7 +181,10 @@ def test_interrupted_push_leaves_no_marker(s3, root, tmp_path, monkeypatch):
     assert "checkpoints/epoch_002.pt" not in got
 
     wd.push("pretrain", "k2")  # the retry sends the rest, then the marker
-    assert wd.is_done("pretrain", "k2") and _objects(s3, root)["pretrain/k2/checkpoints/epoch_002.pt"] == FILES["checkpoints/epoch_002.pt"]
+    assert (
+        wd.is_done("pretrain", "k2")
+        and _objects(s3, root)["pretrain/k2/checkpoints/epoch_002.pt"] == FILES["checkpoints/epoch_002.pt"]
+    )
     assert _tree(other.pull("pretrain", "k2")) == _tree(d)
 
 
@@ -199,7 +207,10 @@ def test_pull_only_one_file(s3, root, tmp_path):
 
     other = Workdir(root, cache=tmp_path / "b")
     d = other.pull("pretrain", "k3", only=["checkpoints/epoch_002.pt"])
-    assert _tree(d) == {"checkpoints/epoch_002.pt": FILES["checkpoints/epoch_002.pt"], DONE: (wd.dir("pretrain", "k3") / DONE).read_bytes()}
+    assert _tree(d) == {
+        "checkpoints/epoch_002.pt": FILES["checkpoints/epoch_002.pt"],
+        DONE: (wd.dir("pretrain", "k3") / DONE).read_bytes(),
+    }
     with pytest.raises(FileNotFoundError, match=r"pretrain/k3/checkpoints/epoch_009\.pt\?endpoint_override="):
         other.pull("pretrain", "k3", only=["checkpoints/epoch_009.pt"])
     assert _tree(other.pull("pretrain", "k3")) == _tree(wd.dir("pretrain", "k3"))
@@ -218,16 +229,23 @@ def test_push_given_files(s3, root, tmp_path):
         wd.push("pretrain", "k4", files=[tmp_path / "elsewhere.pt"])
     artifacts.mark_done(d, {"epochs": 2})
     wd.push("pretrain", "k4", files=["checkpoints/epoch_002.pt"], exclude=["ray"])
-    assert sorted(_objects(s3, root)) == [f"pretrain/k4/{DONE}", "pretrain/k4/checkpoints/epoch_001.pt",
-                                          "pretrain/k4/checkpoints/epoch_002.pt", "pretrain/k4/metrics.json"]
+    assert sorted(_objects(s3, root)) == [
+        f"pretrain/k4/{DONE}",
+        "pretrain/k4/checkpoints/epoch_001.pt",
+        "pretrain/k4/checkpoints/epoch_002.pt",
+        "pretrain/k4/metrics.json",
+    ]
 
 
 def test_done_keys_with_one_listing(s3, root, tmp_path, requests):
     client, prefix = s3[1], _prefix(root)
     done = {f"key{i:02d}" for i in range(0, 50, 3)}
     keys = [f"eval/{k}/{DONE}" if k in done else f"eval/{k}/rows.json" for k in (f"key{i:02d}" for i in range(50))]
-    keys += ["eval/key00/rows.json", f"eval/key01/sub/{DONE}",  # the latter is not a job's marker
-             f"pretrain/other/{DONE}"]  # another kind
+    keys += [
+        "eval/key00/rows.json",
+        f"eval/key01/sub/{DONE}",  # the latter is not a job's marker
+        f"pretrain/other/{DONE}",
+    ]  # another kind
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(lambda k: client.put_object(Bucket=BUCKET, Key=prefix + k, Body=b"{}"), keys))
     wd = Workdir(root, cache=tmp_path)
@@ -285,12 +303,20 @@ def test_concurrent_pulls_share_a_cache(s3, root, tmp_path):
 def test_other_remote_filesystems_rename_into_place(tmp_path, monkeypatch):
     """A remote filesystem that is not an object store gets a temporary file and a rename."""
     wd = Workdir(tmp_path / "unused")
-    wd.fs, wd.base, wd.is_remote, wd.is_object_store = pafs.SubTreeFileSystem(str(tmp_path / "remote"), pafs.LocalFileSystem()), "wd", True, False
+    wd.fs, wd.base, wd.is_remote, wd.is_object_store = (
+        pafs.SubTreeFileSystem(str(tmp_path / "remote"), pafs.LocalFileSystem()),
+        "wd",
+        True,
+        False,
+    )
     wd.local = tmp_path / "cache"
     _fill(wd.dir("view", "v1"), {"a/b.bin": b"abc"})
     wd.mark_done("view", "v1", {"n": 1})
     wd.push("view", "v1")
-    assert _tree(tmp_path / "remote" / "wd") == {"view/v1/a/b.bin": b"abc", f"view/v1/{DONE}": (wd.dir("view", "v1") / DONE).read_bytes()}
+    assert _tree(tmp_path / "remote" / "wd") == {
+        "view/v1/a/b.bin": b"abc",
+        f"view/v1/{DONE}": (wd.dir("view", "v1") / DONE).read_bytes(),
+    }
     assert wd.done_keys("view") == {"v1"} and wd.read_done("view", "v1") == {"n": 1}
 
 
@@ -362,15 +388,29 @@ def test_a_run_on_object_storage_survives_failures_and_moves_machines(s3, tmp_pa
     data = {
         "name": "on-s3",
         "world": {"seed": 0, "scale": 0.05},  # built by the run, kept in the bucket with the rest
-        "pretrain": {"backbone": "test_resnet", "epochs": 2, "checkpoint_epochs": "all", "batch_size": 32,
-                     "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}]},
+        "pretrain": {
+            "backbone": "test_resnet",
+            "epochs": 2,
+            "checkpoint_epochs": "all",
+            "batch_size": 32,
+            "grids": [{"sources": ["imagenet"], "sizes": [100], "methods": ["supervised"]}],
+        },
         "downstream": {
-            "sets": ["digits", "ghost"], "eval_seeds": [0], "checkpoint_epochs": "all",
+            "sets": ["digits", "ghost"],
+            "eval_seeds": [0],
+            "checkpoint_epochs": "all",
             "custom_sets": {"ghost": {"format": "imagefolder", "path": str(ghost)}},
-            "protocols": [{"name": "linear", "shots": [1, "full"]},
-                          {"name": "scratch", "shots": ["full"], "sets": ["ghost"], "epochs": 1, "lrs": [0.003]}]},
-        "resources": {"view": {"engine": "local"}, "max_retries": 2,
-                      "pretrain": {"gpus_per_worker": 1}, "eval": {"num_cpus": 1, "num_gpus": 0.5}},
+            "protocols": [
+                {"name": "linear", "shots": [1, "full"]},
+                {"name": "scratch", "shots": ["full"], "sets": ["ghost"], "epochs": 1, "lrs": [0.003]},
+            ],
+        },
+        "resources": {
+            "view": {"engine": "local"},
+            "max_retries": 2,
+            "pretrain": {"gpus_per_worker": 1},
+            "eval": {"num_cpus": 1, "num_gpus": 0.5},
+        },
     }
     spec = tmp_path / "spec.yaml"
     spec.write_text(yaml.safe_dump(data))
@@ -385,11 +425,18 @@ def test_a_run_on_object_storage_survives_failures_and_moves_machines(s3, tmp_pa
 
     def objects(sub: str) -> set[str]:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=f"{prefix}/{sub}")
-        return {o["Key"][len(prefix) + 1:] for page in pages for o in page.get("Contents", [])}
+        return {o["Key"][len(prefix) + 1 :] for page in pages for o in page.get("Contents", [])}
 
     def rows() -> list[dict]:
-        p = run_tbench("results", "query", "SELECT key, status, protocol, downstream, error FROM runs",
-                       "--store", store, "--format", "json")
+        p = run_tbench(
+            "results",
+            "query",
+            "SELECT key, status, protocol, downstream, error FROM runs",
+            "--store",
+            store,
+            "--format",
+            "json",
+        )
         assert p.returncode == 0, p.stderr
         return json.loads(p.stdout)
 
@@ -404,8 +451,11 @@ def test_a_run_on_object_storage_survives_failures_and_moves_machines(s3, tmp_pa
     assert scratch and all("[failed 3 attempt(s)]" in r["error"] and "ghost" in r["error"] for r in scratch)
     linear = [r for r in got if r["downstream"] == "ghost" and r["protocol"] == "linear"]
     assert linear and all(r["error"].startswith("input failed") for r in linear)  # its features job failed
-    failing = {j.key for j in plan.jobs.values() if j.coords.get("downstream") == "ghost"
-               and (j.kind == "features" or j.config.get("protocol") == "scratch")}
+    failing = {
+        j.key
+        for j in plan.jobs.values()
+        if j.coords.get("downstream") == "ghost" and (j.kind == "features" or j.config.get("protocol") == "scratch")
+    }
     attempts = objects("work/attempts/")
     assert {k.split("/")[2] for k in attempts} == failing
     assert all(sum(k.split("/")[2] == key for k in attempts) == 3 for key in failing)

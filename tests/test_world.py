@@ -133,7 +133,8 @@ def test_texture_tiles_do_not_repeat_across_splits(world):
 
     root, _ = world
     dd = datasets.load_from_disk(str(root / "downstream" / "textures")).cast_column(
-        "image", datasets.Image(decode=False))
+        "image", datasets.Image(decode=False)
+    )
     seen = {split: {r["bytes"] for r in dd[split]["image"]} for split in dd}
     assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["validation"])
 

@@ -48,8 +48,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
         f.write(data)
 
 
-def swap_dir_into_place(tmp: Path, dest: Path, same_output: Callable[[Path], bool], *,
-                        keep_same: bool = False) -> None:
+def swap_dir_into_place(tmp: Path, dest: Path, same_output: Callable[[Path], bool], *, keep_same: bool = False) -> None:
     """Move the fully written folder ``tmp`` to ``dest``.
 
     An existing ``dest`` is renamed aside first and removed once ``tmp`` is in place. When the

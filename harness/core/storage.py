@@ -21,4 +21,3 @@ def resolve_root(root: str | os.PathLike[str]) -> tuple[pafs.FileSystem, str, bo
         fs, path = pafs.FileSystem.from_uri(text)
         return fs, path.rstrip("/"), isinstance(fs, pafs.LocalFileSystem)
     return pafs.LocalFileSystem(), str(Path(text).expanduser().absolute()), True
-
