@@ -93,7 +93,8 @@ def world_source(
     src.parent.mkdir(parents=True, exist_ok=True)
     os.replace(tmp, src)
     log(
-        f"wrote world source {name} ({res['num_samples']} samples, scale {scale}) to {src} in {time.perf_counter() - t0:.1f}s"
+        f"wrote world source {name} ({res['num_samples']} samples, scale {scale}) to {src} in "
+        f"{time.perf_counter() - t0:.1f}s"
     )
     return src
 
@@ -301,7 +302,8 @@ def describe_device(device: torch.device) -> str:
         return (
             f"cuda:{device.index or 0} {props.name} ({props.total_memory / 2**30:.0f} GiB), CUDA {torch.version.cuda}"
         )
-    return f"cpu {platform.processor() or platform.machine()} ({os.cpu_count()} logical cores, torch threads {torch.get_num_threads()})"
+    cores = f"{os.cpu_count()} logical cores, torch threads {torch.get_num_threads()}"
+    return f"cpu {platform.processor() or platform.machine()} ({cores})"
 
 
 def environment(device: torch.device) -> dict[str, Any]:

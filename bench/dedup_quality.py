@@ -441,7 +441,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for name, r in tb.items():
         if r:
             C.log(
-                f"textbook pHash, {name}: t={r['threshold']} recall {r['recall']:.3f} (no crops {r['recall_without_crops']:.3f}), "
+                f"textbook pHash, {name}: t={r['threshold']} recall {r['recall']:.3f} (no crops "
+                f"{r['recall_without_crops']:.3f}), "
                 f"{r['recall_per_transform']}, excess removal {r['excess_removal']:.4f}"
             )
 

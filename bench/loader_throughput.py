@@ -107,7 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def image_folder_from_view(view: Path, cache_dir: Path) -> tuple[Path, int]:
-    """``<cache>/imagefolder/<view name>/<cls:04d>/<key>.<ext>``: the view's images as files, original bytes (cached)."""
+    """``<cache>/imagefolder/<view name>/<cls:04d>/<key>.<ext>``: the view's images as files, original bytes.
+
+    Cached: a second call with the same view reuses the files.
+    """
     from bench._common import _read_samples
 
     view = Path(view).resolve()
@@ -413,7 +416,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = C.environment(torch.device("cpu"))
     C.log(f"device: {env['device']}")
     C.log(
-        f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, pillow {env.get('pillow')}, "
+        f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, pillow "
+        f"{env.get('pillow')}, "
         f"python {env['python']}"
     )
     kind = "synthetic 256px JPEG" if args.jpeg else "world 32px PNG"
@@ -439,7 +443,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             res = measure(lambda v=v, r=r: makers[v](r + 1), images)
             runs[v].append(res)
             C.log(
-                f"  repeat {r + 1} {v:<12} {res['steady_images_per_s']:9.1f} img/s steady, {res['total_images_per_s']:9.1f} img/s "
+                f"  repeat {r + 1} {v:<12} {res['steady_images_per_s']:9.1f} img/s steady, "
+                f"{res['total_images_per_s']:9.1f} img/s "
                 f"total ({res['total_s']:.2f}s, first batch {res['first_batch_s']:.2f}s)"
             )
     summary = {
@@ -455,7 +460,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     C.log(f"  {'variant':<12} {'steady':>10} {'total':>10}   batch")
     for v, s in summary.items():
         C.log(
-            f"  {v:<12} {s['steady_images_per_s']:>10.1f} {s['total_images_per_s']:>10.1f}   {s['batch_shape']} {s['dtype']}"
+            f"  {v:<12} {s['steady_images_per_s']:>10.1f} {s['total_images_per_s']:>10.1f}   {s['batch_shape']} "
+            f"{s['dtype']}"
         )
     ratios = {}
     if "webdataset" in summary and "imagefolder" in summary:
@@ -464,7 +470,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         C.log(f"  webdataset / imagefolder: {ratios['steady']:.2f} steady, {ratios['total']:.2f} total (target >= 3)")
     if "plain_wds" in summary and "imagefolder" in summary:
         C.log(
-            f"  plain_wds / imagefolder: {summary['plain_wds']['steady_images_per_s'] / summary['imagefolder']['steady_images_per_s']:.2f} steady"
+            "  plain_wds / imagefolder: "
+            f"{summary['plain_wds']['steady_images_per_s'] / summary['imagefolder']['steady_images_per_s']:.2f} steady"
         )
 
     bd = None

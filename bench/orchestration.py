@@ -80,6 +80,7 @@ WORLD_SETS = [
 ]
 ALL_SOURCES = ["laion", "imagenet", "cc12m", "yfcc", "shutterstock", "wit", "cc3m", "redcaps"]
 PROFILE_OVER_S = 3.0  # planning slower than this (make_plan + expected_rows + done_keys, medians) is profiled
+_JOB_KINDS = ("world", "view", "pretrain", "init", "features", "eval")  # the plan line's order
 
 
 def log(msg: str = "") -> None:
@@ -263,7 +264,8 @@ def bench_planning(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     seeds, sources, _ = size_grid(args.jobs)
     log(
-        f"grid: {sources} sources in the main block, {seeds} pre-training seed(s) (sized in {time.perf_counter() - t0:.1f}s, untimed)"
+        f"grid: {sources} sources in the main block, {seeds} pre-training seed(s) (sized in "
+        f"{time.perf_counter() - t0:.1f}s, untimed)"
     )
     data = grid_spec(seeds, sources)
     parse_s, parse_times, spec = median_time(lambda: parse_spec(data), args.plan_reps)
@@ -276,7 +278,8 @@ def bench_planning(args: argparse.Namespace) -> dict[str, Any]:
     assert not done and len(rows) == plan.planned_rows()
 
     log(
-        f"plan: {n_jobs:,} jobs ({', '.join(f'{k} {counts[k]:,}' for k in ('world', 'view', 'pretrain', 'init', 'features', 'eval') if counts[k])}), "
+        f"plan: {n_jobs:,} jobs "
+        f"({', '.join(f'{k} {counts[k]:,}' for k in _JOB_KINDS if counts[k])}), "
         f"{len(rows):,} expected rows, {len(plan.pruned)} pruned combinations"
     )
     out = {
@@ -388,7 +391,8 @@ def prepare_eval(args: argparse.Namespace):
         t0 = time.perf_counter()
         execute(job, ctx_for(job))
         log(
-            f"  {job.kind} job {job.key[:8]} ready in {time.perf_counter() - t0:.1f}s (in-process; cached after the first run)"
+            f"  {job.kind} job {job.key[:8]} ready in {time.perf_counter() - t0:.1f}s (in-process; cached after the "
+            "first run)"
         )
     job = by_kind["eval"]
     assert job.config["protocol"] == "linear" and job.deps[0] == by_kind["init"].key
@@ -654,7 +658,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             f"({1e6 * p['done_keys_empty_s'] / p['jobs']:.1f} us/job)"
         )
         log(
-            f"  {'first call, registry imports':<38}{p['parse_spec_cold_s'] + p['make_plan_cold_s']:>9.3f} s   (once per process)"
+            f"  {'first call, registry imports':<38}{p['parse_spec_cold_s'] + p['make_plan_cold_s']:>9.3f} s   (once "
+            "per process)"
         )
     if "ray" in summary:
         r = summary["ray"]
@@ -667,7 +672,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         log()
         log(
             f"Ray / in-process per evaluation task: {e['ratio_seq']:.3f}x one at a time "
-            f"({e['overhead_seq_ms']:+.1f} ms), {e['ratio_batch']:.3f}x ({e['overhead_batch_ms']:+.1f} ms) with {args.tasks} submitted at once on "
+            f"({e['overhead_seq_ms']:+.1f} ms), {e['ratio_batch']:.3f}x ({e['overhead_batch_ms']:+.1f} ms) with "
+            f"{args.tasks} submitted at once on "
             f"{args.cpus} CPUs; pure Ray cost per task (no-op): {r['noop']['ray_seq_ms']:.2f} ms one at a time, "
             f"{r['noop']['ray_batch_ms_per_task']:.2f} ms at once"
         )

@@ -178,7 +178,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 }
                 runs.append(run)
                 C.log(
-                    f"{label} run {rep + 1}: wall {wall:.2f} s, loop {summary['seconds']:.2f} s; overhead over the floor "
+                    f"{label} run {rep + 1}: wall {wall:.2f} s, loop {summary['seconds']:.2f} s; overhead over the "
+                    "floor "
                     f"{run['overhead_s']:.2f} s, outside the loop {run['outside_loop_s']:.2f} s"
                     + (" (first task: a new worker process imports torch)" if launcher == "task" and rep == 0 else "")
                 )
@@ -196,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     C.log(f"  floor (in-process loop)       {floor_s:7.2f}")
     for k, label in paths.items():
         C.log(
-            f"  {label:<29} wall {mean(k, 'wall_s'):6.2f}  overhead {overhead[k]:6.2f}  outside the loop {outside[k]:6.2f}"
+            f"  {label:<29} wall {mean(k, 'wall_s'):6.2f}  overhead {overhead[k]:6.2f}  outside the loop "
+            f"{outside[k]:6.2f}"
         )
     C.log(f"  Ray Train overhead / Ray task overhead: {ratio:.1f}x")
     C.log(f"load average at the end: {', '.join(f'{x:.2f}' for x in load_end)}")

@@ -99,7 +99,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--drain-wait-ms",
         type=float,
         default=5.0,
-        help="a wait for a batch this long in the extra warm-up of (a) means the loader's queue ran dry (default: %(default)s)",
+        help="a wait for a batch this long in the extra warm-up of (a) means the loader's queue ran dry "
+        "(default: %(default)s)",
     )
     p.add_argument("--loader-alone", action="store_true", help="also time (c): the loader with no training")
     p.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
@@ -274,7 +275,8 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
     build_s = time.perf_counter() - t_build
     n_mem = min(args.memory_batches, warmup)
     C.log(
-        f"\n[{name}] {args.backbone} ({trainer.params / 1e6:.2f}M params{', open_clip ' + trainer.model.name if name == 'clip' else ''}), "
+        f"\n[{name}] {args.backbone} ({trainer.params / 1e6:.2f}M "
+        f"params{', open_clip ' + trainer.model.name if name == 'clip' else ''}), "
         f"pipeline {trainer.method.pipeline}, view {view} ({C.view_size(view)} samples); built in {build_s:.1f}s"
     )
 
@@ -404,7 +406,8 @@ def bench_method(name: str, view: Path, args: argparse.Namespace, device: torch.
         f"real/in-memory {res['ratio']:.2f}{extra}; skipped {skipped}, mean loss {res['mean_loss']:.3f}"
     )
     C.log(
-        f"[{name}] real warm-up {warm_steps} steps ({'loader queue ran dry: loader-bound' if drained else 'never waited for a batch: model-bound or balanced'})"
+        f"[{name}] real warm-up {warm_steps} steps "
+        f"({'loader queue ran dry: loader-bound' if drained else 'never waited for a batch: model-bound or balanced'})"
     )
     del trainer, kept
     gc.collect()
@@ -430,7 +433,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         per_reader = math.ceil((args.warmup + args.steps) / max(args.loader_workers, 1)) * args.batch_size
         if C.view_size(v) < per_reader:
             C.log(
-                f"note: {m}'s view has {C.view_size(v)} samples, fewer than a reader's {per_reader}: readers start over on it"
+                f"note: {m}'s view has {C.view_size(v)} samples, fewer than a reader's {per_reader}: readers start "
+                "over on it"
             )
 
     device = C.pick_device(args.device)
@@ -441,11 +445,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     env = C.environment(device)
     C.log(f"device: {env['device']}")
     C.log(
-        f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, python {env['python']}, "
+        f"torch {env['torch']}, torchvision {env['torchvision']}, webdataset {env.get('webdataset')}, python "
+        f"{env['python']}, "
         f"{env['cpu_count']} CPUs"
     )
     C.log(
-        f"backbone {args.backbone}, {args.image_size}px, batch {args.batch_size}, {args.warmup} warm-up + {args.steps} timed steps "
+        f"backbone {args.backbone}, {args.image_size}px, batch {args.batch_size}, {args.warmup} warm-up + "
+        f"{args.steps} timed steps "
         f"per phase, {args.loader_workers} loader workers, precision {args.precision} "
         f"(autocast {amp_dtype_for(args.precision, device.type == 'cuda')})"
     )
@@ -460,7 +466,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         + (f" {'loader':>10}" if args.loader_alone else "")
     )
     for r in results:
-        line = f"  {r['method']:<11} {r['real_samples_per_s']:>10.1f} {r['memory_samples_per_s']:>10.1f} {r['ratio']:>6.2f}"
+        line = f"  {r['method']:<11} {r['real_samples_per_s']:>10.1f} {r['memory_samples_per_s']:>10.1f}"
+        line += f" {r['ratio']:>6.2f}"
         if args.loader_alone:
             line += f" {r['loader_alone_samples_per_s']:>10.1f}"
         C.log(line)

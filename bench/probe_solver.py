@@ -37,7 +37,8 @@ baseline time / total time of ours. Run from the repository root:
 
     .venv/bin/python bench/probe_solver.py --quick          # 3 sets, 2 seeds, about a minute on 2 cores
     .venv/bin/python bench/probe_solver.py                  # 11 sets, 3 seeds
-    .venv/bin/python bench/probe_solver.py --checkpoint tbench-out/quickstart/work/pretrain/<key>/checkpoints/epoch_005.pt
+    .venv/bin/python bench/probe_solver.py \\
+        --checkpoint tbench-out/quickstart/work/pretrain/<key>/checkpoints/epoch_005.pt
 """
 
 from __future__ import annotations
@@ -200,7 +201,10 @@ def objective(
 
 
 def full_coef(model: Any, num_classes: int, dim: int) -> tuple[np.ndarray, np.ndarray]:
-    """scikit-learn's coefficients as ``[num_classes, D]`` and ``[num_classes]`` (classes absent from training: -inf bias)."""
+    """scikit-learn's coefficients as ``[num_classes, D]`` and ``[num_classes]``.
+
+    Classes absent from training get a -inf bias.
+    """
     W = np.zeros((num_classes, dim))
     b = np.full(num_classes, -np.inf)
     W[model.classes_] = model.coef_
@@ -394,11 +398,13 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     grid = sorted({float(v) for v in DEFAULT_L2_GRID}, reverse=True)
     env = C.environment(torch.device("cpu"))
     C.log(
-        f"device: {env['device']}; numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn {sklearn.__version__}"
+        f"device: {env['device']}; numpy {np.__version__}, scipy {scipy.__version__}, scikit-learn "
+        f"{sklearn.__version__}"
     )
     C.log(f"backbones available: {', '.join(BACKBONES.names())}")
     C.log(
-        f"encoder {checkpoint}; sets {', '.join(args.sets)}; shots {['full' if k is None else k for k in args.shots]} x "
+        f"encoder {checkpoint}; sets {', '.join(args.sets)}; shots "
+        f"{['full' if k is None else k for k in args.shots]} x "
         f"{args.seeds} seed(s); l2 grid {grid}; max_iter {args.max_iter}; {args.threads} thread(s) on both sides"
     )
 
@@ -467,9 +473,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     )
                     rows.append(r)
                     C.log(
-                        f"[{name}] shots {'full' if shots is None else shots:>4} seed {seed}: n {r['n_train']:>4} rank {r['rank']:>4} | "
-                        f"ours {1e3 * r['ours_seconds']:7.1f} ms its {r['ours_iterations']} l2 {r['ours_l2']:g} test {_points(r['ours_test']):5.1f} | "
-                        f"sklearn {1e3 * r['sklearn_seconds']:7.1f} ms its {r['sklearn_iterations']} l2 {r['sklearn_l2']:g} "
+                        f"[{name}] shots {'full' if shots is None else shots:>4} seed {seed}: n {r['n_train']:>4} "
+                        f"rank {r['rank']:>4} | "
+                        f"ours {1e3 * r['ours_seconds']:7.1f} ms its {r['ours_iterations']} l2 {r['ours_l2']:g} test "
+                        f"{_points(r['ours_test']):5.1f} | "
+                        f"sklearn {1e3 * r['sklearn_seconds']:7.1f} ms its {r['sklearn_iterations']} l2 "
+                        f"{r['sklearn_l2']:g} "
                         f"test {_points(r['sklearn_test']):5.1f} | x{r['sklearn_seconds'] / r['ours_seconds']:.1f}"
                     )
 
@@ -505,21 +514,26 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     C.log("\nper set (time ours / sklearn, ratio, mean |test difference| in points)")
     for name, v in per_set.items():
         C.log(
-            f"  {name:<18} {v['ours_seconds']:7.2f}s / {v['sklearn_seconds']:7.2f}s  x{v['ratio']:5.1f}  {v['mean_abs_diff_points']:.2f}"
+            f"  {name:<18} {v['ours_seconds']:7.2f}s / {v['sklearn_seconds']:7.2f}s  x{v['ratio']:5.1f}  "
+            f"{v['mean_abs_diff_points']:.2f}"
         )
     C.log("per shot count (ratio): " + ", ".join(f"{k}: x{v:.1f}" for k, v in per_shots.items()))
     C.log(
-        f"\n{len(rows)} fits of {len(grid)} strengths each: ours {ours_total:.2f}s, sklearn LogisticRegression(lbfgs) {sk_total:.2f}s: "
+        f"\n{len(rows)} fits of {len(grid)} strengths each: ours {ours_total:.2f}s, sklearn "
+        f"LogisticRegression(lbfgs) {sk_total:.2f}s: "
         f"ratio {ratio:.1f} (target >= {TARGET_RATIO:g})"
     )
     C.log(
         f"test headline metric, ours - sklearn, in points: mean |diff| {np.mean(np.abs(diffs)):.3f}, max |diff| "
-        f"{np.max(np.abs(diffs)):.2f}, mean {np.mean(diffs):+.3f} (target: mean |diff| within {TARGET_POINTS:g}); top-1: mean |diff| "
+        f"{np.max(np.abs(diffs)):.2f}, mean {np.mean(diffs):+.3f} (target: mean |diff| within {TARGET_POINTS:g}); "
+        "top-1: mean |diff| "
         f"{np.mean(np.abs(diffs_top1)):.3f}; same strength chosen in {100 * same_choice:.0f}% of fits"
     )
     C.log(
-        f"objective reached (same float64 code, {n_fits} solves): ours lower or equal in {100 * np.mean(gaps <= 1e-9):.0f}%, "
-        f"median relative gap {np.median(gaps):+.2e}, largest gap against ours {np.max(gaps):+.2e}; sklearn stopped at max_iter "
+        f"objective reached (same float64 code, {n_fits} solves): ours lower or equal in "
+        f"{100 * np.mean(gaps <= 1e-9):.0f}%, "
+        f"median relative gap {np.median(gaps):+.2e}, largest gap against ours {np.max(gaps):+.2e}; sklearn stopped "
+        "at max_iter "
         f"in {capped} of {n_fits} solves"
     )
     ref = {}
@@ -538,8 +552,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         C.log(
             f"against the reference (the same sweep solved to tol {REF_TOL:g}, untimed): mean |test difference| ours "
             f"{ref['ours_vs_reference_points']:.3f} points (max {np.max(np.abs(d_ours)):.2f}, same strength in "
-            f"{100 * ref['ours_same_choice_as_reference']:.0f}%), sklearn {ref['sklearn_vs_reference_points']:.3f} points (max "
-            f"{np.max(np.abs(d_sk)):.2f}, same strength in {100 * ref['sklearn_same_choice_as_reference']:.0f}%); the reference "
+            f"{100 * ref['ours_same_choice_as_reference']:.0f}%), sklearn {ref['sklearn_vs_reference_points']:.3f} "
+            "points (max "
+            f"{np.max(np.abs(d_sk)):.2f}, same strength in {100 * ref['sklearn_same_choice_as_reference']:.0f}%); "
+            "the reference "
             f"reached its tolerance at every strength in {100 * ref['reference_converged_fraction']:.0f}% of fits"
         )
     met_speed, met_acc = ratio >= TARGET_RATIO, float(np.mean(np.abs(diffs))) <= TARGET_POINTS
@@ -550,14 +566,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if not met_speed:
             why.append(
                 f"speed ratio {ratio:.1f} < {TARGET_RATIO:g}: see the per-shot ratios above. Fits with many training "
-                "examples gain least: their row space is nearly the whole feature space, so an iteration costs the same "
+                "examples gain least: their row space is nearly the whole feature space, so an iteration costs the "
+                "same "
                 "matrix products as scikit-learn's, and what is left is fewer iterations (preconditioning, warm starts "
                 "along the path) and less overhead per iteration"
             )
         if not met_acc:
             why.append(
-                f"mean |test difference| {np.mean(np.abs(diffs)):.2f} > {TARGET_POINTS:g} points: the two sides stop at different "
-                "points (see the objective gaps and sklearn's iteration caps) and pick strengths on small validation splits"
+                f"mean |test difference| {np.mean(np.abs(diffs)):.2f} > {TARGET_POINTS:g} points: the two sides stop "
+                "at different "
+                "points (see the objective gaps and sklearn's iteration caps) and pick strengths on small validation "
+                "splits"
             )
         C.log("TARGET NOT MET: " + "; ".join(why))
     out = {

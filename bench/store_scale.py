@@ -491,7 +491,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     )
     if c:
         log(
-            f"  concurrent compactor: {c['rounds']} rounds, {c['parts_merged']:,} parts merged into {c['files_written']} "
+            f"  concurrent compactor: {c['rounds']} rounds, {c['parts_merged']:,} parts merged into "
+            f"{c['files_written']} "
             f"files, {c['parts_kept']} re-written meanwhile, busy {c['busy_s']:.1f}s"
         )
 
@@ -534,7 +535,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     t0 = time.perf_counter()
     pacsv.write_csv(store.read_arrow("runs"), csv)
     log(
-        f"CSV of the same rows: {csv} ({csv.stat().st_size / 2**20:.0f} MiB, written in {time.perf_counter() - t0:.1f}s, untimed)"
+        f"CSV of the same rows: {csv} ({csv.stat().st_size / 2**20:.0f} MiB, written in "
+        f"{time.perf_counter() - t0:.1f}s, untimed)"
     )
     pd_med, pd_times, pd_result = time_pandas(csv, args.csv_reps)
     pdu_med, _, pdu_result = time_pandas(csv, args.csv_reps, usecols=GROUP_COLUMNS + ["score"])
@@ -542,7 +544,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         states["compacted"]["result"], pdu_result
     )
     log(
-        f"pandas read_csv + groupby: median {pd_med:.2f}s of {args.csv_reps} ({', '.join(f'{t:.2f}' for t in pd_times)}); "
+        f"pandas read_csv + groupby: median {pd_med:.2f}s of {args.csv_reps} "
+        f"({', '.join(f'{t:.2f}' for t in pd_times)}); "
         f"with usecols (7 columns): {pdu_med:.2f}s; same answer as the store: {agree}"
     )
 
@@ -586,15 +589,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     log(f"{'rows/s':<34}{args.rows / w['write_s']:>14,.0f}")
     log(f"{'lost / duplicated rows':<34}{f'{lost} / {duplicated}':>14}")
     log(
-        f"{'query s, as written (median)':<34}{q_loose:>14.3f}   ({states['as_written']['files']['loose_parts']:,} loose parts, "
+        f"{'query s, as written (median)':<34}{q_loose:>14.3f}   ({states['as_written']['files']['loose_parts']:,} "
+        "loose parts, "
         f"{states['as_written']['files']['compacted_files']} compacted files)"
     )
     log(
-        f"{'query s, compacted (median)':<34}{q_compacted:>14.3f}   ({states['compacted']['files']['compacted_files']} compacted files)"
+        f"{'query s, compacted (median)':<34}{q_compacted:>14.3f}   "
+        f"({states['compacted']['files']['compacted_files']} compacted files)"
     )
     log(f"{'pandas read_csv + groupby s':<34}{pd_med:>14.2f}   (usecols: {pdu_med:.2f})")
     log(
-        f"{'pandas-CSV / store query':<34}{pd_med / q_compacted:>14.1f}x  compacted; {pd_med / q_loose:.1f}x as written; "
+        f"{'pandas-CSV / store query':<34}{pd_med / q_compacted:>14.1f}x  compacted; {pd_med / q_loose:.1f}x as "
+        "written; "
         f"usecols {pdu_med / q_compacted:.1f}x"
     )
     if args.json:

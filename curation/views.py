@@ -805,8 +805,9 @@ def build_view(
     """Build the view ``cfg`` from the sources under ``data_root`` into ``out_dir``; return its manifest.
 
     ``engine``: ``local`` (this process), ``ray`` (scan and write as Ray Data jobs over the
-    shards; needs a running Ray) or ``auto`` (:func:`resolve_engine`). ``data_dir``: where real and declared sources and sets with
-    relative paths live. ``sets_config``: declared downstream sets (for ``dedup`` against them).
+    shards; needs a running Ray) or ``auto`` (:func:`resolve_engine`). ``data_dir``: where real and
+    declared sources and sets with relative paths live. ``sets_config``: declared downstream sets
+    (for ``dedup`` against them).
     ``checkpoints``: model name -> harness checkpoint of ``dedup`` steps with a declared ``model``
     (a ``model`` not in it is itself a checkpoint file).
     Idempotent (an existing view with the same config is returned as is) and atomic.

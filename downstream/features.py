@@ -10,8 +10,8 @@ Every linear probe, shot count and seed reads the cache instead of the encoder. 
 Images are preprocessed exactly as the checkpoint's metadata says: resized to
 ``meta["image_size"]`` when they are not already that size (bilinear, antialiased; an existing
 model's own ``interpolation`` and ``crop_pct`` where its meta records them, see
-:func:`resize_options`), scaled to [0, 1] and normalised with ``meta["mean"]`` / ``meta["std"]``. Fine-tuning uses the same
-preprocessing (:func:`prepare_images`, :func:`normalise`) so both protocols see the same pixels.
+:func:`resize_options`), scaled to [0, 1] and normalised with ``meta["mean"]`` / ``meta["std"]``. Fine-tuning uses
+the same preprocessing (:func:`prepare_images`, :func:`normalise`) so both protocols see the same pixels.
 """
 
 from __future__ import annotations

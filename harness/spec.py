@@ -6,8 +6,8 @@ product); each run's budget (``epochs``, or ``samples_seen``: the same samples s
 view's size, see :mod:`pretrain.budget`); the backbone and optimisation recipe; the downstream
 suite with protocols and shots;
 resources per job, and the speeds and sizes the cost estimate uses (``resources.throughput``,
-``resources.storage``; see harness/estimate.py); and where the work and the results store live. An invalid spec fails before any work
-starts, with every error naming its field path and what would be valid.
+``resources.storage``; see harness/estimate.py); and where the work and the results store live.
+An invalid spec fails before any work starts, with every error naming its field path and what would be valid.
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ A run of one worker is the loop called in one process: a Ray task that holds the
 (and GPU), or the calling process when it already holds them (the runner's task for the job).
 Ray Train (``TorchTrainer``, DDP) is used for two or more workers, or when asked for: its
 start-up (controller and worker-group actors, a placement group, a process group) costs about
-15 s per run on 2 cores (``bench/pretrain_overhead.py``), which a one-worker run does not need. ``launcher`` picks the path:
+15 s per run on 2 cores (``bench/pretrain_overhead.py``), which a one-worker run does not need.
+``launcher`` picks the path:
 
 - ``"auto"``: ``"task"`` for one worker, ``"ray_train"`` for more;
 - ``"task"``: one worker in a Ray task (``num_cpus=cpus_per_worker``, ``num_gpus=gpus_per_worker``)

@@ -11,9 +11,9 @@ others); open_clip's own ``RN50`` or ``ViT-B-32`` can be named instead.
 
 The transferred encoder is the image tower's timm trunk when it has one (the same network the
 other methods train on that backbone; features before CLIP's projection), else open_clip's whole
-image tower (its output is the CLIP image embedding). A checkpoint also carries the rest of the model (text tower, projections, learned
-temperature) and the tokenizer's name and context length, for zero-shot evaluation. Models are
-built from their config dict (stored in the checkpoint), never downloaded.
+image tower (its output is the CLIP image embedding). A checkpoint also carries the rest of the
+model (text tower, projections, learned temperature) and the tokenizer's name and context
+length, for zero-shot evaluation. Models are built from their config dict (stored in the checkpoint), never downloaded.
 """
 
 from __future__ import annotations

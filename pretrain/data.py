@@ -79,7 +79,10 @@ class ViewShards:
 
 
 def read_index(view_dir: str | Path) -> dict[str, dict[str, int | None]]:
-    """An index view's (written by :mod:`curation.views`) kept samples: shard URL -> {key: label (None when unlabelled)}."""
+    """An index view's (written by :mod:`curation.views`) kept samples.
+
+    Shard URL -> {key: label (None when unlabelled)}.
+    """
     import pyarrow.parquet as pq
 
     t = pq.read_table(Path(view_dir) / INDEX_FILE).to_pydict()
@@ -445,7 +448,8 @@ def image_bytes(sample: dict) -> bytes:
         if field in sample:
             return sample[field]
     raise KeyError(
-        f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image (looked for {', '.join(IMAGE_FIELDS)})"
+        f"sample {sample.get('__key__')!r} in {sample.get('__url__')} has no image (looked for "
+        f"{', '.join(IMAGE_FIELDS)})"
     )
 
 
@@ -582,7 +586,8 @@ def _require(sample: dict, fields: Sequence[str]) -> None:
 #: The key of a sample's encoded image (``uint8`` bytes) when the training process decodes (``decode="device"``).
 ENCODED_KEY = "encoded"
 
-#: Where the images are decoded and augmented: in the loader (``cpu``) or batch-wise in the training process on its device.
+#: Where the images are decoded and augmented: in the loader (``cpu``) or batch-wise in the
+#: training process on its device.
 DECODE_MODES = ("cpu", "device")
 
 
@@ -781,7 +786,8 @@ def make_train_loader(
     split_shards = len(view.shards) >= readers
     if not split_shards:
         logger.info(
-            "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every %d-th sample",
+            "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every "
+            "%d-th sample",
             len(view.shards),
             readers,
             readers,

@@ -512,7 +512,8 @@ def _set_up(cfg: TrainConfig, view_dir: str | Path, out_dir: Path, dist: DistInf
     shares = dist.world_size * cfg.grad_accum
     if cfg.batch_size % shares:
         raise ValueError(
-            f"batch_size={cfg.batch_size} must divide evenly over world_size={dist.world_size} x grad_accum={cfg.grad_accum}"
+            f"batch_size={cfg.batch_size} must divide evenly over world_size={dist.world_size} x "
+            f"grad_accum={cfg.grad_accum}"
         )
     view = read_view(view_dir)
     steps, total_steps, epochs = run_schedule(cfg, view.num_samples)

@@ -298,7 +298,10 @@ METHODS.register(
         loss=_clip_loss,
         pipeline="image_text",
         needs_labels=False,
-        description="CLIP: open_clip image and text towers, contrastive loss with a learned temperature, gathered across workers",
+        description=(
+            "CLIP: open_clip image and text towers, contrastive loss with a learned temperature, "
+            "gathered across workers"
+        ),
         hparams={"model": None, "context_length": None},
         pipeline_options=_clip_options,
         meta=_clip_meta,

@@ -159,7 +159,8 @@ def fewshot_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
         )
     parts = [
         "<p>How far apart the pre-training configurations are at each shot count: mean score "
-        "over the downstream sets every configuration has (each set weighs the same), bands: 95% intervals over pre-training seeds, then eval seeds. "
+        "over the downstream sets every configuration has (each set weighs the same), bands: 95% intervals over "
+        "pre-training seeds, then eval seeds. "
         "Configurations are compared at a matched pre-training size, the one most of them share.</p>"
     ]
     for protocol in protocols:
@@ -990,7 +991,9 @@ def _multiplier_html(
             title += (
                 "\nA's fit levels off below B's score"
                 if math.isinf(r.estimate)
-                else f"\nA's fit matches B only {'beyond 10× its largest' if est.relation == '>' else 'below a tenth of its smallest'} size"
+                else "\nA's fit matches B only "
+                + ("beyond 10× its largest" if est.relation == ">" else "below a tenth of its smallest")
+                + " size"
             )
         _style_panel(ax, title, "pre-training samples", legend=7)
     for ax in axes[len(drawn) :]:

@@ -333,7 +333,7 @@ def test_finetune_protocol_plumbing(world, tmp_path):
         PROTOCOLS.get("linear").run(req)
 
 
-# --------------------------------------------------------------------------------------------- lp_ft, scratch, zero-shot
+# -------------------------------------------------------------------------------------------- lp_ft, scratch, zero-shot
 
 
 def _colour_set(world, tmp_path, name="colours", size=16, metric="top1", seed=6):

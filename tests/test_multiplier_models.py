@@ -126,7 +126,8 @@ def test_a_model_on_the_curve_gives_its_size_over_the_declared_size(grid, tmp_pa
         runs, tmp_path, [MultiplierPair.parse("model=mine vs source=laion,method=clip")], n_boot=50
     )
     assert re.search(
-        r"A needs 0\.2\d× the samples of B</b>.*model A declares n=2k\): B needs [78](\.\d+)?k samples to reach model A's score 0\.\d+ "
+        r"A needs 0\.2\d× the samples of B</b>.*model A declares n=2k\): B needs [78](\.\d+)?k samples to reach "
+        r"model A's score 0\.\d+ "
         r"\(95% interval [78]",
         page,
     ), page
