@@ -30,6 +30,16 @@ from pathlib import Path
 from typing import Any
 
 from harness.core.artifacts import content_key, is_done, job_dir
+from harness.core.jobs import (
+    EvalConfig,
+    FeaturesConfig,
+    InitConfig,
+    ModelJobConfig,
+    OptimJobConfig,
+    PretrainJobConfig,
+    ViewJobConfig,
+    WorldConfig,
+)
 from harness.spec import FULL, Spec
 from pretrain.budget import LAST
 from pretrain.existing import DEFAULT_METHOD, IMPORTED, ExistingModel, weights_identity
@@ -55,17 +65,23 @@ class Job:
         if self.kind == "view":
             return f"view {c['source']}/{c['curation']}/n={c['requested_size']}/noise={c['label_noise']}"
         if self.kind == "pretrain":
-            budget = (f"{self.config['epochs']} epochs" if "epochs" in self.config
-                      else f"{self.config['samples_seen']} samples seen")
-            return (f"pretrain {c['method']}/{c['backbone']} on {c['source']}/{c['curation']}/n={c['requested_size']} "
-                    f"seed={c['pretrain_seed']} · {budget}")
+            budget = (
+                f"{self.config['epochs']} epochs"
+                if "epochs" in self.config
+                else f"{self.config['samples_seen']} samples seen"
+            )
+            return (
+                f"pretrain {c['method']}/{c['backbone']} on {c['source']}/{c['curation']}/n={c['requested_size']} "
+                f"seed={c['pretrain_seed']} · {budget}"
+            )
         if self.kind in ("features", "eval"):
             what = self.config.get("protocol", "features")
             epoch = self.config.get("epoch")
             if c.get("model") is not None:
                 return f"{what} {c['downstream']} ← model {c['model']} ({c['framework']}:{c['arch']})"
-            return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} " + \
-                ("last" if epoch == LAST else f"ep{epoch}")
+            return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} " + (
+                "last" if epoch == LAST else f"ep{epoch}"
+            )
         if self.kind == "model":
             return f"model {c['model']} ({c['framework']}:{c['arch']}, {c['weights']})"
         return f"{self.kind} {self.key[:8]}"
@@ -94,10 +110,20 @@ class Plan:
             c = job.coords
             for shots in job.config["shots"]:
                 for seed in job.config["seeds"]:
-                    out.append({"key": row_key(job.key, shots, seed), "job_key": job.key, "label": job.label,
-                                "protocol": job.config["protocol"], "downstream": c.get("downstream"),
-                                "shots": shots, "eval_seed": seed, "method": c.get("method"),
-                                "source": c.get("source"), "checkpoint_epoch": c.get("checkpoint_epoch")})
+                    out.append(
+                        {
+                            "key": row_key(job.key, shots, seed),
+                            "job_key": job.key,
+                            "label": job.label,
+                            "protocol": job.config["protocol"],
+                            "downstream": c.get("downstream"),
+                            "shots": shots,
+                            "eval_seed": seed,
+                            "method": c.get("method"),
+                            "source": c.get("source"),
+                            "checkpoint_epoch": c.get("checkpoint_epoch"),
+                        }
+                    )
         return out
 
     def done_keys(self, workdir: Path, store_keys: set[str] | None = None) -> set[str]:
@@ -135,16 +161,32 @@ def model_job(model: ExistingModel) -> Job:
     the name and ``describes``: two files never share rows, and rows carry the spec's provenance."""
     ident = weights_identity(model)
     described = {k: v for k, v in model.describes.items() if v is not None}
-    cfg = {"name": model.name, "framework": model.framework, "arch": model.arch, "weights": model.weights,
-           "sha256": ident["sha256"], "describes": described}
-    if model.image_size is not None:
-        cfg["image_size"] = model.image_size
-    coords = {"source": described.get("source", model.name), "curation": "none",
-              "requested_size": described.get("pretrain_size"), "label_noise": 0.0,
-              "method": described.get("method", DEFAULT_METHOD), "backbone": model.arch, "pretrain_seed": 0,
-              "pretrain_epochs": None, "samples_budget": None, "view_key": None,
-              "model": model.name, "framework": model.framework, "arch": model.arch, "weights": model.weights,
-              "weights_sha256": ident["sha256"]}
+    cfg = ModelJobConfig(
+        name=model.name,
+        framework=model.framework,
+        arch=model.arch,
+        weights=model.weights,
+        sha256=ident["sha256"],
+        describes=described,
+        image_size=model.image_size,
+    ).to_dict()
+    coords = {
+        "source": described.get("source", model.name),
+        "curation": "none",
+        "requested_size": described.get("pretrain_size"),
+        "label_noise": 0.0,
+        "method": described.get("method", DEFAULT_METHOD),
+        "backbone": model.arch,
+        "pretrain_seed": 0,
+        "pretrain_epochs": None,
+        "samples_budget": None,
+        "view_key": None,
+        "model": model.name,
+        "framework": model.framework,
+        "arch": model.arch,
+        "weights": model.weights,
+        "weights_sha256": ident["sha256"],
+    }
     return Job("model", content_key("model", cfg), cfg, (), coords, {"num_cpus": 1})
 
 
@@ -191,7 +233,7 @@ def _plan_world(st: _Planning) -> None:
     from curation.world import WORLD_VERSION
 
     spec = st.spec
-    world_cfg = {"seed": spec.world.seed, "scale": spec.world.scale, "version": WORLD_VERSION}
+    world_cfg = WorldConfig(seed=spec.world.seed, scale=spec.world.scale, version=WORLD_VERSION).to_dict()
     st.world = st.add(Job("world", content_key("world", world_cfg), world_cfg, resources={"num_cpus": 1}))
 
 
@@ -208,8 +250,12 @@ def _plan_views_and_runs(st: _Planning) -> None:
         for source, curation, method, noise in product(grid.sources, grid.curation, grid.methods, grid.label_noise):
             needs_labels = METHODS.get(method).needs_labels
             if noise > 0 and not needs_labels:
-                st.pruned.append((f"{method} on {source}/{curation} with label noise {noise}",
-                                  f"label noise applies to methods trained on labels; {method} uses none"))
+                st.pruned.append(
+                    (
+                        f"{method} on {source}/{curation} with label noise {noise}",
+                        f"label noise applies to methods trained on labels; {method} uses none",
+                    )
+                )
                 continue
             for size in grid.sizes:
                 view = _plan_view(st, grid, source, curation, noise, size, needs_labels)
@@ -217,41 +263,38 @@ def _plan_views_and_runs(st: _Planning) -> None:
                     _plan_run(st, grid, view, method, backbone, seed)
 
 
-def _view_config(spec: Spec, grid: Any, source: str, curation: str, noise: float, size: int,
-                 needs_labels: bool) -> dict[str, Any]:
+def _view_config(
+    spec: Spec, grid: Any, source: str, curation: str, noise: float, size: int, needs_labels: bool
+) -> dict[str, Any]:
     pt = spec.pretrain
     mixtures = {m.name: m.weights for m in pt.mixtures}
     steps = spec.curation[curation]
-    cfg: dict[str, Any] = {
-        "source": None if source in mixtures else source,
-        "mixture": dict(sorted(mixtures[source].items())) if source in mixtures else None,
-        "curation_name": curation,
-        "curation": [s.model_dump() for s in steps],
-        "size": size,
-        "label_noise": noise,
-        "needs_labels": needs_labels,
-        "seed": pt.data_seed,
-    }
-    # Settings added later join the key only when not at their default,
-    # so the keys (and finished views) of older specs stay.
-    if grid.noise_model != "symmetric" and noise > 0:
-        cfg["noise_model"] = grid.noise_model
-    if pt.view_format != "shards":
-        cfg["materialize"] = pt.view_format
     declared = {n: spec.sources[n] for n in (mixtures.get(source) or {source: 1}) if n in spec.sources}
-    if declared:
-        cfg["sources"] = declared
     dedups = [st for st in steps if st.step == "dedup"]
-    if any(st.params.get("against") == "all" for st in dedups):
-        cfg["against"] = sorted(spec.downstream.sets)
     against = sorted({a for st in dedups for a in _as_list(st.params.get("against"), spec.downstream.sets)})
     custom = {a: spec.downstream.set_config(a) for a in against if spec.downstream.set_config(a) is not None}
-    if custom:
-        cfg["sets_config"] = custom
     embedders = _dedup_models(spec, curation)
-    if embedders:  # the embedding models' identities (a declared model's key, a file's sha256) key the view
-        cfg["dedup_models"] = {n: e["identity"] for n, e in embedders.items()}
-    return cfg
+    # Settings added later join the key only when not at their default (None: left out of the
+    # dict), so the keys (and finished views) of older specs stay.
+    return ViewJobConfig(
+        source=None if source in mixtures else source,
+        mixture=dict(sorted(mixtures[source].items())) if source in mixtures else None,
+        curation_name=curation,
+        curation=tuple(s.model_dump() for s in steps),
+        size=size,
+        label_noise=noise,
+        needs_labels=needs_labels,
+        seed=pt.data_seed,
+        noise_model=grid.noise_model if grid.noise_model != "symmetric" and noise > 0 else None,
+        materialize=pt.view_format if pt.view_format != "shards" else None,
+        sources=declared or None,
+        against=tuple(sorted(spec.downstream.sets))
+        if any(st.params.get("against") == "all" for st in dedups)
+        else None,
+        sets_config=custom or None,
+        # the embedding models' identities (a declared model's key, a file's sha256) key the view
+        dedup_models={n: e["identity"] for n, e in embedders.items()} or None,
+    ).to_dict()
 
 
 def _dedup_models(spec: Spec, curation: str) -> dict[str, dict[str, Any]]:
@@ -275,56 +318,80 @@ def _dedup_models(spec: Spec, curation: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def _plan_view(st: _Planning, grid: Any, source: str, curation: str, noise: float, size: int,
-               needs_labels: bool) -> Job:
+def _plan_view(
+    st: _Planning, grid: Any, source: str, curation: str, noise: float, size: int, needs_labels: bool
+) -> Job:
     cfg = _view_config(st.spec, grid, source, curation, noise, size, needs_labels)
     coords = {"source": source, "curation": curation, "requested_size": size, "label_noise": noise}
     r = st.spec.resources.view
     deps = (st.world.key,) + tuple(st.add(e["job"]).key for e in _dedup_models(st.spec, curation).values() if e["job"])
-    return st.add(Job("view", content_key("view", cfg, [st.world.key]), cfg, deps, coords,
-                      {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "engine": r.engine}))
+    return st.add(
+        Job(
+            "view",
+            content_key("view", cfg, [st.world.key]),
+            cfg,
+            deps,
+            coords,
+            {"num_cpus": r.num_cpus, "num_gpus": r.num_gpus, "engine": r.engine},
+        )
+    )
 
 
-def _pretrain_config(pt: Any, grid: Any, method: str, backbone: str, seed: int) -> dict[str, Any]:
+def _pretrain_config(pt: Any, grid: Any, method: str, backbone: str, seed: int, decode: str) -> dict[str, Any]:
     epochs, samples_seen = pt.budget(grid)  # exactly one is not None
-    cfg: dict[str, Any] = {
-        "method": method,
-        "backbone": backbone,
-        "image_size": pt.image_size,
-        **({"epochs": epochs} if samples_seen is None else {"samples_seen": samples_seen}),
+    # Only non-default training settings join the key (None: left out of the dict), so
+    # adding a setting later keeps the keys (and finished runs) of older specs.
+    return PretrainJobConfig(
+        method=method,
+        backbone=backbone,
+        image_size=pt.image_size,
+        epochs=epochs if samples_seen is None else None,
+        samples_seen=samples_seen,
         # LAST (a samples_seen run's end) is always kept: not listed
-        "save_epochs": [e for e in pt.saved_epochs(epochs, grid) if e != LAST],
-        "batch_size": pt.batch_size,
-        # unset settings stay out of the key (older runs keep theirs)
-        "optim": pt.optim.model_dump(exclude_none=True),
-        "seed": seed,
-    }
-    # Only non-default training settings join the key, so adding a
-    # setting later keeps the keys (and finished runs) of older specs.
-    if pt.args_for(method):
-        cfg["hparams"] = pt.args_for(method)
-    if pt.grad_accum != 1:
-        cfg["grad_accum"] = pt.grad_accum
-    if pt.precision != "auto":
-        cfg["precision"] = pt.precision
-    return cfg
+        save_epochs=tuple(e for e in pt.saved_epochs(epochs, grid) if e != LAST),
+        batch_size=pt.batch_size,
+        optim=OptimJobConfig(**pt.optim.model_dump()),  # an unset warmup_fraction stays out of the key
+        seed=seed,
+        hparams=pt.args_for(method) or None,
+        grad_accum=pt.grad_accum if pt.grad_accum != 1 else None,
+        precision=pt.precision if pt.precision != "auto" else None,
+        # device decoding gives other (not bit-identical) images: a different run
+        decode=decode if decode != "cpu" else None,
+    ).to_dict()
 
 
 def _plan_run(st: _Planning, grid: Any, view: Job, method: str, backbone: str, seed: int) -> None:
     """One pre-training run on ``view``; each epoch it is evaluated at becomes a checkpoint."""
     pt = st.spec.pretrain
     epochs, samples_seen = pt.budget(grid)
-    cfg = _pretrain_config(pt, grid, method, backbone, seed)
     r = st.spec.resources.pretrain
-    if r.decode != "cpu":  # device decoding gives other (not bit-identical) images: a different run
-        cfg["decode"] = r.decode
+    cfg = _pretrain_config(pt, grid, method, backbone, seed, r.decode)
     # pretrain_epochs of a samples_seen run is known once it ran (rows
     # read it from the checkpoint); samples_budget is None for epochs
-    coords = {**view.coords, "method": method, "backbone": backbone, "pretrain_seed": seed,
-              "pretrain_epochs": epochs, "samples_budget": samples_seen, "view_key": view.key}
-    job = st.add(Job("pretrain", content_key("pretrain", cfg, [view.key]), cfg, (view.key,), coords,
-                     {"num_workers": r.num_workers, "cpus_per_worker": r.cpus_per_worker,
-                      "gpus_per_worker": r.gpus_per_worker, "loader_workers": r.loader_workers}))
+    coords = {
+        **view.coords,
+        "method": method,
+        "backbone": backbone,
+        "pretrain_seed": seed,
+        "pretrain_epochs": epochs,
+        "samples_budget": samples_seen,
+        "view_key": view.key,
+    }
+    job = st.add(
+        Job(
+            "pretrain",
+            content_key("pretrain", cfg, [view.key]),
+            cfg,
+            (view.key,),
+            coords,
+            {
+                "num_workers": r.num_workers,
+                "cpus_per_worker": r.cpus_per_worker,
+                "gpus_per_worker": r.gpus_per_worker,
+                "loader_workers": r.loader_workers,
+            },
+        )
+    )
     for epoch in st.spec.eval_epochs(epochs, grid):
         st.checkpoints.append((job, epoch))
 
@@ -344,10 +411,18 @@ def _plan_floors(st: _Planning) -> None:
     if not (spec.downstream.random_init_floor or wants_scratch):
         return
     for backbone in spec.pretrain.all_backbones():
-        cfg = {"backbone": backbone, "image_size": spec.pretrain.image_size, "seed": 0}
-        coords = {"source": "none", "curation": "none", "requested_size": 0, "label_noise": 0.0,
-                  "method": "none", "backbone": backbone, "pretrain_seed": 0, "pretrain_epochs": 0,
-                  "view_key": None}
+        cfg = InitConfig(backbone=backbone, image_size=spec.pretrain.image_size, seed=0).to_dict()
+        coords = {
+            "source": "none",
+            "curation": "none",
+            "requested_size": 0,
+            "label_noise": 0.0,
+            "method": "none",
+            "backbone": backbone,
+            "pretrain_seed": 0,
+            "pretrain_epochs": 0,
+            "view_key": None,
+        }
         floor = st.add(Job("init", content_key("init", cfg), cfg, (), coords, {"num_cpus": 1}))
         st.floors.add(floor.key)
         st.checkpoints.append((floor, 0))
@@ -368,9 +443,13 @@ def _plan_evaluations(st: _Planning) -> None:
             protocols = _protocols_on(st, src, set_name, has_text)
             if not protocols:
                 continue
-            base = {**src.coords, "pretrain_key": src.key, "downstream": set_name,
-                    # LAST's epoch is known once trained; an existing model has none
-                    "checkpoint_epoch": None if epoch in (LAST, IMPORTED) else epoch}
+            base = {
+                **src.coords,
+                "pretrain_key": src.key,
+                "downstream": set_name,
+                # LAST's epoch is known once trained; an existing model has none
+                "checkpoint_epoch": None if epoch in (LAST, IMPORTED) else epoch,
+            }
             feats = None
             if any(PROTOCOLS.get(p.name).needs_features for p in protocols):
                 feats = _plan_features(st, src, epoch, set_name, base)
@@ -400,19 +479,27 @@ def _protocols_on(st: _Planning, src: Job, set_name: str, has_text: bool) -> lis
             if entry.from_scratch or (p.name == "linear" and spec.downstream.random_init_floor):
                 protocols.append(p)
             else:
-                st.prune_once(f"{p.name} from the random-init encoder",
-                              "the random-init job serves `scratch` (trained from random weights) and the "
-                              "`linear` floor (random_init_floor); other protocols need a pre-trained checkpoint")
+                st.prune_once(
+                    f"{p.name} from the random-init encoder",
+                    "the random-init job serves `scratch` (trained from random weights) and the "
+                    "`linear` floor (random_init_floor); other protocols need a pre-trained checkpoint",
+                )
             continue
         if entry.from_scratch:
-            st.prune_once(f"{p.name} on pre-trained checkpoints",
-                          "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job")
+            st.prune_once(
+                f"{p.name} on pre-trained checkpoints",
+                "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job",
+            )
         elif p.runs is not None and not p.runs.matches(src.coords):
-            st.prune_once(f"{p.name} on runs outside its `runs` filter",
-                          "downstream.protocols[].runs limits the protocol to the listed pre-training runs")
+            st.prune_once(
+                f"{p.name} on runs outside its `runs` filter",
+                "downstream.protocols[].runs limits the protocol to the listed pre-training runs",
+            )
         elif (entry.needs_text_tower or p.head_init == "zeroshot") and not has_text:
-            st.prune_once(f"{p.name}{' (head_init: zeroshot)' if p.head_init == 'zeroshot' else ''} on {method} "
-                          "checkpoints", f"needs a text tower; method {method!r} has none (CLIP does)")
+            st.prune_once(
+                f"{p.name}{' (head_init: zeroshot)' if p.head_init == 'zeroshot' else ''} on {method} checkpoints",
+                f"needs a text tower; method {method!r} has none (CLIP does)",
+            )
         else:
             protocols.append(p)
     return protocols
@@ -423,42 +510,57 @@ def _eval_resources(spec: Spec) -> dict[str, float]:
 
 
 def _plan_features(st: _Planning, src: Job, epoch: int | str, set_name: str, base: dict[str, Any]) -> Job:
-    cfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch}
-    set_cfg = st.spec.downstream.set_config(set_name)
-    if set_cfg is not None:
-        cfg["set_config"] = set_cfg
+    cfg = FeaturesConfig(downstream=set_name, epoch=epoch, set_config=st.spec.downstream.set_config(set_name)).to_dict()
     deps = (src.key, st.world.key)
-    return st.add(Job("features", content_key("features", cfg, list(deps)), cfg, deps, base,
-                      _eval_resources(st.spec)))
+    return st.add(Job("features", content_key("features", cfg, list(deps)), cfg, deps, base, _eval_resources(st.spec)))
 
 
 def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_text: bool) -> dict[str, Any]:
     from downstream.protocols import PROTOCOLS
 
     entry = PROTOCOLS.get(proto.name)
-    shots = [_shots_value(s) for s in proto.shots]
-    seeds = list(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
+    shots = tuple(_shots_value(s) for s in proto.shots)
+    seeds = tuple(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
     if entry.needs_text_tower:
         seeds = seeds[:1]  # zero-shot draws nothing: one seed says it all
-    cfg: dict[str, Any] = {"downstream": set_name, "epoch": epoch, "protocol": proto.name,
-                           "shots": shots, "seeds": seeds}
-    if entry.trains:
-        # recipe 2: min_steps, BatchNorm handling, the starting point as a candidate
-        cfg.update(epochs=proto.epochs, lrs=list(proto.lrs), batch_size=proto.batch_size,
-                   min_steps=proto.min_steps, bn=proto.bn, recipe=2)
+    # recipe 2 (protocols that train): min_steps, BatchNorm handling, the starting point as a candidate
+    trains = (
+        dict(
+            epochs=proto.epochs,
+            lrs=tuple(proto.lrs),
+            batch_size=proto.batch_size,
+            min_steps=proto.min_steps,
+            bn=proto.bn,
+            recipe=2,
+        )
+        if entry.trains
+        else {}
+    )
     head_init = proto.head_init
     if head_init == "auto":
         head_init = "zeroshot" if has_text else "zero"
-    if head_init != "zero":  # only non-default settings join the key
-        cfg["head_init"] = head_init
-    set_cfg = spec.downstream.set_config(set_name)
-    if set_cfg is not None:
-        cfg["set_config"] = set_cfg
-    return cfg
+    return EvalConfig(
+        downstream=set_name,
+        epoch=epoch,
+        protocol=proto.name,
+        shots=shots,
+        seeds=seeds,
+        **trains,
+        head_init=head_init if head_init != "zero" else None,  # only non-default settings join the key
+        set_config=spec.downstream.set_config(set_name),
+    ).to_dict()
 
 
-def _plan_eval(st: _Planning, src: Job, epoch: int | str, set_name: str, proto: Any, base: dict[str, Any],
-               feats: Job | None, has_text: bool) -> None:
+def _plan_eval(
+    st: _Planning,
+    src: Job,
+    epoch: int | str,
+    set_name: str,
+    proto: Any,
+    base: dict[str, Any],
+    feats: Job | None,
+    has_text: bool,
+) -> None:
     from downstream.protocols import PROTOCOLS
 
     entry = PROTOCOLS.get(proto.name)
@@ -467,5 +569,14 @@ def _plan_eval(st: _Planning, src: Job, epoch: int | str, set_name: str, proto: 
     eres = _eval_resources(st.spec)
     # a probe on cached features is a CPU task: it holds no GPU (resources are not in the key)
     res = {**eres, "num_gpus": 0} if entry.runs_on_cpu else eres
-    st.add(Job("eval", content_key("eval", cfg, list(deps)), cfg, deps, {**base, "protocol": proto.name}, res,
-               rows=len(cfg["shots"]) * len(cfg["seeds"])))
+    st.add(
+        Job(
+            "eval",
+            content_key("eval", cfg, list(deps)),
+            cfg,
+            deps,
+            {**base, "protocol": proto.name},
+            res,
+            rows=len(cfg["shots"]) * len(cfg["seeds"]),
+        )
+    )
