@@ -106,7 +106,7 @@ class GpuUtilisation:
             except Exception:
                 return
 
-    def __enter__(self) -> "GpuUtilisation":
+    def __enter__(self) -> GpuUtilisation:
         if self._read is not None:
             self._thread = threading.Thread(target=self._loop, daemon=True)
             self._thread.start()

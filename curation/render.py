@@ -19,8 +19,8 @@ import io
 import math
 import struct
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
@@ -601,7 +601,7 @@ class Factors:
     def __len__(self) -> int:
         return len(self.concept)
 
-    def take(self, idx: np.ndarray) -> "Factors":
+    def take(self, idx: np.ndarray) -> Factors:
         return Factors(**{k: np.asarray(v)[idx] for k, v in self.__dict__.items()})
 
 

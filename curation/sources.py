@@ -38,9 +38,10 @@ import re
 import tarfile
 import zlib
 from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 from harness.core.layout import SIZES_FILE, default_data_dir
 from harness.core.registry import Registry, UnknownNameError
@@ -133,7 +134,7 @@ class SourceEntry:
     # -- plain data
 
     @classmethod
-    def from_config(cls, name: str, cfg: Mapping[str, Any]) -> "SourceEntry":
+    def from_config(cls, name: str, cfg: Mapping[str, Any]) -> SourceEntry:
         """A declared source from plain (YAML-like) data; :meth:`to_config` round-trips.
 
         Fields: ``shards`` (required), ``kind`` (image-text or labelled; default image-text),
@@ -222,7 +223,7 @@ class SourceEntry:
         return out
 
     @classmethod
-    def for_location(cls, location: str | os.PathLike, kind: str = AUTO) -> "SourceEntry":
+    def for_location(cls, location: str | os.PathLike, kind: str = AUTO) -> SourceEntry:
         """An ad-hoc entry for a folder, pattern or URL of shards (its kind decided by the probe)."""
         loc = os.fspath(location)
         return cls(

@@ -56,7 +56,8 @@ import uuid
 from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -201,7 +202,7 @@ def read_vocabulary(data_root: str | Path) -> list[str] | None:
     return [str(c) for c in concepts]
 
 
-def own_classes(cfg: "ViewConfig") -> list[str] | None:
+def own_classes(cfg: ViewConfig) -> list[str] | None:
     """The label space of a view whose sources are all labelled sources declaring the same
     ``num_classes`` (``real.imagenet``: 1000): classes ``0 .. num_classes - 1``, named by index.
     Such a view keeps its sources' classes; any other labelled view uses the world's concept

@@ -89,7 +89,7 @@ class SetStorage:
 class _PathStorage(SetStorage):
     """A set's storage read from a folder on disk."""
 
-    def __init__(self, entry: "DownstreamSet", path: Path):
+    def __init__(self, entry: DownstreamSet, path: Path):
         self.entry = entry
         self.path = path
         self.location = str(path)
@@ -125,7 +125,7 @@ class HFStorage(SetStorage):
 
     def __init__(
         self,
-        entry: "DownstreamSet",
+        entry: DownstreamSet,
         kind: str,
         location: str,
         splits: dict[str, Any],
@@ -365,7 +365,7 @@ def is_saved_dataset(path: Path) -> bool:
     return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
 
 
-def open_saved(entry: "DownstreamSet", path: Path, kind: str = "hf_disk") -> HFStorage:
+def open_saved(entry: DownstreamSet, path: Path, kind: str = "hf_disk") -> HFStorage:
     """A dataset written by ``save_to_disk`` (a DatasetDict, or a single Dataset taken as ``train``)."""
     import datasets
 
@@ -396,7 +396,7 @@ def hub_cache_path(hub_id: str, cache_dir: Path | None = None) -> Path:
     return (cache_dir or hf_cache_dir()) / "___".join(parts)
 
 
-def open_hub_cached(entry: "DownstreamSet", hub_id: str, config_name: str | None) -> HFStorage | None:
+def open_hub_cached(entry: DownstreamSet, hub_id: str, config_name: str | None) -> HFStorage | None:
     """The dataset ``hub_id`` as ``load_dataset`` left it in the local cache; None when it is not there.
 
     Reads the prepared Arrow files through ``datasets``' own cache builder, which is what
@@ -469,7 +469,7 @@ class FolderStorage(_PathStorage):
 
     kind = "imagefolder"
 
-    def __init__(self, entry: "DownstreamSet", path: Path):
+    def __init__(self, entry: DownstreamSet, path: Path):
         super().__init__(entry, path)
         if not path.is_dir():
             raise DataNotFoundError(
@@ -584,7 +584,7 @@ class WdsStorage(_PathStorage):
 
     kind = "wds"
 
-    def __init__(self, entry: "DownstreamSet", path: Path):
+    def __init__(self, entry: DownstreamSet, path: Path):
         super().__init__(entry, path)
         self.image_exts = [
             x.strip().lower().lstrip(".") for x in (entry.image_key or DEFAULT_WDS_IMAGE_KEY).split(";") if x.strip()
@@ -772,7 +772,7 @@ def resolve_path(location: str, data_dir: Path) -> Path:
     return p if p.is_absolute() else data_dir / p
 
 
-def open_set_storage(entry: "DownstreamSet", data_dir: Path) -> SetStorage:
+def open_set_storage(entry: DownstreamSet, data_dir: Path) -> SetStorage:
     """Open the data of a real or custom set; :class:`DataNotFoundError` lists every place looked."""
     looked: list[str] = []
     fmt = entry.format
@@ -815,7 +815,7 @@ def open_set_storage(entry: "DownstreamSet", data_dir: Path) -> SetStorage:
     raise DataNotFoundError(_absent_message(entry, data_dir, looked, path))
 
 
-def _from_hub_cache(entry: "DownstreamSet", dataset_id: str, looked: list[str]) -> SetStorage | None:
+def _from_hub_cache(entry: DownstreamSet, dataset_id: str, looked: list[str]) -> SetStorage | None:
     """The set from the local Hugging Face cache (read offline), else None with the place noted in ``looked``."""
     src = open_hub_cached(entry, dataset_id, entry.config_name)
     if src is None:
@@ -826,7 +826,7 @@ def _from_hub_cache(entry: "DownstreamSet", dataset_id: str, looked: list[str]) 
     return src
 
 
-def _absent_message(entry: "DownstreamSet", data_dir: Path, looked: list[str], path: Path | None) -> str:
+def _absent_message(entry: DownstreamSet, data_dir: Path, looked: list[str], path: Path | None) -> str:
     title = f" ({entry.description})" if entry.description else ""
     lines = [f"downstream set {entry.name!r}{title} has no data on this machine. Looked at:"]
     lines += [f"  - {x}" for x in looked]

@@ -249,7 +249,7 @@ class DownstreamSet:
 
     # ------------------------------------------------------------------ plain data
     @classmethod
-    def from_config(cls, name: str, cfg: Mapping[str, Any]) -> "DownstreamSet":
+    def from_config(cls, name: str, cfg: Mapping[str, Any]) -> DownstreamSet:
         """A set from plain (YAML-like) data; errors name the field at fault and what is valid.
 
         Fields: ``format`` (hf_disk, hf_hub, imagefolder, wds), ``path`` (folder formats; absolute

@@ -19,8 +19,9 @@ classifier rather than from a zero head, as the core study does for CLIP.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -47,10 +46,8 @@ def _main(verbose: bool = typer.Option(False, "--verbose", "-v", help="Log at IN
 @app.command()
 def plan(
     spec: Path = typer.Argument(..., help="The YAML spec."),
-    workdir: Optional[str] = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
-    store: Optional[str] = typer.Option(
-        None, help="Override the spec's results store (a folder or s3://bucket/prefix)."
-    ),
+    workdir: str | None = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
+    store: str | None = typer.Option(None, help="Override the spec's results store (a folder or s3://bucket/prefix)."),
     jobs: bool = typer.Option(False, "--jobs", help="List every job, not only the counts."),
 ) -> None:
     """Print the job graph: counts per kind, resource asks, what is already finished, what was pruned,
@@ -154,12 +151,10 @@ def _views_table(p, paths) -> None:
 @app.command()
 def run(
     spec: Path = typer.Argument(..., help="The YAML spec."),
-    store: Optional[str] = typer.Option(
-        None, help="Override the spec's results store (a folder or s3://bucket/prefix)."
-    ),
-    workdir: Optional[str] = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
-    address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
-    num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
+    store: str | None = typer.Option(None, help="Override the spec's results store (a folder or s3://bucket/prefix)."),
+    workdir: str | None = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
+    address: str | None = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
+    num_cpus: int | None = typer.Option(None, help="CPUs for local Ray (default: all)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display."),
 ) -> None:
     """Run the spec on Ray (local or an existing cluster); finished jobs are skipped."""
@@ -181,7 +176,7 @@ def _plan_or_exit(s):
 
 
 def _run_and_print(
-    s, *, store: Optional[str], workdir: Optional[str], address: Optional[str], num_cpus: Optional[int], progress: bool
+    s, *, store: str | None, workdir: str | None, address: str | None, num_cpus: int | None, progress: bool
 ) -> None:
     """``tbench run``'s body: run the spec, print what ran and the results table."""
     from harness.plan import KINDS
@@ -231,15 +226,15 @@ def eval_models(
     shots: str = typer.Option("full", help="Shot counts, comma-separated, 'full' for full data (zeroshot: 0)."),
     eval_seeds: str = typer.Option("0", help="Evaluation seeds, comma-separated."),
     name: str = typer.Option("eval", help="The spec's name (the rows' spec column)."),
-    store: Optional[str] = typer.Option(
+    store: str | None = typer.Option(
         None,
         help="The results store (default tbench-out/NAME/store); the store of a grid's run puts the models beside it.",
     ),
-    workdir: Optional[str] = typer.Option(None, help="The workdir (default tbench-out/NAME/work)."),
-    world_dir: Optional[str] = typer.Option(None, help="An embedded world already on disk (default: in the workdir)."),
+    workdir: str | None = typer.Option(None, help="The workdir (default tbench-out/NAME/work)."),
+    world_dir: str | None = typer.Option(None, help="An embedded world already on disk (default: in the workdir)."),
     world_scale: float = typer.Option(1.0, help="The embedded world's scale (as the grid's spec has it)."),
-    address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
-    num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
+    address: str | None = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
+    num_cpus: int | None = typer.Option(None, help="CPUs for local Ray (default: all)."),
     no_progress: bool = typer.Option(False, "--no-progress", help="Hide the progress display."),
 ) -> None:
     """Evaluate existing models (open_clip, timm; a tag, a local file or hf-hub:org/name) without writing a
@@ -290,14 +285,14 @@ def data_inspect(
         "real.laion, ...) or a folder, brace pattern, glob or URL of shards.",
     ),
     world: Path = typer.Option(Path("tbench-out/world"), help="The embedded world's root (world sources)."),
-    data_dir: Optional[Path] = typer.Option(
+    data_dir: Path | None = typer.Option(
         None, help="The data dir for real sources (default: $TBENCH_DATA, else ~/tbench-data)."
     ),
-    out: Optional[Path] = typer.Option(
+    out: Path | None = typer.Option(
         None, help="Where to write inspect.json and contact_sheet.png (default: tbench-out/inspect/<source>)."
     ),
     sample: int = typer.Option(64, min=0, help="Images on the contact sheet (seeded random)."),
-    max_samples: Optional[int] = typer.Option(None, min=1, help="Scan at most this many samples."),
+    max_samples: int | None = typer.Option(None, min=1, help="Scan at most this many samples."),
     seed: int = typer.Option(0, help="Seed of the contact sheet's draw."),
 ) -> None:
     """Counts, field coverage, caption/size/similarity distributions and a contact sheet of a source."""
@@ -327,12 +322,10 @@ def data_inspect(
 @data_app.command("curate")
 def data_curate(
     spec: Path = typer.Argument(..., help="The YAML spec."),
-    workdir: Optional[str] = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
-    store: Optional[str] = typer.Option(
-        None, help="Override the spec's results store (a folder or s3://bucket/prefix)."
-    ),
-    address: Optional[str] = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
-    num_cpus: Optional[int] = typer.Option(None, help="CPUs for local Ray (default: all)."),
+    workdir: str | None = typer.Option(None, help="Override the spec's workdir (a folder or s3://bucket/prefix)."),
+    store: str | None = typer.Option(None, help="Override the spec's results store (a folder or s3://bucket/prefix)."),
+    address: str | None = typer.Option(None, help="Ray address of an existing cluster (default: local Ray)."),
+    num_cpus: int | None = typer.Option(None, help="CPUs for local Ray (default: all)."),
 ) -> None:
     """Build the spec's curated views only (world and view jobs); their funnels land in the views table."""
     from harness.plan import make_plan
@@ -360,7 +353,7 @@ def results_query(
         "tbench-out/quickstart/store", help="The results store: a directory or a URI (s3://bucket/prefix)."
     ),
     format: str = typer.Option("table", "--format", "-f", help="table, csv, json or parquet."),
-    out: Optional[Path] = typer.Option(None, help="Output file (required for parquet)."),
+    out: Path | None = typer.Option(None, help="Output file (required for parquet)."),
 ) -> None:
     """Answer SQL over the store with DuckDB."""
     from results.query import format_frame
@@ -430,9 +423,9 @@ def results_compact(
     store: str = typer.Option(
         "tbench-out/quickstart/store", help="The results store: a directory or a URI (s3://bucket/prefix)."
     ),
-    table: Optional[str] = typer.Option(None, help="Compact only this table (default: all)."),
+    table: str | None = typer.Option(None, help="Compact only this table (default: all)."),
     min_parts: int = typer.Option(2, help="Leave a table alone with fewer loose parts than this."),
-    target_rows: Optional[int] = typer.Option(None, help="Rows per compacted file."),
+    target_rows: int | None = typer.Option(None, help="Rows per compacted file."),
 ) -> None:
     """Merge small part files into larger compacted files (safe while others read and write)."""
     from results.schema import TABLES
@@ -463,8 +456,8 @@ def report(
         help="The results store (a folder, or an object-storage URI such as s3://bucket/store).",
     ),
     out: Path = typer.Option(Path("tbench-out/quickstart/report"), help="Where to write index.html."),
-    spec: Optional[Path] = typer.Option(None, help="The spec whose plan the missing-runs table is checked against."),
-    multiplier: Optional[list[str]] = typer.Option(
+    spec: Path | None = typer.Option(None, help="The spec whose plan the missing-runs table is checked against."),
+    multiplier: list[str] | None = typer.Option(
         None,
         "--multiplier",
         "-m",
@@ -473,11 +466,11 @@ def report(
         "an existing model, model=NAME, compared at its declared size (repeatable; default: every "
         "configuration with 3+ sizes and every model against the labelled source under supervised).",
     ),
-    heatmap_shots: Optional[str] = typer.Option(
+    heatmap_shots: str | None = typer.Option(
         None, help="Shot counts of the heatmap, comma-separated, 'full' for full data (default: fewest and full)."
     ),
     n_boot: int = typer.Option(200, help="Bootstrap draws of the data-multiplier intervals."),
-    title: Optional[str] = typer.Option(None, help="The page title."),
+    title: str | None = typer.Option(None, help="The page title."),
 ) -> None:
     """Write the HTML report: scaling curves, data multiplier, few-shot spread, heatmaps, checkpoints,
     spectra, convergence, curation funnels, missing and failed runs."""

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 from rich.console import Console
@@ -39,15 +38,15 @@ def _fail(e: Exception, code: int = 2) -> typer.Exit:
 
 def submit(
     spec: Path = typer.Argument(..., help="The YAML spec (validated here before anything is sent)."),
-    address: Optional[str] = _address_option(),
-    store: Optional[str] = typer.Option(
+    address: str | None = _address_option(),
+    store: str | None = typer.Option(
         None,
         help="The results store as the cluster sees it: shared storage "
         "(a path every node mounts, or s3://...). Default: a loopback "
         "cluster gets the path `tbench run` would use here; a remote one "
         "the spec's.",
     ),
-    workdir: Optional[str] = typer.Option(
+    workdir: str | None = typer.Option(
         None,
         help="The workdir as the cluster sees it (shared storage, "
         "like --store): views, checkpoints and feature caches.",
@@ -63,7 +62,7 @@ def submit(
         "(repeatable). Default: none; the cluster's Python has the project's "
         "dependencies.",
     ),
-    runtime_env: Optional[Path] = typer.Option(
+    runtime_env: Path | None = typer.Option(
         None,
         "--runtime-env",
         help="A YAML runtime env merged into "
@@ -77,8 +76,8 @@ def submit(
         help="A .gitignore-style pattern left out of the "
         "upload (repeatable), on top of outputs, environments and caches.",
     ),
-    working_dir: Optional[Path] = typer.Option(None, help="The project directory to upload (default: this checkout)."),
-    submission_id: Optional[str] = typer.Option(None, help="Default: tbench-<spec name>-<UTC time>-<4 hex>."),
+    working_dir: Path | None = typer.Option(None, help="The project directory to upload (default: this checkout)."),
+    submission_id: str | None = typer.Option(None, help="Default: tbench-<spec name>-<UTC time>-<4 hex>."),
     python: str = typer.Option("python", help="The Python on the cluster that has the project's dependencies."),
 ) -> None:
     """Send SPEC to a Ray cluster through the Ray Jobs API (`tbench run SPEC --address auto` there)."""
@@ -180,7 +179,7 @@ def _print_dry_run(sub, plan) -> None:
 
 def status(
     job: str = typer.Argument(..., help="The submission id (tbench jobs lists them)."),
-    address: Optional[str] = _address_option(),
+    address: str | None = _address_option(),
 ) -> None:
     """The status of a submitted job: PENDING, RUNNING, SUCCEEDED, FAILED or STOPPED."""
     from harness import submit as S
@@ -210,7 +209,7 @@ def status(
 
 def logs(
     job: str = typer.Argument(..., help="The submission id."),
-    address: Optional[str] = _address_option(),
+    address: str | None = _address_option(),
     follow_logs: bool = typer.Option(
         False, "--follow", "-f", help="Stream until the job ends; exit 0 only if it SUCCEEDED."
     ),
@@ -229,7 +228,7 @@ def logs(
     sys.stdout.flush()
 
 
-def _follow(address: Optional[str], job: str, client=None) -> None:
+def _follow(address: str | None, job: str, client=None) -> None:
     from harness import submit as S
 
     def write(chunk: str) -> None:
@@ -251,7 +250,7 @@ def _follow(address: Optional[str], job: str, client=None) -> None:
 
 def stop(
     job: str = typer.Argument(..., help="The submission id."),
-    address: Optional[str] = _address_option(),
+    address: str | None = _address_option(),
     wait: float = typer.Option(30.0, help="Seconds to wait for the job to end (0: do not wait)."),
 ) -> None:
     """Stop a submitted job (its driver is sent SIGTERM, then killed); finished work stays finished."""
@@ -268,7 +267,7 @@ def stop(
 
 
 def jobs(
-    address: Optional[str] = _address_option(),
+    address: str | None = _address_option(),
     limit: int = typer.Option(50, help="Show at most this many (newest first)."),
 ) -> None:
     """The cluster's submitted jobs, newest first."""

@@ -14,10 +14,11 @@ import subprocess
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.core.artifacts import is_done, job_dir
 from harness.executors import RunContext, clean_unfinished, execute, failed_rows, publish, spectra_rows, stage_inputs

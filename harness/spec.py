@@ -13,7 +13,7 @@ An invalid spec fails before any work starts, with every error naming its field 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar, Literal, Union
+from typing import Any, ClassVar, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
@@ -140,7 +140,7 @@ class PretrainGrid(_Model):
     noise_model: Literal["symmetric", "class_dependent"] = "symmetric"
     # checkpoints this block's runs save AND are evaluated at (the last epoch always), overriding
     # pretrain.checkpoint_epochs and downstream.checkpoint_epochs: mid-training checkpoints of a few runs
-    checkpoint_epochs: Union[Literal["last", "all"], list[int], None] = None
+    checkpoint_epochs: Literal["last", "all"] | list[int] | None = None
     # backbones this block trains (one run per backbone), overriding pretrain.backbone; each backbone
     # used gets its own random-init job (the `linear` floor and `scratch`). There is no per-block
     # image size: pretrain.image_size applies to every backbone (the 2023 study trains ResNet-50
@@ -221,7 +221,7 @@ class Pretrain(_Model):
     # budget the number of epochs depends on the view's size, so 'all' is refused and a list names
     # whole epochs before the end of every run of the block (below the epochs the budget gives a
     # view of the requested size); the end is saved as checkpoints/last.pt.
-    checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
+    checkpoint_epochs: Literal["last", "all"] | list[int] = "last"
     batch_size: int = Field(128, ge=1)
     data_seed: int = 0  # selects the view's samples; fixed across training seeds so sizes nest
     # a view is new shards (copies of the kept samples) or an index over the source's own shards
@@ -259,7 +259,7 @@ class Pretrain(_Model):
     def _backbone(cls, v: str) -> str:
         return _backbone_name(v)
 
-    def budget(self, grid: "PretrainGrid") -> tuple[int | None, int | None]:
+    def budget(self, grid: PretrainGrid) -> tuple[int | None, int | None]:
         """``(epochs, samples_seen)`` of a block's runs, exactly one not None: the block's own budget
         (either kind), else pretrain's."""
         if grid.samples_seen is not None or grid.epochs is not None:
@@ -267,7 +267,7 @@ class Pretrain(_Model):
         return (None, self.samples_seen) if self.samples_seen is not None else (self.epochs, None)
 
     @model_validator(mode="after")
-    def _epochs(self) -> "Pretrain":
+    def _epochs(self) -> Pretrain:
         if self.samples_seen is not None and "epochs" in self.model_fields_set:
             raise ValueError("samples_seen: give pretrain's default budget as epochs or samples_seen, not both")
         problems = [self._budget_checkpoints(i, g) for i, g in enumerate(self.grids)]
@@ -296,7 +296,7 @@ class Pretrain(_Model):
                     )
         return self
 
-    def _budget_checkpoints(self, i: int, g: "PretrainGrid") -> str | None:
+    def _budget_checkpoints(self, i: int, g: PretrainGrid) -> str | None:
         """Why block ``i``'s checkpoints cannot be honoured under its samples_seen budget (None if they can)."""
         samples = self.budget(g)[1]
         if samples is None:
@@ -328,7 +328,7 @@ class Pretrain(_Model):
                 )
         return None
 
-    def saved_epochs(self, epochs: int | None = None, grid: "PretrainGrid | None" = None) -> list[int | str]:
+    def saved_epochs(self, epochs: int | None = None, grid: PretrainGrid | None = None) -> list[int | str]:
         """Checkpoints a run of ``epochs`` (default: ``pretrain.epochs``) keeps (``grid.checkpoint_epochs``
         when that block sets it, else ``pretrain.checkpoint_epochs``). For a block whose budget is
         ``samples_seen`` (``epochs`` is then ignored): the listed epochs, then :data:`LAST`, the end."""
@@ -350,7 +350,7 @@ class Pretrain(_Model):
         """Every run length in epochs in the grid (blocks whose budget is samples_seen have none)."""
         return sorted({e for e in (self.budget(g)[0] for g in self.grids) if e is not None})
 
-    def backbones_for(self, grid: "PretrainGrid") -> list[str]:
+    def backbones_for(self, grid: PretrainGrid) -> list[str]:
         """The backbones a grid block trains: its own ``backbones``, else ``pretrain.backbone``."""
         return list(grid.backbones) if grid.backbones else [self.backbone]
 
@@ -390,7 +390,7 @@ class Protocol(_Model):
     """One evaluation protocol with its shot counts (``full`` = whole training set)."""
 
     name: str
-    shots: list[Union[int, Literal["full"]]] = Field(default_factory=lambda: [FULL], min_length=1)
+    shots: list[int | Literal["full"]] = Field(default_factory=lambda: [FULL], min_length=1)
     sets: list[str] | None = None  # default: every set of the suite
     seeds: list[int] | None = None  # default: downstream.eval_seeds
     epochs: int = Field(5, ge=1)  # fine-tuning style protocols
@@ -438,7 +438,7 @@ class Protocol(_Model):
         return v
 
     @model_validator(mode="after")
-    def _zero_shot(self) -> "Protocol":
+    def _zero_shot(self) -> Protocol:
         if self.head_init != "zero" and self.name != "finetune":
             raise ValueError(f"head_init applies to protocol 'finetune' only, not {self.name!r}")
         if self.name != "zeroshot" and 0 in self.shots:
@@ -464,7 +464,7 @@ class Downstream(_Model):
     sets: list[str] = Field(min_length=1)
     protocols: list[Protocol] = Field(min_length=1)
     eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
-    checkpoint_epochs: Union[Literal["last", "all"], list[int]] = "last"
+    checkpoint_epochs: Literal["last", "all"] | list[int] = "last"
     random_init_floor: bool = True  # evaluate `linear` on a randomly initialised encoder too
     # Sets of your own, by name: {format: hf_disk|hf_hub|imagefolder|wds, path: ..., metric: ...}
     # (see downstream.sets.DownstreamSet.from_config); list their names under `sets`.
@@ -528,7 +528,7 @@ class PretrainResources(_Model):
     gpus_per_worker: float = Field(0, ge=0)
     # decoding processes per worker (0: decode in the training process); "auto": min(8, cpus_per_worker - 1)
     # for a worker holding a GPU, 0 on a CPU (pretrain.loop.loader_workers_for)
-    loader_workers: Union[Literal["auto"], int] = "auto"
+    loader_workers: Literal["auto"] | int = "auto"
     # where training images are decoded: "cpu" in the loader (default), or "device": the loader ships the encoded
     # bytes and the training process decodes and augments whole batches on its device (pretrain.device_decode;
     # batched nvJPEG on CUDA). Not bit-identical to "cpu", so "device" joins the run's key (harness.plan)
@@ -717,7 +717,7 @@ class Spec(_Model):
         return v
 
     @model_validator(mode="after")
-    def _cross(self) -> "Spec":
+    def _cross(self) -> Spec:
         from curation.sources import SOURCES
 
         mixtures = {m.name for m in self.pretrain.mixtures}

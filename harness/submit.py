@@ -22,10 +22,11 @@ import os
 import secrets
 import shlex
 import sys
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 from urllib.parse import urlsplit
 
 DEFAULT_ADDRESS = "http://127.0.0.1:8265"

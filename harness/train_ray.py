@@ -32,8 +32,9 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from pretrain.loop import DistInfo, TrainConfig, train_loop
 

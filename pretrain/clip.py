@@ -19,8 +19,9 @@ length, for zero-shot evaluation. Models are built from their config dict (store
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import open_clip
 import torch

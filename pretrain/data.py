@@ -31,10 +31,11 @@ import math
 import multiprocessing as mp
 import random
 import warnings
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -603,7 +604,7 @@ class _Encodable:
     :data:`ENCODED_KEY` (``uint8``, variable length) instead of its augmented images; the training
     process decodes and augments them batch-wise with :class:`DeviceDecode` and ``self.transform``."""
 
-    transform: "TrainTransform"
+    transform: TrainTransform
     encoded: bool = False
 
     def _images(self, data: bytes, keys: Sequence[str], gen: torch.Generator) -> dict[str, torch.Tensor]:

@@ -19,7 +19,8 @@ of draws and the float colour arithmetic differ), which is why ``decode: device`
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torchvision.io import ImageReadMode, decode_jpeg

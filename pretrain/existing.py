@@ -75,7 +75,7 @@ class ExistingModel:
     describes: dict[str, Any] = field(default_factory=dict)  # source, method, pretrain_size
 
     @classmethod
-    def from_job(cls, c: dict[str, Any]) -> "ExistingModel":
+    def from_job(cls, c: dict[str, Any]) -> ExistingModel:
         """The model of a ``model`` job's config (harness.plan.model_job)."""
         return cls(c["name"], c["framework"], c["arch"], c["weights"], c.get("image_size"), dict(c["describes"]))
 

@@ -20,8 +20,9 @@ A new objective is one more ``METHODS.register`` call, from any module imported 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping
+from typing import Any
 
 import torch
 import torch.distributed as torch_dist

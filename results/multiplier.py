@@ -37,11 +37,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Union
 
 import numpy as np
 
-Points = Union[Sequence[tuple[float, float]], Mapping[float, Sequence[float]], np.ndarray]
+Points = Sequence[tuple[float, float]] | Mapping[float, Sequence[float]] | np.ndarray
 """(samples, score) points: pairs (one per seed replicate), a mapping samples -> replicate
 scores, or an ``(N, 2)`` array."""
 

@@ -156,7 +156,7 @@ class Line:
     method: str
     variant: tuple[tuple[str, Any], ...]
 
-    def __lt__(self, other: "Line") -> bool:  # pandas sorts group keys
+    def __lt__(self, other: Line) -> bool:  # pandas sorts group keys
         return self.label < other.label
 
     @property

@@ -414,7 +414,7 @@ class MultiplierPair:
     label: str = field(default="", compare=False)
 
     @classmethod
-    def parse(cls, text: str, protocol: str = SUMMARY_PROTOCOL) -> "MultiplierPair":
+    def parse(cls, text: str, protocol: str = SUMMARY_PROTOCOL) -> MultiplierPair:
         """``"source=laion,method=clip vs source=imagenet,method=supervised[@8000]"``."""
         body, at = text, None
         if "@" in text:
