@@ -80,9 +80,19 @@ def test_a_wrong_import_breaks_its_contract(tree_copy, module, wrong, contract):
     assert f"{_contracts()[contract]['name']} BROKEN" in run.stdout
 
 
+def _ruff(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(BIN / "ruff"), *args, "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
+
+
 def test_ruff_check_passes():
     """``ruff check .`` with the rules of [tool.ruff.lint] in pyproject.toml."""
-    run = subprocess.run(
-        [str(BIN / "ruff"), "check", "--no-cache", "."], cwd=ROOT, capture_output=True, text=True, timeout=120
-    )
+    run = _ruff("check")
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_ruff_format_check_passes():
+    """``ruff format --check .``: every Python file is as ``ruff format`` writes it ([tool.ruff.format])."""
+    run = _ruff("format", "--check")
     assert run.returncode == 0, run.stdout + run.stderr
