@@ -51,6 +51,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from harness.core.jobs import (
+    EvalConfig,
+    FeaturesConfig,
+    InitConfig,
+    PretrainJobConfig,
+    ViewJobConfig,
+    WorldConfig,
+    config_of,
+)
 from harness.core.registry import Registry
 from harness.plan import KINDS, Job, Plan
 
@@ -70,9 +79,12 @@ MODEL_FEATURE_DIM = 1024  # an existing model's feature width before it is loade
 def _shape(src: Job) -> tuple[str, int]:
     """(backbone, image size) of the job providing an encoder: an existing model's arch at its spec's
     image_size, else at :data:`REF_SIZE` (its own is known once loaded)."""
+    cfg = config_of(src)
     if src.kind == "model":
-        return src.config["arch"], int(src.config.get("image_size") or REF_SIZE)
-    return src.config["backbone"], src.config["image_size"]
+        return cfg.arch, int(cfg.image_size or REF_SIZE)
+    return cfg.backbone, cfg.image_size
+
+
 CPU_SLOWDOWN = 50.0  # CPU figure = GPU figure / this, where no CPU figure is known (assumption)
 DEFAULT_CLASSES = 1000  # classes of a supervised head where the view's label count is not known
 
@@ -86,24 +98,39 @@ class Default:
     basis: str
 
 
-_NVIDIA_RN50 = ("NVIDIA DeepLearningExamples ResNet-50 v1.5 (PyTorch, AMP, DALI loader): 16,621 img/s on "
-                "8x A100-80GB = 2,078 per GPU; rounded down")
-_OPENCLIP_B32 = ("OpenCLIP's ViT-B/32 on LAION-400M: 32 epochs (12.8B samples) in about 4,600 A100-40GB "
-                 "GPU-hours = about 775 samples/s per GPU, data loading and 128-GPU communication included")
-_BENCH_CPU = ("measured: bench/pretrain_throughput.py on the 2-core development machine (test_resnet, 32 px, "
-              "real shards; bench/README.md)")
+_NVIDIA_RN50 = (
+    "NVIDIA DeepLearningExamples ResNet-50 v1.5 (PyTorch, AMP, DALI loader): 16,621 img/s on "
+    "8x A100-80GB = 2,078 per GPU; rounded down"
+)
+_OPENCLIP_B32 = (
+    "OpenCLIP's ViT-B/32 on LAION-400M: 32 epochs (12.8B samples) in about 4,600 A100-40GB "
+    "GPU-hours = about 775 samples/s per GPU, data loading and 128-GPU communication included"
+)
+_BENCH_CPU = (
+    "measured: bench/pretrain_throughput.py on the 2-core development machine (test_resnet, 32 px, "
+    "real shards; bench/README.md)"
+)
 _TEST_GPU = "assumption: a tiny model at 32 px is bound by its data loader on a GPU"
 
 #: Pre-training samples/s per GPU, per (backbone, method).
 GPU_PRETRAIN: dict[tuple[str, str], Default] = {
     ("resnet50", "supervised"): Default(2000, 224, _NVIDIA_RN50),
-    ("resnet50", "simclr"): Default(1000, 224, "assumption: half the supervised ResNet-50 figure (two 224-px "
-                                               "views per sample through the encoder)"),
-    ("resnet50", "clip"): Default(750, 224, "assumption: about OpenCLIP's ViT-B/32 figure (the ResNet-50 tower "
-                                            "costs about as many FLOPs per image; the same text tower)"),
+    ("resnet50", "simclr"): Default(
+        1000, 224, "assumption: half the supervised ResNet-50 figure (two 224-px views per sample through the encoder)"
+    ),
+    ("resnet50", "clip"): Default(
+        750,
+        224,
+        "assumption: about OpenCLIP's ViT-B/32 figure (the ResNet-50 tower "
+        "costs about as many FLOPs per image; the same text tower)",
+    ),
     ("vit_b32", "clip"): Default(775, 224, _OPENCLIP_B32),
-    ("vit_b32", "supervised"): Default(2500, 224, "assumption: ViT-B/32 (4.4 GFLOPs) trains somewhat faster than "
-                                                  "ResNet-50 (4.1 GFLOPs, less matmul-friendly) per GPU"),
+    ("vit_b32", "supervised"): Default(
+        2500,
+        224,
+        "assumption: ViT-B/32 (4.4 GFLOPs) trains somewhat faster than "
+        "ResNet-50 (4.1 GFLOPs, less matmul-friendly) per GPU",
+    ),
     ("vit_b32", "simclr"): Default(1200, 224, "assumption: half the supervised ViT-B/32 figure (two views)"),
     ("resnet18", "supervised"): Default(4000, 224, "assumption: twice the ResNet-50 figure (1.8 vs 4.1 GFLOPs)"),
     ("resnet18", "simclr"): Default(2000, 224, "assumption: half the supervised ResNet-18 figure (two views)"),
@@ -111,8 +138,12 @@ GPU_PRETRAIN: dict[tuple[str, str], Default] = {
 }
 #: Forward passes (features, zero-shot, validation and test scoring), images/s per GPU.
 GPU_INFERENCE: dict[str, Default] = {
-    "resnet50": Default(6000, 224, "assumption: 3x the training figure (a forward pass is about a third of a "
-                                   "training step); decoding is counted apart, on CPUs"),
+    "resnet50": Default(
+        6000,
+        224,
+        "assumption: 3x the training figure (a forward pass is about a third of a "
+        "training step); decoding is counted apart, on CPUs",
+    ),
     "vit_b32": Default(7500, 224, "assumption: 3x the supervised training figure"),
     "resnet18": Default(12000, 224, "assumption: 3x the supervised training figure"),
 }
@@ -137,26 +168,46 @@ for _b in TEST_BACKBONES:
     CPU_PRETRAIN[(_b, "supervised")] = Default(686, 32, _BENCH_CPU)
     CPU_PRETRAIN[(_b, "clip")] = Default(359, 32, _BENCH_CPU)
     CPU_PRETRAIN[(_b, "simclr")] = Default(374, 32, _BENCH_CPU)
-    CPU_INFERENCE[_b] = Default(2400, 32, "measured: the quickstart's feature extractions on the 2-core development "
-                                          "machine (test_resnet, 32 px, one thread)")
+    CPU_INFERENCE[_b] = Default(
+        2400,
+        32,
+        "measured: the quickstart's feature extractions on the 2-core development "
+        "machine (test_resnet, 32 px, one thread)",
+    )
     CPU_FINETUNE[_b] = Default(700, 32, "assumption: as supervised pre-training on a CPU")
 
-DECODE_PER_CPU = Default(400, 224, "measured: bench/loader_throughput.py, 256-px JPEG -> 224 px on 2 workers: 872 "
-                                   "images/s (bench/README.md); larger downstream photos decode slower")
-VIEW_SCAN_PER_CPU = Default(2000, 0, "assumption: Python's tar parsing costs about 255 us per sample (bench/README.md), "
-                                     "plus caption and metadata steps; object-storage reads not included")
-VIEW_HASH_PER_CPU = Default(300, 0, "assumption: decoding a 256-px JPEG and its 64-bit perceptual hash (dedup) "
-                                    "take about 3 ms on one core")
-PROBE_EXAMPLES_PER_S = Default(2000, 0, "assumption: examples/s of one probe fit over its whole L2 path at 2048-d "
-                                        "features and 100 classes, scaled by width x classes")
+DECODE_PER_CPU = Default(
+    400,
+    224,
+    "measured: bench/loader_throughput.py, 256-px JPEG -> 224 px on 2 workers: 872 "
+    "images/s (bench/README.md); larger downstream photos decode slower",
+)
+VIEW_SCAN_PER_CPU = Default(
+    2000,
+    0,
+    "assumption: Python's tar parsing costs about 255 us per sample (bench/README.md), "
+    "plus caption and metadata steps; object-storage reads not included",
+)
+VIEW_HASH_PER_CPU = Default(
+    300, 0, "assumption: decoding a 256-px JPEG and its 64-bit perceptual hash (dedup) take about 3 ms on one core"
+)
+PROBE_EXAMPLES_PER_S = Default(
+    2000,
+    0,
+    "assumption: examples/s of one probe fit over its whole L2 path at 2048-d "
+    "features and 100 classes, scaled by width x classes",
+)
 PROBE_REF = 2048 * 100
 
 #: Mean bytes of one sample in a source's shards; "default" for sources not listed.
 BYTES_PER_SAMPLE: dict[str, tuple[int, str]] = {
     "real.imagenet": (110_000, "ILSVRC-2012's training tar: about 138 GB for 1,281,167 JPEGs"),
-    "default": (40_000, "assumption: img2dataset at --image_size 256 --resize_mode keep_ratio (JPEG, caption, json); "
-                        "img2dataset's own LAION-400M example at 256x256 came to about 10 TB, ~28 KB a sample, and "
-                        "keep_ratio keeps the longer side"),
+    "default": (
+        40_000,
+        "assumption: img2dataset at --image_size 256 --resize_mode keep_ratio (JPEG, caption, json); "
+        "img2dataset's own LAION-400M example at 256x256 came to about 10 TB, ~28 KB a sample, and "
+        "keep_ratio keeps the longer side",
+    ),
     "world": (5_500, "measured: the embedded world's shards at scale 1.0 (175 MB for 32,000 samples)"),
 }
 
@@ -170,26 +221,48 @@ REAL_SET_SIZES: dict[str, tuple[int, int | None, int | None, int, str]] = {
     "real.domainnet_real": (120_906, None, 52_041, 345, "DomainNet real_train/real_test"),
     "real.domainnet_clipart": (33_525, None, 14_604, 345, "DomainNet clipart_train/clipart_test"),
     "real.eurosat": (16_200, 5_400, 5_400, 10, "EuroSAT RGB as timm/eurosat-rgb splits it"),
-    "real.cameratraps": (13_553, 3_484, 15_827, 15, "assumption: Caltech Camera Traps CCT-20 (train, cis val, "
-                                                    "cis test); your layout decides"),
+    "real.cameratraps": (
+        13_553,
+        3_484,
+        15_827,
+        15,
+        "assumption: Caltech Camera Traps CCT-20 (train, cis val, cis test); your layout decides",
+    ),
     "real.cassava": (21_397, None, None, 5, "Kaggle cassava-leaf-disease train images (test labels not public)"),
 }
-CUSTOM_SET_SIZE = (10_000, None, 2_000, 100, "assumption: a set declared in the spec (its size is not known "
-                                             "before it is read)")
+CUSTOM_SET_SIZE = (
+    10_000,
+    None,
+    2_000,
+    100,
+    "assumption: a set declared in the spec (its size is not known before it is read)",
+)
 
 #: Parameters of the encoder (timm, no classifier), its feature width, and what each method adds
 #: around it (CLIP: text tower and projections; SimCLR: projection MLP), computed once with timm
 #: and open_clip on the meta device at 224 px (test backbones: 32 px). Other backbones are built
 #: on the meta device (no memory, no download) when first needed.
 ENCODER_PARAMS: dict[str, tuple[int, int]] = {
-    "resnet18": (11_176_512, 512), "resnet50": (23_508_032, 2048), "vit_b32": (87_455_232, 768),
-    "test_resnet": (372_688, 96), "test_vit": (257_856, 64), "test_convnext": (207_128, 64),
+    "resnet18": (11_176_512, 512),
+    "resnet50": (23_508_032, 2048),
+    "vit_b32": (87_455_232, 768),
+    "test_resnet": (372_688, 96),
+    "test_vit": (257_856, 64),
+    "test_convnext": (207_128, 64),
 }
 EXTRA_PARAMS: dict[tuple[str, str], int] = {
-    ("resnet50", "clip"): 65_787_393, ("vit_b32", "clip"): 63_821_313, ("resnet18", "clip"): 17_603_841,
-    ("resnet50", "simclr"): 4_458_624, ("vit_b32", "simclr"): 689_024, ("resnet18", "simclr"): 328_320,
-    ("test_resnet", "clip"): 3_274_497, ("test_vit", "clip"): 3_272_449, ("test_convnext", "clip"): 3_272_449,
-    ("test_resnet", "simclr"): 21_728, ("test_vit", "simclr"): 12_480, ("test_convnext", "simclr"): 12_480,
+    ("resnet50", "clip"): 65_787_393,
+    ("vit_b32", "clip"): 63_821_313,
+    ("resnet18", "clip"): 17_603_841,
+    ("resnet50", "simclr"): 4_458_624,
+    ("vit_b32", "simclr"): 689_024,
+    ("resnet18", "simclr"): 328_320,
+    ("test_resnet", "clip"): 3_274_497,
+    ("test_vit", "clip"): 3_272_449,
+    ("test_convnext", "clip"): 3_272_449,
+    ("test_resnet", "simclr"): 21_728,
+    ("test_vit", "simclr"): 12_480,
+    ("test_convnext", "simclr"): 12_480,
 }
 
 
@@ -301,8 +374,13 @@ def set_size(name: str, spec) -> SetSize:
     if name in W.SETS_BY_NAME:
         d = W.SETS_BY_NAME[name]
         counts = W._split_counts(len(d.classes), scale, d.class_weights)
-        return SetSize(int(counts["train"].sum()), int(counts["validation"].sum()), int(counts["test"].sum()),
-                       len(d.classes), f"the embedded world at scale {scale:g}")
+        return SetSize(
+            int(counts["train"].sum()),
+            int(counts["validation"].sum()),
+            int(counts["test"].sum()),
+            len(d.classes),
+            f"the embedded world at scale {scale:g}",
+        )
     classes = len(getattr(W, "TEXTURE_PHOTOS", ())) if name == "textures" else 10
     per = {s: max(1, int(round(p * scale))) * classes for s, p in W.SPLIT_PER_CLASS.items()}
     return SetSize(per["train"], per["validation"], per["test"], classes, f"package set at world scale {scale:g}")
@@ -377,12 +455,18 @@ class _Figures:
         given = {"pretrain": self.tp.pretrain, "inference": self.tp.inference, "finetune": self.tp.finetune}[what]
         for exact in (True, False):  # the spec's figure for this image size, else one for any size
             for r in given:
-                if r.backbone == backbone and getattr(r, "method", method) == method and \
-                        (r.image_size == size if exact else r.image_size is None):
+                if (
+                    r.backbone == backbone
+                    and getattr(r, "method", method) == method
+                    and (r.image_size == size if exact else r.image_size is None)
+                ):
                     v = r.samples_per_s if what == "pretrain" else r.images_per_s
                     return self._use(label, v, unit, "spec", f"resources.throughput.{what}")
-        table = {"pretrain": (GPU_PRETRAIN, CPU_PRETRAIN), "inference": (GPU_INFERENCE, CPU_INFERENCE),
-                 "finetune": (GPU_FINETUNE, CPU_FINETUNE)}[what]
+        table = {
+            "pretrain": (GPU_PRETRAIN, CPU_PRETRAIN),
+            "inference": (GPU_INFERENCE, CPU_INFERENCE),
+            "finetune": (GPU_FINETUNE, CPU_FINETUNE),
+        }[what]
         key = (backbone, method) if what == "pretrain" else backbone
         if not gpu and key in table[1]:
             d = table[1][key]
@@ -392,8 +476,11 @@ class _Figures:
         if d is None and what == "pretrain":  # a method without a figure: the backbone's supervised one, halved
             sup = table[0].get((backbone, "supervised"))
             if sup is not None:
-                d = Default(sup.value / 2, sup.image_size, f"assumption: half of {backbone}/supervised's figure "
-                                                           f"(no figure for {method})")
+                d = Default(
+                    sup.value / 2,
+                    sup.image_size,
+                    f"assumption: half of {backbone}/supervised's figure (no figure for {method})",
+                )
         if d is None:
             d = Default(1000, REF_SIZE, f"assumption: no figure for {backbone}; a generic 1,000 at {REF_SIZE} px")
         basis = self._basis(d, size)
@@ -404,7 +491,9 @@ class _Figures:
         return self._use(label, v, unit, "default", basis)
 
     def _basis(self, d: Default, size: int) -> str:
-        scaled = f" (given at {d.image_size} px, scaled by pixel count)" if d.image_size and size != d.image_size else ""
+        scaled = (
+            f" (given at {d.image_size} px, scaled by pixel count)" if d.image_size and size != d.image_size else ""
+        )
         return d.basis + scaled
 
     def scalar(self, field_name: str, default: Default, label: str, unit: str) -> float:
@@ -435,7 +524,7 @@ def measured_figures(plan: Plan, workdir: Path | None) -> dict[tuple, float]:
         d = job_dir(Path(workdir), "pretrain", job.key)
         if not (d / DONE).is_file():
             continue
-        r = job.resources
+        r, cfg = job.resources, PretrainJobConfig.from_dict(job.config)
         gpus = r.get("num_workers", 1) * r.get("gpus_per_worker", 0)
         devices = gpus if gpus > 0 else r.get("num_workers", 1)
         samples = seconds = 0.0
@@ -449,14 +538,19 @@ def measured_figures(plan: Plan, workdir: Path | None) -> dict[tuple, float]:
         if seconds <= 0:
             try:
                 done = json.loads((d / DONE).read_text())
-                samples = float(done["epochs_trained"]) * float(done["steps_per_epoch"]) * job.config["batch_size"]
+                samples = float(done["epochs_trained"]) * float(done["steps_per_epoch"]) * cfg.batch_size
                 seconds = float(done["seconds"])
             except (OSError, ValueError, KeyError, TypeError):
                 continue
         if samples <= 0 or seconds <= 0:
             continue
-        key = ("pretrain", "GPU" if gpus > 0 else "CPU", job.config["backbone"], job.config["method"],
-               job.config["image_size"])
+        key = (
+            "pretrain",
+            "GPU" if gpus > 0 else "CPU",
+            cfg.backbone,
+            cfg.method,
+            cfg.image_size,
+        )
         acc = work.setdefault(key, [0.0, 0.0])
         acc[0] += samples
         acc[1] += seconds * devices
@@ -496,12 +590,12 @@ def _bytes_per_sample(source: str, spec) -> tuple[int, str]:
     return BYTES_PER_SAMPLE.get(source, BYTES_PER_SAMPLE["default"])
 
 
-def _pretrain_samples(cfg: dict[str, Any], view_size: int) -> int:
+def _pretrain_samples(cfg: PretrainJobConfig, view_size: int) -> int:
     """Samples a pre-training run processes: ``view_size x epochs``, or its ``samples_seen`` budget
     rounded up to whole global batches (:func:`pretrain.budget.run_length`; independent of the size)."""
-    if "samples_seen" in cfg:
-        return math.ceil(cfg["samples_seen"] / cfg["batch_size"]) * cfg["batch_size"]
-    return view_size * cfg["epochs"]
+    if cfg.samples_seen is not None:
+        return math.ceil(cfg.samples_seen / cfg.batch_size) * cfg.batch_size
+    return view_size * cfg.epochs
 
 
 def _head_classes(source: str) -> int:
@@ -540,10 +634,15 @@ class _Costing:
         spec = self.plan.spec
         self.eres = {"num_gpus": spec.resources.eval.num_gpus, "num_cpus": spec.resources.eval.num_cpus}
         self.gpu_eval = self.eres["num_gpus"] > 0
-        self.decode = self.figs.scalar("decode_per_cpu", DECODE_PER_CPU, "decode + resize downstream images",
-                                       "images/s per CPU core")
-        self.probe_rate = self.figs.scalar("probe_examples_per_s", PROBE_EXAMPLES_PER_S,
-                                           "linear-probe fit (2048-d, 100 classes)", "examples/s per task")
+        self.decode = self.figs.scalar(
+            "decode_per_cpu", DECODE_PER_CPU, "decode + resize downstream images", "images/s per CPU core"
+        )
+        self.probe_rate = self.figs.scalar(
+            "probe_examples_per_s",
+            PROBE_EXAMPLES_PER_S,
+            "linear-probe fit (2048-d, 100 classes)",
+            "examples/s per task",
+        )
 
     @property
     def spec(self):
@@ -557,13 +656,14 @@ class _Costing:
         self.assumptions.append(said)
 
     def feature_dim(self, src: Job) -> int:
-        if src.kind == "pretrain" and src.config["method"] == "clip":
-            dim = _clip_tower_dim(src.config.get("hparams", {}))
+        cfg = config_of(src)
+        if src.kind == "pretrain" and cfg.method == "clip":
+            dim = _clip_tower_dim(cfg.hparams or {})
             if dim is not None:
                 return dim
         if src.kind == "model":  # an existing model's width is known once it is loaded
             return MODEL_FEATURE_DIM
-        return encoder_params(src.config["backbone"], src.config["image_size"])[1]
+        return encoder_params(cfg.backbone, cfg.image_size)[1]
 
 
 CostFunction = Callable[[Job, _Costing], JobCost]
@@ -589,51 +689,83 @@ def estimate(plan: Plan, workdir: Path | None = None) -> Estimate:
             kinds.append(kc)
     by_protocol: dict[str, KindCost] = {}
     for job in plan.of_kind("eval"):
-        name = job.config["protocol"]
+        name = EvalConfig.from_dict(job.config).protocol
         by_protocol.setdefault(name, KindCost(name)).add(costs[job.key])
     _note_assumptions(cx)
     st = [(what, int(b), how) for what, (b, how) in cx.storage.items()]
-    return Estimate(spec.name, kinds, total, list(cx.figs.used.values()), st,
-                    [(n, s, b) for n, (s, b) in sorted(cx.inputs.items())], cx.assumptions, costs,
-                    list(by_protocol.values()))
+    return Estimate(
+        spec.name,
+        kinds,
+        total,
+        list(cx.figs.used.values()),
+        st,
+        [(n, s, b) for n, (s, b) in sorted(cx.inputs.items())],
+        cx.assumptions,
+        costs,
+        list(by_protocol.values()),
+    )
 
 
 def _note_assumptions(cx: _Costing) -> None:
     """What the figures and counts rest on, in words."""
     plan, spec, note = cx.plan, cx.spec, cx.note
+    runs = [PretrainJobConfig.from_dict(j.config) for j in plan.of_kind("pretrain")]
+    feature_sets = {FeaturesConfig.from_dict(j.config).downstream for j in plan.of_kind("features")}
     if spec.resources.pretrain.gpus_per_worker == 0 and plan.of_kind("pretrain"):
         note("pre-training asks for no GPU: CPU figures apply (per Ray Train worker)")
     if not cx.gpu_eval and (plan.of_kind("eval") or plan.of_kind("features")):
         note("evaluations ask for no GPU: CPU figures apply (per task)")
-    note("GPU figures are per A100-class GPU with bf16 autocast at 224 px unless measured; other resolutions "
-         "scale by pixel count; a run's GPUs are assumed to scale linearly")
-    if any("epochs" in j.config for j in plan.of_kind("pretrain")):
-        note("pre-training processes min(size, pool) x epochs samples; curation may keep fewer, so runs on curated "
-             "views may be cheaper than shown")
-    if any("samples_seen" in j.config for j in plan.of_kind("pretrain")):
-        note("a pre-training run with a samples_seen budget processes samples_seen rounded up to whole global "
-             "batches, whatever its view's size")
-    note("every view scans its source's whole pool, whatever its size (the size subset is taken after the scan); "
-         "its CPU-hours are the scan's core-seconds, spread by Ray Data over the free cores (no wall-clock given)")
+    note(
+        "GPU figures are per A100-class GPU with bf16 autocast at 224 px unless measured; other resolutions "
+        "scale by pixel count; a run's GPUs are assumed to scale linearly"
+    )
+    if any(r.epochs is not None for r in runs):
+        note(
+            "pre-training processes min(size, pool) x epochs samples; curation may keep fewer, so runs on curated "
+            "views may be cheaper than shown"
+        )
+    if any(r.samples_seen is not None for r in runs):
+        note(
+            "a pre-training run with a samples_seen budget processes samples_seen rounded up to whole global "
+            "batches, whatever its view's size"
+        )
+    note(
+        "every view scans its source's whole pool, whatever its size (the size subset is taken after the scan); "
+        "its CPU-hours are the scan's core-seconds, spread by Ray Data over the free cores (no wall-clock given)"
+    )
     note("CPU-hours of the other jobs are the CPUs they ask for times their wall-clock time (reserved, not busy)")
     if cx.unknown_pools:
-        note(f"pool size unknown for {', '.join(sorted(cx.unknown_pools))}: the requested size is used as the pool "
-             "(declare `size` under `sources` to count the scan)")
+        note(
+            f"pool size unknown for {', '.join(sorted(cx.unknown_pools))}: the requested size is used as the pool "
+            "(declare `size` under `sources` to count the scan)"
+        )
     if cx.gpu_eval:
-        note(f"an evaluation task holds {cx.eres['num_gpus']:g} GPU while it decodes images and fits probes on its "
-             f"{cx.eres['num_cpus']:g} CPU(s): that time counts as reserved GPU time")
+        note(
+            f"an evaluation task holds {cx.eres['num_gpus']:g} GPU while it decodes images and fits probes on its "
+            f"{cx.eres['num_cpus']:g} CPU(s): that time counts as reserved GPU time"
+        )
     few = cx.tally["few_train"] + cx.tally["few_val"]
     if few > 0:
-        note(f"fine-tuning scores the whole validation split after every epoch of every learning rate: "
-             f"{cx.tally['few_val'] / few:.0%} of the few-shot fine-tuning GPU work is that scoring")
-    if any(j.config["downstream"] in spec.downstream.custom_sets for j in plan.of_kind("features")):
-        note(f"declared sets are assumed to hold {CUSTOM_SET_SIZE[0]:,} training and {CUSTOM_SET_SIZE[2]:,} test "
-             f"examples of {CUSTOM_SET_SIZE[3]} classes")
-    real_sets = sorted({j.config["downstream"] for j in plan.of_kind("features")} & set(REAL_SET_SIZES))
+        note(
+            f"fine-tuning scores the whole validation split after every epoch of every learning rate: "
+            f"{cx.tally['few_val'] / few:.0%} of the few-shot fine-tuning GPU work is that scoring"
+        )
+    if any(s in spec.downstream.custom_sets for s in feature_sets):
+        note(
+            f"declared sets are assumed to hold {CUSTOM_SET_SIZE[0]:,} training and {CUSTOM_SET_SIZE[2]:,} test "
+            f"examples of {CUSTOM_SET_SIZE[3]} classes"
+        )
+    real_sets = sorted(feature_sets & set(REAL_SET_SIZES))
     if real_sets:
-        note("real downstream sets: split sizes of their usual copies (" + "; ".join(
-            f"{s.removeprefix('real.')} {set_size(s, spec).train:,}/{set_size(s, spec).validation:,}/"
-            f"{set_size(s, spec).test:,}" for s in real_sets) + " train/val/test after carving)")
+        note(
+            "real downstream sets: split sizes of their usual copies ("
+            + "; ".join(
+                f"{s.removeprefix('real.')} {set_size(s, spec).train:,}/{set_size(s, spec).validation:,}/"
+                f"{set_size(s, spec).test:,}"
+                for s in real_sets
+            )
+            + " train/val/test after carving)"
+        )
     if any(REAL_SET_SIZES[s][4].startswith("assumption") for s in real_sets):
         note("real.cameratraps has no standard copy: CCT-20's split sizes are assumed")
     if cx.inputs:
@@ -646,22 +778,22 @@ def _note_assumptions(cx: _Costing) -> None:
 @COSTS.register("world")
 def _world_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
-    scale = job.config["scale"]
+    scale = WorldConfig.from_dict(job.config).scale
     c.cpu_seconds = c.wall_seconds = WORLD_CPU_S_PER_SCALE * scale
     c.bytes = int(WORLD_BYTES_PER_SCALE * scale)
     cx.store("embedded world", c.bytes, "measured at scale 1.0, times the scale")
     return c
 
 
-def _view_pool(cfg: dict[str, Any], cx: _Costing) -> int:
+def _view_pool(cfg: ViewJobConfig, cx: _Costing) -> int:
     """Samples a view scans: its sources' pools (the requested size where a pool is unknown);
     records the source shards read as inputs."""
     pool = 0
-    for n in list(cfg["mixture"]) if cfg["mixture"] else [cfg["source"]]:
+    for n in list(cfg.mixture) if cfg.mixture else [cfg.source]:
         p, how = source_pool(n, cx.spec)
         if p is None:
             cx.unknown_pools.add(n)
-            p = cfg["size"]
+            p = cfg.size
         pool += p
         if how != "world":
             bps, _ = _bytes_per_sample(n, cx.spec)
@@ -672,24 +804,30 @@ def _view_pool(cfg: dict[str, Any], cx: _Costing) -> int:
 @COSTS.register("view")
 def _view_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
-    cfg, figs = job.config, cx.figs
+    cfg, figs = ViewJobConfig.from_dict(job.config), cx.figs
     pool = _view_pool(cfg, cx)
-    kept = min(cfg["size"], pool)
+    kept = min(cfg.size, pool)
     cx.pools[job.key] = kept
-    hashes = any(st["step"] == "dedup" for st in cfg["curation"])
-    rate = figs.scalar("view_hash_per_cpu", VIEW_HASH_PER_CPU, "view scan decoding images (dedup)",
-                       "samples/s per CPU core") if hashes else \
-        figs.scalar("view_scan_per_cpu", VIEW_SCAN_PER_CPU, "view scan (no image decoding)",
-                    "samples/s per CPU core")
+    hashes = any(st["step"] == "dedup" for st in cfg.curation)
+    rate = (
+        figs.scalar(
+            "view_hash_per_cpu", VIEW_HASH_PER_CPU, "view scan decoding images (dedup)", "samples/s per CPU core"
+        )
+        if hashes
+        else figs.scalar(
+            "view_scan_per_cpu", VIEW_SCAN_PER_CPU, "view scan (no image decoding)", "samples/s per CPU core"
+        )
+    )
     c.cpu_seconds = pool / rate  # core-seconds; Ray Data spreads them over the cluster's free cores,
     c.wall_seconds = 0.0  # so a view's wall-clock time depends on those and is not estimated
-    c.gpu_seconds = c.cpu_seconds * float(job.resources.get("num_gpus", 0) or 0) \
-        / float(job.resources.get("num_cpus", 1) or 1)
-    if cfg.get("materialize", "shards") == "index":
+    c.gpu_seconds = (
+        c.cpu_seconds * float(job.resources.get("num_gpus", 0) or 0) / float(job.resources.get("num_cpus", 1) or 1)
+    )
+    if cfg.materialize == "index":
         c.bytes = kept * INDEX_BYTES
         cx.store("views (index)", c.bytes, f"{INDEX_BYTES} B per kept sample")
     else:
-        weights = cfg["mixture"] or {cfg["source"]: 1.0}
+        weights = cfg.mixture or {cfg.source: 1.0}
         total_w = sum(weights.values())
         bps = sum(_bytes_per_sample(n, cx.spec)[0] * w / total_w for n, w in weights.items())
         c.bytes = int(kept * bps)
@@ -697,48 +835,52 @@ def _view_cost(job: Job, cx: _Costing) -> JobCost:
     return c
 
 
-def _checkpoint_bytes(job: Job) -> int:
+def _checkpoint_bytes(job: Job, cfg: PretrainJobConfig) -> int:
     """Per saved epoch: encoder + exported towers + model and AdamW moments (fp32); plus one
     rolling training state per run."""
-    cfg = job.config
-    enc, dim = encoder_params(cfg["backbone"], cfg["image_size"])
-    method = cfg["method"]
+    enc, dim = encoder_params(cfg.backbone, cfg.image_size)
+    method = cfg.method
     if method == "supervised":
         classes = _head_classes(job.coords["source"])
         extra = dim * classes + classes
     else:
-        extra = EXTRA_PARAMS.get((cfg["backbone"], method), 0)
+        extra = EXTRA_PARAMS.get((cfg.backbone, method), 0)
     exported = extra if method == "clip" else 0
     model = enc + extra
     per_ckpt = 4 * (enc + exported + STATE_OVERHEAD * model)
-    kept = len(cfg["save_epochs"]) + ("samples_seen" in cfg)  # + a samples_seen run's last.pt
+    kept = len(cfg.save_epochs) + (cfg.samples_seen is not None)  # + a samples_seen run's last.pt
     return per_ckpt * kept + 4 * STATE_OVERHEAD * model
 
 
 @COSTS.register("pretrain")
 def _pretrain_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
-    cfg, r = job.config, job.resources
+    cfg, r = PretrainJobConfig.from_dict(job.config), job.resources
     workers, gpw = r.get("num_workers", 1), r.get("gpus_per_worker", 0)
     cpw = r.get("cpus_per_worker", 1)
     samples = _pretrain_samples(cfg, cx.pools.get(job.deps[0], job.coords["requested_size"]))
-    rate = cx.figs.model("pretrain", cfg["backbone"], cfg["image_size"], gpw > 0, cfg["method"])
+    rate = cx.figs.model("pretrain", cfg.backbone, cfg.image_size, gpw > 0, cfg.method)
     if gpw > 0:
         c.gpu_seconds = samples / rate
         c.wall_seconds = c.gpu_seconds / (workers * gpw)
     else:
         c.wall_seconds = samples / (rate * workers)
     c.cpu_seconds = c.wall_seconds * workers * cpw
-    c.bytes = _checkpoint_bytes(job)
-    cx.store("checkpoints", c.bytes, "per saved epoch: encoder + exported towers + model and AdamW moments "
-                                     "(fp32); plus one rolling training state per run")
+    c.bytes = _checkpoint_bytes(job, cfg)
+    cx.store(
+        "checkpoints",
+        c.bytes,
+        "per saved epoch: encoder + exported towers + model and AdamW moments "
+        "(fp32); plus one rolling training state per run",
+    )
     return c
 
 
 @COSTS.register("init")
 def _init_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
-    enc, _ = encoder_params(job.config["backbone"], job.config["image_size"])
+    cfg = InitConfig.from_dict(job.config)
+    enc, _ = encoder_params(cfg.backbone, cfg.image_size)
     c.cpu_seconds = c.wall_seconds = INIT_CPU_S
     c.bytes = 4 * enc
     cx.store("checkpoints", c.bytes, "")
@@ -749,8 +891,10 @@ def _init_cost(job: Job, cx: _Costing) -> JobCost:
 def _model_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
     c.cpu_seconds = c.wall_seconds = INIT_CPU_S
-    said = (f"existing models: loading and writing one takes {INIT_CPU_S:g} s, features {MODEL_FEATURE_DIM} "
-            f"wide, {REF_SIZE} px unless the spec gives image_size (assumptions: known once loaded)")
+    said = (
+        f"existing models: loading and writing one takes {INIT_CPU_S:g} s, features {MODEL_FEATURE_DIM} "
+        f"wide, {REF_SIZE} px unless the spec gives image_size (assumptions: known once loaded)"
+    )
     if said not in cx.assumptions:
         cx.note(said)
     return c
@@ -760,7 +904,7 @@ def _model_cost(job: Job, cx: _Costing) -> JobCost:
 def _features_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
     src = cx.plan.jobs[job.deps[0]]
-    sz = set_size(job.config["downstream"], cx.spec)
+    sz = set_size(FeaturesConfig.from_dict(job.config).downstream, cx.spec)
     backbone, size = _shape(src)
     rate = cx.figs.model("inference", backbone, size, cx.gpu_eval)
     _task(sz.total / rate, sz.total / (cx.decode * cx.eres["num_cpus"]), cx.eres, c)
@@ -773,20 +917,22 @@ def _features_cost(job: Job, cx: _Costing) -> JobCost:
 def _eval_cost(job: Job, cx: _Costing) -> JobCost:
     c = JobCost(job.kind, job.key)
     src = cx.plan.jobs[job.deps[0]]
-    cfg = job.config
-    sz = set_size(cfg["downstream"], cx.spec)
+    cfg = EvalConfig.from_dict(job.config)
+    sz = set_size(cfg.downstream, cx.spec)
     backbone, size = _shape(src)
     dim = cx.feature_dim(src)
-    protocol = cfg["protocol"]
-    shots, seeds = cfg["shots"], cfg["seeds"]
+    protocol = cfg.protocol
+    shots, seeds = cfg.shots, cfg.seeds
     rows = len(shots) * len(seeds)
 
     def n_train(k: int | None) -> int:
         return sz.train if k is None else k * sz.classes
 
     def probes() -> float:  # identical subsets (full data across seeds) are fitted once
-        return sum(n_train(k) / cx.probe_rate * (dim * sz.classes) / PROBE_REF * (1 if k is None else len(seeds))
-                   for k in shots)
+        return sum(
+            n_train(k) / cx.probe_rate * (dim * sz.classes) / PROBE_REF * (1 if k is None else len(seeds))
+            for k in shots
+        )
 
     device = host = 0.0
     if protocol == "linear":
@@ -795,24 +941,33 @@ def _eval_cost(job: Job, cx: _Costing) -> JobCost:
         device = sz.test / cx.figs.model("inference", backbone, size, cx.gpu_eval)
         host = sz.test / (cx.decode * cx.eres["num_cpus"])
     else:  # finetune, lp_ft, scratch
-        device = _finetune_device_seconds(cfg, sz, cx.figs.model("finetune", backbone, size, cx.gpu_eval),
-                                          cx.figs.model("inference", backbone, size, cx.gpu_eval), cx.tally)
+        device = _finetune_device_seconds(
+            cfg,
+            sz,
+            cx.figs.model("finetune", backbone, size, cx.gpu_eval),
+            cx.figs.model("inference", backbone, size, cx.gpu_eval),
+            cx.tally,
+        )
         host = sz.total / (cx.decode * cx.eres["num_cpus"])
         if protocol == "lp_ft":
             host += probes()
-        c.bytes += rows * len(cfg.get("lrs", [1])) * cfg.get("epochs", 1) * CURVE_BYTES
+        c.bytes += rows * _lr_count(cfg) * (1 if cfg.epochs is None else cfg.epochs) * CURVE_BYTES
     _task(device, host, {**cx.eres, **job.resources}, c)  # a linear probe's job holds no GPU (harness.plan)
     c.bytes += rows * ROW_BYTES
     cx.store("results (runs, curves)", c.bytes, f"~{ROW_BYTES} B per row, ~{CURVE_BYTES} B per curve point")
     return c
 
 
-def _finetune_device_seconds(cfg: dict[str, Any], sz: SetSize, ft: float, inf: float,
-                             tally: dict[str, float]) -> float:
+def _lr_count(cfg: EvalConfig) -> int:
+    """Learning rates an evaluation tries (1 for protocols that do not train)."""
+    return 1 if cfg.lrs is None else len(cfg.lrs)
+
+
+def _finetune_device_seconds(cfg: EvalConfig, sz: SetSize, ft: float, inf: float, tally: dict[str, float]) -> float:
     """GPU work of a fine-tuning style evaluation: per (shots, seed) and learning rate, ``epochs``
     passes over the training examples and a scoring of validation after each, then test once."""
-    shots, seeds = cfg["shots"], cfg["seeds"]
-    lrs, epochs = len(cfg.get("lrs", [1])), cfg.get("epochs", 1)
+    shots, seeds = cfg.shots, cfg.seeds
+    lrs, epochs = _lr_count(cfg), 1 if cfg.epochs is None else cfg.epochs
 
     def n_train(k: int | None) -> int:
         return sz.train if k is None else k * sz.classes

@@ -19,6 +19,16 @@ from pathlib import Path
 from typing import Any, Callable
 
 from harness.core.artifacts import content_key, is_done, job_dir, mark_done, read_done
+from harness.core.jobs import (
+    EvalConfig,
+    FeaturesConfig,
+    InitConfig,
+    ModelJobConfig,
+    PretrainJobConfig,
+    ViewJobConfig,
+    WorldConfig,
+    config_of,
+)
 from harness.core.registry import Registry
 from harness.plan import Job, row_key
 from pretrain.budget import LAST, checkpoint_name
@@ -88,8 +98,9 @@ def execute(job: Job, ctx: RunContext) -> dict[str, Any]:
 def _world(job: Job, ctx: RunContext) -> dict[str, Any]:
     from curation.world import build_world
 
+    c = WorldConfig.from_dict(job.config)
     t0 = time.perf_counter()
-    info = build_world(ctx.world_dir, seed=job.config["seed"], scale=job.config["scale"])
+    info = build_world(ctx.world_dir, seed=c.seed, scale=c.scale)
     summary = {"seconds": time.perf_counter() - t0, "version": info.get("version")}
     mark_done(ctx.world_dir, summary)
     return summary
@@ -100,38 +111,52 @@ def _view(job: Job, ctx: RunContext) -> dict[str, Any]:
     from curation.views import build_view
     from pretrain.existing import IMPORTED
 
-    cfg = view_config(job.config)
+    c = ViewJobConfig.from_dict(job.config)
+    cfg = view_config(c)
     d = out_dir(job, ctx)
     t0 = time.perf_counter()
-    checkpoints = {name: str(checkpoint_path(ctx, ident["model_key"], IMPORTED))  # declared models' imports
-                   for name, ident in job.config.get("dedup_models", {}).items() if "model_key" in ident}
-    manifest = build_view(cfg, ctx.world_dir, d, engine=job.resources.get("engine", "auto"), data_dir=ctx.data_dir,
-                          sets_config=job.config.get("sets_config"), checkpoints=checkpoints)
+    checkpoints = {
+        name: str(checkpoint_path(ctx, ident["model_key"], IMPORTED))  # declared models' imports
+        for name, ident in (c.dedup_models or {}).items()
+        if "model_key" in ident
+    }
+    manifest = build_view(
+        cfg,
+        ctx.world_dir,
+        d,
+        engine=job.resources.get("engine", "auto"),
+        data_dir=ctx.data_dir,
+        sets_config=c.sets_config,
+        checkpoints=checkpoints,
+    )
     summary = {"seconds": time.perf_counter() - t0, "size": manifest["size"], "engine": manifest.get("engine")}
     mark_done(d, summary)
     return summary
 
 
-def view_config(c: dict[str, Any]):
+def _given(value: Any, default: Any) -> Any:
+    """A job config's optional setting, or its default where the key leaves it out."""
+    return default if value is None else value
+
+
+def view_config(c: ViewJobConfig):
     """The :class:`curation.views.ViewConfig` of a view job's config."""
     from curation.views import ViewConfig
 
     return ViewConfig(
-        source=c["source"],
-        mixture=c["mixture"],
-        curation_name=c["curation_name"],
-        curation=tuple((s["step"], {k: v for k, v in s.items() if k != "step"}) for s in c["curation"]),
-        size=c["size"],
-        label_noise=c["label_noise"],
-        needs_labels=c["needs_labels"],
-        seed=c["seed"],
-        noise_model=c.get("noise_model", "symmetric"),
-        materialize=c.get("materialize", "shards"),
-        sources=c.get("sources"),
-        against=tuple(c.get("against", ())),
+        source=c.source,
+        mixture=c.mixture,
+        curation_name=c.curation_name,
+        curation=tuple((s["step"], {k: v for k, v in s.items() if k != "step"}) for s in c.curation),
+        size=c.size,
+        label_noise=c.label_noise,
+        needs_labels=c.needs_labels,
+        seed=c.seed,
+        noise_model=_given(c.noise_model, "symmetric"),
+        materialize=_given(c.materialize, "shards"),
+        sources=c.sources,
+        against=_given(c.against, ()),
     )
-
-
 
 
 @EXECUTORS.register("pretrain")
@@ -139,38 +164,47 @@ def _pretrain(job: Job, ctx: RunContext) -> dict[str, Any]:
     from harness.train_ray import run_pretrain
     from pretrain.loop import TrainConfig, loader_workers_for
 
-    c, r = job.config, job.resources
+    c, r = PretrainJobConfig.from_dict(job.config), job.resources
     manifest_bytes = (job_dir(ctx.workdir, "view", job.deps[0]) / "manifest.json").read_bytes()
     view = json.loads(manifest_bytes)
     cfg = TrainConfig(
-        method=c["method"],
-        backbone=c["backbone"],
-        image_size=c["image_size"],
-        epochs=c.get("epochs"),  # the budget: epochs, or samples_seen (epochs then follow from the view's size)
-        samples_seen=c.get("samples_seen"),
-        save_epochs=tuple(c["save_epochs"]),
-        batch_size=c["batch_size"],
-        lr=c["optim"]["lr"],
-        weight_decay=c["optim"]["weight_decay"],
-        warmup_epochs=c["optim"]["warmup_epochs"],
-        warmup_fraction=c["optim"].get("warmup_fraction"),
-        label_smoothing=c["optim"]["label_smoothing"],
-        seed=c["seed"],
+        method=c.method,
+        backbone=c.backbone,
+        image_size=c.image_size,
+        epochs=c.epochs,  # the budget: epochs, or samples_seen (epochs then follow from the view's size)
+        samples_seen=c.samples_seen,
+        save_epochs=c.save_epochs,
+        batch_size=c.batch_size,
+        lr=c.optim.lr,
+        weight_decay=c.optim.weight_decay,
+        warmup_epochs=c.optim.warmup_epochs,
+        warmup_fraction=c.optim.warmup_fraction,
+        label_smoothing=c.optim.label_smoothing,
+        seed=c.seed,
         num_classes=int(view["num_classes"] or 0),
-        grad_accum=int(c.get("grad_accum", 1)),
-        precision=c.get("precision", "auto"),
-        decode=c.get("decode", "cpu"),
-        hparams=dict(c.get("hparams", {})),
-        num_workers_loader=loader_workers_for(r.get("loader_workers", "auto"), float(r.get("cpus_per_worker", 1)),
-                                              0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0))),
-        extra={"pretrain_key": job.key, "view_key": job.deps[0], "view_size": int(view["size"]),
-               # the exact data: a resumed run refuses a view rebuilt with other samples
-               "view_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest()},
+        grad_accum=int(_given(c.grad_accum, 1)),
+        precision=_given(c.precision, "auto"),
+        decode=_given(c.decode, "cpu"),
+        hparams=dict(c.hparams or {}),
+        num_workers_loader=loader_workers_for(
+            r.get("loader_workers", "auto"),
+            float(r.get("cpus_per_worker", 1)),
+            0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0)),
+        ),
+        extra={
+            "pretrain_key": job.key,
+            "view_key": job.deps[0],
+            "view_size": int(view["size"]),
+            # the exact data: a resumed run refuses a view rebuilt with other samples
+            "view_manifest_sha256": hashlib.sha256(manifest_bytes).hexdigest(),
+        },
     )
     d = out_dir(job, ctx)
     num_workers = int(r.get("num_workers", 1))
     summary = run_pretrain(
-        cfg, job_dir(ctx.workdir, "view", job.deps[0]), d,
+        cfg,
+        job_dir(ctx.workdir, "view", job.deps[0]),
+        d,
         num_workers=num_workers,
         cpus_per_worker=float(r.get("cpus_per_worker", 1)),
         gpus_per_worker=0.0 if ctx.cpu_only else float(r.get("gpus_per_worker", 0)),
@@ -189,11 +223,10 @@ def _init(job: Job, ctx: RunContext) -> dict[str, Any]:
 
     from pretrain.models import build_encoder, encoder_meta, save_encoder
 
-    c = job.config
-    torch.manual_seed(c["seed"])
-    encoder = build_encoder(c["backbone"], c["image_size"])
-    meta = encoder_meta(encoder, c["backbone"], c["image_size"], method="none", epoch=0, samples_seen=0,
-                        pretrain_key=job.key)
+    c = InitConfig.from_dict(job.config)
+    torch.manual_seed(c.seed)
+    encoder = build_encoder(c.backbone, c.image_size)
+    meta = encoder_meta(encoder, c.backbone, c.image_size, method="none", epoch=0, samples_seen=0, pretrain_key=job.key)
     d = out_dir(job, ctx)
     save_encoder(d / "checkpoints" / "epoch_000.pt", encoder, meta)
     summary = {"feature_dim": meta["feature_dim"]}
@@ -206,12 +239,15 @@ def _model(job: Job, ctx: RunContext) -> dict[str, Any]:
     """An existing model loaded through its framework, written as a harness checkpoint."""
     from pretrain.existing import IMPORTED, ExistingModel, import_model
 
-    c = job.config
+    c = ModelJobConfig.from_dict(job.config)
     d = out_dir(job, ctx)
-    summary = import_model(ExistingModel.from_job(c), checkpoint_path(ctx, job.key, IMPORTED))
-    if summary["sha256"] != c["sha256"]:  # the file changed between planning and now: its rows would lie
-        raise ValueError(f"model {c['name']!r}: {c['weights']} changed since the plan hashed it "
-                         f"(sha256 {summary['sha256']} now, {c['sha256']} planned); run again")
+    model = ExistingModel(c.name, c.framework, c.arch, c.weights, c.image_size, dict(c.describes))
+    summary = import_model(model, checkpoint_path(ctx, job.key, IMPORTED))
+    if summary["sha256"] != c.sha256:  # the file changed between planning and now: its rows would lie
+        raise ValueError(
+            f"model {c.name!r}: {c.weights} changed since the plan hashed it "
+            f"(sha256 {summary['sha256']} now, {c.sha256} planned); run again"
+        )
     mark_done(d, summary)
     return summary
 
@@ -220,12 +256,20 @@ def _model(job: Job, ctx: RunContext) -> dict[str, Any]:
 def _features(job: Job, ctx: RunContext) -> dict[str, Any]:
     from downstream.features import extract_features
 
+    c = FeaturesConfig.from_dict(job.config)
     d = out_dir(job, ctx)
-    ckpt = checkpoint_path(ctx, job.deps[0], job.config["epoch"])
-    summary = extract_features(ckpt, job.config["downstream"], ctx.world_dir, d, num_threads=ctx.num_threads,
-                               set_config=job.config.get("set_config"), data_dir=ctx.data_dir)
+    ckpt = checkpoint_path(ctx, job.deps[0], c.epoch)
+    summary = extract_features(
+        ckpt,
+        c.downstream,
+        ctx.world_dir,
+        d,
+        num_threads=ctx.num_threads,
+        set_config=c.set_config,
+        data_dir=ctx.data_dir,
+    )
     epoch = None
-    if job.config["epoch"] == LAST:  # a samples_seen run's end: its epoch is in the checkpoint
+    if c.epoch == LAST:  # a samples_seen run's end: its epoch is in the checkpoint
         import torch
 
         epoch = int(torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]["epoch"])
@@ -264,12 +308,24 @@ def spectra_rows(job: Job, ctx: RunContext) -> list[dict[str, Any]]:
     for split, spec in data.items():
         key = content_key("spectrum", {"features": job.key, "split": split})
         for i, value in enumerate(spec["singular_values"], start=1):
-            rows.append({"key": key, "job_key": job.key, "pretrain_key": c["pretrain_key"],
-                         "checkpoint_epoch": spec.get("checkpoint_epoch", c["checkpoint_epoch"]),
-                         "downstream": c["downstream"], "split": split,
-                         "rank_index": i, "singular_value": float(value), "k80": int(spec["k80"]),
-                         "effective_rank": float(spec["effective_rank"]), "num_examples": int(spec["n"]),
-                         "feature_dim": int(spec["dim"]), "method": c["method"], "source": c["source"]})
+            rows.append(
+                {
+                    "key": key,
+                    "job_key": job.key,
+                    "pretrain_key": c["pretrain_key"],
+                    "checkpoint_epoch": spec.get("checkpoint_epoch", c["checkpoint_epoch"]),
+                    "downstream": c["downstream"],
+                    "split": split,
+                    "rank_index": i,
+                    "singular_value": float(value),
+                    "k80": int(spec["k80"]),
+                    "effective_rank": float(spec["effective_rank"]),
+                    "num_examples": int(spec["n"]),
+                    "feature_dim": int(spec["dim"]),
+                    "method": c["method"],
+                    "source": c["source"],
+                }
+            )
     return rows
 
 
@@ -280,49 +336,79 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
 
     from downstream.protocols import PROTOCOLS, EvalRequest
 
-    c = job.config
-    ckpt = checkpoint_path(ctx, job.deps[0], c["epoch"])
+    c = EvalConfig.from_dict(job.config)
+    ckpt = checkpoint_path(ctx, job.deps[0], c.epoch)
     meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]
-    entry = PROTOCOLS.get(c["protocol"])
+    entry = PROTOCOLS.get(c.protocol)
     request = EvalRequest(
-        set_name=c["downstream"],
+        set_name=c.downstream,
         data_root=ctx.world_dir,
         checkpoint=ckpt,
         features_dir=job_dir(ctx.workdir, "features", job.deps[2]) if entry.needs_features else None,
-        shots=tuple(c["shots"]),
-        seeds=tuple(c["seeds"]),
-        epochs=c.get("epochs", 5),
-        lrs=tuple(c.get("lrs", (1e-3,))),
+        shots=c.shots,
+        seeds=c.seeds,
+        epochs=_given(c.epochs, 5),
+        lrs=_given(c.lrs, (1e-3,)),
         num_threads=ctx.num_threads,
-        set_config=c.get("set_config"),
+        set_config=c.set_config,
         data_dir=ctx.data_dir,
-        head_init=c.get("head_init", "zero"),
-        batch_size=int(c.get("batch_size", 128)),
-        min_steps=int(c.get("min_steps", 0)),
-        bn=c.get("bn", "auto"),
+        head_init=_given(c.head_init, "zero"),
+        batch_size=int(_given(c.batch_size, 128)),
+        min_steps=int(_given(c.min_steps, 0)),
+        bn=_given(c.bn, "auto"),
     )
     results = entry.run(request)
     pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0
     seen = meta.get("samples_seen", 0)
     if job.coords.get("model") is not None:  # an existing model: its declared size, else unknown
         pretrain_size, seen = job.coords.get("requested_size"), None
-    base = base_row(job, ctx, pretrain_size=pretrain_size, samples_seen=None if seen is None else int(seen),
-                    image_size=int(meta["image_size"]), checkpoint_epoch=meta.get("epoch"),
-                    pretrain_epochs=meta.get("epochs") if job.coords["method"] != "none" else None)
+    base = base_row(
+        job,
+        ctx,
+        pretrain_size=pretrain_size,
+        samples_seen=None if seen is None else int(seen),
+        image_size=int(meta["image_size"]),
+        checkpoint_epoch=meta.get("epoch"),
+        pretrain_epochs=meta.get("epochs") if job.coords["method"] != "none" else None,
+    )
     device = "cpu" if entry.runs_on_cpu else device_name()  # where the protocol ran (a probe: SciPy on the CPU)
     runs, curves = [], []
     for r in results:
         key = row_key(job.key, r.shots, r.eval_seed)
-        runs.append({
-            **base, "key": key, "status": "ok", "error": None,
-            "shots": r.shots, "eval_seed": r.eval_seed, "num_classes": r.num_classes, "metric": r.metric,
-            "chance": r.chance, "top1": r.top1, "balanced_acc": r.balanced_acc, "score": r.score, "loss": r.loss,
-            "val_score": r.val_score, "train_seconds": r.train_seconds, "eval_seconds": r.eval_seconds,
-            "device": device, "hparams": json.dumps(r.hparams, sort_keys=True, default=str),
-        })
+        runs.append(
+            {
+                **base,
+                "key": key,
+                "status": "ok",
+                "error": None,
+                "shots": r.shots,
+                "eval_seed": r.eval_seed,
+                "num_classes": r.num_classes,
+                "metric": r.metric,
+                "chance": r.chance,
+                "top1": r.top1,
+                "balanced_acc": r.balanced_acc,
+                "score": r.score,
+                "loss": r.loss,
+                "val_score": r.val_score,
+                "train_seconds": r.train_seconds,
+                "eval_seconds": r.eval_seconds,
+                "device": device,
+                "hparams": json.dumps(r.hparams, sort_keys=True, default=str),
+            }
+        )
         for point in r.curve:
-            curves.append({"key": key, "job_key": job.key, "protocol": c["protocol"], "downstream": c["downstream"],
-                           "shots": r.shots, "eval_seed": r.eval_seed, **point})
+            curves.append(
+                {
+                    "key": key,
+                    "job_key": job.key,
+                    "protocol": c.protocol,
+                    "downstream": c.downstream,
+                    "shots": r.shots,
+                    "eval_seed": r.eval_seed,
+                    **point,
+                }
+            )
     return {"runs": runs, "curves": curves}
 
 
@@ -346,9 +432,16 @@ def declared_similarity(world_dir: str) -> dict[str, dict[str, float]]:
     return _SIMILARITY[world_dir]
 
 
-def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
-             samples_seen: int | None = None, image_size: int | None = None,
-             checkpoint_epoch: int | None = None, pretrain_epochs: int | None = None) -> dict[str, Any]:
+def base_row(
+    job: Job,
+    ctx: RunContext,
+    *,
+    pretrain_size: int | None = None,
+    samples_seen: int | None = None,
+    image_size: int | None = None,
+    checkpoint_epoch: int | None = None,
+    pretrain_epochs: int | None = None,
+) -> dict[str, Any]:
     """The coordinates every row of an evaluation job shares. The checkpoint's own ``epoch`` and its
     run's ``epochs`` (from its meta) replace the planned ones when given: a samples_seen run's epochs
     are known only once it ran. ``samples_seen`` is what the checkpoint saw; ``samples_budget`` the
@@ -387,11 +480,18 @@ def base_row(job: Job, ctx: RunContext, *, pretrain_size: int | None = None,
 def failed_rows(job: Job, ctx: RunContext, error: str) -> list[dict[str, Any]]:
     """One `failed` row per (shots, seed) of an evaluation that could not produce results."""
     base = base_row(job, ctx)
+    c = EvalConfig.from_dict(job.config)
     return [
-        {**base, "key": row_key(job.key, s, seed), "status": "failed", "error": error[-4000:],
-         "shots": s, "eval_seed": seed}
-        for s in job.config["shots"]
-        for seed in job.config["seeds"]
+        {
+            **base,
+            "key": row_key(job.key, s, seed),
+            "status": "failed",
+            "error": error[-4000:],
+            "shots": s,
+            "eval_seed": seed,
+        }
+        for s in c.shots
+        for seed in c.seeds
     ]
 
 
@@ -413,7 +513,7 @@ def stage_inputs(job: Job, ctx: RunContext) -> RunContext:
             if key == ctx.world_key:
                 wd.pull("world", key)
         elif kind == "pretrain":
-            epoch = job.config.get("epoch")
+            epoch = getattr(config_of(job), "epoch", None)  # the checkpoint a features or eval job reads
             rel = checkpoint_path(ctx, key, epoch).relative_to(wd.dir(kind, key)).as_posix()
             wd.pull(kind, key, only=[rel], allow_partial=True)
         else:
