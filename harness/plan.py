@@ -39,6 +39,7 @@ from harness.core.jobs import (
     PretrainJobConfig,
     ViewJobConfig,
     WorldConfig,
+    config_of,
 )
 from harness.spec import FULL, Spec
 from pretrain.budget import LAST
@@ -65,18 +66,15 @@ class Job:
         if self.kind == "view":
             return f"view {c['source']}/{c['curation']}/n={c['requested_size']}/noise={c['label_noise']}"
         if self.kind == "pretrain":
-            budget = (
-                f"{self.config['epochs']} epochs"
-                if "epochs" in self.config
-                else f"{self.config['samples_seen']} samples seen"
-            )
+            cfg = PretrainJobConfig.from_dict(self.config)
+            budget = f"{cfg.epochs} epochs" if cfg.epochs is not None else f"{cfg.samples_seen} samples seen"
             return (
                 f"pretrain {c['method']}/{c['backbone']} on {c['source']}/{c['curation']}/n={c['requested_size']} "
                 f"seed={c['pretrain_seed']} · {budget}"
             )
         if self.kind in ("features", "eval"):
-            what = self.config.get("protocol", "features")
-            epoch = self.config.get("epoch")
+            cfg = config_of(self)  # a FeaturesConfig or an EvalConfig
+            what, epoch = getattr(cfg, "protocol", "features"), cfg.epoch
             if c.get("model") is not None:
                 return f"{what} {c['downstream']} ← model {c['model']} ({c['framework']}:{c['arch']})"
             return f"{what} {c['downstream']} ← {c['method']}/{c['backbone']}:{c['source']} " + (
@@ -107,15 +105,15 @@ class Plan:
         key and coordinates (the report lists those missing from the store)."""
         out = []
         for job in self.of_kind("eval"):
-            c = job.coords
-            for shots in job.config["shots"]:
-                for seed in job.config["seeds"]:
+            c, cfg = job.coords, EvalConfig.from_dict(job.config)
+            for shots in cfg.shots:
+                for seed in cfg.seeds:
                     out.append(
                         {
                             "key": row_key(job.key, shots, seed),
                             "job_key": job.key,
                             "label": job.label,
-                            "protocol": job.config["protocol"],
+                            "protocol": cfg.protocol,
                             "downstream": c.get("downstream"),
                             "shots": shots,
                             "eval_seed": seed,
@@ -461,7 +459,7 @@ def _has_text_tower(src: Job) -> bool:
     from pretrain.methods import METHODS
 
     if src.kind == "model":  # an open_clip model carries its text tower; a timm model has none
-        return src.config["framework"] == "open_clip"
+        return ModelJobConfig.from_dict(src.config).framework == "open_clip"
     method = src.coords["method"]
     return method != "none" and METHODS.get(method).zero_shot
 
@@ -515,7 +513,7 @@ def _plan_features(st: _Planning, src: Job, epoch: int | str, set_name: str, bas
     return st.add(Job("features", content_key("features", cfg, list(deps)), cfg, deps, base, _eval_resources(st.spec)))
 
 
-def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_text: bool) -> dict[str, Any]:
+def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_text: bool) -> EvalConfig:
     from downstream.protocols import PROTOCOLS
 
     entry = PROTOCOLS.get(proto.name)
@@ -548,7 +546,7 @@ def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_te
         **trains,
         head_init=head_init if head_init != "zero" else None,  # only non-default settings join the key
         set_config=spec.downstream.set_config(set_name),
-    ).to_dict()
+    )
 
 
 def _plan_eval(
@@ -564,7 +562,8 @@ def _plan_eval(
     from downstream.protocols import PROTOCOLS
 
     entry = PROTOCOLS.get(proto.name)
-    cfg = _eval_config(st.spec, epoch, set_name, proto, has_text)
+    typed = _eval_config(st.spec, epoch, set_name, proto, has_text)
+    cfg = typed.to_dict()
     deps = (src.key, st.world.key) + ((feats.key,) if entry.needs_features and feats else ())
     eres = _eval_resources(st.spec)
     # a probe on cached features is a CPU task: it holds no GPU (resources are not in the key)
@@ -577,6 +576,6 @@ def _plan_eval(
             deps,
             {**base, "protocol": proto.name},
             res,
-            rows=len(cfg["shots"]) * len(cfg["seeds"]),
+            rows=len(typed.shots) * len(typed.seeds),
         )
     )
