@@ -51,14 +51,13 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import _common as C  # noqa: E402
-
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 from scipy.fft import dctn  # noqa: E402
 from scipy.sparse import coo_matrix  # noqa: E402
 from scipy.sparse.csgraph import connected_components  # noqa: E402
 
+from bench import _common as C  # noqa: E402
 from curation import dedup as D  # noqa: E402
 
 TARGET_RECALL = 0.95

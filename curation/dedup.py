@@ -202,9 +202,9 @@ def _join(
         skeys = keys[order]
         if w <= 22:  # direct addressing: bounds[k]..bounds[k + 1] are the sorted positions of band value k
             bounds = np.concatenate([[0], np.cumsum(np.bincount(keys.astype(np.intp), minlength=1 << w))])
-            lookup = lambda k: (bounds[k.astype(np.intp)], bounds[k.astype(np.intp) + 1])  # noqa: E731
+            lookup = lambda k, bounds=bounds: (bounds[k.astype(np.intp)], bounds[k.astype(np.intp) + 1])  # noqa: E731
         else:
-            lookup = lambda k: (np.searchsorted(skeys, k, "left"), np.searchsorted(skeys, k, "right"))  # noqa: E731
+            lookup = lambda k, s=skeys: (np.searchsorted(s, k, "left"), np.searchsorted(s, k, "right"))  # noqa: E731
         flips = [0] + [sum(1 << b for b in c) for k in range(1, r + 1) for c in itertools.combinations(range(w), k)]
         for q, is_self in queries:
             qkeys = (q >> np.uint64(shift)) & mask

@@ -54,10 +54,10 @@ import shutil
 import tarfile
 import uuid
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
-from collections.abc import Iterable
 
 import numpy as np
 
@@ -285,8 +285,8 @@ def _checkpoint_scorer(path: str):
         from downstream import accel
         from downstream.features import default_device, meta_stats, normalise, prepare_images, resize_options
         from downstream.sets import resize_center_crop
-        from pretrain.data import decode_image
         from downstream.zeroshot import load_zeroshot_model
+        from pretrain.data import decode_image
 
         model, tokenizer, meta = load_zeroshot_model(path)
         model.eval()
@@ -358,7 +358,7 @@ def scan_shard(task: ScanTask) -> dict[str, list]:
     vocab_index = {c: i for i, c in enumerate(task.vocab or ())}
     resolved = [(FILTERS.get(n), p) for n, p in task.steps]
     cols: dict[str, list] = {"key": [], "url": [], "source": [], "rank": [], "label": [], "truth": []}
-    for i, (entry, params) in enumerate(resolved):
+    for i in range(len(resolved)):
         cols[f"s{i}"] = []
     need_hash = any(e.name == "dedup" and p.get("model") is None for e, p in resolved)
     if need_hash:
@@ -750,7 +750,7 @@ def class_partners(num_classes: int, groups: dict[str, str], vocab: list[str] | 
         by_group: dict[str, list[int]] = {}
         for c, name in enumerate(vocab):
             by_group.setdefault(groups.get(name, ""), []).append(c)
-        for g, members in by_group.items():
+        for members in by_group.values():
             if len(members) < 2:
                 continue
             cyc = sorted(members, key=lambda c: (_hash(seed, "partner", vocab[c]), c))

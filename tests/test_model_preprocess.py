@@ -59,8 +59,8 @@ def test_crop_pct_applies_to_images_larger_than_the_model_input():
     want = _torch_resize(images, scale, "bilinear")[..., 4:28, 4:28]
     assert torch.equal(got, want)
     # real sets go through PIL as timm's eval transform does: same sizes and crop as timm's own
-    from timm.data import create_transform
     from PIL import Image
+    from timm.data import create_transform
 
     image = _images(1, 64, seed=2)[0][:, :48]  # 64 x 48, not square
     tf = create_transform(input_size=24, interpolation="bicubic", crop_pct=0.75, mean=(0, 0, 0), std=(1, 1, 1))
