@@ -13,10 +13,11 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from harness.core.artifacts import content_key, is_done, job_dir, mark_done, read_done
 from harness.core.jobs import (
