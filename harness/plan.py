@@ -262,8 +262,16 @@ def _plan_views_and_runs(st: _Planning) -> None:
 
 
 def _view_config(
-    spec: Spec, grid: Any, source: str, curation: str, noise: float, size: int, needs_labels: bool
+    spec: Spec,
+    grid: Any,
+    source: str,
+    curation: str,
+    noise: float,
+    size: int,
+    needs_labels: bool,
+    embedders: dict[str, dict[str, Any]],
 ) -> dict[str, Any]:
+    """The view job's config; ``embedders`` are the variant's dedup models (:func:`_dedup_models`)."""
     pt = spec.pretrain
     mixtures = {m.name: m.weights for m in pt.mixtures}
     steps = spec.curation[curation]
@@ -271,7 +279,6 @@ def _view_config(
     dedups = [st for st in steps if st.step == "dedup"]
     against = sorted({a for st in dedups for a in _as_list(st.params.get("against"), spec.downstream.sets)})
     custom = {a: spec.downstream.set_config(a) for a in against if spec.downstream.set_config(a) is not None}
-    embedders = _dedup_models(spec, curation)
     # Settings added later join the key only when not at their default (None: left out of the
     # dict), so the keys (and finished views) of older specs stay.
     return ViewJobConfig(
@@ -319,10 +326,11 @@ def _dedup_models(spec: Spec, curation: str) -> dict[str, dict[str, Any]]:
 def _plan_view(
     st: _Planning, grid: Any, source: str, curation: str, noise: float, size: int, needs_labels: bool
 ) -> Job:
-    cfg = _view_config(st.spec, grid, source, curation, noise, size, needs_labels)
+    embedders = _dedup_models(st.spec, curation)  # once per view: it builds model jobs and hashes files
+    cfg = _view_config(st.spec, grid, source, curation, noise, size, needs_labels, embedders)
     coords = {"source": source, "curation": curation, "requested_size": size, "label_noise": noise}
     r = st.spec.resources.view
-    deps = (st.world.key,) + tuple(st.add(e["job"]).key for e in _dedup_models(st.spec, curation).values() if e["job"])
+    deps = (st.world.key,) + tuple(st.add(e["job"]).key for e in embedders.values() if e["job"])
     return st.add(
         Job(
             "view",
