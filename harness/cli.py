@@ -476,8 +476,9 @@ def report(
     spectra, convergence, curation funnels, missing and failed runs."""
     import pandas as pd
 
+    from results.errors import ReportError
+    from results.multiplier import MultiplierPair
     from results.report import write_report
-    from results.sections import MultiplierPair, ReportError
 
     try:
         pairs = [MultiplierPair.parse(text) for text in multiplier] if multiplier else None

@@ -28,6 +28,14 @@ A fit says little far from its points: :func:`bounded` turns a multiplier whose 
 the largest or below a tenth of the smallest, ``inf`` included) into a bound, "more than X"
 or "less than X", which is what the report prints instead of the number.
 
+The second half applies this to the store's rows. :class:`MultiplierPair` names two
+configurations (column selectors, or ``model=NAME`` for an existing model) and parses the
+report's ``--multiplier 'A vs B[@N]'``; :func:`default_pairs` lists every configuration with
+:data:`MIN_SIZES` sizes against the labelled source under supervised training; and
+:func:`compute_multiplier` gives, per shot count, a :class:`MultiplierResult`: both curves fitted
+to the mean score over the common sets, the multiplier with its two-level bootstrap interval,
+and a note when it is a bound or not meaningful. :mod:`results.sections` renders them.
+
 >>> fa = fit_power_law([(1e3, .50), (1e4, .62), (1e5, .70), (1e6, .74)])   # doctest: +SKIP
 >>> multiplier(fa, fit_power_law(points_b), at_n_b=1e4)                      # doctest: +SKIP
 """
@@ -36,9 +44,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+import pandas as pd
+
+from results.errors import ReportError
+from results.plotting import FLOOR_METHOD, SUMMARY_PROTOCOL, Line, annotate, final_checkpoints, fmt_size, shots_order
+from results.stats import hierarchical_bootstrap
 
 Points = Sequence[tuple[float, float]] | Mapping[float, Sequence[float]] | np.ndarray
 """(samples, score) points: pairs (one per seed replicate), a mapping samples -> replicate
@@ -451,3 +464,447 @@ def bounded(value: float, at_n_b: float, sizes_a: Sequence[float], factor: float
     if value < lower:
         return Bounded(lower, "<")
     return Bounded(float(value), "=")
+
+
+# --------------------------------------------------------------------------- pairs of configurations
+
+LABELLED_SOURCES = ("imagenet", "real.imagenet")
+"""Sources taken as the labelled reference of the default multiplier pairs (under ``supervised``)."""
+MIN_SIZES = 3
+"""A saturating power law has three parameters: a curve needs at least this many sizes."""
+
+
+@dataclass(frozen=True)
+class MultiplierPair:
+    """Configuration A against reference B: how many times B's samples A needs for B's score.
+
+    ``a`` and ``b`` select rows of ``runs`` by column value (e.g. ``{"source": "laion",
+    "method": "clip"}``); ``at`` is B's sample count the comparison is made at (default: B's
+    largest size); ``protocol`` the evaluation protocol. Either side (not both) may instead be
+    an existing model, ``{"model": NAME}`` (the spec's ``models:``): one point at its declared
+    size, compared where the other side's fitted curve reaches the model's score (no ``at``).
+    """
+
+    a: Mapping[str, str]
+    b: Mapping[str, str]
+    at: float | None = None
+    protocol: str = SUMMARY_PROTOCOL
+    label: str = field(default="", compare=False)
+
+    @classmethod
+    def parse(cls, text: str, protocol: str = SUMMARY_PROTOCOL) -> MultiplierPair:
+        """``"source=laion,method=clip vs source=imagenet,method=supervised[@8000]"``."""
+        body, at = text, None
+        if "@" in text:
+            body, at_text = text.rsplit("@", 1)
+            try:
+                at = float(at_text.strip().replace("_", ""))
+            except ValueError:
+                raise ReportError(
+                    f"--multiplier {text!r}: {at_text.strip()!r} after '@' is not a sample count"
+                ) from None
+            if not (math.isfinite(at) and at > 0):
+                raise ReportError(f"--multiplier {text!r}: the sample count after '@' must be > 0")
+        halves = body.split(" vs ")
+        if len(halves) != 2:
+            raise ReportError(
+                f"--multiplier {text!r}: expected 'A vs B[@N]', e.g. "
+                "'source=laion,method=clip vs source=imagenet,method=supervised@3000'"
+            )
+        pair = cls(_parse_selector(halves[0], text), _parse_selector(halves[1], text), at, protocol, text.strip())
+        pair.check()
+        return pair
+
+    @property
+    def model_side(self) -> str:
+        """``"A"`` or ``"B"`` when that side is an existing model (``model=NAME``), else ``""``."""
+        return "A" if "model" in self.a else "B" if "model" in self.b else ""
+
+    def check(self) -> None:
+        """:class:`ReportError` for a model side with other columns, two model sides, or ``@N`` with a model."""
+        what = f"--multiplier {self.label!r}" if self.label else "multiplier"
+        for name, side in (("A", self.a), ("B", self.b)):
+            if "model" in side and len(side) > 1:
+                raise ReportError(
+                    f"{what}: side {name} names a model, so it takes model=NAME alone "
+                    f"(got {', '.join(sorted(side))}); a model's rows are already one configuration"
+                )
+        if "model" in self.a and "model" in self.b:
+            raise ReportError(
+                f"{what}: both sides are existing models; a multiplier needs a fitted curve "
+                "(a grid configuration with >= 3 sizes) on one side"
+            )
+        if self.model_side and self.at is not None:
+            raise ReportError(
+                f"{what}: '@N' chooses the reference's size on a curve, but a model is one point at "
+                "its declared size; drop '@N'"
+            )
+
+
+def _parse_selector(text: str, whole: str) -> dict[str, str]:
+    """One side of ``--multiplier`` (``"source=laion,method=clip"``) as column -> value."""
+    out: dict[str, str] = {}
+    for item in filter(None, (p.strip() for p in text.split(","))):
+        if "=" not in item:
+            raise ReportError(f"--multiplier {whole!r}: {item!r} is not column=value")
+        k, v = (x.strip() for x in item.split("=", 1))
+        out[k] = v
+    if not out:
+        raise ReportError(f"--multiplier {whole!r}: an empty side; give column=value pairs such as source=laion")
+    return out
+
+
+_SELECTABLE = ("source", "method", "curation", "label_noise", "backbone", "pretrain_seed", "view_key")
+
+
+def _is_model(runs: pd.DataFrame) -> pd.Series:
+    """Rows of existing models (the ``model`` column, pretrain/existing.py): points, never part of a curve."""
+    if "model" not in runs.columns:
+        return pd.Series(False, index=runs.index)
+    return runs["model"].notna().astype(bool)
+
+
+def _select(runs: pd.DataFrame, selector: Mapping[str, str], what: str) -> pd.DataFrame:
+    """The rows of ``runs`` matching every column = value of ``selector`` (numbers compared as
+    numbers); :class:`ReportError` for a column outside :data:`_SELECTABLE`."""
+    mask = pd.Series(True, index=runs.index)
+    for col, value in selector.items():
+        if col not in _SELECTABLE:
+            raise ReportError(f"{what}: cannot select on {col!r}; valid columns: {', '.join(_SELECTABLE)}")
+        column = runs[col]
+        if pd.api.types.is_numeric_dtype(column.dtype):
+            try:
+                number = float(value)
+            except ValueError:
+                raise ReportError(f"{what}: {col} is numeric, got {value!r}") from None
+            mask &= column.astype(float).sub(number).abs().lt(1e-9).fillna(False).astype(bool)
+        else:
+            mask &= column.astype(object).astype(str).eq(value)
+    return runs[mask]
+
+
+def default_pairs(runs_ok: pd.DataFrame, protocol: str = SUMMARY_PROTOCOL) -> list[MultiplierPair]:
+    """Every configuration with >= 3 sizes against the labelled source under supervised training."""
+    df = final_checkpoints(runs_ok)
+    models = sorted(set(df.loc[_is_model(df) & (df["protocol"] == protocol) & df["score"].notna(), "model"]))
+    df = annotate(df[~_is_model(df)])  # a model's backbone or source must not split the grid's lines
+    df = df[(df["protocol"] == protocol) & df["pretrain_size"].notna() & (df["method"].astype(object) != FLOOR_METHOD)]
+    if df.empty:
+        return []
+    sizes = df.groupby("_line")["pretrain_size"].nunique()
+    curves = [ln for ln, n in sizes.items() if n >= MIN_SIZES]
+    refs = [ln for ln in curves if ln.method == "supervised" and ln.source in LABELLED_SOURCES]
+    if not refs:
+        return []
+    ref = sorted(refs, key=lambda ln: ln.label)[0]
+
+    def selector(line: Line) -> dict[str, str]:
+        return {"source": line.source, "method": line.method, **{k: str(v) for k, v in line.variant if v is not None}}
+
+    return [
+        MultiplierPair(selector(ln), selector(ref), None, protocol, f"{ln.label} vs {ref.label}")
+        for ln in sorted(curves, key=lambda ln: ln.label)
+        if ln != ref
+    ] + [
+        MultiplierPair({"model": name}, selector(ref), None, protocol, f"model={name} vs {ref.label}")
+        for name in models
+    ]
+
+
+@dataclass
+class MultiplierResult:
+    """One pair at one shot count: the multiplier of A over B (``estimate``, ``lo``, ``hi``) at B's
+    ``at`` samples and score ``target``, the fits and points it came from, and a ``note`` when
+    it could not be estimated or is a bound. Filled by :func:`compute_multiplier`."""
+
+    shot: float
+    estimate: float = math.nan
+    lo: float = math.nan
+    hi: float = math.nan
+    target: float = math.nan
+    at: float = math.nan
+    note: str = ""
+    fits: tuple = ()
+    points: tuple = ()
+    """(A, B): size -> :class:`results.stats.Interval` of the mean score over the sets."""
+    sizes_a: tuple[float, float] = (math.nan, math.nan)
+    """A's smallest and largest measured size: outside 10x of them the multiplier is a bound."""
+    model_side: str = ""
+    """``"A"`` or ``"B"`` when that side is an existing model: the other side's curve is
+    inverted at the model's score (``target``) and the multiplier divides by the model's size."""
+    declared: float = math.nan
+    """The model's declared pre-training size (NaN: none declared, so no multiplier)."""
+    matched: tuple[float, float, float] = (math.nan, math.nan, math.nan)
+    """Model pairs: the samples the fitted side needs to reach the model's score, with its interval."""
+    sizes_fit: tuple[float, float] = (math.nan, math.nan)
+    """Model pairs: the fitted side's smallest and largest measured size."""
+
+    def shown(self) -> tuple[Bounded, Bounded, Bounded]:
+        """(estimate, lo, hi) as the report states them: numbers, or bounds beyond
+        :data:`results.multiplier.EXTRAPOLATION` times A's measured sizes (for a model pair, the
+        fitted side's matched size bounded so, as a factor; nothing when the model declares no size)."""
+        nothing = Bounded(math.nan, "")
+        if self.model_side:
+            if not math.isfinite(self.declared):
+                return nothing, nothing, nothing
+            est, lo, hi = self.shown_matched()
+            if self.model_side == "B":  # A's samples over the model's
+                return tuple(Bounded(b.value / self.declared, b.relation) for b in (est, lo, hi))  # type: ignore[return-value]
+            return _per_size(est, self.declared), _per_size(hi, self.declared), _per_size(lo, self.declared)
+        if not math.isfinite(self.at) or math.isnan(self.sizes_a[0]):
+            return nothing, nothing, nothing
+        return tuple(bounded(v, self.at, self.sizes_a) for v in (self.estimate, self.lo, self.hi))  # type: ignore[return-value]
+
+    def shown_matched(self) -> tuple[Bounded, Bounded, Bounded]:
+        """Model pairs: the fitted side's matched samples (estimate, lo, hi), bounds beyond
+        :data:`results.multiplier.EXTRAPOLATION` times its measured sizes."""
+        if math.isnan(self.sizes_fit[0]):
+            return Bounded(math.nan, ""), Bounded(math.nan, ""), Bounded(math.nan, "")
+        return tuple(bounded(v, 1.0, self.sizes_fit) for v in self.matched)  # type: ignore[return-value]
+
+
+_FLIP = {"=": "=", ">": "<", "<": ">", "": ""}
+
+
+def _per_size(samples: Bounded, declared: float) -> Bounded:
+    """The model's declared size over the other side's matched samples: a bound flips direction."""
+    if not samples.relation:
+        return samples
+    return Bounded(declared / samples.value if samples.value > 0 else math.inf, _FLIP[samples.relation])
+
+
+def _mean_draws(a: pd.DataFrame, b: pd.DataFrame, sets: frozenset, n_boot: int):
+    """Each side's mean score over ``sets`` per size with its two-level bootstrap draws, drawn
+    together so that draws sharing eval seeds (and pre-training seeds) are paired."""
+    both = pd.concat([a.assign(_side="A"), b.assign(_side="B")])
+    # a model that declares no size is one group at size 0 (only grid curves need sizes)
+    both = both[both["downstream"].isin(sets)].assign(_size=lambda d: d["pretrain_size"].astype(float).fillna(0.0))
+    draws = hierarchical_bootstrap(both, ["_side", "_size"], strata="downstream", n_boot=n_boot, seed=0)
+    out = {}
+    for side in ("A", "B"):
+        cols = np.flatnonzero(draws.keys["_side"].to_numpy() == side)
+        sizes = draws.keys["_size"].to_numpy(dtype=float)[cols]
+        ivs = {float(size): draws.interval((side, size)) for size in sizes}
+        out[side] = (sizes, draws.estimate[cols], draws.draws[:, cols], ivs)
+    return out
+
+
+def compute_multiplier(
+    runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int = 200
+) -> tuple[list[MultiplierResult], str, str]:
+    """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% interval (a
+    two-level bootstrap of each size's mean score over the common sets, curves refitted per
+    draw). Returns (results, A's description, B's description)."""
+    pair.check()
+    df = final_checkpoints(runs_ok)
+    df = df[(df["protocol"] == pair.protocol) & df["score"].notna()]
+    if pair.model_side:
+        return _compute_model_multiplier(df, pair, n_boot)
+    df = df[df["pretrain_size"].notna() & ~_is_model(df)]
+    rows_a = _select(df, pair.a, f"--multiplier {pair.label or 'A'} (A)")
+    rows_b = _select(df, pair.b, f"--multiplier {pair.label or 'B'} (B)")
+    desc = [_describe_side(rows, name, pair) for name, rows in (("A", rows_a), ("B", rows_b))]
+    if len(set(pd.concat([rows_a["backbone"], rows_b["backbone"]]).astype(object).dropna())) > 1:
+        desc = [f"{d} · {rows['backbone'].iloc[0]}" for d, rows in zip(desc, (rows_a, rows_b))]
+    results = []
+    for shot in sorted(set(rows_a["shots"].map(shots_order)) & set(rows_b["shots"].map(shots_order))):
+        a = rows_a[rows_a["shots"].map(shots_order) == shot]
+        b = rows_b[rows_b["shots"].map(shots_order) == shot]
+        sets = frozenset(a["downstream"]) & frozenset(b["downstream"])
+        for rows in (a, b):
+            for _, g in rows.groupby("pretrain_size"):
+                sets &= frozenset(g["downstream"])
+        res = MultiplierResult(shot=shot)
+        results.append(res)
+        if not sets:
+            res.note = "no downstream set is evaluated at every size of both"
+            continue
+        sides = _mean_draws(a, b, sets, n_boot)
+        (na, ma, da, iva), (nb, mb, db, ivb) = sides["A"], sides["B"]
+        res.points = (iva, ivb)
+        res.sizes_a = (float(na.min()), float(na.max()))
+        res.at = float(pair.at) if pair.at else float(nb.max())
+        if len(na) < MIN_SIZES or len(nb) < MIN_SIZES:
+            res.note = (
+                f"needs >= {MIN_SIZES} pre-training sizes on both sides; A has "
+                f"{', '.join(fmt_size(s) for s in sorted(na)) or 'none'}, B has "
+                f"{', '.join(fmt_size(s) for s in sorted(nb)) or 'none'}"
+            )
+            continue
+        try:
+            fa = fit_power_law(list(zip(na, ma)), name="A")
+            fb = fit_power_law(list(zip(nb, mb)), name="B")
+            res.fits = (fa, fb)
+            res.target = float(fb(res.at))
+            res.estimate, res.lo, res.hi = multiplier_interval(na, ma, da, nb, mb, db, res.at)
+        except MultiplierError as exc:
+            res.note = str(exc)
+            continue
+        n_a = res.estimate * res.at
+        res.note = _fit_note(fa, na, n_a, res.shown()[0], "A", "B's score", "matches", "multiplier")
+        if _is_flat(fa, na):
+            res.estimate, res.lo, res.hi = math.nan, math.nan, math.nan
+        elif not res.note and (n_a > 2 * na.max() or n_a < na.min() / 2):
+            res.note = (
+                f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
+                f"{fmt_size(na.min())}-{fmt_size(na.max())}"
+            )
+        if math.isfinite(res.lo) and res.lo <= 1 <= res.hi:
+            res.note = _join_notes(res.note, WITHIN_NOISE)
+    return results, desc[0], desc[1]
+
+
+WITHIN_NOISE = "the interval includes 1×: A and B are equally data-efficient within noise"
+"""The note of a result whose interval includes 1×."""
+
+
+def _is_flat(fit: PowerLawFit, sizes: np.ndarray) -> bool:
+    """Whether ``fit`` barely rises over ``sizes`` (its gap to the asymptote is below 1e-6 at the
+    smallest): then no matched size, and so no multiplier, is meaningful."""
+    return fit.b * float(sizes.min()) ** -fit.c < 1e-6
+
+
+def _fit_note(
+    fit: PowerLawFit, sizes: np.ndarray, matched: float, shown: Bounded, side: str, target: str, verb: str, what: str
+) -> str:
+    """Why a fitted side's matched size is not stated as a number (``""`` when it is): its curve
+    is flat, its asymptote never reaches ``target``, or it reaches it only beyond
+    :data:`EXTRAPOLATION` times its measured ``sizes``. One text for grid and model pairs."""
+    span = f"{fmt_size(sizes.min())}-{fmt_size(sizes.max())}"
+    if _is_flat(fit, sizes):
+        return (
+            f"{side}'s fitted curve is flat: its score does not grow with its size over {span}, "
+            f"so no {what} is meaningful"
+        )
+    if not math.isfinite(matched):
+        return (
+            f"{side}'s fitted asymptote stays below {target}: no amount of {side}'s data matches it; "
+            f"reported as more than {EXTRAPOLATION:g}× {side}'s largest measured size"
+        )
+    if shown.is_bound:
+        where = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
+        return (
+            f"{side}'s fit {verb} {target} only {where} measured size ({span}): reported as a bound, not extrapolated"
+        )
+    return ""
+
+
+def _join_notes(*notes: str) -> str:
+    """The non-empty notes joined by ``"; "``."""
+    return "; ".join(filter(None, notes))
+
+
+def _describe_side(rows: pd.DataFrame, name: str, pair: MultiplierPair) -> str:
+    """A grid side's description (``laion · clip · curation=...``); :class:`ReportError` when it
+    selects no rows or several configurations."""
+    if rows.empty:
+        raise ReportError(f"multiplier {pair.label!r}: side {name} selects no {pair.protocol} rows")
+    idents = rows[["source", "method", "curation", "label_noise", "backbone"]].astype(object).drop_duplicates()
+    if len(idents) > 1:
+        shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in idents.to_dict("records")[:4])
+        raise ReportError(
+            f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
+            f"({shown}); add curation=, label_noise= or backbone= to pick one"
+        )
+    ident = idents.iloc[0]
+    parts = [str(ident["source"]), str(ident["method"])]
+    if ident["curation"] not in (None, "none") and not pd.isna(ident["curation"]):
+        parts.append(f"curation={ident['curation']}")
+    if ident["label_noise"] is not None and not pd.isna(ident["label_noise"]) and float(ident["label_noise"]) > 0:
+        parts.append(f"noise={float(ident['label_noise']):g}")
+    return " · ".join(parts)
+
+
+def _model_rows(df: pd.DataFrame, name: str, side: str, pair: MultiplierPair) -> tuple[pd.DataFrame, float, str]:
+    """A model side's rows, declared size (NaN if none) and description; :class:`ReportError` when
+    the store has no such model, or two different weights under its name."""
+    is_model = _is_model(df)
+    rows = df[is_model & (df["model"].astype(object) == name)] if "model" in df.columns else df.iloc[:0]
+    if rows.empty:
+        known = sorted(set(df.loc[is_model, "model"].astype(str)))
+        raise ReportError(
+            f"multiplier {pair.label!r}: side {side} names model {name!r}, which has no "
+            f"{pair.protocol} rows; models with {pair.protocol} rows: {', '.join(known) or 'none'}"
+        )
+    hashes = set(rows["weights_sha256"].dropna()) if "weights_sha256" in rows.columns else set()
+    sizes = set(rows["pretrain_size"].dropna().astype(float))
+    if len(hashes) > 1 or len(sizes) > 1:
+        raise ReportError(
+            f"multiplier {pair.label!r}: model {name!r} names {len(hashes)} different weight files "
+            f"(sha256 {', '.join(sorted(h[:12] for h in hashes))}) or declared sizes "
+            f"({', '.join(fmt_size(x) for x in sorted(sizes))}) in this store; give them distinct names"
+        )
+    declared = sizes.pop() if sizes else math.nan
+    what = f"declared n={fmt_size(declared)}" if math.isfinite(declared) else "no declared size"
+    return rows, declared, f"model {name} ({what})"
+
+
+def _compute_model_multiplier(
+    df: pd.DataFrame, pair: MultiplierPair, n_boot: int
+) -> tuple[list[MultiplierResult], str, str]:
+    """:func:`compute_multiplier` when one side is an existing model: per shot count, the samples
+    the other side's fitted curve needs to reach the model's score, over the model's declared size."""
+    side = pair.model_side
+    fitted = "B" if side == "A" else "A"
+    rows_m, declared, desc_m = _model_rows(df, (pair.a if side == "A" else pair.b)["model"], side, pair)
+    grid = df[df["pretrain_size"].notna() & ~_is_model(df)]
+    rows_f = _select(grid, pair.b if side == "A" else pair.a, f"--multiplier {pair.label or fitted} ({fitted})")
+    desc_f = _describe_side(rows_f, fitted, pair)
+    results = []
+    for shot in sorted(set(rows_f["shots"].map(shots_order)) & set(rows_m["shots"].map(shots_order))):
+        f = rows_f[rows_f["shots"].map(shots_order) == shot]
+        m = rows_m[rows_m["shots"].map(shots_order) == shot]
+        sets = frozenset(m["downstream"])
+        for _, g in f.groupby("pretrain_size"):
+            sets &= frozenset(g["downstream"])
+        res = MultiplierResult(shot=shot, model_side=side, declared=declared)
+        results.append(res)
+        if not sets:
+            res.note = f"no downstream set is evaluated at every size of {fitted} and by the model"
+            continue
+        sides = _mean_draws(m, f, sets, n_boot) if side == "A" else _mean_draws(f, m, sets, n_boot)
+        _fit_model_pair(res, sides[fitted], sides[side], fitted)
+    return results, *((desc_m, desc_f) if side == "A" else (desc_f, desc_m))
+
+
+def _fit_model_pair(res: MultiplierResult, curve, point, fitted: str) -> None:
+    """Fill ``res`` from the fitted side's (sizes, means, draws, intervals) and the model's."""
+    (nf, mf, dfit, ivf), (_, mm, dm, ivm) = curve, point
+    res.points = (ivf, ivm) if fitted == "A" else (ivm, ivf)
+    res.sizes_fit = (float(nf.min()), float(nf.max()))
+    res.target = float(mm[0])
+    if len(nf) < MIN_SIZES:
+        res.note = (
+            f"needs >= {MIN_SIZES} pre-training sizes for {fitted}'s curve; it has "
+            f"{', '.join(fmt_size(s) for s in sorted(nf))}"
+        )
+        return
+    try:
+        fit = fit_power_law(list(zip(nf, mf)), name=fitted)
+        res.fits = (fit, None) if fitted == "A" else (None, fit)
+        res.matched = matched_samples_interval(nf, mf, dfit, res.target, dm[:, 0])
+    except MultiplierError as exc:
+        res.note = str(exc)
+        return
+    model = "B" if fitted == "A" else "A"
+    res.note = _fit_note(
+        fit, nf, res.matched[0], res.shown_matched()[0], fitted, "the model's score", "reaches", "matched size"
+    )
+    if _is_flat(fit, nf):
+        res.matched = (math.nan, math.nan, math.nan)
+    if math.isfinite(res.declared) and not math.isnan(res.matched[0]):
+        ratios = [_ratio(v, res.declared) if fitted == "A" else _ratio(res.declared, v) for v in res.matched]
+        res.estimate, res.lo, res.hi = ratios[0], min(ratios[1:]), max(ratios[1:])
+        if res.lo <= 1 <= res.hi and math.isfinite(res.hi):
+            res.note = _join_notes(res.note, WITHIN_NOISE)
+    elif not math.isfinite(res.declared):
+        res.note = _join_notes(
+            res.note,
+            f"model {model} declares no pre-training size (describes: pretrain_size), so there is no factor, "
+            "only the matched size",
+        )
+
+
+def _ratio(x: float, y: float) -> float:
+    """``x / y``, ``inf`` for ``y == 0`` (a matched size over a model's declared size of 0)."""
+    return math.inf if y == 0 else x / y

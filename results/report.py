@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 
 from results.calibration import calibration_section
+from results.multiplier import MultiplierPair
 from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkpoints: public API here too)
     FIGURE_DPI,
     FIGURE_PREFIXES,
@@ -71,7 +72,6 @@ from results.plotting import (  # noqa: F401  (spread, shots_label, final_checkp
 )
 from results.schema import SCHEMA_VERSION, columns
 from results.sections import (
-    MultiplierPair,
     checkpoints_section,
     convergence_section,
     fewshot_section,

@@ -7,7 +7,8 @@ without data returns a ``p.empty`` note saying what it needs, never an error.
 - :func:`fewshot_section`: how the spread between pre-training configurations changes with shots.
 - :func:`heatmap_section`: configuration x downstream set at chosen shot counts.
 - :func:`multiplier_section`: the data multiplier between two configurations, per shot count,
-  from saturating power-law fits with bootstrap intervals (:mod:`results.multiplier`).
+  from saturating power-law fits with bootstrap intervals; the pairs and the maths are in
+  :mod:`results.multiplier`, this module only writes its tables, figures and sentences.
 - :func:`checkpoints_section`: mid-training checkpoints as frozen feature extractors (linear)
   versus fine-tuning starts (Deng et al., ICCV 2023).
 - :func:`spectra_section`: singular-value spectra of penultimate features, k80 and effective rank.
@@ -19,31 +20,32 @@ without data returns a ``p.empty`` note saying what it needs, never an error.
 
 from __future__ import annotations
 
+import functools
 import html
 import json
 import math
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from results.errors import ReportError
 from results.multiplier import (
     EXTRAPOLATION,
+    LABELLED_SOURCES,
+    MIN_SIZES,
     Bounded,
-    MultiplierError,
-    bounded,
-    fit_power_law,
+    MultiplierPair,
+    MultiplierResult,
+    compute_multiplier,
+    default_pairs,
     fmt_factor,
-    matched_samples_interval,
-    multiplier_interval,
 )
 from results.plotting import (
     FLOOR_METHOD,
     SUMMARY_PROTOCOL,
-    Line,
     annotate,
     colour_map,
     config_label,
@@ -68,14 +70,6 @@ FE_PROTOCOL = "linear"
 """The protocol that uses a checkpoint as a frozen feature extractor."""
 FT_PROTOCOLS = ("finetune", "lp_ft")
 """Protocols that use a checkpoint as a fine-tuning start."""
-LABELLED_SOURCES = ("imagenet", "real.imagenet")
-"""Sources taken as the labelled reference of the default multiplier pairs (under ``supervised``)."""
-MIN_SIZES = 3
-"""A saturating power law has three parameters: a curve needs at least this many sizes."""
-
-
-class ReportError(ValueError):
-    """A report option that cannot be honoured (bad selector, unknown column...)."""
 
 
 def _figure(width: float, height: float):
@@ -396,438 +390,23 @@ def _heatmap(s: pd.DataFrame, protocol: str, shot: float, out_dir: Path) -> str:
 # --------------------------------------------------------------------------- data multiplier
 
 
-@dataclass(frozen=True)
-class MultiplierPair:
-    """Configuration A against reference B: how many times B's samples A needs for B's score.
-
-    ``a`` and ``b`` select rows of ``runs`` by column value (e.g. ``{"source": "laion",
-    "method": "clip"}``); ``at`` is B's sample count the comparison is made at (default: B's
-    largest size); ``protocol`` the evaluation protocol. Either side (not both) may instead be
-    an existing model, ``{"model": NAME}`` (the spec's ``models:``): one point at its declared
-    size, compared where the other side's fitted curve reaches the model's score (no ``at``).
-    """
-
-    a: Mapping[str, str]
-    b: Mapping[str, str]
-    at: float | None = None
-    protocol: str = SUMMARY_PROTOCOL
-    label: str = field(default="", compare=False)
-
-    @classmethod
-    def parse(cls, text: str, protocol: str = SUMMARY_PROTOCOL) -> MultiplierPair:
-        """``"source=laion,method=clip vs source=imagenet,method=supervised[@8000]"``."""
-        body, at = text, None
-        if "@" in text:
-            body, at_text = text.rsplit("@", 1)
-            try:
-                at = float(at_text.strip().replace("_", ""))
-            except ValueError:
-                raise ReportError(
-                    f"--multiplier {text!r}: {at_text.strip()!r} after '@' is not a sample count"
-                ) from None
-            if not (math.isfinite(at) and at > 0):
-                raise ReportError(f"--multiplier {text!r}: the sample count after '@' must be > 0")
-        halves = body.split(" vs ")
-        if len(halves) != 2:
-            raise ReportError(
-                f"--multiplier {text!r}: expected 'A vs B[@N]', e.g. "
-                "'source=laion,method=clip vs source=imagenet,method=supervised@3000'"
-            )
-        pair = cls(_parse_selector(halves[0], text), _parse_selector(halves[1], text), at, protocol, text.strip())
-        pair.check()
-        return pair
-
-    @property
-    def model_side(self) -> str:
-        """``"A"`` or ``"B"`` when that side is an existing model (``model=NAME``), else ``""``."""
-        return "A" if "model" in self.a else "B" if "model" in self.b else ""
-
-    def check(self) -> None:
-        """:class:`ReportError` for a model side with other columns, two model sides, or ``@N`` with a model."""
-        what = f"--multiplier {self.label!r}" if self.label else "multiplier"
-        for name, side in (("A", self.a), ("B", self.b)):
-            if "model" in side and len(side) > 1:
-                raise ReportError(
-                    f"{what}: side {name} names a model, so it takes model=NAME alone "
-                    f"(got {', '.join(sorted(side))}); a model's rows are already one configuration"
-                )
-        if "model" in self.a and "model" in self.b:
-            raise ReportError(
-                f"{what}: both sides are existing models; a multiplier needs a fitted curve "
-                "(a grid configuration with >= 3 sizes) on one side"
-            )
-        if self.model_side and self.at is not None:
-            raise ReportError(
-                f"{what}: '@N' chooses the reference's size on a curve, but a model is one point at "
-                "its declared size; drop '@N'"
-            )
+_WITHIN_NOISE = " The interval includes 1×: within noise, A and B are equally data-efficient."
+"""The headline's closing sentence when a pair's interval includes 1×."""
 
 
-def _parse_selector(text: str, whole: str) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for item in filter(None, (p.strip() for p in text.split(","))):
-        if "=" not in item:
-            raise ReportError(f"--multiplier {whole!r}: {item!r} is not column=value")
-        k, v = (x.strip() for x in item.split("=", 1))
-        out[k] = v
-    if not out:
-        raise ReportError(f"--multiplier {whole!r}: an empty side; give column=value pairs such as source=laion")
-    return out
-
-
-_SELECTABLE = ("source", "method", "curation", "label_noise", "backbone", "pretrain_seed", "view_key")
-
-
-def _is_model(runs: pd.DataFrame) -> pd.Series:
-    """Rows of existing models (the ``model`` column, pretrain/existing.py): points, never part of a curve."""
-    if "model" not in runs.columns:
-        return pd.Series(False, index=runs.index)
-    return runs["model"].notna().astype(bool)
-
-
-def _select(runs: pd.DataFrame, selector: Mapping[str, str], what: str) -> pd.DataFrame:
-    mask = pd.Series(True, index=runs.index)
-    for col, value in selector.items():
-        if col not in _SELECTABLE:
-            raise ReportError(f"{what}: cannot select on {col!r}; valid columns: {', '.join(_SELECTABLE)}")
-        column = runs[col]
-        if pd.api.types.is_numeric_dtype(column.dtype):
-            try:
-                number = float(value)
-            except ValueError:
-                raise ReportError(f"{what}: {col} is numeric, got {value!r}") from None
-            mask &= column.astype(float).sub(number).abs().lt(1e-9).fillna(False).astype(bool)
-        else:
-            mask &= column.astype(object).astype(str).eq(value)
-    return runs[mask]
-
-
-def default_pairs(runs_ok: pd.DataFrame, protocol: str = SUMMARY_PROTOCOL) -> list[MultiplierPair]:
-    """Every configuration with >= 3 sizes against the labelled source under supervised training."""
-    df = final_checkpoints(runs_ok)
-    models = sorted(set(df.loc[_is_model(df) & (df["protocol"] == protocol) & df["score"].notna(), "model"]))
-    df = annotate(df[~_is_model(df)])  # a model's backbone or source must not split the grid's lines
-    df = df[(df["protocol"] == protocol) & df["pretrain_size"].notna() & (df["method"].astype(object) != FLOOR_METHOD)]
-    if df.empty:
-        return []
-    sizes = df.groupby("_line")["pretrain_size"].nunique()
-    curves = [ln for ln, n in sizes.items() if n >= MIN_SIZES]
-    refs = [ln for ln in curves if ln.method == "supervised" and ln.source in LABELLED_SOURCES]
-    if not refs:
-        return []
-    ref = sorted(refs, key=lambda ln: ln.label)[0]
-
-    def selector(line: Line) -> dict[str, str]:
-        return {"source": line.source, "method": line.method, **{k: str(v) for k, v in line.variant if v is not None}}
-
-    return [
-        MultiplierPair(selector(ln), selector(ref), None, protocol, f"{ln.label} vs {ref.label}")
-        for ln in sorted(curves, key=lambda ln: ln.label)
-        if ln != ref
-    ] + [
-        MultiplierPair({"model": name}, selector(ref), None, protocol, f"model={name} vs {ref.label}")
-        for name in models
-    ]
-
-
-@dataclass
-class MultiplierResult:
-    shot: float
-    estimate: float = math.nan
-    lo: float = math.nan
-    hi: float = math.nan
-    target: float = math.nan
-    at: float = math.nan
-    note: str = ""
-    fits: tuple = ()
-    points: tuple = ()
-    """(A, B): size -> :class:`results.stats.Interval` of the mean score over the sets."""
-    sizes_a: tuple[float, float] = (math.nan, math.nan)
-    """A's smallest and largest measured size: outside 10x of them the multiplier is a bound."""
-    model_side: str = ""
-    """``"A"`` or ``"B"`` when that side is an existing model: the other side's curve is
-    inverted at the model's score (``target``) and the multiplier divides by the model's size."""
-    declared: float = math.nan
-    """The model's declared pre-training size (NaN: none declared, so no multiplier)."""
-    matched: tuple[float, float, float] = (math.nan, math.nan, math.nan)
-    """Model pairs: the samples the fitted side needs to reach the model's score, with its interval."""
-    sizes_fit: tuple[float, float] = (math.nan, math.nan)
-    """Model pairs: the fitted side's smallest and largest measured size."""
-
-    def shown(self) -> tuple[Bounded, Bounded, Bounded]:
-        """(estimate, lo, hi) as the report states them: numbers, or bounds beyond
-        :data:`results.multiplier.EXTRAPOLATION` times A's measured sizes (for a model pair, the
-        fitted side's matched size bounded so, as a factor; nothing when the model declares no size)."""
-        nothing = Bounded(math.nan, "")
-        if self.model_side:
-            if not math.isfinite(self.declared):
-                return nothing, nothing, nothing
-            est, lo, hi = self.shown_matched()
-            if self.model_side == "B":  # A's samples over the model's
-                return tuple(Bounded(b.value / self.declared, b.relation) for b in (est, lo, hi))  # type: ignore[return-value]
-            return _per_size(est, self.declared), _per_size(hi, self.declared), _per_size(lo, self.declared)
-        if not math.isfinite(self.at) or math.isnan(self.sizes_a[0]):
-            return nothing, nothing, nothing
-        return tuple(bounded(v, self.at, self.sizes_a) for v in (self.estimate, self.lo, self.hi))  # type: ignore[return-value]
-
-    def shown_matched(self) -> tuple[Bounded, Bounded, Bounded]:
-        """Model pairs: the fitted side's matched samples (estimate, lo, hi), bounds beyond
-        :data:`results.multiplier.EXTRAPOLATION` times its measured sizes."""
-        if math.isnan(self.sizes_fit[0]):
-            return Bounded(math.nan, ""), Bounded(math.nan, ""), Bounded(math.nan, "")
-        return tuple(bounded(v, 1.0, self.sizes_fit) for v in self.matched)  # type: ignore[return-value]
-
-
-_FLIP = {"=": "=", ">": "<", "<": ">", "": ""}
-
-
-def _per_size(samples: Bounded, declared: float) -> Bounded:
-    """The model's declared size over the other side's matched samples: a bound flips direction."""
-    if not samples.relation:
-        return samples
-    return Bounded(declared / samples.value if samples.value > 0 else math.inf, _FLIP[samples.relation])
-
-
-def _mean_draws(a: pd.DataFrame, b: pd.DataFrame, sets: frozenset, n_boot: int):
-    """Each side's mean score over ``sets`` per size with its two-level bootstrap draws, drawn
-    together so that draws sharing eval seeds (and pre-training seeds) are paired."""
-    both = pd.concat([a.assign(_side="A"), b.assign(_side="B")])
-    # a model that declares no size is one group at size 0 (only grid curves need sizes)
-    both = both[both["downstream"].isin(sets)].assign(_size=lambda d: d["pretrain_size"].astype(float).fillna(0.0))
-    draws = hierarchical_bootstrap(both, ["_side", "_size"], strata="downstream", n_boot=n_boot, seed=0)
-    out = {}
-    for side in ("A", "B"):
-        cols = np.flatnonzero(draws.keys["_side"].to_numpy() == side)
-        sizes = draws.keys["_size"].to_numpy(dtype=float)[cols]
-        ivs = {float(size): draws.interval((side, size)) for size in sizes}
-        out[side] = (sizes, draws.estimate[cols], draws.draws[:, cols], ivs)
-    return out
-
-
-def compute_multiplier(
-    runs_ok: pd.DataFrame, pair: MultiplierPair, n_boot: int = 200
-) -> tuple[list[MultiplierResult], str, str]:
-    """Per shot count of ``pair.protocol``: the multiplier of A over B with its 95% interval (a
-    two-level bootstrap of each size's mean score over the common sets, curves refitted per
-    draw). Returns (results, A's description, B's description)."""
-    pair.check()
-    df = final_checkpoints(runs_ok)
-    df = df[(df["protocol"] == pair.protocol) & df["score"].notna()]
-    if pair.model_side:
-        return _compute_model_multiplier(df, pair, n_boot)
-    df = df[df["pretrain_size"].notna() & ~_is_model(df)]
-    rows_a = _select(df, pair.a, f"--multiplier {pair.label or 'A'} (A)")
-    rows_b = _select(df, pair.b, f"--multiplier {pair.label or 'B'} (B)")
-    desc = [_describe_side(rows, name, pair) for name, rows in (("A", rows_a), ("B", rows_b))]
-    if len(set(pd.concat([rows_a["backbone"], rows_b["backbone"]]).astype(object).dropna())) > 1:
-        desc = [f"{d} · {rows['backbone'].iloc[0]}" for d, rows in zip(desc, (rows_a, rows_b))]
-    results = []
-    for shot in sorted(set(rows_a["shots"].map(shots_order)) & set(rows_b["shots"].map(shots_order))):
-        a = rows_a[rows_a["shots"].map(shots_order) == shot]
-        b = rows_b[rows_b["shots"].map(shots_order) == shot]
-        sets = frozenset(a["downstream"]) & frozenset(b["downstream"])
-        for rows in (a, b):
-            for _, g in rows.groupby("pretrain_size"):
-                sets &= frozenset(g["downstream"])
-        res = MultiplierResult(shot=shot)
-        results.append(res)
-        if not sets:
-            res.note = "no downstream set is evaluated at every size of both"
-            continue
-        sides = _mean_draws(a, b, sets, n_boot)
-        (na, ma, da, iva), (nb, mb, db, ivb) = sides["A"], sides["B"]
-        res.points = (iva, ivb)
-        res.sizes_a = (float(na.min()), float(na.max()))
-        res.at = float(pair.at) if pair.at else float(nb.max())
-        if len(na) < MIN_SIZES or len(nb) < MIN_SIZES:
-            res.note = (
-                f"needs >= {MIN_SIZES} pre-training sizes on both sides; A has "
-                f"{', '.join(fmt_size(s) for s in sorted(na)) or 'none'}, B has "
-                f"{', '.join(fmt_size(s) for s in sorted(nb)) or 'none'}"
-            )
-            continue
-        try:
-            fa = fit_power_law(list(zip(na, ma)), name="A")
-            fb = fit_power_law(list(zip(nb, mb)), name="B")
-            res.fits = (fa, fb)
-            res.target = float(fb(res.at))
-            res.estimate, res.lo, res.hi = multiplier_interval(na, ma, da, nb, mb, db, res.at)
-        except MultiplierError as exc:
-            res.note = str(exc)
-            continue
-        n_a = res.estimate * res.at
-        shown = res.shown()[0]
-        if fa.b * float(na.min()) ** -fa.c < 1e-6:
-            res.note = (
-                "A's fitted curve is flat: its score does not grow with its size over "
-                f"{fmt_size(na.min())}-{fmt_size(na.max())}, so no multiplier is meaningful"
-            )
-            res.estimate, res.lo, res.hi = math.nan, math.nan, math.nan
-        elif not math.isfinite(n_a):
-            res.note = (
-                f"A's fitted asymptote stays below B's score: no amount of A's data matches it; reported "
-                f"as more than {EXTRAPOLATION:g}× A's largest measured size"
-            )
-        elif shown.is_bound:
-            side = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
-            res.note = (
-                f"A's fit matches B's score only {side} measured size ({fmt_size(na.min())}-"
-                f"{fmt_size(na.max())}): reported as a bound, not extrapolated"
-            )
-        elif n_a > 2 * na.max() or n_a < na.min() / 2:
-            res.note = (
-                f"extrapolated: A would need n={fmt_size(round(n_a))}, outside its measured sizes "
-                f"{fmt_size(na.min())}-{fmt_size(na.max())}"
-            )
-        if math.isfinite(res.lo) and res.lo <= 1 <= res.hi:
-            res.note = "; ".join(
-                filter(None, [res.note, "the interval includes 1×: A and B are equally data-efficient within noise"])
-            )
-    return results, desc[0], desc[1]
-
-
-def _describe_side(rows: pd.DataFrame, name: str, pair: MultiplierPair) -> str:
-    """A grid side's description (``laion · clip · curation=...``); :class:`ReportError` when it
-    selects no rows or several configurations."""
-    if rows.empty:
-        raise ReportError(f"multiplier {pair.label!r}: side {name} selects no {pair.protocol} rows")
-    idents = rows[["source", "method", "curation", "label_noise", "backbone"]].astype(object).drop_duplicates()
-    if len(idents) > 1:
-        shown = "; ".join(", ".join(f"{k}={v}" for k, v in r.items()) for r in idents.to_dict("records")[:4])
-        raise ReportError(
-            f"multiplier {pair.label!r}: side {name} selects {len(idents)} configurations "
-            f"({shown}); add curation=, label_noise= or backbone= to pick one"
-        )
-    ident = idents.iloc[0]
-    parts = [str(ident["source"]), str(ident["method"])]
-    if ident["curation"] not in (None, "none") and not pd.isna(ident["curation"]):
-        parts.append(f"curation={ident['curation']}")
-    if ident["label_noise"] is not None and not pd.isna(ident["label_noise"]) and float(ident["label_noise"]) > 0:
-        parts.append(f"noise={float(ident['label_noise']):g}")
-    return " · ".join(parts)
-
-
-def _model_rows(df: pd.DataFrame, name: str, side: str, pair: MultiplierPair) -> tuple[pd.DataFrame, float, str]:
-    """A model side's rows, declared size (NaN if none) and description; :class:`ReportError` when
-    the store has no such model, or two different weights under its name."""
-    is_model = _is_model(df)
-    rows = df[is_model & (df["model"].astype(object) == name)] if "model" in df.columns else df.iloc[:0]
-    if rows.empty:
-        known = sorted(set(df.loc[is_model, "model"].astype(str)))
-        raise ReportError(
-            f"multiplier {pair.label!r}: side {side} names model {name!r}, which has no "
-            f"{pair.protocol} rows; models with {pair.protocol} rows: {', '.join(known) or 'none'}"
-        )
-    hashes = set(rows["weights_sha256"].dropna()) if "weights_sha256" in rows.columns else set()
-    sizes = set(rows["pretrain_size"].dropna().astype(float))
-    if len(hashes) > 1 or len(sizes) > 1:
-        raise ReportError(
-            f"multiplier {pair.label!r}: model {name!r} names {len(hashes)} different weight files "
-            f"(sha256 {', '.join(sorted(h[:12] for h in hashes))}) or declared sizes "
-            f"({', '.join(fmt_size(x) for x in sorted(sizes))}) in this store; give them distinct names"
-        )
-    declared = sizes.pop() if sizes else math.nan
-    what = f"declared n={fmt_size(declared)}" if math.isfinite(declared) else "no declared size"
-    return rows, declared, f"model {name} ({what})"
-
-
-def _compute_model_multiplier(
-    df: pd.DataFrame, pair: MultiplierPair, n_boot: int
-) -> tuple[list[MultiplierResult], str, str]:
-    """:func:`compute_multiplier` when one side is an existing model: per shot count, the samples
-    the other side's fitted curve needs to reach the model's score, over the model's declared size."""
-    side = pair.model_side
-    fitted = "B" if side == "A" else "A"
-    rows_m, declared, desc_m = _model_rows(df, (pair.a if side == "A" else pair.b)["model"], side, pair)
-    grid = df[df["pretrain_size"].notna() & ~_is_model(df)]
-    rows_f = _select(grid, pair.b if side == "A" else pair.a, f"--multiplier {pair.label or fitted} ({fitted})")
-    desc_f = _describe_side(rows_f, fitted, pair)
-    results = []
-    for shot in sorted(set(rows_f["shots"].map(shots_order)) & set(rows_m["shots"].map(shots_order))):
-        f = rows_f[rows_f["shots"].map(shots_order) == shot]
-        m = rows_m[rows_m["shots"].map(shots_order) == shot]
-        sets = frozenset(m["downstream"])
-        for _, g in f.groupby("pretrain_size"):
-            sets &= frozenset(g["downstream"])
-        res = MultiplierResult(shot=shot, model_side=side, declared=declared)
-        results.append(res)
-        if not sets:
-            res.note = f"no downstream set is evaluated at every size of {fitted} and by the model"
-            continue
-        sides = _mean_draws(m, f, sets, n_boot) if side == "A" else _mean_draws(f, m, sets, n_boot)
-        _fit_model_pair(res, sides[fitted], sides[side], fitted)
-    return results, *((desc_m, desc_f) if side == "A" else (desc_f, desc_m))
-
-
-def _fit_model_pair(res: MultiplierResult, curve, point, fitted: str) -> None:
-    """Fill ``res`` from the fitted side's (sizes, means, draws, intervals) and the model's."""
-    (nf, mf, dfit, ivf), (_, mm, dm, ivm) = curve, point
-    res.points = (ivf, ivm) if fitted == "A" else (ivm, ivf)
-    res.sizes_fit = (float(nf.min()), float(nf.max()))
-    res.target = float(mm[0])
-    if len(nf) < MIN_SIZES:
-        res.note = (
-            f"needs >= {MIN_SIZES} pre-training sizes for {fitted}'s curve; it has "
-            f"{', '.join(fmt_size(s) for s in sorted(nf))}"
-        )
-        return
-    try:
-        fit = fit_power_law(list(zip(nf, mf)), name=fitted)
-        res.fits = (fit, None) if fitted == "A" else (None, fit)
-        res.matched = matched_samples_interval(nf, mf, dfit, res.target, dm[:, 0])
-    except MultiplierError as exc:
-        res.note = str(exc)
-        return
-    model = "B" if fitted == "A" else "A"
-    n, shown = res.matched[0], res.shown_matched()[0]
-    if fit.b * float(nf.min()) ** -fit.c < 1e-6:
-        res.note = (
-            f"{fitted}'s fitted curve is flat: its score does not grow with its size over "
-            f"{fmt_size(nf.min())}-{fmt_size(nf.max())}, so no matched size is meaningful"
-        )
-        res.matched = (math.nan, math.nan, math.nan)
-    elif not math.isfinite(n):
-        res.note = (
-            f"{fitted}'s fitted asymptote stays below the model's score: no amount of {fitted}'s data "
-            f"matches it; reported as more than {EXTRAPOLATION:g}× {fitted}'s largest measured size"
-        )
-    elif shown.is_bound:
-        where = "above 10× its largest" if shown.relation == ">" else "below a tenth of its smallest"
-        res.note = (
-            f"{fitted}'s fit reaches the model's score only {where} measured size ({fmt_size(nf.min())}-"
-            f"{fmt_size(nf.max())}): reported as a bound, not extrapolated"
-        )
-    if math.isfinite(res.declared) and not math.isnan(res.matched[0]):
-        ratios = [_ratio(v, res.declared) if fitted == "A" else _ratio(res.declared, v) for v in res.matched]
-        res.estimate, res.lo, res.hi = ratios[0], min(ratios[1:]), max(ratios[1:])
-        if res.lo <= 1 <= res.hi and math.isfinite(res.hi):
-            res.note = "; ".join(
-                filter(None, [res.note, "the interval includes 1×: A and B are equally data-efficient within noise"])
-            )
-    elif not math.isfinite(res.declared):
-        res.note = "; ".join(
-            filter(
-                None,
-                [
-                    res.note,
-                    f"model {model} declares no pre-training size (describes: "
-                    "pretrain_size), so there is no factor, only the matched size",
-                ],
-            )
-        )
-
-
-def _ratio(x: float, y: float) -> float:
-    return math.inf if y == 0 else x / y
-
-
-def _interval_text(r: MultiplierResult) -> str:
-    _, lo, hi = r.shown()
+def _range_text(lo: Bounded, hi: Bounded, text: Callable[[Bounded], str] = Bounded.text) -> str:
+    """An interval ``"lo – hi"`` with each end written by ``text``; one bound followed by
+    ``(whole interval)`` when both ends lie beyond the measured range on the same side."""
     if not lo.relation:
         return ""
     if lo.is_bound and lo.relation == hi.relation:  # the whole interval lies beyond the measured range
-        return f"{lo.text()} (whole interval)"
-    return f"{lo.text()} – {hi.text()}"
+        return f"{text(lo)} (whole interval)"
+    return f"{text(lo)} – {text(hi)}"
+
+
+def _interval_text(r: MultiplierResult) -> str:
+    """The multiplier's 95% interval as the report states it."""
+    return _range_text(*r.shown()[1:])
 
 
 def multiplier_section(
@@ -905,13 +484,14 @@ def _multiplier_headline(r: MultiplierResult) -> str:
             f"further than the fit is trusted ({interval})."
         )
     if math.isfinite(r.lo) and r.lo <= 1 <= r.hi:
-        text += " The interval includes 1×: within noise, A and B are equally data-efficient."
+        text += _WITHIN_NOISE
     return f"<p>{text}</p>"
 
 
 def _multiplier_html(
     pair: MultiplierPair, results: list[MultiplierResult], desc_a: str, desc_b: str, index: int, out_dir: Path
 ) -> str:
+    """A grid pair's headline, table and figure (both fitted curves per shot count)."""
     head = f"<h3>A = {esc(desc_a)} &nbsp;vs&nbsp; B = {esc(desc_b)} ({esc(pair.protocol)})</h3>"
     rows = []
     for r in results:
@@ -950,57 +530,7 @@ def _multiplier_html(
     drawn = [r for r in results if r.points]
     if not drawn:
         return head + headline + table
-    nrows, ncols = _grid(len(drawn), 3)
-    fig = _figure(4.0 * ncols, 3.3 * nrows + 0.5)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax, r in zip(axes, drawn):
-        pa_, pb_ = r.points
-        est = r.shown()[0]
-        every = [*pa_, *pb_] + ([r.at] if math.isfinite(r.at) else [])
-        if est.relation == "=":  # a bound is never drawn: the axis stays within 10x of the measured sizes
-            every.append(est.value * r.at)
-        lo_x, hi_x = min(every) / 1.5, max(every) * 1.5
-        grid = np.logspace(math.log10(lo_x), math.log10(hi_x), 80)
-        for (pts, colour, name), fit in zip(((pa_, "C0", "A"), (pb_, "C3", "B")), r.fits or (None, None)):
-            xs = sorted(pts)
-            ivs = [pts[x] for x in xs]
-            ax.errorbar(
-                xs,
-                [iv.estimate for iv in ivs],
-                yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]],
-                fmt="o",
-                color=colour,
-                markersize=4,
-                capsize=2,
-                label=name,
-            )
-            if fit is not None:
-                ax.plot(grid, fit(grid), color=colour, linewidth=1.2, alpha=0.8)
-        if math.isfinite(r.target):
-            ax.axhline(r.target, color="0.3", linestyle=":", linewidth=1)
-            ax.axvline(r.at, color="C3", linestyle="--", linewidth=0.8)
-            if est.relation == "=":
-                ax.axvline(est.value * r.at, color="C0", linestyle="--", linewidth=0.8)
-        ax.set_xlim(lo_x, hi_x)
-        log_size_axis(ax)
-        title = f"{shots_title(r.shot)}: not estimated"
-        if est.relation:
-            interval = _interval_text(r).replace(" (whole interval)", "")
-            title = f"{shots_title(r.shot)}: {est.text()}×" + (f" [{interval}]" if "–" in _interval_text(r) else "")
-        if est.is_bound:
-            title += (
-                "\nA's fit levels off below B's score"
-                if math.isinf(r.estimate)
-                else "\nA's fit matches B only "
-                + ("beyond 10× its largest" if est.relation == ">" else "below a tenth of its smallest")
-                + " size"
-            )
-        _style_panel(ax, title, "pre-training samples", legend=7)
-    for ax in axes[len(drawn) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
-    _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
-    name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
+    name = _pair_figure(drawn, _draw_multiplier_panel, f"A = {desc_a}   vs   B = {desc_b}", index, pair, out_dir)
     caption = (
         "Points: mean score over the common sets with 95% intervals (pre-training seeds, then eval seeds); "
         "lines: the fitted power laws; dotted: B's score at n_B (red dashed); blue dashed: the n at which "
@@ -1010,20 +540,81 @@ def _multiplier_html(
     return head + headline + figure_html(name, f"data multiplier {desc_a} vs {desc_b}", caption) + table
 
 
+def _draw_multiplier_panel(ax, r: MultiplierResult) -> None:
+    """One shot count of a grid pair: both sides' points and fits, B's score at n_B and, when
+    stated as a number, the n at which A's fit reaches it."""
+    pa_, pb_ = r.points
+    est = r.shown()[0]
+    every = [*pa_, *pb_] + ([r.at] if math.isfinite(r.at) else [])
+    if est.relation == "=":  # a bound is never drawn: the axis stays within 10x of the measured sizes
+        every.append(est.value * r.at)
+    lo_x, hi_x = min(every) / 1.5, max(every) * 1.5
+    grid = np.logspace(math.log10(lo_x), math.log10(hi_x), 80)
+    for (pts, colour, name), fit in zip(((pa_, "C0", "A"), (pb_, "C3", "B")), r.fits or (None, None)):
+        xs = sorted(pts)
+        ivs = [pts[x] for x in xs]
+        ax.errorbar(
+            xs,
+            [iv.estimate for iv in ivs],
+            yerr=[[max(iv.estimate - iv.lo, 0) for iv in ivs], [max(iv.hi - iv.estimate, 0) for iv in ivs]],
+            fmt="o",
+            color=colour,
+            markersize=4,
+            capsize=2,
+            label=name,
+        )
+        if fit is not None:
+            ax.plot(grid, fit(grid), color=colour, linewidth=1.2, alpha=0.8)
+    if math.isfinite(r.target):
+        ax.axhline(r.target, color="0.3", linestyle=":", linewidth=1)
+        ax.axvline(r.at, color="C3", linestyle="--", linewidth=0.8)
+        if est.relation == "=":
+            ax.axvline(est.value * r.at, color="C0", linestyle="--", linewidth=0.8)
+    ax.set_xlim(lo_x, hi_x)
+    log_size_axis(ax)
+    title = f"{shots_title(r.shot)}: not estimated"
+    if est.relation:
+        interval = _interval_text(r).replace(" (whole interval)", "")
+        title = f"{shots_title(r.shot)}: {est.text()}×" + (f" [{interval}]" if "–" in _interval_text(r) else "")
+    if est.is_bound:
+        title += (
+            "\nA's fit levels off below B's score"
+            if math.isinf(r.estimate)
+            else "\nA's fit matches B only "
+            + ("beyond 10× its largest" if est.relation == ">" else "below a tenth of its smallest")
+            + " size"
+        )
+    _style_panel(ax, title, "pre-training samples", legend=7)
+
+
+def _pair_figure(
+    drawn: list[MultiplierResult],
+    draw_panel: Callable[[Any, MultiplierResult], None],
+    title: str,
+    index: int,
+    pair: MultiplierPair,
+    out_dir: Path,
+) -> str:
+    """One panel per shot count (``draw_panel(ax, result)``), three to a row, saved as the pair's
+    ``multiplier_<index>_<protocol>.png``; returns the file name."""
+    nrows, ncols = _grid(len(drawn), 3)
+    fig = _figure(4.0 * ncols, 3.3 * nrows + 0.5)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    for ax, r in zip(axes, drawn):
+        draw_panel(ax, r)
+    for ax in axes[len(drawn) :]:
+        ax.set_visible(False)
+    fig.suptitle(title, fontsize=10)
+    _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
+    return save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
+
+
 def _samples_text(b: Bounded) -> str:
     """A matched sample count as text (three significant digits), with its bound's relation."""
     if not b.relation:
         return ""
     n = _fmt_samples(b.value)
     return n if b.relation == "=" else f"{b.relation} {n}"
-
-
-def _samples_interval(lo: Bounded, hi: Bounded) -> str:
-    if not lo.relation:
-        return ""
-    if lo.is_bound and lo.relation == hi.relation:  # the whole interval lies beyond the measured range
-        return f"{_samples_text(lo)} (whole interval)"
-    return f"{_samples_text(lo)} – {_samples_text(hi)}"
 
 
 def _fmt_samples(value: float) -> str:
@@ -1043,7 +634,7 @@ def _model_headline(r: MultiplierResult) -> str:
     n_est, n_lo, n_hi = r.shown_matched()
     at = f"At {html.escape(shots_title(r.shot))}"
     needs = {"=": "", ">": "more than ", "<": "fewer than "}[n_est.relation]
-    interval = f"95% interval {esc(_samples_interval(n_lo, n_hi))}"
+    interval = f"95% interval {esc(_range_text(n_lo, n_hi, _samples_text))}"
     why = ""
     if n_est.relation == ">":
         why = (
@@ -1070,7 +661,7 @@ def _model_headline(r: MultiplierResult) -> str:
         f"(95% interval {esc(_interval_text(r))}; model {model} declares n={esc(fmt_size(r.declared))}): {matched}."
     )
     if math.isfinite(r.lo) and r.lo <= 1 <= r.hi and math.isfinite(r.hi):
-        text += " The interval includes 1×: within noise, A and B are equally data-efficient."
+        text += _WITHIN_NOISE
     return f"<p>{text}</p>"
 
 
@@ -1089,7 +680,7 @@ def _model_multiplier_html(
                 html.escape(shots_title(r.shot)),
                 fmt_num(r.target),
                 esc(_samples_text(n_est)),
-                esc(_samples_interval(n_lo, n_hi)),
+                esc(_range_text(n_lo, n_hi, _samples_text)),
                 f"<b>{esc(r.shown()[0].text())}</b>" if r.shown()[0].relation else "",
                 esc(_interval_text(r)),
                 fmt_num(fit.rmse, 4) if fit else "",
@@ -1114,16 +705,8 @@ def _model_multiplier_html(
     drawn = [r for r in results if r.points]
     if not drawn:
         return head + headline + table
-    nrows, ncols = _grid(len(drawn), 3)
-    fig = _figure(4.0 * ncols, 3.3 * nrows + 0.5)
-    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-    for ax, r in zip(axes, drawn):
-        _draw_model_panel(ax, r, fitted)
-    for ax in axes[len(drawn) :]:
-        ax.set_visible(False)
-    fig.suptitle(f"A = {desc_a}   vs   B = {desc_b}", fontsize=10)
-    _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.55)
-    name = save_figure(fig, out_dir, f"multiplier_{index + 1}_{slug(pair.protocol)}.png")
+    panel = functools.partial(_draw_model_panel, fitted=fitted)
+    name = _pair_figure(drawn, panel, f"A = {desc_a}   vs   B = {desc_b}", index, pair, out_dir)
     caption = (
         f"Points: {fitted}'s mean score over the common sets with 95% intervals, and its fitted power law; "
         "the star: the model at its declared size (a dash-dot line when it declares none); dotted: the model's "

@@ -134,7 +134,8 @@ def _runs(curves: dict[tuple[str, str], tuple[list[int], float]], seeds=(0, 1), 
 
 @pytest.mark.parametrize("efficiency_b, relation", [(4.0, "="), (100.0, ">")])
 def test_multiplier_section_states_a_bound_instead_of_extrapolating(tmp_path, efficiency_b, relation):
-    from results.sections import MultiplierPair, compute_multiplier, multiplier_section
+    from results.multiplier import MultiplierPair, compute_multiplier
+    from results.sections import multiplier_section
 
     runs = _runs(
         {
@@ -159,7 +160,8 @@ def test_multiplier_section_states_a_bound_instead_of_extrapolating(tmp_path, ef
 
 
 def test_an_asymptote_below_the_target_is_a_bound_too(tmp_path):
-    from results.sections import MultiplierPair, compute_multiplier, multiplier_section
+    from results.multiplier import MultiplierPair, compute_multiplier
+    from results.sections import multiplier_section
 
     runs = _runs(
         {("laion", "clip"): ([1_000, 4_000, 16_000], 1.0), ("imagenet", "supervised"): ([500, 2_000, 8_000], 10.0)}

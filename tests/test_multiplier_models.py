@@ -11,10 +11,11 @@ import pandas as pd
 import pytest
 from synthetic_store import EPOCHS, SEEDS, SETS, SHOTS, SIZES, truth
 
-from results.multiplier import fit_power_law, fmt_factor
+from results.errors import ReportError
+from results.multiplier import MultiplierPair, compute_multiplier, default_pairs, fit_power_law, fmt_factor
 from results.plotting import shots_order
 from results.report import shots_label
-from results.sections import MultiplierPair, ReportError, compute_multiplier, default_pairs, multiplier_section
+from results.sections import multiplier_section
 from results.store import Store
 
 ON_CURVE = 8_000

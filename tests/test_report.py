@@ -9,8 +9,10 @@ import pandas as pd
 import pytest
 from synthetic_store import LABELLED_SIZES, PLANTED_MULTIPLIER
 
+from results.errors import ReportError
+from results.multiplier import MultiplierPair, compute_multiplier
 from results.report import final_checkpoints, spread, write_report
-from results.sections import MultiplierPair, ReportError, compute_multiplier, missing_section
+from results.sections import missing_section
 from results.store import Store
 
 SECTIONS = (
