@@ -35,8 +35,6 @@ import json
 import logging
 import os
 import re
-import tarfile
-import zlib
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -45,6 +43,7 @@ from typing import Any
 
 from harness.core.layout import SIZES_FILE, default_data_dir
 from harness.core.registry import Registry, UnknownNameError
+from harness.core.tars import TruncatedTar, UnreadableTar, tar_samples
 
 logger = logging.getLogger(__name__)
 
@@ -73,8 +72,6 @@ SKIP_REASONS = {
 NOT_SAMPLE_REASONS = ("duplicate_member", "truncated_shard", "unreadable_shard")
 
 _PROTOCOL = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
-_KEY_EXT = re.compile(r"^((?:.*/|)[^.]+)[.]([^/]*)$")  # webdataset's base_plus_ext
-_META_MEMBER = re.compile(r"(^|/)__[^/]*__($|/)")  # webdataset's skipped __meta__ members
 _FS_PACKAGES = {
     "s3": "s3fs",
     "s3a": "s3fs",
@@ -541,11 +538,6 @@ def _parse_sizes(text: str, where: str, name: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in raw.items()}
 
 
-def _split_key(member: str) -> tuple[str | None, str | None]:
-    m = _KEY_EXT.match(member)
-    return (m.group(1), m.group(2).lower()) if m else (None, None)
-
-
 class _Fs:
     """Listing, existence and reading, locally through pathlib or remotely through fsspec."""
 
@@ -705,20 +697,6 @@ def _check_reachable(
 # ------------------------------------------------------------------------------------ tar reading
 
 
-class _Counting:
-    """A read-only stream that counts the bytes it returned and notices the end of the data."""
-
-    def __init__(self, f: Any):
-        self.f, self.total, self.eof = f, 0, False
-
-    def read(self, n: int = -1) -> bytes:
-        data = self.f.read(n)
-        self.total += len(data)
-        if not data or (n is not None and 0 <= len(data) < n):
-            self.eof = True
-        return data
-
-
 class _ShardBroken(Exception):
     def __init__(self, reason: str, detail: str):
         super().__init__(detail)
@@ -726,50 +704,23 @@ class _ShardBroken(Exception):
 
 
 def _raw_samples(url: str, counter: Counter | None = None) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) per sample of one shard, in order; a broken shard raises _ShardBroken
-    after the samples read before the break (the sample being read when it broke is dropped)."""
+    """(key, {extension: bytes}) per sample of one shard, in order (read by :func:`tar_samples`, which
+    counts repeated members into ``counter``); a broken shard raises _ShardBroken after the samples
+    read before the break (the sample being read when it broke is dropped)."""
     import fsspec
 
     try:
         f = fsspec.open(url, "rb").open()
     except Exception as e:  # noqa: BLE001 - any failure to open is reported as unreadable
         raise _ShardBroken("unreadable_shard", f"cannot open: {e}") from None
+    on_duplicate = None if counter is None else (lambda key, ext: counter.update(duplicate_member=1))
     with f:
-        raw = _Counting(f)
         try:
-            tf = tarfile.open(fileobj=raw, mode="r|*")
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-            raise _ShardBroken("unreadable_shard", f"not a tar archive ({e})") from None
-        key: str | None = None
-        group: dict[str, bytes] = {}
-        try:
-            for ti in tf:
-                if not ti.isreg() or _META_MEMBER.search(ti.name):
-                    continue
-                k, ext = _split_key(ti.name)
-                if k is None:
-                    continue
-                if k != key:  # the previous sample is whole: yield it before reading on (a break may follow)
-                    if key is not None:
-                        yield key, group
-                    key, group = k, {}
-                data = tf.extractfile(ti).read()
-                tf.members = []  # stream mode: keep memory flat
-                if ext in group:
-                    if counter is not None:
-                        counter["duplicate_member"] += 1
-                    continue
-                group[ext] = data
-        except (tarfile.TarError, OSError, EOFError, zlib.error) as e:
-            raise _ShardBroken("truncated_shard", str(e) or type(e).__name__) from None
-        # tarfile stops quietly when the data ends on a member boundary; a whole archive ends with
-        # a zero block, so the bytes read must reach past the offset where tarfile stopped.
-        # (Only for uncompressed streams: with compression the bytes read are not tar offsets.)
-        uncompressed = getattr(tf.fileobj, "comptype", None) == "tar"
-        if uncompressed and raw.eof and raw.total < tf.offset + tarfile.BLOCKSIZE:
-            raise _ShardBroken("truncated_shard", f"no end-of-archive marker: the data ends after {raw.total} bytes")
-        if key is not None:
-            yield key, group
+            yield from tar_samples(f, on_duplicate=on_duplicate)
+        except UnreadableTar as e:
+            raise _ShardBroken("unreadable_shard", e.detail) from None
+        except TruncatedTar as e:
+            raise _ShardBroken("truncated_shard", e.detail) from None
 
 
 def _image_ext(entry: SourceEntry, group: Mapping[str, bytes]) -> str | None:

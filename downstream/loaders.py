@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import json
 import os
-import tarfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+
+from harness.core.tars import TarReadError, TruncatedTar, tar_samples
 
 if TYPE_CHECKING:  # pragma: no cover
     from downstream.sets import DownstreamSet
@@ -562,15 +563,6 @@ class FolderStorage(_PathStorage):
 # --------------------------------------------------------------------------------------- webdataset
 
 
-def _split_key(name: str) -> tuple[str, str]:
-    """webdataset's convention: the key is the path up to the first dot of the basename."""
-    d, _, base = name.rpartition("/")
-    if "." not in base:
-        return name, ""
-    stem, ext = base.split(".", 1)
-    return (f"{d}/{stem}" if d else stem), ext
-
-
 @dataclass
 class _Shards:
     files: list[Path]
@@ -660,6 +652,30 @@ class WdsStorage(_PathStorage):
         )
         return self._names
 
+    def _sample(self, key: str, sample: dict[str, bytes], shard: Path) -> tuple[int, bytes]:
+        """The label and encoded image of one sample (``b""`` where the image was not read); a sample
+        without either, or with a label that is not an integer, is a format error naming it."""
+        img = next((sample[x] for x in self.image_exts if x in sample), None)
+        if img is None:
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no image "
+                f"under {';'.join(self.image_exts)} (it has: {', '.join(sorted(sample))}); "
+                f"set image_key"
+            )
+        if self.label_ext not in sample:
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no "
+                f"label under {self.label_ext!r} (it has: {', '.join(sorted(sample))}); "
+                f"set label_key"
+            )
+        try:
+            return int(sample[self.label_ext].decode().strip()), img
+        except ValueError:
+            raise DataFormatError(
+                f"downstream set {self.entry.name!r}: sample {key!r} in {shard}: label "
+                f"{sample[self.label_ext][:20]!r} is not an integer"
+            ) from None
+
     def _read(self, split: str, with_images: bool) -> _Shards:
         if split not in self._shards:
             raise DataFormatError(
@@ -672,54 +688,22 @@ class WdsStorage(_PathStorage):
         labels: list[int] = []
         images: list[bytes] = []
         keys: list[str] = []
+        wanted = set(self.image_exts) | {self.label_ext} if with_images else {self.label_ext}
         for f in sh.files:
-            cur: str | None = None
-            got: dict[str, bytes] = {}
-
-            def flush(key: str | None, sample: dict[str, bytes], shard: Path = f) -> None:
-                if key is None:
-                    return
-                img = next((sample[x] for x in self.image_exts if x in sample), None)
-                if img is None:
-                    raise DataFormatError(
-                        f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no image "
-                        f"under {';'.join(self.image_exts)} (it has: {', '.join(sorted(sample))}); "
-                        f"set image_key"
-                    )
-                if self.label_ext not in sample:
-                    raise DataFormatError(
-                        f"downstream set {self.entry.name!r}: sample {key!r} in {shard} has no "
-                        f"label under {self.label_ext!r} (it has: {', '.join(sorted(sample))}); "
-                        f"set label_key"
-                    )
-                try:
-                    labels.append(int(sample[self.label_ext].decode().strip()))
-                except ValueError:
-                    raise DataFormatError(
-                        f"downstream set {self.entry.name!r}: sample {key!r} in {shard}: label "
-                        f"{sample[self.label_ext][:20]!r} is not an integer"
-                    ) from None
-                keys.append(key)
-                if with_images:
-                    images.append(img)
-
-            with tarfile.open(f, "r") as tf:
-                for m in tf:
-                    if not m.isfile():
-                        continue
-                    key, ext = _split_key(m.name)
-                    ext = ext.lower()
-                    if key.rpartition("/")[2].startswith("__") or not ext:
-                        continue
-                    if key != cur:
-                        flush(cur, got)
-                        cur, got = key, {}
-                    if ext == self.label_ext or (with_images and ext in self.image_exts):
-                        fh = tf.extractfile(m)
-                        got[ext] = fh.read() if fh is not None else b""
-                    else:
-                        got.setdefault(ext, b"")
-                flush(cur, got)
+            try:
+                with open(f, "rb") as fh:
+                    for key, sample in tar_samples(fh, keep=wanted.__contains__):
+                        label, image = self._sample(key, sample, f)
+                        labels.append(label)
+                        keys.append(key)
+                        if with_images:
+                            images.append(image)
+            except TarReadError as e:
+                what = "is truncated" if isinstance(e, TruncatedTar) else "cannot be read as a tar archive"
+                raise DataFormatError(
+                    f"downstream set {self.entry.name!r}: shard {f} {what} ({e.detail}); shards must be whole "
+                    f"webdataset tar files"
+                ) from None
         sh.labels = np.asarray(labels, dtype=np.int64)
         sh.keys = keys
         sh.images = images if with_images else None
