@@ -180,9 +180,8 @@ class Trainer:
         torch.manual_seed(args.seed)
         self.model = self.method.build(args.backbone, args.image_size, num_classes, **self.hparams)
         meta = self.method.meta(self.model, args.backbone, args.image_size)
-        self.model.to(device)
+        self.model.to(device).to(memory_format=torch.channels_last)  # as the loop does, on every device
         if self.on_cuda:
-            self.model.to(memory_format=torch.channels_last)
             torch.backends.cudnn.benchmark = True  # as the loop sets it on CUDA
             torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
         self.model.train()

@@ -531,8 +531,10 @@ class PretrainResources(_Model):
     loader_workers: Literal["auto"] | int = "auto"
     # where training images are decoded: "cpu" in the loader (default), or "device": the loader ships the encoded
     # bytes and the training process decodes and augments whole batches on its device (pretrain.device_decode;
-    # batched nvJPEG on CUDA). Not bit-identical to "cpu", so "device" joins the run's key (harness.plan)
-    decode: Literal["cpu", "device"] = "cpu"
+    # batched nvJPEG on CUDA), or "memory": the view is read and decoded once and each epoch is a permutation of
+    # it (pretrain.memory_view; for views that fit in memory, e.g. small views repeated under samples_seen).
+    # Not bit-identical to "cpu", so "device" and "memory" join the run's key (harness.plan)
+    decode: Literal["cpu", "device", "memory"] = "cpu"
 
     @field_validator("loader_workers")
     @classmethod

@@ -587,9 +587,10 @@ def _require(sample: dict, fields: Sequence[str]) -> None:
 #: The key of a sample's encoded image (``uint8`` bytes) when the training process decodes (``decode="device"``).
 ENCODED_KEY = "encoded"
 
-#: Where the images are decoded and augmented: in the loader (``cpu``) or batch-wise in the
-#: training process on its device.
-DECODE_MODES = ("cpu", "device")
+#: Where the images are decoded and augmented: in the loader (``cpu``), batch-wise in the
+#: training process on its device (``device``), or once for the whole run, the view held in memory
+#: (``memory``: :mod:`pretrain.memory_view`).
+DECODE_MODES = ("cpu", "device", "memory")
 
 
 def check_header(data: bytes) -> None:

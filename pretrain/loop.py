@@ -51,6 +51,7 @@ from harness.core.atomic import atomic_write_text
 from pretrain.budget import LAST, checkpoint_name, run_length
 from pretrain.data import DECODE_MODES, PIPELINES, make_train_loader, normalize, read_view, steps_per_epoch
 from pretrain.device_decode import for_device
+from pretrain.memory_view import make_memory_loader
 from pretrain.methods import METHODS, LossContext
 from pretrain.models import BACKBONES, atomic_torch_save, save_encoder
 from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
@@ -115,7 +116,8 @@ class TrainConfig:
     samples_seen: int | None = None  # a budget in samples seen instead of epochs
     extra: dict[str, Any] = field(default_factory=dict)
     decode: str = (
-        "cpu"  # "device": the loader ships encoded images, decoded batch-wise on the device (pretrain.device_decode)
+        "cpu"  # "device": the loader ships encoded images, decoded batch-wise on the device (pretrain.device_decode);
+        # "memory": the view is decoded once and held in memory (pretrain.memory_view)
     )
 
     def __post_init__(self) -> None:
@@ -193,7 +195,8 @@ class ToDevice:
     """A loader batch onto the device: tensors copied (non-blocking), ``uint8`` images normalised there.
 
     Images cross the bus as ``uint8`` (a quarter of float32's bytes) and become float on the
-    device; on CUDA they are made channels-last, the layout the convolutions run fastest in.
+    device, channels-last: the layout the convolutions run fastest in, on a GPU and on a CPU (a
+    training step of ``test_resnet`` at 32 px, batch 64, one thread: 0.75 ms an image against 0.97).
     """
 
     def __init__(self, image_keys: tuple[str, ...], mean: list[float], std: list[float], device: torch.device):
@@ -204,9 +207,7 @@ class ToDevice:
     def __call__(self, batch: dict[str, Any]) -> dict[str, Any]:
         out = {k: v.to(self.device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
         for k in self.image_keys:
-            out[k] = normalize(out[k], self.mean, self.std)
-            if self.device.type == "cuda":
-                out[k] = out[k].contiguous(memory_format=torch.channels_last)
+            out[k] = normalize(out[k], self.mean, self.std).contiguous(memory_format=torch.channels_last)
         return out
 
 
@@ -527,9 +528,7 @@ def _set_up(cfg: TrainConfig, view_dir: str | Path, out_dir: Path, dist: DistInf
     meta_base = method.meta(model, cfg.backbone, cfg.image_size)
     if dist.world_size > 1 and on_cuda and method.sync_batchnorm:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model.to(device)
-    if on_cuda:
-        model.to(memory_format=torch.channels_last)
+    model.to(device).to(memory_format=torch.channels_last)  # as ToDevice lays out the images
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), **adamw_kwargs(device)
     )  # fused on CUDA
@@ -603,7 +602,31 @@ def _attach_data(run: _Run, view_dir: str | Path) -> None:
             run.model, device_ids=[run.device.index] if run.device.index is not None else None
         )
     pipeline = PIPELINES.get(method.pipeline)
-    run.loader = make_train_loader(
+    if cfg.decode == "memory":
+        run.loader = make_memory_loader(
+            view_dir,
+            pipeline=method.pipeline,
+            batch_size=run.micro_batch,
+            num_batches=run.steps * cfg.grad_accum,
+            image_size=cfg.image_size,
+            seed=cfg.seed,
+            rank=dist.rank,
+            world_size=dist.world_size,
+            pipeline_options={
+                "num_classes": cfg.num_classes or None,
+                **method.pipeline_options(run.model, cfg.hparams),
+            },
+        )
+    else:
+        run.loader = _stream_loader(run, view_dir)
+    run.to_device = ToDevice(pipeline.image_keys, run.meta_base["mean"], run.meta_base["std"], run.device)
+    run.flag_group = _flag_group(dist.world_size, on_cuda)
+
+
+def _stream_loader(run: _Run, view_dir: str | Path) -> Any:
+    """The streaming webdataset loader (``decode: cpu`` or ``device``) for this rank."""
+    cfg, dist, method, on_cuda = run.cfg, run.dist, run.method, run.on_cuda
+    return make_train_loader(
         view_dir,
         pipeline=method.pipeline,
         batch_size=run.micro_batch,
@@ -619,8 +642,6 @@ def _attach_data(run: _Run, view_dir: str | Path) -> None:
         pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(run.model, cfg.hparams)},
         batch_decode=for_device(run.device) if cfg.decode == "device" else None,
     )
-    run.to_device = ToDevice(pipeline.image_keys, run.meta_base["mean"], run.meta_base["std"], run.device)
-    run.flag_group = _flag_group(dist.world_size, on_cuda)
 
 
 def _train_epoch(run: _Run, epoch: int) -> dict[str, Any]:
