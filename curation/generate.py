@@ -163,69 +163,109 @@ def make_captions(
         sim = np.clip(0.32 + cm.score_noise * rng.standard_normal(n), 0, 1)
         return caps, facts, sim
     u = rng.random((n, 8))
-    kind = np.where(
-        u[:, 0] < cm.p_correct,
-        0,
-        np.where(
-            u[:, 0] < cm.p_correct + cm.p_hypernym,
-            1,
-            np.where(u[:, 0] < cm.p_correct + cm.p_hypernym + cm.p_wrong, 2, 3),
-        ),
-    )
+    kind = _caption_kinds(cm, u[:, 0])
     wrong = (f.concept + rng.integers(1, len(concepts), n)) % len(concepts)
-    caps, facts = [], []
-    score = np.full(n, 0.16)
+    caps, facts, scores = [], [], []
     for i in range(n):
-        words: list[str] = []
-        style = S[f.style[i]]
-        if u[i, 1] < cm.p_style:
-            words.append(STYLE_PHRASES[style][int(u[i, 5] * len(STYLE_PHRASES[style]))])
-            score[i] += 0.015
-        else:
-            words.append("a")
-        if u[i, 2] < cm.p_colour:
-            words.append(C[f.colour[i]])
-            score[i] += 0.025
-        if u[i, 3] < cm.p_texture:
-            words.append(R.TEXTURE_ADJECTIVES[T[f.texture[i]]])
-            score[i] += 0.025
-        named: list[str] = []
-        k = int(kind[i])
-        if k == 0:
-            named.append(concepts[f.concept[i]])
-            score[i] += 0.13
-        elif k == 1:
-            hyp = HYPERNYMS[R.CONCEPTS[f.concept[i]].group]
-            words.append(hyp[int(u[i, 6] * len(hyp))])
-            score[i] += 0.06
-        elif k == 2:
-            named.append(concepts[wrong[i]])
-            score[i] -= 0.04
-        words.extend(named)
-        if k == 3:
-            words.append(SCENE_WORDS[B[f.background[i]]])
-        clutter = [c for c in f.clutter_concept[i] if c >= 0]
-        if clutter and u[i, 4] < cm.p_clutter:
-            extra = concepts[clutter[0]]
-            words += ["and", "a", extra]
-            if extra not in named:
-                named.append(extra)
-        nf = int(rng.integers(cm.n_filler[0], cm.n_filler[1] + 1)) if cm.filler else 0
-        if nf:
-            fill = [cm.filler[j] for j in rng.integers(0, len(cm.filler), nf)]
-            cut = int(u[i, 7] * (nf + 1))
-            words = fill[:cut] + words + fill[cut:]
-            score[i] -= 0.004 * nf
-        caps.append(" ".join(words))
-        facts.append({"names": ("correct", "hypernym", "wrong", "none")[k], "concepts": named, "lang": "en"})
+        caption, fact, s = _english_caption(cm, f, i, u[i], int(kind[i]), int(wrong[i]), rng)
+        caps.append(caption)
+        facts.append(fact)
+        scores.append(s)
+    score = np.array(scores, dtype=np.float64)
     if lang_rng is not None and cm.p_foreign > 0:
-        for i in np.nonzero(lang_rng.random(n) < cm.p_foreign)[0]:
-            lang = FOREIGN_LANGS[int(lang_rng.integers(len(FOREIGN_LANGS)))]
-            caps[i], colour = _foreign_caption(lang, f, int(i), cm, lang_rng)
-            facts[i] = {"names": "none", "concepts": [], "lang": lang}
-            score[i] = 0.17 + 0.02 * colour
+        _replace_with_foreign(cm, f, lang_rng, caps, facts, score)
     sim = np.clip(score + cm.score_noise * rng.standard_normal(n), 0, 1)
     return caps, facts, sim
+
+
+def _caption_kinds(cm: CaptionModel, u: np.ndarray) -> np.ndarray:
+    """What each caption names, from one uniform draw per sample: 0 the concept, 1 a hypernym,
+    2 a wrong concept, 3 none (a scene word instead), with the caption model's probabilities."""
+    return np.where(
+        u < cm.p_correct,
+        0,
+        np.where(
+            u < cm.p_correct + cm.p_hypernym,
+            1,
+            np.where(u < cm.p_correct + cm.p_hypernym + cm.p_wrong, 2, 3),
+        ),
+    )
+
+
+def _english_caption(
+    cm: CaptionModel, f: R.Factors, i: int, u: np.ndarray, k: int, wrong: int, rng: np.random.Generator
+) -> tuple[str, dict, float]:
+    """Sample ``i``'s English caption, its facts and its image-text score before noise.
+
+    ``u`` is the sample's row of uniform draws (column 0 already decided ``k``, see
+    :func:`_caption_kinds`); ``rng`` is only drawn from for the filler words, so the caller's
+    generator is consumed exactly as when this loop body was inline. The score starts at 0.16 and
+    moves by the same steps, in the same order, for each phrase the caption gets.
+    """
+    concepts = R.CONCEPT_NAMES
+    score = 0.16
+    words: list[str] = []
+    style = S[f.style[i]]
+    if u[1] < cm.p_style:
+        words.append(STYLE_PHRASES[style][int(u[5] * len(STYLE_PHRASES[style]))])
+        score += 0.015
+    else:
+        words.append("a")
+    if u[2] < cm.p_colour:
+        words.append(C[f.colour[i]])
+        score += 0.025
+    if u[3] < cm.p_texture:
+        words.append(R.TEXTURE_ADJECTIVES[T[f.texture[i]]])
+        score += 0.025
+    named: list[str] = []
+    if k == 0:
+        named.append(concepts[f.concept[i]])
+        score += 0.13
+    elif k == 1:
+        hyp = HYPERNYMS[R.CONCEPTS[f.concept[i]].group]
+        words.append(hyp[int(u[6] * len(hyp))])
+        score += 0.06
+    elif k == 2:
+        named.append(concepts[wrong])
+        score -= 0.04
+    words.extend(named)
+    if k == 3:
+        words.append(SCENE_WORDS[B[f.background[i]]])
+    clutter = [c for c in f.clutter_concept[i] if c >= 0]
+    if clutter and u[4] < cm.p_clutter:
+        extra = concepts[clutter[0]]
+        words += ["and", "a", extra]
+        if extra not in named:
+            named.append(extra)
+    nf = int(rng.integers(cm.n_filler[0], cm.n_filler[1] + 1)) if cm.filler else 0
+    if nf:
+        fill = [cm.filler[j] for j in rng.integers(0, len(cm.filler), nf)]
+        cut = int(u[7] * (nf + 1))
+        words = fill[:cut] + words + fill[cut:]
+        score -= 0.004 * nf
+    fact = {"names": ("correct", "hypernym", "wrong", "none")[k], "concepts": named, "lang": "en"}
+    return " ".join(words), fact, score
+
+
+def _replace_with_foreign(
+    cm: CaptionModel,
+    f: R.Factors,
+    lang_rng: np.random.Generator,
+    caps: list[str],
+    facts: list[dict],
+    score: np.ndarray,
+) -> None:
+    """Replace a share ``cm.p_foreign`` of the captions, in place, by ones in another language.
+
+    Every draw comes from ``lang_rng`` (which captions, their language, their words), so the main
+    generator is untouched. Such a caption names nothing an English model reads: its score is the
+    floor, a little more when it names the colour.
+    """
+    for i in np.nonzero(lang_rng.random(len(caps)) < cm.p_foreign)[0]:
+        lang = FOREIGN_LANGS[int(lang_rng.integers(len(FOREIGN_LANGS)))]
+        caps[i], colour = _foreign_caption(lang, f, int(i), cm, lang_rng)
+        facts[i] = {"names": "none", "concepts": [], "lang": lang}
+        score[i] = 0.17 + 0.02 * colour
 
 
 def sample_meta(f: R.Factors, i: int) -> dict[str, Any]:
