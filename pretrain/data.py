@@ -752,6 +752,35 @@ class TrainLoader:
             yield batch
 
 
+def _split_shards(n_shards: int, world_size: int, num_workers: int) -> bool:
+    """Whether every reader (a rank's loader worker) can get shards of its own.
+
+    With fewer shards than readers, every reader scans all shards and keeps every ``readers``-th
+    sample instead; that reads more, so it is logged.
+    """
+    readers = world_size * max(num_workers, 1)
+    split = n_shards >= readers
+    if not split:
+        logger.info(
+            "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every "
+            "%d-th sample",
+            n_shards,
+            readers,
+            readers,
+        )
+    return split
+
+
+def _shuffle_bufsize(batch_size: int, num_batches: int, num_workers: int, shuffle_buffer: int) -> int:
+    """The shuffle buffer's size for one reader: ``shuffle_buffer``, capped.
+
+    The buffer reads two samples per output until full and is dropped at the epoch's end, so
+    keep it to a quarter of what a reader yields per epoch: at most 25% extra reading.
+    """
+    per_reader = batch_size * math.ceil(num_batches / max(num_workers, 1))
+    return max(1, min(shuffle_buffer, per_reader // 4))
+
+
 def make_train_loader(
     view_dir: str | Path,
     *,
@@ -784,20 +813,8 @@ def make_train_loader(
         raise ValueError(f"batch_size and num_batches must be >= 1, got {batch_size} and {num_batches}")
     sample_pipeline = PIPELINES.get(pipeline)
     view = read_view(view_dir)
-    readers = world_size * max(num_workers, 1)
-    split_shards = len(view.shards) >= readers
-    if not split_shards:
-        logger.info(
-            "%d shard(s) for %d readers (ranks x loader workers): every reader scans all shards and keeps every "
-            "%d-th sample",
-            len(view.shards),
-            readers,
-            readers,
-        )
-    # The buffer reads two samples per output until full and is dropped at the epoch's end, so
-    # keep it to a quarter of what a reader yields per epoch: at most 25% extra reading.
-    per_reader = batch_size * math.ceil(num_batches / max(num_workers, 1))
-    bufsize = max(1, min(shuffle_buffer, per_reader // 4))
+    split_shards = _split_shards(len(view.shards), world_size, num_workers)
+    bufsize = _shuffle_bufsize(batch_size, num_batches, num_workers, shuffle_buffer)
     epoch = SharedEpoch(0)
     counter = SkipCounter()
     options = dict(pipeline_options or {}, **({"encoded": True} if batch_decode is not None else {}))
