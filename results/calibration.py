@@ -249,63 +249,79 @@ def calibration_section(runs_ok: pd.DataFrame, out_dir: Path, n_boot: int = N_BO
     floor_all = df[(df["method"].astype(object) == FLOOR_METHOD) & (df["protocol"] == PROTOCOL) & df["score"].notna()]
     parts, rows = [explain], []
     for number, (block, block_rows) in enumerate(blocks[:MAX_BLOCKS], start=1):
-        title = _block_title(block)
-        floor = (
-            floor_all[floor_all["backbone"].astype(object) == block.get("backbone")]
-            if "backbone" in block and not pd.isna(block.get("backbone"))
-            else floor_all
-        )
-        shots = _chosen_shots(block_rows, floor)
-        parts.append(f"<h3>{esc(title)} ({block_rows['source'].nunique()} sources)</h3>")
-        if not shots:
-            parts.append(
-                empty_note(
-                    f"No random-init {PROTOCOL} rows at this block's shot counts: the gain needs "
-                    "the floor (downstream.random_init_floor: true)."
-                )
-            )
-            continue
-        cals = [calibrate(block_rows, floor, shot, block, n_boot=n_boot) for shot in shots]
-        cals = [c for c in cals if not c.points.empty]
-        if not cals:
-            parts.append(empty_note("No (source, set) has both configuration and random-init rows."))
-            continue
-        name = _figure(cals, f"calibration: {title}", out_dir, number, percent_scale(block_rows["score"]))
-        parts.append(
-            figure_html(
-                name,
-                f"calibration {title}",
-                "Points: gain over random init per (source, set), colour by set, marker by "
-                "source, with 95% intervals; dashed: no gain.",
-            )
-        )
-        for c in cals:
-            note = seed_note(c.points["n_pretrain_seeds"].tolist())
-            rows.append(
-                [
-                    esc(title),
-                    html.escape(shots_title(c.shot)),
-                    str(len(c.points)),
-                    f"<b>{c.rho:.2f}</b>" if not math.isnan(c.rho) else "",
-                    f"[{c.lo:.2f}, {c.hi:.2f}]" if math.isfinite(c.lo) else "",
-                    esc(c.verdict),
-                    esc(note),
-                ]
-            )
-        details = "".join(
-            f"<tr><td>{html.escape(shots_title(c.shot))}</td><td>{esc(r.source)}</td><td>{esc(r.downstream)}</td>"
-            f"<td>{r.similarity:.3f}</td><td>{r.gain:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]</td></tr>"
-            for c in cals
-            for r in c.points.sort_values(["downstream", "similarity"]).itertuples(index=False)
-        )
-        parts.append(
-            f"<details><summary>the {sum(len(c.points) for c in cals)} points</summary><table><thead><tr>"
-            "<th>shots</th><th>source</th><th>set</th><th>declared similarity</th>"
-            f"<th>gain over random init, 95% interval</th></tr></thead><tbody>{details}</tbody></table>"
-            "</details>"
-        )
+        block_parts, block_summary = _block_html(number, block, block_rows, floor_all, out_dir, n_boot)
+        parts += block_parts
+        rows += block_summary
     if rows:
         parts.append(html_table(["block", "shots", "points", "Spearman ρ", "95% interval", "verdict", "seeds"], rows))
     if len(blocks) > MAX_BLOCKS:
         parts.append(f"<p>{len(blocks) - MAX_BLOCKS} more block(s) with ≥{MIN_SOURCES} sources not drawn.</p>")
     return "\n".join(parts)
+
+
+def _block_html(
+    number: int, block: dict, block_rows: pd.DataFrame, floor_all: pd.DataFrame, out_dir: Path, n_boot: int
+) -> tuple[list[str], list[list[str]]]:
+    """One block's heading, figure and points (or a note saying what is missing), and its rows
+    of the summary table, one per shot count; the floor is the random-init rows of the block's
+    backbone (all of them when the block has none)."""
+    title = _block_title(block)
+    floor = (
+        floor_all[floor_all["backbone"].astype(object) == block.get("backbone")]
+        if "backbone" in block and not pd.isna(block.get("backbone"))
+        else floor_all
+    )
+    shots = _chosen_shots(block_rows, floor)
+    parts = [f"<h3>{esc(title)} ({block_rows['source'].nunique()} sources)</h3>"]
+    if not shots:
+        parts.append(
+            empty_note(
+                f"No random-init {PROTOCOL} rows at this block's shot counts: the gain needs "
+                "the floor (downstream.random_init_floor: true)."
+            )
+        )
+        return parts, []
+    cals = [calibrate(block_rows, floor, shot, block, n_boot=n_boot) for shot in shots]
+    cals = [c for c in cals if not c.points.empty]
+    if not cals:
+        parts.append(empty_note("No (source, set) has both configuration and random-init rows."))
+        return parts, []
+    name = _figure(cals, f"calibration: {title}", out_dir, number, percent_scale(block_rows["score"]))
+    parts.append(
+        figure_html(
+            name,
+            f"calibration {title}",
+            "Points: gain over random init per (source, set), colour by set, marker by "
+            "source, with 95% intervals; dashed: no gain.",
+        )
+    )
+    rows = [
+        [
+            esc(title),
+            html.escape(shots_title(c.shot)),
+            str(len(c.points)),
+            f"<b>{c.rho:.2f}</b>" if not math.isnan(c.rho) else "",
+            f"[{c.lo:.2f}, {c.hi:.2f}]" if math.isfinite(c.lo) else "",
+            esc(c.verdict),
+            esc(seed_note(c.points["n_pretrain_seeds"].tolist())),
+        ]
+        for c in cals
+    ]
+    parts.append(_points_html(cals))
+    return parts, rows
+
+
+def _points_html(cals: list[Calibration]) -> str:
+    """Every (source, set) point of a block, per shot count, in a folded table: similarity and gain."""
+    details = "".join(
+        f"<tr><td>{html.escape(shots_title(c.shot))}</td><td>{esc(r.source)}</td><td>{esc(r.downstream)}</td>"
+        f"<td>{r.similarity:.3f}</td><td>{r.gain:+.3f} [{r.lo:+.3f}, {r.hi:+.3f}]</td></tr>"
+        for c in cals
+        for r in c.points.sort_values(["downstream", "similarity"]).itertuples(index=False)
+    )
+    return (
+        f"<details><summary>the {sum(len(c.points) for c in cals)} points</summary><table><thead><tr>"
+        "<th>shots</th><th>source</th><th>set</th><th>declared similarity</th>"
+        f"<th>gain over random init, 95% interval</th></tr></thead><tbody>{details}</tbody></table>"
+        "</details>"
+    )

@@ -791,79 +791,14 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
         "pre-training seed's variance is not in them). Deng et al. (ICCV 2023) found FE can peak before "
         "the end of pre-training while FT keeps improving.</p>"
     ]
-    table_rows, summary = [], {"FE": [0, 0, 0], "FT": [0, 0, 0]}
+    table_rows: list[list[str]] = []
+    summary = {"FE": [0, 0, 0], "FT": [0, 0, 0]}
     for index, pkey in enumerate(keys):
-        run = pre[pre["pretrain_key"] == pkey]
-        label = config_label(run["_line"].iloc[0], run["pretrain_size"].iloc[0])
-        series, curve_rows = _checkpoint_series(run)
-        sets = sorted({ds for (_, ds) in series})
-        if not sets:
-            continue
-        nrows, ncols = _grid(len(sets), 4)
-        fig = _figure(3.3 * ncols, 2.8 * nrows + 0.6)
-        axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
-        names = sorted({name for (name, _) in series})
-        colours = {name: f"C{i}" for i, name in enumerate(names)}
-        for ax, ds_name in zip(axes, sets):
-            for name in names:
-                points = series.get((name, ds_name))
-                if not points:
-                    continue
-                epochs = sorted(points)
-                means = [points[e].estimate for e in epochs]
-                style = "-" if name.startswith("FE") else "--"
-                ax.plot(epochs, means, style, color=colours[name], marker="o", markersize=3, label=name)
-                ax.fill_between(
-                    epochs,
-                    [points[e].lo for e in epochs],
-                    [points[e].hi for e in epochs],
-                    color=colours[name],
-                    alpha=0.15,
-                    linewidth=0,
-                )
-                best = int(np.nanargmax(means))
-                ax.plot([epochs[best]], [means[best]], marker="*", markersize=11, color=colours[name])
-                kind = "FE" if name.startswith("FE") else "FT"
-                gap_text = ""
-                if epochs[best] < epochs[-1]:
-                    curve = curve_rows[(curve_rows["_curve"] == name) & (curve_rows["downstream"] == ds_name)]
-                    gap = paired_difference(
-                        curve[curve["checkpoint_epoch"] == epochs[best]],
-                        curve[curve["checkpoint_epoch"] == epochs[-1]],
-                        strata=None,
-                    )
-                    summary[kind][2] += gap.excludes_zero()
-                    gap_text = difference_text(gap, 1, 3)
-                summary[kind][0] += epochs[best] < epochs[-1]
-                summary[kind][1] += 1
-                table_rows.append(
-                    [
-                        esc(label),
-                        esc(ds_name),
-                        esc(name),
-                        str(epochs[best]),
-                        fmt_num(means[best]),
-                        str(epochs[-1]),
-                        fmt_num(means[-1]),
-                        esc(gap_text or fmt_num(means[best] - means[-1])),
-                    ]
-                )
-            _style_panel(ax, ds_name, "checkpoint epoch", legend=6, integer_x=True)
-        for ax in axes[len(sets) :]:
-            ax.set_visible(False)
-        fig.suptitle(f"{label}: score by checkpoint epoch", fontsize=10)
-        _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.6)
-        name = save_figure(fig, out_dir, f"checkpoints_{index + 1}.png")
-        parts.append(
-            f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}", f"pre-training run {pkey}")
-        )
-    lines = [
-        f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
-        + (f", {beyond} of them by more than noise (the best − last interval excludes 0)" if n else "")
-        for kind, (n, total, beyond) in summary.items()
-        if total
-    ]
-    parts.append(f"<p>{html.escape('; '.join(lines))}.</p>")
+        figure, rows = _checkpoint_run(pre[pre["pretrain_key"] == pkey], pkey, index, summary, out_dir)
+        if figure:
+            parts.append(figure)
+        table_rows += rows
+    parts.append(_checkpoint_peaks(summary))
     parts.append(
         html_table(
             [
@@ -880,6 +815,94 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
         )
     )
     return "\n".join(parts)
+
+
+def _checkpoint_run(
+    run: pd.DataFrame, pkey: str, index: int, summary: dict[str, list[int]], out_dir: Path
+) -> tuple[str, list[list[str]]]:
+    """One pre-training run's figure (a panel per set, a curve per FE/FT protocol and shot count)
+    as HTML, and its table rows; each curve is counted into ``summary`` (see :func:`_checkpoint_curve`).
+    No figure and no rows when the run has no curve with two or more epochs."""
+    label = config_label(run["_line"].iloc[0], run["pretrain_size"].iloc[0])
+    series, curve_rows = _checkpoint_series(run)
+    sets = sorted({ds for (_, ds) in series})
+    if not sets:
+        return "", []
+    nrows, ncols = _grid(len(sets), 4)
+    fig = _figure(3.3 * ncols, 2.8 * nrows + 0.6)
+    axes = np.atleast_1d(fig.subplots(nrows, ncols, squeeze=False)).ravel()
+    names = sorted({name for (name, _) in series})
+    colours = {name: f"C{i}" for i, name in enumerate(names)}
+    rows = []
+    for ax, ds_name in zip(axes, sets):
+        for name in names:
+            points = series.get((name, ds_name))
+            if not points:
+                continue
+            curve = curve_rows[(curve_rows["_curve"] == name) & (curve_rows["downstream"] == ds_name)]
+            rows.append([esc(label), esc(ds_name), *_checkpoint_curve(ax, name, points, colours[name], curve, summary)])
+        _style_panel(ax, ds_name, "checkpoint epoch", legend=6, integer_x=True)
+    for ax in axes[len(sets) :]:
+        ax.set_visible(False)
+    fig.suptitle(f"{label}: score by checkpoint epoch", fontsize=10)
+    _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.6)
+    name = save_figure(fig, out_dir, f"checkpoints_{index + 1}.png")
+    return f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}", f"pre-training run {pkey}"), rows
+
+
+def _checkpoint_curve(
+    ax, name: str, points: dict[int, Interval], colour: str, curve: pd.DataFrame, summary: dict[str, list[int]]
+) -> list[str]:
+    """Draw one curve (mean, band, a star at its best epoch) and return its table cells after run and set.
+
+    ``summary[kind]`` (kind FE or FT) counts [curves peaking before the last epoch, curves, peaks
+    whose paired best − last interval excludes 0]; ``curve`` holds the curve's rows on this set,
+    for that paired interval."""
+    epochs = sorted(points)
+    means = [points[e].estimate for e in epochs]
+    style = "-" if name.startswith("FE") else "--"
+    ax.plot(epochs, means, style, color=colour, marker="o", markersize=3, label=name)
+    ax.fill_between(
+        epochs,
+        [points[e].lo for e in epochs],
+        [points[e].hi for e in epochs],
+        color=colour,
+        alpha=0.15,
+        linewidth=0,
+    )
+    best = int(np.nanargmax(means))
+    ax.plot([epochs[best]], [means[best]], marker="*", markersize=11, color=colour)
+    kind = "FE" if name.startswith("FE") else "FT"
+    gap_text = ""
+    if epochs[best] < epochs[-1]:
+        gap = paired_difference(
+            curve[curve["checkpoint_epoch"] == epochs[best]],
+            curve[curve["checkpoint_epoch"] == epochs[-1]],
+            strata=None,
+        )
+        summary[kind][2] += gap.excludes_zero()
+        gap_text = difference_text(gap, 1, 3)
+    summary[kind][0] += epochs[best] < epochs[-1]
+    summary[kind][1] += 1
+    return [
+        esc(name),
+        str(epochs[best]),
+        fmt_num(means[best]),
+        str(epochs[-1]),
+        fmt_num(means[-1]),
+        esc(gap_text or fmt_num(means[best] - means[-1])),
+    ]
+
+
+def _checkpoint_peaks(summary: dict[str, list[int]]) -> str:
+    """The sentence counting, for FE and FT, the curves that peak before their last epoch."""
+    lines = [
+        f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
+        + (f", {beyond} of them by more than noise (the best − last interval excludes 0)" if n else "")
+        for kind, (n, total, beyond) in summary.items()
+        if total
+    ]
+    return f"<p>{html.escape('; '.join(lines))}.</p>"
 
 
 def _checkpoint_series(run: pd.DataFrame) -> tuple[dict[tuple[str, str], dict[int, Interval]], pd.DataFrame]:
@@ -1048,43 +1071,39 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
     curves = store.query("SELECT key, epoch, val_score, train_loss FROM curves")
     sets = sorted(conv["downstream"].dropna().unique())
     shown = sets[:6]
+    run_names = {
+        key: "scratch" if proto == "scratch" else f"{proto} ← {labels.get(pkey, pkey)}"
+        for key, proto, pkey in zip(conv["key"], conv["protocol"], conv["pretrain_key"])
+    }
+    name = _convergence_figure(conv, gaps, curves, run_names, shown, out_dir)
+    caption = f"{len(conv)} run(s) on {len(sets)} set(s)" + (
+        f"; first {len(shown)} sets shown" if len(sets) > len(shown) else ""
+    )
+    if gaps.empty:
+        caption += "; no scratch run matches a pre-trained one (same backbone, set, shots, seed), so no gaps"
+    parts.append(figure_html(name, "convergence against scratch", caption))
+    parts.append(_convergence_table(conv, run_names))
+    return "\n".join(parts)
+
+
+def _convergence_figure(
+    conv: pd.DataFrame,
+    gaps: pd.DataFrame,
+    curves: pd.DataFrame,
+    run_names: dict[str, str],
+    shown: Sequence[str],
+    out_dir: Path,
+) -> str:
+    """A row of three panels per shown set (validation score per epoch, the relative accuracy gap
+    and the relative train-loss gap to scratch) with one legend of the runs; its file name."""
     fig = _figure(11.5, 2.7 * len(shown) + 0.9)
     axes = fig.subplots(len(shown), 3, squeeze=False)
-    run_names = {}
-    for key, proto, pkey in zip(conv["key"], conv["protocol"], conv["pretrain_key"]):
-        run_names[key] = "scratch" if proto == "scratch" else f"{proto} ← {labels.get(pkey, pkey)}"
     colours = {n: f"C{i % 10}" for i, n in enumerate(sorted(set(run_names.values()) - {"scratch"}))}
     keep_gaps = gaps[gaps["key"].isin(set(conv["key"]))] if not gaps.empty else gaps
     for r, ds_name in enumerate(shown):
         keys = conv.loc[conv["downstream"] == ds_name, "key"]
-        for key in keys:
-            c = curves[curves["key"] == key].sort_values("epoch")
-            name = run_names[key]
-            axes[r][0].plot(
-                c["epoch"],
-                c["val_score"],
-                color="black" if name == "scratch" else colours[name],
-                linestyle="--" if name == "scratch" else "-",
-                linewidth=1.3,
-                label=name,
-            )
         g = keep_gaps[keep_gaps["downstream"] == ds_name] if not keep_gaps.empty else keep_gaps
-        for key, part in g.groupby("key") if not g.empty else []:
-            part = part.sort_values("epoch")
-            axes[r][1].plot(part["epoch"], part["rel_acc_gap"], color=colours[run_names[key]], marker="o", markersize=3)
-            axes[r][2].plot(
-                part["epoch"], part["rel_loss_gap"], color=colours[run_names[key]], marker="o", markersize=3
-            )
-        for c_, title in enumerate(("validation score", "relative accuracy gap", "relative train-loss gap")):
-            ax = axes[r][c_]
-            if c_:
-                ax.axhline(0, color="0.3", linewidth=0.8)
-            ax.set_title(f"{ds_name}: {title}", fontsize=9)
-            _integer_ticks(ax)
-            ax.tick_params(labelsize=7)
-            ax.grid(True, alpha=0.3)
-            if r == len(shown) - 1:
-                ax.set_xlabel("epoch", fontsize=8)
+        _convergence_row(axes[r], ds_name, keys, curves, g, run_names, colours, bottom=r == len(shown) - 1)
     handles, names = axes[0][0].get_legend_handles_labels()
     by_name = dict(zip(names, handles))
     for r in range(1, len(shown)):
@@ -1094,13 +1113,52 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
         list(by_name.values()), list(by_name), loc="lower center", ncol=min(3, len(by_name)), fontsize=7, frameon=False
     )
     _layout(fig, top=0.4, bottom=0.55 + 0.2 * math.ceil(len(by_name) / 3), wspace=0.25, hspace=0.55)
-    name = save_figure(fig, out_dir, "convergence_1.png")
-    caption = f"{len(conv)} run(s) on {len(sets)} set(s)" + (
-        f"; first {len(shown)} sets shown" if len(sets) > len(shown) else ""
-    )
-    if gaps.empty:
-        caption += "; no scratch run matches a pre-trained one (same backbone, set, shots, seed), so no gaps"
-    parts.append(figure_html(name, "convergence against scratch", caption))
+    return save_figure(fig, out_dir, "convergence_1.png")
+
+
+def _convergence_row(
+    row,
+    ds_name: str,
+    keys: pd.Series,
+    curves: pd.DataFrame,
+    gaps: pd.DataFrame,
+    run_names: dict[str, str],
+    colours: dict[str, str],
+    *,
+    bottom: bool,
+) -> None:
+    """One set's three panels: each run's validation curve (scratch black and dashed), then each
+    pre-trained run's relative accuracy and train-loss gaps per epoch; the x label on the bottom row only."""
+    for key in keys:
+        c = curves[curves["key"] == key].sort_values("epoch")
+        name = run_names[key]
+        row[0].plot(
+            c["epoch"],
+            c["val_score"],
+            color="black" if name == "scratch" else colours[name],
+            linestyle="--" if name == "scratch" else "-",
+            linewidth=1.3,
+            label=name,
+        )
+    for key, part in gaps.groupby("key") if not gaps.empty else []:
+        part = part.sort_values("epoch")
+        row[1].plot(part["epoch"], part["rel_acc_gap"], color=colours[run_names[key]], marker="o", markersize=3)
+        row[2].plot(part["epoch"], part["rel_loss_gap"], color=colours[run_names[key]], marker="o", markersize=3)
+    for c_, title in enumerate(("validation score", "relative accuracy gap", "relative train-loss gap")):
+        ax = row[c_]
+        if c_:
+            ax.axhline(0, color="0.3", linewidth=0.8)
+        ax.set_title(f"{ds_name}: {title}", fontsize=9)
+        _integer_ticks(ax)
+        ax.tick_params(labelsize=7)
+        ax.grid(True, alpha=0.3)
+        if bottom:
+            ax.set_xlabel("epoch", fontsize=8)
+
+
+def _convergence_table(conv: pd.DataFrame, run_names: dict[str, str]) -> str:
+    """A row per run: epochs, epochs to 95% of the final score, final and test scores, and the
+    speed-up against the scratch run of the same backbone, set, shots and eval seed."""
     scratch_e95 = {
         (b, d, s if not pd.isna(s) else None, e): v
         for b, d, s, e, v, p in zip(
@@ -1133,12 +1191,9 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
                 speedup,
             ]
         )
-    parts.append(
-        html_table(
-            ["set", "run", "epochs", "epochs to 95% of final", "final val", "test score", "speed-up vs scratch"], rows
-        )
+    return html_table(
+        ["set", "run", "epochs", "epochs to 95% of final", "final val", "test score", "speed-up vs scratch"], rows
     )
-    return "\n".join(parts)
 
 
 # --------------------------------------------------------------------------- curation funnels
