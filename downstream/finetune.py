@@ -262,14 +262,7 @@ def finetune(
     handling under ``config.bn == "auto"``). ``precision`` is :mod:`downstream.accel`'s: bf16
     autocast on a GPU by default, fp32 on a CPU (where results are bitwise those of fp32).
     """
-    check_metric(metric)
-    if int(num_classes) < 2:
-        raise ValueError(f"fine-tuning needs at least 2 classes, got num_classes={num_classes}")
-    train = _check_split("train", train, num_classes)
-    validation = _check_split("validation", validation, num_classes)
-    test = _check_split("test", test, num_classes)
-    if len(train[1]) < 2:
-        raise ValueError("fine-tuning needs at least 2 training examples")
+    train, validation, test = _check_inputs(metric, num_classes, train, validation, test)
     device = torch.device(device) if device is not None else default_device()
     cfg = config
     size = int(meta["image_size"])
@@ -298,40 +291,14 @@ def finetune(
             feature_dim=feature_dim,
         )
         started = time.perf_counter()
-        start_point, best = _start_point(run)
-        per_lr: list[dict[str, Any]] = []
-        for lr in cfg.lrs:
-            best = _train_lr(run, float(lr), start_point, best, per_lr)
+        start_point, best, per_lr = _train_grid(run)
         train_seconds = time.perf_counter() - started
 
-        if best is None:  # unreachable: at least one lr and one epoch ran
-            raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
         t0 = time.perf_counter()
         test_metrics = _test_selected(run, best, test)
         eval_seconds = time.perf_counter() - t0
 
-    hparams = {
-        "lr": best["lr"],
-        "epoch": best["epoch"],
-        "lrs": [float(v) for v in cfg.lrs],
-        "epochs": run.epochs,
-        "epochs_requested": cfg.epochs,
-        "min_steps": cfg.min_steps,
-        "steps_per_epoch": run.steps_per_epoch,
-        "batch_size": run.batch_size,
-        "weight_decay": cfg.weight_decay,
-        "warmup_steps": run.warmup,
-        "total_steps": run.total_steps,
-        "grad_clip": cfg.grad_clip,
-        "augment": cfg.augment,
-        "bn": "frozen" if bn_frozen else "train",
-        "selected_start": best["epoch"] == 0,
-        "start_val_score": None if start_point is None else start_point["val_score"],
-        "num_train": run.n,
-        "per_lr": per_lr,
-        "head_init": "zero" if head_init is None else "given",
-        "class_weight": class_weight,
-    }
+    hparams = _hparams(run, best, start_point, per_lr, class_weight)
     return FinetuneResult(
         lr=best["lr"],
         epoch=best["epoch"],
@@ -343,6 +310,58 @@ def finetune(
         eval_seconds=eval_seconds,
         hparams=hparams,
     )
+
+
+def _check_inputs(
+    metric: str,
+    num_classes: int,
+    train: tuple[np.ndarray, np.ndarray],
+    validation: tuple[np.ndarray, np.ndarray],
+    test: tuple[np.ndarray, np.ndarray],
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """The metric, class count and the three splits checked (labels as int64), before any work starts."""
+    check_metric(metric)
+    if int(num_classes) < 2:
+        raise ValueError(f"fine-tuning needs at least 2 classes, got num_classes={num_classes}")
+    train = _check_split("train", train, num_classes)
+    validation = _check_split("validation", validation, num_classes)
+    test = _check_split("test", test, num_classes)
+    if len(train[1]) < 2:
+        raise ValueError("fine-tuning needs at least 2 training examples")
+    return train, validation, test
+
+
+def _hparams(
+    run: _Tuning,
+    best: dict[str, Any],
+    start_point: dict[str, Any] | None,
+    per_lr: list[dict[str, Any]],
+    class_weight: str | None,
+) -> dict[str, Any]:
+    """The run's ``hparams``: the selection, the recipe as actually run (stretched epochs, capped
+    warm-up, batch size) and what the grid gave per lr, so a result row says how it was obtained."""
+    return {
+        "lr": best["lr"],
+        "epoch": best["epoch"],
+        "lrs": [float(v) for v in run.cfg.lrs],
+        "epochs": run.epochs,
+        "epochs_requested": run.cfg.epochs,
+        "min_steps": run.cfg.min_steps,
+        "steps_per_epoch": run.steps_per_epoch,
+        "batch_size": run.batch_size,
+        "weight_decay": run.cfg.weight_decay,
+        "warmup_steps": run.warmup,
+        "total_steps": run.total_steps,
+        "grad_clip": run.cfg.grad_clip,
+        "augment": run.cfg.augment,
+        "bn": "frozen" if run.bn_frozen else "train",
+        "selected_start": best["epoch"] == 0,
+        "start_val_score": None if start_point is None else start_point["val_score"],
+        "num_train": run.n,
+        "per_lr": per_lr,
+        "head_init": "zero" if run.head_init is None else "given",
+        "class_weight": class_weight,
+    }
 
 
 @dataclass
@@ -458,6 +477,21 @@ def _start_point(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any] | 
     }
     best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
     return start_point, best
+
+
+def _train_grid(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]:
+    """Train every lr of the grid from the same start and select on validation.
+
+    Returns ``(start_point, best, per_lr)``: the epoch-0 curve row (with ``head_init``, else
+    None), the selected candidate (its lr, epoch, score, weights and curve) and each lr's best epoch.
+    """
+    start_point, best = _start_point(run)
+    per_lr: list[dict[str, Any]] = []
+    for lr in run.cfg.lrs:
+        best = _train_lr(run, float(lr), start_point, best, per_lr)
+    if best is None:  # unreachable: at least one lr and one epoch ran
+        raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
+    return start_point, best, per_lr
 
 
 def _train_lr(

@@ -452,82 +452,22 @@ def fit_probe(
     ``keep_path=True`` keeps every strength's solution in ``probe.path``.
     """
     started = time.perf_counter()
-    check_metric(metric)
-    check_class_weight(class_weight)
-    if int(num_classes) < 2:
-        raise ValueError(f"a probe needs at least 2 classes, got num_classes={num_classes}")
-    grid = sorted({float(v) for v in l2_grid}, reverse=True)  # strongest first: warm starts follow the path
-    if not grid or grid[-1] < 0:
-        raise ValueError(f"l2_grid must be a non-empty list of non-negative strengths, got {list(l2_grid)}")
-    if int(max_iter) < 1 or not tol > 0:
-        raise ValueError(f"max_iter must be >= 1 and tol > 0, got max_iter={max_iter}, tol={tol}")
+    grid = _check_settings(metric, class_weight, num_classes, l2_grid, max_iter, tol)
     num_classes = int(num_classes)
     X_train = _as_features(X_train, "X_train")
     X_val = _as_features(X_val, "X_val", X_train.shape[1])
     y_train = _as_labels(y_train, "y_train", len(X_train), num_classes)
     y_val = _as_labels(y_val, "y_val", len(X_val), num_classes)
 
-    mean = X_train.mean(axis=0, dtype=np.float64)
-    scale = X_train.std(axis=0, dtype=np.float64)
-    scale = np.where(scale > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), scale, 1.0)
-    Xt = (X_train - mean) / scale
-    V, Z = _basis(Xt, reduce)
-    Xv = (X_val - mean) / scale
-    # validation logits in float64 from the float32 projection (rounding ~1e-7 of a logit)
-    Zv = _mm(Xv.astype(np.float32), V).astype(np.float64) if V is not None else Xv
-    prob = _Problem(
-        Z,
-        y_train,
-        num_classes,
-        sample_weights(y_train, num_classes, class_weight),
-        dtype=np.float32 if reduce else np.float64,
-        V=V,
-    )
-
-    best: tuple[float, float, np.ndarray] | None = None
-    sweep: list[dict[str, Any]] = []
-    path: list[tuple[float, np.ndarray, np.ndarray]] = []
-    r = Z.shape[1]
-    T = np.zeros((num_classes, r + 1))
-    previous: list[tuple[float, np.ndarray]] = []  # the last two (lam, solution)
-    for lam in grid:
-        t0 = time.perf_counter()
-        guess = None
-        if len(previous) == 2 and lam > 0 and previous[0][0] > previous[1][0] > 0:
-            # linear extrapolation of the path in log(lam) from the last two solutions
-            (lam0, T0), (lam1, T1) = previous
-            guess = T1 + np.log(lam1 / lam) / np.log(lam0 / lam1) * (T1 - T0)
-        out = prob.solve(lam, T, int(max_iter), float(tol), guess=guess)
-        T = out["T"]
-        previous = (previous + [(lam, T)])[-2:]
-        A, b = T[:, :r], T[:, r]
-        if keep_path:
-            path.append((lam, A @ V.T.astype(np.float64) if V is not None else A.copy(), b.copy()))
-        pred_val = (Zv @ A.T + b).argmax(axis=1)
-        score = headline(metric, y_val, pred_val)
-        sweep.append(
-            {
-                "l2": lam,
-                "val_score": score,
-                "train_objective": out["objective"],
-                "iterations": out["iterations"],
-                "grad_max": out["grad_max"],
-                "seconds": time.perf_counter() - t0,
-            }
-        )
-        if best is None or score > best[1]:  # strict: on a tie the earlier (stronger) strength stays
-            best = (lam, score, T)
-    if best is None:  # unreachable: the grid is non-empty
-        raise RuntimeError("the probe sweep produced no candidate")
-    lam, score, T = best
-    A, b = T[:, :r], T[:, r].copy()
-    W = A @ V.T.astype(np.float64) if V is not None else A.copy()
+    mean, scale, prob, Zv = _standardised_problem(X_train, y_train, X_val, num_classes, class_weight, reduce)
+    (lam, score, T), sweep, path = _sweep(prob, Zv, y_val, grid, metric, int(max_iter), float(tol), keep_path)
+    W, b = _in_features(T, prob.V)
     seconds = time.perf_counter() - started
     log.debug(
         "probe: %d x %d (rank %d), %d classes, chose l2=%g (val %s %.4f) in %.3fs",
         len(X_train),
         X_train.shape[1],
-        Z.shape[1],
+        prob.r,
         num_classes,
         lam,
         metric,
@@ -545,6 +485,117 @@ def fit_probe(
         sweep=sweep,
         fit_seconds=seconds,
         class_weight=class_weight,
-        rank=int(Z.shape[1]),
+        rank=int(prob.r),
         path=path if keep_path else None,
     )
+
+
+def _check_settings(
+    metric: str, class_weight: str | None, num_classes: int, l2_grid: Sequence[float], max_iter: int, tol: float
+) -> list[float]:
+    """Check :func:`fit_probe`'s settings (each error names the one at fault); return the grid strongest first.
+
+    Strongest first because each strength's solve warm-starts from the previous one along the path.
+    """
+    check_metric(metric)
+    check_class_weight(class_weight)
+    if int(num_classes) < 2:
+        raise ValueError(f"a probe needs at least 2 classes, got num_classes={num_classes}")
+    grid = sorted({float(v) for v in l2_grid}, reverse=True)
+    if not grid or grid[-1] < 0:
+        raise ValueError(f"l2_grid must be a non-empty list of non-negative strengths, got {list(l2_grid)}")
+    if int(max_iter) < 1 or not tol > 0:
+        raise ValueError(f"max_iter must be >= 1 and tol > 0, got max_iter={max_iter}, tol={tol}")
+    return grid
+
+
+def _standardised_problem(
+    X_train: np.ndarray,
+    y_train: np.ndarray,
+    X_val: np.ndarray,
+    num_classes: int,
+    class_weight: str | None,
+    reduce: bool,
+) -> tuple[np.ndarray, np.ndarray, _Problem, np.ndarray]:
+    """``(mean, scale, problem, Zv)``: the training statistics, the problem in the solve's basis, and
+    the validation features in that basis (float64) for scoring each strength.
+
+    Standardisation uses the training split only (step 1 of the module docstring); a feature
+    constant on it is only centred.
+    """
+    mean = X_train.mean(axis=0, dtype=np.float64)
+    scale = X_train.std(axis=0, dtype=np.float64)
+    scale = np.where(scale > 1e-12 * max(1.0, float(np.abs(mean).max(initial=0.0))), scale, 1.0)
+    Xt = (X_train - mean) / scale
+    V, Z = _basis(Xt, reduce)
+    Xv = (X_val - mean) / scale
+    # validation logits in float64 from the float32 projection (rounding ~1e-7 of a logit)
+    Zv = _mm(Xv.astype(np.float32), V).astype(np.float64) if V is not None else Xv
+    prob = _Problem(
+        Z,
+        y_train,
+        num_classes,
+        sample_weights(y_train, num_classes, class_weight),
+        dtype=np.float32 if reduce else np.float64,
+        V=V,
+    )
+    return mean, scale, prob, Zv
+
+
+def _in_features(T: np.ndarray, V: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+    """A solution ``T = [A | b]`` in the solve's basis as ``(W = A V^T [C, D], b [C])`` on the standardised features."""
+    r = T.shape[1] - 1
+    A = T[:, :r]
+    return (A @ V.T.astype(np.float64) if V is not None else A.copy()), T[:, r].copy()
+
+
+def _sweep(
+    prob: _Problem,
+    Zv: np.ndarray,
+    y_val: np.ndarray,
+    grid: list[float],
+    metric: str,
+    max_iter: int,
+    tol: float,
+    keep_path: bool,
+) -> tuple[tuple[float, float, np.ndarray], list[dict[str, Any]], list[tuple[float, np.ndarray, np.ndarray]]]:
+    """Solve every strength of ``grid`` (strongest first, warm-started) and score each on validation.
+
+    Returns ``((l2, val_score, T) of the selection, sweep rows, path)``; the path (``(l2, W, b)``
+    per strength) is filled only with ``keep_path``. Ties go to the earlier, stronger strength.
+    """
+    best: tuple[float, float, np.ndarray] | None = None
+    sweep: list[dict[str, Any]] = []
+    path: list[tuple[float, np.ndarray, np.ndarray]] = []
+    r = prob.r
+    T = np.zeros((prob.c, r + 1))
+    previous: list[tuple[float, np.ndarray]] = []  # the last two (lam, solution)
+    for lam in grid:
+        t0 = time.perf_counter()
+        guess = None
+        if len(previous) == 2 and lam > 0 and previous[0][0] > previous[1][0] > 0:
+            # linear extrapolation of the path in log(lam) from the last two solutions
+            (lam0, T0), (lam1, T1) = previous
+            guess = T1 + np.log(lam1 / lam) / np.log(lam0 / lam1) * (T1 - T0)
+        out = prob.solve(lam, T, max_iter, tol, guess=guess)
+        T = out["T"]
+        previous = (previous + [(lam, T)])[-2:]
+        if keep_path:
+            path.append((lam, *_in_features(T, prob.V)))
+        pred_val = (Zv @ T[:, :r].T + T[:, r]).argmax(axis=1)
+        score = headline(metric, y_val, pred_val)
+        sweep.append(
+            {
+                "l2": lam,
+                "val_score": score,
+                "train_objective": out["objective"],
+                "iterations": out["iterations"],
+                "grad_max": out["grad_max"],
+                "seconds": time.perf_counter() - t0,
+            }
+        )
+        if best is None or score > best[1]:  # strict: on a tie the earlier (stronger) strength stays
+            best = (lam, score, T)
+    if best is None:  # unreachable: the grid is non-empty
+        raise RuntimeError("the probe sweep produced no candidate")
+    return best, sweep, path

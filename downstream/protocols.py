@@ -48,7 +48,7 @@ from downstream.features import (
     torch_threads,
 )
 from downstream.fewshot import sample_shots
-from downstream.finetune import FinetuneConfig, finetune
+from downstream.finetune import FinetuneConfig, FinetuneResult, finetune
 from downstream.metrics import all_metrics, chance_level, check_metric
 from downstream.probe import DEFAULT_L2_GRID, fit_probe
 from harness.core.registry import Registry
@@ -305,14 +305,6 @@ def _finetune_runs(
                 head_init, head_hparams = (extra.get("head_init"), {})
                 if head_for is not None:
                     head_init, head_hparams = head_for(int(seed), idx)
-                cfg = FinetuneConfig(
-                    epochs=int(req.epochs),
-                    lrs=tuple(float(v) for v in req.lrs),
-                    seed=int(seed),
-                    batch_size=int(req.batch_size),
-                    min_steps=int(req.min_steps),
-                    bn=req.bn,
-                )
                 out = finetune(
                     encoder,
                     meta,
@@ -321,7 +313,7 @@ def _finetune_runs(
                     (data.test.images, y_test),
                     num_classes=num_classes,
                     metric=metric,
-                    config=cfg,
+                    config=_finetune_config(req, int(seed)),
                     device=device,
                     num_threads=req.num_threads,
                     head_init=head_init,
@@ -332,24 +324,7 @@ def _finetune_runs(
                 hparams = {**out.hparams, **head_hparams, **extra.get("hparams", {})}
                 if data.provenance:
                     hparams["data"] = data.provenance
-                results.append(
-                    EvalResult(
-                        shots=shots,
-                        eval_seed=int(seed),
-                        top1=out.test["top1"],
-                        balanced_acc=out.test["balanced_acc"],
-                        score=out.test["score"],
-                        loss=out.test["loss"],
-                        val_score=out.val_score,
-                        num_classes=num_classes,
-                        metric=metric,
-                        chance=chance,
-                        train_seconds=out.train_seconds,
-                        eval_seconds=out.eval_seconds,
-                        hparams=hparams,
-                        curve=out.curve,
-                    )
-                )
+                results.append(_finetune_result(out, shots, int(seed), metric, num_classes, chance, hparams))
                 log.info(
                     "%s %s shots=%s seed=%d: lr=%g epoch %d, val %.4f test %s %.4f",
                     protocol,
@@ -363,6 +338,46 @@ def _finetune_runs(
                     out.test["score"],
                 )
     return results
+
+
+def _finetune_config(req: EvalRequest, seed: int) -> FinetuneConfig:
+    """The fine-tuning recipe the request asks for, seeded by the evaluation seed (shuffling, augmentation)."""
+    return FinetuneConfig(
+        epochs=int(req.epochs),
+        lrs=tuple(float(v) for v in req.lrs),
+        seed=int(seed),
+        batch_size=int(req.batch_size),
+        min_steps=int(req.min_steps),
+        bn=req.bn,
+    )
+
+
+def _finetune_result(
+    out: FinetuneResult,
+    shots: int | None,
+    seed: int,
+    metric: str,
+    num_classes: int,
+    chance: float,
+    hparams: dict[str, Any],
+) -> EvalResult:
+    """One (shots, seed) row from a fine-tuning run: its test metrics, selection score, timings and curve."""
+    return EvalResult(
+        shots=shots,
+        eval_seed=seed,
+        top1=out.test["top1"],
+        balanced_acc=out.test["balanced_acc"],
+        score=out.test["score"],
+        loss=out.test["loss"],
+        val_score=out.val_score,
+        num_classes=num_classes,
+        metric=metric,
+        chance=chance,
+        train_seconds=out.train_seconds,
+        eval_seconds=out.eval_seconds,
+        hparams=hparams,
+        curve=out.curve,
+    )
 
 
 def run_finetune(req: EvalRequest) -> list[EvalResult]:
