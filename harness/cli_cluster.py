@@ -26,6 +26,25 @@ ADDRESS_HELP = (
     "(default: $RAY_API_SERVER_ADDRESS, else $RAY_ADDRESS when it is an http URL, else http://127.0.0.1:8265)."
 )
 
+# submit's longer option helps, kept here so that its signature reads as the list of its options.
+STORE_HELP = (
+    "The results store as the cluster sees it: shared storage (a path every node mounts, or s3://...). "
+    "Default: a loopback cluster gets the path `tbench run` would use here; a remote one the spec's."
+)
+WORKDIR_HELP = (
+    "The workdir as the cluster sees it (shared storage, like --store): views, checkpoints and feature caches."
+)
+PIP_HELP = (
+    "A pip requirement to install on the cluster for this job (repeatable). "
+    "Default: none; the cluster's Python has the project's dependencies."
+)
+RUNTIME_ENV_HELP = (
+    "A YAML runtime env merged into the default (pip, conda, env_vars, excludes, ...); see cluster/runtime_env.yaml."
+)
+EXCLUDE_HELP = (
+    "A .gitignore-style pattern left out of the upload (repeatable), on top of outputs, environments and caches."
+)
+
 
 def _address_option():
     return typer.Option(None, "--address", help=ADDRESS_HELP, show_default=False)
@@ -39,43 +58,16 @@ def _fail(e: Exception, code: int = 2) -> typer.Exit:
 def submit(
     spec: Path = typer.Argument(..., help="The YAML spec (validated here before anything is sent)."),
     address: str | None = _address_option(),
-    store: str | None = typer.Option(
-        None,
-        help="The results store as the cluster sees it: shared storage "
-        "(a path every node mounts, or s3://...). Default: a loopback "
-        "cluster gets the path `tbench run` would use here; a remote one "
-        "the spec's.",
-    ),
-    workdir: str | None = typer.Option(
-        None,
-        help="The workdir as the cluster sees it (shared storage, "
-        "like --store): views, checkpoints and feature caches.",
-    ),
+    store: str | None = typer.Option(None, help=STORE_HELP),
+    workdir: str | None = typer.Option(None, help=WORKDIR_HELP),
     dry_run: bool = typer.Option(
         False, "--dry-run", help="Print the plan, the resource asks and what would be sent; contact nothing."
     ),
     follow_logs: bool = typer.Option(False, "--follow", help="Stream the job's logs until it ends."),
-    pip: list[str] = typer.Option(
-        [],
-        "--pip",
-        help="A pip requirement to install on the cluster for this job "
-        "(repeatable). Default: none; the cluster's Python has the project's "
-        "dependencies.",
-    ),
-    runtime_env: Path | None = typer.Option(
-        None,
-        "--runtime-env",
-        help="A YAML runtime env merged into "
-        "the default (pip, conda, env_vars, excludes, ...); see "
-        "cluster/runtime_env.yaml.",
-    ),
+    pip: list[str] = typer.Option([], "--pip", help=PIP_HELP),
+    runtime_env: Path | None = typer.Option(None, "--runtime-env", help=RUNTIME_ENV_HELP),
     env: list[str] = typer.Option([], "--env", help="KEY=VALUE set for the job on the cluster (repeatable)."),
-    exclude: list[str] = typer.Option(
-        [],
-        "--exclude",
-        help="A .gitignore-style pattern left out of the "
-        "upload (repeatable), on top of outputs, environments and caches.",
-    ),
+    exclude: list[str] = typer.Option([], "--exclude", help=EXCLUDE_HELP),
     working_dir: Path | None = typer.Option(None, help="The project directory to upload (default: this checkout)."),
     submission_id: str | None = typer.Option(None, help="Default: tbench-<spec name>-<UTC time>-<4 hex>."),
     python: str = typer.Option("python", help="The Python on the cluster that has the project's dependencies."),
@@ -88,12 +80,7 @@ def submit(
         s = load_spec(spec)
     except SpecError as e:
         raise _fail(e) from None
-    env_vars = {}
-    for kv in env:
-        if "=" not in kv:
-            raise _fail(ValueError(f"--env takes KEY=VALUE, got {kv!r}"))
-        k, v = kv.split("=", 1)
-        env_vars[k] = v
+    env_vars = _env_vars(env)
     try:
         sub = S.build_submission(
             spec,
@@ -123,9 +110,31 @@ def submit(
         job_id = S.submit(sub, client)
     except S.SubmitError as e:
         raise _fail(e) from None
+    _print_submitted(sub, plan, job_id)
+    if follow_logs:
+        _follow(sub.address, job_id, client)
+
+
+def _env_vars(env: list[str]) -> dict[str, str]:
+    """The ``--env KEY=VALUE`` options as a dict (the value may hold ``=``); one without ``=`` is a
+    usage error, raised before anything is built or sent."""
+    env_vars = {}
+    for kv in env:
+        if "=" not in kv:
+            raise _fail(ValueError(f"--env takes KEY=VALUE, got {kv!r}"))
+        k, v = kv.split("=", 1)
+        env_vars[k] = v
+    return env_vars
+
+
+def _print_submitted(sub, plan, job_id: str) -> None:
+    """What was sent (job id, plan counts, upload, workdir and store), the submission's notes, and
+    the commands that follow, stop or ask after the job (with ``--address`` unless it is the default)."""
+    from harness import submit as S
+
     counts = ", ".join(f"{k} {v}" for k, v in plan.counts().items())
     console.print(
-        f"submitted [bold]{job_id}[/] to {sub.address}: spec {s.name!r}, {len(plan.jobs)} jobs ({counts}), "
+        f"submitted [bold]{job_id}[/] to {sub.address}: spec {plan.spec.name!r}, {len(plan.jobs)} jobs ({counts}), "
         f"{plan.planned_rows()} result rows; uploaded {sub.upload.describe()}",
         highlight=False,
     )
@@ -140,8 +149,6 @@ def submit(
         f"stop:    tbench stop {job_id}{a}",
         highlight=False,
     )
-    if follow_logs:
-        _follow(sub.address, job_id, client)
 
 
 def _print_dry_run(sub, plan) -> None:
