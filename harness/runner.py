@@ -384,66 +384,96 @@ def _run_jobs(
     import ray
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    remote = ray.remote(_task)
-    version = code_version()
-    run_id = uuid.uuid4().hex[:12]
-    retries = plan.spec.resources.max_retries
     sched = Scheduler(plan, todo, lambda run, epoch: checkpoint_ready(paths, run, epoch))
-    pending: dict[Any, tuple[Job, RunContext]] = {}
-
-    def context(job: Job) -> RunContext:
-        return _job_context(plan, paths, job, version=version, run_id=run_id, cpu_only=cpu_only)
-
     kinds = Counter(j.kind for j in todo)
     cols = [TextColumn("{task.description:>10}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
     with Progress(*cols, disable=not progress, transient=False) as bar:
         tasks = {k: bar.add_task(k, total=kinds[k]) for k in KINDS if kinds[k]}
-
-        def record_failure(job: Job, ctx: RunContext, err: str) -> None:
-            sched.fail(job.key, err)
-            summary.failed[job.key] = err
-            log.error("%s failed: %s", job.label, err)
-            if job.kind == "eval":
-                rows = failed_rows(job, ctx, err)
-                st.write_part("runs", job.key, rows)
-                summary.rows_written += len(rows)
-            bar.advance(tasks[job.kind])
-
-        def submit(job: Job, handles: list[Any]) -> Any:
-            ctx = context(job)
-            ref = remote.options(name=f"{job.kind}:{job.key[:8]}", **_task_options(job, retries, cpu_only)).remote(
-                job, ctx, *handles
-            )
-            pending[ref] = (job, ctx)
-            return ref
-
-        def release() -> None:
-            for job, err in sched.release(submit):
-                record_failure(job, context(job), err)
-
-        release()
-        while pending or sched.waiting:
-            if not pending:  # cannot happen: a held job waits on a running pre-training
+        flight = _InFlight(plan, paths, st, summary, sched, bar, tasks, cpu_only=cpu_only)
+        flight.release()
+        while flight.pending or sched.waiting:
+            if not flight.pending:  # cannot happen: a held job waits on a running pre-training
                 for job in sched.waiting:
-                    record_failure(job, context(job), "never became runnable (an input neither ran nor failed)")
+                    flight.record_failure(
+                        job, flight.context(job), "never became runnable (an input neither ran nor failed)"
+                    )
                 break
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=GATE_POLL_S if sched.waiting else None)
+            ready, _ = ray.wait(list(flight.pending), num_returns=1, timeout=GATE_POLL_S if sched.waiting else None)
             for ref in ready:
-                job, ctx = pending.pop(ref)
-                try:
-                    result = ray.get(ref)
-                except Exception as exc:  # the job (or one it depends on) failed: record it, go on
-                    n = attempts_of(paths.wd, job.key, run_id)
-                    err = _short_error(exc)
-                    record_failure(job, ctx, f"{err} [failed {n} attempt(s)]" if n else f"input failed: {err}")
-                    continue
-                _land_result(job, ctx, result, st, paths, summary)
-                sched.done(job.key)
-                summary.ran[job.kind] += 1
-                bar.advance(tasks[job.kind])
+                flight.land(ref)
             if sched.waiting:
-                release()
+                flight.release()
     summary.started_early = len(sched.early)
+
+
+class _InFlight:
+    """One run's Ray tasks in flight: submits the jobs the scheduler releases and lands (or
+    records as failed) each task that ends.
+
+    It holds what every submission and landing shares (the remote function, the run's id and code
+    version, the store, the summary and the progress bar), so :func:`_run_jobs` is the wait loop.
+    """
+
+    def __init__(
+        self, plan: Plan, paths: Paths, st, summary: RunSummary, sched: Scheduler, bar, tasks, *, cpu_only: bool
+    ):
+        import ray
+
+        self.remote = ray.remote(_task)
+        self.version = code_version()
+        self.run_id = uuid.uuid4().hex[:12]
+        self.retries = plan.spec.resources.max_retries
+        self.plan, self.paths, self.st, self.summary, self.sched = plan, paths, st, summary, sched
+        self.bar, self.tasks, self.cpu_only = bar, tasks, cpu_only
+        self.pending: dict[Any, tuple[Job, RunContext]] = {}
+
+    def context(self, job: Job) -> RunContext:
+        """The context ``job``'s task runs with (this run's id and code version)."""
+        return _job_context(
+            self.plan, self.paths, job, version=self.version, run_id=self.run_id, cpu_only=self.cpu_only
+        )
+
+    def record_failure(self, job: Job, ctx: RunContext, err: str) -> None:
+        """A job given up: the scheduler and the summary learn it, an evaluation gets its `failed` rows."""
+        self.sched.fail(job.key, err)
+        self.summary.failed[job.key] = err
+        log.error("%s failed: %s", job.label, err)
+        if job.kind == "eval":
+            rows = failed_rows(job, ctx, err)
+            self.st.write_part("runs", job.key, rows)
+            self.summary.rows_written += len(rows)
+        self.bar.advance(self.tasks[job.kind])
+
+    def submit(self, job: Job, handles: list[Any]) -> Any:
+        """Start ``job``'s task on the refs it waits for; its ref is its handle for the jobs after it."""
+        ctx = self.context(job)
+        options = _task_options(job, self.retries, self.cpu_only)
+        ref = self.remote.options(name=f"{job.kind}:{job.key[:8]}", **options).remote(job, ctx, *handles)
+        self.pending[ref] = (job, ctx)
+        return ref
+
+    def release(self) -> None:
+        """Submit every job that may go now; one whose input failed is recorded as failed."""
+        for job, err in self.sched.release(self.submit):
+            self.record_failure(job, self.context(job), err)
+
+    def land(self, ref: Any) -> None:
+        """Land the result of the task ``ref`` that ended, or record its failure (the rest goes on):
+        the job's own after its attempts (counted in the workdir), else the input's that failed."""
+        import ray
+
+        job, ctx = self.pending.pop(ref)
+        try:
+            result = ray.get(ref)
+        except Exception as exc:  # the job (or one it depends on) failed: record it, go on
+            n = attempts_of(self.paths.wd, job.key, self.run_id)
+            err = _short_error(exc)
+            self.record_failure(job, ctx, f"{err} [failed {n} attempt(s)]" if n else f"input failed: {err}")
+            return
+        _land_result(job, ctx, result, self.st, self.paths, self.summary)
+        self.sched.done(job.key)
+        self.summary.ran[job.kind] += 1
+        self.bar.advance(self.tasks[job.kind])
 
 
 def _job_context(plan: Plan, paths: Paths, job: Job, *, version: str, run_id: str, cpu_only: bool) -> RunContext:
