@@ -1,4 +1,4 @@
-"""The house's layers (import-linter contracts in pyproject.toml) and its lint (ruff) hold.
+"""The house's layers (import-linter contracts in pyproject.toml), its lint (ruff) and its function size hold.
 
 ``lint-imports`` reads the import graph of the five packages; a deliberately wrong import in a
 copy of the tree must break the contract that forbids it, so the contracts cannot pass vacuously.
@@ -6,6 +6,7 @@ copy of the tree must break the contract that forbids it, so the contracts canno
 
 from __future__ import annotations
 
+import ast
 import pkgutil
 import shutil
 import subprocess
@@ -20,6 +21,8 @@ import harness
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGES = ("harness", "curation", "pretrain", "downstream", "results")
 BIN = Path(sys.executable).parent
+#: The longest a library function may be, from its ``def`` line to its last line (issue 18).
+MAX_FUNCTION_LINES = 80
 
 
 def _contracts() -> dict[str, dict]:
@@ -96,3 +99,16 @@ def test_ruff_format_check_passes():
     """``ruff format --check .``: every Python file is as ``ruff format`` writes it ([tool.ruff.format])."""
     run = _ruff("format", "--check")
     assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_no_library_function_is_longer_than_80_lines():
+    """Long functions are split along the phases they have (docs/CONTRACTS.md); ruff has no rule for length."""
+    long = []
+    for pkg in PACKAGES:
+        for path in sorted((ROOT / pkg).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text(), str(path))):
+                if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                    lines = node.end_lineno - node.lineno + 1
+                    if lines > MAX_FUNCTION_LINES:
+                        long.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name} ({lines} lines)")
+    assert not long, "split these along their phases:\n" + "\n".join(long)
