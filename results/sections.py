@@ -1052,13 +1052,14 @@ def _run_labels(runs: pd.DataFrame) -> dict[str, str]:
 
 def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str:
     """Fine-tuning from pre-trained checkpoints against training from scratch, epoch by epoch."""
-    conv = store.query("SELECT * FROM convergence")
+    # ORDER BY: DuckDB returns a view's rows in no fixed order, and the figure's lines and legend follow it
+    conv = store.query("SELECT * FROM convergence ORDER BY downstream, protocol, method, key")
     if conv.empty:
         return empty_note(
             "No data yet for convergence: it needs finetune, lp_ft or scratch runs with per-epoch "
             "curves (the curves table)."
         )
-    gaps = store.query("SELECT * FROM convergence_gaps")
+    gaps = store.query("SELECT * FROM convergence_gaps ORDER BY downstream, protocol, method, key, epoch")
     labels = _run_labels(runs_ok)
     parts = [
         "<p>Validation score per epoch of fine-tuning (each run's selected learning rate) from pre-trained "
@@ -1068,7 +1069,7 @@ def convergence_section(store: Any, runs_ok: pd.DataFrame, out_dir: Path) -> str
     ]
     last = conv.groupby("pretrain_key", dropna=False)["checkpoint_epoch"].transform("max")
     conv = conv[conv["checkpoint_epoch"].isna() | (conv["checkpoint_epoch"] == last)]
-    curves = store.query("SELECT key, epoch, val_score, train_loss FROM curves")
+    curves = store.query("SELECT key, epoch, val_score, train_loss FROM curves ORDER BY key, epoch")
     sets = sorted(conv["downstream"].dropna().unique())
     shown = sets[:6]
     run_names = {
