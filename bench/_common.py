@@ -159,15 +159,11 @@ def _pink_bank(n: int, size: int, alpha: float, seed: int) -> np.ndarray:
 
 
 def _read_samples(shard: Path) -> list[dict[str, bytes]]:
-    """The samples of a webdataset tar, grouped by key (no webdataset needed)."""
-    samples: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(shard) as tf:
-        for m in tf:
-            if not m.isfile():
-                continue
-            key, _, ext = m.name.partition(".")
-            samples.setdefault(key, {"__key__": key})[ext] = tf.extractfile(m).read()
-    return list(samples.values())
+    """The samples of a webdataset tar, grouped by key (the harness's one tar reader)."""
+    from harness.core.tars import tar_samples
+
+    with open(shard, "rb") as f:
+        return [{"__key__": key, **group} for key, group in tar_samples(f)]
 
 
 _BASE: list[dict[str, bytes]] = []  # the source samples, inherited by forked writer processes
