@@ -595,51 +595,41 @@ def _resume(run: _Run) -> None:
 def _attach_data(run: _Run, view_dir: str | Path) -> None:
     """The DDP wrapper (several ranks), this rank's loader over the view, the batch's move to the
     device and the group ranks agree on each batch over."""
-    cfg, dist, method, on_cuda = run.cfg, run.dist, run.method, run.on_cuda
+    dist, method, on_cuda = run.dist, run.method, run.on_cuda
     run.ddp_model = run.model
     if dist.world_size > 1:
         run.ddp_model = nn.parallel.DistributedDataParallel(
             run.model, device_ids=[run.device.index] if run.device.index is not None else None
         )
     pipeline = PIPELINES.get(method.pipeline)
-    if cfg.decode == "memory":
-        run.loader = make_memory_loader(
-            view_dir,
-            pipeline=method.pipeline,
-            batch_size=run.micro_batch,
-            num_batches=run.steps * cfg.grad_accum,
-            image_size=cfg.image_size,
-            seed=cfg.seed,
-            rank=dist.rank,
-            world_size=dist.world_size,
-            pipeline_options={
-                "num_classes": cfg.num_classes or None,
-                **method.pipeline_options(run.model, cfg.hparams),
-            },
-        )
-    else:
-        run.loader = _stream_loader(run, view_dir)
+    run.loader = _make_loader(run, view_dir)
     run.to_device = ToDevice(pipeline.image_keys, run.meta_base["mean"], run.meta_base["std"], run.device)
     run.flag_group = _flag_group(dist.world_size, on_cuda)
 
 
-def _stream_loader(run: _Run, view_dir: str | Path) -> Any:
-    """The streaming webdataset loader (``decode: cpu`` or ``device``) for this rank."""
+def _make_loader(run: _Run, view_dir: str | Path) -> Any:
+    """This rank's loader: the view held in memory (``decode: memory``) or streamed from its shards
+    (``cpu``, or ``device``: decoded batch-wise in this process)."""
     cfg, dist, method, on_cuda = run.cfg, run.dist, run.method, run.on_cuda
+    common = {
+        "pipeline": method.pipeline,
+        "batch_size": run.micro_batch,
+        "num_batches": run.steps * cfg.grad_accum,
+        "image_size": cfg.image_size,
+        "seed": cfg.seed,
+        "rank": dist.rank,
+        "world_size": dist.world_size,
+        # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
+        "pipeline_options": {"num_classes": cfg.num_classes or None, **method.pipeline_options(run.model, cfg.hparams)},
+    }
+    if cfg.decode == "memory":
+        return make_memory_loader(view_dir, **common)
     return make_train_loader(
         view_dir,
-        pipeline=method.pipeline,
-        batch_size=run.micro_batch,
-        num_batches=run.steps * cfg.grad_accum,
-        image_size=cfg.image_size,
-        seed=cfg.seed,
-        rank=dist.rank,
-        world_size=dist.world_size,
+        **common,
         num_workers=cfg.num_workers_loader,
         pin_memory=on_cuda,
         prefetch_factor=4 if on_cuda else None,  # batches each loader process keeps ready ahead of the GPU
-        # num_classes: a label outside the classifier's range is a skipped bad sample, not an index error
-        pipeline_options={"num_classes": cfg.num_classes or None, **method.pipeline_options(run.model, cfg.hparams)},
         batch_decode=for_device(run.device) if cfg.decode == "device" else None,
     )
 
