@@ -471,14 +471,18 @@ def report(
     ),
     n_boot: int = typer.Option(200, help="Bootstrap draws of the data-multiplier intervals."),
     title: str | None = typer.Option(None, help="The page title."),
+    force: bool = typer.Option(
+        False, "--force", help="Render even when the store, options and code are those of the report already there."
+    ),
 ) -> None:
     """Write the HTML report: scaling curves, data multiplier, few-shot spread, heatmaps, checkpoints,
-    spectra, convergence, curation funnels, missing and failed runs."""
+    spectra, convergence, curation funnels, missing and failed runs. A report whose inputs (the
+    store's files, these options, the report code) have not changed is left as it is."""
     import pandas as pd
 
     from results.errors import ReportError
     from results.multiplier import MultiplierPair
-    from results.report import write_report
+    from results.report import report_inputs, report_is_current, write_report
 
     try:
         pairs = [MultiplierPair.parse(text) for text in multiplier] if multiplier else None
@@ -505,17 +509,20 @@ def report(
 
         p = make_plan(_load(spec))
         expected, pruned = pd.DataFrame(p.expected_rows()), p.pruned
+    options = {
+        "title": title or (f"transfer-bench report: {spec.stem}" if spec else None),
+        "expected": expected,
+        "pruned": pruned,
+        "multipliers": pairs,
+        "heatmap_shots": shots,
+        "n_boot": n_boot,
+    }
     try:
-        path = write_report(
-            store,
-            out,
-            title=title or (f"transfer-bench report: {spec.stem}" if spec else None),
-            expected=expected,
-            pruned=pruned,
-            multipliers=pairs,
-            heatmap_shots=shots,
-            n_boot=n_boot,
-        )
+        digest = report_inputs(store, **options)
+        if not force and report_is_current(out, digest):
+            console.print(f"report unchanged: {out / 'index.html'} was rendered from this store, options and code")
+            return
+        path = write_report(store, out, digest=digest, **options)
     except (ValueError, RuntimeError) as e:
         err.print(f"[bold red]error:[/] {e}", highlight=False)
         raise typer.Exit(2) from None

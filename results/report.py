@@ -26,6 +26,7 @@ pyplot's global state.
 from __future__ import annotations
 
 import datetime as _dt
+import hashlib
 import html
 import json
 import logging
@@ -625,6 +626,50 @@ def _guarded(name: str, build: Callable[[], str]) -> str:
         )
 
 
+#: Beside ``index.html``: the digest of the inputs the page was rendered from, and its figures.
+INPUTS_FILE = ".report-inputs.json"
+#: The store's tables a report reads (the convergence views are built on runs and curves).
+REPORT_TABLES = ("runs", "views", "spectra", "curves")
+
+
+def report_inputs(
+    store_root: str | os.PathLike[str],
+    title: str | None = None,
+    *,
+    expected: pd.DataFrame | None = None,
+    pruned: Sequence[tuple[str, str]] | None = None,
+    multipliers: Sequence[MultiplierPair] | None = None,
+    heatmap_shots: Sequence[int | None] | None = None,
+    n_boot: int = 200,
+) -> str:
+    """A digest of everything :func:`write_report` renders from: the files holding the store's
+    tables (any row written, replaced or compacted changes it), the options, and the code that
+    draws (the ``results`` package's source, the schema version, matplotlib's version)."""
+    import matplotlib
+
+    h = hashlib.sha256(Store(store_root).files_digest(REPORT_TABLES).encode())
+    for path in sorted(Path(__file__).resolve().parent.glob("*.py")):
+        h.update(path.name.encode() + b"\0" + path.read_bytes())
+    planned = None
+    if expected is not None:
+        planned = hashlib.sha256(pd.util.hash_pandas_object(expected.astype(str), index=False).values.tobytes())
+    options = [title, planned and planned.hexdigest(), sorted(map(repr, pruned or []))]
+    options += [[repr(p) for p in multipliers or []], heatmap_shots, n_boot, SCHEMA_VERSION, matplotlib.__version__]
+    h.update(repr(options).encode())
+    return h.hexdigest()
+
+
+def report_is_current(out_dir: str | os.PathLike[str], digest: str) -> bool:
+    """Whether ``out_dir`` holds a whole report (page and every figure) rendered from inputs with ``digest``."""
+    out = Path(out_dir)
+    try:
+        record = json.loads((out / INPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return False
+    files = ["index.html", *record.get("figures", [])]
+    return record.get("digest") == digest and all((out / name).is_file() for name in files)
+
+
 def write_report(
     store_root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -635,6 +680,7 @@ def write_report(
     multipliers: Sequence[MultiplierPair] | None = None,
     heatmap_shots: Sequence[int | None] | None = None,
     n_boot: int = 200,
+    digest: str | None = None,
 ) -> Path:
     """Render the report for the store at ``store_root`` into ``out_dir``; return ``index.html``'s path.
 
@@ -646,8 +692,13 @@ def write_report(
     fewest shots and full data); ``n_boot`` the multiplier's bootstrap draws.
 
     ``out_dir`` is created if needed; figures from an earlier report in the same folder are
-    replaced. The page links its PNGs relatively, so the folder is self-contained.
+    replaced. The page links its PNGs relatively, so the folder is self-contained. :data:`INPUTS_FILE`
+    records ``digest`` (default: :func:`report_inputs` of these arguments, taken before anything is
+    read), so a caller can skip rendering the same inputs again (:func:`report_is_current`).
     """
+    if digest is None:
+        options = {"expected": expected, "pruned": pruned, "multipliers": multipliers, "heatmap_shots": heatmap_shots}
+        digest = report_inputs(store_root, title, n_boot=n_boot, **options)
     store = Store(store_root)
     out = Path(out_dir)
     _clear_figures(out)
@@ -693,18 +744,26 @@ def write_report(
         ("missing", "Missing and failed runs", missing_and_failed),
     ]
     sections = [(sid, name, _guarded(sid, build)) for sid, name, build in builders]
-    page = _page(page_title, store.root, now, sections)
+    return _write_page(out, _page(page_title, store.root, now, sections), digest)
+
+
+def _write_page(out: Path, page: str, digest: str) -> Path:
+    """``index.html`` replaced whole, then the record of the inputs it was rendered from and its figures."""
     index = out / "index.html"
     tmp = out / ".index.html.tmp"
     tmp.write_text(page, encoding="utf-8")
     os.replace(tmp, index)
+    figures = sorted(p.name for prefix in FIGURE_PREFIXES for p in out.glob(f"{prefix}*.png"))
+    (out / INPUTS_FILE).write_text(json.dumps({"digest": digest, "figures": figures}), encoding="utf-8")
     log.info("wrote report %s (%d figure(s))", index, page.count("<figure>"))
     return index
 
 
 def _clear_figures(out: Path) -> None:
-    """Create ``out`` if needed and remove the figures an earlier report left there."""
+    """Create ``out`` if needed and remove the figures an earlier report left there (and its inputs'
+    record, so a rendering cut short is never taken for a whole one)."""
     out.mkdir(parents=True, exist_ok=True)
+    (out / INPUTS_FILE).unlink(missing_ok=True)
     for prefix in FIGURE_PREFIXES:
         for old in out.glob(f"{prefix}*.png"):
             old.unlink()

@@ -54,6 +54,7 @@ DuckDB as Arrow datasets, so no DuckDB extension is needed.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -271,6 +272,15 @@ class Store:
         return self._files(
             table, lambda n: n.startswith(COMPACT_PREFIX) and n.endswith(PART_SUFFIX) and TMP_MARK not in n
         )
+
+    def files_digest(self, tables: Sequence[str]) -> str:
+        """A digest of the files that hold ``tables`` (paths, sizes, modification times): it
+        changes whenever a part is written or replaced or a table is compacted."""
+        h = hashlib.sha256()
+        for table in tables:
+            for info in self._part_infos(table) + self._compacted_infos(table):
+                h.update(f"{info.path}\0{info.size}\0{info.mtime_ns}\n".encode())
+        return h.hexdigest()
 
     def part_files(self, table: str) -> list[str]:
         """Paths of ``table``'s loose (not compacted) finished parts, sorted; temporary and

@@ -121,6 +121,12 @@ def test_tiny_spec_end_to_end_and_rerun_is_a_no_op(tmp_path, run_tbench):
     assert again == {"n": planned, "k": planned}
     assert {p: p.stat().st_mtime_ns for p in (tmp_path / "store" / "runs").glob("*.parquet")} == mtimes
 
+    # the same store, options and code: the report is left as it is (make demo's second run)
+    page_mtime = (report / "index.html").stat().st_mtime_ns
+    proc = run_tbench("report", "--store", str(tmp_path / "store"), "--out", str(report), "--spec", str(spec_path))
+    assert proc.returncode == 0 and "report unchanged" in proc.stdout, proc.stdout + proc.stderr
+    assert (report / "index.html").stat().st_mtime_ns == page_mtime
+
 
 def _image_folder(root: Path) -> None:
     """Two classes of coloured squares on noise, PNGs of two sizes, in train/ and test/."""

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+import os
 import re
+import shutil
 
 import pandas as pd
 import pytest
@@ -11,7 +13,7 @@ from synthetic_store import LABELLED_SIZES, PLANTED_MULTIPLIER
 
 from results.errors import ReportError
 from results.multiplier import MultiplierPair, compute_multiplier
-from results.report import final_checkpoints, spread, write_report
+from results.report import final_checkpoints, report_inputs, report_is_current, spread, write_report
 from results.sections import missing_section
 from results.store import Store
 
@@ -238,3 +240,21 @@ def test_summary_table_prints_intervals(synthetic_store_root):
     ]
     assert row["estimate"] == pytest.approx(rows.groupby("downstream")["score"].mean().mean())
     assert (row["n_pretrain_seeds"], row["n_eval_seeds"], row["sets"]) == (2, 3, 2)
+
+
+def test_a_report_counts_as_current_only_while_its_inputs_are_unchanged(synthetic_store_root, tmp_path):
+    root = tmp_path / "store"
+    shutil.copytree(synthetic_store_root, root)
+    out = tmp_path / "report"
+    digest = report_inputs(root)
+    assert not report_is_current(out, digest)  # nothing rendered yet
+    write_report(root, out, digest=digest)
+    assert report_is_current(out, digest) and report_inputs(root) == digest
+    # another option, or a part written again, is another input
+    assert report_inputs(root, n_boot=100) != digest and report_inputs(root, "a title") != digest
+    part = sorted((root / "runs").glob("*.parquet"))[0]
+    os.utime(part, ns=(part.stat().st_atime_ns, part.stat().st_mtime_ns + 1_000_000))
+    assert report_inputs(root) != digest
+    # a report missing one of its figures is not whole
+    next(out.glob("*.png")).unlink()
+    assert not report_is_current(out, digest)
