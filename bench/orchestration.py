@@ -66,18 +66,10 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
+from curation.catalogue import SET_DECLS  # noqa: E402
+
 DEFAULT_CACHE = REPO_ROOT / "tbench-out" / "bench"
-WORLD_SETS = [
-    "cifar100",
-    "dtd",
-    "caltech101",
-    "pets",
-    "domainnet_real",
-    "domainnet_clipart",
-    "eurosat",
-    "cameratraps",
-    "cassava",
-]
+WORLD_SETS = [d.name for d in SET_DECLS]  # the nine world sets, in the catalogue's order
 ALL_SOURCES = ["laion", "imagenet", "cc12m", "yfcc", "shutterstock", "wit", "cc3m", "redcaps"]
 PROFILE_OVER_S = 3.0  # planning slower than this (make_plan + expected_rows + done_keys, medians) is profiled
 _JOB_KINDS = ("world", "view", "pretrain", "init", "features", "eval")  # the plan line's order

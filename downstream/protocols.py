@@ -177,26 +177,36 @@ def _labels(split) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ linear
 
 
+def _subset_key(idx: np.ndarray) -> str:
+    """Identifies a training subset: seeds that draw the same examples share one probe."""
+    return hashlib.sha1(idx.tobytes()).hexdigest()
+
+
+def _probe_on(idx: np.ndarray, metric: str, X_train, y_train, X_val, y_val, num_classes: int):
+    """The protocol's linear probe on the training examples ``idx`` (L2 chosen on validation)."""
+    return fit_probe(
+        X_train[idx],
+        y_train[idx],
+        X_val,
+        y_val,
+        num_classes=num_classes,
+        metric=metric,
+        l2_grid=DEFAULT_L2_GRID,
+        class_weight=_class_weight(metric),
+    )
+
+
 def _fit_probes(req: EvalRequest, metric: str, X_train, y_train, X_val, y_val, num_classes: int):
     """One probe per (shots, seed), fitted on the k-shot subset; identical subsets are fitted once."""
     fits: dict[str, tuple[Any, float]] = {}
     for shots in req.shots:
         for seed in req.seeds:
             idx = sample_shots(y_train, shots, seed)
-            key = hashlib.sha1(idx.tobytes()).hexdigest()
+            key = _subset_key(idx)
             reused = key in fits
             if not reused:
                 t0 = time.perf_counter()
-                probe = fit_probe(
-                    X_train[idx],
-                    y_train[idx],
-                    X_val,
-                    y_val,
-                    num_classes=num_classes,
-                    metric=metric,
-                    l2_grid=DEFAULT_L2_GRID,
-                    class_weight=_class_weight(metric),
-                )
+                probe = _probe_on(idx, metric, X_train, y_train, X_val, y_val, num_classes)
                 fits[key] = (probe, time.perf_counter() - t0)
             probe, seconds = fits[key]
             yield shots, seed, idx, probe, seconds, reused
@@ -425,19 +435,10 @@ def run_lp_ft(req: EvalRequest) -> list[EvalResult]:
     probes: dict[str, Any] = {}
 
     def head_for(seed: int, idx: np.ndarray):
-        key = hashlib.sha1(idx.tobytes()).hexdigest()
+        key = _subset_key(idx)
         if key not in probes:
             with torch_threads(req.num_threads):
-                probes[key] = fit_probe(
-                    X_train[idx],
-                    y_train[idx],
-                    X_val,
-                    y_val,
-                    num_classes=num_classes,
-                    metric=metric,
-                    l2_grid=DEFAULT_L2_GRID,
-                    class_weight=_class_weight(metric),
-                )
+                probes[key] = _probe_on(idx, metric, X_train, y_train, X_val, y_val, num_classes)
         probe = probes[key]
         return probe_to_linear(probe), {"head_init": "probe", "probe_l2": probe.l2, "probe_val_score": probe.val_score}
 
