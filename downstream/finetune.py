@@ -29,9 +29,14 @@ For each learning rate of the grid, starting each time from the same pre-trained
 
 The (learning rate, epoch) with the best validation score is selected (ties: the earlier
 learning rate of the grid, then the earlier epoch). Where the head starts from given weights
-(LP-FT's probe, CLIP's zero-shot head) the starting point itself, "epoch 0", is the first
-candidate, so fine-tuning is kept only where it beats its start on validation. The selected
-weights are then scored on test once.
+(LP-FT's probe, CLIP's zero-shot head) the starting point itself, "epoch 0", is a candidate too,
+and it is kept unless the best fine-tuned candidate beats it on validation significantly: a
+one-sided test of the paired, per-example difference at level ``start_alpha`` (default 0.05),
+Bonferroni-corrected for the ``K`` candidates the best was picked from (every lr and epoch), so
+the gain must exceed ``z(1 - alpha / K)`` standard errors (2.3 for five candidates). The best of
+a handful of candidates beats a start at chance by a few examples of a small validation split by
+luck alone (the winner's curse); the test keeps such noise from replacing a probe whose test
+score it then lowers. The selected weights are then scored on test once.
 Shuffling and augmentation come from one generator seeded with ``seed`` (the same for every
 learning rate, so the runs of a grid see the same batches), so a run is deterministic on CPU for a given seed and
 thread count (on GPU, up to cuDNN's choice of kernels).
@@ -44,6 +49,7 @@ import logging
 import math
 import time
 from dataclasses import dataclass, field
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
@@ -53,7 +59,7 @@ from torch import nn
 
 from downstream import accel
 from downstream.features import default_device, meta_stats, normalise, prepare_images, resize_options, torch_threads
-from downstream.metrics import all_metrics, check_metric
+from downstream.metrics import all_metrics, check_metric, paired_gain
 from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
@@ -83,6 +89,10 @@ class FinetuneConfig:
     # learnt on far more data than a fine-tuning batch holds, and a probe fitted on frozen
     # features stays the function LP-FT starts from), batch statistics from random init.
     bn: str = "auto"
+    # The starting point (with ``head_init``) is left only for a candidate whose validation gain
+    # over it is significant at this level (one-sided, Bonferroni over the candidates); None: any
+    # gain at all (plain selection on validation).
+    start_alpha: float | None = 0.05
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -95,6 +105,8 @@ class FinetuneConfig:
             raise ValueError("weight_decay must be >= 0, grad_clip > 0 and warmup_fraction in [0, 1]")
         if self.min_steps < 0:
             raise ValueError(f"min_steps must be >= 0, got {self.min_steps}")
+        if self.start_alpha is not None and not 0 < self.start_alpha < 1:
+            raise ValueError(f"start_alpha must be in (0, 1) or None, got {self.start_alpha}")
         if self.bn not in BN_MODES:
             raise ValueError(f"bn must be one of {', '.join(BN_MODES)}, got {self.bn!r}")
 
@@ -201,8 +213,10 @@ def _evaluate(
     batch_size: int,
     device: torch.device,
     precision: str = "auto",
-) -> dict[str, float]:
-    """Metrics of ``model`` on prepared images; logits stay on the device until one copy at the end."""
+    keep_pred: bool = False,
+) -> dict[str, Any]:
+    """Metrics of ``model`` on prepared images; logits stay on the device until one copy at the end.
+    ``keep_pred`` adds the predicted classes (``pred``) for paired comparisons."""
     model.eval()
     with accel.autocast(device, precision):
         logits = torch.cat(
@@ -213,9 +227,12 @@ def _evaluate(
                 for i in range(0, len(images), batch_size)
             ]
         ).cpu()
-    out = all_metrics(labels, logits.argmax(dim=1).numpy())
+    pred = logits.argmax(dim=1).numpy()
+    out: dict[str, Any] = all_metrics(labels, pred)
     out["score"] = out[metric]
     out["loss"] = float(F.cross_entropy(logits, torch.from_numpy(labels)))
+    if keep_pred:
+        out["pred"] = pred
     return out
 
 
@@ -255,7 +272,8 @@ def finetune(
     ``train``, ``validation`` and ``test`` are ``(images uint8 [N, H, W, 3], labels int64 [N])``;
     images are resized and normalised as ``meta`` says (see :mod:`downstream.features`).
     ``head_init`` starts the head from ``(W [C, D], b [C])`` instead of zeros; the starting
-    point (encoder and that head, "epoch 0") is then itself a candidate of the selection, so the
+    point (encoder and that head, "epoch 0") is then itself a candidate of the selection, kept
+    unless fine-tuning beats it on validation significantly (``config.start_alpha``), so the
     result is never worse on validation than where it started (LP-FT never falls below its probe
     on validation). ``feature_dim`` (default ``meta["feature_dim"]``) is the width of what
     ``encoder`` returns. ``pretrained`` says whether ``encoder`` holds learnt weights (BatchNorm
@@ -357,6 +375,10 @@ def _hparams(
         "bn": "frozen" if run.bn_frozen else "train",
         "selected_start": best["epoch"] == 0,
         "start_val_score": None if start_point is None else start_point["val_score"],
+        "start_alpha": run.cfg.start_alpha,
+        "start_margin_se": start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs),
+        "val_gain_over_start": best.get("val_gain_over_start"),
+        "val_gain_se": best.get("val_gain_se"),
         "num_train": run.n,
         "per_lr": per_lr,
         "head_init": "zero" if run.head_init is None else "given",
@@ -454,7 +476,16 @@ def _new_model(run: _Tuning, head_init: tuple[np.ndarray, np.ndarray] | None) ->
 def _validate(run: _Tuning, model: nn.Module) -> dict[str, float]:
     cfg = run.cfg
     return _evaluate(
-        model, run.x_val, run.val_labels, run.mean, run.std, run.metric, cfg.eval_batch_size, run.device, run.precision
+        model,
+        run.x_val,
+        run.val_labels,
+        run.mean,
+        run.std,
+        run.metric,
+        cfg.eval_batch_size,
+        run.device,
+        run.precision,
+        keep_pred=True,
     )
 
 
@@ -475,8 +506,8 @@ def _start_point(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any] | 
         "last_lr": 0.0,
         "seconds": 0.0,
     }
-    best = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "state": _snapshot(model), "curve": None}
-    return start_point, best
+    start = {"lr": 0.0, "epoch": 0, "val_score": val["score"], "pred": val["pred"], "state": _snapshot(model)}
+    return start_point, start
 
 
 def _train_grid(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any], list[dict[str, Any]]]:
@@ -485,13 +516,35 @@ def _train_grid(run: _Tuning) -> tuple[dict[str, Any] | None, dict[str, Any], li
     Returns ``(start_point, best, per_lr)``: the epoch-0 curve row (with ``head_init``, else
     None), the selected candidate (its lr, epoch, score, weights and curve) and each lr's best epoch.
     """
-    start_point, best = _start_point(run)
+    start_point, start = _start_point(run)
     per_lr: list[dict[str, Any]] = []
+    best = None
     for lr in run.cfg.lrs:
         best = _train_lr(run, float(lr), start_point, best, per_lr)
     if best is None:  # unreachable: at least one lr and one epoch ran
         raise RuntimeError("fine-tuning produced no candidate (empty lr grid or zero epochs)")
-    return start_point, best, per_lr
+    best = _versus_start(run, start, best, per_lr)
+    return start_point, best, [{k: v for k, v in r.items() if k != "curve"} for r in per_lr]
+
+
+def _versus_start(
+    run: _Tuning, start: dict[str, Any] | None, best: dict[str, Any], per_lr: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """The selection: the best fine-tuned candidate, or the starting point unless that candidate's
+    validation gain over it is significant (paired, per example; see the module's docstring)."""
+    if start is None:
+        return best
+    gain, se = paired_gain(run.metric, run.val_labels, start["pred"], best["pred"])
+    best["val_gain_over_start"], best["val_gain_se"] = gain, se
+    if gain > start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs) * se and gain > 0:
+        return best
+    # the starting point stays: the curve shown is the first lr's (the start is its epoch 0)
+    return dict(start, curve=per_lr[0]["curve"], val_gain_over_start=gain, val_gain_se=se)
+
+
+def start_margin(alpha: float | None, candidates: int) -> float:
+    """Standard errors a gain over the start must exceed: ``z(1 - alpha / candidates)``, 0 without a test."""
+    return 0.0 if alpha is None else NormalDist().inv_cdf(1 - alpha / max(1, candidates))
 
 
 def _train_lr(
@@ -534,12 +587,10 @@ def _train_lr(
         if lr_best is None or val["score"] > lr_best[1]:
             lr_best = (epoch, val["score"])
         if best is None or val["score"] > best["val_score"]:
-            best = {"lr": lr, "epoch": epoch, "val_score": val["score"], "state": _snapshot(model)}
+            best = {"lr": lr, "epoch": epoch, "val_score": val["score"], "pred": val["pred"], "state": _snapshot(model)}
         if best["lr"] == lr:
             best["curve"] = curve
-    if best.get("curve") is None:  # the starting point leads: keep the first lr's curve for plots
-        best["curve"] = curve
-    per_lr.append({"lr": lr, "best_epoch": lr_best[0], "best_val_score": lr_best[1]})
+    per_lr.append({"lr": lr, "best_epoch": lr_best[0], "best_val_score": lr_best[1], "curve": curve})
     return best
 
 

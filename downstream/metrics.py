@@ -67,6 +67,32 @@ def all_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
     return {name: fn(y_true, y_pred) for name, fn in _FUNCS.items()}
 
 
+def example_weights(metric_name: str, y_true: np.ndarray) -> np.ndarray:
+    """Per-example weights ``w`` (summing to 1) with ``metric = sum(w * correct)``: ``1/N`` for
+    ``top1``; ``1 / (C * n_c)`` for ``balanced_acc`` (``C`` classes present, ``n_c`` examples of
+    the example's class)."""
+    y_true = np.asarray(y_true)
+    if check_metric(metric_name) == "top1":
+        return np.full(len(y_true), 1.0 / len(y_true))
+    classes, inverse, support = np.unique(y_true, return_inverse=True, return_counts=True)
+    return 1.0 / (len(classes) * support[inverse])
+
+
+def paired_gain(metric_name: str, y_true: np.ndarray, pred_a: np.ndarray, pred_b: np.ndarray) -> tuple[float, float]:
+    """``(gain, se)``: the headline metric of ``pred_b`` minus that of ``pred_a`` on the same
+    examples, and its standard error from the per-example differences (the paired, McNemar-style
+    estimate: examples both get right or both get wrong add nothing to it)."""
+    y_true, pred_a = _check(y_true, pred_a)
+    _, pred_b = _check(y_true, pred_b)
+    w = example_weights(metric_name, y_true)
+    d = (pred_b == y_true).astype(np.float64) - (pred_a == y_true).astype(np.float64)
+    gain = float(np.sum(w * d))
+    n = len(d)
+    # the weighted sum's variance with the gain as the per-example mean (n / (n - 1): unbiased)
+    var = float(np.sum(w**2 * (d - gain) ** 2)) * (n / (n - 1) if n > 1 else 0.0)
+    return gain, float(np.sqrt(var))
+
+
 def chance_level(metric_name: str, num_classes: int) -> float:
     """Expected score of uniform random guessing: ``1 / num_classes`` for both metrics."""
     check_metric(metric_name)

@@ -529,7 +529,8 @@ def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_te
     seeds = tuple(proto.seeds if proto.seeds is not None else spec.downstream.eval_seeds)
     if entry.needs_text_tower:
         seeds = seeds[:1]  # zero-shot draws nothing: one seed says it all
-    # recipe 2 (protocols that train): min_steps, BatchNorm handling, the starting point as a candidate
+    # recipe 2 (protocols that train): min_steps, BatchNorm handling, the starting point as a candidate;
+    # recipe 3: the starting point is left only for a significant gain on validation (finetune.start_alpha)
     trains = (
         dict(
             epochs=proto.epochs,
@@ -537,7 +538,7 @@ def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_te
             batch_size=proto.batch_size,
             min_steps=proto.min_steps,
             bn=proto.bn,
-            recipe=2,
+            recipe=3,
         )
         if entry.trains
         else {}

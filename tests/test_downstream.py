@@ -436,6 +436,52 @@ def test_lp_ft_never_selects_worse_than_its_probe_on_validation(world, tmp_path)
     assert sane.val_score >= probe.val_score
 
 
+def test_paired_gain_is_the_metric_difference_with_a_paired_standard_error():
+    from downstream.metrics import balanced_accuracy, paired_gain, top1
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 5, 400)
+    a = rng.integers(0, 5, 400)
+    b = np.where(rng.random(400) < 0.3, y, a)
+    for name, fn in (("top1", top1), ("balanced_acc", balanced_accuracy)):
+        gain, se = paired_gain(name, y, a, b)
+        assert gain == pytest.approx(fn(y, b) - fn(y, a))
+        assert 0 < se < 0.05
+    # top1: the standard error of the mean of the per-example differences
+    d = (b == y).astype(float) - (a == y).astype(float)
+    assert paired_gain("top1", y, a, b)[1] == pytest.approx(d.std(ddof=1) / np.sqrt(len(d)))
+    assert paired_gain("top1", y, a, a) == (0.0, 0.0)  # the same predictions: no gain, no spread
+
+
+@pytest.mark.parametrize(
+    "fixed, broken, alpha, keeps_start",
+    [(22, 20, 0.05, True), (5, 0, 0.05, True), (40, 0, 0.05, False), (5, 0, None, False), (22, 20, None, False)],
+)
+def test_the_start_is_left_only_for_a_significant_gain(fixed, broken, alpha, keeps_start):
+    """On 200 validation images at chance, the best of 5 fine-tuned candidates getting 22 new
+    examples right and 20 the start had right wrong (+1 point), or 5 new ones right (+2.5 points,
+    2.26 standard errors: short of z(1 - 0.05/5) = 2.33), does not replace the start; 40 new ones
+    right does. Without the test (``start_alpha=None``) any gain does."""
+    from types import SimpleNamespace
+
+    from downstream.finetune import _versus_start, start_margin
+
+    y = np.arange(200) % 20
+    start_pred = (y + 1) % 20
+    start_pred[100 : 100 + broken] = y[100 : 100 + broken]  # examples only the start gets right
+    best_pred = (y + 1) % 20
+    best_pred[:fixed] = y[:fixed]  # examples only fine-tuning gets right
+    cfg = FinetuneConfig(lrs=(1e-3,), start_alpha=alpha)
+    run = SimpleNamespace(metric="top1", val_labels=y, cfg=cfg, epochs=5)
+    start = {"lr": 0.0, "epoch": 0, "val_score": broken / 200, "pred": start_pred, "state": "start"}
+    best = {"lr": 1e-3, "epoch": 2, "val_score": fixed / 200, "pred": best_pred, "state": "ft", "curve": ["ft"]}
+    chosen = _versus_start(run, start, best, [{"lr": 1e-3, "curve": ["first"]}])
+    assert chosen["state"] == ("start" if keeps_start else "ft")
+    assert chosen["curve"] == (["first"] if keeps_start else ["ft"])
+    assert chosen["val_gain_over_start"] == pytest.approx((fixed - broken) / 200) and chosen["val_gain_se"] > 0
+    assert start_margin(0.05, 5) == pytest.approx(2.326, abs=1e-3) and start_margin(None, 5) == 0.0
+
+
 def test_min_steps_stretches_epochs_on_small_sets():
     cfg = FinetuneConfig(epochs=3, min_steps=100, batch_size=8)
     assert cfg.epochs_for(5) == 20 and cfg.epochs_for(50) == 3 and cfg.epochs_for(34) == 3
