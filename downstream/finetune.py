@@ -60,6 +60,7 @@ from torch import nn
 from downstream import accel
 from downstream.features import default_device, meta_stats, normalise, prepare_images, resize_options, torch_threads
 from downstream.metrics import all_metrics, check_metric, paired_gain
+from harness.core.jobs import DEFAULT_START_ALPHA
 from pretrain.optim import adamw_kwargs, cosine_with_warmup, param_groups
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,7 @@ class FinetuneConfig:
     # The starting point (with ``head_init``) is left only for a candidate whose validation gain
     # over it is significant at this level (one-sided, Bonferroni over the candidates); None: any
     # gain at all (plain selection on validation).
-    start_alpha: float | None = 0.05
+    start_alpha: float | None = DEFAULT_START_ALPHA
 
     def __post_init__(self) -> None:
         if self.epochs < 1:

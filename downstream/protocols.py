@@ -51,6 +51,7 @@ from downstream.fewshot import sample_shots
 from downstream.finetune import FinetuneConfig, FinetuneResult, finetune
 from downstream.metrics import all_metrics, chance_level, check_metric
 from downstream.probe import DEFAULT_L2_GRID, fit_probe
+from harness.core.jobs import DEFAULT_START_ALPHA
 from harness.core.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class EvalRequest:
     batch_size: int = 128  # fine-tuning style protocols (the core study's)
     min_steps: int = 0  # fine-tuning style protocols: at least this many steps per learning rate
     bn: str = "auto"  # fine-tuning style protocols: BatchNorm statistics (downstream.finetune.BN_MODES)
+    start_alpha: float | None = DEFAULT_START_ALPHA  # leaving a given start: its test's level (None: no test)
 
 
 @dataclass
@@ -359,6 +361,7 @@ def _finetune_config(req: EvalRequest, seed: int) -> FinetuneConfig:
         batch_size=int(req.batch_size),
         min_steps=int(req.min_steps),
         bn=req.bn,
+        start_alpha=req.start_alpha,
     )
 
 

@@ -29,6 +29,7 @@ from harness.core.jobs import (
     ViewJobConfig,
     WorldConfig,
     config_of,
+    selection_alpha,
 )
 from harness.core.registry import Registry
 from harness.plan import Job, row_key
@@ -330,22 +331,15 @@ def spectra_rows(job: Job, ctx: RunContext) -> list[dict[str, Any]]:
     return rows
 
 
-@EXECUTORS.register("eval")
-def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
-    """Run one protocol; return ``{"runs": rows, "curves": rows}`` for the driver to store."""
-    import torch
+def _eval_request(job: Job, ctx: RunContext, c: EvalConfig, ckpt: Path, needs_features: bool) -> Any:
+    """The protocol's request for an eval job: its settings, the recipe's defaults where the key omits them."""
+    from downstream.protocols import EvalRequest
 
-    from downstream.protocols import PROTOCOLS, EvalRequest
-
-    c = EvalConfig.from_dict(job.config)
-    ckpt = checkpoint_path(ctx, job.deps[0], c.epoch)
-    meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]
-    entry = PROTOCOLS.get(c.protocol)
-    request = EvalRequest(
+    return EvalRequest(
         set_name=c.downstream,
         data_root=ctx.world_dir,
         checkpoint=ckpt,
-        features_dir=job_dir(ctx.workdir, "features", job.deps[2]) if entry.needs_features else None,
+        features_dir=job_dir(ctx.workdir, "features", job.deps[2]) if needs_features else None,
         shots=c.shots,
         seeds=c.seeds,
         epochs=_given(c.epochs, 5),
@@ -357,8 +351,22 @@ def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
         batch_size=int(_given(c.batch_size, 128)),
         min_steps=int(_given(c.min_steps, 0)),
         bn=_given(c.bn, "auto"),
+        start_alpha=selection_alpha(c.selection),
     )
-    results = entry.run(request)
+
+
+@EXECUTORS.register("eval")
+def _eval(job: Job, ctx: RunContext) -> dict[str, Any]:
+    """Run one protocol; return ``{"runs": rows, "curves": rows}`` for the driver to store."""
+    import torch
+
+    from downstream.protocols import PROTOCOLS
+
+    c = EvalConfig.from_dict(job.config)
+    ckpt = checkpoint_path(ctx, job.deps[0], c.epoch)
+    meta = torch.load(ckpt, map_location="cpu", weights_only=True, mmap=True)["meta"]
+    entry = PROTOCOLS.get(c.protocol)
+    results = entry.run(_eval_request(job, ctx, c, ckpt, entry.needs_features))
     pretrain_size = int(meta.get("view_size", 0)) if job.coords["method"] != "none" else 0
     seen = meta.get("samples_seen", 0)
     if job.coords.get("model") is not None:  # an existing model: its declared size, else unknown

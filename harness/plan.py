@@ -40,6 +40,7 @@ from harness.core.jobs import (
     ViewJobConfig,
     WorldConfig,
     config_of,
+    selection_setting,
 )
 from harness.spec import FULL, Spec
 from pretrain.budget import LAST
@@ -538,6 +539,7 @@ def _eval_config(spec: Spec, epoch: int | str, set_name: str, proto: Any, has_te
             batch_size=proto.batch_size,
             min_steps=proto.min_steps,
             bn=proto.bn,
+            selection=selection_setting(proto.start_alpha),
             recipe=3,
         )
         if entry.trains

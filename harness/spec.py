@@ -18,6 +18,7 @@ from typing import Any, ClassVar, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
+from harness.core.jobs import DEFAULT_START_ALPHA
 from pretrain.budget import LAST, epochs_for_size
 
 FULL = "full"  # the spelling of "the whole training set" in a spec's shots list
@@ -402,6 +403,10 @@ class Protocol(_Model):
     # fine-tuning style protocols: BatchNorm on batch statistics ("train"), on the checkpoint's
     # running statistics ("frozen"), or "auto": frozen from pre-trained weights, trained from scratch
     bn: Literal["auto", "train", "frozen"] = "auto"
+    # lp_ft, and finetune with a zero-shot head: the starting point is left only for a fine-tuned
+    # candidate significantly better on validation at this level (one-sided, Bonferroni over the
+    # candidates); null: the best on validation, however small its lead (plain selection)
+    start_alpha: float | None = Field(DEFAULT_START_ALPHA, gt=0, lt=1)
     # finetune: the head starts at zero, at CLIP's zero-shot classifier ("zeroshot": CLIP
     # checkpoints only), or "auto": zero-shot where the checkpoint has a text tower, else zero.
     head_init: Literal["zero", "zeroshot", "auto"] = "zero"

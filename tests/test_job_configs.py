@@ -92,3 +92,21 @@ def test_a_job_of_an_unknown_kind_is_refused():
 
     with pytest.raises(JobConfigError, match="job kind 'render'"):
         config_of(Job("render", "k", {}))
+
+
+@pytest.mark.parametrize("alpha", [0.05, 0.01, None])
+def test_the_start_test_level_survives_the_eval_key(alpha):
+    """``start_alpha`` -> the eval job's ``selection`` setting -> the level the executor passes on."""
+    from harness.core.jobs import selection_alpha, selection_setting
+
+    assert selection_alpha(selection_setting(alpha)) == alpha
+    with pytest.raises(ValueError, match="selection"):
+        selection_alpha("strict")
+
+
+def test_the_request_carries_the_start_test_level_into_the_recipe(tmp_path):
+    from downstream.protocols import EvalRequest, _finetune_config
+
+    req = EvalRequest("dtd", tmp_path, tmp_path / "c.pt", None, (None,), (0,), start_alpha=None)
+    assert _finetune_config(req, 0).start_alpha is None
+    assert _finetune_config(dataclasses.replace(req, start_alpha=0.01), 0).start_alpha == 0.01

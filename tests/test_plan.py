@@ -267,6 +267,16 @@ def test_a_protocol_runs_filter_limits_it_to_the_listed_runs():
             p["min_steps"] = 100
     keys = {j.key for j in make_plan(parse_spec(changed)).of_kind("eval") if j.config["protocol"] == "finetune"}
     assert keys and not keys & {j.key for j in ft}
+    # leaving LP-FT's start: the default test stays out of the key; another level or none joins it
+    assert all("selection" not in j.config for j in ft)
+    for alpha, setting in ((0.01, "alpha=0.01"), (None, "plain")):
+        other = copy.deepcopy(data)
+        for p in other["downstream"]["protocols"]:
+            if p["name"] == "lp_ft":
+                p["start_alpha"] = alpha
+        lp = [j for j in make_plan(parse_spec(other)).of_kind("eval") if j.config["protocol"] == "lp_ft"]
+        assert lp and {j.config["selection"] for j in lp} == {setting}
+        assert not {j.key for j in lp} & {j.key for j in ft}
     bad = copy.deepcopy(data)
     bad["downstream"]["protocols"][2]["runs"] = {"sorces": ["imagenet"]}
     with pytest.raises(Exception, match="sorces"):

@@ -204,9 +204,34 @@ class EvalConfig(JobConfig):
     batch_size: int | None = optional()
     min_steps: int | None = optional()
     bn: str | None = optional()
+    selection: str | None = optional()  # only when not the default test at 0.05: "plain" or "alpha=<level>"
     recipe: int | None = optional()
     head_init: str | None = optional()  # only when not "zero"
     set_config: dict[str, Any] | None = optional()
+
+
+#: LP-FT's (and a zero-shot-headed fine-tuning's) default test for leaving its starting point:
+#: a one-sided level, Bonferroni-corrected over the candidates (``downstream.finetune``).
+DEFAULT_START_ALPHA = 0.05
+
+
+def selection_setting(start_alpha: float | None) -> str | None:
+    """``start_alpha`` as the eval key holds it: None at the default (keys stay as they were), else
+    "plain" (no test) or "alpha=<level>"; :func:`selection_alpha` reads it back."""
+    if start_alpha == DEFAULT_START_ALPHA:
+        return None
+    return "plain" if start_alpha is None else f"alpha={float(start_alpha)!r}"
+
+
+def selection_alpha(selection: str | None) -> float | None:
+    """The ``start_alpha`` an eval job's ``selection`` setting stands for."""
+    if selection is None:
+        return DEFAULT_START_ALPHA
+    if selection == "plain":
+        return None
+    if not selection.startswith("alpha="):
+        raise ValueError(f"selection {selection!r} is not valid; valid: None, 'plain', 'alpha=<level>'")
+    return float(selection.removeprefix("alpha="))
 
 
 #: The config class of each job kind (:data:`harness.plan.KINDS`).
