@@ -376,8 +376,10 @@ def _hparams(
         "bn": "frozen" if run.bn_frozen else "train",
         "selected_start": best["epoch"] == 0,
         "start_val_score": None if start_point is None else start_point["val_score"],
-        "start_alpha": run.cfg.start_alpha,
-        "start_margin_se": start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs),
+        "start_alpha": None if start_point is None else run.cfg.start_alpha,
+        "start_margin_se": None
+        if start_point is None
+        else start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs),
         "val_gain_over_start": best.get("val_gain_over_start"),
         "val_gain_se": best.get("val_gain_se"),
         "num_train": run.n,
