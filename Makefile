@@ -32,14 +32,15 @@ browser:
 	  $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium; }
 
 # The whole suite, slow end-to-end tests included (CI runs this), in two processes (pytest-xdist):
-# the slow tests one after another in one, the rest in both (tests/conftest.py). WORKERS=0: one process.
+# each test file runs whole in one of them (its module fixtures, such as one local Ray, start once).
+# WORKERS=0: one process.
 WORKERS ?= 2
 test: venv browser
-	$(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadgroup $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadfile $(PYTEST_ARGS)
 
 # Everything but the tests marked slow.
 test-fast: venv browser
-	$(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 -n $(WORKERS) --dist loadfile -m "not slow" $(PYTEST_ARGS)
 
 clean:
 	rm -rf tbench-out .pytest_cache

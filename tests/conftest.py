@@ -9,16 +9,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WORLD_SCALE = 0.1  # the session's embedded world: every test file shares it
 
 
-def pytest_collection_modifyitems(config, items):
-    """Under pytest-xdist (``make test``: two processes, ``--dist loadgroup``) the tests marked slow run
-    one after another in one process: each starts Ray clusters or a training run of its own, two at once
-    would share two cores four ways, and the loopback Ray head (``ray_head``) is then started once. The
-    fast tests fill the other process."""
-    for item in items:
-        if item.get_closest_marker("slow") is not None or "ray_head" in getattr(item, "fixturenames", ()):
-            item.add_marker(pytest.mark.xdist_group("slow"))
-
-
 @pytest.fixture(scope="session")
 def world_info(tmp_path_factory) -> tuple[Path, dict]:
     """The session's world folder and its description (build_world is idempotent)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -406,7 +407,9 @@ def local_ray():
 
 
 def _ray_train_worker_pids() -> list[int]:
-    """Processes whose title Ray set to a Train worker actor (``ray::RayTrainWorker...``)."""
+    """Processes whose title Ray set to a Train worker actor (``ray::RayTrainWorker...``) and that
+    descend from this test process (the raylet ``local_ray`` started is its child): another
+    process's Ray cluster on the machine (``make test`` runs two pytest processes) is left alone."""
     pids = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -415,9 +418,20 @@ def _ray_train_worker_pids() -> list[int]:
             cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ")
         except OSError:
             continue
-        if b"RayTrainWorker" in cmdline:
+        if b"RayTrainWorker" in cmdline and _descends_from(int(proc.name), os.getpid()):
             pids.append(int(proc.name))
     return pids
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        try:  # the parent pid is the field after the parenthesised command name
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+    return False
 
 
 def _ends_where_an_uninterrupted_run_ends(cfg, view, tmp_path, out, summary) -> None:
