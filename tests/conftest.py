@@ -9,14 +9,6 @@ ROOT = Path(__file__).resolve().parent.parent
 WORLD_SCALE = 0.1  # the session's embedded world: every test file shares it
 
 
-def pytest_collection_modifyitems(config, items):
-    """The files holding tests marked slow first, each file's tests in their own order: under
-    ``make test`` (pytest-xdist, ``--dist loadfile``) the two processes start on the long files and
-    the short ones fill in at the end, instead of a long file starting last and running alone."""
-    slow_files = {item.path for item in items if item.get_closest_marker("slow") is not None}
-    items[:] = sorted(items, key=lambda item: item.path not in slow_files)  # stable: order kept within
-
-
 @pytest.fixture(scope="session")
 def world_info(tmp_path_factory) -> tuple[Path, dict]:
     """The session's world folder and its description (build_world is idempotent)."""
