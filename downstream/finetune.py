@@ -377,9 +377,7 @@ def _hparams(
         "selected_start": best["epoch"] == 0,
         "start_val_score": None if start_point is None else start_point["val_score"],
         "start_alpha": None if start_point is None else run.cfg.start_alpha,
-        "start_margin_se": None
-        if start_point is None
-        else start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs),
+        "start_margin_se": best.get("start_margin_se"),
         "val_gain_over_start": best.get("val_gain_over_start"),
         "val_gain_se": best.get("val_gain_se"),
         "num_train": run.n,
@@ -538,11 +536,12 @@ def _versus_start(
     if start is None:
         return best
     gain, se = paired_gain(run.metric, run.val_labels, start["pred"], best["pred"])
-    best["val_gain_over_start"], best["val_gain_se"] = gain, se
-    if gain > start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs) * se and gain > 0:
-        return best
+    margin = start_margin(run.cfg.start_alpha, len(run.cfg.lrs) * run.epochs)
+    test = {"val_gain_over_start": gain, "val_gain_se": se, "start_margin_se": margin}
+    if gain > margin * se and gain > 0:
+        return dict(best, **test)
     # the starting point stays: the curve shown is the first lr's (the start is its epoch 0)
-    return dict(start, curve=per_lr[0]["curve"], val_gain_over_start=gain, val_gain_se=se)
+    return dict(start, curve=per_lr[0]["curve"], **test)
 
 
 def start_margin(alpha: float | None, candidates: int) -> float:
