@@ -45,7 +45,8 @@ def test_gain_that_follows_the_declared_similarity_is_recognised(tmp_path):
     for shots in ("10 shots", "full data"):
         rho, lo, hi = _rho(section, shots)
         assert rho > 0.9 and 0.5 < lo <= rho <= hi
-    assert section.count("measured gains rank with the declared similarity") == 2
+    # pooled and centred, at both shot counts (a gain proportional to the similarity keeps its interaction part)
+    assert section.count("measured gains rank with the declared similarity") == 4
     assert "the 56 points" in section  # 7 sources x 4 sets x 2 shot counts
     assert "rest on one pre-training seed" not in section
 
@@ -60,8 +61,62 @@ def test_gain_unrelated_to_the_declared_similarity_is_within_noise(tmp_path):
     for shots in ("10 shots", "full data"):
         rho, lo, hi = _rho(section, shots)
         assert lo < 0 < hi and abs(rho) < 0.5
-    assert section.count("within noise: no evidence that measured gains follow the declared similarity") == 2
+    # pooled and centred, at both shot counts
+    assert section.count("within noise: no evidence that measured gains follow the declared similarity") == 4
     assert "rank with the declared similarity (" not in section
+
+
+def _centred_rho(section: str, shots: str) -> tuple[float, float, float]:
+    m = re.search(
+        rf"<td>{shots}</td><td>\d+</td><td><b>-?[\d.]+</b></td><td>\[[^]]*\]</td><td>[^<]*</td><td>[^<]*</td>"
+        rf"<td><b>(-?[\d.]+)</b></td><td>\[(-?[\d.]+), (-?[\d.]+)\]</td>",
+        section,
+    )
+    assert m, section
+    return tuple(float(x) for x in m.groups())
+
+
+def _two_way(sim, set_effect, source_effect, match: float) -> dict[str, dict[str, float]]:
+    """Gains = a set effect + a source effect + ``match`` x the similarity's interaction part."""
+    grid = np.array([[sim[s][d] for d in SETS] for s in SOURCES])
+    inter = grid - grid.mean(axis=1, keepdims=True) - grid.mean(axis=0, keepdims=True) + grid.mean()
+    return {
+        s: {d: set_effect[j] + source_effect[i] + match * inter[i, j] for j, d in enumerate(SETS)}
+        for i, s in enumerate(SOURCES)
+    }
+
+
+def test_centred_rho_finds_the_match_that_set_effects_hide(tmp_path):
+    """The sets most similar to every source gain least (an encoder that cannot improve on them):
+    the pooled rho misses the match; with set and source means removed it is found."""
+    sim = _similarity()
+    set_mean = np.array([np.mean([sim[s][d] for s in SOURCES]) for d in SETS])
+    gain = _two_way(sim, set_effect=0.6 - 1.5 * set_mean, source_effect=np.linspace(0, 0.1, len(SOURCES)), match=0.5)
+    section = _section(tmp_path, calibration_rows(sim, gain, pretrain_noise=0.005, eval_noise=0.005))
+    for shots in ("10 shots", "full data"):
+        rho, lo, hi = _rho(section, shots)
+        c_rho, c_lo, c_hi = _centred_rho(section, shots)
+        assert c_rho > 0.8 and 0.5 < c_lo <= c_hi, (c_rho, c_lo, c_hi)
+        assert rho < c_rho - 0.3, (rho, c_rho)
+    assert "ρ, set and source means removed" in section
+
+
+def test_centred_rho_without_a_match_is_within_noise(tmp_path):
+    sim = _similarity()
+    gain = _two_way(sim, set_effect=np.array([0.1, 0.3, 0.2, 0.05]), source_effect=np.linspace(0, 0.1, 7), match=0.0)
+    rows = calibration_rows(sim, gain, pretrain_seeds=(0, 1, 2), pretrain_noise=0.02, eval_noise=0.01, seed=5)
+    section = _section(tmp_path, rows)
+    rho, lo, hi = _centred_rho(section, "10 shots")
+    assert lo < 0 < hi and abs(rho) < 0.5, (rho, lo, hi)
+
+
+def test_centred_rho_needs_every_source_on_every_set(tmp_path):
+    sim = _similarity()
+    gain = {s: {d: 0.5 * v for d, v in per.items()} for s, per in sim.items()}
+    rows = [r for r in calibration_rows(sim, gain) if not (r["source"] == "wit" and r["downstream"] == "dtd")]
+    section = _section(tmp_path, rows)
+    assert "not computed: it needs every source on every set" in section
+    assert _rho(section, "10 shots")[0] > 0.9  # the pooled rho is still computed
 
 
 def test_one_pretraining_seed_and_too_few_sources_are_said(tmp_path):
