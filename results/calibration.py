@@ -84,7 +84,10 @@ class Calibration:
     @property
     def centred_verdict(self) -> str:
         if math.isnan(self.centred_rho):
-            return "not computed: it needs every source on every set, at least 3 of each"
+            return (
+                "not computed: it needs every source on every set (at least 3 of each) "
+                "and a similarity that varies beyond their means"
+            )
         return _verdict(self.centred_rho, self.centred_lo, self.centred_hi)
 
 
