@@ -193,16 +193,21 @@ def calibrate(
     points = pd.DataFrame(records, columns=empty.columns)
     result = Calibration(block, shot, points)
     if len(points) >= 3 and points["similarity"].nunique() > 1 and points["gain"].nunique() > 1:
-        result.rho = float(spearman_draws(points["similarity"].to_numpy(), points["gain"].to_numpy()[None, :])[0])
-        rhos = spearman_draws(points["similarity"].to_numpy(), np.array(gain_draws).T)
-        result.lo, result.hi = percentile_interval(rhos, LEVEL)
-        sim_c = centre_sources_and_sets(points["similarity"].to_numpy(), points["source"], points["downstream"])
-        if sim_c is not None and np.ptp(sim_c) > 0:
-            gain_c = centre_sources_and_sets(points["gain"].to_numpy(), points["source"], points["downstream"])
-            draws_c = centre_sources_and_sets(np.array(gain_draws).T, points["source"], points["downstream"])
-            result.centred_rho = float(spearman_draws(sim_c, gain_c[None, :])[0])
-            result.centred_lo, result.centred_hi = percentile_interval(spearman_draws(sim_c, draws_c), LEVEL)
+        sim, gains = points["similarity"].to_numpy(), np.vstack([points["gain"].to_numpy(), np.array(gain_draws).T])
+        result.rho, result.lo, result.hi = _rho_and_interval(sim, gains)
+        # one centring of the similarity, the estimate's gains and every replicate's together
+        centred = centre_sources_and_sets(np.vstack([sim, gains]), points["source"], points["downstream"])
+        if centred is not None and np.ptp(centred[0]) > 0:
+            result.centred_rho, result.centred_lo, result.centred_hi = _rho_and_interval(centred[0], centred[1:])
     return result
+
+
+def _rho_and_interval(sim: np.ndarray, gains: np.ndarray) -> tuple[float, float, float]:
+    """Spearman's rho of ``sim`` with ``gains[0]`` (the estimate) and the percentile interval over
+    ``gains[1:]`` (the bootstrap replicates)."""
+    rhos = spearman_draws(sim, gains)
+    lo, hi = percentile_interval(rhos[1:], LEVEL)
+    return float(rhos[0]), lo, hi
 
 
 def _block_title(block: dict) -> str:
