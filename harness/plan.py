@@ -9,8 +9,10 @@ Job kinds, in dependency order:
                is ``epochs`` or ``samples_seen`` (the config holds the one given: a run's epochs
                under ``samples_seen`` depend on its view's size, so its last checkpoint is
                :data:`pretrain.budget.LAST`, its epoch filled into rows when evaluated);
-- ``init``     a randomly initialised encoder, one per backbone the grid trains: the `linear` floor
-               every transfer number is read against, and the start of every `scratch` run;
+- ``init``     a randomly initialised encoder, one per (backbone the grid trains, pre-training seed
+               it uses): the `linear` floor every transfer number is read against, with as many
+               initialisations as the configurations have seeds; the first per backbone is where
+               `scratch` starts (it draws its weights from the eval seed, so it runs once);
 - ``model``    an existing model (the spec's ``models:``) loaded through its framework and written as
                a harness checkpoint (pretrain/existing.py); its key holds the weights' content hash,
                so :func:`make_plan` reads (hashes) local weight files, the one I/O it does;
@@ -216,7 +218,9 @@ class _Planning:
     pruned: list[tuple[str, str]] = field(default_factory=list)  # (what, why)
     world: Job | None = None
     checkpoints: list[tuple[Job, int | str]] = field(default_factory=list)  # (job providing encoders, epoch or LAST)
-    floors: set[str] = field(default_factory=set)  # keys of the random-init jobs: one per backbone the grid trains
+    # keys of the random-init jobs: one per (backbone the grid trains, pre-training seed it uses)
+    floors: set[str] = field(default_factory=set)
+    scratch_floors: set[str] = field(default_factory=set)  # the one per backbone `scratch` starts from
 
     def add(self, job: Job) -> Job:
         """``job``, or the job already planned under its key."""
@@ -412,27 +416,35 @@ def _plan_models(st: _Planning) -> None:
 
 
 def _plan_floors(st: _Planning) -> None:
-    """One random-init encoder per backbone the grid trains, when the floor or `scratch` asks for it."""
+    """Random-init encoders, when the floor or `scratch` asks for them: one per backbone the grid
+    trains and pre-training seed its blocks use, so the floor has as many initialisations as the
+    configurations it is compared with have pre-training seeds, and every interval on a gain over
+    it covers the initialisation's variance too. `scratch` draws its own initialisation from the
+    eval seed, so it starts from the first seed's job only."""
     spec = st.spec
     wants_scratch = any(p.name == "scratch" for p in spec.downstream.protocols)
     if not (spec.downstream.random_init_floor or wants_scratch):
         return
     for backbone in spec.pretrain.all_backbones():
-        cfg = InitConfig(backbone=backbone, image_size=spec.pretrain.image_size, seed=0).to_dict()
-        coords = {
-            "source": "none",
-            "curation": "none",
-            "requested_size": 0,
-            "label_noise": 0.0,
-            "method": "none",
-            "backbone": backbone,
-            "pretrain_seed": 0,
-            "pretrain_epochs": 0,
-            "view_key": None,
-        }
-        floor = st.add(Job("init", content_key("init", cfg), cfg, (), coords, {"num_cpus": 1}))
-        st.floors.add(floor.key)
-        st.checkpoints.append((floor, 0))
+        seeds = spec.pretrain.seeds_for_backbone(backbone) if spec.downstream.random_init_floor else [0]
+        for seed in seeds:
+            cfg = InitConfig(backbone=backbone, image_size=spec.pretrain.image_size, seed=seed).to_dict()
+            coords = {
+                "source": "none",
+                "curation": "none",
+                "requested_size": 0,
+                "label_noise": 0.0,
+                "method": "none",
+                "backbone": backbone,
+                "pretrain_seed": seed,
+                "pretrain_epochs": 0,
+                "view_key": None,
+            }
+            floor = st.add(Job("init", content_key("init", cfg), cfg, (), coords, {"num_cpus": 1}))
+            st.floors.add(floor.key)
+            if seed == seeds[0]:
+                st.scratch_floors.add(floor.key)
+            st.checkpoints.append((floor, 0))
 
 
 # ------------------------------------------------------------------------------- features and evaluations
@@ -483,7 +495,9 @@ def _protocols_on(st: _Planning, src: Job, set_name: str, has_text: bool) -> lis
     for p in spec.downstream.protocols_for(set_name):
         entry = PROTOCOLS.get(p.name)
         if src.key in st.floors:
-            if entry.from_scratch or (p.name == "linear" and spec.downstream.random_init_floor):
+            if (entry.from_scratch and src.key in st.scratch_floors) or (
+                p.name == "linear" and spec.downstream.random_init_floor
+            ):
                 protocols.append(p)
             else:
                 st.prune_once(
@@ -495,7 +509,7 @@ def _protocols_on(st: _Planning, src: Job, set_name: str, has_text: bool) -> lis
         if entry.from_scratch:
             st.prune_once(
                 f"{p.name} on pre-trained checkpoints",
-                "scratch ignores pre-trained weights: it runs once per backbone, from the random-init job",
+                "scratch ignores pre-trained weights: it runs once per backbone, from the first random-init job",
             )
         elif p.runs is not None and not p.runs.matches(src.coords):
             st.prune_once(

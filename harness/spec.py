@@ -355,8 +355,13 @@ class Pretrain(_Model):
         """The backbones a grid block trains: its own ``backbones``, else ``pretrain.backbone``."""
         return list(grid.backbones) if grid.backbones else [self.backbone]
 
+    def seeds_for_backbone(self, backbone: str) -> list[int]:
+        """The pre-training seeds of the blocks that train ``backbone``, ascending (the random-init
+        floor gets one initialisation per seed)."""
+        return sorted({s for g in self.grids if backbone in self.backbones_for(g) for s in g.seeds})
+
     def all_backbones(self) -> list[str]:
-        """Every backbone the grid trains, in order of first use (one random-init job each)."""
+        """Every backbone the grid trains, in order of first use (random-init jobs: one per seed each)."""
         return list(dict.fromkeys(b for g in self.grids for b in self.backbones_for(g)))
 
 
@@ -470,7 +475,8 @@ class Downstream(_Model):
     protocols: list[Protocol] = Field(min_length=1)
     eval_seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     checkpoint_epochs: Literal["last", "all"] | list[int] = "last"
-    random_init_floor: bool = True  # evaluate `linear` on a randomly initialised encoder too
+    # evaluate `linear` on randomly initialised encoders too: one per pre-training seed the grid uses
+    random_init_floor: bool = True
     # Sets of your own, by name: {format: hf_disk|hf_hub|imagefolder|wds, path: ..., metric: ...}
     # (see downstream.sets.DownstreamSet.from_config); list their names under `sets`.
     custom_sets: dict[str, dict[str, Any]] = Field(default_factory=dict)

@@ -481,7 +481,7 @@ def _summary_section(runs_ok: pd.DataFrame) -> str:
             iv = boot.get(idx)
             cells.append(f"[{fmt_num(iv.lo)}, {fmt_num(iv.hi)}]" if iv is not None and math.isfinite(iv.lo) else "")
             cells.append(f"{iv.n_pretrain_seeds}×{iv.n_eval_seeds}" if iv is not None else "")
-            if iv is not None and dict(zip(keys, idx))["method"] != FLOOR_METHOD:  # the floor has one init
+            if iv is not None:  # the floor too: one initialisation per pre-training seed of the grid
                 seeds.append(iv.n_pretrain_seeds)
             rows.append(cells)
         header = [*keys[:-1], "samples", *(html.escape(s) for s in sets), "<b>mean</b>", "95% interval", "seeds"]

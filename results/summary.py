@@ -96,7 +96,8 @@ def results_table(store_root: str | Path, spec: str | None = None, n_boot: int =
         + (f", {n_failed} failed" if n_failed else "")
         + ")"
     )
-    pretrained = frame["pre-training"] != "random init"  # the floor is one initialisation by design
+    # the linear floor has one initialisation per pre-training seed; `scratch` draws its weights from the eval seed
+    pretrained = (frame["pre-training"] != "random init") | (frame["protocol"] != "scratch")
     caption = (
         "intervals: 95% bootstrap over pre-training seeds, then eval seeds, stratified by set; "
         "seeds: pre-training × eval seeds"

@@ -62,6 +62,7 @@ def _expected_counts(data: dict) -> dict:
             views.add((src, cur, size, noise, labelled))
             runs.add((src, cur, size, noise, method, backbone, seed, g.get("epochs", pt["epochs"])))
     backbones = {r[5] for r in runs}
+    floors = {(r[5], r[6]) for r in runs}  # one random-init encoder per (backbone, pre-training seed)
     clip_runs = sum(r[4] == "clip" for r in runs)
     sets = ds["sets"]
     seeds = ds.get("eval_seeds", [0, 1, 2])
@@ -74,19 +75,20 @@ def _expected_counts(data: dict) -> dict:
     linear = [p for p in protos if p["name"] == "linear"]
     scratch = [p for p in protos if p["name"] == "scratch"]
     zeroshot = [p for p in protos if p["name"] == "zeroshot"]
-    floor_evals = len(backbones) * len(sets) * (len(linear) + len(scratch))
+    floor_evals = len(floors) * len(sets) * len(linear) + len(backbones) * len(sets) * len(scratch)
     evals = len(runs) * len(sets) * len(per_ckpt) + clip_runs * len(sets) * len(zeroshot) + floor_evals
     n_rows = (
         len(runs) * len(sets) * sum(rows(p) for p in per_ckpt)
         + clip_runs * len(sets) * sum(map(rows, zeroshot))
-        + len(backbones) * len(sets) * sum(rows(p) for p in linear + scratch)
+        + len(floors) * len(sets) * sum(rows(p) for p in linear)
+        + len(backbones) * len(sets) * sum(rows(p) for p in scratch)
     )
     return {
         "world": 1,
         "view": len(views),
         "pretrain": len(runs),
-        "init": len(backbones),
-        "features": (len(runs) + len(backbones)) * len(sets),
+        "init": len(floors),
+        "features": (len(runs) + len(floors)) * len(sets),
         "eval": evals,
         "rows": n_rows,
         "backbones": backbones,

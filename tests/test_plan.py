@@ -32,6 +32,30 @@ def test_tiny_plan_counts_and_rows():
         seen.add(job.key)
 
 
+def test_the_floor_has_one_initialisation_per_pretraining_seed_and_scratch_runs_once():
+    data = _tiny()
+    data["pretrain"]["grids"][0]["seeds"] = [3, 1]  # the imagenet block; the others keep seed 0
+    plan = make_plan(parse_spec(data))
+    inits = plan.of_kind("init")
+    assert sorted(j.config["seed"] for j in inits) == [0, 1, 3]
+    assert sorted(j.coords["pretrain_seed"] for j in inits) == [0, 1, 3]
+    assert len({j.key for j in inits}) == 3  # three initialisations, three encoders
+    floor_linear = [
+        j for j in plan.of_kind("eval") if j.config["protocol"] == "linear" and j.coords["method"] == "none"
+    ]
+    assert sorted(j.coords["pretrain_seed"] for j in floor_linear) == sorted(
+        [0, 1, 3] * len(data["downstream"]["sets"])
+    )
+    # scratch draws its weights from the eval seed: one run, from the first initialisation, not three copies
+    scratch = [j for j in plan.of_kind("eval") if j.config["protocol"] == "scratch"]
+    assert [j.coords["pretrain_seed"] for j in scratch] == [0]
+    # the floor at seed 0 keeps its key: a workdir planned before keeps its finished floor
+    assert {j.key for j in make_plan(parse_spec(_tiny())).of_kind("init")} <= {j.key for j in inits}
+    # without the linear floor, scratch alone asks for one initialisation
+    data["downstream"]["random_init_floor"] = False
+    assert [j.config["seed"] for j in make_plan(parse_spec(data)).of_kind("init")] == [0]
+
+
 def test_keys_are_stable_and_propagate():
     a = make_plan(parse_spec(_tiny()))
     b = make_plan(parse_spec(_tiny()))
@@ -57,12 +81,12 @@ def test_quickstart_plan_is_within_budget():
     counts = plan.counts()
     # 10 configurations x 2 pre-training seeds: imagenet and laion at 3 sizes, 2 curated LAION views,
     # CLIP and SimCLR on laion (9 views: the methods share laion n=1000's); the largest imagenet runs
-    # also after their first pass: 22 checkpoints + the floor, linear on 11 sets; CLIP zero-shot on
-    # the 9 world sets; fine-tuning and LP-FT from the 4 imagenet n=3000 checkpoints on 2 sets and
-    # scratch on those 2, one seed
-    assert counts["pretrain"] == 20 and counts["view"] == 9
-    assert counts["eval"] == 23 * 11 + 2 * 9 + 4 * 2 * 2 + 2
-    assert plan.planned_rows() == 23 * 11 * 5 * 3 + 2 * 9 + 4 * 2 * 2 + 2
+    # also after their first pass: 22 checkpoints + the floor's 2 initialisations (one per pre-training
+    # seed), linear on 11 sets; CLIP zero-shot on the 9 world sets; fine-tuning and LP-FT from the 4
+    # imagenet n=3000 checkpoints on 2 sets and scratch on those 2, one seed
+    assert counts["pretrain"] == 20 and counts["view"] == 9 and counts["init"] == 2
+    assert counts["eval"] == 24 * 11 + 2 * 9 + 4 * 2 * 2 + 2
+    assert plan.planned_rows() == 24 * 11 * 5 * 3 + 2 * 9 + 4 * 2 * 2 + 2
     assert len(plan.expected_rows()) == plan.planned_rows()
     # every pre-trained configuration has two pre-training seeds
     seeds: dict[tuple, set] = {}
