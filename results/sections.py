@@ -776,25 +776,38 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
     pre = df[
         (df["method"].astype(object) != FLOOR_METHOD) & df["pretrain_key"].notna() & df["checkpoint_epoch"].notna()
     ]
+    # the runs evaluated at two or more epochs, pooled per configuration (its pre-training seeds):
+    # a run evaluated at its last epoch only would shift that epoch's point and not the others'
     counts = pre.groupby("pretrain_key")["checkpoint_epoch"].nunique()
-    keys = sorted(counts[counts >= 2].index)
-    if not keys:
+    pre = pre[pre["pretrain_key"].isin(counts[counts >= 2].index)]
+    if pre.empty:
         return empty_note(
             "No data yet for mid-training checkpoints: evaluate a pre-training run at two or more "
             "checkpoint epochs (pretrain.checkpoint_epochs with downstream.checkpoint_epochs: all)."
         )
+    pre = pre.assign(
+        _config=[
+            config_label(line, size) + ("" if pd.isna(epochs) else f" · {int(epochs)} epochs")
+            for line, size, epochs in zip(pre["_line"], pre["pretrain_size"], pre["pretrain_epochs"])
+        ]
+    )
+    configs = sorted(pre["_config"].unique())
+    seeds = [int(pre.loc[pre["_config"] == c, "pretrain_seed"].nunique()) for c in configs]
+    note = seed_note(seeds)
     parts = [
-        "<p>Each pre-training run evaluated at several checkpoint epochs: as a frozen feature extractor "
-        f"(<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
+        "<p>Each pre-training configuration evaluated at several checkpoint epochs: as a frozen feature "
+        f"extractor (<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
         f"(<code>{'</code>, <code>'.join(FT_PROTOCOLS)}</code>, FT). Stars mark each curve's best epoch; "
-        "bands are 95% bootstrap intervals over eval seeds (one pre-training run per figure, so the "
-        "pre-training seed's variance is not in them). Deng et al. (ICCV 2023) found FE can peak before "
-        "the end of pre-training while FT keeps improving.</p>"
+        "bands are 95% bootstrap intervals over the configuration's pre-training seeds (the runs "
+        "evaluated at several epochs), then eval seeds"
+        + (f" ({html.escape(note)})" if note else "")
+        + ". Deng et al. (ICCV 2023) found FE can peak before the end of pre-training while FT keeps "
+        "improving.</p>"
     ]
     table_rows: list[list[str]] = []
     summary = {"FE": [0, 0, 0], "FT": [0, 0, 0]}
-    for index, pkey in enumerate(keys):
-        figure, rows = _checkpoint_run(pre[pre["pretrain_key"] == pkey], pkey, index, summary, out_dir)
+    for index, config in enumerate(configs):
+        figure, rows = _checkpoint_run(pre[pre["_config"] == config], index, summary, out_dir)
         if figure:
             parts.append(figure)
         table_rows += rows
@@ -809,7 +822,7 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
                 "score",
                 "last epoch",
                 "score",
-                "best − last, 95% interval (paired on eval seeds)",
+                "best − last, 95% interval (paired on pre-training and eval seeds)",
             ],
             table_rows,
         )
@@ -818,11 +831,12 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
 
 
 def _checkpoint_run(
-    run: pd.DataFrame, pkey: str, index: int, summary: dict[str, list[int]], out_dir: Path
+    run: pd.DataFrame, index: int, summary: dict[str, list[int]], out_dir: Path
 ) -> tuple[str, list[list[str]]]:
-    """One pre-training run's figure (a panel per set, a curve per FE/FT protocol and shot count)
-    as HTML, and its table rows; each curve is counted into ``summary`` (see :func:`_checkpoint_curve`).
-    No figure and no rows when the run has no curve with two or more epochs."""
+    """One configuration's figure (a panel per set, a curve per FE/FT protocol and shot count) as
+    HTML, and its table rows; ``run`` holds the rows of its runs evaluated at several epochs (one
+    per pre-training seed). Each curve is counted into ``summary`` (see :func:`_checkpoint_curve`).
+    No figure and no rows when it has no curve with two or more epochs."""
     label = config_label(run["_line"].iloc[0], run["pretrain_size"].iloc[0])
     series, curve_rows = _checkpoint_series(run)
     sets = sorted({ds for (_, ds) in series})
@@ -847,7 +861,9 @@ def _checkpoint_run(
     fig.suptitle(f"{label}: score by checkpoint epoch", fontsize=10)
     _layout(fig, top=0.75, bottom=0.6, wspace=0.3, hspace=0.6)
     name = save_figure(fig, out_dir, f"checkpoints_{index + 1}.png")
-    return f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}", f"pre-training run {pkey}"), rows
+    runs = sorted(run["pretrain_key"].unique())
+    source = f"pre-training run{'s' if len(runs) > 1 else ''} {', '.join(runs)}"
+    return f"<h3>{esc(label)}</h3>" + figure_html(name, f"checkpoints of {label}", source), rows
 
 
 def _checkpoint_curve(
@@ -897,7 +913,7 @@ def _checkpoint_curve(
 def _checkpoint_peaks(summary: dict[str, list[int]]) -> str:
     """The sentence counting, for FE and FT, the curves that peak before their last epoch."""
     lines = [
-        f"{kind} peaks before the last evaluated epoch in {n} of {total} (run, set) curve(s)"
+        f"{kind} peaks before the last evaluated epoch in {n} of {total} (configuration, set) curve(s)"
         + (f", {beyond} of them by more than noise (the best − last interval excludes 0)" if n else "")
         for kind, (n, total, beyond) in summary.items()
         if total

@@ -258,3 +258,39 @@ def test_a_report_counts_as_current_only_while_its_inputs_are_unchanged(syntheti
     # a report missing one of its figures is not whole
     next(out.glob("*.png")).unlink()
     assert not report_is_current(out, digest)
+
+
+def test_checkpoints_pool_a_configurations_seeds_and_leave_out_runs_seen_at_one_epoch(tmp_path):
+    """The FE/FT-by-epoch section draws one figure per configuration, its intervals over the
+    pre-training seeds evaluated at several epochs; a run evaluated at its last epoch only stays out
+    (it would move that epoch's point and not the others')."""
+    from synthetic_store import _row
+
+    from results.sections import checkpoints_section
+
+    # FE at full data: epoch 1 beats epoch 3 by 0.10 (seed 0) and by 0.18 (seed 1); seed 2 has epoch 3 only
+    scores = {(0, 1): 0.50, (0, 3): 0.40, (1, 1): 0.60, (1, 3): 0.42, (2, 3): 0.90}
+    rows = [
+        _row(
+            f"pt-s{seed}",
+            "laion",
+            "clip",
+            1000,
+            epoch,
+            seed,
+            key=f"s{seed}-e{epoch}-{ev}",
+            downstream="pets",
+            protocol="linear",
+            shots=None,
+            eval_seed=ev,
+            score=score,
+        )
+        for (seed, epoch), score in scores.items()
+        for ev in (0, 1)
+    ]
+    page = checkpoints_section(pd.DataFrame(rows), tmp_path)
+    assert page.count("<h3>") == 1 and "pre-training runs pt-s0, pt-s1" in page and "pt-s2" not in page
+    # best (epoch 1) − last (epoch 3): the mean of 0.10 and 0.18, its interval spanning the two seeds
+    assert "+0.140 [+0.100, +0.180]" in page
+    assert "rests on two pre-training seeds" in page
+    assert "FE peaks before the last evaluated epoch in 1 of 1 (configuration, set) curve(s)" in page
