@@ -31,7 +31,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.catalogue import SET_DECLS  # noqa: E402
+from curation.catalogue import SET_DECLS, SETS_BY_NAME  # noqa: E402
 from downstream.probe import fit_probe  # noqa: E402
 from downstream.sets import load_split  # noqa: E402
 from results.plotting import FLOOR_METHOD, final_checkpoints  # noqa: E402
@@ -42,24 +42,23 @@ CONFIG = ["source", "curation", "label_noise", "method", "backbone", "pretrain_s
 
 
 def pixels(images: np.ndarray) -> np.ndarray:
-    """``[n, H, W, 3]`` or ``[n, 3, H, W]`` uint8 -> ``[n, 3 * H * W]`` float32 in [0, 1]."""
+    """A batch of uint8 images (any channel layout) -> ``[n, 3 * H * W]`` float32 in [0, 1]."""
     x = np.asarray(images)
     if x.ndim != 4:
-        raise ValueError(f"expected a batch of images [n, H, W, C], got shape {x.shape}")
+        raise ValueError(f"expected a batch of images [n, H, W, C] or [n, C, H, W], got shape {x.shape}")
     return x.reshape(len(x), -1).astype(np.float32) / 255.0
 
 
 def pixel_score(name: str, world_dir: Path) -> dict:
     """The full-data linear probe on ``name``'s raw pixels: test score (the set's headline metric) and chance."""
     split = {s: load_split(name, s, world_dir) for s in ("train", "validation", "test")}
-    metric = next(d.metric for d in SET_DECLS if d.name == name)
     probe = fit_probe(
         pixels(split["train"].images),
         np.array(split["train"].labels),
         pixels(split["validation"].images),
         np.array(split["validation"].labels),
         num_classes=split["train"].num_classes,
-        metric=metric,
+        metric=SETS_BY_NAME[name].metric,
     )
     test = probe.evaluate(pixels(split["test"].images), np.array(split["test"].labels))
     return {"pixels": float(test["score"]), "chance": 1.0 / split["train"].num_classes, "l2": probe.l2}
@@ -72,8 +71,9 @@ def store_scores(store: str | Path) -> tuple[dict[str, float], dict[str, tuple[s
     lin = lin[lin["downstream"].isin(WORLD_SETS)]
     floor = lin[lin["method"].astype(object) == FLOOR_METHOD].groupby("downstream")["score"].mean().to_dict()
     pre = final_checkpoints(lin[lin["method"].astype(object) != FLOOR_METHOD])
-    pre = pre.assign(**{c: pre[c].astype(object).where(pre[c].notna(), "") for c in CONFIG if c in pre.columns})
-    means = pre.groupby([c for c in CONFIG if c in pre.columns] + ["downstream"])["score"].mean()
+    cols = [c for c in CONFIG if c in pre.columns]
+    pre = pre.assign(**{c: pre[c].astype(object).where(pre[c].notna(), "") for c in cols})  # NaN is no group key
+    means = pre.groupby([*cols, "downstream"])["score"].mean()
     best = {}
     for ds, s in means.groupby(level="downstream"):
         idx = s.idxmax()

@@ -791,9 +791,8 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
             for line, size, epochs in zip(pre["_line"], pre["pretrain_size"], pre["pretrain_epochs"])
         ]
     )
-    configs = sorted(pre["_config"].unique())
-    seeds = [int(pre.loc[pre["_config"] == c, "pretrain_seed"].nunique()) for c in configs]
-    note = seed_note(seeds)
+    configs = dict(tuple(pre.groupby("_config", sort=True)))  # label -> its rows, in label order
+    note = seed_note([int(rows["pretrain_seed"].nunique()) for rows in configs.values()])
     parts = [
         "<p>Each pre-training configuration evaluated at several checkpoint epochs: as a frozen feature "
         f"extractor (<code>{FE_PROTOCOL}</code>, FE) and as the start of fine-tuning "
@@ -806,8 +805,8 @@ def checkpoints_section(runs_ok: pd.DataFrame, out_dir: Path) -> str:
     ]
     table_rows: list[list[str]] = []
     summary = {"FE": [0, 0, 0], "FT": [0, 0, 0]}
-    for index, config in enumerate(configs):
-        figure, rows = _checkpoint_run(pre[pre["_config"] == config], index, summary, out_dir)
+    for index, config_rows in enumerate(configs.values()):
+        figure, rows = _checkpoint_run(config_rows, index, summary, out_dir)
         if figure:
             parts.append(figure)
         table_rows += rows
