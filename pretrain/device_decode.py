@@ -87,6 +87,23 @@ def _hue(x: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
     return torch.stack([channel(5), channel(3), channel(1)], 1)
 
 
+def _brightness(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return x * f.view(-1, 1, 1, 1)
+
+
+def _contrast(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return torch.lerp(_gray(x).mean((1, 2, 3), keepdim=True).expand_as(x), x, f.view(-1, 1, 1, 1))
+
+
+def _saturation(x: torch.Tensor, f: torch.Tensor) -> torch.Tensor:
+    return torch.lerp(_gray(x).expand_as(x), x, f.view(-1, 1, 1, 1))
+
+
+#: Brightness, contrast, saturation and hue on float ``[B, 3, H, W]`` in [0, 1], a factor per image:
+#: torchvision's ``adjust_brightness``/``adjust_contrast``/``adjust_saturation``/``adjust_hue``, batch-wise.
+COLOUR_OPS = (_brightness, _contrast, _saturation, _hue)
+
+
 def colour(images: torch.Tensor, transform: SimCLRTransform, gen: torch.Generator) -> torch.Tensor:
     """SimCLR's colour distortion batch-wise: per image, with probability ``p_jitter``, brightness,
     contrast, saturation and hue by factors drawn as :class:`SimCLRTransform` draws them, in a
@@ -105,17 +122,11 @@ def colour(images: torch.Tensor, transform: SimCLRTransform, gen: torch.Generato
     ).to(dev)
     jitter, gray = (u[:, 0] < transform.p_jitter).to(dev), (u[:, 5] < transform.p_gray).to(dev)
     x = images.float() / 255.0
-    ops = (
-        lambda x, f: x * f.view(-1, 1, 1, 1),
-        lambda x, f: torch.lerp(_gray(x).mean((1, 2, 3), keepdim=True).expand_as(x), x, f.view(-1, 1, 1, 1)),
-        lambda x, f: torch.lerp(_gray(x).expand_as(x), x, f.view(-1, 1, 1, 1)),
-        _hue,
-    )
-    for step in range(4):
-        for k, op in enumerate(ops):
-            mask = jitter & (order[:, step] == k)
-            if bool(mask.any()):
-                x = torch.where(mask.view(-1, 1, 1, 1), op(x, factors[:, k]).clamp(0, 1), x)
+    for step in range(4):  # each op on the images whose step-th op it is (not on the whole batch, four times)
+        for k, op in enumerate(COLOUR_OPS):
+            idx = torch.nonzero(jitter & (order[:, step] == k)).squeeze(1)
+            if idx.numel():
+                x[idx] = op(x[idx], factors[idx, k]).clamp(0, 1)
     x = torch.where(gray.view(-1, 1, 1, 1), _gray(x).expand_as(x), x)
     return x.mul(255.0).round_().to(torch.uint8)
 

@@ -531,7 +531,7 @@ def _set_up(cfg: TrainConfig, view_dir: str | Path, out_dir: Path, dist: DistInf
     model.to(device).to(memory_format=torch.channels_last)  # as ToDevice lays out the images
     optimizer = torch.optim.AdamW(
         param_groups(model, cfg.weight_decay), lr=cfg.lr, betas=(0.9, 0.999), **adamw_kwargs(device)
-    )  # fused on CUDA
+    )  # fused on CUDA and CPU
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, cosine_with_warmup(warmup_steps, total_steps))
     amp_dtype = amp_dtype_for(cfg.precision, on_cuda)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype is torch.float16)

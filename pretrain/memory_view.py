@@ -8,10 +8,13 @@ a 300-sample view seen 20000 times is read 67 times. On a CPU that reading costs
 a tiny network's training step per sample, and the restart about 0.1 s an epoch.
 
 What stays the same as the streaming path: the method's own sample pipeline (its checks, labels,
-tokenised captions) and its per-sample augmentation (:class:`pretrain.data.TrainTransform` or
+tokenised captions) and its augmentation (:class:`pretrain.data.TrainTransform` or
 :class:`~pretrain.data.SimCLRTransform`) drawn from a seeded ``torch.Generator``; bad samples are
 counted in ``skipped``. What differs: the order is a full permutation per epoch instead of a shuffle
-buffer, so a run is not bit-identical to ``decode: cpu`` (``decode`` is part of the run's key).
+buffer, and the augmentation is drawn batch-wise (:func:`pretrain.device_decode.augment_batch`:
+the same distributions as the per-sample transform, SimCLR's colour distortion as tensor ops over
+the batch: 19 ms for a batch of 64 against 68 ms per image with torchvision's functions, on one
+thread, ``bench/cpu_step_costs.py``), so a run is not bit-identical to ``decode: cpu`` (``decode`` is part of the run's key).
 
 Order over ranks is ``torch.utils.data.DistributedSampler``'s: every rank holds the whole view and
 takes a strided slice of one permutation seeded by ``(seed, epoch)``, so ranks see disjoint samples
@@ -45,6 +48,7 @@ from pretrain.data import (
     mix_seed,
     read_view,
 )
+from pretrain.device_decode import augment_batch
 
 logger = logging.getLogger(__name__)
 
@@ -142,11 +146,11 @@ class MemoryLoader:
         self.skipped, self._unreported = self.skipped + self._unreported, 0
         for b in range(self.num_batches):
             chosen = idx[b * self.batch_size : (b + 1) * self.batch_size]
-            rows = []
-            for i in chosen:
-                image = self.images[i]
-                rows.append({**self.samples[i], **{k: self.transform(image, gen) for k in self.image_keys}})
-            yield collate(rows)
+            batch = collate([self.samples[i] for i in chosen])
+            images = [self.images[i] for i in chosen]
+            for key in self.image_keys:  # each key its own draw (SimCLR's two views)
+                batch[key] = augment_batch(images, self.transform, gen)
+            yield batch
 
 
 def make_memory_loader(

@@ -33,6 +33,10 @@ def cosine_with_warmup(warmup_steps: int, total_steps: int) -> Callable[[int], f
 
 
 def adamw_kwargs(device: torch.device | str) -> dict[str, Any]:
-    """Extra ``torch.optim.AdamW`` arguments for ``device``: the fused CUDA kernel on a GPU (one
-    launch for all parameters), torch's default implementation elsewhere (CPU results unchanged)."""
-    return {"fused": True} if torch.device(device).type == "cuda" else {}
+    """Extra ``torch.optim.AdamW`` arguments for ``device``: the fused kernel on a GPU (one launch
+    for all parameters) and on a CPU (one vectorised pass; torch's default there is a loop over
+    tensors in Python). On one thread, for the quickstart's CLIP model (3.6M parameters, most of
+    them the text tower's token table), a step takes 4.9 ms against 38 ms; 0.8 ms against 3.0 for
+    its supervised model (``bench/cpu_step_costs.py``).
+    Elsewhere (MPS, XPU, ...) torch's default implementation."""
+    return {"fused": True} if torch.device(device).type in ("cuda", "cpu") else {}

@@ -49,7 +49,8 @@ def test_cuda_settings_only_for_cuda_devices(monkeypatch):
     assert accel.to_device(x, "cpu") is x and accel.resident(x, "cpu") is x
     assert accel.images_layout(x).is_contiguous(memory_format=torch.channels_last)  # every device
     assert not accel.pinned(x, "cpu").is_pinned()
-    assert adamw_kwargs("cpu") == {} and adamw_kwargs(torch.device("cuda", 0)) == {"fused": True}
+    assert adamw_kwargs("cpu") == {"fused": True} and adamw_kwargs(torch.device("cuda", 0)) == {"fused": True}
+    assert adamw_kwargs("mps") == {}
 
 
 def test_cuda_flags_are_restored_on_exit():

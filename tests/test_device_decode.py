@@ -13,11 +13,12 @@ import torch
 import webdataset as wds
 import yaml
 from PIL import Image
+from torchvision.transforms.v2 import functional as TF
 
 from harness.plan import make_plan
 from harness.spec import SpecError, parse_spec
 from pretrain.data import ENCODED_KEY, SimCLRTransform, TrainTransform, decode_image, make_train_loader
-from pretrain.device_decode import augment_batch, decode_batch, for_device, is_jpeg
+from pretrain.device_decode import COLOUR_OPS, augment_batch, decode_batch, for_device, is_jpeg
 from pretrain.loop import DistInfo, TrainConfig, train_loop
 from pretrain.models import load_encoder
 
@@ -110,6 +111,23 @@ def test_batch_augmentation_has_the_size_and_replays_for_a_seed(jpeg_view):
     no_flip = augment_batch(images, TrainTransform(24, hflip=0.0), torch.Generator().manual_seed(5))
     flip = augment_batch(images, TrainTransform(24, hflip=1.0), torch.Generator().manual_seed(5))
     assert torch.equal(flip, no_flip.flip(-1))
+
+
+def test_each_batch_colour_op_matches_torchvision_per_image():
+    """The batch-wise ops (the memory and device paths) against torchvision's per-image functions
+    (the streaming path), a different factor per image: equal within one grey level."""
+    images = torch.randint(0, 256, (6, 3, 12, 12), generator=torch.Generator().manual_seed(0), dtype=torch.uint8)
+    factors = {
+        TF.adjust_brightness: torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4]),
+        TF.adjust_contrast: torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4]),
+        TF.adjust_saturation: torch.tensor([0.6, 0.8, 1.0, 1.1, 1.3, 1.4]),
+        TF.adjust_hue: torch.tensor([-0.1, -0.05, 0.0, 0.02, 0.07, 0.1]),
+    }
+    for (reference, f), op in zip(factors.items(), COLOUR_OPS):
+        batch = op(images.float() / 255.0, f).clamp(0, 1).mul(255.0).round().to(torch.uint8)
+        each = torch.stack([reference(img, float(v)) for img, v in zip(images, f)])
+        gap = (batch.int() - each.int()).abs().max()
+        assert gap <= 1, (reference.__name__, int(gap))
 
 
 def test_the_device_loader_gives_the_pipeline_keys_and_replays_an_epoch(jpeg_view):

@@ -58,7 +58,7 @@ def test_a_view_smaller_than_an_epoch_repeats_in_fresh_orders(view):
     ("pipeline", "shapes"),
     [("image_label", {"image": (8, 3, 32, 32), "label": (8,)}), ("two_views", {"view1": (8, 3, 32, 32)})],
 )
-def test_batches_carry_the_pipeline_keys_augmented_per_sample(view, pipeline, shapes):
+def test_batches_carry_the_pipeline_keys_augmented_batch_wise(view, pipeline, shapes):
     loader = _loader(view, pipeline)
     loader.set_epoch(1)
     batch = next(iter(loader))
