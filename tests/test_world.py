@@ -139,6 +139,21 @@ def test_texture_tiles_do_not_repeat_across_splits(world):
     assert not (seen["train"] & seen["test"]) and not (seen["train"] & seen["validation"])
 
 
+def test_the_same_world_in_one_process_and_with_a_pool(world, tmp_path):
+    """The sources written by spawned workers (the default) and one after another in this process
+    (``workers=0``) are the same bytes and the same description."""
+    root, info = world
+    alone = W.build_world(tmp_path / "alone", seed=0, scale=SCALE, workers=0)
+    assert alone == info
+
+    def files(d: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
+
+    assert files(tmp_path / "alone") == files(root)
+    with pytest.raises(ValueError, match="workers"):
+        W.world_workers(-1)
+
+
 def test_rebuild_on_new_scale_and_crash_leaves_nothing(tmp_path, monkeypatch):
     d = tmp_path / "w"
     info = W.build_world(d, seed=3, scale=0.02)
