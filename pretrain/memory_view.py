@@ -14,7 +14,8 @@ counted in ``skipped``. What differs: the order is a full permutation per epoch 
 buffer, and the augmentation is drawn batch-wise (:func:`pretrain.device_decode.augment_batch`:
 the same distributions as the per-sample transform, SimCLR's colour distortion as tensor ops over
 the batch: 19 ms for a batch of 64 against 68 ms per image with torchvision's functions, on one
-thread, ``bench/cpu_step_costs.py``), so a run is not bit-identical to ``decode: cpu`` (``decode`` is part of the run's key).
+thread, ``bench/cpu_step_costs.py``), so a run is not bit-identical to ``decode: cpu`` (``decode``
+is part of the run's key).
 
 Order over ranks is ``torch.utils.data.DistributedSampler``'s: every rank holds the whole view and
 takes a strided slice of one permutation seeded by ``(seed, epoch)``, so ranks see disjoint samples
