@@ -142,6 +142,17 @@ def test_cache_and_errors(world, tmp_path):
     assert load_split("pets", "train", world) is not a
 
 
+def test_a_run_visiting_every_world_and_package_split_in_turn_decodes_each_once(world):
+    """Feature extraction visits every split of every set once per checkpoint, in turn: the
+    second round must be served from the cache (an LRU smaller than the 33 splits misses on
+    every visit of such a cycle)."""
+    names = sorted(n for n, e in DOWNSTREAM.items() if e.origin in ("world", "package"))
+    sets.clear_cache()
+    first = {(n, s): load_split(n, s, world) for n in names for s in ("train", "validation", "test")}
+    assert len(first) >= 33
+    assert all(load_split(n, s, world) is d for (n, s), d in first.items())
+
+
 # --------------------------------------------------------------------------------------- real sets
 
 
