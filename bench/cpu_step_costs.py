@@ -71,15 +71,9 @@ def adamw_rows(repeats: int) -> list[dict]:
 
 
 def augment_row(batch_size: int, repeats: int) -> dict:
-    import webdataset as wds
-
     view = C.source_view("laion", None, Path(C.DEFAULT_CACHE))
     shard = sorted((view / "shards").glob("*.tar"))[0]
-    images = []
-    for sample in wds.WebDataset(str(shard), shardshuffle=False):
-        images.append(decode_image(image_bytes(sample)))
-        if len(images) == batch_size:
-            break
+    images = [decode_image(image_bytes(sample)) for sample in C._read_samples(shard)[:batch_size]]
     transform = SimCLRTransform(32)
     gen = torch.Generator().manual_seed(0)
     per_image = _median_ms(lambda: torch.stack([transform(img, gen) for img in images]), repeats)

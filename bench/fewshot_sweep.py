@@ -45,9 +45,8 @@ from _common import (  # puts the repository on sys.path
     write_json,
 )
 
-from curation.catalogue import SET_DECLS  # noqa: E402
+from curation.catalogue import WORLD_SETS  # noqa: E402
 
-WORLD_SETS = tuple(d.name for d in SET_DECLS)  # the nine world sets, in the catalogue's order
 SHOTS = (1, 5, 10, 20, None)
 SEEDS = (0, 1, 2)
 

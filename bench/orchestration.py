@@ -66,10 +66,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from curation.catalogue import SET_DECLS  # noqa: E402
+from curation.catalogue import WORLD_SETS  # noqa: E402
 
 DEFAULT_CACHE = REPO_ROOT / "tbench-out" / "bench"
-WORLD_SETS = [d.name for d in SET_DECLS]  # the nine world sets, in the catalogue's order
 ALL_SOURCES = ["laion", "imagenet", "cc12m", "yfcc", "shutterstock", "wit", "cc3m", "redcaps"]
 PROFILE_OVER_S = 3.0  # planning slower than this (make_plan + expected_rows + done_keys, medians) is profiled
 _JOB_KINDS = ("world", "view", "pretrain", "init", "features", "eval")  # the plan line's order
@@ -179,12 +178,12 @@ def grid_spec(seeds: int, main_sources: int) -> dict[str, Any]:
             ],
         },
         "downstream": {
-            "sets": WORLD_SETS + ["digits", "textures"],
+            "sets": [*WORLD_SETS, "digits", "textures"],
             "eval_seeds": [0, 1, 2],
             "checkpoint_epochs": "all",
             "protocols": [
                 {"name": "linear", "shots": [1, 5, 10, 20, "full"]},
-                {"name": "zeroshot", "shots": [0], "sets": WORLD_SETS},
+                {"name": "zeroshot", "shots": [0], "sets": list(WORLD_SETS)},
                 {
                     "name": "finetune",
                     "shots": ["full"],

@@ -31,13 +31,12 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.catalogue import SET_DECLS, SETS_BY_NAME  # noqa: E402
+from curation.catalogue import SETS_BY_NAME, WORLD_SETS  # noqa: E402
 from downstream.probe import fit_probe  # noqa: E402
 from downstream.sets import load_split  # noqa: E402
 from results.plotting import FLOOR_METHOD, final_checkpoints  # noqa: E402
 from results.store import load  # noqa: E402
 
-WORLD_SETS = tuple(d.name for d in SET_DECLS)
 CONFIG = ["source", "curation", "label_noise", "method", "backbone", "pretrain_size", "samples_budget"]
 
 

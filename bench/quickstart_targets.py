@@ -31,11 +31,10 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from curation.catalogue import SET_DECLS  # noqa: E402
+from curation.catalogue import WORLD_SETS  # noqa: E402
 from results.plotting import final_checkpoints  # noqa: E402
 from results.store import load  # noqa: E402
 
-WORLD_SETS = tuple(d.name for d in SET_DECLS)  # the nine world sets, in the catalogue's order
 CONFIG = ["source", "curation", "label_noise", "method", "backbone"]
 
 

@@ -875,6 +875,7 @@ PACKAGE_SETS = {
 
 SOURCES_BY_NAME = {d.name: d for d in SOURCE_DECLS}
 SETS_BY_NAME = {d.name: d for d in SET_DECLS}
+WORLD_SETS: tuple[str, ...] = tuple(SETS_BY_NAME)  # the nine world sets' names, in the catalogue's order
 
 
 def _check_vocabulary() -> None:
